@@ -1,0 +1,43 @@
+"""The schedule operators edit: which checks run when.
+
+Each entry names a task (``remediation.check.<name>``, or an action), a schedule and the
+task's kwargs. The schedule is a crontab string "minute hour day-of-month month
+day-of-week" (UTC), or a number of seconds for the frequent sweep. Every entry is
+validated when the worker or beat starts: an unknown task, a bad crontab or kwargs the
+task does not accept stop start-up with a message naming the entry.
+
+Checks act through the playbook (`remediation playbook`): a finding fans out to its
+guarded actions. Targets are names from REMEDIATION_POSTGRES_TARGETS /
+REMEDIATION_REDIS_TARGETS; "self" is the worker's own audit database and state Redis.
+"""
+
+SCHEDULE = {
+    # Frequent sweep of the quick checks.
+    # Runbook 000 "Redis Queue Management": duplicates and stuck jobs in the job list;
+    # runbook 004 "Worker Queue Backlog": pending > 50.
+    "sweep-job-queue": {
+        "task": "remediation.check.redis_job_queue",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
+    "daily-severe-bloat": {
+        "task": "remediation.check.postgres_dead_tuples",
+        "schedule": "30 4 * * *",
+        "kwargs": {"target": "self", "min_dead_ratio": 0.5},
+    },
+    # Weekly: runbook 001 "Weekly Operations 1. Database Maintenance" (VACUUM ANALYZE),
+    # Sunday 03:00 UTC, tables with more than 20 % dead rows.
+    "weekly-vacuum-analyze": {
+        "task": "remediation.check.postgres_dead_tuples",
+        "schedule": "0 3 * * 0",
+        "kwargs": {"target": "self", "min_dead_ratio": 0.2},
+    },
+    # Monthly: runbook 001 "Monthly Operations" capacity review; a thorough pass that also
+    # catches smaller tables (10 % dead, 100 rows) on the 1st at 05:00 UTC.
+    "monthly-thorough-vacuum": {
+        "task": "remediation.check.postgres_dead_tuples",
+        "schedule": "0 5 1 * *",
+        "kwargs": {"target": "self", "min_dead_ratio": 0.1, "min_dead_rows": 100},
+    },
+}

@@ -1,0 +1,1 @@
+"""Actions: idempotent side effects, one module per target system."""

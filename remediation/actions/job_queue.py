@@ -1,0 +1,76 @@
+"""Runbook 000 "Redis Queue Management" without FLUSHALL: dedupe and dead-letter, bounded."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+
+from pydantic import Field
+
+from remediation.context import ActionContext
+from remediation.findings import ActionResult
+from remediation.guards.lua import script
+from remediation.params import ActionParams
+from remediation.registry import action
+
+
+class JobQueueActionParams(ActionParams):
+    key: str | None = Field(None, min_length=1, max_length=512, description="default: settings")
+
+
+def _resource(params: JobQueueActionParams) -> str:
+    return f"{params.target}/{params.key or ''}"
+
+
+def _tombstone() -> str:
+    return f"\x00remediation-tombstone-{uuid.uuid4().hex}"
+
+
+@action("dedupe_job_queue", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30)
+def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
+    """Remove duplicate jobs from the job list, keeping the first of each and the order.
+
+    Runbook 000 "job queue processing duplicate jobs". One atomic Lua call; examines at
+    most REMEDIATION_JOB_QUEUE__SCAN_LIMIT jobs and removes at most
+    REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN. Never FLUSHALL."""
+    cfg = ctx.settings.job_queue
+    key = params.key or cfg.key
+    removed, scanned = script(ctx.redis(params.target), "dedupe_job_queue")(
+        keys=[key], args=[cfg.scan_limit, cfg.max_changes_per_run, cfg.id_field or "", _tombstone()]
+    )
+    return ActionResult(
+        changed=removed > 0,
+        summary=f"removed {removed} duplicate job(s) from {key}",
+        detail={"key": key, "removed": removed, "scanned": scanned},
+    )
+
+
+@action(
+    "dead_letter_stale_jobs", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30
+)
+def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
+    """Move jobs older than the bound to the dead-letter list, with a reason; delete nothing.
+
+    Runbook 000 "job queue is stuck" and runbook 004 "clear stale jobs", instead of
+    FLUSHALL/DEL. Age comes from the job's JSON field REMEDIATION_JOB_QUEUE__ENQUEUED_AT_FIELD
+    (epoch seconds); jobs without it stay. Capped per run."""
+    cfg = ctx.settings.job_queue
+    key = params.key or cfg.key
+    reason = f"older than {cfg.max_age_seconds}s"
+    moved, scanned = script(ctx.redis(params.target), "dead_letter_stale")(
+        keys=[key, cfg.dead_letter_key],
+        args=[
+            cfg.scan_limit,
+            cfg.max_changes_per_run,
+            cfg.enqueued_at_field,
+            cfg.max_age_seconds,
+            _tombstone(),
+            reason,
+        ],
+    )
+    return ActionResult(
+        changed=moved > 0,
+        summary=f"moved {moved} stale job(s) from {key} to {cfg.dead_letter_key}",
+        detail={"key": key, "dead_letter_key": cfg.dead_letter_key, "moved": moved,
+                "scanned": scanned},
+    )  # fmt: skip

@@ -1,0 +1,1 @@
+"""Append-only audit trail in PostgreSQL: check run -> finding -> decision -> action -> verify."""

@@ -1,0 +1,111 @@
+"""The Celery app: configuration from Settings, signal handlers, no task bodies."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import structlog
+from celery import Celery, signals
+from celery.utils.saferepr import saferepr
+
+from remediation.clients import redis as redis_clients
+from remediation.logging import configure_logging
+from remediation.redact import redact
+from remediation.settings import Settings, get_settings
+
+
+def celery_config(s: Settings) -> dict[str, Any]:
+    """Safe defaults (ENGINEERING.md): late ack, bounded retry on a lost worker, prefetch 1."""
+    c = s.celery
+    return {
+        "broker_url": s.broker_url.get_secret_value(),
+        "result_backend": s.result_backend.get_secret_value(),
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,  # requeue forever on a poison task: no
+        "task_retry_on_worker_lost": True,  # bounded by max_retries below
+        "task_default_retry_delay": 5,
+        "worker_prefetch_multiplier": 1,
+        "task_soft_time_limit": c.soft_time_limit,
+        "task_time_limit": c.time_limit,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_max_retries": None,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "result_expires": c.result_expires,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "worker_send_task_events": True,
+        "task_send_sent_event": False,
+        "worker_hijack_root_logger": False,
+        "worker_concurrency": c.concurrency,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "redbeat_redis_url": s.state_redis_url.get_secret_value(),
+        "redbeat_key_prefix": "rem:redbeat:",
+        "redbeat_lock_timeout": c.redbeat_lock_timeout,
+        "beat_max_loop_interval": c.beat_max_loop_interval,
+        "broker_transport_options": {"visibility_timeout": 3600},
+    }
+
+
+@functools.cache
+def get_app() -> Celery:
+    """Build the app once: settings validated, tasks registered, schedule validated."""
+    from remediation.schedule import load_schedule
+    from remediation.tasks import register_tasks
+
+    settings = get_settings()
+    app = Celery("remediation")
+    app.conf.update(celery_config(settings))
+    app.conf.task_annotations = {"*": {"max_retries": settings.celery.max_retries_on_worker_lost}}
+    register_tasks(app)
+    app.conf.beat_schedule = load_schedule()
+    return app
+
+
+@signals.setup_logging.connect
+def _setup_logging(**_: Any) -> None:
+    s = get_settings()
+    configure_logging(s.log_level, s.log_format)
+
+
+@signals.worker_process_init.connect
+def _after_fork(**_: Any) -> None:
+    """Prefork children must not share the parent's sockets."""
+    from remediation.audit.store import close_pools
+
+    redis_clients.reset()
+    close_pools()
+
+
+@signals.worker_init.connect
+def _upgrade_audit_schema(**_: Any) -> None:
+    """Create or upgrade the audit schema when a worker starts."""
+    from remediation.audit.store import AuditStore
+
+    applied = AuditStore(get_settings().audit_dsn.get_secret_value()).upgrade()
+    if applied:
+        structlog.get_logger("remediation").info("audit schema upgraded", versions=applied)
+
+
+@signals.task_prerun.connect
+def _bind_task(task_id: str | None = None, task: Any = None, **_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(task_id=task_id, task=getattr(task, "name", None))
+
+
+@signals.task_postrun.connect
+def _unbind_task(**_: Any) -> None:
+    structlog.contextvars.clear_contextvars()
+
+
+@signals.before_task_publish.connect
+def _redact_reprs(headers: dict[str, Any] | None = None, body: Any = None, **_: Any) -> None:
+    """Celery shows argsrepr/kwargsrepr in logs, events and Flower: mask secrets there."""
+    if not isinstance(headers, dict) or "kwargsrepr" not in headers:
+        return
+    args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) and len(body) >= 2 else ((), {})
+    headers["argsrepr"] = saferepr(redact(list(args)), 1024)
+    headers["kwargsrepr"] = saferepr(redact(dict(kwargs)), 1024)

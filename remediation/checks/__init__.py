@@ -1,0 +1,1 @@
+"""Checks: read one signal source, return findings, change nothing."""

@@ -1,0 +1,1 @@
+"""Thin adapters for the systems checks read and actions change."""

@@ -1,0 +1,1 @@
+"""Guards: what stands between a finding and a side effect. State lives in Redis."""

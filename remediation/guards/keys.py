@@ -1,0 +1,47 @@
+"""Every Redis key the guards use, in one place. All under the ``rem:`` namespace."""
+
+from __future__ import annotations
+
+PREFIX = "rem:"
+PAUSE = PREFIX + "pause"
+BREAKER_INDEX = PREFIX + "breakers"
+
+
+def breaker(name: str) -> str:
+    return f"{PREFIX}breaker:{name}"
+
+
+def breaker_calls(name: str) -> str:
+    return f"{PREFIX}breaker:{name}:calls"
+
+
+def breaker_failures(name: str) -> str:
+    return f"{PREFIX}breaker:{name}:failures"
+
+
+def breaker_permits(name: str) -> str:
+    return f"{PREFIX}breaker:{name}:permits"
+
+
+def lock(action: str, resource: str) -> str:
+    return f"{PREFIX}lock:{action}:{resource}"
+
+
+def cooldown(action: str, resource: str) -> str:
+    return f"{PREFIX}cooldown:{action}:{resource}"
+
+
+def budget(action: str) -> str:
+    return f"{PREFIX}budget:{action}"
+
+
+def idempotency(key: str) -> str:
+    return f"{PREFIX}idem:{key}"
+
+
+def incident(fingerprint: str) -> str:
+    return f"{PREFIX}incident:{fingerprint}"
+
+
+def notified(incident_id: str, kind: str) -> str:
+    return f"{PREFIX}notified:{incident_id}:{kind}"

@@ -1,0 +1,161 @@
+"""@check and @action: declare a runbook step once; bad declarations fail at import.
+
+Each declaration becomes a Celery task named ``remediation.check.<name>`` or
+``remediation.act.<name>`` (see tasks.py). Guard options live on the decorator; the
+guard layer owns the allowed set (``GUARD_OPTIONS``).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from remediation.errors import RegistryError, UnknownTaskError
+from remediation.findings import ActionResult, Finding
+from remediation.params import ActionParams, CheckParams, Params
+
+CHECK_PREFIX = "remediation.check."
+ACTION_PREFIX = "remediation.act."
+_NAME = re.compile(r"^[a-z][a-z0-9]*(_[a-z0-9]+)*$")
+
+
+@dataclass(frozen=True)
+class GuardOptions:
+    """Which guards apply to an action and how tight they are."""
+
+    cooldown: timedelta = timedelta(0)
+    max_per_hour: int | None = None
+    breaker: bool = True
+    lock: bool = True
+    verify: bool = True
+
+    def __post_init__(self) -> None:
+        if self.cooldown < timedelta(0):
+            raise RegistryError("cooldown must not be negative")
+        if self.max_per_hour is not None and self.max_per_hour < 1:
+            raise RegistryError("max_per_hour must be at least 1 (or None for no budget)")
+
+
+GUARD_OPTIONS = frozenset(f.name for f in GuardOptions.__dataclass_fields__.values())
+
+
+@dataclass(frozen=True)
+class CheckSpec:
+    name: str
+    fn: Callable[..., list[Finding]]
+    params_model: type[CheckParams]
+    doc: str
+
+    @property
+    def task_name(self) -> str:
+        return CHECK_PREFIX + self.name
+
+
+@dataclass(frozen=True)
+class ActionSpec:
+    name: str
+    fn: Callable[..., ActionResult]
+    params_model: type[ActionParams]
+    doc: str
+    guards: GuardOptions = field(default_factory=GuardOptions)
+    resource: Callable[[Any], str] = lambda p: p.target
+
+    @property
+    def task_name(self) -> str:
+        return ACTION_PREFIX + self.name
+
+
+CHECKS: dict[str, CheckSpec] = {}
+ACTIONS: dict[str, ActionSpec] = {}
+
+
+def _params_model(fn: Callable[..., Any], base: type[Params]) -> Any:
+    hints = typing.get_type_hints(fn)
+    params = list(inspect.signature(fn).parameters)
+    if len(params) != 2 or params[0] != "ctx" or params[1] != "params":
+        raise RegistryError(f"{fn.__name__}: signature must be (ctx, params)")
+    model = hints.get("params")
+    if not (isinstance(model, type) and issubclass(model, base)):
+        raise RegistryError(f"{fn.__name__}: params must be annotated with a {base.__name__}")
+    return model
+
+
+def _check_name(name: str, table: dict[str, Any]) -> None:
+    if not _NAME.match(name):
+        raise RegistryError(f"{name!r}: names are lower_snake_case")
+    if name in table:
+        raise RegistryError(f"{name!r} is declared twice")
+
+
+def check(name: str) -> Callable[[Callable[..., list[Finding]]], Callable[..., list[Finding]]]:
+    """Declare a read-only check: (ctx, params) -> list[Finding]."""
+
+    def register(fn: Callable[..., list[Finding]]) -> Callable[..., list[Finding]]:
+        _check_name(name, CHECKS)
+        CHECKS[name] = CheckSpec(name, fn, _params_model(fn, CheckParams), _doc(fn))
+        return fn
+
+    return register
+
+
+def action(
+    name: str, *, resource: Callable[[Any], str] | None = None, **guards: Any
+) -> Callable[[Callable[..., ActionResult]], Callable[..., ActionResult]]:
+    """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options."""
+    unknown = set(guards) - GUARD_OPTIONS
+    if unknown:
+        raise RegistryError(f"{name}: unknown guard option(s) {sorted(unknown)}")
+    options = GuardOptions(**guards)
+
+    def register(fn: Callable[..., ActionResult]) -> Callable[..., ActionResult]:
+        _check_name(name, ACTIONS)
+        model = _params_model(fn, ActionParams)
+        spec = ActionSpec(name, fn, model, _doc(fn), options, resource or (lambda p: p.target))
+        ACTIONS[name] = spec
+        return fn
+
+    return register
+
+
+def _doc(fn: Callable[..., Any]) -> str:
+    doc = inspect.getdoc(fn)
+    if not doc:
+        raise RegistryError(f"{fn.__name__}: operators read the docstring; write one")
+    return doc
+
+
+def load_all() -> None:
+    """Import every module under remediation.checks and remediation.actions."""
+    for package in ("remediation.checks", "remediation.actions"):
+        pkg = importlib.import_module(package)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{package}.{mod.name}")
+
+
+def get_check(name: str) -> CheckSpec:
+    load_all()
+    short = name.removeprefix(CHECK_PREFIX)
+    if short not in CHECKS:
+        raise UnknownTaskError(f"no check named {short!r} (known: {', '.join(sorted(CHECKS))})")
+    return CHECKS[short]
+
+
+def get_action(name: str) -> ActionSpec:
+    load_all()
+    short = name.removeprefix(ACTION_PREFIX)
+    if short not in ACTIONS:
+        raise UnknownTaskError(f"no action named {short!r} (known: {', '.join(sorted(ACTIONS))})")
+    return ACTIONS[short]
+
+
+def task_names() -> set[str]:
+    """Every task name a schedule or `celery call` may use."""
+    load_all()
+    return {c.task_name for c in CHECKS.values()} | {a.task_name for a in ACTIONS.values()}

@@ -1,0 +1,294 @@
+"""detect -> guard -> act -> verify -> audit -> notify, without Celery.
+
+Tasks (tasks.py) are thin wrappers around Runner.run_check / Runner.run_action; the CLI's
+`run CHECK --act` uses the same Runner with an in-process dispatcher.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+
+from remediation import playbook
+from remediation.audit.store import AuditStore
+from remediation.clients import redis as redis_clients
+from remediation.context import ActionContext, CheckContext, Trigger
+from remediation.errors import GuardUnavailable, RemediationError
+from remediation.findings import ActionResult, Finding
+from remediation.guards import keys
+from remediation.guards.chain import GuardChain
+from remediation.logging import get_logger
+from remediation.redact import redact_text
+from remediation.registry import ACTION_PREFIX, get_action, get_check
+from remediation.settings import Settings
+
+# dispatch(task_name, kwargs, trigger) sends an action for execution (Celery or in-process)
+Dispatch = Callable[[str, dict[str, Any], Trigger | None], None]
+
+
+@dataclass
+class CheckOutcome:
+    status: str  # ok | error | rejected
+    check_run_id: int
+    findings: list[Finding] = field(default_factory=list)
+    finding_ids: list[int] = field(default_factory=list)
+    dispatched: int = 0
+    error: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "check_run_id": self.check_run_id,
+            "findings": [f.model_dump(mode="json") for f in self.findings],
+            "dispatched": self.dispatched,
+            "error": self.error,
+        }
+
+
+@dataclass
+class ActionOutcome:
+    outcome: str  # succeeded | failed | rejected | dry_run | suppressed | duplicate | unavailable
+    decision_id: int | None = None
+    action_run_id: int | None = None
+    reason: str = ""
+    verification: str | None = None
+    result: dict[str, Any] | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def validation_message(exc: ValidationError) -> str:
+    """One line per problem, naming the kwarg, without echoing the rejected values."""
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or "kwargs"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+class Runner:
+    """The pipeline for one process. Holds no per-call state."""
+
+    def __init__(self, settings: Settings, dispatch: Dispatch, store: AuditStore | None = None):
+        self.settings = settings
+        self.dispatch = dispatch
+        self.store = store or AuditStore(settings.audit_dsn.get_secret_value())
+        self.log = get_logger("remediation.runner")
+
+    @property
+    def state(self) -> Any:
+        return redis_clients.client(self.settings.state_redis_url.get_secret_value())
+
+    # --- checks ---------------------------------------------------------------------------
+
+    def run_check(
+        self,
+        name: str,
+        kwargs: dict[str, Any],
+        *,
+        task_id: str | None = None,
+        purpose: str = "detect",
+        act: bool = True,
+    ) -> CheckOutcome:
+        """Run one check, audit its findings and (for detection) fan out the playbook."""
+        spec = get_check(name)
+        try:
+            params = spec.params_model.model_validate(kwargs)
+        except ValidationError as exc:
+            message = validation_message(exc)
+            run_id = self.store.rejected_check(spec.name, kwargs, message, task_id)
+            self.log.warning("check rejected", check=spec.name, reason=message)
+            return CheckOutcome("rejected", run_id, error=message)
+        structlog.contextvars.bind_contextvars(check=spec.name, target=params.target)
+        run_id = self.store.start_check_run(
+            spec.name, params.target, params.model_dump(mode="json"), purpose, task_id
+        )
+        started = time.monotonic()
+        try:
+            findings = spec.fn(CheckContext(self.settings, self.log), params)
+        except Exception as exc:  # a broken check is recorded, never fatal to the worker
+            error = redact_text(f"{type(exc).__name__}: {exc}")
+            self.store.finish_check_run(run_id, "error", 0, _ms(started), error)
+            self.log.error("check failed", error=error)
+            return CheckOutcome("error", run_id, error=error)
+        outcome = CheckOutcome("ok", run_id, findings=findings)
+        for finding in findings:
+            incident = self._incident(finding) if purpose == "detect" and act else None
+            finding_id = self.store.add_finding(run_id, finding, incident)
+            outcome.finding_ids.append(finding_id)
+            if incident:
+                outcome.dispatched += self._fan_out(finding, finding_id, incident, params)
+        self.store.finish_check_run(run_id, "ok", len(findings), _ms(started))
+        self.log.info("check done", findings=len(findings), dispatched=outcome.dispatched)
+        return outcome
+
+    def _incident(self, finding: Finding) -> str | None:
+        """The open incident for this condition, opened now if there is none."""
+        key = keys.incident(finding.fingerprint)
+        candidate = f"{finding.fingerprint}-{uuid.uuid4().hex[:8]}"
+        try:
+            ttl = self.settings.guards.incident_ttl_seconds
+            if self.state.set(key, candidate, nx=True, ex=ttl):
+                return candidate
+            current = self.state.get(key)
+            return current.decode() if current else candidate
+        except Exception as exc:  # without state, no incident: the action's guards refuse too
+            self.log.error("incident state unavailable", error=str(exc))
+            return candidate
+
+    def _fan_out(self, finding: Finding, finding_id: int, incident: str, params: Any) -> int:
+        trigger = Trigger(
+            finding_id=finding_id,
+            check=finding.check,
+            check_params=params.model_dump(mode="json"),
+            fingerprint=finding.fingerprint,
+            incident=incident,
+        )
+        rules = playbook.rules_for(finding)
+        for rule in rules:
+            self.dispatch(ACTION_PREFIX + rule.action, rule.params(finding), trigger)
+        return len(rules)
+
+    # --- actions --------------------------------------------------------------------------
+
+    def run_action(
+        self, name: str, kwargs: dict[str, Any], *, task_id: str | None = None,
+        trigger: Trigger | None = None,
+    ) -> ActionOutcome:  # fmt: skip
+        """Validate, pass the guards, act, record, verify, notify. Never raises on purpose."""
+        spec = get_action(name)
+        finding_id = trigger.finding_id if trigger else None
+        try:
+            params = spec.params_model.model_validate(kwargs)
+        except ValidationError as exc:
+            message = validation_message(exc)
+            run_id = self.store.add_action_run(
+                action=spec.name, target=str(kwargs.get("target", "?"))[:64], resource=None,
+                params=kwargs, outcome="rejected", error=message, finding_id=finding_id,
+                task_id=task_id,
+            )  # fmt: skip
+            self.log.warning("action rejected", action=spec.name, reason=message)
+            return ActionOutcome("rejected", action_run_id=run_id, reason=message)
+        target, resource = params.target, spec.resource(params)
+        structlog.contextvars.bind_contextvars(action=spec.name, target=target, resource=resource)
+        idem = (
+            f"{spec.name}:{resource}:{trigger.incident}"
+            if trigger
+            else f"{spec.name}:{resource}:task:{task_id or uuid.uuid4().hex}"
+        )
+        chain = GuardChain(self.state, self.settings, spec)
+        audit = {"action": spec.name, "target": target, "resource": resource}
+        try:
+            adm = chain.admit(target, resource, idem)
+        except GuardUnavailable as exc:
+            decision_id = self.store.add_decision(
+                **audit, decision="unavailable", guard="state", reason=str(exc),
+                finding_id=finding_id, task_id=task_id, idempotency_key=idem,
+            )  # fmt: skip
+            self.log.error("guard state unavailable; not acting", error=str(exc))
+            self._notify("guard_unavailable", trigger, f"{spec.name} on {resource} not run: {exc}")
+            return ActionOutcome("unavailable", decision_id, reason=str(exc))
+        decision_id = self.store.add_decision(
+            **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
+            finding_id=finding_id, task_id=task_id, idempotency_key=idem,
+        )  # fmt: skip
+        if adm.decision == "dry_run":
+            run_id = self.store.add_action_run(
+                **audit, params=params.model_dump(mode="json"), outcome="dry_run",
+                decision_id=decision_id, finding_id=finding_id, task_id=task_id,
+            )  # fmt: skip
+            self.log.info("dry-run: would act", params=params.model_dump(mode="json"))
+            return ActionOutcome("dry_run", decision_id, run_id, adm.reason)
+        if not adm.admitted:
+            self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
+            return ActionOutcome(adm.decision, decision_id, reason=adm.reason)
+        return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
+
+    def _act(
+        self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
+        trigger: Trigger | None, task_id: str | None, audit: dict[str, str],
+    ) -> ActionOutcome:  # fmt: skip
+        ctx = ActionContext(self.settings, self.log, trigger)
+        started = time.monotonic()
+        error: str | None = None
+        try:
+            result = spec.fn(ctx, params)
+        except BaseException as exc:  # SoftTimeLimitExceeded included: record, release, re-raise none
+            if isinstance(exc, KeyboardInterrupt | SystemExit):
+                chain.complete(adm, audit["target"], audit["resource"], success=False)
+                raise
+            error = redact_text(f"{type(exc).__name__}: {exc}")
+            result = ActionResult(ok=False, changed=False, summary=error)
+        success = result.ok
+        try:
+            transition = chain.complete(adm, audit["target"], audit["resource"], success)
+        except GuardUnavailable as exc:
+            transition = ""
+            self.log.error("could not record the outcome in guard state", error=str(exc))
+        outcome = "succeeded" if success else "failed"
+        verification = None if success and spec.guards.verify and trigger else "skipped"
+        run_id = self.store.add_action_run(
+            **audit, params=params.model_dump(mode="json"), outcome=outcome,
+            error=error or (None if success else result.summary),
+            result=result.model_dump(mode="json"), duration_ms=_ms(started),
+            decision_id=decision_id, finding_id=trigger.finding_id if trigger else None,
+            task_id=task_id, verification=verification,
+        )  # fmt: skip
+        self.log.info("action done", outcome=outcome, summary=result.summary)
+        done = ActionOutcome(outcome, decision_id, run_id, result.summary, verification)
+        done.result = result.model_dump(mode="json")
+        what = f"{spec.name} on {audit['resource']}"
+        if not success and spec.name != "notify":  # never notify about notifying
+            self._notify("action_failed", trigger, f"{what} failed: {result.summary}")
+        if transition == "opened":
+            self._notify("breaker_open", trigger, f"circuit {chain.breaker_name(audit['target'])}"
+                         f" opened after {what} failed; further runs are suppressed")  # fmt: skip
+        if verification is None and trigger is not None:
+            done.verification = self._verify(run_id, trigger, what)
+        return done
+
+    def _verify(self, action_run_id: int, trigger: Trigger, what: str) -> str:
+        """Re-run the originating check until the condition is gone (bounded)."""
+        cfg = self.settings.verify
+        verdict, check_run_id = "not_recovered", None
+        for attempt in range(cfg.attempts):
+            if attempt:
+                time.sleep(cfg.delay_seconds)
+            outcome = self.run_check(trigger.check, trigger.check_params, purpose="verify", act=False)
+            check_run_id = outcome.check_run_id
+            if outcome.status != "ok":
+                verdict = "error"
+                continue
+            if all(f.fingerprint != trigger.fingerprint for f in outcome.findings):
+                verdict = "recovered"
+                break
+            verdict = "not_recovered"
+        self.store.set_verification(action_run_id, verdict, check_run_id)
+        self.log.info("verification", verification=verdict)
+        if verdict == "recovered":
+            try:
+                self.state.delete(keys.incident(trigger.fingerprint))
+            except Exception as exc:
+                self.log.warning("could not close incident", error=str(exc))
+        else:
+            self._notify("unverified_fix", trigger, f"{what} ran but the check still fails ({verdict})")
+        return verdict
+
+    def _notify(self, kind: str, trigger: Trigger | None, text: str) -> None:
+        incident = trigger.incident if trigger else f"manual-{uuid.uuid4().hex[:8]}"
+        kwargs = {"text": text, "incident": incident, "kind": kind, "severity": "high"}
+        try:
+            self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
+        except (RemediationError, OSError, Exception) as exc:  # the broker may be what is down
+            self.log.error("could not dispatch notification", kind=kind, error=str(exc))
+
+
+def _ms(started: float) -> float:
+    return round((time.monotonic() - started) * 1000, 3)

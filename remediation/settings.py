@@ -1,0 +1,198 @@
+"""The one place configuration is read: environment variables prefixed REMEDIATION_.
+
+Nested settings use ``__`` (``REMEDIATION_BREAKER__MINIMUM_CALLS=4``); mappings can be
+given as JSON (``REMEDIATION_POSTGRES_TARGETS='{"app": "postgresql://..."}'``) or one
+key at a time (``REMEDIATION_POSTGRES_TARGETS__APP=postgresql://...``). Anything that can
+hold a password is a ``SecretStr``. ``.env.example`` lists every variable.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from remediation.errors import ConfigError, TargetError
+
+ENV_PREFIX = "REMEDIATION_"
+NESTED = "__"
+# Variables the test-suite and set-up scripts use; they are not settings.
+_NOT_SETTINGS = ("REMEDIATION_TEST_", "REMEDIATION_BENCH_", "REMEDIATION_CHAOS_")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BreakerSettings(_Section):
+    """Circuit breaker defaults (resilience4j semantics), per action + target."""
+
+    failure_rate_threshold: float = Field(0.5, gt=0, le=1, description="failed share that opens")
+    minimum_calls: int = Field(4, ge=1, le=1000, description="calls in window before rate counts")
+    window_seconds: int = Field(900, ge=1, description="sliding window of recorded calls")
+    wait_seconds: int = Field(300, ge=1, description="time open before half-open trials")
+    half_open_permits: int = Field(1, ge=1, le=100, description="concurrent half-open trials")
+    permit_lease_seconds: int = Field(900, ge=1, description="a trial permit expires after this")
+
+
+class GuardSettings(_Section):
+    """Guards that stand between a finding and a side effect."""
+
+    dry_run: bool = Field(False, description="global dry-run: decide and audit, never act")
+    dry_run_actions: list[str] = Field(default_factory=list, description="per-action dry-run")
+    lock_ttl_seconds: int = Field(900, ge=1, description="per-target lock lease")
+    incident_ttl_seconds: int = Field(3600, ge=60, description="an unresolved incident lives this")
+    cooldown_overrides: dict[str, int] = Field(default_factory=dict)
+    budget_overrides: dict[str, int] = Field(default_factory=dict)
+
+
+class NotifySettings(_Section):
+    """Where notifications go (Slack-compatible incoming webhook)."""
+
+    webhook_url: SecretStr | None = None
+    timeout_seconds: float = Field(5.0, gt=0, le=60)
+    window_seconds: int = Field(3600, ge=1, description="same incident not sent twice within")
+
+
+class JobQueueSettings(_Section):
+    """Runbook 000 "Redis queue management": the application's job list."""
+
+    target: str = Field("self", description="name in REMEDIATION_REDIS_TARGETS")
+    key: str = Field("job_queue", min_length=1)
+    dead_letter_key: str = Field("job_queue:dead_letter", min_length=1)
+    id_field: str | None = Field(None, description="JSON field naming a job; None = whole payload")
+    enqueued_at_field: str = Field("enqueued_at", description="JSON field, epoch seconds")
+    max_age_seconds: int = Field(3600, ge=1, description="older jobs go to the dead-letter list")
+    backlog_warning: int = Field(50, ge=1, description="runbook 004: pending jobs > 50")
+    backlog_high: int = Field(1000, ge=1, description="runbook 002: queue depth > 1000")
+    scan_limit: int = Field(10_000, ge=1, le=1_000_000, description="jobs examined per run")
+    max_changes_per_run: int = Field(1000, ge=1, description="jobs removed or moved per run")
+
+
+class CelerySettings(_Section):
+    """Worker safety defaults."""
+
+    soft_time_limit: int = Field(300, ge=1)
+    time_limit: int = Field(360, ge=2)
+    max_retries_on_worker_lost: int = Field(3, ge=0, le=20)
+    result_expires: int = Field(86400, ge=60)
+    concurrency: int = Field(2, ge=1, le=64)
+    redbeat_lock_timeout: int = Field(60, ge=10, description="standby beat takes over after this")
+    beat_max_loop_interval: int = Field(5, ge=1)
+
+
+class VerifySettings(_Section):
+    """How an action's effect is verified: re-run the check, bounded."""
+
+    attempts: int = Field(5, ge=1, le=30)
+    delay_seconds: float = Field(1.0, ge=0, le=60)
+
+
+class Settings(BaseSettings):
+    """Everything the worker, beat and CLI read. Validated once, at start."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter=NESTED,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+    )
+
+    broker_url: SecretStr = SecretStr("redis://127.0.0.1:6379/1")
+    result_backend: SecretStr = SecretStr("redis://127.0.0.1:6379/2")
+    state_redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    audit_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/remediation")
+    postgres_targets: dict[str, SecretStr] = Field(default_factory=dict)
+    redis_targets: dict[str, SecretStr] = Field(default_factory=dict)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    spool_dir: str = ".data/spool"
+    breaker: BreakerSettings = BreakerSettings()
+    guards: GuardSettings = GuardSettings()
+    notify: NotifySettings = NotifySettings()
+    job_queue: JobQueueSettings = JobQueueSettings()
+    celery: CelerySettings = CelerySettings()
+    verify: VerifySettings = VerifySettings()
+
+    @field_validator("broker_url", "result_backend", "state_redis_url")
+    @classmethod
+    def _redis_or_amqp(cls, value: SecretStr) -> SecretStr:
+        scheme = value.get_secret_value().split("://", 1)[0]
+        if scheme not in {"redis", "rediss", "amqp", "amqps", "pyamqp", "unix"}:
+            raise ValueError(f"unsupported URL scheme {scheme!r}")
+        return value
+
+    @field_validator("audit_dsn")
+    @classmethod
+    def _postgres_dsn(cls, value: SecretStr) -> SecretStr:
+        _require_postgres(value)
+        return value
+
+    @field_validator("postgres_targets")
+    @classmethod
+    def _postgres_targets(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for dsn in value.values():
+            _require_postgres(dsn)
+        return value
+
+    def postgres_dsn(self, target: str) -> str:
+        """The DSN of a monitored database; "self" is the audit database by default."""
+        return _lookup(self.postgres_targets, target, "POSTGRES_TARGETS", self.audit_dsn)
+
+    def redis_url(self, target: str) -> str:
+        """The URL of a monitored Redis; "self" is the state Redis by default."""
+        return _lookup(self.redis_targets, target, "REDIS_TARGETS", self.state_redis_url)
+
+
+def _require_postgres(value: SecretStr) -> None:
+    dsn = value.get_secret_value()
+    if not dsn.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+
+
+def _lookup(table: dict[str, SecretStr], target: str, var: str, self_default: SecretStr) -> str:
+    lowered = {name.lower(): url for name, url in table.items()}
+    if target.lower() in lowered:
+        return lowered[target.lower()].get_secret_value()
+    if target == "self":
+        return self_default.get_secret_value()
+    known = ", ".join(sorted(set(lowered) | {"self"}))
+    raise TargetError(f"target {target!r} is not configured in {ENV_PREFIX}{var} (known: {known})")
+
+
+def env_name(loc: tuple[Any, ...]) -> str:
+    """The environment variable a validation error location refers to."""
+    return ENV_PREFIX + NESTED.join(str(part).upper() for part in loc)
+
+
+def _unknown_variables(fields: set[str]) -> list[str]:
+    unknown = []
+    for name in os.environ:
+        if not name.startswith(ENV_PREFIX) or name.startswith(_NOT_SETTINGS):
+            continue
+        top = name[len(ENV_PREFIX) :].split(NESTED, 1)[0].lower()
+        if top not in fields:
+            unknown.append(name)
+    return sorted(unknown)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read and validate settings; raise ConfigError naming the variable on any problem."""
+    unknown = _unknown_variables(set(Settings.model_fields))
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: not a known setting (see .env.example)")
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise ConfigError(f"{env_name(first['loc'])}: {first['msg']}") from None
+
+
+@functools.cache
+def get_settings() -> Settings:
+    """The process-wide settings, loaded on first use."""
+    return load_settings()

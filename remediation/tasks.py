@@ -1,0 +1,68 @@
+"""Thin Celery tasks: look the check or action up by name and call the runner."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import structlog
+from celery import Celery, Task
+
+from remediation import registry
+from remediation.context import Trigger
+from remediation.runner import Runner
+from remediation.settings import get_settings
+
+TRIGGER_HEADER = "remediation_trigger"
+
+
+def dispatch_via(app: Celery) -> Any:
+    """A Runner dispatcher that sends action tasks through the broker."""
+
+    def dispatch(task_name: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
+        headers = {TRIGGER_HEADER: trigger.as_header} if trigger else {}
+        app.send_task(task_name, kwargs=kwargs, headers=headers)
+
+    return dispatch
+
+
+@functools.cache
+def runner(app: Celery) -> Runner:
+    return Runner(get_settings(), dispatch_via(app))
+
+
+def _trigger(task: Task) -> Trigger | None:
+    value = getattr(task.request, TRIGGER_HEADER, None)
+    if value is None and isinstance(task.request.headers, dict):
+        value = task.request.headers.get(TRIGGER_HEADER)
+    return Trigger.from_header(value)
+
+
+def register_tasks(app: Celery) -> None:
+    """One task per check and action, named remediation.check.* / remediation.act.*."""
+    registry.load_all()
+    for check_spec in registry.CHECKS.values():
+        _register_check(app, check_spec.name, check_spec.task_name)
+    for action_spec in registry.ACTIONS.values():
+        _register_action(app, action_spec.name, action_spec.task_name)
+
+
+def _register_check(app: Celery, name: str, task_name: str) -> None:
+    @app.task(name=task_name, bind=True)
+    def run_check(self: Task, **kwargs: Any) -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(check=name)
+        return runner(app).run_check(name, kwargs, task_id=self.request.id).as_dict()
+
+    run_check.__doc__ = registry.CHECKS[name].doc
+
+
+def _register_action(app: Celery, name: str, task_name: str) -> None:
+    @app.task(name=task_name, bind=True)
+    def run_action(self: Task, **kwargs: Any) -> dict[str, Any]:
+        structlog.contextvars.bind_contextvars(action=name)
+        outcome = runner(app).run_action(
+            name, kwargs, task_id=self.request.id, trigger=_trigger(self)
+        )
+        return outcome.as_dict()
+
+    run_action.__doc__ = registry.ACTIONS[name].doc
