@@ -57,6 +57,7 @@ def get_app() -> Celery:
     from remediation.tasks import register_tasks
 
     settings = get_settings()
+    configure_logging(settings.log_level, settings.log_format)
     app = Celery("remediation")
     app.conf.update(celery_config(settings))
     app.conf.task_annotations = {"*": {"max_retries": settings.celery.max_retries_on_worker_lost}}

@@ -25,8 +25,8 @@ class Rule:
         return finding.kind == self.kind and finding.severity.rank >= self.min_severity.rank
 
 
-def _target(f: Finding) -> dict[str, Any]:
-    return {"target": f.target}
+def _job_list(f: Finding) -> dict[str, Any]:
+    return {"target": f.target, "key": f.subject}
 
 
 def _table(f: Finding) -> dict[str, Any]:
@@ -53,13 +53,13 @@ RULES: list[Rule] = [
     Rule(
         "redis_job_queue_duplicates",
         "dedupe_job_queue",
-        _target,
+        _job_list,
         "000 Redis Queue Management: job queue processing duplicate jobs",
     ),
     Rule(
         "redis_job_queue_stale",
         "dead_letter_stale_jobs",
-        _target,
+        _job_list,
         "000 Redis Queue Management: job queue is stuck (instead of FLUSHALL); "
         "004 Worker Queue Backlog: clear stale jobs",
     ),

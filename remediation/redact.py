@@ -9,10 +9,15 @@ MASK = "***"
 
 # user:password@ in any URL or DSN
 _URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)")
+_SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
 # password=... in key=value DSNs and query strings
 _KV_SECRET = re.compile(
-    r"(?P<key>\b(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)\s*[=:]\s*)"
-    r"(?P<val>'[^']*'|\"[^\"]*\"|[^\s&,;'\"}]+)",
+    r"(?P<key>\b" + _SECRET_WORDS + r"\s*=\s*)(?P<val>'[^']*'|\"[^\"]*\"|[^\s&,;'\"}]+)",
+    re.IGNORECASE,
+)
+# "password": "..." in JSON and 'password': '...' in Python reprs
+_QUOTED_SECRET = re.compile(
+    r"(?P<key>[\"']\w*" + _SECRET_WORDS + r"\w*[\"']\s*:\s*)(?P<val>\"[^\"]*\"|'[^']*')",
     re.IGNORECASE,
 )
 _AUTH_HEADER = re.compile(r"(?P<key>\b(?:Bearer|Basic|Token)\s+)(?P<val>[A-Za-z0-9._~+/=\-]{6,})")
@@ -27,6 +32,7 @@ def redact_text(text: str) -> str:
     """Mask passwords in URLs, key=value secrets and Authorization header values."""
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
     text = _KV_SECRET.sub(lambda m: m.group("key") + MASK, text)
+    text = _QUOTED_SECRET.sub(lambda m: m.group("key") + m.group("val")[0] + MASK + m.group("val")[0], text)
     return _AUTH_HEADER.sub(lambda m: m.group("key") + MASK, text)
 
 

@@ -48,8 +48,8 @@ IS_ROOT=0
 [[ $(id -u) -eq 0 ]] && IS_ROOT=1
 APT_UPDATED=0
 
-mkdir -p "$DATA" "$LOG_DIR" "$REDIS_DIR"
-chmod 755 "$DATA" "$LOG_DIR"
+mkdir -p "$DATA"
+chmod 755 "$DATA"
 # Two runs at once must not both start a private instance.
 if command -v flock >/dev/null 2>&1; then
     exec 9>"$DATA/.ensure_services.lock"
@@ -343,6 +343,7 @@ start_private_redis() {
         rm -f "$REDIS_PIDFILE" "$REDIS_PORTFILE"
     fi
 
+    mkdir -p "$REDIS_DIR" "$LOG_DIR"
     server=$(command -v redis-server 2>/dev/null || true)
     if [[ -z $server ]]; then
         need_packages "redis-server is not installed" redis-server redis-tools
@@ -608,8 +609,8 @@ start_private_postgres() {
         fi
     fi
 
-    mkdir -p "$base"
-    chmod 755 "$base"
+    mkdir -p "$base" "$LOG_DIR"
+    chmod 755 "$base" "$LOG_DIR"
     if [[ $base == "$PG_LOCAL_BASE" ]]; then pglog=$LOG_DIR/postgres.log; else pglog=$base/postgres.log; fi
     touch "$pglog"
     # unix socket paths are limited to 107 bytes

@@ -19,7 +19,8 @@ class JobQueueActionParams(ActionParams):
 
 
 def _resource(params: JobQueueActionParams) -> str:
-    return f"{params.target}/{params.key or ''}"
+    """Locks and cooldowns are per list; the configured list when no key is given."""
+    return f"{params.target}/{params.key or '(configured job list)'}"
 
 
 def _tombstone() -> str:

@@ -1,0 +1,336 @@
+"""The `remediation` command: status, history, breakers, schedule, playbook, run, db, pause.
+
+Human tables by default, --json for machines. Exit codes: 0 ok, 1 failure, 2 bad usage or
+bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from remediation import playbook, registry
+from remediation.errors import ConfigError, RemediationError
+from remediation.settings import Settings, get_settings
+
+_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(value: str) -> datetime:
+    """'30m', '7d' or an ISO timestamp -> aware datetime."""
+    match = _DURATION.match(value)
+    if match:
+        return datetime.now(UTC) - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: use 30m, 12h, 7d or an ISO time") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain text table; long cells are cut so a row stays on one line."""
+    if not rows:
+        return "(none)"
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    line = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
+    return "\n".join([line, *body])
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S")
+    if isinstance(value, float):
+        return f"{value:.1f}"
+    text = str(value).replace("\n", " ")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def emit(args: argparse.Namespace, data: Any, human: str) -> None:
+    if args.json:
+        print(json.dumps(data, default=str, indent=2))
+    else:
+        print(human)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def cmd_playbook(args: argparse.Namespace, s: Settings) -> int:
+    registry.load_all()
+    rows = []
+    for rule in playbook.RULES:
+        spec = registry.ACTIONS[rule.action]
+        g = spec.guards
+        guards = [
+            f"cooldown {int(g.cooldown.total_seconds())}s" if g.cooldown else "",
+            f"budget {g.max_per_hour}/h" if g.max_per_hour else "",
+            "breaker" if g.breaker else "",
+            "lock" if g.lock else "",
+            "verify" if g.verify else "",
+        ]
+        rows.append({
+            "finding": rule.kind, "min_severity": rule.min_severity.value,
+            "action": spec.task_name, "guards": ", ".join(x for x in guards if x),
+            "runbook": rule.runbook, "doc": spec.doc,
+        })  # fmt: skip
+    checks = [{"check": c.task_name, "doc": c.doc} for c in registry.CHECKS.values()]
+    human = [table(rows, ["finding", "min_severity", "action", "guards"]), ""]
+    for row in rows:
+        human += [f"{row['action']}  (runbook {row['runbook']})", _indent(row["doc"]), ""]
+    human += ["Checks:"] + [f"{c['check']}\n{_indent(c['doc'])}" for c in checks]
+    emit(args, {"rules": rows, "checks": checks}, "\n".join(human))
+    return 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.splitlines())
+
+
+def describe(sched: Any) -> str:
+    """'every 60s' or the crontab's five fields, as an operator wrote them."""
+    if hasattr(sched, "_orig_minute"):
+        parts = ("minute", "hour", "day_of_month", "month_of_year", "day_of_week")
+        return " ".join(str(getattr(sched, f"_orig_{p}")) for p in parts)
+    seconds = getattr(sched, "seconds", None)
+    return f"every {seconds:g}s" if seconds is not None else str(sched)
+
+
+def cmd_schedule(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.schedule import load_schedule
+
+    now = datetime.now(UTC)
+    rows = []
+    for name, entry in load_schedule().items():
+        sched = entry["schedule"]
+        due_in = sched.remaining_estimate(now) if hasattr(sched, "remaining_estimate") else None
+        rows.append({
+            "entry": name, "task": entry["task"], "schedule": describe(sched),
+            "next_run": (now + due_in) if due_in is not None else None,
+            "kwargs": json.dumps(entry["kwargs"]),
+        })  # fmt: skip
+    emit(args, rows, table(rows, ["entry", "task", "schedule", "next_run", "kwargs"]))
+    return 0
+
+
+def _state(s: Settings) -> Any:
+    from remediation.clients import redis as redis_clients
+
+    return redis_clients.client(s.state_redis_url.get_secret_value())
+
+
+def cmd_breakers(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.guards import breaker
+
+    r = _state(s)
+    if args.reset:
+        if not breaker.reset(r, args.reset):
+            print(f"no breaker named {args.reset!r}; see `remediation breakers`", file=sys.stderr)
+            return 1
+        from remediation.audit.store import AuditStore
+
+        action, _, target = args.reset.partition(":")
+        AuditStore(s.audit_dsn.get_secret_value()).add_decision(
+            action=action, target=target or "?", resource=target or "?",
+            decision="breaker_reset", guard="breaker", reason="reset by operator",
+        )  # fmt: skip
+        emit(args, {"reset": args.reset}, f"breaker {args.reset} reset: closed")
+        return 0
+    rows = breaker.snapshot(r)
+    for row in rows:
+        if row["open_until"]:
+            row["open_until"] = datetime.fromtimestamp(row["open_until"], UTC)
+    cols = ["name", "state", "calls_in_window", "failures_in_window", "open_until", "times_opened"]
+    emit(args, rows, table(rows, cols))
+    return 0
+
+
+def cmd_history(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.audit.store import AuditStore
+
+    rows = AuditStore(s.audit_dsn.get_secret_value()).history(
+        action=args.action, target=args.target, outcome=args.outcome, since=args.since,
+        limit=args.limit,
+    )  # fmt: skip
+    cols = ["decided_at", "action", "resource", "decision", "guard", "outcome", "verification",
+            "reason"]  # fmt: skip
+    emit(args, rows, table(rows, cols))
+    return 0
+
+
+def queue_depths(s: Settings, queues: Sequence[str] = ("celery",)) -> dict[str, int]:
+    """Pending messages per queue: the list plus its priority sub-lists (Redis broker)."""
+    from remediation.clients import redis as redis_clients
+
+    url = s.broker_url.get_secret_value()
+    if not url.startswith(("redis://", "rediss://")):
+        return {}
+    r = redis_clients.client(url)
+    depths = {}
+    for q in queues:
+        names = [q] + [f"{q}\x06\x16{p}" for p in (3, 6, 9)]
+        depths[q] = sum(r.llen(n) for n in names)
+    depths["unacked"] = r.hlen("unacked")
+    return depths
+
+
+def cmd_status(args: argparse.Namespace, s: Settings) -> int:
+    from remediation import app
+    from remediation.audit.store import AuditStore
+    from remediation.guards import breaker, keys
+
+    r = _state(s)
+    pings = app.control.inspect(timeout=1.0).ping() or {}
+    paused = r.get(keys.PAUSE)
+    data = {
+        "workers": sorted(pings),
+        "paused": paused.decode() if paused is not None else None,
+        "dry_run": s.guards.dry_run,
+        "queues": queue_depths(s),
+        "breakers": [b for b in breaker.snapshot(r) if b["state"] != "closed"],
+        "recent": AuditStore(s.audit_dsn.get_secret_value()).history(limit=10),
+    }
+    human = [
+        f"workers:  {len(pings)} answering {', '.join(sorted(pings)) or '(none: start one with make run)'}",
+        f"paused:   {data['paused'] if paused is not None else 'no'}",
+        f"dry-run:  {'yes' if s.guards.dry_run else 'no'}",
+        "queues:   " + ", ".join(f"{k}={v}" for k, v in data["queues"].items()),
+        "breakers not closed:",
+        table(data["breakers"], ["name", "state", "failures_in_window", "times_opened"]),
+        "recent decisions:",
+        table(data["recent"], ["decided_at", "action", "resource", "decision", "outcome",
+                               "verification"]),
+    ]  # fmt: skip
+    emit(args, data, "\n".join(human))
+    return 0
+
+
+def cmd_run(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.runner import Runner
+
+    try:
+        kwargs = json.loads(args.kwargs)
+    except json.JSONDecodeError as exc:
+        print(f"--kwargs is not JSON: {exc}", file=sys.stderr)
+        return 2
+    if not isinstance(kwargs, dict):
+        print("--kwargs must be a JSON object", file=sys.stderr)
+        return 2
+    actions: list[dict[str, Any]] = []
+
+    def in_process(task_name: str, kw: dict[str, Any], trigger: Any) -> None:
+        outcome = runner.run_action(task_name, kw, trigger=trigger)
+        actions.append({"action": task_name, **outcome.as_dict()})
+
+    runner = Runner(s, in_process)
+    outcome = runner.run_check(args.check, kwargs, purpose="detect" if args.act else "manual",
+                               act=args.act)  # fmt: skip
+    data = {**outcome.as_dict(), "actions": actions}
+    human = [f"check {args.check}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")]
+    human.append(table([f.model_dump() for f in outcome.findings],
+                       ["kind", "severity", "subject", "observed", "threshold", "summary"]))  # fmt: skip
+    if args.act:
+        human += ["actions:", table(actions, ["action", "outcome", "reason", "verification"])]
+    elif outcome.findings:
+        human.append("(read-only: add --act to run the playbook's actions)")
+    emit(args, data, "\n".join(human))
+    return 0 if outcome.status == "ok" else 1
+
+
+def cmd_db(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.audit.store import AuditStore
+
+    applied = AuditStore(s.audit_dsn.get_secret_value()).upgrade()
+    emit(args, {"applied": applied},
+         f"applied migrations {applied}" if applied else "audit schema is up to date")  # fmt: skip
+    return 0
+
+
+def cmd_pause(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.guards.chain import set_pause
+
+    set_pause(_state(s), args.reason, args.seconds)
+    until = f" for {args.seconds}s" if args.seconds else " until `remediation resume`"
+    emit(args, {"paused": args.reason, "seconds": args.seconds}, f"paused{until}: {args.reason}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace, s: Settings) -> int:
+    from remediation.guards.chain import clear_pause
+
+    was = clear_pause(_state(s))
+    emit(args, {"resumed": was}, "resumed" if was else "was not paused")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remediation", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("status", help="workers, queue depths, open breakers, recent actions")
+    h = sub.add_parser("history", help="guard decisions and action runs, newest first")
+    h.add_argument("--action")
+    h.add_argument("--target")
+    h.add_argument("--outcome", help="succeeded, failed, rejected, suppressed, dry_run ...")
+    h.add_argument("--since", type=parse_since, help="30m, 12h, 7d or an ISO time")
+    h.add_argument("--limit", type=int, default=50)
+    b = sub.add_parser("breakers", help="circuit breakers; `breakers reset NAME` closes one")
+    b.add_argument("verb", nargs="?", choices=["reset"])
+    b.add_argument("name", nargs="?")
+    sub.add_parser("schedule", help="beat_schedule.py entries and their next run times")
+    sub.add_parser("playbook", help="finding kind -> actions, with guards and docstrings")
+    r = sub.add_parser("run", help="run a check now (read-only unless --act)")
+    r.add_argument("check")
+    r.add_argument("--kwargs", default="{}", help='JSON, e.g. \'{"target": "self"}\'')
+    r.add_argument("--act", action="store_true", help="run the playbook's actions in-process")
+    d = sub.add_parser("db", help="audit database")
+    d.add_argument("verb", choices=["upgrade"])
+    pa = sub.add_parser("pause", help="maintenance: suppress every action")
+    pa.add_argument("--reason", default="maintenance")
+    pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
+    sub.add_parser("resume", help="end a maintenance pause")
+    return p
+
+
+COMMANDS = {
+    "status": cmd_status, "history": cmd_history, "breakers": cmd_breakers,
+    "schedule": cmd_schedule, "playbook": cmd_playbook, "run": cmd_run, "db": cmd_db,
+    "pause": cmd_pause, "resume": cmd_resume,
+}  # fmt: skip
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "breakers":
+        if args.verb == "reset" and not args.name:
+            print("usage: remediation breakers reset NAME", file=sys.stderr)
+            return 2
+        args.reset = args.name if args.verb == "reset" else None
+    try:
+        settings = get_settings()
+        from remediation.logging import configure_logging
+
+        # the command's output is the answer; only warnings and errors are logged
+        quiet = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+        configure_logging(quiet, settings.log_format)
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"remediation: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except RemediationError as exc:
+        print(f"remediation: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
