@@ -62,7 +62,7 @@ def get_app() -> Celery:
     app.conf.update(celery_config(settings))
     app.conf.task_annotations = {"*": {"max_retries": settings.celery.max_retries_on_worker_lost}}
     register_tasks(app)
-    app.conf.beat_schedule = load_schedule()
+    app.conf.beat_schedule = load_schedule(settings.schedule_module)
     return app
 
 

@@ -97,6 +97,10 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.splitlines())
 
 
+def _to_second(moment: datetime) -> datetime:
+    return (moment + timedelta(milliseconds=500)).replace(microsecond=0)
+
+
 def describe(sched: Any) -> str:
     """'every 60s' or the crontab's five fields, as an operator wrote them."""
     if hasattr(sched, "_orig_minute"):
@@ -111,12 +115,12 @@ def cmd_schedule(args: argparse.Namespace, s: Settings) -> int:
 
     now = datetime.now(UTC)
     rows = []
-    for name, entry in load_schedule().items():
+    for name, entry in load_schedule(s.schedule_module).items():
         sched = entry["schedule"]
         due_in = sched.remaining_estimate(now) if hasattr(sched, "remaining_estimate") else None
         rows.append({
             "entry": name, "task": entry["task"], "schedule": describe(sched),
-            "next_run": (now + due_in) if due_in is not None else None,
+            "next_run": _to_second(now + due_in) if due_in is not None else None,
             "kwargs": json.dumps(entry["kwargs"]),
         })  # fmt: skip
     emit(args, rows, table(rows, ["entry", "task", "schedule", "next_run", "kwargs"]))

@@ -110,7 +110,7 @@ class Settings(BaseSettings):
     redis_targets: dict[str, SecretStr] = Field(default_factory=dict)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
-    spool_dir: str = ".data/spool"
+    schedule_module: str = Field("beat_schedule", description="the Python module beat loads")
     breaker: BreakerSettings = BreakerSettings()
     guards: GuardSettings = GuardSettings()
     notify: NotifySettings = NotifySettings()
