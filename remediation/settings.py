@@ -60,7 +60,6 @@ class NotifySettings(_Section):
 class JobQueueSettings(_Section):
     """Runbook 000 "Redis queue management": the application's job list."""
 
-    target: str = Field("self", description="name in REMEDIATION_REDIS_TARGETS")
     key: str = Field("job_queue", min_length=1)
     dead_letter_key: str = Field("job_queue:dead_letter", min_length=1)
     id_field: str | None = Field(None, description="JSON field naming a job; None = whole payload")
@@ -196,3 +195,15 @@ def load_settings(**overrides: Any) -> Settings:
 def get_settings() -> Settings:
     """The process-wide settings, loaded on first use."""
     return load_settings()
+
+
+def env_names() -> list[str]:
+    """Every variable the settings read: what .env.example must list."""
+    names = []
+    for name, info in Settings.model_fields.items():
+        ann = info.annotation
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            names += [env_name((name, sub)) for sub in ann.model_fields]
+        else:
+            names.append(env_name((name,)))
+    return names

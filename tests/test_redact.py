@@ -1,0 +1,55 @@
+"""Redaction: passwords, tokens, API keys and Authorization values never leave the process."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+
+import pytest
+
+from remediation.logging import configure_logging, get_logger
+from remediation.redact import redact, redact_text
+
+
+@pytest.mark.parametrize(
+    ("text", "secret"),
+    [
+        ("postgresql://app:hunter2@db:5432/app", "hunter2"),
+        ("redis://:s3cr3t@cache:6379/0", "s3cr3t"),
+        ("amqp://guest:guestpw@mq//", "guestpw"),
+        ("host=db user=app password=hunter2 dbname=x", "hunter2"),
+        ("https://api/x?api_key=abc123&q=1", "abc123"),
+        ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9"),
+        ("{'token': 'tok-42', 'n': 1}", "tok-42"),
+        ('{"password": "pw-9"}', "pw-9"),
+    ],
+)
+def test_text_secrets_are_masked(text: str, secret: str) -> None:
+    """Each form of secret is replaced by ***."""
+    masked = redact_text(text)
+    assert secret not in masked and "***" in masked
+
+
+def test_plain_text_is_left_alone() -> None:
+    """Text without secrets is unchanged (no false positives on validation messages)."""
+    text = "token: Extra inputs are not permitted; tables: Field required"
+    assert redact_text(text) == text
+
+
+def test_secret_keys_are_masked_deeply() -> None:
+    """Values under secret-looking keys are masked at any depth; others are kept."""
+    data = {"target": "app", "nested": [{"api_key": "k"}, {"dsn": "postgresql://a:b@h/d"}]}
+    assert redact(data) == {"target": "app", "nested": [{"api_key": "***"}, {"dsn": "***"}]}
+
+
+def test_log_lines_are_redacted_for_structlog_and_stdlib() -> None:
+    """Both structlog events and plain logging records (Celery's) are masked."""
+    stream = io.StringIO()
+    configure_logging("INFO", "json", stream)
+    get_logger("t").info("connecting", dsn="postgresql://u:topsecret@h/d", note="x password=pw1")
+    logging.getLogger("celery.x").info("broker redis://:pw2@h:6379/0 ready")
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    text = stream.getvalue()
+    assert len(lines) == 2
+    assert "topsecret" not in text and "pw1" not in text and "pw2" not in text

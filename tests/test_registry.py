@@ -1,0 +1,86 @@
+"""@check / @action reject bad declarations at import; tasks get stable names."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from remediation import registry
+from remediation.errors import RegistryError
+from remediation.findings import ActionResult, Finding
+from remediation.params import ActionParams, CheckParams
+
+
+class P(ActionParams):
+    n: int = 1
+
+
+def test_every_check_and_action_has_a_stable_task_name() -> None:
+    """The shipped checks and actions are tasks under remediation.check.* / .act.*."""
+    names = registry.task_names()
+    assert {
+        "remediation.check.postgres_dead_tuples",
+        "remediation.check.redis_job_queue",
+        "remediation.act.vacuum_analyze",
+        "remediation.act.dedupe_job_queue",
+        "remediation.act.dead_letter_stale_jobs",
+        "remediation.act.notify",
+    } <= names
+
+
+def test_unknown_guard_option_is_rejected() -> None:
+    """A misspelt guard option fails at declaration, not at run time."""
+    with pytest.raises(RegistryError, match="cooldwn"):
+        registry.action("poke_x", cooldwn=timedelta(1))
+
+
+@pytest.mark.parametrize("opts", [{"cooldown": timedelta(seconds=-1)}, {"max_per_hour": 0}])
+def test_bad_guard_values_are_rejected(opts: dict[str, object]) -> None:
+    """Negative cooldowns and empty budgets are declaration errors."""
+    with pytest.raises(RegistryError):
+        registry.action("poke_x", **opts)
+
+
+def test_signature_docstring_and_names_are_checked() -> None:
+    """Actions need (ctx, params: ActionParams), a docstring and a snake_case name."""
+
+    def no_doc(ctx: object, params: P) -> ActionResult:
+        return ActionResult()
+
+    def documented(ctx: object, params: P) -> ActionResult:
+        """Doc."""
+        return ActionResult()
+
+    def wrong_params(ctx: object, params: int) -> ActionResult:
+        """Doc."""
+        return ActionResult()
+
+    with pytest.raises(RegistryError, match="docstring"):
+        registry.action("poke_a")(no_doc)
+    with pytest.raises(RegistryError, match="ActionParams"):
+        registry.action("poke_b")(wrong_params)
+    with pytest.raises(RegistryError, match="snake_case"):
+        registry.action("PokeC")(documented)
+    with pytest.raises(RegistryError, match="twice"):
+        registry.action("vacuum_analyze")(documented)
+
+
+def test_check_params_must_be_check_params() -> None:
+    """A check annotated with an action's params model is refused."""
+
+    def check_fn(ctx: object, params: P) -> list[Finding]:
+        """Doc."""
+        return []
+
+    with pytest.raises(RegistryError, match="CheckParams"):
+        registry.check("poke_check")(check_fn)
+    assert issubclass(registry.get_check("postgres_dead_tuples").params_model, CheckParams)
+
+
+def test_finding_fingerprint_is_stable_and_scoped() -> None:
+    """Same check/target/subject/kind -> same fingerprint, whatever the observed value."""
+    a = Finding(check="c", target="t", subject="s", kind="k", severity="high", observed=1)
+    b = Finding(check="c", target="t", subject="s", kind="k", severity="warning", observed=9)
+    c = Finding(check="c", target="t", subject="other", kind="k", severity="high")
+    assert a.fingerprint == b.fingerprint != c.fingerprint
