@@ -22,7 +22,7 @@ from remediation.context import ActionContext, CheckContext, Trigger
 from remediation.errors import GuardUnavailable, RemediationError
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
-from remediation.guards.chain import GuardChain
+from remediation.guards.chain import Admission, GuardChain
 from remediation.logging import get_logger
 from remediation.redact import redact_text
 from remediation.registry import ACTION_PREFIX, get_action, get_check
@@ -188,12 +188,15 @@ class Runner:
         try:
             adm = chain.admit(target, resource, idem)
         except GuardUnavailable as exc:
+            if spec.name == "notify":  # telling a human is safe without guard state
+                return self._notify_without_state(spec, params, chain, idem, trigger, task_id, audit)
             decision_id = self.store.add_decision(
                 **audit, decision="unavailable", guard="state", reason=str(exc),
                 finding_id=finding_id, task_id=task_id, idempotency_key=idem,
             )  # fmt: skip
             self.log.error("guard state unavailable; not acting", error=str(exc))
-            self._notify("guard_unavailable", trigger, f"{spec.name} on {resource} not run: {exc}")
+            incident = trigger.incident if trigger else f"{spec.name}:{resource}"
+            self._notify("guard_unavailable", incident, f"{spec.name} on {resource} not run: {exc}")
             return ActionOutcome("unavailable", decision_id, reason=str(exc))
         decision_id = self.store.add_decision(
             **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
@@ -209,6 +212,16 @@ class Runner:
         if not adm.admitted:
             self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
             return ActionOutcome(adm.decision, decision_id, reason=adm.reason)
+        return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
+
+    def _notify_without_state(
+        self, spec: Any, params: Any, chain: GuardChain, idem: str, trigger: Trigger | None,
+        task_id: str | None, audit: dict[str, str],
+    ) -> ActionOutcome:  # fmt: skip
+        reason = "guard state unavailable; notifications are sent regardless"
+        decision_id = self.store.add_decision(**audit, decision="admitted", guard="state",
+                                              reason=reason, task_id=task_id)  # fmt: skip
+        adm = Admission(True, "admitted", idempotency_key=idem)
         return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
 
     def _act(
@@ -245,11 +258,14 @@ class Runner:
         done = ActionOutcome(outcome, decision_id, run_id, result.summary, verification)
         done.result = result.model_dump(mode="json")
         what = f"{spec.name} on {audit['resource']}"
+        incident = trigger.incident if trigger else f"{spec.name}:{audit['resource']}"
         if not success and spec.name != "notify":  # never notify about notifying
-            self._notify("action_failed", trigger, f"{what} failed: {result.summary}")
+            self._notify("action_failed", incident, f"{what} failed: {result.summary}")
         if transition == "opened":
-            self._notify("breaker_open", trigger, f"circuit {chain.breaker_name(audit['target'])}"
-                         f" opened after {what} failed; further runs are suppressed")  # fmt: skip
+            name = chain.breaker_name(audit["target"])
+            self._notify("breaker_open", f"breaker:{name}",
+                         f"circuit {name} opened after {what} failed; further runs are suppressed"
+                         f" until it half-opens or `remediation breakers reset {name}`")  # fmt: skip
         if verification is None and trigger is not None:
             done.verification = self._verify(run_id, trigger, what)
         return done
@@ -278,15 +294,16 @@ class Runner:
             except Exception as exc:
                 self.log.warning("could not close incident", error=str(exc))
         else:
-            self._notify("unverified_fix", trigger, f"{what} ran but the check still fails ({verdict})")
+            self._notify("unverified_fix", trigger.incident,
+                         f"{what} ran but the check still fails ({verdict})")  # fmt: skip
         return verdict
 
-    def _notify(self, kind: str, trigger: Trigger | None, text: str) -> None:
-        incident = trigger.incident if trigger else f"manual-{uuid.uuid4().hex[:8]}"
-        kwargs = {"text": text, "incident": incident, "kind": kind, "severity": "high"}
+    def _notify(self, kind: str, incident: str, text: str) -> None:
+        """Send a notification through the notify action (deduplicated per incident + kind)."""
+        kwargs = {"text": text, "incident": incident[:200], "kind": kind, "severity": "high"}
         try:
             self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
-        except (RemediationError, OSError, Exception) as exc:  # the broker may be what is down
+        except Exception as exc:  # the broker may be what is down: log, never crash the task
             self.log.error("could not dispatch notification", kind=kind, error=str(exc))
 
 

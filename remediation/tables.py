@@ -15,7 +15,9 @@ class TableRef(BaseModel):
     Names are never interpolated: they become psycopg.sql.Identifier(schema, name).
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(
+        frozen=True, extra="forbid", serialize_by_alias=True, validate_by_name=True
+    )
 
     schema_: str = Field("public", alias="schema", min_length=1, max_length=63)
     name: str = Field(min_length=1, max_length=63)

@@ -62,11 +62,12 @@ apt_install() {
     command -v apt-get >/dev/null 2>&1 || die "apt-get not found; install these packages by hand: $*"
     if [[ $APT_UPDATED -eq 0 ]]; then
         log "apt: apt-get update"
-        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 || die "apt-get update failed"
+        DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 9>&- || die "apt-get update failed"
         APT_UPDATED=1
     fi
     log "apt: apt-get install -y $*"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 \
+    # 9>&-: services that dpkg starts must not inherit (and so hold) our lock
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >&2 9>&- \
         || die "apt-get install $* failed"
 }
 
@@ -354,7 +355,7 @@ start_private_redis() {
     for attempt in 1 2 3; do
         port=$(free_port)
         "$server" --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
-            --dir "$REDIS_DIR" --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" >/dev/null 2>&1 || true
+            --dir "$REDIS_DIR" --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" >/dev/null 2>&1 9>&- || true
         for ((i = 0; i < 100; i++)); do
             if redis_ping 127.0.0.1 "$port" "" 0 "" "" 0; then
                 printf '%s\n' "$port" >"$REDIS_PORTFILE"
@@ -506,12 +507,13 @@ tcp_open() { # HOST PORT
 
 PG_OWNER=
 pg_run() { # run a PostgreSQL server program as the cluster owner
+    # 9>&-: the server must not inherit (and so hold) our lock
     if [[ $IS_ROOT -eq 0 ]]; then
-        (cd / && env LC_ALL=C "$@")
+        (cd / && env LC_ALL=C "$@") 9>&-
     elif command -v runuser >/dev/null 2>&1; then
-        (cd / && runuser -u "$PG_OWNER" -- env LC_ALL=C "$@")
+        (cd / && runuser -u "$PG_OWNER" -- env LC_ALL=C "$@") 9>&-
     else
-        (cd / && su "$PG_OWNER" -s /bin/sh -c "$(printf '%q ' env LC_ALL=C "$@")")
+        (cd / && su "$PG_OWNER" -s /bin/sh -c "$(printf '%q ' env LC_ALL=C "$@")") 9>&-
     fi
 }
 
