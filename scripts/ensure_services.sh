@@ -248,7 +248,11 @@ free_port() {
     "$PY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-pid_alive() { [[ $1 =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null; }
+# a zombie (exited, not yet reaped by init) counts as gone
+pid_alive() {
+    [[ $1 =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null \
+        && [[ $(sed -E 's/.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
 
 # ---------------------------------------------------------------- Redis
 

@@ -16,7 +16,11 @@ PG_TMP_BASE=/tmp/remediation-pg-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
 IS_ROOT=0
 [[ $(id -u) -eq 0 ]] && IS_ROOT=1
 
-pid_alive() { [[ $1 =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null; }
+# a zombie (exited, not yet reaped by init) counts as gone
+pid_alive() {
+    [[ $1 =~ ^[0-9]+$ ]] && kill -0 "$1" 2>/dev/null \
+        && [[ $(sed -E 's/.*\) ([A-Za-z]).*/\1/' "/proc/$1/stat" 2>/dev/null) != Z ]]
+}
 
 wait_gone() { # PID SECONDS
     local i
@@ -30,6 +34,7 @@ wait_gone() { # PID SECONDS
 stop_redis() {
     local pid port
     if [[ ! -f $REDIS_PIDFILE ]]; then
+        rm -f "$REDIS_PORTFILE"
         log "redis: no private instance"
         return
     fi

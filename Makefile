@@ -1,0 +1,50 @@
+# `make` lists the targets. `make run` and `make test` each do their own set-up on a fresh
+# Debian machine: virtualenv, install, Redis and PostgreSQL (configured ones if they answer,
+# else private instances under .data/), audit schema.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV ?= .venv
+SERVICES := .data/services.env
+WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
+
+.PHONY: help venv services db run test lint bench stop clean
+
+help: ## list targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+
+venv: $(VENV)/.installed ## create the virtualenv and install the package with its dev group
+
+$(VENV)/.installed: pyproject.toml
+	@scripts/ensure_python.sh $(PYTHON)
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -e . --group dev
+	@touch $@
+
+services: venv ## make sure Redis and PostgreSQL answer (start private ones if not)
+	@scripts/ensure_services.sh $(SERVICES)
+
+db: services ## create or upgrade the audit schema
+	@$(WITH_SERVICES) $(VENV)/bin/remediation db upgrade
+
+run: db ## run a worker with one beat in the foreground, monitoring its own stack
+	$(WITH_SERVICES) exec $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
+
+test: db ## the whole test suite against real Redis, PostgreSQL and Celery workers
+	@scripts/ensure_test_tools.sh
+	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff (lint + format check) and mypy --strict on the package
+	$(VENV)/bin/ruff check remediation tests beat_schedule.py
+	$(VENV)/bin/ruff format --check remediation tests beat_schedule.py
+	$(VENV)/bin/mypy
+
+bench: db ## benchmarks under bench/, results in BENCHMARKS.md
+	$(WITH_SERVICES) $(VENV)/bin/python -m bench
+
+stop: ## stop private Redis/PostgreSQL started under .data/
+	@scripts/stop_services.sh
+
+clean: stop ## remove the virtualenv and private data
+	rm -rf $(VENV) .data

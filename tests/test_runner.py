@@ -1,0 +1,91 @@
+"""The runner without Celery: dry-run, guard state down, rejected kwargs, in-process fan-out."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from remediation.audit.store import AuditStore
+from remediation.context import Trigger
+from remediation.runner import Runner
+from tests.checks.test_postgres import bloat, dead_rows
+from remediation.testing import wait_for
+
+
+def vacuumed(dsn: str) -> set[str]:
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")
+        return {r[0] for r in rows.fetchall()}
+
+
+class Recorder:
+    """A dispatcher that records what would be sent."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, dict[str, Any], Trigger | None]] = []
+
+    def __call__(self, task: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
+        self.sent.append((task, kwargs, trigger))
+
+
+def test_dry_run_decides_audits_and_does_not_act(settings_env: Any, target_db: str) -> None:
+    """With dry-run on, the decision and a dry_run action row are audited; no VACUUM runs."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, REMEDIATION_GUARDS__DRY_RUN="true")
+    bloat(target_db, "t1")
+    runner = Runner(s, Recorder())
+    out = runner.run_action("vacuum_analyze", {"target": "app", "tables": ["public.t1"]}, task_id="dry-1")
+    assert out.outcome == "dry_run"
+    assert vacuumed(target_db) == set()
+    rows = AuditStore(s.audit_dsn.get_secret_value()).query(
+        "SELECT d.decision, a.outcome FROM guard_decisions d JOIN action_runs a"
+        " ON a.decision_id = d.id WHERE d.task_id = 'dry-1'"
+    )
+    assert rows == [{"decision": "dry_run", "outcome": "dry_run"}]
+
+
+def test_guard_state_down_means_no_action_audited_and_notified(
+    settings_env: Any, target_db: str
+) -> None:
+    """Redis unreachable: the action does not run; 'unavailable' is audited; a notice goes out."""
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_STATE_REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    bloat(target_db, "t1")
+    sent = Recorder()
+    out = Runner(s, sent).run_action(
+        "vacuum_analyze", {"target": "app", "tables": ["public.t1"]}, task_id="down-1"
+    )
+    assert out.outcome == "unavailable"
+    assert vacuumed(target_db) == set()
+    (row,) = AuditStore(s.audit_dsn.get_secret_value()).query(
+        "SELECT decision, guard, reason FROM guard_decisions WHERE task_id = 'down-1'"
+    )
+    assert row["decision"] == "unavailable" and "ConnectionError" in row["reason"]
+    assert [(t, k["kind"]) for t, k, _ in sent.sent] == [("remediation.act.notify", "guard_unavailable")]
+
+
+def test_check_fans_out_one_action_per_finding_with_trigger(settings_env: Any, target_db: str) -> None:
+    """Two bloated tables -> two vacuum triggers, each carrying its finding and incident."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    for t in ("a", "b"):
+        bloat(target_db, t)
+    wait_for(lambda: dead_rows(target_db, "b") >= 4000, 15, 0.3, "stats")
+    sent = Recorder()
+    out = Runner(s, sent).run_check("postgres_dead_tuples", {"target": "app"})
+    assert out.status == "ok" and out.dispatched == 2
+    tables = sorted(k["tables"][0]["name"] for _, k, _ in sent.sent)
+    assert tables == ["a", "b"]
+    triggers = [t for _, _, t in sent.sent]
+    assert all(t is not None and t.finding_id in out.finding_ids for t in triggers)
+    again = Recorder()
+    Runner(s, again).run_check("postgres_dead_tuples", {"target": "app"})
+    assert [t.incident for _, _, t in again.sent] == [t.incident for t in triggers]  # type: ignore[union-attr]
+
+
+def test_broken_check_is_recorded_not_raised(settings_env: Any) -> None:
+    """A check that cannot reach its target is audited as an error with a redacted message."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__DOWN="postgresql://u:pw-x@127.0.0.1:1/x")
+    out = Runner(s, Recorder()).run_check("postgres_dead_tuples", {"target": "down"})
+    assert out.status == "error" and "pw-x" not in (out.error or "")
