@@ -107,6 +107,8 @@ def _redact_reprs(headers: dict[str, Any] | None = None, body: Any = None, **_: 
     """Celery shows argsrepr/kwargsrepr in logs, events and Flower: mask secrets there."""
     if not isinstance(headers, dict) or "kwargsrepr" not in headers:
         return
-    args, kwargs = (body[0], body[1]) if isinstance(body, tuple | list) and len(body) >= 2 else ((), {})
+    args, kwargs = (
+        (body[0], body[1]) if isinstance(body, tuple | list) and len(body) >= 2 else ((), {})
+    )
     headers["argsrepr"] = saferepr(redact(list(args)), 1024)
     headers["kwargsrepr"] = saferepr(redact(dict(kwargs)), 1024)

@@ -196,7 +196,7 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     r = _state(s)
     pings = app.control.inspect(timeout=1.0).ping() or {}
     paused = r.get(keys.PAUSE)
-    data = {
+    data: dict[str, Any] = {
         "workers": sorted(pings),
         "paused": paused.decode() if paused is not None else None,
         "dry_run": s.guards.dry_run,
@@ -240,7 +240,9 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     outcome = runner.run_check(args.check, kwargs, purpose="detect" if args.act else "manual",
                                act=args.act)  # fmt: skip
     data = {**outcome.as_dict(), "actions": actions}
-    human = [f"check {args.check}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")]
+    human = [
+        f"check {args.check}: {outcome.status}" + (f" ({outcome.error})" if outcome.error else "")
+    ]
     human.append(table([f.model_dump() for f in outcome.findings],
                        ["kind", "severity", "subject", "observed", "threshold", "summary"]))  # fmt: skip
     if args.act:

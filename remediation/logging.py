@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -15,7 +16,7 @@ import structlog
 from remediation.redact import redact, redact_text
 
 
-def _redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask secrets in every value of the event dict."""
     for key, value in list(event.items()):
         if key in ("_record", "_from_structlog"):
@@ -24,7 +25,7 @@ def _redact_event(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
     return event
 
 
-def _redact_exc_text(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _redact_exc_text(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Exceptions are formatted to text before rendering; mask that text too."""
     if isinstance(event.get("exception"), str):
         event["exception"] = redact_text(event["exception"])

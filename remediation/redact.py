@@ -32,7 +32,9 @@ def redact_text(text: str) -> str:
     """Mask passwords in URLs, key=value secrets and Authorization header values."""
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK, text)
     text = _KV_SECRET.sub(lambda m: m.group("key") + MASK, text)
-    text = _QUOTED_SECRET.sub(lambda m: m.group("key") + m.group("val")[0] + MASK + m.group("val")[0], text)
+    text = _QUOTED_SECRET.sub(
+        lambda m: m.group("key") + m.group("val")[0] + MASK + m.group("val")[0], text
+    )
     return _AUTH_HEADER.sub(lambda m: m.group("key") + MASK, text)
 
 
@@ -47,7 +49,11 @@ def redact(value: Any) -> Any:
         return redact_text(value)
     if isinstance(value, dict):
         return {
-            k: (MASK if isinstance(k, str) and is_secret_key(k) and v not in (None, "") else redact(v))
+            k: (
+                MASK
+                if isinstance(k, str) and is_secret_key(k) and v not in (None, "")
+                else redact(v)
+            )
             for k, v in value.items()
         }
     if isinstance(value, list | tuple):

@@ -19,7 +19,7 @@ from remediation import playbook
 from remediation.audit.store import AuditStore
 from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Trigger
-from remediation.errors import GuardUnavailable, RemediationError
+from remediation.errors import GuardUnavailable
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
 from remediation.guards.chain import Admission, GuardChain
@@ -184,12 +184,14 @@ class Runner:
             else f"{spec.name}:{resource}:task:{task_id or uuid.uuid4().hex}"
         )
         chain = GuardChain(self.state, self.settings, spec)
-        audit = {"action": spec.name, "target": target, "resource": resource}
+        audit: dict[str, Any] = {"action": spec.name, "target": target, "resource": resource}
         try:
             adm = chain.admit(target, resource, idem)
         except GuardUnavailable as exc:
             if spec.name == "notify":  # telling a human is safe without guard state
-                return self._notify_without_state(spec, params, chain, idem, trigger, task_id, audit)
+                return self._notify_without_state(
+                    spec, params, chain, idem, trigger, task_id, audit
+                )
             decision_id = self.store.add_decision(
                 **audit, decision="unavailable", guard="state", reason=str(exc),
                 finding_id=finding_id, task_id=task_id, idempotency_key=idem,
@@ -216,7 +218,7 @@ class Runner:
 
     def _notify_without_state(
         self, spec: Any, params: Any, chain: GuardChain, idem: str, trigger: Trigger | None,
-        task_id: str | None, audit: dict[str, str],
+        task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
         reason = "guard state unavailable; notifications are sent regardless"
         decision_id = self.store.add_decision(**audit, decision="admitted", guard="state",
@@ -226,14 +228,16 @@ class Runner:
 
     def _act(
         self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
-        trigger: Trigger | None, task_id: str | None, audit: dict[str, str],
+        trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
         ctx = ActionContext(self.settings, self.log, trigger)
         started = time.monotonic()
         error: str | None = None
         try:
             result = spec.fn(ctx, params)
-        except BaseException as exc:  # SoftTimeLimitExceeded included: record, release, re-raise none
+        except (
+            BaseException
+        ) as exc:  # SoftTimeLimitExceeded included: record, release, re-raise none
             if isinstance(exc, KeyboardInterrupt | SystemExit):
                 chain.complete(adm, audit["target"], audit["resource"], success=False)
                 raise
@@ -277,7 +281,9 @@ class Runner:
         for attempt in range(cfg.attempts):
             if attempt:
                 time.sleep(cfg.delay_seconds)
-            outcome = self.run_check(trigger.check, trigger.check_params, purpose="verify", act=False)
+            outcome = self.run_check(
+                trigger.check, trigger.check_params, purpose="verify", act=False
+            )
             check_run_id = outcome.check_run_id
             if outcome.status != "ok":
                 verdict = "error"

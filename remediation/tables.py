@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from psycopg import sql
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class TableRef(BaseModel):

@@ -62,8 +62,21 @@ class RedisServer:
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
         self.proc = subprocess.Popen(
-            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.dir, "--logfile", ""],  # fmt: skip
+            [
+                binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self.dir,
+                "--logfile",
+                "",
+            ],  # fmt: skip
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -87,14 +100,14 @@ def _pings(client: redis.Redis) -> bool:
 
 def with_database(dsn: str, dbname: str) -> str:
     """The same server DSN pointing at another database."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
     info["dbname"] = dbname
     return psycopg.conninfo.make_conninfo(**info)
 
 
 def as_url(dsn: str) -> str:
     """A key=value DSN as a postgresql:// URL (settings require URLs)."""
-    info = psycopg.conninfo.conninfo_to_dict(dsn)
+    info = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
     auth = info.get("user", "postgres") + (f":{info['password']}" if info.get("password") else "")
     host = info.get("host", "127.0.0.1")
     return f"postgresql://{auth}@{host}:{info.get('port', 5432)}/{info.get('dbname', 'postgres')}"
@@ -110,7 +123,9 @@ def scratch_database(admin_dsn: str, prefix: str = "rem_test") -> Iterator[str]:
         yield with_database(admin_dsn, name)
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
-            conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 class WebhookReceiver:
@@ -122,7 +137,7 @@ class WebhookReceiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 import json
 
                 length = int(self.headers.get("Content-Length", 0))
@@ -166,7 +181,7 @@ class WorkerProcess:
             "-n", f"{self.name}@%h", "-c", str(self.concurrency), "--loglevel", "INFO",
             "--without-gossip", "--without-mingle", *self.extra_args,
         ]  # fmt: skip
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 (closed in stop)
+        self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,

@@ -49,7 +49,8 @@ IS_ROOT=0
 APT_UPDATED=0
 
 mkdir -p "$DATA"
-chmod 755 "$DATA"
+chmod 755 "$DATA" 2>/dev/null || true # the postgres system user may need to pass through
+[[ -w $DATA ]] || die "$DATA is not writable by $(id -un) (made by another user?)"
 # Two runs at once must not both start a private instance.
 if command -v flock >/dev/null 2>&1; then
     exec 9>"$DATA/.ensure_services.lock"
@@ -361,6 +362,10 @@ start_private_redis() {
         "$server" --daemonize yes --bind 127.0.0.1 --port "$port" --save "" --appendonly no \
             --dir "$REDIS_DIR" --pidfile "$REDIS_PIDFILE" --logfile "$REDIS_LOG" >/dev/null 2>&1 9>&- || true
         for ((i = 0; i < 100; i++)); do
+            # after a second without a live server process there is no point in waiting
+            if ((i >= 10)) && ! pid_alive "$(head -n 1 "$REDIS_PIDFILE" 2>/dev/null || true)"; then
+                break
+            fi
             if redis_ping 127.0.0.1 "$port" "" 0 "" "" 0; then
                 printf '%s\n' "$port" >"$REDIS_PORTFILE"
                 REDIS_PRIVATE_PORT=$port
@@ -369,7 +374,7 @@ start_private_redis() {
             fi
             sleep 0.1
         done
-        log "redis: private instance on port $port did not answer within 10 s (attempt $attempt)"
+        log "redis: private instance on port $port did not come up (attempt $attempt)"
         pid=$(head -n 1 "$REDIS_PIDFILE" 2>/dev/null || true)
         if pid_alive "$pid"; then kill "$pid" 2>/dev/null || true; fi
         rm -f "$REDIS_PIDFILE"
@@ -537,7 +542,7 @@ ensure_postgres_user() {
 }
 
 pg_major() { # BINDIR: major version of the server there
-    "$1/pg_ctl" --version 2>/dev/null | grep -oE '[0-9]+' | head -n 1
+    { "$1/pg_ctl" --version 2>/dev/null | grep -oE '[0-9]+' | head -n 1; } || true
 }
 
 running_cluster_port() { # PGDATA: port of a cluster running there that answers
@@ -609,14 +614,14 @@ start_private_postgres() {
         version=$(head -n 1 "$pgdata/PG_VERSION")
         major=$(pg_major "$PG_BINDIR")
         if [[ $major != "$version" ]]; then
-            PG_BINDIR=$(find_pg_server_bindir "$version")
+            PG_BINDIR=$(find_pg_server_bindir "$version") || true
             [[ $(pg_major "$PG_BINDIR") == "$version" ]] \
                 || die "$pgdata was made by PostgreSQL $version, which is not installed; remove it (scripts/stop_services.sh first)"
         fi
     fi
 
     mkdir -p "$base" "$LOG_DIR"
-    chmod 755 "$base" "$LOG_DIR"
+    chmod 755 "$base" "$LOG_DIR" 2>/dev/null || true
     if [[ $base == "$PG_LOCAL_BASE" ]]; then pglog=$LOG_DIR/postgres.log; else pglog=$base/postgres.log; fi
     touch "$pglog"
     # unix socket paths are limited to 107 bytes

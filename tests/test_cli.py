@@ -86,7 +86,7 @@ def test_bad_input_is_a_clear_error(settings_env: Any, capsys: Any) -> None:
 
 
 def test_status_subprocess(settings_env: Any) -> None:
-    """`remediation status --json` answers with no worker running: zero workers, queues read."""
+    """`remediation status --json` lists answering workers, queue depths and pause state."""
     settings_env()
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "remediation"), "--json", "status"],
@@ -94,7 +94,8 @@ def test_status_subprocess(settings_env: Any) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
-    assert data["workers"] == [] and data["queues"]["celery"] == 0 and data["paused"] is None
+    assert isinstance(data["workers"], list) and data["paused"] is None
+    assert isinstance(data["queues"]["celery"], int) and "unacked" in data["queues"]
 
 
 def test_db_upgrade_is_idempotent(settings_env: Any, capsys: Any) -> None:

@@ -23,7 +23,9 @@ def test_compose_services_healthchecks_and_env_names() -> None:
         assert services[name]["env_file"] == ".env"
         used = set(services[name]["environment"])
         assert used <= known, used - known
-    sockets = {n for n, s in services.items() if any("docker.sock" in v for v in s.get("volumes", []))}
+    sockets = {
+        n for n, s in services.items() if any("docker.sock" in v for v in s.get("volumes", []))
+    }
     assert sockets == {"worker"}, "the Docker socket is mounted only where actions need it"
 
 

@@ -9,8 +9,8 @@ import psycopg
 from remediation.audit.store import AuditStore
 from remediation.context import Trigger
 from remediation.runner import Runner
-from tests.checks.test_postgres import bloat, dead_rows
 from remediation.testing import wait_for
+from tests.checks.test_postgres import bloat, dead_rows
 
 
 def vacuumed(dsn: str) -> set[str]:
@@ -31,10 +31,14 @@ class Recorder:
 
 def test_dry_run_decides_audits_and_does_not_act(settings_env: Any, target_db: str) -> None:
     """With dry-run on, the decision and a dry_run action row are audited; no VACUUM runs."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, REMEDIATION_GUARDS__DRY_RUN="true")
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db, REMEDIATION_GUARDS__DRY_RUN="true"
+    )
     bloat(target_db, "t1")
     runner = Runner(s, Recorder())
-    out = runner.run_action("vacuum_analyze", {"target": "app", "tables": ["public.t1"]}, task_id="dry-1")
+    out = runner.run_action(
+        "vacuum_analyze", {"target": "app", "tables": ["public.t1"]}, task_id="dry-1"
+    )
     assert out.outcome == "dry_run"
     assert vacuumed(target_db) == set()
     rows = AuditStore(s.audit_dsn.get_secret_value()).query(
@@ -63,10 +67,14 @@ def test_guard_state_down_means_no_action_audited_and_notified(
         "SELECT decision, guard, reason FROM guard_decisions WHERE task_id = 'down-1'"
     )
     assert row["decision"] == "unavailable" and "ConnectionError" in row["reason"]
-    assert [(t, k["kind"]) for t, k, _ in sent.sent] == [("remediation.act.notify", "guard_unavailable")]
+    assert [(t, k["kind"]) for t, k, _ in sent.sent] == [
+        ("remediation.act.notify", "guard_unavailable")
+    ]
 
 
-def test_check_fans_out_one_action_per_finding_with_trigger(settings_env: Any, target_db: str) -> None:
+def test_check_fans_out_one_action_per_finding_with_trigger(
+    settings_env: Any, target_db: str
+) -> None:
     """Two bloated tables -> two vacuum triggers, each carrying its finding and incident."""
     s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
     for t in ("a", "b"):

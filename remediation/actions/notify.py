@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Literal
 
 import requests
@@ -43,15 +44,18 @@ def notify(ctx: ActionContext, params: NotifyParams) -> ActionResult:
     if not first:
         return ActionResult(changed=False, summary="already sent within the window")
     body = params.model_dump(mode="json", exclude={"target"})
+    status: int | None = None
+    error: str | None = None
     try:
         resp = requests.post(cfg.webhook_url.get_secret_value(), json=body,
                              timeout=cfg.timeout_seconds)  # fmt: skip
         status = resp.status_code
     except requests.RequestException as exc:  # the message embeds the URL: report the type
-        status, error = None, type(exc).__name__
+        error = type(exc).__name__
     else:
-        error = None if status < 400 else f"HTTP {status}"
+        error = None if resp.status_code < 400 else f"HTTP {resp.status_code}"
     if error:
-        ctx.state.delete(dedupe)
+        with contextlib.suppress(Exception):  # let the next attempt send it
+            ctx.state.delete(dedupe)
         return ActionResult(ok=False, changed=False, summary=f"webhook failed: {error}")
     return ActionResult(summary=f"sent ({status})", detail={"status": status})

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from pydantic import Field
 from psycopg import sql
+from pydantic import Field
 
 from remediation.clients import pg
 from remediation.context import ActionContext

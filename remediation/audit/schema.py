@@ -96,7 +96,7 @@ def upgrade(conn: psycopg.Connection) -> list[int]:
         current = row[0] if row else 0
         for version, ddl in MIGRATIONS:
             if version > current:
-                conn.execute(ddl)  # type: ignore[arg-type]
+                conn.execute(ddl)
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
                 applied.append(version)
     return applied

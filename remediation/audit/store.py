@@ -56,14 +56,16 @@ class AuditStore:
     def _exec(self, query: str, params: tuple[Any, ...] = ()) -> Any:
         try:
             with _pool(self.dsn).connection() as conn:
-                cur = conn.execute(query, params)  # type: ignore[arg-type]
+                cur = conn.execute(query, params)
                 return cur.fetchone() if cur.description else None
         except (psycopg.Error, OSError) as exc:
             raise AuditError(f"audit write failed: {type(exc).__name__}") from exc
 
-    def query(self, query: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[dict[str, Any]]:
+    def query(
+        self, query: str, params: tuple[Any, ...] | dict[str, Any] = ()
+    ) -> list[dict[str, Any]]:
         with _pool(self.dsn).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
-            cur.execute(query, params)  # type: ignore[arg-type]
+            cur.execute(query, params)
             return cur.fetchall()
 
     def upgrade(self) -> list[int]:
@@ -91,7 +93,9 @@ class AuditStore:
             (status, findings, _text(error), duration_ms, run_id),
         )
 
-    def rejected_check(self, check: str, raw: dict[str, Any], error: str, task_id: str | None) -> int:
+    def rejected_check(
+        self, check: str, raw: dict[str, Any], error: str, task_id: str | None
+    ) -> int:
         row = self._exec(
             "INSERT INTO check_runs (task_id, check_name, target, params, status, error,"
             " finished_at, duration_ms) VALUES (%s, %s, %s, %s, 'rejected', %s, now(), 0)"
@@ -165,7 +169,9 @@ class AuditStore:
         )  # fmt: skip
         return int(row[0])
 
-    def set_verification(self, action_run_id: int, verification: str, check_run_id: int | None) -> None:
+    def set_verification(
+        self, action_run_id: int, verification: str, check_run_id: int | None
+    ) -> None:
         self._exec(
             "UPDATE action_runs SET verification = %s, verify_check_run_id = %s,"
             " verified_at = now() WHERE id = %s",
@@ -206,5 +212,11 @@ class AuditStore:
               AND (%(since)s::timestamptz IS NULL OR a.started_at >= %(since)s)
             ORDER BY 2 DESC LIMIT %(limit)s
             """,
-            {"action": action, "target": target, "outcome": outcome, "since": since, "limit": limit},
+            {
+                "action": action,
+                "target": target,
+                "outcome": outcome,
+                "since": since,
+                "limit": limit,
+            },
         )

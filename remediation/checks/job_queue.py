@@ -20,10 +20,10 @@ class JobQueueParams(CheckParams):
     key: str | None = Field(None, min_length=1, max_length=512, description="default: settings")
 
 
-def job_identity(raw: bytes, id_field: str | None) -> str | None:
+def job_identity(raw: bytes | str, id_field: str | None) -> str | None:
     """What makes two jobs the same: the whole payload, or one JSON field (None: no id)."""
     if not id_field:
-        return raw.decode("utf-8", "replace")
+        return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
     try:
         value = json.loads(raw).get(id_field)
     except (ValueError, AttributeError):
@@ -31,7 +31,7 @@ def job_identity(raw: bytes, id_field: str | None) -> str | None:
     return None if value is None else f"{type(value).__name__}:{value}"
 
 
-def job_age(raw: bytes, field: str, now: float) -> float | None:
+def job_age(raw: bytes | str, field: str, now: float) -> float | None:
     try:
         stamp = json.loads(raw).get(field)
     except (ValueError, AttributeError):
@@ -61,7 +61,11 @@ def redis_job_queue(ctx: CheckContext, params: JobQueueParams) -> list[Finding]:
     duplicates = sum(n - 1 for n in ids.values() if n > 1)
     ages = [a for a in (job_age(raw, cfg.enqueued_at_field, now) for raw in items) if a is not None]
     stale = sum(1 for a in ages if a > cfg.max_age_seconds)
-    evidence = {"length": length, "scanned": len(items), "oldest_age_s": round(max(ages, default=0))}
+    evidence = {
+        "length": length,
+        "scanned": len(items),
+        "oldest_age_s": round(max(ages, default=0)),
+    }
     findings = []
     if length > cfg.backlog_warning:
         sev = Severity.HIGH if length > cfg.backlog_high else Severity.WARNING

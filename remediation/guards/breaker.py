@@ -82,15 +82,20 @@ class Breaker:
 
 
 def _decode(values: list[Any]) -> list[str]:
-    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
+    return [text(v) for v in values]
+
+
+def text(value: Any) -> str:
+    """Redis replies are bytes; everything the guards compare is text."""
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def snapshot(client: redis.Redis) -> list[dict[str, Any]]:
     """Every known breaker with its state, for `remediation breakers` and `status`."""
     rows = []
     for raw in sorted(client.smembers(keys.BREAKER_INDEX)):
-        name = raw.decode()
-        state = {k.decode(): v.decode() for k, v in client.hgetall(keys.breaker(name)).items()}
+        name = text(raw)
+        state = {text(k): text(v) for k, v in client.hgetall(keys.breaker(name)).items()}
         rows.append(
             {
                 "name": name,

@@ -16,7 +16,7 @@ import redis
 
 from remediation.errors import GuardUnavailable
 from remediation.guards import keys
-from remediation.guards.breaker import Breaker, Permit
+from remediation.guards.breaker import Breaker, Permit, text
 from remediation.guards.lua import script
 from remediation.registry import ActionSpec
 from remediation.settings import Settings
@@ -122,13 +122,15 @@ class GuardChain:
         reason = self.r.get(keys.PAUSE)
         if reason is None:
             return None
-        return ("pause", f"maintenance pause: {reason.decode() or 'no reason given'}", "suppressed")
+        return ("pause", f"maintenance pause: {text(reason) or 'no reason given'}", "suppressed")
 
-    def _idempotency(self, adm: Admission, target: str, resource: str) -> tuple[str, str, str] | None:
+    def _idempotency(
+        self, adm: Admission, target: str, resource: str
+    ) -> tuple[str, str, str] | None:
         key = keys.idempotency(adm.idempotency_key)
         if self.r.set(key, "claimed", nx=True, ex=self.settings.guards.lock_ttl_seconds):
             return None
-        seen = (self.r.get(key) or b"").decode()
+        seen = text(self.r.get(key) or b"")
         return ("idempotency", f"already {seen or 'claimed'} for this incident", "duplicate")
 
     def _lock(self, adm: Admission, target: str, resource: str) -> tuple[str, str, str] | None:

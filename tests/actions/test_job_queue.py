@@ -38,7 +38,9 @@ def test_dedupe_keeps_first_occurrence_and_order(settings_env: Any, r: redis.Red
 
 def test_dedupe_by_id_field_and_cap(settings_env: Any, r: redis.Redis) -> None:
     """With an id field, jobs with the same id are duplicates; the cap bounds removals."""
-    s = settings_env(REMEDIATION_JOB_QUEUE__ID_FIELD="id", REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN="2")
+    s = settings_env(
+        REMEDIATION_JOB_QUEUE__ID_FIELD="id", REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN="2"
+    )
     r.rpush("job_queue", *[json.dumps({"id": 7, "try": i}) for i in range(5)], "not json")
     result = dedupe_job_queue(ActionContext(s, get_logger()), JobQueueActionParams())
     assert result.detail["removed"] == 2

@@ -44,8 +44,14 @@ def test_missing_table_is_skipped_not_created(settings_env: Any, target_db: str)
 
 @pytest.mark.parametrize(
     "kwargs",
-    [{}, {"tables": []}, {"tables": "t"}, {"tables": [{"name": ""}]}, {"tables": ["t"], "x": 1},
-     {"tables": ["t"], "target": "../etc"}],  # fmt: skip
+    [
+        {},
+        {"tables": []},
+        {"tables": "t"},
+        {"tables": [{"name": ""}]},
+        {"tables": ["t"], "x": 1},
+        {"tables": ["t"], "target": "../etc"},
+    ],  # fmt: skip
 )
 def test_invalid_params_are_rejected(kwargs: dict[str, Any]) -> None:
     """Missing, empty, wrong-typed and unknown kwargs fail validation."""

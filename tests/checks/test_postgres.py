@@ -22,10 +22,14 @@ def bloat(dsn: str, table: str, rows: int = 5000, delete_share: float = 0.8) -> 
         conn.execute(sql.SQL("CREATE TABLE {} (id int, pad text)").format(ident))
         conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(ident))
         conn.execute(
-            sql.SQL("INSERT INTO {} SELECT g, repeat('x', 50) FROM generate_series(1, %s) g").format(ident),
+            sql.SQL(
+                "INSERT INTO {} SELECT g, repeat('x', 50) FROM generate_series(1, %s) g"
+            ).format(ident),
             (rows,),
         )
-        conn.execute(sql.SQL("DELETE FROM {} WHERE id <= %s").format(ident), (int(rows * delete_share),))
+        conn.execute(
+            sql.SQL("DELETE FROM {} WHERE id <= %s").format(ident), (int(rows * delete_share),)
+        )
 
 
 def dead_rows(dsn: str, table: str) -> int:

@@ -84,7 +84,9 @@ def test_reset_closes_and_snapshot_lists(r: redis.Redis) -> None:
     assert b.acquire().allowed
 
 
-def _race(url: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue) -> None:  # type: ignore[name-defined]
+def _race(
+    url: str, barrier: multiprocessing.synchronize.Barrier, out: multiprocessing.Queue
+) -> None:  # type: ignore[name-defined]
     b = Breaker(redis.Redis.from_url(url), "race:t", CFG)
     barrier.wait()
     out.put(b.acquire().allowed)

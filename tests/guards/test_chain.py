@@ -94,14 +94,18 @@ def test_dry_run_global_and_per_action(r: redis.Redis) -> None:
         adm = GuardChain(r, s, spec()).admit("t", "t/x", "k1")
         assert (adm.admitted, adm.decision) == (False, "dry_run")
         assert r.get(keys.lock("poke_thing", "t/x")) is None
-    assert GuardChain(r, settings(dry_run_actions=["other"]), spec()).admit("t", "t/x", "k").admitted
+    assert (
+        GuardChain(r, settings(dry_run_actions=["other"]), spec()).admit("t", "t/x", "k").admitted
+    )
 
 
 def test_open_breaker_suppresses(r: redis.Redis) -> None:
     """Failures past the threshold open the breaker and later calls are suppressed."""
     s = Settings(breaker={"minimum_calls": 2, "wait_seconds": 600})  # type: ignore[arg-type]
     chain = GuardChain(r, s, spec())
-    transitions = [chain.complete(chain.admit("t", "t/x", f"k{i}"), "t", "t/x", False) for i in range(2)]
+    transitions = [
+        chain.complete(chain.admit("t", "t/x", f"k{i}"), "t", "t/x", False) for i in range(2)
+    ]
     assert transitions == ["", "opened"]
     adm = chain.admit("t", "t/x", "k9")
     assert (adm.admitted, adm.guard) == (False, "breaker")

@@ -90,14 +90,16 @@ class Audit:
         with psycopg.connect(self.dsn, row_factory=dict_row) as conn:
             return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
 
-    def wait_rows(self, query: str, *params: Any, n: int = 1, timeout: float = 60) -> list[dict[str, Any]]:
+    def wait_rows(
+        self, query: str, *params: Any, n: int = 1, timeout: float = 60
+    ) -> list[dict[str, Any]]:
         return wait_for(lambda: (lambda r: r if len(r) >= n else None)(self.rows(query, *params)),
                         timeout, 0.3, f"{n} row(s) for {query!r}")  # fmt: skip
 
     def everything_as_text(self) -> str:
         tables = ["check_runs", "findings", "guard_decisions", "action_runs"]
         return "\n".join(
-            str(r) for t in tables for r in self.rows(f"SELECT row_to_json(x)::text FROM {t} x")  # noqa: S608
+            str(r) for t in tables for r in self.rows(f"SELECT row_to_json(x)::text FROM {t} x")
         )
 
 

@@ -30,7 +30,7 @@ SCHEDULE = {
 class Beat:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log_path = log
-        self._log = open(log, "wb")  # noqa: SIM115
+        self._log = open(log, "wb")
         self.proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat",
              "--loglevel", "DEBUG"],

@@ -41,7 +41,10 @@ def test_sweep_vacuums_the_bloated_table_and_no_other(
         " AND verification IS NOT NULL", timeout=90,
     )  # fmt: skip
     assert run["outcome"] == "succeeded" and run["verification"] == "recovered"
-    assert run["params"] == {"target": "app", "tables": [{"schema": "public", "name": "Price History"}]}
+    assert run["params"] == {
+        "target": "app",
+        "tables": [{"schema": "public", "name": "Price History"}],
+    }
     (chain,) = audit.rows(
         """SELECT c.purpose AS detect, c.task_id, f.kind, f.subject, d.decision,
                   v.purpose AS verify, v.findings_count AS left_after
@@ -84,7 +87,8 @@ def test_failing_action_trips_breaker_notifies_once_and_reset_closes(
     listing = subprocess.run([REMEDIATION, "--json", "breakers"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
     assert {"name": "vacuum_analyze:broken", "state": "open"}.items() <= next(
-        b for b in json.loads(listing.stdout) if b["name"] == "vacuum_analyze:broken").items()
+        b for b in json.loads(listing.stdout) if b["name"] == "vacuum_analyze:broken"
+    ).items()
     reset = subprocess.run([REMEDIATION, "breakers", "reset", "vacuum_analyze:broken"], env=env,
                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert reset.returncode == 0, reset.stderr
@@ -100,7 +104,9 @@ def test_eight_concurrent_triggers_run_once(
     r = redis.Redis.from_url(worker_env["REMEDIATION_STATE_REDIS_URL"])
     r.rpush("conc_queue", *[json.dumps({"id": i % 3}) for i in range(30)])
     kwargs = {"target": "self", "key": "conc_queue"}
-    results = [client.send_task("remediation.act.dedupe_job_queue", kwargs=kwargs) for _ in range(8)]
+    results = [
+        client.send_task("remediation.act.dedupe_job_queue", kwargs=kwargs) for _ in range(8)
+    ]
     outcomes = [res.get(timeout=60)["outcome"] for res in results]
     assert outcomes.count("succeeded") == 1
     assert outcomes.count("suppressed") == 7
