@@ -19,7 +19,7 @@ from remediation import playbook
 from remediation.audit.store import AuditStore
 from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Trigger
-from remediation.errors import GuardUnavailable
+from remediation.errors import AuditError, GuardUnavailable
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
 from remediation.guards.chain import Admission, GuardChain
@@ -200,10 +200,14 @@ class Runner:
             incident = trigger.incident if trigger else f"{spec.name}:{resource}"
             self._notify("guard_unavailable", incident, f"{spec.name} on {resource} not run: {exc}")
             return ActionOutcome("unavailable", decision_id, reason=str(exc))
-        decision_id = self.store.add_decision(
-            **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
-            finding_id=finding_id, task_id=task_id, idempotency_key=idem,
-        )  # fmt: skip
+        try:
+            decision_id = self.store.add_decision(
+                **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
+                finding_id=finding_id, task_id=task_id, idempotency_key=idem,
+            )  # fmt: skip
+        except AuditError:  # never act without an audit row: give back what the guards took
+            chain.abandon(adm, target, resource)
+            raise
         if adm.decision == "dry_run":
             run_id = self.store.add_action_run(
                 **audit, params=params.model_dump(mode="json"), outcome="dry_run",

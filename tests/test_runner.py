@@ -97,3 +97,25 @@ def test_broken_check_is_recorded_not_raised(settings_env: Any) -> None:
     s = settings_env(REMEDIATION_POSTGRES_TARGETS__DOWN="postgresql://u:pw-x@127.0.0.1:1/x")
     out = Runner(s, Recorder()).run_check("postgres_dead_tuples", {"target": "down"})
     assert out.status == "error" and "pw-x" not in (out.error or "")
+
+
+def test_audit_down_means_no_action_and_guards_released(
+    settings_env: Any, target_db: str, r: Any
+) -> None:
+    """Without an audit row nothing runs, and the lock and idempotency claim are given back."""
+    from remediation.errors import AuditError
+    from remediation.guards import keys
+
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    bloat(target_db, "t1")
+    broken = AuditStore("postgresql://postgres@127.0.0.1:1/nowhere")
+    runner = Runner(s, Recorder(), store=broken)
+    try:
+        runner.run_action("vacuum_analyze", {"target": "app", "tables": ["t1"]}, task_id="a-1")
+    except AuditError:
+        pass
+    else:
+        raise AssertionError("expected AuditError")
+    assert vacuumed(target_db) == set()
+    assert list(r.scan_iter(match=keys.lock("vacuum_analyze", "*"))) == []
+    assert list(r.scan_iter(match=keys.idempotency("*"))) == []

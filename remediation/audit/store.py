@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
 
 from remediation.audit import schema
 from remediation.errors import AuditError
@@ -30,7 +30,7 @@ def _pool(dsn: str) -> ConnectionPool:
             min_size=0,
             max_size=4,
             kwargs={"autocommit": True, "application_name": "remediation-audit"},
-            timeout=10,
+            timeout=5,  # how long a write waits for a connection before AuditError
             open=True,
         )
     return _POOLS[key]
@@ -58,7 +58,7 @@ class AuditStore:
             with _pool(self.dsn).connection() as conn:
                 cur = conn.execute(query, params)
                 return cur.fetchone() if cur.description else None
-        except (psycopg.Error, OSError) as exc:
+        except (psycopg.Error, PoolTimeout, OSError) as exc:
             raise AuditError(f"audit write failed: {type(exc).__name__}") from exc
 
     def query(

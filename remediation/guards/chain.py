@@ -116,6 +116,12 @@ class GuardChain:
             self._release_lock(adm, resource)
             return transition
 
+    def abandon(self, adm: Admission, target: str, resource: str) -> None:
+        """Give back everything an admission holds without recording an outcome."""
+        if adm.admitted:
+            with _redis_errors():
+                self._undo(adm, target, resource)
+
     # --- the guards: each returns None (pass) or (guard, reason, decision) -------------
 
     def _pause(self, adm: Admission, target: str, resource: str) -> tuple[str, str, str] | None:
