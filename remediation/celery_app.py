@@ -44,6 +44,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": s.state_redis_url.get_secret_value(),
         "redbeat_key_prefix": "rem:redbeat:",
+        "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
         "redbeat_lock_timeout": c.redbeat_lock_timeout,
         "beat_max_loop_interval": c.beat_max_loop_interval,
         "broker_transport_options": {"visibility_timeout": 3600},

@@ -168,3 +168,32 @@ def test_passwords_appear_in_no_log_line_and_no_audit_row(
     assert os.environ.get("REMEDIATION_AUDIT_DSN", "") == "" or PASSWORD not in os.environ.get(
         "REMEDIATION_AUDIT_DSN", ""
     )
+
+
+def test_celery_call_masks_secrets_in_kwargsrepr(worker_env: dict[str, str]) -> None:
+    """The message `celery call` publishes carries masked argsrepr/kwargsrepr headers."""
+    r = redis.Redis.from_url(worker_env["REMEDIATION_BROKER_URL"])
+    proc = subprocess.run(
+        [CELERY, "-A", "remediation", "call", "remediation.act.notify", "--queue", "nobody",
+         "--kwargs", '{"text": "t", "incident": "i", "api_key": "leak-777", '
+                     '"dsn": "postgresql://u:pw-777@h/d"}'],
+        env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    (raw,) = r.lrange("nobody", 0, -1)
+    message = json.loads(raw)
+    headers = message["headers"]
+    assert "leak-777" not in headers["kwargsrepr"] and "pw-777" not in headers["kwargsrepr"]
+    assert "***" in headers["kwargsrepr"] and "'text': 't'" in headers["kwargsrepr"]
+    r.delete("nobody")
+
+
+def test_log_lines_carry_task_action_and_target(workers: list[WorkerProcess]) -> None:
+    """Every runner log line inside a task is bound to its task id, action/check and target."""
+    events = [json.loads(line) for w in workers for line in w.log().splitlines()
+              if line.startswith("{")]  # fmt: skip
+    done = [e for e in events if e.get("event") == "action done"]
+    assert done, "actions ran in the workers"
+    assert all({"task_id", "action", "target", "resource"} <= e.keys() for e in done)
+    checks = [e for e in events if e.get("event") == "check done"]
+    assert checks and all({"task_id", "check", "target"} <= e.keys() for e in checks)

@@ -1,0 +1,1 @@
+"""Benchmarks: `make bench` runs them all; results are written up in BENCHMARKS.md."""

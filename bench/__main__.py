@@ -1,0 +1,30 @@
+"""Run every benchmark and print one JSON document with the results."""
+
+from __future__ import annotations
+
+import json
+import platform
+import sys
+from pathlib import Path
+
+from bench import pipeline
+
+
+def main() -> int:
+    results = {
+        "machine": {
+            "python": sys.version.split()[0],
+            "platform": platform.platform(),
+            "cpus": __import__("os").cpu_count(),
+        },
+        "pipeline": pipeline.run(),
+    }
+    out = Path("bench/results")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "latest.json").write_text(json.dumps(results, indent=2))
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

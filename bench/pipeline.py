@@ -1,0 +1,116 @@
+"""Throughput of guarded actions vs raw Celery tasks, and time from fault to verified fix.
+
+Same run, same broker, same worker: a private redis-server, a scratch audit database on the
+configured PostgreSQL, one `celery worker -c 2`.
+
+* raw: `celery.accumulate` (Celery's built-in task that returns its argument), N tasks.
+* guarded: `remediation.act.dedupe_job_queue` on N distinct lists: validation, the whole
+  guard chain (pause, idempotency, lock, cooldown, budget, breaker), the action's Lua call,
+  breaker record, cooldown, 2 audit inserts.
+* fault -> fix: push a duplicate into a job list, send the check (as beat would), wait for
+  the audit row that says the fix was verified; repeated, p50 / p95.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import time
+import uuid
+from typing import Any
+
+import psycopg
+import redis
+from celery import Celery
+
+from remediation.testing import RedisServer, WorkerProcess, as_url, scratch_database, wait_for
+
+N = int(os.environ.get("REMEDIATION_BENCH_N", "400"))
+FAULTS = int(os.environ.get("REMEDIATION_BENCH_FAULTS", "20"))
+
+
+def admin_dsn() -> str:
+    audit = os.environ.get("REMEDIATION_AUDIT_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
+    info = psycopg.conninfo.conninfo_to_dict(audit)
+    info["dbname"] = "postgres"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
+
+
+def timed_batch(app: Celery, task: str, kwargs_list: list[dict[str, Any]]) -> float:
+    start = time.perf_counter()
+    results = [app.send_task(task, kwargs=kw) for kw in kwargs_list]
+    for res in results:
+        res.get(timeout=300)
+    return time.perf_counter() - start
+
+
+def fault_to_fix(app: Celery, r: redis.Redis, audit_dsn: str) -> list[float]:
+    latencies = []
+    for i in range(FAULTS):
+        key = f"fault_{i}_{uuid.uuid4().hex[:6]}"
+        r.rpush(key, json.dumps({"id": 1}), json.dumps({"id": 1}))
+        start = time.perf_counter()
+        app.send_task("remediation.check.redis_job_queue", kwargs={"target": "self", "key": key})
+
+        def verified(key: str = key) -> bool:
+            with psycopg.connect(audit_dsn) as conn:
+                row = conn.execute(
+                    "SELECT verification FROM action_runs WHERE resource = %s"
+                    " AND verification IS NOT NULL",
+                    (f"self/{key}",),
+                ).fetchone()
+            return bool(row and row[0] == "recovered")
+
+        wait_for(verified, 60, 0.005, f"verified fix of {key}")
+        latencies.append(time.perf_counter() - start)
+    return latencies
+
+
+def run() -> dict[str, Any]:
+    server = RedisServer().start()
+    try:
+        with scratch_database(admin_dsn(), "rem_bench") as dsn:
+            audit = as_url(dsn)
+            from remediation.audit.store import AuditStore
+
+            AuditStore(audit).upgrade()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+            env.update(
+                REMEDIATION_STATE_REDIS_URL=server.url(0),
+                REMEDIATION_BROKER_URL=server.url(1),
+                REMEDIATION_RESULT_BACKEND=server.url(2),
+                REMEDIATION_AUDIT_DSN=audit,
+                REMEDIATION_LOG_LEVEL="INFO",
+                REMEDIATION_LOG_FORMAT="json",
+                REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
+                REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
+            )
+            worker = WorkerProcess(env, "bench", concurrency=2).start()
+            app = Celery(broker=server.url(1), backend=server.url(2))
+            try:
+                timed_batch(app, "celery.accumulate", [{"args": [0]}] * 20)  # warm-up
+                raw = timed_batch(app, "celery.accumulate", [{"args": [i]} for i in range(N)])
+                guarded = timed_batch(
+                    app,
+                    "remediation.act.dedupe_job_queue",
+                    [{"target": "self", "key": f"bench_{i}"} for i in range(N)],
+                )
+                lat = sorted(fault_to_fix(app, redis.Redis.from_url(server.url(0)), audit))
+            finally:
+                worker.stop()
+                app.close()
+    finally:
+        server.stop()
+    return {
+        "n": N,
+        "raw_tasks_per_s": round(N / raw, 1),
+        "guarded_actions_per_s": round(N / guarded, 1),
+        "ratio_guarded_to_raw": round(raw / guarded, 3),
+        "fault_to_verified_fix_s": {
+            "n": len(lat),
+            "p50": round(statistics.median(lat), 3),
+            "p95": round(lat[int(0.95 * (len(lat) - 1))], 3),
+            "max": round(lat[-1], 3),
+        },
+    }
