@@ -139,20 +139,24 @@ def load_all() -> None:
             importlib.import_module(f"{package}.{mod.name}")
 
 
-def get_check(name: str) -> CheckSpec:
+def _lookup(table: dict[str, Any], prefix: str, kind: str, name: str) -> Any:
     load_all()
-    short = name.removeprefix(CHECK_PREFIX)
-    if short not in CHECKS:
-        raise UnknownTaskError(f"no check named {short!r} (known: {', '.join(sorted(CHECKS))})")
-    return CHECKS[short]
+    short = name.removeprefix(prefix)
+    if short not in table:
+        raise UnknownTaskError(f"no {kind} named {short!r} (known: {', '.join(sorted(table))})")
+    return table[short]
+
+
+def get_check(name: str) -> CheckSpec:
+    """A check by short name or task name; UnknownTaskError lists the known ones."""
+    spec: CheckSpec = _lookup(CHECKS, CHECK_PREFIX, "check", name)
+    return spec
 
 
 def get_action(name: str) -> ActionSpec:
-    load_all()
-    short = name.removeprefix(ACTION_PREFIX)
-    if short not in ACTIONS:
-        raise UnknownTaskError(f"no action named {short!r} (known: {', '.join(sorted(ACTIONS))})")
-    return ACTIONS[short]
+    """An action by short name or task name; UnknownTaskError lists the known ones."""
+    spec: ActionSpec = _lookup(ACTIONS, ACTION_PREFIX, "action", name)
+    return spec
 
 
 def task_names() -> set[str]:
