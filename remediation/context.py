@@ -34,10 +34,14 @@ class Trigger:
 
 @dataclass
 class CheckContext:
-    """Handed to a check: read-only access to the configured targets."""
+    """Handed to a check: read-only access to the configured targets.
+
+    ``store`` is the audit store, for checks that compare with their previous run
+    (``store.last_observation`` / ``store.record_observation``); None in unit tests."""
 
     settings: Settings
     log: Any
+    store: Any = None
 
     def postgres_dsn(self, target: str) -> str:
         return self.settings.postgres_dsn(target)

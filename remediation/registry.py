@@ -66,6 +66,7 @@ class ActionSpec:
     doc: str
     guards: GuardOptions = field(default_factory=GuardOptions)
     resource: Callable[[Any], str] = lambda p: p.target
+    timeout: timedelta | None = None  # soft time limit; None = REMEDIATION_CELERY__SOFT_TIME_LIMIT
 
     @property
     def task_name(self) -> str:
@@ -106,9 +107,18 @@ def check(name: str) -> Callable[[Callable[..., list[Finding]]], Callable[..., l
 
 
 def action(
-    name: str, *, resource: Callable[[Any], str] | None = None, **guards: Any
+    name: str,
+    *,
+    resource: Callable[[Any], str] | None = None,
+    timeout: timedelta | None = None,
+    **guards: Any,
 ) -> Callable[[Callable[..., ActionResult]], Callable[..., ActionResult]]:
-    """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options."""
+    """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options.
+
+    ``resource`` names what locks, cooldowns and idempotency keys are scoped to (default:
+    the target); ``timeout`` overrides the soft time limit for long actions (backups)."""
+    if timeout is not None and timeout <= timedelta(0):
+        raise RegistryError(f"{name}: timeout must be positive")
     unknown = set(guards) - GUARD_OPTIONS
     if unknown:
         raise RegistryError(f"{name}: unknown guard option(s) {sorted(unknown)}")
@@ -117,7 +127,9 @@ def action(
     def register(fn: Callable[..., ActionResult]) -> Callable[..., ActionResult]:
         _check_name(name, ACTIONS)
         model = _params_model(fn, ActionParams)
-        spec = ActionSpec(name, fn, model, _doc(fn), options, resource or (lambda p: p.target))
+        spec = ActionSpec(
+            name, fn, model, _doc(fn), options, resource or (lambda p: p.target), timeout
+        )
         ACTIONS[name] = spec
         return fn
 

@@ -112,7 +112,7 @@ class Runner:
         )
         started = time.monotonic()
         try:
-            findings = spec.fn(CheckContext(self.settings, self.log), params)
+            findings = spec.fn(CheckContext(self.settings, self.log, self.store), params)
         except Exception as exc:  # a broken check is recorded, never fatal to the worker
             error = redact_text(f"{type(exc).__name__}: {exc}")
             self.store.finish_check_run(run_id, "error", 0, _ms(started), error)
@@ -234,7 +234,7 @@ class Runner:
         self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
         trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
-        ctx = ActionContext(self.settings, self.log, trigger)
+        ctx = ActionContext(self.settings, self.log, self.store, trigger)
         started = time.monotonic()
         error: str | None = None
         try:

@@ -57,7 +57,13 @@ def _register_check(app: Celery, name: str, task_name: str) -> None:
 
 
 def _register_action(app: Celery, name: str, task_name: str) -> None:
-    @app.task(name=task_name, bind=True)
+    timeout = registry.ACTIONS[name].timeout
+    limits = {}
+    if timeout is not None:  # hard limit a minute past the soft one, so cleanup can run
+        soft = int(timeout.total_seconds())
+        limits = {"soft_time_limit": soft, "time_limit": soft + 60}
+
+    @app.task(name=task_name, bind=True, **limits)
     def run_action(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(action=name)
         outcome = runner(app).run_action(

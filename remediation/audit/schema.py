@@ -80,6 +80,23 @@ MIGRATIONS: list[tuple[int, str]] = [
     ),
 ]
 
+MIGRATIONS.append(
+    (
+        2,
+        """
+        CREATE TABLE observations (
+            id          bigserial PRIMARY KEY,
+            check_name  text NOT NULL,
+            target      text NOT NULL,
+            metric      text NOT NULL,
+            value       double precision NOT NULL,
+            observed_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX observations_lookup ON observations (check_name, target, metric, observed_at DESC);
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

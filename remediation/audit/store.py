@@ -178,6 +178,22 @@ class AuditStore:
             (verification, check_run_id, action_run_id),
         )
 
+    def record_observation(self, check: str, target: str, metric: str, value: float) -> None:
+        """A measured value kept for the next run to compare with (e.g. database size)."""
+        self._exec(
+            "INSERT INTO observations (check_name, target, metric, value) VALUES (%s, %s, %s, %s)",
+            (check, target, metric, value),
+        )
+
+    def last_observation(self, check: str, target: str, metric: str) -> tuple[float, Any] | None:
+        """(value, observed_at) of the newest observation, or None."""
+        rows = self.query(
+            "SELECT value, observed_at FROM observations WHERE check_name = %s AND target = %s"
+            " AND metric = %s ORDER BY observed_at DESC, id DESC LIMIT 1",
+            (check, target, metric),
+        )
+        return (rows[0]["value"], rows[0]["observed_at"]) if rows else None
+
     # --- reads ----------------------------------------------------------------------------
 
     def history(
