@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import pipeline
+from bench import dead_tuples, pipeline
 
 
 def main() -> int:
@@ -17,6 +17,7 @@ def main() -> int:
             "platform": platform.platform(),
             "cpus": __import__("os").cpu_count(),
         },
+        "dead_tuples": dead_tuples.run(),
         "pipeline": pipeline.run(),
     }
     out = Path("bench/results")

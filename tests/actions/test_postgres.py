@@ -8,7 +8,12 @@ import psycopg
 import pytest
 from pydantic import ValidationError
 
-from remediation.actions.postgres import VacuumParams, vacuum_analyze
+from remediation.actions.postgres import (
+    AnalyzeParams,
+    VacuumParams,
+    analyze_tables,
+    vacuum_analyze,
+)
 from remediation.context import ActionContext
 from remediation.logging import get_logger
 from tests.checks.test_postgres import HOSTILE, bloat
@@ -31,6 +36,19 @@ def test_vacuums_only_named_hostile_tables(settings_env: Any, target_db: str) ->
     vacuumed = {k for k, v in last_vacuum(target_db).items() if v is not None}
     assert vacuumed == set(HOSTILE)  # "y" still exists and was not touched; neither was bystander
     assert "y" in last_vacuum(target_db)
+
+
+def test_analyze_only_named_hostile_tables(settings_env: Any, target_db: str) -> None:
+    """ANALYZE touches exactly the named tables, hostile names included."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    for name in [*HOSTILE, "bystander"]:
+        bloat(target_db, name, delete_share=0.0)
+    params = AnalyzeParams(target="app", tables=[{"name": n} for n in HOSTILE])
+    result = analyze_tables(ActionContext(s, get_logger()), params)
+    assert sorted(result.detail["analyzed"]) == sorted(f"public.{n}" for n in HOSTILE)
+    with psycopg.connect(target_db) as conn:
+        rows = conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL")
+        assert {r[0] for r in rows.fetchall()} == set(HOSTILE)
 
 
 def test_missing_table_is_skipped_not_created(settings_env: Any, target_db: str) -> None:

@@ -51,7 +51,7 @@ def test_reports_bloated_tables_with_hostile_names(settings_env: Any, target_db:
         bloat(target_db, name)
     bloat(target_db, "healthy", delete_share=0.01)
     wait_for(lambda: all(dead_rows(target_db, n) >= 4000 for n in HOSTILE), 15, 0.3, "stats")
-    findings = run(s, target="app")
+    findings = [f for f in run(s, target="app") if f.kind == "postgres_dead_tuples_high"]
     assert sorted(f.subject for f in findings) == sorted(f"public.{n}" for n in HOSTILE)
     f = findings[0]
     assert f.kind == "postgres_dead_tuples_high"
@@ -66,3 +66,20 @@ def test_thresholds_are_respected(settings_env: Any, target_db: str) -> None:
     wait_for(lambda: dead_rows(target_db, "small") >= 400, 15, 0.3, "stats")
     assert run(s, target="app") == []
     assert [f.subject for f in run(s, target="app", min_dead_rows=100)] == ["public.small"]
+
+
+def test_stale_statistics_are_reported_once_per_table(settings_env: Any, target_db: str) -> None:
+    """A never-analyzed table with many changes is stale; a bloated one is only 'dead tuples'."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    bloat(target_db, "fresh rows", delete_share=0.01)
+    bloat(target_db, "bloated")
+    wait_for(lambda: dead_rows(target_db, "bloated") >= 4000, 15, 0.3, "stats")
+    kinds = {(f.subject, f.kind) for f in run(s, target="app")}
+    assert kinds == {
+        ("public.fresh rows", "postgres_stats_stale"),
+        ("public.bloated", "postgres_dead_tuples_high"),
+    }
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        conn.execute('ANALYZE "fresh rows"')
+    wait_for(lambda: all(f.subject != "public.fresh rows" for f in run(s, target="app")), 15, 0.3,
+             "analyze to be visible")  # fmt: skip
