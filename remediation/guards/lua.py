@@ -1,4 +1,8 @@
-"""Load Lua scripts shipped beside the guards and actions; redis-py re-sends on NOSCRIPT."""
+"""Load Lua scripts shipped beside the guards and actions; redis-py re-sends on NOSCRIPT.
+
+A script whose first line is ``-- include: NAME`` gets NAME.lua prepended, so the breaker
+state machine is written once and used by every script that needs it.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from typing import Any
 import redis
 
 _PACKAGES = ("remediation.guards", "remediation.actions")
+_INCLUDE = "-- include: "
 
 
 @functools.cache
@@ -16,7 +21,11 @@ def source(name: str) -> str:
     for package in _PACKAGES:
         path = resources.files(package).joinpath(f"{name}.lua")
         if path.is_file():
-            return path.read_text()
+            text = path.read_text()
+            first = text.splitlines()[0] if text else ""
+            if first.startswith(_INCLUDE):
+                text = source(first.removeprefix(_INCLUDE).strip()) + "\n" + text
+            return text
     raise FileNotFoundError(f"no Lua script {name}.lua in {_PACKAGES}")
 
 
