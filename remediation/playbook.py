@@ -51,6 +51,24 @@ RULES: list[Rule] = [
         "001 Weekly Operations 1. Database Maintenance: VACUUM ANALYZE",
     ),
     Rule(
+        "postgres_stats_stale",
+        "analyze_tables",
+        _table,
+        "001 Weekly Operations 1. Database Maintenance: ANALYZE",
+    ),
+    Rule(
+        "postgres_data_quality_breach",
+        "notify",
+        notify_params,
+        "001 Data Quality Issues: check extraction accuracy (fixes are human: extractors)",
+    ),
+    Rule(
+        "postgres_data_stale",
+        "notify",
+        notify_params,
+        "004 Data Freshness Issues: data age exceeds update frequency",
+    ),
+    Rule(
         "redis_job_queue_duplicates",
         "dedupe_job_queue",
         _job_list,
