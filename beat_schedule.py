@@ -20,6 +20,37 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "self"},
     },
+    # Runbook 002 "Database Issues": connectivity, latency, connection slots and the pool.
+    "sweep-postgres-connections": {
+        "task": "remediation.check.postgres_connections",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 001 "System Overload Response" / 002 connection leaks: sessions idle in
+    # transaction and long-running queries.
+    "sweep-postgres-sessions": {
+        "task": "remediation.check.postgres_sessions",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 002 "Slow Queries" (needs pg_stat_statements; says so once an hour if absent).
+    "hourly-slow-queries": {
+        "task": "remediation.check.postgres_slow_queries",
+        "schedule": "10 * * * *",
+        "kwargs": {"target": "self"},
+    },
+    # Daily: runbook 001 "Daily Operations 3. Data Quality Check" (configured rules).
+    "daily-data-quality": {
+        "task": "remediation.check.postgres_data_quality",
+        "schedule": "15 6 * * *",
+        "kwargs": {"target": "self"},
+    },
+    # Daily: database size and growth since yesterday (runbook 002 "Disk Space Issues").
+    "daily-database-size": {
+        "task": "remediation.check.postgres_database_size",
+        "schedule": "0 6 * * *",
+        "kwargs": {"target": "self"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",
@@ -32,6 +63,12 @@ SCHEDULE = {
         "task": "remediation.check.postgres_dead_tuples",
         "schedule": "0 3 * * 0",
         "kwargs": {"target": "self", "min_dead_ratio": 0.2},
+    },
+    # Weekly: runbook 001 "Check index health", after the Sunday vacuum; reported only.
+    "weekly-index-health": {
+        "task": "remediation.check.postgres_unused_indexes",
+        "schedule": "30 3 * * 0",
+        "kwargs": {"target": "self"},
     },
     # Monthly: runbook 001 "Monthly Operations" capacity review; a thorough pass that also
     # catches smaller tables (10 % dead, 100 rows) on the 1st at 05:00 UTC.

@@ -25,6 +25,10 @@ class Rule:
         return finding.kind == self.kind and finding.severity.rank >= self.min_severity.rank
 
 
+def _target(f: Finding) -> dict[str, Any]:
+    return {"target": f.target}
+
+
 def _job_list(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "key": f.subject}
 
@@ -55,6 +59,60 @@ RULES: list[Rule] = [
         "analyze_tables",
         _table,
         "001 Weekly Operations 1. Database Maintenance: ANALYZE",
+    ),
+    Rule(
+        "postgres_idle_in_transaction",
+        "terminate_idle_transactions",
+        _target,
+        "002 Database Issues 3. Connection Pool: check for connection leaks",
+    ),
+    Rule(
+        "postgres_long_query",
+        "cancel_long_queries",
+        _target,
+        "002 Database Issues 2. Slow Queries; 001 System Overload Response (opt-in)",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_unreachable",
+        "notify",
+        notify_params,
+        "002 Escalation: database is down: Critical - contact DBA immediately",
+        min_severity=Severity.CRITICAL,
+    ),
+    Rule(
+        "postgres_connections_high",
+        "notify",
+        notify_params,
+        "002 Database Issues: connection pool exhaustion; 004 usage > 80 %",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_pool_exhausted",
+        "notify",
+        notify_params,
+        "002 Escalation: pool exhausted: High - increase pool size",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_latency_high",
+        "notify",
+        notify_params,
+        "002 Database Issues: high query times",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_slow_queries_found",
+        "notify",
+        notify_params,
+        "002 Escalation: queries are slow: High; Performance Degradation P95 > 2 s / 5 s",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_database_growth",
+        "notify",
+        notify_params,
+        "002 Disk Space Issues: check database size",
     ),
     Rule(
         "postgres_data_quality_breach",

@@ -12,7 +12,15 @@ import functools
 import os
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from remediation.errors import ConfigError, TargetError
@@ -160,6 +168,21 @@ class PostgresSettings(_Section):
     slow_query_critical_ms: float = Field(5000, gt=0, description="runbook 002: P95 > 5 s critical")
     data_quality: list[DataQualityRule] = Field(default_factory=lambda: list(DEFAULT_DATA_QUALITY))
     freshness: list[FreshnessRule] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _bands_in_order(self) -> PostgresSettings:
+        for name, bands in (
+            ("connections", (self.connections_warning_ratio, self.connections_high_ratio,
+                             self.connections_critical_ratio)),
+            ("latency", (self.latency_warning_ms, self.latency_high_ms)),
+            ("slow_query", (self.slow_query_warning_ms, self.slow_query_high_ms,
+                            self.slow_query_critical_ms)),
+        ):  # fmt: skip
+            if list(bands) != sorted(bands):
+                raise ValueError(f"{name} bands must rise from warning to high to critical")
+        if (self.pool_size is None) != (self.pool_application_name is None):
+            raise ValueError("pool_size and pool_application_name go together")
+        return self
 
 
 class BackupSettings(_Section):

@@ -67,6 +67,9 @@ def test_nested_and_mapping_variables(monkeypatch: pytest.MonkeyPatch) -> None:
         ("REMEDIATION_LOG_LEVEL", "LOUD", "REMEDIATION_LOG_LEVEL"),
         ("REMEDIATION_BROKR_URL", "redis://x", "REMEDIATION_BROKR_URL"),
         ("REMEDIATION_GUARDS__NOPE", "1", "REMEDIATION_GUARDS__NOPE"),
+        ("REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO", "0.5", "connections bands must rise"),
+        ("REMEDIATION_POSTGRES__POOL_SIZE", "10", "pool_size and pool_application_name go together"),
+        ("REMEDIATION_POSTGRES__DATA_QUALITY", '[{"name": "x"}]', "REMEDIATION_POSTGRES__DATA_QUALITY__0__SQL"),
     ],
 )  # fmt: skip
 def test_invalid_values_name_the_variable(

@@ -1,0 +1,160 @@
+"""End PostgreSQL sessions that hold a database up (runbook 002 "Connection Pool": leaks).
+
+Only sessions an operator allow-listed (REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES /
+__SESSION_ALLOW_APPLICATIONS) are ever signalled; with both lists empty nothing is. Each
+session is re-checked in the same statement that signals it (same backend, still in the
+same state since the same moment, same role and application), so a session that moved on
+between reading and acting is left alone.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from remediation.checks.postgres_health import (
+    ACTIVE,
+    IDLE,
+    SESSION_STATES,
+    connect,
+    list_sessions,
+)
+from remediation.context import ActionContext
+from remediation.findings import ActionResult
+from remediation.params import ActionParams
+from remediation.registry import action
+from remediation.settings import PostgresSettings
+
+TERMINATE_WAIT_MS = 5000
+"""pg_terminate_backend waits this long for the backend to exit (PostgreSQL 14+)."""
+ALLOW_VARS = "REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES / __SESSION_ALLOW_APPLICATIONS"
+
+SIGNAL_SQL = """
+SELECT {signal} FROM pg_stat_activity
+WHERE pid = %(pid)s AND backend_start = %(backend_start)s AND {since} = %(since)s AND {state}
+  AND usename IS NOT DISTINCT FROM %(usename)s
+  AND application_name IS NOT DISTINCT FROM %(application_name)s
+"""
+
+
+class TerminateIdleTransactionsParams(ActionParams):
+    """Bounds, allow-lists and the per-run cap come from REMEDIATION_POSTGRES__*."""
+
+
+class CancelLongQueriesParams(ActionParams):
+    """Opt-in, bounds, allow-lists and the per-run cap come from REMEDIATION_POSTGRES__*."""
+
+
+def _allowed(s: dict[str, Any], cfg: PostgresSettings) -> bool:
+    return s["usename"] in cfg.session_allow_roles or (
+        s["application_name"] in cfg.session_allow_applications
+    )
+
+
+def _signal(conn: psycopg.Connection[Any], kind: str, verb: str, s: dict[str, Any]) -> str:
+    """'done', 'gone' (no longer the session that was read) or 'failed: <reason>'."""
+    state, since = SESSION_STATES[kind]
+    if verb == "terminate":
+        wait = TERMINATE_WAIT_MS if conn.info.server_version >= 140000 else None
+        args = [sql.Identifier("pid")] + ([sql.Literal(wait)] if wait else [])
+        fn: sql.Composable = sql.SQL("pg_terminate_backend({})").format(sql.SQL(", ").join(args))
+    else:
+        fn = sql.SQL("pg_cancel_backend(pid)")
+    query = sql.SQL(SIGNAL_SQL).format(signal=fn, since=sql.Identifier(since), state=sql.SQL(state))
+    try:
+        row = conn.execute(query, s).fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        return f"failed: {exc.diag.message_primary or 'permission denied'}"
+    if row is None:
+        return "gone"
+    return "done" if row[0] else f"failed: pg_{verb}_backend returned false"
+
+
+def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: int) -> ActionResult:
+    """Signal the oldest allow-listed sessions in ``kind`` longer than bound, up to the cap."""
+    cfg = ctx.settings.postgres
+    past = "terminated" if verb == "terminate" else "cancelled"
+    what = "idle in transaction" if kind == IDLE else "running a query"
+    if not cfg.session_allow_roles and not cfg.session_allow_applications:
+        return ActionResult(
+            ok=True,
+            changed=False,
+            summary=f"no session may be {past}: the allow-lists are empty (set {ALLOW_VARS})",
+            detail={past: [], "skipped_not_allowed": 0, "skipped_over_cap": 0},
+        )
+    done: list[dict[str, Any]] = []
+    gone: list[int] = []
+    failed: list[dict[str, Any]] = []
+    with connect(ctx, target) as conn:
+        sessions = list_sessions(conn, kind, bound)
+        allowed = [s for s in sessions if _allowed(s, cfg)]
+        chosen = allowed[: cfg.max_sessions_per_run]
+        for s in chosen:
+            outcome = _signal(conn, kind, verb, s)
+            who = {k: s[k] for k in ("pid", "usename", "application_name")}
+            if outcome == "done":
+                done.append({**who, "age_s": round(s["age_s"], 1)})
+                ctx.log.info(f"session {past}", **who, age_s=round(s["age_s"], 1))
+            elif outcome == "gone":
+                gone.append(s["pid"])
+            else:
+                failed.append({**who, "error": outcome.removeprefix("failed: ")})
+    not_allowed, over_cap = len(sessions) - len(allowed), len(allowed) - len(chosen)
+    summary = (
+        f"{past} {len(done)} session(s) {what} for more than {bound}s;"
+        f" {not_allowed} not allow-listed, {over_cap} over the cap of {cfg.max_sessions_per_run}"
+        + (f", {len(gone)} moved on" if gone else "")
+        + (f", {len(failed)} failed: {failed[0]['error']}" if failed else "")
+    )
+    detail = {
+        past: done,
+        "skipped_not_allowed": not_allowed,
+        "skipped_over_cap": over_cap,
+        "moved_on": gone,
+        "failed": failed,
+        "bound_seconds": bound,
+    }
+    return ActionResult(ok=not failed, changed=bool(done), summary=summary, detail=detail)
+
+
+@action("terminate_idle_transactions", cooldown=timedelta(minutes=5), max_per_hour=6)
+def terminate_idle_transactions(
+    ctx: ActionContext, params: TerminateIdleTransactionsParams
+) -> ActionResult:
+    """End sessions idle in transaction too long (runbook 002 "Connection Pool": leaks).
+
+    Re-reads pg_stat_activity at run time: sessions of this database idle in transaction
+    longer than REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS whose role is in
+    SESSION_ALLOW_ROLES or whose application_name is in SESSION_ALLOW_APPLICATIONS (both
+    empty: nothing is touched). Never its own session, never application_name
+    'remediation*'. At most MAX_SESSIONS_PER_RUN per run, oldest first, with
+    pg_terminate_backend: the client sees its connection closed and its transaction rolled
+    back. Sessions left (not allow-listed, over the cap) keep the finding open, so the
+    verification fails and a human is notified."""
+    bound = ctx.settings.postgres.idle_in_transaction_seconds
+    return end_sessions(ctx, params.target, IDLE, "terminate", bound)
+
+
+@action("cancel_long_queries", cooldown=timedelta(minutes=5), max_per_hour=6)
+def cancel_long_queries(ctx: ActionContext, params: CancelLongQueriesParams) -> ActionResult:
+    """Cancel queries running too long (runbook 002 "Slow Queries"); opt-in.
+
+    Does nothing unless REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true. Then, like
+    terminate_idle_transactions: queries of this database active longer than
+    LONG_QUERY_SECONDS, allow-listed by role or application only, never the worker's own,
+    at most MAX_SESSIONS_PER_RUN per run, oldest first, with pg_cancel_backend: the query
+    fails with "canceling statement due to user request", the session stays connected."""
+    cfg = ctx.settings.postgres
+    if not cfg.cancel_long_queries:
+        return ActionResult(
+            ok=True,
+            changed=False,
+            summary="cancelling long queries is off (opt-in): set"
+            " REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true to let this action cancel"
+            f" allow-listed queries running longer than {cfg.long_query_seconds}s",
+            detail={"cancelled": [], "enabled": False},
+        )
+    return end_sessions(ctx, params.target, ACTIVE, "cancel", cfg.long_query_seconds)

@@ -1,0 +1,581 @@
+"""PostgreSQL health (runbook 002 "Database Issues", runbook 001 overload and index health).
+
+Connections and latency, sessions that hold transactions or run too long, unused indexes,
+database growth and slow statements. Every threshold is a ``REMEDIATION_POSTGRES__*``
+setting. Query text never leaves as it was: literals are masked, secrets redacted and the
+text cut to ``QUERY_CHARS``. The monitoring role needs ``pg_monitor`` (or to be a
+superuser) to see other roles' sessions and statements.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import sql
+from psycopg.rows import dict_row
+from pydantic import Field
+
+from remediation.clients import pg
+from remediation.context import CheckContext
+from remediation.findings import Finding, Severity
+from remediation.params import CheckParams
+from remediation.redact import MASK, redact_text
+from remediation.registry import check
+
+QUERY_CHARS = 200
+"""Query text in evidence is cut to this many characters."""
+MAX_LISTED = 20
+"""Sessions listed in one finding's evidence (the count covers all of them)."""
+STATEMENT_TIMEOUT_MS = 15_000
+"""No health query may hang the worker."""
+IDLE, ACTIVE = "idle_in_transaction", "active"
+
+# A quoted literal (also one cut off by track_activity_query_size) or a dollar-quoted body.
+_QUOTED = re.compile(r"'(?:[^']|'')*(?:'|\Z)|\$(\w*)\$.*?(?:\$\1\$|\Z)", re.S)
+# kind -> (condition on pg_stat_activity.state, the column the age is measured from)
+SESSION_STATES = {
+    IDLE: ("state IN ('idle in transaction', 'idle in transaction (aborted)')", "state_change"),
+    ACTIVE: ("state = 'active'", "query_start"),
+}
+SESSIONS_SQL = """
+SELECT pid, usename, application_name, state, backend_start, {since} AS since,
+       extract(epoch FROM now() - {since})::float8 AS age_s, query
+FROM pg_stat_activity
+WHERE datname = current_database() AND backend_type = 'client backend'
+  AND pid <> pg_backend_pid() AND NOT starts_with(coalesce(application_name, ''), %(own)s)
+  AND {state} AND now() - {since} > %(bound)s * interval '1 second'
+ORDER BY {since}, pid
+"""
+CONNECTIONS_SQL = """
+SELECT count(*) AS in_use,
+       current_setting('max_connections')::int AS max_connections,
+       current_setting('superuser_reserved_connections')::int AS reserved,
+       count(*) FILTER (WHERE application_name = %(app)s) AS pool_open,
+       count(*) FILTER (WHERE application_name = %(app)s AND state <> 'idle') AS pool_busy
+FROM pg_stat_activity WHERE coalesce(backend_type, 'client backend') = 'client backend'
+"""
+UNUSED_INDEXES_SQL = """
+SELECT s.schemaname, s.relname, s.indexrelname, pg_relation_size(s.indexrelid) AS bytes,
+       i.indisvalid AS valid, count(*) OVER () AS total, sum(pg_relation_size(s.indexrelid))
+       OVER () AS total_bytes,
+       (SELECT stats_reset FROM pg_stat_database WHERE datname = current_database()) AS reset
+FROM pg_stat_user_indexes s JOIN pg_index i ON i.indexrelid = s.indexrelid
+WHERE s.idx_scan = 0 AND NOT i.indisunique AND NOT i.indisprimary AND NOT i.indisexclusion
+  AND pg_relation_size(s.indexrelid) >= %(min_bytes)s
+ORDER BY bytes DESC, s.schemaname, s.indexrelname LIMIT %(limit)s
+"""
+PGSS_SQL = """
+SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+WHERE e.extname = 'pg_stat_statements'
+"""
+SLOW_SQL = """
+SELECT s.queryid, r.rolname, s.calls, s.mean_exec_time, s.max_exec_time, s.rows, s.query
+FROM {view} s LEFT JOIN pg_roles r ON r.oid = s.userid
+WHERE s.dbid = (SELECT oid FROM pg_database WHERE datname = current_database())
+  AND s.calls >= %(min_calls)s AND s.mean_exec_time >= %(floor)s
+ORDER BY s.mean_exec_time DESC LIMIT %(top)s
+"""
+
+
+def safe_query(text: str | None) -> str:
+    """Query text fit for evidence: literals masked, secrets redacted, whitespace folded, cut."""
+    masked = _QUOTED.sub(lambda m: f"'{MASK}'" if m[0][0] == "'" else f"$${MASK}$$", text or "")
+    folded = " ".join(redact_text(masked).split())
+    return folded if len(folded) <= QUERY_CHARS else folded[: QUERY_CHARS - 1] + "…"
+
+
+def connect(ctx: CheckContext, target: str) -> psycopg.Connection[Any]:
+    """A tagged autocommit connection with the configured connect and statement timeouts."""
+    timeout = ctx.settings.postgres.connect_timeout_seconds
+    dsn = ctx.postgres_dsn(target)
+    return pg.connect(dsn, timeout=timeout, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
+
+
+def rows(conn: psycopg.Connection[Any], query: Any, args: Any = None) -> list[dict[str, Any]]:
+    with conn.cursor(row_factory=dict_row) as cur:
+        return cur.execute(query, args).fetchall()
+
+
+def list_sessions(conn: psycopg.Connection[Any], kind: str, bound_s: int) -> list[dict[str, Any]]:
+    """Sessions of this database in ``kind`` for longer than bound_s, oldest first.
+
+    Never the caller's own session nor any session whose application_name starts with
+    'remediation' (the worker's own)."""
+    state, since = SESSION_STATES[kind]
+    query = sql.SQL(SESSIONS_SQL).format(since=sql.Identifier(since), state=sql.SQL(state))
+    return rows(conn, query, {"own": pg.APPLICATION_NAME, "bound": bound_s})
+
+
+def band(value: float, *limits: tuple[float, Severity]) -> tuple[Severity, float] | None:
+    """The most severe (severity, limit) whose limit ``value`` reaches, or None."""
+    hits = [(sev, limit) for limit, sev in limits if value >= limit]
+    return max(hits, key=lambda hit: hit[0].rank) if hits else None
+
+
+def _finding(name: str, target: str, kind: str, severity: Severity, **kw: Any) -> Finding:
+    return Finding(check=name, target=target, kind=kind, severity=severity, **kw)
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+def _pretty(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB"):
+        if abs(n) < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+# --- postgres_connections -----------------------------------------------------------------
+
+
+class ConnectionsParams(CheckParams):
+    """Thresholds come from REMEDIATION_POSTGRES__*; only the target is chosen per call."""
+
+
+def safe_error(exc: BaseException, dsn: str) -> str:
+    """The error text without the DSN's password, whatever form the driver echoed it in."""
+    text = redact_text(" ".join(f"{type(exc).__name__}: {exc}".split()))
+    secrets = {urlsplit(dsn).password or ""}
+    try:
+        secrets.add(str(psycopg.conninfo.conninfo_to_dict(dsn).get("password") or ""))
+    except psycopg.Error:
+        pass
+    for secret in sorted(secrets - {""}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text[:500]
+
+
+def _where(dsn: str) -> dict[str, Any]:
+    try:
+        info = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return {}
+    return {k: info.get(k) for k in ("host", "port", "dbname")}
+
+
+def _unreachable(params: ConnectionsParams, dsn: str, exc: BaseException) -> Finding:
+    error, where = safe_error(exc, dsn), _where(dsn)
+    place = "{host}:{port}/{dbname}".format(**where) if where else "?"
+    return _finding(
+        "postgres_connections",
+        params.target,
+        "postgres_unreachable",
+        Severity.CRITICAL,
+        evidence={**where, "error": error},
+        summary=f"cannot reach PostgreSQL {params.target!r} ({place}): {error}",
+    )
+
+
+@check("postgres_connections")
+def postgres_connections(ctx: CheckContext, params: ConnectionsParams) -> list[Finding]:
+    """Can we connect, how fast, and how full are the connection slots (runbook 002).
+
+    A failed connection (within REMEDIATION_POSTGRES__CONNECT_TIMEOUT_SECONDS) is
+    postgres_unreachable, critical ("database is down: Critical - contact DBA"). The round
+    trip of SELECT 1 past LATENCY_WARNING_MS / LATENCY_HIGH_MS is postgres_latency_high.
+    Client sessions against max_connections minus superuser_reserved_connections (what
+    applications can use) at CONNECTIONS_WARNING / HIGH / CRITICAL_RATIO is
+    postgres_connections_high. With POOL_SIZE and POOL_APPLICATION_NAME set, that
+    application's busy sessions (not 'idle': checked out of its pool) against the pool
+    size are postgres_pool_exhausted, at most high ("pool exhausted: High - increase
+    pool size"; the database itself still answers)."""
+    cfg = ctx.settings.postgres
+    dsn = ctx.postgres_dsn(params.target)
+    conn = None
+    try:
+        started = time.perf_counter()
+        conn = connect(ctx, params.target)
+        connect_ms, started = _ms(started), time.perf_counter()
+        conn.execute("SELECT 1").fetchone()
+        rtt_ms = _ms(started)
+    except psycopg.Error as exc:
+        if conn is not None:
+            conn.close()
+        return [_unreachable(params, dsn, exc)]
+    with conn:
+        (stats,) = rows(conn, CONNECTIONS_SQL, {"app": cfg.pool_application_name})
+    found = [_latency(params, cfg, rtt_ms, connect_ms), _slots(params, cfg, stats)]
+    if cfg.pool_size and cfg.pool_application_name:
+        found.append(_pool(params, cfg, stats))
+    elif cfg.pool_size or cfg.pool_application_name:
+        ctx.log.warning("pool check skipped: set both POOL_SIZE and POOL_APPLICATION_NAME")
+    return [f for f in found if f is not None]
+
+
+def _latency(params: ConnectionsParams, cfg: Any, rtt_ms: float, connect_ms: float) -> Any:
+    hit = band(
+        rtt_ms, (cfg.latency_warning_ms, Severity.WARNING), (cfg.latency_high_ms, Severity.HIGH)
+    )
+    if hit is None:
+        return None
+    return _finding(
+        "postgres_connections",
+        params.target,
+        "postgres_latency_high",
+        hit[0],
+        observed=rtt_ms,
+        threshold=hit[1],
+        evidence={"round_trip_ms": rtt_ms, "connect_ms": connect_ms},
+        summary=f"SELECT 1 took {rtt_ms:.1f} ms (limit {hit[1]} ms)",
+    )
+
+
+def _slots(params: ConnectionsParams, cfg: Any, s: dict[str, Any]) -> Any:
+    usable = max(s["max_connections"] - s["reserved"], 1)
+    ratio = s["in_use"] / usable
+    hit = band(
+        ratio,
+        (cfg.connections_warning_ratio, Severity.WARNING),
+        (cfg.connections_high_ratio, Severity.HIGH),
+        (cfg.connections_critical_ratio, Severity.CRITICAL),
+    )
+    if hit is None:
+        return None
+    evidence = {
+        "in_use": s["in_use"],
+        "max_connections": s["max_connections"],
+        "superuser_reserved_connections": s["reserved"],
+        "usable": usable,
+    }
+    return _finding(
+        "postgres_connections",
+        params.target,
+        "postgres_connections_high",
+        hit[0],
+        observed=round(ratio, 4),
+        threshold=hit[1],
+        evidence=evidence,
+        summary=f"{s['in_use']} of {usable} usable connections in use ({ratio:.0%})",
+    )
+
+
+def _pool(params: ConnectionsParams, cfg: Any, s: dict[str, Any]) -> Any:
+    ratio = s["pool_busy"] / cfg.pool_size
+    hit = band(
+        ratio,
+        (cfg.connections_warning_ratio, Severity.WARNING),
+        (cfg.connections_high_ratio, Severity.HIGH),
+    )
+    if hit is None:
+        return None
+    app = cfg.pool_application_name
+    return _finding(
+        "postgres_connections",
+        params.target,
+        "postgres_pool_exhausted",
+        hit[0],
+        subject=app,
+        observed=round(ratio, 4),
+        threshold=hit[1],
+        evidence={
+            "application_name": app,
+            "pool_size": cfg.pool_size,
+            "busy": s["pool_busy"],
+            "open": s["pool_open"],
+        },
+        summary=f"{s['pool_busy']} of {cfg.pool_size} pool connections of {app!r} busy",
+    )
+
+
+# --- postgres_sessions --------------------------------------------------------------------
+
+
+class SessionsParams(CheckParams):
+    """Bounds come from REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS / LONG_QUERY_SECONDS."""
+
+
+def session_evidence(s: dict[str, Any]) -> dict[str, Any]:
+    """What a human needs to identify a session; the query only masked and cut."""
+    return {
+        "pid": s["pid"],
+        "usename": s["usename"],
+        "application_name": s["application_name"],
+        "state": s["state"],
+        "age_s": round(s["age_s"], 1),
+        "query": safe_query(s["query"]),
+    }
+
+
+@check("postgres_sessions")
+def postgres_sessions(ctx: CheckContext, params: SessionsParams) -> list[Finding]:
+    """Sessions idle in transaction or running one query too long (runbooks 001 and 002).
+
+    Runbook 001 "System Overload Response" looks at pg_stat_activity; runbook 002 says
+    check for connection leaks. In this database only, never the worker's own sessions
+    (application_name 'remediation*'): sessions idle in transaction longer than
+    IDLE_IN_TRANSACTION_SECONDS are one postgres_idle_in_transaction finding (warning: they
+    hold locks and stop vacuum); queries active longer than LONG_QUERY_SECONDS are one
+    postgres_long_query finding (high: "queries are slow: High"). Evidence lists pid, role,
+    application and age; query text is masked and cut to 200 characters."""
+    cfg = ctx.settings.postgres
+    with connect(ctx, params.target) as conn:
+        idle = list_sessions(conn, IDLE, cfg.idle_in_transaction_seconds)
+        active = list_sessions(conn, ACTIVE, cfg.long_query_seconds)
+    found = []
+    for kind, sessions, bound, sev, what in (
+        (
+            "postgres_idle_in_transaction",
+            idle,
+            cfg.idle_in_transaction_seconds,
+            Severity.WARNING,
+            "idle in transaction",
+        ),
+        ("postgres_long_query", active, cfg.long_query_seconds, Severity.HIGH, "running a query"),
+    ):
+        if not sessions:
+            continue
+        oldest = sessions[0]
+        found.append(
+            _finding(
+                "postgres_sessions",
+                params.target,
+                kind,
+                sev,
+                observed=len(sessions),
+                threshold=bound,
+                evidence={
+                    "count": len(sessions),
+                    "oldest_age_s": round(oldest["age_s"]),
+                    "sessions": [session_evidence(s) for s in sessions[:MAX_LISTED]],
+                },
+                summary=f"{len(sessions)} session(s) {what} for more than {bound}s"
+                f" (oldest {oldest['age_s']:.0f}s, pid {oldest['pid']})",
+            )
+        )
+    return found
+
+
+# --- postgres_unused_indexes --------------------------------------------------------------
+
+
+class UnusedIndexesParams(CheckParams):
+    min_size_bytes: int = Field(0, ge=0, description="ignore indexes smaller than this")
+    max_indexes: int = Field(50, ge=1, le=1000, description="list at most this many")
+
+
+@check("postgres_unused_indexes")
+def postgres_unused_indexes(ctx: CheckContext, params: UnusedIndexesParams) -> list[Finding]:
+    """Indexes never scanned since statistics were reset (runbook 001 weekly "Check index health").
+
+    From pg_stat_user_indexes: idx_scan = 0, leaving out unique, primary-key and exclusion
+    indexes (they enforce constraints). One info finding per target lists them, largest
+    first, with sizes and the statistics reset time (the window "never" covers). Reported
+    only: nothing is dropped. Check replicas before dropping; they keep their own counts."""
+    with connect(ctx, params.target) as conn:
+        found = rows(
+            conn,
+            UNUSED_INDEXES_SQL,
+            {"min_bytes": params.min_size_bytes, "limit": params.max_indexes},
+        )
+    if not found:
+        return []
+    total, total_bytes, reset = found[0]["total"], int(found[0]["total_bytes"]), found[0]["reset"]
+    indexes = [
+        {
+            "schema": r["schemaname"],
+            "table": r["relname"],
+            "index": r["indexrelname"],
+            "bytes": r["bytes"],
+            "size": _pretty(r["bytes"]),
+            "valid": r["valid"],
+        }
+        for r in found
+    ]
+    return [
+        _finding(
+            "postgres_unused_indexes",
+            params.target,
+            "postgres_indexes_unused",
+            Severity.INFO,
+            observed=total,
+            threshold=0,
+            evidence={
+                "count": total,
+                "total_bytes": total_bytes,
+                "indexes": indexes,
+                "stats_reset": reset.isoformat() if reset else None,
+            },
+            summary=f"{total} index(es) never scanned, {_pretty(total_bytes)} in total;"
+            " review before dropping",
+        )
+    ]
+
+
+# --- postgres_database_size ---------------------------------------------------------------
+
+
+class DatabaseSizeParams(CheckParams):
+    """The warning threshold is REMEDIATION_POSTGRES__SIZE_GROWTH_WARNING_PERCENT."""
+
+
+@check("postgres_database_size")
+def postgres_database_size(ctx: CheckContext, params: DatabaseSizeParams) -> list[Finding]:
+    """Growth of the database since the previous run (runbook 002 "Disk Space": database size).
+
+    pg_database_size is recorded at every run (audit table observations, metric
+    database_bytes); growth past SIZE_GROWTH_WARNING_PERCENT since the previous run is a
+    postgres_database_growth warning. Growth is per run, so the schedule sets the period
+    it covers. The first run only records."""
+    with connect(ctx, params.target) as conn:
+        (row,) = rows(
+            conn, "SELECT current_database() AS db, pg_database_size(current_database()) AS bytes"
+        )
+    db, size = row["db"], int(row["bytes"])
+    if ctx.store is None:
+        ctx.log.info("database size", database=db, bytes=size)
+        return []
+    previous = ctx.store.last_observation("postgres_database_size", params.target, "database_bytes")
+    ctx.store.record_observation("postgres_database_size", params.target, "database_bytes", size)
+    if previous is None or previous[0] <= 0:
+        return []
+    before, at = previous
+    growth = (size - before) / before * 100
+    limit = ctx.settings.postgres.size_growth_warning_percent
+    if growth < limit:
+        return []
+    return [
+        _finding(
+            "postgres_database_size",
+            params.target,
+            "postgres_database_growth",
+            Severity.WARNING,
+            subject=db,
+            observed=round(growth, 2),
+            threshold=limit,
+            evidence={
+                "bytes": size,
+                "previous_bytes": int(before),
+                "previous_at": at.isoformat() if at else None,
+            },
+            summary=f"database {db} grew {growth:.1f} % since the previous run"
+            f" ({_pretty(before)} -> {_pretty(size)})",
+        )
+    ]
+
+
+# --- postgres_slow_queries ----------------------------------------------------------------
+
+
+class SlowQueriesParams(CheckParams):
+    top: int = Field(10, ge=1, le=100, description="report at most this many statements")
+    min_calls: int = Field(5, ge=1, description="ignore statements run fewer times")
+
+
+ENABLE = (
+    "add pg_stat_statements to shared_preload_libraries in postgresql.conf, restart"
+    " PostgreSQL, then run CREATE EXTENSION pg_stat_statements; in this database"
+)
+
+
+def _unavailable(params: SlowQueriesParams, db: str, reason: str, how: str) -> list[Finding]:
+    return [
+        _finding(
+            "postgres_slow_queries",
+            params.target,
+            "postgres_slow_queries_unavailable",
+            Severity.INFO,
+            evidence={"database": db, "reason": reason, "enable": how},
+            summary=f"slow queries cannot be read in {db}: {reason}; to enable: {how}",
+        )
+    ]
+
+
+@check("postgres_slow_queries")
+def postgres_slow_queries(ctx: CheckContext, params: SlowQueriesParams) -> list[Finding]:
+    """Statements slow on average, from pg_stat_statements (runbook 002 "Slow Queries").
+
+    Bands of runbook 002: P95 > 1 s medium (SLOW_QUERY_WARNING_MS), > 2 s high, > 5 s
+    critical. pg_stat_statements keeps no percentiles, so the mean execution time stands
+    in for P95 (a P95 is at least as high: this under-reports, never over-reports). Means
+    add up since the last pg_stat_statements_reset(): after fixing a query, reset it.
+    One postgres_slow_queries_found finding per database lists the slowest statements (text
+    masked, 200 characters). Without the extension (or its preload, or the right to read
+    it) one info finding, postgres_slow_queries_unavailable, says how to enable it."""
+    cfg = ctx.settings.postgres
+    with connect(ctx, params.target) as conn:
+        db = str(conn.info.dbname)
+        schema = conn.execute(PGSS_SQL).fetchone()
+        if schema is None:
+            return _unavailable(params, db, "pg_stat_statements is not installed", ENABLE)
+        view = sql.Identifier(schema[0], "pg_stat_statements")
+        args = {
+            "min_calls": params.min_calls,
+            "floor": cfg.slow_query_warning_ms,
+            "top": params.top,
+        }
+        try:
+            found = rows(conn, sql.SQL(SLOW_SQL).format(view=view), args)
+        except psycopg.errors.ObjectNotInPrerequisiteState:
+            return _unavailable(
+                params,
+                db,
+                "pg_stat_statements is installed but not loaded",
+                "add pg_stat_statements to shared_preload_libraries and restart PostgreSQL",
+            )
+        except psycopg.errors.InsufficientPrivilege:
+            return _unavailable(
+                params,
+                db,
+                "the monitoring role may not read pg_stat_statements",
+                "GRANT pg_read_all_stats TO the role in this target's DSN",
+            )
+        except psycopg.errors.UndefinedColumn:
+            return _unavailable(
+                params,
+                db,
+                "pg_stat_statements is older than 1.8 (PostgreSQL 13)",
+                "ALTER EXTENSION pg_stat_statements UPDATE on PostgreSQL 13 or later",
+            )
+    return _slow_finding(params, cfg, db, found) if found else []
+
+
+def _slow_finding(
+    params: SlowQueriesParams, cfg: Any, db: str, found: list[dict[str, Any]]
+) -> list[Finding]:
+    bands = (
+        (cfg.slow_query_warning_ms, Severity.WARNING),
+        (cfg.slow_query_high_ms, Severity.HIGH),
+        (cfg.slow_query_critical_ms, Severity.CRITICAL),
+    )
+    statements = []
+    for r in found:
+        hit = band(r["mean_exec_time"], *bands)
+        statements.append(
+            {
+                "queryid": str(r["queryid"]),
+                "role": r["rolname"],
+                "calls": r["calls"],
+                "mean_ms": round(r["mean_exec_time"], 1),
+                "max_ms": round(r["max_exec_time"], 1),
+                "rows": r["rows"],
+                "severity": hit[0].value if hit else "info",
+                "query": safe_query(r["query"]),
+            }
+        )
+    worst = band(found[0]["mean_exec_time"], *bands) or (
+        Severity.WARNING,
+        cfg.slow_query_warning_ms,
+    )
+    top = statements[0]
+    return [
+        _finding(
+            "postgres_slow_queries",
+            params.target,
+            "postgres_slow_queries_found",
+            worst[0],
+            subject=db,
+            observed=top["mean_ms"],
+            threshold=worst[1],
+            evidence={"database": db, "count": len(statements), "statements": statements},
+            summary=f"{len(statements)} statement(s) average {cfg.slow_query_warning_ms:.0f} ms"
+            f" or more; slowest {top['mean_ms']:.0f} ms over {top['calls']} calls"
+            f" (queryid {top['queryid']})",
+        )
+    ]

@@ -1,0 +1,186 @@
+"""terminate_idle_transactions and cancel_long_queries against real PostgreSQL sessions.
+
+Roles with hostile names log in with trust auth; only allow-listed sessions may be ended."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+from pydantic import ValidationError
+
+from remediation.actions.postgres_sessions import (
+    CancelLongQueriesParams,
+    TerminateIdleTransactionsParams,
+    cancel_long_queries,
+    terminate_idle_transactions,
+)
+from remediation.checks.postgres_health import ACTIVE, IDLE
+from remediation.context import ActionContext
+from remediation.findings import ActionResult
+from remediation.logging import get_logger
+from remediation.testing import wait_for
+from tests.checks.test_postgres_health import FAST, running, session, wait_for_sessions
+
+IDLE_TX = "idle in transaction"
+
+
+@pytest.fixture
+def roles(pg_admin: str) -> Iterator[tuple[str, str]]:
+    """Two LOGIN roles with odd names; their sessions are ended and the roles dropped after."""
+    tag = uuid.uuid4().hex[:6]
+    names = (f"app role {tag}", f'batch"; -- {tag}')
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        for name in names:
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+    yield names
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = ANY(%s)",
+            (list(names),),
+        )
+        for name in names:
+            conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))
+
+
+def terminate(settings: Any) -> ActionResult:
+    ctx = ActionContext(settings, get_logger())
+    return terminate_idle_transactions(ctx, TerminateIdleTransactionsParams(target="app"))
+
+
+def cancel(settings: Any) -> ActionResult:
+    return cancel_long_queries(ActionContext(settings, get_logger()), CancelLongQueriesParams(target="app"))  # fmt: skip
+
+
+def state(dsn: str, conn: psycopg.Connection[Any]) -> str | None:
+    """The session's state as the server sees it (None: gone), without touching the session."""
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        row = admin.execute(
+            "SELECT state FROM pg_stat_activity WHERE pid = %s", (conn.pgconn.backend_pid,)
+        ).fetchone()
+    return str(row[0]) if row else None
+
+
+def answers(conn: psycopg.Connection[Any]) -> bool:
+    """True when the client can still use its session (and its transaction is still open)."""
+    try:
+        conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return False
+    return conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
+
+
+def active_for(dsn: str, pid: int) -> float:
+    """Seconds the session has been running its current query (0 when not active)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT extract(epoch FROM now() - query_start) FROM pg_stat_activity"
+            " WHERE pid = %s AND state = 'active'",
+            (pid,),
+        ).fetchone()
+    return float(row[0]) if row else 0.0
+
+
+def test_only_allow_listed_role_is_terminated(
+    settings_env: Any, target_db: str, roles: Any
+) -> None:
+    """The allow-listed role's idle transaction is ended; the other role's and the worker's stay."""
+    app_role, batch_role = roles
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
+                     REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES=json.dumps([app_role]))  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        own = stack.enter_context(session(target_db, user=app_role, app="remediation-audit"))
+        allowed = stack.enter_context(session(target_db, user=app_role, app="shop"))
+        other = stack.enter_context(session(target_db, user=batch_role, app="batch"))
+        pids = {c.info.backend_pid for c in (allowed, other)}
+        wait_for_sessions(target_db, IDLE, pids)
+        result = terminate(s)
+        assert (result.ok, result.changed) == (True, True)
+        assert [(t["pid"], t["usename"], t["application_name"]) for t in result.detail["terminated"]] == [
+            (allowed.info.backend_pid, app_role, "shop")
+        ]  # fmt: skip
+        assert (result.detail["skipped_not_allowed"], result.detail["skipped_over_cap"]) == (1, 0)
+        assert result.detail["terminated"][0]["age_s"] >= 1
+        assert [state(target_db, c) for c in (allowed, other, own)] == [None, IDLE_TX, IDLE_TX]
+        again = terminate(s)  # idempotent: nothing allowed is left
+        assert (again.changed, again.detail["skipped_not_allowed"]) == (False, 1)
+        assert not answers(allowed)  # the client sees its connection closed
+        assert answers(other) and answers(own)
+
+
+def test_cap_per_run_takes_the_oldest_first(settings_env: Any, target_db: str) -> None:
+    """With a cap of 2, the two oldest allow-listed sessions go; the third waits for the next run."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
+                     REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["shop"]',
+                     REMEDIATION_POSTGRES__MAX_SESSIONS_PER_RUN="2")  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        conns = []
+        for _ in range(3):
+            conns.append(stack.enter_context(session(target_db, app="shop")))
+            conns[-1].execute("SELECT pg_sleep(0.05)")  # distinct state_change times, in order
+        wait_for_sessions(target_db, IDLE, {c.info.backend_pid for c in conns})
+        first, second, third = (c.info.backend_pid for c in conns)
+        result = terminate(s)
+        assert [t["pid"] for t in result.detail["terminated"]] == [first, second]
+        assert (result.detail["skipped_not_allowed"], result.detail["skipped_over_cap"]) == (0, 1)
+        assert "over the cap of 2" in result.summary
+        assert [state(target_db, c) for c in conns] == [None, None, IDLE_TX]
+        assert [t["pid"] for t in terminate(s).detail["terminated"]] == [third]
+        assert [answers(c) for c in conns] == [False, False, False]
+
+
+def test_empty_allow_lists_allow_nothing(settings_env: Any, target_db: str) -> None:
+    """With no role or application allow-listed, no session is touched and the result says why."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST)
+    with session(target_db, app="shop") as conn:
+        wait_for_sessions(target_db, IDLE, {conn.info.backend_pid})
+        result = terminate(s)
+        assert (result.ok, result.changed, result.detail["terminated"]) == (True, False, [])
+        assert "REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES" in result.summary
+        assert state(target_db, conn) == IDLE_TX and answers(conn)
+
+
+def test_cancel_long_queries_is_opt_in(settings_env: Any, target_db: str) -> None:
+    """Off by default it cancels nothing; opted in it cancels only the allow-listed query."""
+    env = {"REMEDIATION_POSTGRES_TARGETS__APP": target_db, **FAST,
+           "REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS": '["batch-job"]'}  # fmt: skip
+    s = settings_env(**env)
+    with running(target_db, "batch-job") as job, running(target_db, "report") as report:
+        wait_for_sessions(target_db, ACTIVE, {job["pid"], report["pid"]})
+        off = cancel(s)
+        assert (off.ok, off.changed, off.detail["cancelled"]) == (True, False, [])
+        assert "REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true" in off.summary
+        assert job["thread"].is_alive() and report["thread"].is_alive()
+        s = settings_env(**env, REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true")
+        result = cancel(s)
+        assert [(c["pid"], c["application_name"]) for c in result.detail["cancelled"]] == [(job["pid"], "batch-job")]  # fmt: skip
+        assert result.detail["skipped_not_allowed"] == 1
+        job["thread"].join(5)
+        assert isinstance(job["error"], psycopg.errors.QueryCanceled)
+        assert report["thread"].is_alive() and report["error"] is None
+
+
+def test_worker_sessions_are_never_cancelled(settings_env: Any, target_db: str) -> None:
+    """A long query tagged remediation* is not a candidate even when its application is allowed."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
+                     REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["remediation"]',
+                     REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true")  # fmt: skip
+    with running(target_db, "remediation") as own:
+        wait_for(lambda: active_for(target_db, own["pid"]) > 1.2, 10, 0.1, "own query > 1.2 s")
+        result = cancel(s)
+        assert (result.changed, result.detail["skipped_not_allowed"]) == (False, 0)
+        assert own["thread"].is_alive()
+
+
+@pytest.mark.parametrize("kwargs", [{"x": 1}, {"target": "../etc"}, {"target": ""}])
+def test_invalid_params_are_rejected(kwargs: dict[str, Any]) -> None:
+    """Unknown kwargs and malformed target names fail validation before anything runs."""
+    for model in (TerminateIdleTransactionsParams, CancelLongQueriesParams):
+        with pytest.raises(ValidationError):
+            model.model_validate(kwargs)
