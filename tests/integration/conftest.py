@@ -53,6 +53,9 @@ def worker_env(
             REMEDIATION_BREAKER__MINIMUM_CALLS="3",
             REMEDIATION_BREAKER__WAIT_SECONDS="600",
             REMEDIATION_VERIFY__ATTEMPTS="20",
+            REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS="2",
+            REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES='["rem e2e role"]',
+            REMEDIATION_POSTGRES__DATA_QUALITY="[]",
         )
     )
     return env
