@@ -36,8 +36,8 @@ test: db ## the whole test suite against real Redis, PostgreSQL and Celery worke
 	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict on the package
-	$(VENV)/bin/ruff check remediation tests beat_schedule.py
-	$(VENV)/bin/ruff format --check remediation tests beat_schedule.py
+	$(VENV)/bin/ruff check remediation tests bench beat_schedule.py
+	$(VENV)/bin/ruff format --check remediation tests bench beat_schedule.py
 	$(VENV)/bin/mypy
 
 bench: db ## benchmarks under bench/, results in BENCHMARKS.md

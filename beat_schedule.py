@@ -51,6 +51,29 @@ SCHEDULE = {
         "schedule": "0 6 * * *",
         "kwargs": {"target": "self"},
     },
+    # Runbook 000 (pg_dump) and runbook 001 "Monthly Operations 2. Backup Verification":
+    # keep a verified dump younger than REMEDIATION_BACKUP__INTERVAL_HOURS (daily by
+    # default). The check only reads manifests; a stale backup triggers backup_database,
+    # a fresh unverified one triggers verify_backup (restore into a scratch database).
+    "sweep-postgres-backups": {
+        "task": "remediation.check.postgres_backups",
+        "schedule": "*/15 * * * *",
+        "kwargs": {"target": "self"},
+    },
+    # Monthly: runbook 001 "Backup Verification" of the newest dump again, whatever its
+    # state, so a dump that rotted on disk is caught.
+    "monthly-backup-verification": {
+        "task": "remediation.act.verify_backup",
+        "schedule": "0 4 1 * *",
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 003 "Backup and Recovery": configuration and SQLite files. Needs
+    # REMEDIATION_BACKUP__FILE_PATHS; uncomment once set.
+    # "daily-file-backup": {
+    #     "task": "remediation.act.backup_files",
+    #     "schedule": "30 2 * * *",
+    #     "kwargs": {},
+    # },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",

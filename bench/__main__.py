@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import dead_tuples, pipeline
+from bench import backups, dead_tuples, pipeline
 
 
 def main() -> int:
@@ -18,6 +18,7 @@ def main() -> int:
             "cpus": __import__("os").cpu_count(),
         },
         "dead_tuples": dead_tuples.run(),
+        "backups": backups.run(),
         "pipeline": pipeline.run(),
     }
     out = Path("bench/results")

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from bench.pipeline import admin_dsn
 from remediation.checks import postgres as check_module
@@ -45,10 +46,15 @@ def make_tables(dsn: str, n: int) -> None:
     """n tables, every tenth one bloated (autovacuum off so it stays bloated)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         for i in range(n):
-            conn.execute(f'CREATE TABLE "t {i}" (id int) WITH (autovacuum_enabled = false)')
+            table = sql.Identifier(f"t {i}")
+            conn.execute(
+                sql.SQL("CREATE TABLE {} (id int) WITH (autovacuum_enabled = false)").format(table)
+            )
             if i % 10 == 0:
-                conn.execute(f'INSERT INTO "t {i}" SELECT generate_series(1, 2000)')
-                conn.execute(f'DELETE FROM "t {i}" WHERE id <= 1500')
+                conn.execute(
+                    sql.SQL("INSERT INTO {} SELECT generate_series(1, 2000)").format(table)
+                )
+                conn.execute(sql.SQL("DELETE FROM {} WHERE id <= 1500").format(table))
 
 
 def measure(dsn: str, n: int) -> dict[str, Any]:

@@ -47,8 +47,21 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
         "redbeat_lock_timeout": c.redbeat_lock_timeout,
         "beat_max_loop_interval": c.beat_max_loop_interval,
-        "broker_transport_options": {"visibility_timeout": 3600},
+        # A reserved message comes back after this: longer than any task may run, or a
+        # long action (a backup) would be delivered again while it still runs.
+        "broker_transport_options": {"visibility_timeout": visibility_timeout(s)},
     }
+
+
+def visibility_timeout(s: Settings) -> int:
+    from remediation import registry
+
+    registry.load_all()
+    longest = max(
+        [s.celery.time_limit]
+        + [int(a.timeout.total_seconds()) + 60 for a in registry.ACTIONS.values() if a.timeout]
+    )
+    return max(3600, longest + 600)
 
 
 @functools.cache

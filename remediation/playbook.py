@@ -33,6 +33,10 @@ def _job_list(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "key": f.subject}
 
 
+def _dump_file(f: Finding) -> dict[str, Any]:
+    return {"target": f.target, "file": f.subject}
+
+
 def _table(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "tables": [f.evidence["table"]]}
 
@@ -113,6 +117,26 @@ RULES: list[Rule] = [
         "notify",
         notify_params,
         "002 Disk Space Issues: check database size",
+    ),
+    Rule(
+        "postgres_backup_stale",
+        "backup_database",
+        _target,
+        "000 4. Database Maintenance: pg_dump backup; 001 Scheduled Maintenance: backup database",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "postgres_backup_unverified",
+        "verify_backup",
+        _dump_file,
+        "001 Monthly Operations 2. Backup Verification: test restoration, validate integrity",
+    ),
+    Rule(
+        "postgres_backup_failed",
+        "notify",
+        notify_params,
+        "001 Monthly Operations 2. Backup Verification: a dump that does not restore",
+        min_severity=Severity.CRITICAL,
     ),
     Rule(
         "postgres_data_quality_breach",

@@ -26,6 +26,19 @@ def test_every_check_and_action_has_a_stable_task_name() -> None:
         "remediation.act.dedupe_job_queue",
         "remediation.act.dead_letter_stale_jobs",
         "remediation.act.notify",
+        "remediation.act.analyze_tables",
+        "remediation.act.terminate_idle_transactions",
+        "remediation.act.cancel_long_queries",
+        "remediation.act.backup_database",
+        "remediation.act.verify_backup",
+        "remediation.act.backup_files",
+        "remediation.check.postgres_connections",
+        "remediation.check.postgres_sessions",
+        "remediation.check.postgres_unused_indexes",
+        "remediation.check.postgres_database_size",
+        "remediation.check.postgres_slow_queries",
+        "remediation.check.postgres_data_quality",
+        "remediation.check.postgres_backups",
     } <= names
 
 

@@ -77,6 +77,16 @@ class GuardChain:
         override = self.settings.guards.budget_overrides.get(self.spec.name)
         return override if override is not None else self.spec.guards.max_per_hour
 
+    def hold_seconds(self) -> int:
+        """How long the lock and the idempotency claim live: past the action's hard limit,
+        so a long action (a backup) is never started twice while it still runs."""
+        limit = (
+            self.spec.timeout.total_seconds()
+            if self.spec.timeout
+            else (self.settings.celery.time_limit)
+        )
+        return max(self.settings.guards.lock_ttl_seconds, int(limit) + 120)
+
     def dry_run(self) -> bool:
         g = self.settings.guards
         return g.dry_run or self.spec.name in g.dry_run_actions
@@ -102,8 +112,7 @@ class GuardChain:
                         keys.breaker(breaker), keys.breaker_permits(breaker), keys.BREAKER_INDEX,
                     ],
                     args=[
-                        self.settings.guards.lock_ttl_seconds, adm.lock_token,
-                        self.settings.guards.lock_ttl_seconds,
+                        self.hold_seconds(), adm.lock_token, self.hold_seconds(),
                         "" if budget is None else budget, adm.budget_member, breaker,
                         b.half_open_permits, b.permit_lease_seconds, adm.call_id,
                         "1" if self.dry_run() else "0",

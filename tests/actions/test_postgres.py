@@ -47,7 +47,9 @@ def test_analyze_only_named_hostile_tables(settings_env: Any, target_db: str) ->
     result = analyze_tables(ActionContext(s, get_logger()), params)
     assert sorted(result.detail["analyzed"]) == sorted(f"public.{n}" for n in HOSTILE)
     with psycopg.connect(target_db) as conn:
-        rows = conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL")
+        rows = conn.execute(
+            "SELECT relname FROM pg_stat_user_tables WHERE last_analyze IS NOT NULL"
+        )
         assert {r[0] for r in rows.fetchall()} == set(HOSTILE)
 
 

@@ -1,0 +1,651 @@
+"""Backups: dump a database, prove the dump restores, archive configuration and SQLite files.
+
+Runbook 000 "4. Database Maintenance" (`pg_dump` before major updates), runbook 001
+"Monthly Operations 2. Backup Verification" (test restoration, validate integrity, retention
+policy) and "Scheduled Maintenance: Pre-Maintenance", runbook 003 "Backup and Recovery"
+(SQLite files and .env). Where the files go and how many are kept:
+REMEDIATION_BACKUP__* (see remediation/backups.py for the layout).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import threading
+import time
+import urllib.parse
+from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+from typing import IO, Any, cast
+
+import psycopg
+from pydantic import Field, model_validator
+
+from remediation import backups
+from remediation.backups import BackupError, Child
+from remediation.clients import pg
+from remediation.context import ActionContext
+from remediation.findings import ActionResult
+from remediation.params import ActionParams
+from remediation.registry import action
+from remediation.settings import BackupSettings
+
+DUMP_TIMEOUT = timedelta(hours=2)
+VERIFY_TIMEOUT = timedelta(hours=3)
+MAX_DELETIONS_PER_RUN = 20
+STEPS = ("checksum", "full_read", "restore", "row_counts")
+
+
+class BackupDatabaseParams(ActionParams):
+    """Which configured PostgreSQL target to dump."""
+
+
+class VerifyBackupParams(ActionParams):
+    file: str | None = Field(
+        None,
+        max_length=200,
+        description="a dump of this target, e.g. app-20261124T030000Z.dump; default the newest",
+    )
+    jobs: int = Field(1, ge=1, le=8, description="pg_restore --jobs for the scratch restore")
+
+    @model_validator(mode="after")
+    def _file_of_this_target(self) -> VerifyBackupParams:
+        if self.file is not None and not backups.dump_pattern(self.target).match(self.file):
+            raise ValueError(
+                f"file must be a dump name of target {self.target!r}"
+                f" ({self.target.lower()}-YYYYmmddTHHMMSSZ.dump), without folders"
+            )
+        return self
+
+
+class BackupFilesParams(ActionParams):
+    """No options: what to archive is REMEDIATION_BACKUP__FILE_PATHS."""
+
+
+def _stale_after(cfg: BackupSettings, limit: timedelta) -> float:
+    """Leftovers older than this cannot belong to a run that is still going."""
+    return max(limit.total_seconds(), 2.0 * cfg.timeout_seconds) + 3600
+
+
+def _busy(folder: Path) -> ActionResult:
+    return ActionResult(
+        ok=True, changed=False, summary=f"skipped: another backup job holds {folder}/.lock"
+    )
+
+
+# --- backup_database ----------------------------------------------------------------------
+
+
+@action("backup_database", timeout=DUMP_TIMEOUT, cooldown=timedelta(hours=1), max_per_hour=4)
+def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionResult:
+    """pg_dump -Fc of the target into REMEDIATION_BACKUP__DIR/<target>/, then retention.
+
+    Runbook 000 "4. Database Maintenance" (pg_dump before major updates), 001 "Scheduled
+    Maintenance: Pre-Maintenance" (backup database) and "Monthly Operations 2. Backup
+    Verification". The manifest next to the dump records its size, sha256, the server and
+    pg_dump versions and the exact row count of every table, counted in the very snapshot
+    pg_dump reads (so verify_backup can compare a restore with it). The password travels in
+    PGPASSWORD, never on the command line. Retention keeps the newest backup of each of the
+    last KEEP_DAILY days, KEEP_WEEKLY ISO weeks and KEEP_MONTHLY months, never the newest
+    nor the newest verified one, and deletes only our own dump files."""
+    cfg = ctx.settings.backup
+    dsn = ctx.postgres_dsn(params.target)
+    folder = backups.target_dir(cfg.dir, params.target)
+    with backups.folder_lock(folder) as mine:
+        if not mine:
+            return _busy(folder)
+        manifest = _dump(ctx, params.target, dsn, folder)
+        policy = backups.Retention(
+            cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly, MAX_DELETIONS_PER_RUN
+        )
+        retention = backups.apply_retention(
+            folder, params.target, policy, stale_seconds=_stale_after(cfg, DUMP_TIMEOUT)
+        )
+    ctx.log.info("backup written", file=manifest["file"], size=manifest["size"])
+    return ActionResult(
+        summary=f"dumped {manifest['database']} to {manifest['file']} ({manifest['size']} bytes,"
+        f" {len(manifest['tables'])} tables, {manifest['row_total']} rows);"
+        f" retention deleted {len(retention['deleted'])}"
+        + "".join(f"; {n}" for n in _retention_note(retention)),
+        detail={
+            "path": str(folder / manifest["file"]),
+            **{k: manifest[k] for k in ("file", "size", "sha256", "row_total", "duration_seconds")},
+            "retention": retention,
+        },
+    )
+
+
+def _dump(ctx: ActionContext, target: str, dsn: str, folder: Path) -> dict[str, Any]:
+    started, clock = backups.now(), time.monotonic()
+    final = folder / backups.dump_name(target, started)
+    if final.exists():
+        raise BackupError(f"{final.name} already exists (one backup per target per second)")
+    partial = backups.partial_path(final)
+    tool = backups.find_tool("pg_dump")
+    client = backups.libpq(dsn, connect_timeout=ctx.settings.postgres.connect_timeout_seconds)
+    os.close(backups.private_file(partial))
+    try:
+        snap = _dump_in_snapshot(ctx, dsn, tool, client, partial)
+        backups.fsync_file(partial)
+        manifest = {
+            "format": backups.MANIFEST_FORMAT,
+            "kind": "postgres",
+            "target": target.lower(),
+            "file": final.name,
+            "size": partial.stat().st_size,
+            "sha256": backups.sha256_file(partial),
+            "pg_dump_version": backups.tool_version(tool),
+            "started_at": started.isoformat(),
+            "finished_at": backups.now().isoformat(),
+            "duration_seconds": round(time.monotonic() - clock, 3),
+            "verification": None,
+            **snap,
+        }
+        backups.write_json(backups.manifest_path(final), manifest)
+        os.replace(partial, final)
+        backups.fsync_dir(folder)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        if not final.exists():
+            backups.manifest_path(final).unlink(missing_ok=True)
+        raise
+    return manifest
+
+
+def _dump_in_snapshot(
+    ctx: ActionContext, dsn: str, tool: str, client: backups.Libpq, out: Path
+) -> dict[str, Any]:
+    """Export a snapshot, run pg_dump --snapshot on it and count rows in it meanwhile."""
+    cfg = ctx.settings.backup
+    conn = pg.connect(
+        dsn,
+        autocommit=False,
+        timeout=ctx.settings.postgres.connect_timeout_seconds,
+        statement_timeout_ms=cfg.timeout_seconds * 1000,
+    )
+    try:
+        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        conn.read_only = True
+        # Idle in transaction while pg_dump runs: the server must not end us meanwhile.
+        conn.execute("SET LOCAL idle_in_transaction_session_timeout = 0")
+        conn.execute("SET LOCAL row_security = off")  # as pg_dump: all rows or an error
+        conn.execute("SELECT set_config('lock_timeout', %s, true)", (backups.LOCK_WAIT,))
+        row = conn.execute(
+            "SELECT pg_export_snapshot(), current_database(), current_setting('server_version'),"
+            " current_setting('server_version_num')::int"
+        ).fetchone()
+        if row is None:
+            raise BackupError("could not export a snapshot", "dump")
+        snapshot, database, server_version, server_version_num = row
+        argv = [
+            tool, "--format=custom", "--no-password", f"--snapshot={snapshot}",
+            f"--lock-wait-timeout={backups.LOCK_WAIT}", f"--file={out}", client.arg(),
+        ]  # fmt: skip
+        deadline = time.monotonic() + cfg.timeout_seconds
+        with Child("dump", argv, client.env) as child:
+            counts = backups.count_rows(conn, backups.user_tables(conn))
+            child.wait(max(deadline - time.monotonic(), 1))
+    finally:
+        conn.close()  # ends the read-only transaction; pg_dump imported the snapshot long ago
+    return {
+        "database": database,
+        "server_version": server_version,
+        "server_version_num": server_version_num,
+        "snapshot": snapshot,
+        "tables": backups.table_rows(counts),
+        "row_total": sum(counts.values()),
+    }
+
+
+# --- verify_backup ------------------------------------------------------------------------
+
+
+@action("verify_backup", timeout=VERIFY_TIMEOUT, cooldown=timedelta(minutes=10), max_per_hour=6)
+def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResult:
+    """Prove a dump restores: checksum, full read, restore into a scratch database, row counts.
+
+    Runbook 001 "Monthly Operations 2. Backup Verification" (test backup restoration,
+    validate backup integrity). Default: the newest dump of the target. Steps: (1) the
+    sha256 still matches the manifest; (2) `pg_restore -f /dev/null` reads every byte
+    (`--list` would pass a truncated dump); (3) `pg_restore --no-owner --no-privileges`
+    into a scratch database rem_verify_<hex> created on the target's server (its role
+    needs CREATEDB); (4) every table's row count equals the manifest's. (1)-(3) run at
+    once. The scratch database is dropped whatever happens. The result is written into
+    the manifest; a failed step fails the action, which notifies."""
+    cfg = ctx.settings.backup
+    dsn = ctx.postgres_dsn(params.target)
+    folder = backups.target_dir(cfg.dir, params.target)
+    with backups.folder_lock(folder) as mine:
+        if not mine:
+            return _busy(folder)
+        backup = _pick(folder, params)
+        if backup.manifest is None:
+            return ActionResult(
+                ok=False,
+                changed=False,
+                summary=f"{backup.name}: manifest step failed: {backup.error}",
+                detail={"file": backup.name, "failed_step": "manifest", "message": backup.error},
+            )
+        verdict = Verification(backup, dsn, cfg, ctx.settings.postgres.connect_timeout_seconds)
+        result = verdict.run(params.jobs)
+        backups.write_json(
+            backups.manifest_path(backup.path), {**backup.manifest, "verification": result}
+        )
+    if result["ok"]:
+        ctx.log.info("backup verified", file=backup.name, total_s=result["timings"]["total"])
+        summary = f"{backup.name} verified: restored {result['tables']} tables, row counts match"
+    else:
+        ctx.log.error("backup verification failed", file=backup.name, step=result["failed_step"])
+        summary = f"{backup.name}: {result['failed_step']} step failed: {result['message']}"
+    return ActionResult(ok=result["ok"], summary=summary, detail={"file": backup.name, **result})
+
+
+def _pick(folder: Path, params: VerifyBackupParams) -> backups.Backup:
+    found = backups.list_backups(folder, params.target)
+    if not found:
+        raise BackupError(f"no backups of {params.target!r} in {folder}")
+    if params.file is None:
+        return found[0]
+    for backup in found:
+        if backup.name == params.file:
+            return backup
+    raise BackupError(f"{params.file} is not in {folder}")
+
+
+@dataclass
+class Verification:
+    """One verification run of one dump; run() returns what goes into the manifest."""
+
+    backup: backups.Backup
+    dsn: str
+    cfg: BackupSettings
+    connect_timeout: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, jobs: int) -> dict[str, Any]:
+        clock = time.monotonic()
+        scratch = backups.scratch_name()
+        result: dict[str, Any] = {
+            "ok": False, "failed_step": None, "message": "", "mismatches": [],
+            "scratch_database": scratch, "tables": 0, "timings": self.timings,
+            "pg_restore_version": backups.tool_version(backups.find_tool("pg_restore")),
+        }  # fmt: skip
+        try:  # a problem before the first step is not the dump's: raised, not recorded
+            with self._admin() as admin:
+                backups.drop_stale_scratch(admin, _stale_after(self.cfg, VERIFY_TIMEOUT))
+                backups.create_scratch(admin, scratch)
+        except psycopg.Error as exc:
+            raise BackupError(
+                f"cannot create scratch database {scratch} on the target's server (its role"
+                f" needs CREATEDB): {exc}",
+                "scratch",
+            ) from exc
+        try:
+            self._read_and_restore(scratch, jobs)
+            result["tables"] = self._compare_rows(scratch, result["mismatches"])
+            result["ok"] = True
+        except BackupError as exc:
+            result["failed_step"], result["message"] = exc.step or "restore", str(exc)
+        finally:
+            self._drop(scratch, result)
+            self.timings["total"] = round(time.monotonic() - clock, 3)
+            result["verified_at"] = backups.now().isoformat()
+        return result
+
+    def _admin(self) -> psycopg.Connection:
+        return pg.connect(self.dsn, timeout=self.connect_timeout)
+
+    def _drop(self, scratch: str, result: dict[str, Any]) -> None:
+        clock = time.monotonic()
+        try:
+            with self._admin() as admin:
+                backups.drop_database(admin, scratch)
+        except psycopg.Error as exc:  # the next verification drops it once it is stale
+            result["drop_error"] = f"could not drop {scratch}: {exc}"
+        self.timings["drop"] = round(time.monotonic() - clock, 3)
+
+    def _timed(self, step: str, fn: Any) -> Any:
+        def run() -> None:
+            clock = time.monotonic()
+            try:
+                fn()
+            finally:
+                self.timings[step] = round(time.monotonic() - clock, 3)
+
+        return run
+
+    def _read_and_restore(self, scratch: str, jobs: int) -> None:
+        """Checksum, full read and restore side by side; on a failure the restore is stopped
+        and the first failed step in STEPS order is reported."""
+        dump, tool = self.backup.path, backups.find_tool("pg_restore")
+        client = backups.libpq(self.dsn, connect_timeout=self.connect_timeout, dbname=scratch)
+        env = dict(client.env)  # a throwaway database needs no durable commits
+        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c synchronous_commit=off").strip()
+        offline = {k: v for k, v in client.env.items() if k != "PGPASSWORD"}  # reads a file
+        restore_argv = [
+            tool, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
+            f"--jobs={jobs}", client.arg(), str(dump),
+        ]  # fmt: skip
+        cancel, limit = threading.Event(), float(self.cfg.timeout_seconds)
+        with (
+            Child(
+                "full_read", [tool, f"--file={os.devnull}", str(dump)], offline, nice=10
+            ) as reader,
+            Child("restore", restore_argv, env) as restorer,
+            ThreadPoolExecutor(3, thread_name_prefix="verify") as pool,
+        ):
+            futures: dict[str, Future[None]] = {
+                "checksum": pool.submit(self._timed("checksum", lambda: self._checksum(cancel))),
+                "full_read": pool.submit(self._timed("full_read", lambda: reader.wait(limit))),
+                "restore": pool.submit(self._timed("restore", lambda: restorer.wait(limit))),
+            }
+            try:
+                done, _ = wait(futures.values(), return_when=FIRST_EXCEPTION)
+                if any(f.exception() for f in done):
+                    restorer.kill()
+                wait(futures.values())
+            finally:  # also on a soft time limit: stop everything before the pool waits
+                cancel.set()
+                restorer.kill()
+                reader.kill()
+        for step in STEPS[:3]:
+            exc = futures[step].exception()
+            if exc is not None:
+                raise exc if isinstance(exc, BackupError) else BackupError(str(exc), step)
+
+    def _checksum(self, cancel: threading.Event) -> None:
+        expected = str((self.backup.manifest or {}).get("sha256", ""))
+        actual = backups.sha256_file(self.backup.path, cancel)
+        if actual != expected:
+            raise BackupError(
+                f"sha256 {actual} does not match the manifest's {expected or '(none)'}:"
+                " the file changed after the dump",
+                "checksum",
+            )
+
+    def _compare_rows(self, scratch: str, mismatches: list[dict[str, Any]]) -> int:
+        clock = time.monotonic()
+        expected = {
+            (t["schema"], t["name"]): t["rows"]
+            for t in (self.backup.manifest or {}).get("tables", [])
+        }
+        with pg.connect(
+            backups.with_dbname(self.dsn, scratch),
+            timeout=self.connect_timeout,
+            statement_timeout_ms=self.cfg.timeout_seconds * 1000,
+        ) as conn:
+            conn.execute("SET row_security = off")
+            restored = backups.count_rows(conn, backups.user_tables(conn))
+        self.timings["row_counts"] = round(time.monotonic() - clock, 3)
+        for schema, name in sorted(set(expected) | set(restored)):
+            want, got = expected.get((schema, name)), restored.get((schema, name))
+            if want != got:
+                mismatches.append(
+                    {"schema": schema, "name": name, "expected": want, "restored": got}
+                )
+        if mismatches:
+            first = mismatches[0]
+            raise BackupError(
+                f"{len(mismatches)} table(s) differ from the manifest, first"
+                f" {first['schema']}.{first['name']}: {first['expected']} rows at dump time,"
+                f" {first['restored']} restored",
+                "row_counts",
+            )
+        return len(restored)
+
+
+# --- backup_files -------------------------------------------------------------------------
+
+
+@action(
+    "backup_files",
+    resource=lambda p: "files",
+    timeout=timedelta(hours=1),
+    cooldown=timedelta(hours=1),
+    max_per_hour=2,
+)
+def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
+    """tar.gz of REMEDIATION_BACKUP__FILE_PATHS into REMEDIATION_BACKUP__DIR/files/.
+
+    Runbook 003 "Backup and Recovery" (SQLite databases, .env) and runbook 001 "Scheduled
+    Maintenance: Pre-Maintenance" (tar -czf config_backup.tar.gz config/). Folders whole;
+    symlinks are stored as links and never followed; SQLite databases are copied with
+    SQLite's online backup (a consistent copy while the application writes), so their
+    -wal/-shm files are left out. A path that does not exist is reported, not fatal.
+    Writes a .sha256 (sha256sum -c) and a manifest; keeps KEEP_FILE_ARCHIVES archives."""
+    cfg = ctx.settings.backup
+    if not cfg.file_paths:
+        return ActionResult(
+            ok=False, changed=False, summary="nothing to archive: REMEDIATION_BACKUP__FILE_PATHS"
+            " is empty",
+        )  # fmt: skip
+    folder = backups.files_dir(cfg.dir)
+    with backups.folder_lock(folder) as mine:
+        if not mine:
+            return _busy(folder)
+        created, clock = backups.now(), time.monotonic()
+        final = folder / f"files-{backups.stamp(created)}.tar.gz"
+        if final.exists():
+            raise BackupError(f"{final.name} already exists (one archive per second)")
+        partial = backups.partial_path(final)
+        os.close(backups.private_file(partial))
+        try:
+            report = Archiver(folder, Path(os.path.realpath(cfg.dir))).write(
+                partial, cfg.file_paths
+            )
+            if report.entries == 0:
+                partial.unlink()
+                return ActionResult(
+                    ok=False, changed=False, detail=report.as_dict(),
+                    summary=f"nothing archived: none of the {len(cfg.file_paths)} paths exist",
+                )  # fmt: skip
+            manifest = _seal(final, partial, report, created, clock)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        retention = backups.apply_archive_retention(
+            folder, cfg.keep_file_archives, max_deletions=MAX_DELETIONS_PER_RUN,
+            stale_seconds=_stale_after(cfg, DUMP_TIMEOUT),
+        )  # fmt: skip
+    notes = [f"missing: {', '.join(report.missing)}"] if report.missing else []
+    notes += [f"{len(report.warnings)} warning(s)"] if report.warnings else []
+    notes += _retention_note(retention)
+    ctx.log.info("file archive written", file=final.name, entries=report.entries)
+    return ActionResult(
+        summary=f"archived {report.files} files ({report.bytes} bytes) to {final.name}"
+        + "".join(f"; {n}" for n in notes),
+        detail={"path": str(final), **manifest, "retention": retention},
+    )
+
+
+def _retention_note(retention: dict[str, Any]) -> list[str]:
+    errors = retention["errors"]
+    return [f"retention could not delete {len(errors)}: {errors[0]}"] if errors else []
+
+
+def _seal(
+    final: Path, partial: Path, report: Archive, created: Any, clock: float
+) -> dict[str, Any]:
+    """Checksum file and manifest first, then the archive is renamed into place."""
+    backups.fsync_file(partial)
+    digest = backups.sha256_file(partial)
+    manifest = {
+        "format": backups.MANIFEST_FORMAT,
+        "kind": "files",
+        "file": final.name,
+        "size": partial.stat().st_size,
+        "sha256": digest,
+        "created_at": created.isoformat(),
+        "duration_seconds": round(time.monotonic() - clock, 3),
+        **report.as_dict(),
+    }
+    sums = final.with_name(final.name + ".sha256")
+    tmp = backups.partial_path(sums)
+    tmp.write_text(f"{digest}  {final.name}\n")
+    backups.fsync_file(tmp)
+    os.replace(tmp, sums)
+    backups.write_json(final.with_name(final.name + ".json"), manifest)
+    os.replace(partial, final)
+    backups.fsync_dir(final.parent)
+    return manifest
+
+
+SQLITE_MAGIC = b"SQLite format 3\x00"
+SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
+
+
+@dataclass
+class Archive:
+    """What went into an archive."""
+
+    paths: list[dict[str, Any]] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    entries: int = 0
+    files: int = 0
+    bytes: int = 0
+    sqlite_snapshots: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**self.__dict__, "count": self.entries}
+
+
+class _Exact(io.RawIOBase):
+    """Reads exactly `size` bytes: a file that shrank while archived is padded with zeros
+    (and reported) instead of corrupting the tar stream; growth after the stat is cut."""
+
+    def __init__(self, f: IO[bytes], size: int) -> None:
+        self.f, self.left, self.short = f, size, False
+
+    def read(self, n: int = -1) -> bytes:
+        n = self.left if n < 0 else min(n, self.left)
+        data = self.f.read(n)
+        if len(data) < n:
+            self.short, data = True, data + b"\0" * (n - len(data))
+        self.left -= n
+        return data
+
+
+@dataclass
+class Archiver:
+    """Walks the configured paths without following symlinks and writes one tar.gz."""
+
+    folder: Path
+    backup_root: Path
+    report: Archive = field(default_factory=Archive)
+    _snapshotted: set[str] = field(default_factory=set)
+
+    def write(self, dest: Path, paths: list[str]) -> Archive:
+        with tarfile.open(dest, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
+            for raw in paths:
+                root = os.path.abspath(raw)
+                try:
+                    top = os.lstat(root)
+                except FileNotFoundError:
+                    self.report.missing.append(raw)
+                    continue
+                except OSError as exc:
+                    self.report.warnings.append(f"{root}: {exc.strerror}")
+                    continue
+                summary = {"path": root, "type": _kind(top.st_mode), "files": 0, "bytes": 0}
+                if stat.S_ISLNK(top.st_mode):
+                    self.report.warnings.append(f"{root} is a symlink: stored as a link")
+                self.report.paths.append(summary)
+                for path in self._walk(root):
+                    self._add(tar, path, summary)
+        return self.report
+
+    def _walk(self, root: str) -> Any:
+        stack = [root]
+        while stack:
+            path = stack.pop()
+            yield path
+            try:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    continue
+                if Path(os.path.realpath(path)).is_relative_to(self.backup_root):
+                    continue  # never archive the backups into themselves
+                children = sorted(os.listdir(path), reverse=True)
+            except OSError as exc:
+                self.report.warnings.append(f"{path}: {exc.strerror}")
+                continue
+            stack.extend(os.path.join(path, c) for c in children)
+
+    def _add(self, tar: tarfile.TarFile, path: str, summary: dict[str, Any]) -> None:
+        arcname = path.lstrip("/")
+        if path.endswith(SQLITE_COMPANIONS) and path.rsplit("-", 1)[0] in self._snapshotted:
+            return
+        try:
+            mode = os.lstat(path).st_mode
+            if stat.S_ISSOCK(mode):
+                self.report.warnings.append(f"{path}: socket skipped")
+                return
+            if stat.S_ISREG(mode):
+                self._add_file(tar, path, arcname, summary)
+                return
+            tar.addfile(tar.gettarinfo(path, arcname))  # directory, symlink, fifo, device
+            self.report.entries += 1
+        except OSError as exc:
+            self.report.warnings.append(f"{path}: {exc.strerror or exc}")
+
+    def _add_file(
+        self, tar: tarfile.TarFile, path: str, arcname: str, summary: dict[str, Any]
+    ) -> None:
+        # O_NOFOLLOW: a file swapped for a symlink since the walk is not followed either
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            info = tar.gettarinfo(arcname=arcname, fileobj=f)
+            if info.type == tarfile.LNKTYPE or not info.isreg():
+                tar.addfile(info)  # a second name of a file already archived
+            elif f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC and self._add_sqlite(tar, path, info):
+                pass
+            else:
+                f.seek(0)
+                exact = _Exact(f, info.size)
+                tar.addfile(info, cast(IO[bytes], exact))
+                if exact.short:
+                    self.report.warnings.append(f"{path}: shrank while archived (zero-padded)")
+        self.report.entries += 1
+        self.report.files += 1
+        self.report.bytes += info.size
+        summary["files"] += 1
+        summary["bytes"] += info.size
+
+    def _add_sqlite(self, tar: tarfile.TarFile, path: str, info: tarfile.TarInfo) -> bool:
+        """A consistent copy through SQLite's online backup API; False to copy bytes."""
+        fd, tmp = tempfile.mkstemp(prefix=".sqlite-", dir=self.folder)
+        os.close(fd)
+        try:
+            uri = f"file:{urllib.parse.quote(path)}?mode=ro"
+            src = sqlite3.connect(uri, uri=True, timeout=30)
+            try:
+                dst = sqlite3.connect(tmp)
+                try:
+                    src.backup(dst)
+                finally:
+                    dst.close()
+            finally:
+                src.close()
+            info.size = os.path.getsize(tmp)
+            with open(tmp, "rb") as snap:
+                tar.addfile(info, snap)
+        except sqlite3.Error as exc:
+            self.report.warnings.append(f"{path}: SQLite backup failed ({exc}); copied as is")
+            return False
+        finally:
+            os.unlink(tmp)
+        self._snapshotted.add(path)
+        self.report.sqlite_snapshots.append(path)
+        return True
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISLNK(mode):
+        return "symlink"
+    return "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"
