@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Tools the tests start themselves: a private redis-server per test session.
+# Tools the tests start themselves: a private redis-server per test session, real HTTP
+# proxies (tinyproxy) and a real Prometheus, all on 127.0.0.1.
 set -euo pipefail
-if ! command -v redis-server >/dev/null; then
+need=()
+command -v redis-server >/dev/null || need+=(redis-server)
+command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || need+=(tinyproxy)
+command -v prometheus >/dev/null || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
+if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
-    apt-get update -q && apt-get install -y -q redis-server
+    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
+    # the Debian packages start system services we do not use; stop them quietly
+    for svc in tinyproxy prometheus; do
+      pkill -x "$svc" 2>/dev/null || true
+    done
   else
-    echo "ensure_test_tools: run: sudo apt-get install redis-server" >&2
+    echo "ensure_test_tools: run: sudo apt-get install ${need[*]}" >&2
     exit 1
   fi
 fi
