@@ -71,6 +71,14 @@ def cmd_playbook(args: argparse.Namespace, s: Settings) -> int:
     registry.load_all()
     rows = []
     for rule in playbook.RULES:
+        if rule.run == "check":
+            check_spec = registry.CHECKS[rule.action]
+            rows.append({
+                "finding": rule.kind, "min_severity": rule.min_severity.value,
+                "action": check_spec.task_name, "guards": "follow-up check (read-only)",
+                "runbook": rule.runbook, "doc": check_spec.doc,
+            })  # fmt: skip
+            continue
         spec = registry.ACTIONS[rule.action]
         g = spec.guards
         guards = [
@@ -234,6 +242,10 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     actions: list[dict[str, Any]] = []
 
     def in_process(task_name: str, kw: dict[str, Any], trigger: Any) -> None:
+        if task_name.startswith(registry.CHECK_PREFIX):  # a follow-up check from the playbook
+            follow = runner.run_check(task_name, kw)
+            actions.append({"action": task_name, "outcome": follow.status})
+            return
         outcome = runner.run_action(task_name, kw, trigger=trigger)
         actions.append({"action": task_name, **outcome.as_dict()})
 

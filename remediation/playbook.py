@@ -8,21 +8,29 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from remediation.findings import Finding, Severity
+from remediation.registry import ACTION_PREFIX, CHECK_PREFIX
 
 
 @dataclass(frozen=True)
 class Rule:
+    """finding kind -> an action, or (run="check") a follow-up check to look closer."""
+
     kind: str
     action: str
     params: Callable[[Finding], dict[str, Any]]
     runbook: str
     min_severity: Severity = Severity.WARNING
+    run: Literal["act", "check"] = "act"
 
     def applies(self, finding: Finding) -> bool:
         return finding.kind == self.kind and finding.severity.rank >= self.min_severity.rank
+
+    @property
+    def task_name(self) -> str:
+        return (ACTION_PREFIX if self.run == "act" else CHECK_PREFIX) + self.action
 
 
 def _target(f: Finding) -> dict[str, Any]:

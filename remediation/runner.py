@@ -152,8 +152,10 @@ class Runner:
             incident=incident,
         )
         rules = playbook.rules_for(finding)
-        for rule in rules:
-            self.dispatch(ACTION_PREFIX + rule.action, rule.params(finding), trigger)
+        for rule in rules:  # a follow-up check is not an action: it carries no trigger
+            self.dispatch(
+                rule.task_name, rule.params(finding), trigger if rule.run == "act" else None
+            )
         return len(rules)
 
     # --- actions --------------------------------------------------------------------------

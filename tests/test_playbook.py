@@ -1,0 +1,35 @@
+"""The playbook refers only to registered tasks, and its params validate."""
+
+from __future__ import annotations
+
+from remediation import playbook, registry
+from remediation.findings import Finding
+
+
+def test_every_rule_names_a_registered_task() -> None:
+    """Each rule's action (or follow-up check) exists under its stable task name."""
+    names = registry.task_names()
+    missing = [rule.task_name for rule in playbook.RULES if rule.task_name not in names]
+    assert missing == []
+
+
+def test_rule_params_validate_against_the_task_params() -> None:
+    """The kwargs a rule builds from a typical finding pass the task's params model."""
+    evidence = {"table": {"schema": "public", "name": "t"}}
+    for rule in playbook.RULES:
+        finding = Finding(check="c", target="app", subject="app-20261124T030000Z.dump"
+                          if "backup" in rule.kind else "s", kind=rule.kind,
+                          severity="critical", evidence=evidence)  # fmt: skip
+        spec = (
+            registry.get_check(rule.action)
+            if rule.run == "check"
+            else registry.get_action(rule.action)
+        )
+        spec.params_model.model_validate(rule.params(finding))
+
+
+def test_severity_floor_filters() -> None:
+    """A rule with a high floor ignores a warning finding of its kind."""
+    rule = next(r for r in playbook.RULES if r.kind == "postgres_unreachable")
+    low = Finding(check="c", target="t", kind=rule.kind, severity="warning")
+    assert playbook.rules_for(low) == []
