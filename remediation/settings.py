@@ -281,6 +281,16 @@ class PrometheusRule(_Section):
     direction: Literal["above", "below"] = "above"
     description: str = ""
 
+    @model_validator(mode="after")
+    def _bands(self) -> PrometheusRule:
+        bands = [b for b in (self.warning, self.high, self.critical) if b is not None]
+        if not bands:
+            raise ValueError(f"rule {self.name}: set at least one of warning, high, critical")
+        if bands != sorted(bands, reverse=self.direction == "below"):
+            worse = "rise" if self.direction == "above" else "fall"
+            raise ValueError(f"rule {self.name}: bands must {worse} from warning to critical")
+        return self
+
 
 DEFAULT_PROMETHEUS_RULES = [
     PrometheusRule(
@@ -349,6 +359,12 @@ class PrometheusSettings(_Section):
     timeout_seconds: float = Field(5.0, gt=0, le=60)
     rules: list[PrometheusRule] = Field(default_factory=lambda: list(DEFAULT_PROMETHEUS_RULES))
 
+    @field_validator("rules")
+    @classmethod
+    def _unique(cls, rules: list[PrometheusRule]) -> list[PrometheusRule]:
+        _unique_names(r.name for r in rules)
+        return rules
+
 
 class HttpEndpoint(_Section):
     """A health endpoint or target site (runbook 002 `GET /health`, 001 verify sites)."""
@@ -364,9 +380,28 @@ class HttpEndpoint(_Section):
     latency_high_ms: float = Field(2000, gt=0)
     headers: dict[str, SecretStr] = Field(default_factory=dict)
 
+    @model_validator(mode="after")
+    def _consistent(self) -> HttpEndpoint:
+        if (self.freshness_field is None) != (self.max_age_seconds is None):
+            raise ValueError(
+                f"endpoint {self.name}: freshness_field and max_age_seconds go together"
+            )
+        if self.latency_warning_ms > self.latency_high_ms:
+            raise ValueError(f"endpoint {self.name}: latency_warning_ms above latency_high_ms")
+        return self
+
 
 class HttpSettings(_Section):
+    """Health endpoints and target sites checked by http_endpoints."""
+
     endpoints: list[HttpEndpoint] = Field(default_factory=list)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, endpoints: list[HttpEndpoint]) -> list[HttpEndpoint]:
+        _unique_names(e.name for e in endpoints)
+        return endpoints
+
     timeout_seconds: float = Field(5.0, gt=0, le=60)
     workers: int = Field(16, ge=1, le=256)
 
@@ -440,6 +475,14 @@ class Settings(BaseSettings):
     def redis_url(self, target: str) -> str:
         """The URL of a monitored Redis; "self" is the state Redis by default."""
         return _lookup(self.redis_targets, target, "REDIS_TARGETS", self.state_redis_url)
+
+
+def _unique_names(names: Any) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"name {name!r} is used twice")
+        seen.add(name)
 
 
 def _require_postgres(value: SecretStr) -> None:
