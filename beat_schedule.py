@@ -74,6 +74,21 @@ SCHEDULE = {
     #     "schedule": "30 2 * * *",
     #     "kwargs": {},
     # },
+    # Runbooks 001 (scraper_errors_total), 002 (error rate 5/10/20 %, P95 1/2/5 s, scraper
+    # success < 80/50 %) and 004 (SLA success < 95 %, P99) as PromQL rules; needs
+    # REMEDIATION_PROMETHEUS__URL (until then one info finding per run).
+    "sweep-prometheus-slo": {
+        "task": "remediation.check.prometheus_slo",
+        "schedule": 60,
+        "kwargs": {"target": "prometheus"},
+    },
+    # Runbook 002 "System Startup: check health endpoints", 001 "check target site
+    # availability", 004 freshness from an endpoint; needs REMEDIATION_HTTP__ENDPOINTS.
+    "sweep-http-endpoints": {
+        "task": "remediation.check.http_endpoints",
+        "schedule": 60,
+        "kwargs": {"target": "http"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",
