@@ -1,0 +1,403 @@
+"""Rate limits and load: slow a sync down, fall back to a cheaper model, pause low priority.
+
+Runbook 000 "Shopify API 429" (SHOPIFY_SYNC_INTERVAL, default 5 min) and "OpenAI 429 /
+insufficient quota" (switch to gpt-3.5-turbo temporarily), runbook 004 "Rate Limit
+Exhaustion" (reduce update frequency temporarily), runbook 001 "System Overload: pause
+non-critical scraping". Every change here is temporary, and none waits in a long Celery
+countdown (a countdown past the visibility timeout runs more than once): each records an
+expiry in Redis, a check reports it once due, and the playbook runs the undo.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import redis
+from pydantic import Field, field_validator
+
+from remediation.clients import redis as redis_clients
+from remediation.context import ActionContext
+from remediation.findings import ActionResult
+from remediation.params import ActionParams
+from remediation.registry import action
+from remediation.settings import Settings
+
+THROTTLE_INDEX = "rem:throttles"
+"""Set of integrations throttled by throttle_sync, on the rate-limit target's Redis."""
+PAUSED_INDEX = "rem:paused_queues"
+"""Set of Celery queues paused by pause_low_priority, on the state Redis."""
+CONTROL_TIMEOUT = 1.0
+"""Seconds to wait for workers' replies (Celery's default); a worker missed is caught by
+celery_paused_queues as celery_queue_pause_incomplete and paused on the next sweep."""
+CONFIRM_SECONDS = 5.0
+"""Seconds to wait until acknowledging workers show the change in active_queues."""
+_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
+
+
+def throttle_key(integration: str) -> str:
+    """Hash: original, original_absent, throttled, factor, throttled_at, expires_at, by."""
+    return f"rem:throttle:{integration}"
+
+
+def paused_key(queue: str) -> str:
+    """Hash: workers (JSON list), paused_at, expires_at, by."""
+    return f"rem:paused_queue:{queue}"
+
+
+def _by(ctx: ActionContext) -> str:
+    return f"incident {ctx.trigger.incident}" if ctx.trigger else "by hand"
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def lua(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> list[str]:
+    """Run one script atomically (EVALSHA, EVAL on a cold cache); the reply as text."""
+    return [_text(v) for v in client.register_script(source)(keys=keys, args=args)]
+
+
+def _iso(epoch: str | float) -> str:
+    try:
+        return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
+    except (ValueError, OverflowError, OSError):
+        return str(epoch)
+
+
+# --- throttle_sync / restore_sync ----------------------------------------------------------
+
+# KEYS: 1 interval hash, 2 throttle record, 3 index. ARGV: 1 integration, 2 default interval,
+# 3 factor, 4 now, 5 seconds, 6 by. Returns {status, original, throttled, expires_at}.
+_THROTTLE = """
+local expires = tonumber(ARGV[4]) + tonumber(ARGV[5])
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  local old = tonumber(redis.call('HGET', KEYS[2], 'expires_at') or '') or 0
+  expires = math.max(expires, old)
+  redis.call('HSET', KEYS[2], 'expires_at', tostring(expires))
+  local rec = redis.call('HMGET', KEYS[2], 'original', 'throttled')
+  return {'extended', rec[1] or '', rec[2] or '', tostring(expires)}
+end
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+local value = tonumber(raw or ARGV[2])
+if value == nil or value ~= value or value <= 0 or value == math.huge then
+  return redis.error_reply('sync interval of ' .. ARGV[1] .. ' in ' .. KEYS[1] ..
+    ' is not a positive number of seconds: ' .. tostring(raw))
+end
+local throttled = tostring(math.floor(value * tonumber(ARGV[3]) * 1000 + 0.5) / 1000)
+redis.call('HSET', KEYS[1], ARGV[1], throttled)
+redis.call('HSET', KEYS[2], 'original', raw or ARGV[2], 'original_absent', raw and '0' or '1',
+  'throttled', throttled, 'factor', ARGV[3], 'throttled_at', ARGV[4],
+  'expires_at', tostring(expires), 'by', ARGV[6])
+redis.call('SADD', KEYS[3], ARGV[1])
+return {'throttled', raw or ARGV[2], throttled, tostring(expires)}
+"""
+
+# KEYS: 1 interval hash, 2 throttle record, 3 index. ARGV: 1 integration, 2 now, 3 force.
+# Returns {status, current, original, throttled, original_absent}. The interval is put back only if it
+# still holds what throttle_sync wrote: a value someone set since is theirs to keep.
+_RESTORE = """
+local rec = redis.call('HMGET', KEYS[2], 'original', 'original_absent', 'throttled',
+  'expires_at')
+local current = redis.call('HGET', KEYS[1], ARGV[1])
+if not rec[3] then
+  redis.call('SREM', KEYS[3], ARGV[1])
+  return {'not_throttled', current or '', '', '', ''}
+end
+if ARGV[3] ~= '1' and tonumber(ARGV[2]) < (tonumber(rec[4]) or 0) then
+  return {'not_due', current or '', rec[1], rec[3], rec[2]}
+end
+local status = 'left_alone'
+if current and tonumber(current) == tonumber(rec[3]) then
+  if rec[2] == '1' then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  else
+    redis.call('HSET', KEYS[1], ARGV[1], rec[1])
+  end
+  status = 'restored'
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[3], ARGV[1])
+return {status, current or '', rec[1], rec[3], rec[2]}
+"""
+
+
+class ThrottleSyncParams(ActionParams):
+    """target: the Redis holding REMEDIATION_RATE_LIMITS__SYNC_INTERVAL_KEY."""
+
+    integration: str = Field(pattern=_NAME, description="field of the interval hash: 'shopify'")
+
+
+class RestoreSyncParams(ThrottleSyncParams):
+    force: bool = Field(False, description="restore now, before the throttle is due to end")
+
+
+def _sync_resource(params: ThrottleSyncParams) -> str:
+    return f"{params.target}/sync:{params.integration}"
+
+
+@action("throttle_sync", resource=_sync_resource, cooldown=timedelta(minutes=5),
+        max_per_hour=30, verify=False)  # fmt: skip
+def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResult:
+    """Sync an integration less often for a while (runbook 000 Shopify 429: SHOPIFY_SYNC_INTERVAL;
+    runbook 004 "reduce update frequency temporarily").
+
+    Multiplies the integration's field of REMEDIATION_RATE_LIMITS__SYNC_INTERVAL_KEY
+    (absent: DEFAULT_SYNC_INTERVAL_SECONDS) by THROTTLE_FACTOR and records the original in
+    rem:throttle:<integration>. Throttling a throttled integration never multiplies again;
+    it moves the end THROTTLE_SECONDS out. When that passes, api_rate_limits reports
+    api_sync_throttle_expired and restore_sync puts the original back."""
+    cfg = ctx.settings.rate_limits
+    keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
+    args = [params.integration, cfg.default_sync_interval_seconds, cfg.throttle_factor,
+            repr(time.time()), cfg.throttle_seconds, _by(ctx)]  # fmt: skip
+    status, original, throttled, expires = lua(ctx.redis(params.target), _THROTTLE, keys, args)
+    detail = {"key": cfg.sync_interval_key, "integration": params.integration,
+              "before": float(original) if status == "throttled" else float(throttled),
+              "after": float(throttled), "original": float(original),
+              "restore_at": _iso(expires), "status": status}  # fmt: skip
+    if status == "extended":
+        return ActionResult(changed=False, detail=detail,
+                            summary=f"{params.integration} already throttled to {throttled}s;"
+                                    f" restore moved to {detail['restore_at']}")  # fmt: skip
+    return ActionResult(detail=detail,
+                        summary=f"{params.integration} sync interval {original}s -> {throttled}s"
+                                f" until {detail['restore_at']}")  # fmt: skip
+
+
+@action("restore_sync", resource=_sync_resource, max_per_hour=60)
+def restore_sync(ctx: ActionContext, params: RestoreSyncParams) -> ActionResult:
+    """Put back the sync interval throttle_sync changed, once its time is up (or force).
+
+    Left alone when someone changed the interval since (the record is dropped either way);
+    an interval that was absent before the throttle is removed again, so the application's
+    own default applies. Verified by api_rate_limits no longer reporting it as due."""
+    cfg = ctx.settings.rate_limits
+    keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
+    args = [params.integration, repr(time.time()), "1" if params.force else "0"]
+    status, current, original, throttled, absent = lua(
+        ctx.redis(params.target), _RESTORE, keys, args
+    )
+    detail = {"key": cfg.sync_interval_key, "integration": params.integration,
+              "status": status, "before": current or None,
+              "original": original or None, "throttled": throttled or None}  # fmt: skip
+    summaries = {
+        "restored": f"{params.integration} sync interval {current}s -> {original}s"
+        + (" (field removed: the application's default)" if absent == "1" else ""),
+        "left_alone": f"{params.integration} interval was changed to {current}s since the"
+        f" throttle to {throttled}s; left as it is",
+        "not_due": f"{params.integration} throttle has not ended yet (use force to end it)",
+        "not_throttled": f"{params.integration} is not throttled",
+    }
+    if status == "restored":
+        detail["after"] = None if absent == "1" else original  # None: absent, app default
+    else:
+        detail["after"] = current or None
+    return ActionResult(changed=status == "restored", summary=summaries[status], detail=detail)
+
+
+# --- switch_fallback_model -----------------------------------------------------------------
+
+# KEYS: 1 flag. ARGV: 1 model, 2 seconds. Returns {status, previous}.
+_FALLBACK = """
+local prev = redis.call('GET', KEYS[1])
+if prev and prev ~= ARGV[1] then
+  return {'other_model', prev}
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return {prev and 'extended' or 'switched', prev or ''}
+"""
+
+
+class SwitchFallbackModelParams(ActionParams):
+    """target: the Redis the application reads REMEDIATION_RATE_LIMITS__FALLBACK_KEY from."""
+
+    model: str | None = Field(
+        None, pattern=r"^[A-Za-z0-9_.:/\-]{1,100}$", description="default: FALLBACK_MODEL"
+    )
+
+
+def _fallback_resource(params: SwitchFallbackModelParams) -> str:
+    return f"{params.target}/llm-fallback"
+
+
+@action("switch_fallback_model", resource=_fallback_resource, cooldown=timedelta(minutes=10),
+        max_per_hour=6, verify=False)  # fmt: skip
+def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams) -> ActionResult:
+    """Put the application on the fallback model for a while (runbook 000 OpenAI 429 /
+    insufficient quota: "switch to a fallback model (gpt-3.5-turbo) temporarily").
+
+    Sets REMEDIATION_RATE_LIMITS__FALLBACK_KEY to the model with a TTL of
+    FALLBACK_SECONDS; when the key expires the application is back on its primary model,
+    with nothing left to undo. Again while it holds: the TTL starts over. A different model
+    already in the flag (an operator's choice) is left alone."""
+    cfg = ctx.settings.rate_limits
+    model = params.model or cfg.fallback_model
+    client = ctx.redis(params.target)
+    status, previous = lua(client, _FALLBACK, [cfg.fallback_key], [model, cfg.fallback_seconds])
+    detail = {"key": cfg.fallback_key, "model": model, "before": previous or None,
+              "status": status, "expires_in_seconds": cfg.fallback_seconds}  # fmt: skip
+    if status == "other_model":
+        detail["expires_in_seconds"] = None
+        return ActionResult(changed=False, detail=detail,
+                            summary=f"{cfg.fallback_key} already names {previous}; left alone")  # fmt: skip
+    detail["after"] = model
+    verb = "stays on" if status == "extended" else "switched to"
+    return ActionResult(changed=status == "switched", detail=detail,
+                        summary=f"{verb} {model} for {cfg.fallback_seconds}s ({cfg.fallback_key})")  # fmt: skip
+
+
+# --- pause_low_priority / resume_low_priority ----------------------------------------------
+
+
+class QueueParams(ActionParams):
+    """target: always "self", the Celery cluster this worker belongs to."""
+
+    @field_validator("target")
+    @classmethod
+    def _own_cluster(cls, value: str) -> str:
+        if value != "self":
+            raise ValueError("queues are paused on this worker's own Celery cluster: use 'self'")
+        return value
+
+
+class PauseLowPriorityParams(QueueParams):
+    pass
+
+
+class ResumeLowPriorityParams(QueueParams):
+    queue: str | None = Field(None, pattern=_NAME, description="default: LOW_PRIORITY_QUEUE")
+    force: bool = Field(False, description="resume now, before the pause is due to end")
+
+
+def _pause_resource(params: QueueParams) -> str:
+    queue = getattr(params, "queue", None) or "(low-priority queue)"
+    return f"celery/{queue}"
+
+
+def _state(settings: Settings) -> Any:
+    return redis_clients.client(settings.state_redis_url.get_secret_value())
+
+
+def _control() -> Any:
+    from remediation.celery_app import get_app  # the Celery app imports every action
+
+    return get_app()
+
+
+def consumers(app: Any, queue: str, destination: list[str] | None = None) -> list[str]:
+    """Workers (that answered) consuming from queue."""
+    replies = app.control.inspect(timeout=CONTROL_TIMEOUT, destination=destination)
+    queues = replies.active_queues() or {}
+    return sorted(w for w, qs in queues.items() if any(q.get("name") == queue for q in qs or ()))
+
+
+def _acknowledged(replies: list[dict[str, Any]] | None) -> list[str]:
+    return sorted(w for reply in replies or () for w, body in reply.items() if "ok" in body)
+
+
+def _confirm(app: Any, queue: str, workers: list[str], consuming: bool) -> list[str]:
+    """Workers whose active_queues show the change, polled for up to CONFIRM_SECONDS."""
+    deadline = time.monotonic() + CONFIRM_SECONDS
+    while True:
+        now = set(consumers(app, queue, workers)) if workers else set()
+        done = sorted(w for w in workers if (w in now) == consuming)
+        if len(done) == len(workers) or time.monotonic() > deadline:
+            return done
+        time.sleep(0.2)
+
+
+def due(record: dict[str, str], now: float) -> bool:
+    """A record's expiry has passed; an unreadable expiry counts as passed, so a temporary
+    change is never kept forever by a damaged record."""
+    try:
+        return now >= float(record.get("expires_at", "0"))
+    except ValueError:
+        return True
+
+
+def _record(client: Any, queue: str) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in client.hgetall(paused_key(queue)).items()}
+
+
+@action("pause_low_priority", resource=_pause_resource, cooldown=timedelta(minutes=5),
+        max_per_hour=6, verify=False)  # fmt: skip
+def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> ActionResult:
+    """Stop consuming the low-priority queue for a while (runbook 001 "System Overload:
+    reduce load: pause non-critical scraping").
+
+    Workers consuming REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE are told to cancel
+    their consumer (Celery remote control); messages wait in the queue, none is lost. The
+    workers and an expiry PAUSE_SECONDS out are recorded in rem:paused_queue:<queue>;
+    celery_paused_queues reports celery_queue_pause_expired then, and resume_low_priority
+    re-adds the consumer on exactly those workers. Run again while paused, it pauses
+    workers that started consuming since, without moving the expiry. Never the
+    remediation worker's own queue."""
+    queue = ctx.settings.rate_limits.low_priority_queue
+    app = _control()
+    if queue == app.conf.task_default_queue:
+        return ActionResult(ok=False, changed=False, summary=f"refused: {queue!r} is the"
+                            " remediation worker's own queue; nothing could resume it")  # fmt: skip
+    state = _state(ctx.settings)
+    found = consumers(app, queue)
+    existing = _record(state, queue)
+    already = json.loads(existing.get("workers", "[]"))
+    if not found:
+        summary = "still paused" if existing else f"no worker consumes {queue!r}"
+        return ActionResult(changed=False, summary=f"{summary}; nothing to pause",
+                            detail={"queue": queue, "workers": already})  # fmt: skip
+    now = time.time()
+    expires = existing.get("expires_at") or repr(now + ctx.settings.rate_limits.pause_seconds)
+    record = {"workers": json.dumps(sorted(set(already) | set(found))), "expires_at": expires,
+              "paused_at": existing.get("paused_at") or repr(now), "by": _by(ctx)}  # fmt: skip
+    state.hset(paused_key(queue), mapping=record)  # first: a crash after the cancel still resumes
+    state.sadd(PAUSED_INDEX, queue)
+    replies = app.control.cancel_consumer(queue, destination=found, reply=True,
+                                          timeout=CONTROL_TIMEOUT)  # fmt: skip
+    acked = _acknowledged(replies)
+    confirmed = _confirm(app, queue, acked, consuming=False)
+    detail = {"queue": queue, "consumers": found, "acknowledged": acked, "confirmed": confirmed,
+              "missing": sorted(set(found) - set(acked)), "resume_at": _iso(expires)}  # fmt: skip
+    return ActionResult(ok=bool(acked), changed=bool(acked), detail=detail,
+                        summary=f"paused {queue!r} on {len(acked)} of {len(found)} worker(s)"
+                                f" until {detail['resume_at']}")  # fmt: skip
+
+
+@action("resume_low_priority", resource=_pause_resource, max_per_hour=30)
+def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> ActionResult:
+    """Consume the paused queue again on the workers pause_low_priority paused, once due.
+
+    A recorded worker that does not answer is asked for a ping: one that is gone is
+    forgotten (restarted workers consume their -Q queues anyway); one that answers but
+    did not take the consumer keeps the record, so the next sweep tries again. Verified by
+    celery_paused_queues no longer reporting the pause."""
+    queue = params.queue or ctx.settings.rate_limits.low_priority_queue
+    state = _state(ctx.settings)
+    record = _record(state, queue)
+    if not record:
+        state.srem(PAUSED_INDEX, queue)
+        return ActionResult(changed=False, summary=f"{queue!r} is not paused by remediation")
+    if not params.force and not due(record, time.time()):
+        return ActionResult(changed=False, summary=f"{queue!r} stays paused until"
+                            f" {_iso(record['expires_at'])} (use force to resume now)")  # fmt: skip
+    workers = json.loads(record.get("workers", "[]"))
+    app = _control()
+    replies = app.control.add_consumer(queue, destination=workers, reply=True,
+                                       timeout=CONTROL_TIMEOUT) if workers else []  # fmt: skip
+    acked = _acknowledged(replies)
+    silent = sorted(set(workers) - set(acked))
+    alive = _acknowledged(app.control.ping(destination=silent, timeout=CONTROL_TIMEOUT)
+                          ) if silent else []  # fmt: skip
+    if alive:
+        state.hset(paused_key(queue), "workers", json.dumps(alive))
+    else:
+        state.delete(paused_key(queue))
+        state.srem(PAUSED_INDEX, queue)
+    confirmed = _confirm(app, queue, acked, consuming=True)
+    detail = {"queue": queue, "workers": workers, "acknowledged": acked, "confirmed": confirmed,
+              "gone": sorted(set(silent) - set(alive)), "retry": alive}  # fmt: skip
+    return ActionResult(ok=not alive, changed=bool(acked), detail=detail,
+                        summary=f"resumed {queue!r} on {len(acked)} of {len(workers)} worker(s)"
+                        + (f"; {len(alive)} answered pings but not the resume" if alive else ""))  # fmt: skip

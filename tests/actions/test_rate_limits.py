@@ -1,0 +1,226 @@
+"""throttle_sync / restore_sync, switch_fallback_model and pause / resume of the low-priority
+queue, against a real redis-server and (for the queue) a real Celery worker process."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from remediation.actions.rate_limits import (
+    PAUSED_INDEX,
+    THROTTLE_INDEX,
+    PauseLowPriorityParams,
+    RestoreSyncParams,
+    ResumeLowPriorityParams,
+    SwitchFallbackModelParams,
+    ThrottleSyncParams,
+    pause_low_priority,
+    paused_key,
+    restore_sync,
+    resume_low_priority,
+    switch_fallback_model,
+    throttle_key,
+    throttle_sync,
+)
+from remediation.celery_app import get_app
+from remediation.checks.rate_limits import (
+    PausedQueuesParams,
+    RateLimitsParams,
+    api_rate_limits,
+    celery_paused_queues,
+)
+from remediation.context import ActionContext, CheckContext
+from remediation.logging import get_logger
+from remediation.testing import RedisServer, WorkerProcess, wait_for
+from tests.conftest import service_env
+
+INTERVALS = "sync:interval"
+
+
+def act(s: Any) -> ActionContext:
+    return ActionContext(s, get_logger())
+
+
+def expire(r: redis.Redis, key: str) -> None:
+    """Move a record's expiry into the past, as if its time had passed."""
+    r.hset(key, "expires_at", repr(time.time() - 1))
+
+
+def test_throttle_multiplies_once_and_restores_after_expiry(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """An absent interval becomes 5 min x 2; again does not multiply; when due, the check
+    reports it, restore_sync removes the field again, and the check goes quiet."""
+    s = settings_env()
+    first = throttle_sync(act(s), ThrottleSyncParams(integration="shopify"))
+    assert (first.changed, first.detail["before"], first.detail["after"]) == (True, 300.0, 600.0)
+    assert r.hget(INTERVALS, "shopify") == b"600"
+    again = throttle_sync(act(s), ThrottleSyncParams(integration="shopify"))
+    assert (again.changed, again.detail["status"], r.hget(INTERVALS, "shopify")) == (
+        False, "extended", b"600",
+    )  # fmt: skip
+    early = restore_sync(act(s), RestoreSyncParams(integration="shopify"))
+    assert (early.changed, early.detail["status"]) == (False, "not_due")
+    check = CheckContext(s, get_logger())
+    assert api_rate_limits(check, RateLimitsParams()) == []
+    expire(r, throttle_key("shopify"))
+    (due,) = api_rate_limits(check, RateLimitsParams())
+    assert (due.kind, due.subject) == ("api_sync_throttle_expired", "shopify")
+    done = restore_sync(act(s), RestoreSyncParams(integration="shopify"))
+    assert (done.changed, done.detail["status"], done.detail["after"]) == (True, "restored", None)
+    assert r.hget(INTERVALS, "shopify") is None
+    assert not r.exists(throttle_key("shopify")) and not r.sismember(THROTTLE_INDEX, "shopify")
+    assert api_rate_limits(check, RateLimitsParams()) == []
+
+
+def test_restore_puts_back_a_set_interval_but_never_overrides_a_newer_one(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """A configured 120 s goes to 240 s and back; an interval someone changed since stays."""
+    s = settings_env()
+    r.hset(INTERVALS, mapping={"shopify": "120", "coingecko": "60"})
+    throttle_sync(act(s), ThrottleSyncParams(integration="shopify"))
+    throttle_sync(act(s), ThrottleSyncParams(integration="coingecko"))
+    assert r.hmget(INTERVALS, ["shopify", "coingecko"]) == [b"240", b"120"]
+    r.hset(INTERVALS, "coingecko", "900")  # an operator's change while throttled
+    back = restore_sync(act(s), RestoreSyncParams(integration="shopify", force=True))
+    kept = restore_sync(act(s), RestoreSyncParams(integration="coingecko", force=True))
+    assert (back.detail["status"], kept.detail["status"]) == ("restored", "left_alone")
+    assert r.hmget(INTERVALS, ["shopify", "coingecko"]) == [b"120", b"900"]
+    assert r.smembers(THROTTLE_INDEX) == set()
+
+
+def test_throttle_refuses_a_non_numeric_interval_and_bad_names(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """A garbage interval is an error naming it, nothing is recorded; names are validated."""
+    s = settings_env()
+    r.hset(INTERVALS, "shopify", "often")
+    with pytest.raises(redis.ResponseError, match="sync interval of shopify"):
+        throttle_sync(act(s), ThrottleSyncParams(integration="shopify"))
+    assert not r.exists(throttle_key("shopify"))
+    with pytest.raises(ValidationError, match="integration"):
+        ThrottleSyncParams(integration="shop ify; DEL *")
+
+
+def test_fallback_model_flag_expires_by_itself_and_is_idempotent(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """The flag is set with a TTL (the app reverts when it expires); again it only renews the
+    TTL; a different model an operator set is left alone."""
+    s = settings_env(REMEDIATION_RATE_LIMITS__FALLBACK_SECONDS="120")
+    first = switch_fallback_model(act(s), SwitchFallbackModelParams())
+    assert (first.changed, r.get("llm:fallback_model")) == (True, b"gpt-3.5-turbo")
+    assert 0 < r.ttl("llm:fallback_model") <= 120
+    again = switch_fallback_model(act(s), SwitchFallbackModelParams())
+    assert (again.changed, again.detail["status"]) == (False, "extended")
+    r.set("llm:fallback_model", "gpt-4o-mini")
+    other = switch_fallback_model(act(s), SwitchFallbackModelParams(model="gpt-3.5-turbo"))
+    assert (other.changed, other.detail["status"]) == (False, "other_model")
+    assert r.get("llm:fallback_model") == b"gpt-4o-mini"
+
+
+def test_queue_actions_only_act_on_the_own_cluster_and_never_its_own_queue(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """target must be "self"; pausing the remediation worker's own queue is refused."""
+    with pytest.raises(ValidationError, match="use 'self'"):
+        PauseLowPriorityParams(target="app")
+    with pytest.raises(ValidationError, match="use 'self'"):
+        PausedQueuesParams(target="app")
+    s = settings_env(REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE="celery")
+    get_app.cache_clear()
+    try:
+        result = pause_low_priority(act(s), PauseLowPriorityParams())
+    finally:
+        get_app.cache_clear()
+    assert not result.ok and "own queue" in result.summary
+    assert not r.exists(paused_key("celery"))
+
+
+# --- a real worker consuming celery and low_priority -----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lowprio_worker(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
+    """One worker process consuming both queues, on a broker database of its own."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(5),
+                           REMEDIATION_RESULT_BACKEND=redis_server.url(6)))  # fmt: skip
+    worker = WorkerProcess(env, "lowprio", concurrency=1,
+                           extra_args=["-Q", "celery,low_priority"])  # fmt: skip
+    try:
+        yield worker.start()
+    finally:
+        worker.stop()
+
+
+def queues_of(app: Any, worker: str | None = None) -> dict[str, list[str]]:
+    """Queues each worker consumes (only that worker's when named: no waiting for others)."""
+    inspect = app.control.inspect(timeout=2, destination=[worker] if worker else None)
+    replies = inspect.active_queues() or {}
+    return {w: sorted(q["name"] for q in qs) for w, qs in replies.items()}
+
+
+def send(app: Any, queue: str) -> Any:
+    return app.send_task("remediation.check.redis_job_queue", kwargs={"target": "self"},
+                         queue=queue)  # fmt: skip
+
+
+def test_pause_stops_low_priority_and_resume_brings_it_back(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer, lowprio_worker: WorkerProcess
+) -> None:
+    """After pause a low_priority task waits in its queue while a celery task runs; a consumer
+    that reappears is reported and paused again; the check reports the pause once due; after
+    resume the waiting task runs. active_queues agrees at every step."""
+    s = settings_env(REMEDIATION_BROKER_URL=redis_server.url(5),
+                     REMEDIATION_RESULT_BACKEND=redis_server.url(6))  # fmt: skip
+    get_app.cache_clear()
+    app = get_app()
+    broker = redis.Redis.from_url(redis_server.url(5))
+    try:
+        (name,) = wait_for(lambda: list(queues_of(app)), 20, 0.3, "worker answers inspect")
+        assert queues_of(app, name) == {name: ["celery", "low_priority"]}
+        assert send(app, "low_priority").get(timeout=30)["status"] == "ok"
+
+        paused = pause_low_priority(act(s), PauseLowPriorityParams())
+        assert paused.ok and paused.detail["acknowledged"] == [name]
+        assert paused.detail["confirmed"] == [name]
+        assert queues_of(app, name) == {name: ["celery"]}
+
+        check = CheckContext(s, get_logger())
+        assert celery_paused_queues(check, PausedQueuesParams()) == []
+        app.control.add_consumer("low_priority", destination=[name], reply=True)  # a new consumer
+        wait_for(lambda: "low_priority" in queues_of(app, name)[name], 10, 0.2, "consumer back")
+        (leak,) = celery_paused_queues(check, PausedQueuesParams())
+        assert (leak.kind, leak.evidence["consuming"]) == ("celery_queue_pause_incomplete", [name])
+        expires = r.hget(paused_key("low_priority"), "expires_at")
+        repaused = pause_low_priority(act(s), PauseLowPriorityParams())
+        assert repaused.detail["confirmed"] == [name]
+        assert r.hget(paused_key("low_priority"), "expires_at") == expires  # not extended
+
+        waiting = send(app, "low_priority")
+        assert send(app, "celery").get(timeout=30)["status"] == "ok"
+        time.sleep(1.0)
+        assert not waiting.ready() and broker.llen("low_priority") == 1
+        early = resume_low_priority(act(s), ResumeLowPriorityParams())
+        assert not early.changed and "stays paused" in early.summary
+        expire(r, paused_key("low_priority"))
+        (due,) = celery_paused_queues(check, PausedQueuesParams())
+        assert (due.kind, due.subject) == ("celery_queue_pause_expired", "low_priority")
+
+        resumed = resume_low_priority(act(s), ResumeLowPriorityParams(queue=due.subject))
+        assert resumed.ok and resumed.detail["acknowledged"] == [name]
+        assert waiting.get(timeout=30)["status"] == "ok"
+        assert queues_of(app, name) == {name: ["celery", "low_priority"]}
+        assert not r.exists(paused_key("low_priority")) and not r.smembers(PAUSED_INDEX)
+        assert celery_paused_queues(check, PausedQueuesParams()) == []
+    finally:
+        broker.close()
+        get_app.cache_clear()
