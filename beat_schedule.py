@@ -89,6 +89,26 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "http"},
     },
+    # Runbook 000 "Increase Delays": back off while proxies are banned, ease off after a
+    # sustained healthy period (AIMD on min_delay).
+    "sweep-scrape-backoff": {
+        "task": "remediation.check.scrape_backoff",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 000 Shopify 429 / OpenAI quota and runbook 004 "Rate Limit Exhaustion"
+    # (usage > 80 %); also restores throttled sync intervals when their time is up.
+    "sweep-api-rate-limits": {
+        "task": "remediation.check.api_rate_limits",
+        "schedule": 120,
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 001 "Reduce load": resumes a paused low-priority queue when its time is up.
+    "sweep-celery-paused-queues": {
+        "task": "remediation.check.celery_paused_queues",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 from remediation.findings import Finding, Severity
 from remediation.registry import ACTION_PREFIX, CHECK_PREFIX
+from remediation.settings import get_settings
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,31 @@ def _job_list(f: Finding) -> dict[str, Any]:
 
 def _dump_file(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "file": f.subject}
+
+
+def _integration(f: Finding) -> dict[str, Any]:
+    return {"target": f.target, "integration": f.subject}
+
+
+def _state_self(f: Finding) -> dict[str, Any]:
+    return {"target": "self"}
+
+
+def _backoff(direction: str) -> Callable[[Finding], dict[str, Any]]:
+    def params(f: Finding) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "target": get_settings().backoff.redis_target,
+            "direction": direction,
+        }
+        if isinstance(f.observed, float) and 0 <= f.observed <= 1:
+            out["observed_rate"] = f.observed
+        return out
+
+    return params
+
+
+def _rate_limit_target(f: Finding) -> dict[str, Any]:
+    return {"target": get_settings().rate_limits.redis_target}
 
 
 def _table(f: Finding) -> dict[str, Any]:
@@ -212,6 +238,77 @@ RULES: list[Rule] = [
         notify_params,
         "001 High Error Rate Response 3. Check target site availability: notify, no rotation",
         min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "scrape_ban_rate_high",
+        "tune_backoff",
+        _backoff("increase"),
+        "000 HTTP 403 / CAPTCHA 2. Increase Delays: min_delay in scraping_config.json",
+    ),
+    Rule(
+        "scrape_ban_rate_high",
+        "notify",
+        notify_params,
+        "000 Increase Delays: min_delay at its cap, pacing cannot help any more",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "scrape_backoff_relaxable",
+        "tune_backoff",
+        _backoff("decrease"),
+        "000 Increase Delays, eased back step by step after a sustained healthy period",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "api_rate_limit_high",
+        "throttle_sync",
+        _integration,
+        "000 Shopify 429: SHOPIFY_SYNC_INTERVAL; 004 Rate Limit Exhaustion: usage > 80 %",
+    ),
+    Rule(
+        "api_sync_throttle_expired",
+        "restore_sync",
+        _integration,
+        "004 Rate Limit Exhaustion: reduce update frequency temporarily (restored)",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "api_rate_limit_unreachable",
+        "notify",
+        notify_params,
+        "004 Rate Limit Exhaustion: check the API key and the endpoint",
+    ),
+    Rule(
+        "api_quota_exhausted",
+        "switch_fallback_model",
+        _target,
+        "000 OpenAI 429 / insufficient quota: switch to a fallback model temporarily",
+    ),
+    Rule(
+        "api_quota_exhausted",
+        "notify",
+        notify_params,
+        "000 OpenAI: check billing status on the dashboard",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "llm_quota_exhausted",
+        "switch_fallback_model",
+        _rate_limit_target,
+        "000 OpenAI 429 / insufficient quota: switch to a fallback model temporarily",
+    ),
+    Rule(
+        "celery_queue_pause_expired",
+        "resume_low_priority",
+        lambda f: {"target": "self", "queue": f.subject},
+        "001 System Overload 2. Reduce load: the pause of non-critical work is temporary",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "celery_queue_pause_incomplete",
+        "pause_low_priority",
+        _state_self,
+        "001 System Overload 2. Reduce load: pause non-critical scraping (a consumer came back)",
     ),
     Rule(
         "redis_job_queue_duplicates",
