@@ -25,14 +25,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-import redis
 from pydantic import Field
 
 from remediation.context import ActionContext, CheckContext
-from remediation.errors import ActionFailed, RemediationError
-from remediation.findings import ActionResult, Finding, Severity
-from remediation.params import ActionParams, CheckParams
-from remediation.registry import action, check
+from remediation.errors import ActionFailed
+from remediation.findings import ActionResult
+from remediation.params import ActionParams
+from remediation.registry import action
 from remediation.settings import BackoffSettings
 
 BAN_RATE_KEY = "rem:proxy:ban_rate"
@@ -101,10 +100,6 @@ class TuneBackoffParams(ActionParams):
     observed_rate: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="the ban rate that led here, for the audit"
     )
-
-
-class ScrapeBackoffParams(CheckParams):
-    """target: the Redis holding REMEDIATION_BACKOFF__CONFIG_KEY."""
 
 
 @dataclass(frozen=True)
@@ -314,54 +309,3 @@ def atomic_write(path: Path, text: str) -> None:
         os.fsync(folder)  # the rename itself survives a crash
     finally:
         os.close(folder)
-
-
-# --- the check -----------------------------------------------------------------------------
-
-
-def _read_pacing(client: redis.Redis, key: str) -> tuple[float | None, float | None]:
-    """min_delay and last_increase_at from the configuration hash (None: absent)."""
-    min_delay, last_increase = client.hmget(key, ["min_delay", "last_increase_at"])
-    try:
-        return _number(min_delay), _number(last_increase)
-    except ValueError:
-        raise RemediationError(f"min_delay/last_increase_at in {key} are not numbers") from None
-
-
-@check("scrape_backoff")
-def scrape_backoff(ctx: CheckContext, params: ScrapeBackoffParams) -> list[Finding]:
-    """The scrapers' pacing against the proxy check's ban signal (runbook 000 "Increase Delays").
-
-    Ban rate (BAN_RATE_KEY) at or above REMEDIATION_BACKOFF__BAN_RATE_THRESHOLD ->
-    scrape_ban_rate_high (warning; high when min_delay is already at the cap, so pacing
-    cannot help any more). min_delay above the floor with neither a ban nor an increase in
-    the last HEALTHY_SECONDS -> scrape_backoff_relaxable (info): time to ease off."""
-    cfg = ctx.settings.backoff
-    min_delay, last_increase = _read_pacing(ctx.redis(params.target), cfg.config_key)
-    signal = read_ban_signal(ctx)
-    delay = cfg.floor_seconds if min_delay is None else min_delay
-    quiet = quiet_seconds(time.time(), signal, last_increase)
-    evidence = {
-        "min_delay": delay,
-        "configured": min_delay is not None,
-        "floor_seconds": cfg.floor_seconds,
-        "cap_seconds": cfg.cap_seconds,
-        "ban_rate": signal.ban_rate,
-        "last_ban_at": signal.last_ban_at,
-        "quiet_seconds": None if quiet is None else round(quiet),
-        "unreadable": list(signal.unreadable),
-    }
-    base = {"check": "scrape_backoff", "target": params.target, "subject": cfg.config_key,
-            "evidence": evidence}  # fmt: skip
-    if signal.ban_rate is not None and signal.ban_rate >= cfg.ban_rate_threshold:
-        at_cap = delay >= cfg.cap_seconds
-        return [Finding(**base, kind="scrape_ban_rate_high",
-                        severity=Severity.HIGH if at_cap else Severity.WARNING,
-                        observed=signal.ban_rate, threshold=cfg.ban_rate_threshold,
-                        summary=f"ban rate {signal.ban_rate:.0%} with min_delay {delay}s"
-                        + (" (at the cap)" if at_cap else ""))]  # fmt: skip
-    if delay > cfg.floor_seconds and quiet is not None and quiet >= cfg.healthy_seconds:
-        return [Finding(**base, kind="scrape_backoff_relaxable", severity=Severity.INFO,
-                        observed=delay, threshold=cfg.floor_seconds,
-                        summary=f"no ban for {round(quiet)}s; min_delay {delay}s can come down")]  # fmt: skip
-    return []

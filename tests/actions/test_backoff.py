@@ -14,14 +14,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from remediation.actions.backoff import (
-    BAN_RATE_KEY,
-    LAST_BAN_KEY,
-    ScrapeBackoffParams,
-    TuneBackoffParams,
-    scrape_backoff,
-    tune_backoff,
-)
+from remediation.actions.backoff import BAN_RATE_KEY, LAST_BAN_KEY, TuneBackoffParams, tune_backoff
+from remediation.checks.backoff import ScrapeBackoffParams, scrape_backoff
 from remediation.context import ActionContext, CheckContext
 from remediation.findings import ActionResult
 from remediation.logging import get_logger
