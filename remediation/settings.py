@@ -265,8 +265,17 @@ class RateLimitSettings(_Section):
     fallback_model: str = Field("gpt-3.5-turbo", min_length=1, description="runbook 000")
     fallback_key: str = Field("llm:fallback_model", description="flag the application reads")
     fallback_seconds: int = Field(3600, ge=60, description="the flag expires: reverts itself")
-    low_priority_queue: str = Field("low_priority", min_length=1, description="runbook 001")
+    low_priority_queue: str = Field("low_priority", min_length=1, description="not 'celery'")
     pause_seconds: int = Field(900, ge=60, description="resume after this")
+
+    @field_validator("low_priority_queue")
+    @classmethod
+    def _not_our_own_queue(cls, value: str) -> str:
+        if value == "celery":
+            raise ValueError(
+                "'celery' is the remediation worker's own queue: nothing could resume it"
+            )
+        return value
 
 
 class PrometheusRule(_Section):
