@@ -89,6 +89,14 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "http"},
     },
+    # Runbook 000 "HTTP 403 / CAPTCHA: Rotate Proxies" and runbook 001 "Weekly 2. Proxy Pool
+    # Maintenance" (test all proxies, geographic distribution); needs
+    # REMEDIATION_PROXIES__TEST_URL and a proxy list.
+    "sweep-proxy-pool": {
+        "task": "remediation.check.proxy_pool_health",
+        "schedule": 300,
+        "kwargs": {"target": "self"},
+    },
     # Runbook 000 "Increase Delays": back off while proxies are banned, ease off after a
     # sustained healthy period (AIMD on min_delay).
     "sweep-scrape-backoff": {

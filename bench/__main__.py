@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, pipeline
+from bench import backups, dead_tuples, pipeline, proxies
 
 
 def main() -> int:
@@ -19,6 +19,7 @@ def main() -> int:
         },
         "dead_tuples": dead_tuples.run(),
         "backups": backups.run(),
+        "proxies": proxies.run(),
         "pipeline": pipeline.run(),
     }
     out = Path("bench/results")

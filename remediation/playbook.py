@@ -71,6 +71,11 @@ def _rate_limit_target(f: Finding) -> dict[str, Any]:
     return {"target": get_settings().rate_limits.redis_target}
 
 
+def _proxy_target(f: Finding) -> dict[str, Any]:
+    """The Redis holding the proxy pool (an SLO finding's target is Prometheus, not it)."""
+    return {"target": get_settings().proxies.redis_target}
+
+
 def _table(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "tables": [f.evidence["table"]]}
 
@@ -237,6 +242,71 @@ RULES: list[Rule] = [
         "notify",
         notify_params,
         "001 High Error Rate Response 3. Check target site availability: notify, no rotation",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "proxy_banned",
+        "rotate_proxies",
+        _target,
+        "000 HTTP 403 Forbidden / CAPTCHA 1. Rotate Proxies",
+    ),
+    Rule(
+        "proxy_banned",
+        "tune_backoff",
+        _backoff("increase"),
+        "000 HTTP 403 Forbidden / CAPTCHA 2. Increase Delays",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "proxy_dead",
+        "rotate_proxies",
+        _target,
+        "001 High Error Rate Response: if proxy issues, rotate proxy pool",
+    ),
+    Rule(
+        "proxy_recovered",
+        "rotate_proxies",
+        _target,
+        "001 Weekly 2. Proxy Pool Maintenance: update proxy list (promote recovered proxies)",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "proxy_pool_low",
+        "notify",
+        notify_params,
+        "000 Rotate Proxies: verify provider (BrightData/Smartproxy) bandwidth",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "proxy_region_low",
+        "notify",
+        notify_params,
+        "001 Weekly 2. Proxy Pool Maintenance: verify geographic distribution",
+    ),
+    Rule(
+        "proxy_config_invalid",
+        "notify",
+        notify_params,
+        "000 Rotate Proxies: check PROXY_LIST env var",
+    ),
+    Rule(
+        "error_rate_high",
+        "proxy_pool_health",
+        _proxy_target,
+        "001 High Error Rate Response 2. Verify proxy status (check_proxy_health.py)",
+        run="check",
+    ),
+    Rule(
+        "error_rate_high",
+        "rotate_proxies",
+        _proxy_target,
+        "001 High Error Rate Response, Resolution 1. If proxy issues: rotate proxy pool",
+    ),
+    Rule(
+        "error_rate_high",
+        "tune_backoff",
+        _backoff("increase"),
+        "001 High Error Rate Response, Resolution 2. If rate limiting: adjust request rates",
         min_severity=Severity.HIGH,
     ),
     Rule(

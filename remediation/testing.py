@@ -186,7 +186,13 @@ class WorkerProcess:
             cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,
         )  # fmt: skip
-        wait_for(lambda: self.ready() or self._died(), timeout, 0.2, f"worker {self.name} ready")
+        try:
+            wait_for(
+                lambda: self.ready() or self._died(), timeout, 0.2, f"worker {self.name} ready"
+            )
+        except TimeoutError:
+            self.stop()  # never leave a half-started worker behind
+            raise
         if self.proc.poll() is not None:
             raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
         return self

@@ -1,0 +1,442 @@
+"""The proxy pool in Redis (runbook 000 "Rotate Proxies", runbook 001 "Proxy Pool Maintenance").
+
+Configured entries (REMEDIATION_PROXIES__PROXY_LIST, REMEDIATION_PROXIES__FILE) read
+``URL [REGION]``. Keys, all in the Redis target that holds the pool:
+
+* ``rem:proxy:index``: SET of proxy ids (12 hex of sha1 of scheme://user@host:port, never
+  the password);
+* ``rem:proxy:p:<id>``: HASH per proxy (``new_proxy_fields``, ``result_fields``);
+* REMEDIATION_PROXIES__ACTIVE_KEY (``proxies:active``): SET of the active proxies' URLs,
+  credentials included, which scrapers read. It is replaced whole inside MULTI (built
+  under ``<key>:publishing`` and RENAMEd), so a reader sees the old set or the new one;
+* ``rem:proxy:ban_rate``, ``rem:proxy:last_ban_at``, ``rem:proxy:last_test``: the
+  latest test's ban rate, the epoch time of the last ban seen, and the test's counts.
+
+Every change to the pool goes through ``ProxyPool.update``: read under WATCH, plan,
+write and republish in one MULTI, re-planned when another writer got in between.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import redis
+
+from remediation.errors import RemediationError
+from remediation.settings import ProxySettings
+
+PREFIX = "rem:proxy:"
+INDEX_KEY = PREFIX + "index"
+BAN_RATE_KEY = PREFIX + "ban_rate"
+"""Banned / tested of the latest test of the pool, a decimal string (tune_backoff reads it)."""
+LAST_BAN_AT_KEY = PREFIX + "last_ban_at"
+"""Epoch seconds of the latest test that saw a ban (tune_backoff reads it)."""
+LAST_TEST_KEY = PREFIX + "last_test"
+"""HASH: at, tested, ok, slow, banned, dead, ban_rate of the latest test."""
+
+MAX_ENTRIES = 5000
+"""Configured proxies beyond this are ignored (and reported)."""
+MAX_FILE_BYTES = 4 * 1024 * 1024
+"""A proxies file larger than this is not read."""
+UPDATE_ATTEMPTS = 5
+"""Times an update is re-planned when another writer changed the pool under it."""
+
+ACTIVE, QUARANTINED, DEAD = "active", "quarantined", "dead"
+OK, SLOW, BANNED, UNTESTED = "ok", "slow", "banned", "untested"
+HEALTHY = frozenset({OK, SLOW})
+FAILING = frozenset({BANNED, DEAD})
+
+SCHEMES = ("http", "https")
+_REGION = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
+_COMMENT = re.compile(r"(^|\s)#.*$")
+
+
+class ProxyPoolBusy(RemediationError):
+    """The pool kept changing under an update; nothing was written."""
+
+
+def proxy_id(url: str) -> str:
+    """Stable id of a proxy: sha1 of scheme://user@host:port, first 12 hex (no password)."""
+    parts = urllib.parse.urlsplit(url)
+    identity = f"{parts.scheme.lower()}://{parts.username or ''}@{_host(parts)}:{parts.port}"
+    return hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:12]
+
+
+def display_url(url: str) -> str:
+    """scheme://host:port: what logs, findings and results show (no user, no password)."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.scheme.lower()}://{_host(parts)}{port}"
+
+
+def _host(parts: urllib.parse.SplitResult) -> str:
+    host = (parts.hostname or "").lower()
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class ProxyEntry:
+    """One configured proxy: its URL (credentials included) and region ('' when none)."""
+
+    url: str
+    region: str = ""
+
+    @property
+    def id(self) -> str:
+        return proxy_id(self.url)
+
+
+def parse_entry(text: str) -> ProxyEntry:
+    """``URL [REGION]`` -> ProxyEntry; ValueError says what is wrong, never echoing the URL."""
+    fields = text.split()
+    if len(fields) not in (1, 2):
+        raise ValueError(f"expected 'URL [REGION]', got {len(fields)} fields")
+    raw = fields[0].rstrip("/")
+    if "://" not in raw:
+        raise ValueError("missing scheme: expected http://host:port or https://host:port")
+    parts = urllib.parse.urlsplit(raw)
+    scheme = parts.scheme.lower()
+    if scheme.startswith("socks"):
+        raise ValueError(f"{scheme}:// is not supported (no SOCKS support installed); use http(s)")
+    if scheme not in SCHEMES:
+        raise ValueError(f"unsupported scheme {scheme!r}: use http:// or https://")
+    if not parts.hostname:
+        raise ValueError("missing host")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError("port must be a number from 1 to 65535") from None
+    if port is None:
+        raise ValueError("missing port")
+    if port == 0:
+        raise ValueError("port must be a number from 1 to 65535")
+    if parts.path or parts.query or parts.fragment:
+        raise ValueError("a proxy URL has no path, query or fragment")
+    region = fields[1] if len(fields) == 2 else ""
+    if region and not _REGION.match(region):
+        raise ValueError("region must be 1-32 letters, digits, '_' or '-'")
+    return ProxyEntry(raw, region.lower())
+
+
+@dataclass
+class Loaded:
+    """What the configuration yielded. ``complete`` is False when a source could not be
+    read whole: proxies missing from it are then not removed from the pool."""
+
+    entries: list[ProxyEntry] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    complete: bool = True
+
+
+def load_entries(cfg: ProxySettings) -> Loaded:
+    """Parse PROXY_LIST items and the proxies file; bad entries are reported, not fatal."""
+    loaded = Loaded()
+    sources = [(f"PROXY_LIST item {i}", text) for i, text in enumerate(cfg.proxy_list, 1)]
+    if cfg.file:
+        sources += _file_lines(cfg.file, loaded)
+    seen: dict[str, str] = {}
+    for where, text in sources:
+        text = _COMMENT.sub("", text).strip()
+        if not text:
+            continue
+        try:
+            entry = parse_entry(text)
+        except ValueError as exc:
+            loaded.errors.append(f"{where}: {exc}")
+            continue
+        if entry.id in seen:
+            loaded.errors.append(f"{where}: duplicate of {seen[entry.id]}")
+            continue
+        if len(loaded.entries) >= MAX_ENTRIES:
+            loaded.errors.append(f"{where}: more than {MAX_ENTRIES} proxies; the rest ignored")
+            loaded.complete = False
+            break
+        seen[entry.id] = where
+        loaded.entries.append(entry)
+    return loaded
+
+
+def _file_lines(path: str, loaded: Loaded) -> list[tuple[str, str]]:
+    try:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        loaded.errors.append(f"proxies file {path}: cannot read ({reason[:120]})")
+        loaded.complete = False
+        return []
+    return [(f"proxies file line {n}", line) for n, line in enumerate(text.splitlines(), 1)]
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """One test of one proxy: ok | slow | banned | dead, with why and how long it took."""
+
+    status: str
+    reason: str
+    latency_ms: float | None = None
+    http_status: int | None = None
+
+
+def _num(raw: dict[str, str], key: str, default: float = 0.0) -> float:
+    try:
+        return float(raw.get(key) or default)
+    except ValueError:
+        return default
+
+
+@dataclass(frozen=True)
+class ProxyRecord:
+    """A proxy as the pool holds it (one Redis hash)."""
+
+    id: str
+    url: str
+    region: str
+    state: str
+    score: float
+    last_latency_ms: float | None
+    consecutive_failures: int
+    last_checked: float
+    last_status: str
+    last_reason: str
+    quarantine_until: float
+    quarantine_count: int
+    quarantined_at: float
+
+    @classmethod
+    def from_hash(cls, pid: str, raw: dict[str, str]) -> ProxyRecord:
+        latency = raw.get("last_latency_ms") or ""
+        return cls(
+            id=pid,
+            url=raw.get("url", ""),
+            region=raw.get("region", ""),
+            state=raw.get("state", ACTIVE),
+            score=_num(raw, "score", 1.0),
+            last_latency_ms=float(latency) if latency else None,
+            consecutive_failures=int(_num(raw, "consecutive_failures")),
+            last_checked=_num(raw, "last_checked"),
+            last_status=raw.get("last_status", UNTESTED),
+            last_reason=raw.get("last_reason", ""),
+            quarantine_until=_num(raw, "quarantine_until"),
+            quarantine_count=int(_num(raw, "quarantine_count")),
+            quarantined_at=_num(raw, "quarantined_at"),
+        )
+
+    @property
+    def display(self) -> str:
+        return display_url(self.url)
+
+    @property
+    def healthy(self) -> bool:
+        """Active and its latest test passed (ok or slow)."""
+        return self.state == ACTIVE and self.last_status in HEALTHY
+
+    @property
+    def retested(self) -> bool:
+        """Parked (quarantined or dead) and tested again since it was parked."""
+        return self.state != ACTIVE and self.last_checked > self.quarantined_at
+
+    def due(self, now: float) -> bool:
+        """Tested by this run: every active proxy; a parked one once its back-off is over."""
+        return self.state == ACTIVE or self.quarantine_until <= now
+
+    def brief(self, **extra: Any) -> dict[str, Any]:
+        """How findings and results name a proxy: id and scheme://host:port, no credentials."""
+        return {"id": self.id, "proxy": self.display, "region": self.region,
+                "state": self.state, "status": self.last_status, "reason": self.last_reason,
+                **extra}  # fmt: skip
+
+
+def new_proxy_fields(entry: ProxyEntry, now: float) -> dict[str, str]:
+    """The hash of a proxy that just joined the pool: active, untested, full score."""
+    return {"url": entry.url, "region": entry.region, "state": ACTIVE, "score": "1.0",
+            "last_latency_ms": "", "consecutive_failures": "0", "last_checked": "0",
+            "last_status": UNTESTED, "last_reason": "", "quarantine_until": "0",
+            "quarantine_count": "0", "quarantined_at": "0", "added_at": f"{now:.3f}"}  # fmt: skip
+
+
+@dataclass
+class Changes:
+    """What an update writes: fields per proxy id, new proxies, removed proxy ids.
+    ``update`` fills in the active counts before and after."""
+
+    fields: dict[str, dict[str, str]] = field(default_factory=dict)
+    new: dict[str, dict[str, str]] = field(default_factory=dict)
+    removed: set[str] = field(default_factory=set)
+    active_before: int = 0
+    active_after: int = 0
+    republished: bool = False
+
+    @property
+    def empty(self) -> bool:
+        return not (self.fields or self.new or self.removed)
+
+
+P = TypeVar("P", bound=Changes)
+
+
+def _text(value: bytes | str) -> str:
+    """Redis replies are bytes unless the client decodes them."""
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class ProxyPool:
+    """The pool of one Redis target. Reads are snapshots; writes go through ``update``."""
+
+    def __init__(self, client: redis.Redis, active_key: str) -> None:
+        self.r = client
+        self.active_key = active_key
+
+    @staticmethod
+    def key(pid: str) -> str:
+        return f"{PREFIX}p:{pid}"
+
+    def records(self) -> dict[str, ProxyRecord]:
+        """Every proxy in the pool, by id."""
+        ids = sorted(_text(m) for m in self.r.smembers(INDEX_KEY))
+        return self._read(ids)
+
+    def _read(self, ids: list[str]) -> dict[str, ProxyRecord]:
+        pipe = self.r.pipeline(transaction=False)
+        for pid in ids:
+            pipe.hgetall(self.key(pid))
+        out = {}
+        for pid, raw in zip(ids, pipe.execute(), strict=True):
+            if raw:  # an id whose hash is gone is not a proxy
+                decoded = {_text(k): _text(v) for k, v in raw.items()}
+                out[pid] = ProxyRecord.from_hash(pid, decoded)
+        return out
+
+    def published(self) -> set[str]:
+        """The URLs scrapers currently read."""
+        return {_text(m) for m in self.r.smembers(self.active_key)}
+
+    def update(self, planner: Callable[[dict[str, ProxyRecord]], P]) -> P:
+        """Let planner turn a snapshot into Changes; write them and republish the active set
+        in one MULTI. Re-planned if a proxy, the index or the active set changed meanwhile."""
+        for _ in range(UPDATE_ATTEMPTS):
+            with self.r.pipeline() as tx:
+                try:
+                    return self._attempt(tx, planner)
+                except redis.WatchError:
+                    continue
+        raise ProxyPoolBusy(f"the proxy pool changed under {UPDATE_ATTEMPTS} updates in a row")
+
+    def _attempt(self, tx: Any, planner: Callable[[dict[str, ProxyRecord]], P]) -> P:
+        tx.watch(INDEX_KEY, self.active_key)
+        ids = sorted(_text(m) for m in tx.smembers(INDEX_KEY))
+        if ids:
+            tx.watch(*[self.key(pid) for pid in ids])
+        # Read on another connection in one round trip: WATCH still guards these keys.
+        records, published = self._read(ids), self.published()
+        changes = planner(records)
+        urls = _active_urls(records, changes)
+        changes.active_before = sum(1 for rec in records.values() if rec.state == ACTIVE)
+        changes.active_after = len(urls)
+        changes.republished = urls != published
+        tx.multi()
+        self._write(tx, changes)
+        if changes.republished:
+            self._publish(tx, urls)
+        tx.execute()
+        return changes
+
+    @staticmethod
+    def _write(tx: Any, changes: Changes) -> None:
+        for pid, values in changes.new.items():
+            tx.hset(ProxyPool.key(pid), mapping=values)
+            tx.sadd(INDEX_KEY, pid)
+        for pid, values in changes.fields.items():
+            if values:
+                tx.hset(ProxyPool.key(pid), mapping=values)
+        for pid in changes.removed:
+            tx.delete(ProxyPool.key(pid))
+            tx.srem(INDEX_KEY, pid)
+
+    def _publish(self, tx: Any, urls: set[str]) -> None:
+        building = f"{self.active_key}:publishing"
+        tx.delete(building)
+        if urls:
+            tx.sadd(building, *sorted(urls))
+            tx.rename(building, self.active_key)
+        else:
+            tx.delete(self.active_key)
+
+    def sync(self, entries: list[ProxyEntry], *, remove_missing: bool, now: float) -> Sync:
+        """Make the pool hold the configured proxies: new ones join active; ones no longer
+        configured leave (only when remove_missing); a changed region or URL is updated."""
+
+        def plan(records: dict[str, ProxyRecord]) -> Sync:
+            sync = Sync()
+            wanted = {e.id: e for e in entries}
+            for pid, entry in wanted.items():
+                rec = records.get(pid)
+                if rec is None:
+                    sync.new[pid] = new_proxy_fields(entry, now)
+                elif (rec.url, rec.region) != (entry.url, entry.region):
+                    sync.fields[pid] = {"url": entry.url, "region": entry.region}
+            if remove_missing:
+                sync.removed = set(records) - set(wanted)
+            sync.gone = [records[pid].brief() for pid in sorted(sync.removed)]
+            return sync
+
+        return self.update(plan)
+
+    def record_run(self, counts: dict[str, int], now: float) -> float | None:
+        """Publish the latest test's counts and ban rate (banned / tested); None if nothing
+        was tested (the previous ban rate then stays)."""
+        tested = sum(counts.values())
+        rate = round(counts.get(BANNED, 0) / tested, 4) if tested else None
+        pipe = self.r.pipeline()
+        pipe.hset(LAST_TEST_KEY, mapping={"at": f"{now:.3f}", "tested": tested,
+                                          "ban_rate": "" if rate is None else rate,
+                                          **{k: counts.get(k, 0) for k in (OK, SLOW, BANNED, DEAD)}})  # fmt: skip
+        if rate is not None:
+            pipe.set(BAN_RATE_KEY, str(rate))
+        if counts.get(BANNED):
+            pipe.set(LAST_BAN_AT_KEY, f"{now:.3f}")
+        pipe.execute()
+        return rate
+
+
+@dataclass
+class Sync(Changes):
+    """Changes of a configuration sync; ``gone`` names the proxies removed."""
+
+    gone: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _active_urls(records: dict[str, ProxyRecord], changes: Changes) -> set[str]:
+    urls = set()
+    for values in changes.new.values():
+        if values.get("state") == ACTIVE:
+            urls.add(values["url"])
+    for pid, rec in records.items():
+        if pid in changes.removed:
+            continue
+        values = changes.fields.get(pid, {})
+        if values.get("state", rec.state) == ACTIVE:
+            urls.add(values.get("url", rec.url))
+    return urls
+
+
+def result_fields(rec: ProxyRecord, result: ProbeResult, now: float) -> dict[str, str]:
+    """The hash fields one test writes: status, reason, latency, failures, score."""
+    value = {OK: 1.0, SLOW: 0.5}.get(result.status, 0.0)
+    failures = rec.consecutive_failures + 1 if result.status == DEAD else 0
+    latency = "" if result.latency_ms is None else f"{result.latency_ms:.1f}"
+    return {"last_status": result.status, "last_reason": result.reason[:200],
+            "last_latency_ms": latency, "last_checked": f"{now:.3f}",
+            "last_http_status": str(result.http_status or ""),
+            "consecutive_failures": str(failures),
+            "score": f"{0.7 * rec.score + 0.3 * value:.4f}"}  # fmt: skip
