@@ -251,13 +251,6 @@ RULES: list[Rule] = [
         "000 HTTP 403 Forbidden / CAPTCHA 1. Rotate Proxies",
     ),
     Rule(
-        "proxy_banned",
-        "tune_backoff",
-        _backoff("increase"),
-        "000 HTTP 403 Forbidden / CAPTCHA 2. Increase Delays",
-        min_severity=Severity.HIGH,
-    ),
-    Rule(
         "proxy_dead",
         "rotate_proxies",
         _target,

@@ -54,8 +54,10 @@ def scrape_backoff(ctx: CheckContext, params: ScrapeBackoffParams) -> list[Findi
         "quiet_seconds": None if quiet is None else round(quiet),
         "unreadable": list(signal.unreadable),
     }
-    base = {"check": "scrape_backoff", "target": params.target, "subject": cfg.config_key,
-            "evidence": evidence}  # fmt: skip
+    # The delay is part of the subject: each AIMD step is a condition of its own (a new
+    # incident), so the next step is not refused as a duplicate of the last one.
+    base = {"check": "scrape_backoff", "target": params.target,
+            "subject": f"{cfg.config_key}@{delay:g}s", "evidence": evidence}  # fmt: skip
     if signal.ban_rate is not None and signal.ban_rate >= cfg.ban_rate_threshold:
         at_cap = delay >= cfg.cap_seconds
         return [Finding(**base, kind="scrape_ban_rate_high",

@@ -1,0 +1,129 @@
+"""Issue 4 end to end through real workers, real tinyproxy processes and a real origin.
+
+An origin starts banning one proxy: within one sweep that proxy is quarantined, the
+published active set shrinks and the scrapers' delay rises. When the origin recovers, the
+proxy is promoted back and the delay eases back to its floor.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from celery import Celery
+
+from remediation.testing import RedisServer, WorkerProcess, wait_for
+from tests.checks.test_proxies import Behaviour, Origin, ProxyProcess
+from tests.conftest import service_env
+from tests.integration.conftest import Audit
+
+STATE_DB, BROKER_DB = 8, 9  # apart from the other integration workers' databases
+
+
+@pytest.fixture(scope="module")
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ProxyProcess]]:
+    if not Path("/usr/bin/tinyproxy").exists():
+        pytest.skip("tinyproxy not installed") if not os.environ.get("CI") else pytest.fail(
+            "tinyproxy is required in CI"
+        )
+    folder = tmp_path_factory.mktemp("proxies")
+    started = [ProxyProcess(name, folder).start() for name in ("pa", "pb", "pc")]
+    yield started
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module")
+def traffic_env(
+    redis_server: RedisServer, audit_db: str, origin: Origin, proxies: list[ProxyProcess]
+) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env.update(
+        service_env(
+            redis_server, audit_db,
+            REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
+            REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
+            REMEDIATION_PROXIES__PROXY_LIST=json.dumps([f"{p.url()} eu" for p in proxies]),
+            REMEDIATION_PROXIES__TEST_URL=origin.url,
+            REMEDIATION_PROXIES__TIMEOUT_SECONDS="2",
+            REMEDIATION_PROXIES__MIN_ACTIVE="1",
+            REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="2",
+            REMEDIATION_BACKOFF__HEALTHY_SECONDS="2",
+            REMEDIATION_BACKOFF__DECREASE_STEP_SECONDS="1",
+            REMEDIATION_GUARDS__COOLDOWN_OVERRIDES='{"tune_backoff": 0}',
+            REMEDIATION_VERIFY__ATTEMPTS="2",
+        )
+    )  # fmt: skip
+    return env
+
+
+@pytest.fixture(scope="module")
+def traffic_worker(traffic_env: dict[str, str]) -> Iterator[WorkerProcess]:
+    worker = WorkerProcess(traffic_env, "traffic").start()
+    yield worker
+    worker.stop()
+
+
+def test_banned_proxy_is_quarantined_and_delay_rises_then_both_come_back(
+    traffic_env: dict[str, str], traffic_worker: WorkerProcess, origin: Origin,
+    proxies: list[ProxyProcess], audit_db: str,
+) -> None:  # fmt: skip
+    """Ban -> one sweep: quarantine, smaller active set, higher delay; recovery -> all back."""
+    state = redis.Redis.from_url(traffic_env["REMEDIATION_STATE_REDIS_URL"])
+    client = Celery(broker=traffic_env["REMEDIATION_BROKER_URL"],
+                    backend=traffic_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+    audit = Audit(audit_db)
+
+    def active() -> set[str]:
+        return {m.decode() for m in state.smembers("proxies:active")}
+
+    def delay() -> float:
+        raw = state.hget("scraping:config", "min_delay")
+        return float(raw) if raw else 1.0
+
+    def sweep() -> None:
+        for check in ("proxy_pool_health", "scrape_backoff"):
+            client.send_task(f"remediation.check.{check}", kwargs={"target": "self"}).get(
+                timeout=60
+            )
+
+    everyone = {p.url() for p in proxies}
+    sweep()  # a healthy pool is loaded and published
+    wait_for(lambda: active() == everyone, 30, 0.2, "all three proxies published")
+    assert delay() == 1.0
+
+    origin.behaviour["pb"] = Behaviour(ban_after=0)  # the origin bans proxy pb from now on
+    banned_url = next(p.url() for p in proxies if p.name == "pb")
+    sweep()
+    wait_for(lambda: active() == everyone - {banned_url}, 30, 0.2, "pb quarantined")
+    wait_for(lambda: delay() == 2.0, 30, 0.2, "min_delay doubled")
+    record = {k.decode(): v.decode() for k, v in state.hgetall(
+        next(k for k in state.scan_iter("rem:proxy:p:*") if state.hget(k, "url") == banned_url.encode())
+    ).items()}  # fmt: skip
+    assert record["state"] == "quarantined"
+    increases = audit.rows(
+        "SELECT result FROM action_runs WHERE action = 'tune_backoff' AND outcome = 'succeeded'"
+    )
+    assert [(r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
+            for r in increases] == [(1.0, 2.0)]  # fmt: skip
+
+    origin.behaviour["pb"] = Behaviour()  # the origin forgives pb
+    time.sleep(2.5)  # past the 2 s quarantine and the 2 s healthy period
+    wait_for(lambda: (sweep(), active() == everyone)[1], 60, 1.0, "pb promoted back")
+    wait_for(lambda: (sweep(), delay() == 1.0)[1], 60, 1.0, "min_delay back at the floor")
+    steps = [(r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
+             for r in audit.rows("SELECT result FROM action_runs WHERE action = 'tune_backoff'"
+                                 " AND outcome = 'succeeded' ORDER BY id")]  # fmt: skip
+    assert steps == [(1.0, 2.0), (2.0, 1.0)]  # up once for the ban, down once when healthy
