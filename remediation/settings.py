@@ -415,6 +415,90 @@ class HttpSettings(_Section):
     workers: int = Field(16, ge=1, le=256)
 
 
+class ScaleTarget(_Section):
+    """A pool of workers scale_workers may resize, within bounds (runbook 004 / 002)."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.\-]+$")
+    backend: Literal["celery", "compose"] = "celery"
+    queues: list[str] = Field(default_factory=lambda: ["celery"], min_length=1)
+    min: int = Field(1, ge=0, le=256)
+    max: int = Field(4, ge=1, le=256)
+    step: int = Field(1, ge=1, le=32)
+    worker: str | None = Field(None, description="celery: worker hostname; None = all")
+    project: str | None = Field(None, description="compose: com.docker.compose.project")
+    service: str | None = Field(None, description="compose: com.docker.compose.service")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ScaleTarget:
+        if self.min > self.max:
+            raise ValueError(f"scale target {self.name}: min above max")
+        if self.backend == "compose" and not (self.project and self.service):
+            raise ValueError(f"scale target {self.name}: compose needs project and service")
+        return self
+
+
+class WorkersSettings(_Section):
+    """Celery workers and queues of the monitored application (runbooks 002, 004)."""
+
+    broker_url: SecretStr | None = Field(None, description="the app's broker; unset = ours")
+    queues: list[str] = Field(default_factory=lambda: ["celery"], min_length=1)
+    backlog_warning: int = Field(50, ge=1, description="runbook 004: pending jobs > 50")
+    backlog_high: int = Field(1000, ge=1, description="runbook 002: queue depth > 1000")
+    growth_warning_per_minute: float = Field(10, gt=0, description="backlog growth rate")
+    expected_seconds: dict[str, float] = Field(default_factory=dict, description="per task")
+    default_expected_seconds: float = Field(300, gt=0)
+    stuck_factor: float = Field(3, ge=1, description="active longer than factor x expected")
+    revoke_stuck: bool = Field(False, description="opt-in: revoke_stuck_tasks may act")
+    max_revokes_per_run: int = Field(5, ge=1, le=100)
+    scale_targets: list[ScaleTarget] = Field(default_factory=list)
+    scale_down_stabilization_seconds: int = Field(300, ge=0, description="Kubernetes HPA: 300")
+
+
+class ContainerSettings(_Section):
+    """Docker containers of a compose project (runbook 000 Docker management, 001)."""
+
+    docker_url: str = Field("unix:///var/run/docker.sock")
+    project: str | None = Field(None, description="compose project watched; unset = none")
+    cpu_high_percent: float = Field(90, gt=0, le=10_000)
+    memory_high_percent: float = Field(90, gt=0, le=100)
+    restart_backoff_base_seconds: int = Field(10, ge=1, description="CrashLoopBackOff: 10 s")
+    restart_backoff_max_seconds: int = Field(300, ge=1, description="doubling up to 5 min")
+    flap_max_restarts: int = Field(5, ge=1, description="restarts within the window, then stop")
+    flap_window_seconds: int = Field(600, ge=1)
+
+
+class CacheSettings(_Section):
+    """Redis as a cache (runbooks 002 "Redis/Cache Issues", 003 "Clear Cache")."""
+
+    latency_warning_ms: float = Field(50, gt=0)
+    memory_warning_ratio: float = Field(0.8, gt=0, le=1, description="used / maxmemory")
+    memory_high_ratio: float = Field(0.9, gt=0, le=1)
+    miss_ratio_high: float = Field(0.5, gt=0, le=1, description="runbook 002: misses > 50 %")
+    min_lookups: int = Field(1000, ge=1, description="hits + misses before the ratio counts")
+    flush_patterns: list[str] = Field(
+        default_factory=list, description="keys flush_cache may delete"
+    )
+    flush_batch: int = Field(500, ge=1, le=10_000)
+    flush_max_keys_per_run: int = Field(100_000, ge=1)
+
+
+class HostSettings(_Section):
+    """Disk and memory of the host the worker runs on (runbook 002)."""
+
+    mounts: list[str] = Field(default_factory=lambda: ["/"])
+    disk_warning_percent: float = Field(80, gt=0, le=100, description="runbook 002: > 80 % medium")
+    disk_high_percent: float = Field(90, gt=0, le=100, description="> 90 % high")
+    disk_critical_percent: float = Field(95, gt=0, le=100, description="> 95 % critical")
+    memory_high_percent: float = Field(90, gt=0, le=100, description="runbook 002: > 90 % high")
+    cleanup_dirs: list[str] = Field(default_factory=list, description="cleanup_disk may touch")
+    cleanup_patterns: list[str] = Field(
+        default_factory=lambda: ["*.log", "*.log.*", "*.tmp", "*.gz"]
+    )
+    cleanup_retention_days: float = Field(7, gt=0)
+    cleanup_mode: Literal["delete", "gzip"] = "delete"
+    cleanup_max_bytes_per_run: int = Field(1 << 30, ge=1)
+
+
 class VerifySettings(_Section):
     """How an action's effect is verified: re-run the check, bounded."""
 
@@ -455,6 +539,10 @@ class Settings(BaseSettings):
     rate_limits: RateLimitSettings = RateLimitSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     http: HttpSettings = HttpSettings()
+    workers: WorkersSettings = WorkersSettings()
+    containers: ContainerSettings = ContainerSettings()
+    cache: CacheSettings = CacheSettings()
+    host: HostSettings = HostSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod
