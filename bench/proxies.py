@@ -36,7 +36,7 @@ from remediation.checks.proxies import ProxyPoolParams, probe, proxy_pool_health
 from remediation.context import CheckContext
 from remediation.logging import get_logger
 from remediation.settings import ProxySettings, load_settings
-from remediation.testing import RedisServer, free_port, wait_for
+from remediation.testing import RedisServer, free_port, listening, wait_for
 
 TOTAL, DEAD, TIMED_OUT, SLOW = 500, 50, 13, 12
 TIMEOUT_S, SLOW_MS = 1.0, 500.0
@@ -120,16 +120,6 @@ def _start_farm(delays: list[float]) -> tuple[subprocess.Popen[str], dict[str, A
     return proc, json.loads(proc.stdout.readline())
 
 
-def _listening(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
 def _real_proxies(workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[str]]:
     """3 tinyproxy + 1 proxy.py processes (fewer if tinyproxy is not installed)."""
     procs, urls = [], []
@@ -146,7 +136,7 @@ def _real_proxies(workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[st
                    "--num-workers", "1", "--num-acceptors", "1", "--log-level", "e",
                    "--data-dir", str(workdir / "proxypy")]  # fmt: skip
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-        wait_for(lambda port=port: _listening(port), 15, 0.05, f"{cmd[0]} on {port}")
+        wait_for(lambda port=port: listening(port), 15, 0.05, f"{cmd[0]} on {port}")
         urls.append(f"http://127.0.0.1:{port}")
     return procs, urls
 

@@ -10,10 +10,8 @@ import redis
 
 from remediation.proxies import proxy_id
 from remediation.runner import Runner
+from remediation.testing import Behaviour, Origin, ProxyProcess
 from tests.checks.test_proxies import (
-    Behaviour,
-    Origin,
-    ProxyProcess,
     expire_quarantine,
     kinds,
     origin,

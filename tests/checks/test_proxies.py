@@ -2,22 +2,15 @@
 
 The origin tells proxies apart by the X-Proxy header each tinyproxy adds (AddHeader) and
 answers per proxy: normally, slowly, 403/429, a CAPTCHA page, 500, or 403 after N requests.
-The helpers here are imported by tests/actions/test_proxies.py.
+The proxy and origin helpers live in remediation.testing.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import socket
-import subprocess
-import sys
-import threading
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -32,139 +25,11 @@ from remediation.findings import ActionResult, Finding
 from remediation.logging import get_logger
 from remediation.proxies import BAN_RATE_KEY, INDEX_KEY, LAST_BAN_AT_KEY, proxy_id
 from remediation.settings import Settings
-from remediation.testing import free_port, wait_for
+from remediation.testing import Behaviour, Origin, ProxyProcess
 from tests.conftest import IN_CI
 
 ACTIVE_KEY = "proxies:active"
 CAPTCHA_PAGE = b"<html><form id='captcha'>Please verify you are human</form></html>"
-
-
-@dataclass
-class Behaviour:
-    """How the origin answers requests relayed by one proxy."""
-
-    status: int = 200
-    delay: float = 0.0
-    body: bytes = b"<html>price: 10.00</html>"
-    ban_after: int | None = None  # answer 403 once this many requests were served
-
-
-class Origin:
-    """A real HTTP server on 127.0.0.1 answering per proxy; counts requests and concurrency."""
-
-    def __init__(self) -> None:
-        self.behaviour: dict[str, Behaviour] = {}
-        self.counts: Counter[str] = Counter()
-        self.inflight = self.max_inflight = 0
-        self.lock = threading.Lock()
-        origin = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                via = self.headers.get("Via", "")
-                name = self.headers.get("X-Proxy") or ("proxy.py" if "proxy.py" in via else "-")
-                with origin.lock:
-                    origin.counts[name] += 1
-                    served = origin.counts[name]
-                    origin.inflight += 1
-                    origin.max_inflight = max(origin.max_inflight, origin.inflight)
-                try:
-                    self._answer(origin.behaviour.get(name, Behaviour()), served)
-                except OSError:
-                    pass  # the client gave up (timeout test)
-                finally:
-                    with origin.lock:
-                        origin.inflight -= 1
-
-            def _answer(self, b: Behaviour, served: int) -> None:
-                time.sleep(b.delay)
-                banned = b.ban_after is not None and served > b.ban_after
-                self.send_response(403 if banned else b.status)
-                self.send_header("Content-Length", str(len(b.body)))
-                self.end_headers()
-                self.wfile.write(b.body)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            block_on_close = False
-
-            def handle_error(self, *args: Any) -> None:
-                pass
-
-        self.server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/product/42"
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
-def _listening(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), 0.2).close()
-        return True
-    except OSError:
-        return False
-
-
-@dataclass
-class ProxyProcess:
-    """A real HTTP proxy process on a free loopback port: tinyproxy or proxy.py."""
-
-    name: str
-    dir: Path
-    auth: tuple[str, str] | None = None
-    kind: str = "tinyproxy"
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    def url(self, password: str | None = None) -> str:
-        if self.auth is None:
-            return f"http://127.0.0.1:{self.port}"
-        return f"http://{self.auth[0]}:{password or self.auth[1]}@127.0.0.1:{self.port}"
-
-    def command(self) -> list[str]:
-        if self.kind == "proxy.py":
-            data = self.dir / f"{self.name}-data"
-            return [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1",
-                    "--port", str(self.port), "--num-workers", "1", "--num-acceptors", "1",
-                    "--data-dir", str(data), "--log-level", "e", "--timeout", "5"]  # fmt: skip
-        conf = self.dir / f"{self.name}.conf"
-        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Allow 127.0.0.1", "Timeout 5",
-                 "MaxClients 64", "DisableViaHeader Yes", f'AddHeader "X-Proxy" "{self.name}"',
-                 "LogLevel Critical", f'PidFile "{self.dir / self.name}.pid"']  # fmt: skip
-        if self.auth:
-            lines.append(f"BasicAuth {self.auth[0]} {self.auth[1]}")
-        conf.write_text("\n".join(lines) + "\n")
-        binary = shutil.which("tinyproxy") or "/usr/bin/tinyproxy"
-        return [binary, "-d", "-c", str(conf)]
-
-    def start(self) -> ProxyProcess:
-        self.proc = subprocess.Popen(
-            self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        proc = self.proc
-        wait_for(lambda: _listening(self.port) or proc.poll() is not None, 10, 0.02,
-                 f"{self.kind} {self.name} on {self.port}")  # fmt: skip
-        if proc.poll() is not None:
-            raise RuntimeError(f"{self.kind} {self.name} exited with {proc.returncode}")
-        return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
 
 
 @pytest.fixture

@@ -17,8 +17,14 @@ import pytest
 import redis
 from celery import Celery
 
-from remediation.testing import RedisServer, WorkerProcess, wait_for
-from tests.checks.test_proxies import Behaviour, Origin, ProxyProcess
+from remediation.testing import (
+    Behaviour,
+    Origin,
+    ProxyProcess,
+    RedisServer,
+    WorkerProcess,
+    wait_for,
+)
 from tests.conftest import service_env
 from tests.integration.conftest import Audit
 
