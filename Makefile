@@ -8,7 +8,7 @@ VENV ?= .venv
 SERVICES := .data/services.env
 WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
 
-.PHONY: help venv services db run test lint bench stop clean
+.PHONY: help venv services db run test lint bench docker stop clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -43,8 +43,12 @@ lint: venv ## ruff (lint + format check) and mypy --strict on the package
 bench: db ## benchmarks under bench/, results in BENCHMARKS.md
 	$(WITH_SERVICES) $(VENV)/bin/python -m bench
 
-stop: ## stop private Redis/PostgreSQL started under .data/
+docker: ## start a Docker engine and the busybox test image (root)
+	@scripts/ensure_docker.sh .data
+
+stop: ## stop private Redis/PostgreSQL (and dockerd) started under .data/
 	@scripts/stop_services.sh
+	-@[ -f .data/remediation-dockerd.pid ] && kill $$(cat .data/remediation-dockerd.pid) || true
 
 clean: stop ## remove the virtualenv and private data
 	rm -rf $(VENV) .data

@@ -18,3 +18,7 @@ if ((${#need[@]})); then
     exit 1
   fi
 fi
+# Docker engine and the busybox test image for the container tests (they skip locally
+# without it and fail under CI=true).
+"$(dirname "$0")/ensure_docker.sh" "$(dirname "$0")/../.data" \
+  || echo "ensure_test_tools: no Docker engine; container tests will be skipped (fail under CI=true)" >&2
