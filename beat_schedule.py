@@ -117,6 +117,13 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "self"},
     },
+    # Runbook 000 "Docker Management" and 001 "Daily 1. System Health Check" (docker
+    # compose ps, docker stats); needs REMEDIATION_CONTAINERS__PROJECT.
+    "sweep-containers": {
+        "task": "remediation.check.docker_containers",
+        "schedule": 60,
+        "kwargs": {"target": "docker"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",

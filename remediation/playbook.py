@@ -76,6 +76,13 @@ def _proxy_target(f: Finding) -> dict[str, Any]:
     return {"target": get_settings().proxies.redis_target}
 
 
+def _container(f: Finding) -> dict[str, Any]:
+    out: dict[str, Any] = {"target": "docker", "container": f.subject}
+    if f.evidence.get("project"):
+        out["project"] = f.evidence["project"]
+    return out
+
+
 def _table(f: Finding) -> dict[str, Any]:
     return {"target": f.target, "tables": [f.evidence["table"]]}
 
@@ -372,6 +379,27 @@ RULES: list[Rule] = [
         "pause_low_priority",
         _state_self,
         "001 System Overload 2. Reduce load: pause non-critical scraping (a consumer came back)",
+    ),
+    Rule(
+        "container_down",
+        "restart_container",
+        _container,
+        "000 Docker Management: containers crashed: docker compose restart [service_name]",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "container_unhealthy",
+        "restart_container",
+        _container,
+        "000 Docker Management: containers unresponsive: restart the service",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "docker_unreachable",
+        "notify",
+        notify_params,
+        "001 Daily 1. System Health Check: docker-compose ps (the engine does not answer)",
+        min_severity=Severity.HIGH,
     ),
     Rule(
         "redis_job_queue_duplicates",
