@@ -124,6 +124,24 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "docker"},
     },
+    # Runbooks 002 and 003 "Redis/Cache Issues": connectivity, memory, evictions, hit rate.
+    "sweep-redis-cache": {
+        "task": "remediation.check.redis_cache",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # Runbook 002 "Disk Space Issues" (80 / 90 / 95 %) and "Memory Issues" (> 90 %), on the
+    # host of whichever worker takes the task: route these per host on multi-host set-ups.
+    "sweep-host-disk": {
+        "task": "remediation.check.host_disk",
+        "schedule": 300,
+        "kwargs": {"target": "self"},
+    },
+    "sweep-host-memory": {
+        "task": "remediation.check.host_memory",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",
