@@ -1,0 +1,250 @@
+"""Resize worker pools and revoke stuck tasks on the monitored Celery cluster (runbook 002
+"queue depth > 1000: scale workers", "stuck jobs"; runbook 004 "scale workers"; runbook
+001 "System Overload: scale resources").
+
+Scaling up is prompt; scaling down waits until the scale target's queues have been quiet
+for REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS (the Kubernetes HPA's
+stabilization window), remembered in rem:scale:<name> on the state Redis. Sizes never
+leave [min, max] of the scale target.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from typing import Any, Literal
+
+from pydantic import Field, field_validator
+
+from remediation.checks.celery_workers import (
+    CLUSTER,
+    CONTROL_TIMEOUT,
+    busy,
+    monitor_app,
+    pool_sizes,
+    queue_depths,
+    scale_key,
+    scale_workers_of,
+    stuck_tasks,
+)
+from remediation.clients import redis as redis_clients
+from remediation.context import ActionContext
+from remediation.errors import TargetError
+from remediation.findings import ActionResult
+from remediation.params import ActionParams, TargetName
+from remediation.registry import action
+from remediation.settings import ScaleTarget, Settings
+
+CONFIRM_SECONDS = 10.0
+"""Seconds to wait until workers' stats (or the replicas) show the new size."""
+INSPECT_TIMEOUT = 3.0
+"""Seconds revoke_stuck_tasks waits for active-task lists (longer than the check's)."""
+_POLL = 0.25
+
+
+class ScaleWorkersParams(ActionParams):
+    target: TargetName = Field(description="a scale target in REMEDIATION_WORKERS__SCALE_TARGETS")
+    direction: Literal["up", "down"]
+
+
+class RevokeStuckTasksParams(ActionParams):
+    target: TargetName = Field(CLUSTER, description="always 'celery' (REMEDIATION_WORKERS__*)")
+
+    @field_validator("target")
+    @classmethod
+    def _the_cluster(cls, value: str) -> str:
+        if value != CLUSTER:
+            raise ValueError(f"stuck tasks are revoked on the monitored cluster: use {CLUSTER!r}")
+        return value
+
+
+def scale_target(settings: Settings, name: str) -> ScaleTarget:
+    """The configured scale target; TargetError lists the known ones."""
+    for target in settings.workers.scale_targets:
+        if target.name == name:
+            return target
+    known = ", ".join(t.name for t in settings.workers.scale_targets) or "none"
+    raise TargetError(f"no scale target {name!r} in REMEDIATION_WORKERS__SCALE_TARGETS ({known})")
+
+
+def _state(settings: Settings) -> Any:
+    return redis_clients.client(settings.state_redis_url.get_secret_value())
+
+
+def _by(ctx: ActionContext) -> str:
+    return f"incident {ctx.trigger.incident}" if ctx.trigger else "by hand"
+
+
+def _clamp(size: int, direction: str, target: ScaleTarget) -> int:
+    """One step toward the bound; a pool already outside [min, max] never moves away from it."""
+    if direction == "up":
+        return max(size, min(target.max, size + target.step))
+    return min(size, max(target.min, size - target.step))
+
+
+def _hold(ctx: ActionContext, target: ScaleTarget, now: float) -> ActionResult | None:
+    """Why a scale-down must wait (a backlog, or the stabilization window), else None."""
+    state = _state(ctx.settings)
+    depths = queue_depths(ctx.settings, target.queues) or {}
+    totals = {q: sum(d.values()) for q, d in depths.items()}
+    if any(busy(ctx.settings, n) for n in totals.values()):
+        state.hset(scale_key(target.name), "last_busy", repr(now))
+        return ActionResult(changed=False, detail={"queues": totals},
+                            summary=f"{target.name}: not scaling down, its queues still hold a"
+                                    f" backlog {totals}")  # fmt: skip
+    record = state.hmget(scale_key(target.name), ["last_busy", "last_up"])
+    since = max((float(v) for v in record if v is not None), default=0.0)
+    window = ctx.settings.workers.scale_down_stabilization_seconds
+    left = since + window - now
+    if left <= 0:
+        return None
+    return ActionResult(changed=False, detail={"queues": totals, "wait_seconds": round(left, 1)},
+                        summary=f"{target.name}: scale-down held for another {left:.0f} s (busy"
+                                f" or scaled up {now - since:.0f} s ago; window {window} s)")  # fmt: skip
+
+
+def _confirm(app: Any, wanted: dict[str, int]) -> dict[str, int | None]:
+    """Pool sizes polled until every worker shows its wanted size, or CONFIRM_SECONDS pass."""
+    deadline = time.monotonic() + CONFIRM_SECONDS
+    while True:
+        sizes = pool_sizes(app, list(wanted))
+        if all(sizes[w] == n for w, n in wanted.items()) or time.monotonic() > deadline:
+            return sizes
+        time.sleep(_POLL)
+
+
+def _reply(replies: list[dict[str, Any]] | None, worker: str) -> str:
+    for reply in replies or ():
+        if worker in reply:
+            body = reply[worker]
+            return str(body.get("ok") or body.get("error") or body)
+    return "no reply"
+
+
+def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> ActionResult:
+    app = monitor_app(ctx.settings)
+    workers = scale_workers_of(app, target)
+    sizes = pool_sizes(app, workers) if workers else {}
+    sized = {w: n for w, n in sizes.items() if n is not None}
+    if not sized:
+        return ActionResult(ok=False, changed=False, detail={"workers": sizes},
+                            summary=f"{target.name}: no worker with a resizable pool answered"
+                                    f" (consuming {target.queues})")  # fmt: skip
+    wanted = {w: _clamp(n, direction, target) for w, n in sized.items()}
+    moving = {w: n for w, n in wanted.items() if n != sized[w]}
+    if not moving:
+        return _at_bound(target, direction, sized)
+    command = app.control.pool_grow if direction == "up" else app.control.pool_shrink
+    replies = {w: _reply(command(abs(n - sized[w]), destination=[w], reply=True,
+                                 timeout=CONTROL_TIMEOUT), w) for w, n in moving.items()}  # fmt: skip
+    after = _confirm(app, moving)
+    confirmed = sorted(w for w, n in moving.items() if after[w] == n)
+    detail = {"backend": "celery", "direction": direction, "min": target.min, "max": target.max,
+              "workers": {w: {"before": sized[w], "wanted": n, "after": after[w],
+                              "reply": replies[w]} for w, n in moving.items()}}  # fmt: skip
+    changes = ", ".join(f"{w} {sized[w]} -> {after[w]}" for w in sorted(moving))
+    return ActionResult(ok=len(confirmed) == len(moving), changed=bool(confirmed), detail=detail,
+                        summary=f"{target.name}: pool {direction} ({changes} processes);"
+                                f" {len(confirmed)} of {len(moving)} confirmed")  # fmt: skip
+
+
+def _at_bound(target: ScaleTarget, direction: str, sizes: dict[str, int]) -> ActionResult:
+    if direction == "up":  # not ok: the runner escalates, a human decides on more capacity
+        return ActionResult(ok=False, changed=False, detail={"sizes": sizes, "max": target.max},
+                            summary=f"{target.name}: at max ({target.max}); cannot scale up")  # fmt: skip
+    return ActionResult(changed=False, detail={"sizes": sizes, "min": target.min},
+                        summary=f"{target.name}: already at min ({target.min}) or below")  # fmt: skip
+
+
+def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> ActionResult:
+    try:
+        from remediation.compose import count_replicas, scale_service
+    except ImportError:
+        return ActionResult(ok=False, changed=False, summary="compose backend not available")
+    project, service = target.project or "", target.service or ""  # required for compose
+    before = int(count_replicas(ctx.settings, project, service))
+    wanted = _clamp(before, direction, target)
+    if wanted == before:
+        return _at_bound(target, direction, {f"{project}/{service}": before})
+    result = scale_service(ctx.settings, project, service, wanted)
+    deadline = time.monotonic() + CONFIRM_SECONDS
+    while (after := int(count_replicas(ctx.settings, project, service))) != wanted:
+        if time.monotonic() > deadline:
+            break
+        time.sleep(_POLL)
+    detail = {"backend": "compose", "direction": direction, "before": before, "wanted": wanted,
+              "after": after, "min": target.min, "max": target.max, "result": result}  # fmt: skip
+    return ActionResult(ok=after == wanted, changed=after != before, detail=detail,
+                        summary=f"{target.name}: {project}/{service} {before} -> {after}"
+                                f" replicas (wanted {wanted})")  # fmt: skip
+
+
+@action("scale_workers", cooldown=timedelta(seconds=45), max_per_hour=20, verify=False)
+def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResult:
+    """Grow or shrink a scale target by its step, within [min, max] (runbook 002 "queue depth
+    > 1000: scale workers", runbook 004 "scale workers", runbook 001 "scale resources").
+
+    Celery targets: pool_grow / pool_shrink on the named worker (or every worker consuming
+    the target's queues), confirmed by counting pool processes in the workers' stats.
+    Compose targets: the service's replica count. Up is prompt; at max it fails so the
+    incident escalates. Down is held while the target's queues hold a backlog and until
+    SCALE_DOWN_STABILIZATION_SECONDS after the last backlog or scale-up (rem:scale:<name>);
+    at min it does nothing."""
+    target = scale_target(ctx.settings, params.target)
+    now = time.time()
+    state = _state(ctx.settings)
+    if params.direction == "up":
+        state.hset(scale_key(target.name), mapping={"last_busy": repr(now), "by": _by(ctx)})
+    else:
+        held = _hold(ctx, target, now)
+        if held is not None:
+            return held
+    scale = _scale_celery if target.backend == "celery" else _scale_compose
+    result = scale(ctx, target, params.direction)
+    if result.changed:
+        field = "last_up" if params.direction == "up" else "last_down"
+        state.hset(scale_key(target.name), mapping={field: repr(time.time()), "by": _by(ctx)})
+    return result
+
+
+@action("revoke_stuck_tasks", cooldown=timedelta(minutes=5), max_per_hour=6)
+def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> ActionResult:
+    """Terminate tasks that celery_stuck_tasks reports (runbook 002 "stuck jobs"); opt-in with
+    REMEDIATION_WORKERS__REVOKE_STUCK=true.
+
+    Active tasks are inspected again; at most MAX_REVOKES_PER_RUN of those still stuck are
+    revoked with terminate (SIGTERM to the child running it), the longest-running first,
+    and confirmed gone from the workers' active lists. Their arguments are never logged."""
+    w = ctx.settings.workers
+    if not w.revoke_stuck:
+        return ActionResult(changed=False, summary="revoking stuck tasks is opt-in: set"
+                            " REMEDIATION_WORKERS__REVOKE_STUCK=true")  # fmt: skip
+    app = monitor_app(ctx.settings)
+    answered, stuck = stuck_tasks(app, ctx.settings, timeout=INSPECT_TIMEOUT)
+    if not answered:  # not the same as "nothing stuck": let the incident escalate
+        return ActionResult(ok=False, changed=False, summary="no worker answered inspect")
+    chosen = stuck[: w.max_revokes_per_run]
+    if not chosen:
+        return ActionResult(changed=False, summary="no task is stuck any more",
+                            detail={"workers": answered})  # fmt: skip
+    ids = [t["id"] for t in chosen]
+    app.control.revoke(ids, terminate=True, signal="SIGTERM")
+    gone = _confirm_gone(app, chosen)
+    detail = {"revoked": chosen, "confirmed": gone, "left_stuck": len(stuck) - len(chosen)}
+    names = ", ".join(f"{t['name']}[{t['id']}]" for t in chosen)
+    return ActionResult(ok=len(gone) == len(ids), changed=bool(gone), detail=detail,
+                        summary=f"revoked {len(ids)} stuck task(s): {names}; {len(gone)} gone")  # fmt: skip
+
+
+def _confirm_gone(app: Any, chosen: list[dict[str, Any]]) -> list[str]:
+    """Ids their worker answers it no longer runs, polled for up to CONFIRM_SECONDS (a worker
+    that does not answer confirms nothing)."""
+    workers = sorted({t["worker"] for t in chosen})
+    deadline = time.monotonic() + CONFIRM_SECONDS
+    while True:
+        active = app.control.inspect(timeout=CONTROL_TIMEOUT, destination=workers).active() or {}
+        running = {str(t.get("id")) for tasks in active.values() for t in tasks or ()}
+        gone = [t["id"] for t in chosen if t["worker"] in active and t["id"] not in running]
+        if len(gone) == len(chosen) or time.monotonic() > deadline:
+            return gone
+        time.sleep(_POLL)

@@ -1,0 +1,212 @@
+"""scale_workers and revoke_stuck_tasks against real worker processes, each on a broker
+database of its own (the monitored cluster is REMEDIATION_WORKERS__BROKER_URL)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from pydantic import ValidationError
+
+from remediation.actions.celery_workers import (
+    RevokeStuckTasksParams,
+    ScaleWorkersParams,
+    revoke_stuck_tasks,
+    scale_workers,
+)
+from remediation.checks import celery_workers as cw
+from remediation.checks.celery_workers import (
+    CeleryQueuesParams,
+    celery_queues,
+    monitor_app,
+    pool_sizes,
+    scale_key,
+)
+from remediation.context import ActionContext, CheckContext
+from remediation.errors import TargetError
+from remediation.logging import get_logger
+from remediation.testing import RedisServer, WorkerProcess, wait_for
+from tests.checks.test_celery_workers import SECRET, sleeping_worker
+from tests.conftest import service_env
+
+SCALER_DB, SLEEPER_DB, RESULT_DB = 13, 14, 15
+WINDOW = 3  # REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS in these tests
+
+
+def node(name: str) -> str:
+    """A WorkerProcess's node name (-n name@%h)."""
+    return f"{name}@{socket.gethostname()}"
+
+
+def pool_target(worker: str | None) -> str:
+    target = {"name": "pool", "queues": ["celery", "backlog"], "min": 1, "max": 2}
+    return json.dumps([{**target, "worker": worker} if worker else target])
+
+
+@pytest.fixture(scope="module")
+def scaler(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
+    """One worker, concurrency 1, consuming 'celery' only (not 'backlog'), on broker db 13."""
+    redis.Redis.from_url(redis_server.url(SCALER_DB)).flushdb()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
+        SCALER_DB), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB)))  # fmt: skip
+    worker = WorkerProcess(env, "scaler", concurrency=1, extra_args=["-Q", "celery"])
+    try:
+        yield worker.start()
+    finally:
+        worker.stop()
+        cw.reset()
+
+
+@pytest.fixture(scope="module")
+def sleeper(
+    tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, audit_db: str
+) -> Iterator[WorkerProcess]:
+    """A worker, concurrency 2, that runs the test.sleep_for task, on broker db 14."""
+    worker = sleeping_worker(tmp_path_factory.mktemp("tasks"), redis_server, audit_db,
+                             "sleeper", SLEEPER_DB)  # fmt: skip
+    try:
+        yield worker.start()
+    finally:
+        worker.stop()
+        cw.reset()
+
+
+def act(s: Any) -> ActionContext:
+    return ActionContext(s, get_logger())
+
+
+def scale(s: Any, direction: str) -> Any:
+    return scale_workers(act(s), ScaleWorkersParams(target="pool", direction=direction))
+
+
+def kinds(s: Any) -> dict[str, Any]:
+    return {f.kind: f for f in celery_queues(CheckContext(s, get_logger()), CeleryQueuesParams())}
+
+
+def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer, scaler: WorkerProcess
+) -> None:
+    """60 messages (15 at priority 9) waiting in 'backlog' are a celery_queue_backlog of 60; a
+    scale-down is held while they wait; up grows the pool 1 -> 2 processes (confirmed by
+    stats) and fails at max; once a consumer drains them the pool is oversized, a scale-down
+    inside the window is refused, after it the pool shrinks 2 -> 1, and at min stays."""
+    name = node("scaler")
+    env = {"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SCALER_DB),
+           "REMEDIATION_WORKERS__QUEUES": '["celery", "backlog"]',
+           "REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS": str(WINDOW)}  # fmt: skip
+    s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=pool_target(None), **env)
+    app = monitor_app(s)
+    # unnamed, a target resizes every worker consuming its queues: here the scaler only
+    assert cw.scale_workers_of(app, s.workers.scale_targets[0]) == [name]
+    # named (no broadcast to wait for: faster, and what the rest of this test uses)
+    s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=pool_target(name), **env)
+    assert pool_sizes(app, [name]) == {name: 1}
+    for i in range(60):
+        app.send_task("celery.accumulate", args=[i], queue="backlog",
+                      priority=9 if i % 4 == 0 else None)  # fmt: skip
+
+    found = kinds(s)
+    backlog = found["celery_queue_backlog"]
+    assert (backlog.subject, backlog.observed, backlog.severity) == ("backlog", 60, "warning")
+    assert backlog.evidence["by_priority"]["9"] == 15
+    assert backlog.evidence["scale_targets"] == ["pool"]
+    assert "celery_pool_oversized" not in found
+    held = scale(s, "down")
+    assert (held.ok, held.changed) == (True, False) and "backlog" in held.summary
+
+    up = scale(s, "up")
+    assert (up.ok, up.changed) == (True, True), up.summary
+    assert up.detail["workers"][name] == {"before": 1, "wanted": 2, "after": 2,
+                                          "reply": "pool will grow"}  # fmt: skip
+    scaled_up_at = time.time()
+    assert pool_sizes(app, [name]) == {name: 2}
+    at_max = scale(s, "up")
+    assert (at_max.ok, at_max.changed) == (False, False) and "at max" in at_max.summary
+    assert pool_sizes(app, [name]) == {name: 2}
+
+    app.control.add_consumer("backlog", destination=[name], reply=True)
+    broker = redis.Redis.from_url(redis_server.url(SCALER_DB))
+    drained = lambda: sum(cw.queue_depths(s, ["backlog"])["backlog"].values()) == 0  # noqa: E731
+    wait_for(lambda: drained() and broker.hlen("unacked") == 0, 20, 0.1, "backlog drained")
+    broker.close()
+
+    found = kinds(s)
+    assert "celery_queue_backlog" not in found
+    oversized = found["celery_pool_oversized"]
+    assert (oversized.subject, oversized.evidence["pool"]) == ("pool", {name: 2})
+    early = scale(s, "down")
+    assert time.time() - scaled_up_at < WINDOW, "drained too slowly to test the window"
+    assert (early.ok, early.changed) == (True, False) and "held" in early.summary
+    assert pool_sizes(app, [name]) == {name: 2}
+
+    time.sleep(max(0.0, scaled_up_at + WINDOW - time.time()) + 0.2)
+    down = scale(s, "down")
+    assert (down.ok, down.changed) == (True, True), down.summary
+    assert (
+        down.detail["workers"][name]["before"] == 2 and down.detail["workers"][name]["after"] == 1
+    )
+    assert pool_sizes(app, [name]) == {name: 1}
+    at_min = scale(s, "down")
+    assert (at_min.ok, at_min.changed) == (True, False) and "at min" in at_min.summary
+    assert pool_sizes(app, [name]) == {name: 1}
+    assert kinds(s) == {}
+    assert set(r.hkeys(scale_key("pool"))) == {b"last_busy", b"last_up", b"last_down", b"by"}
+
+
+def test_scale_targets_and_params_are_validated_before_anything_runs(settings_env: Any) -> None:
+    """An unknown scale target is an error naming the known ones; a bad direction and a
+    revoke target other than the cluster are rejected by the params models."""
+    compose = json.dumps([{"name": "web", "backend": "compose", "project": "shop",
+                           "service": "worker"}])  # fmt: skip
+    s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=compose)
+    with pytest.raises(TargetError, match=r"no scale target 'nope'.*\(web\)"):
+        scale_workers(act(s), ScaleWorkersParams(target="nope", direction="up"))
+    with pytest.raises(ValidationError, match="direction"):
+        ScaleWorkersParams(target="web", direction="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="use 'celery'"):
+        RevokeStuckTasksParams(target="web")
+
+
+def test_revoke_is_opt_in_and_revokes_the_oldest_stuck_task_first(
+    settings_env: Any, redis_server: RedisServer, sleeper: WorkerProcess
+) -> None:
+    """With REVOKE_STUCK unset nothing is revoked and the variable is named; opted in with
+    MAX_REVOKES_PER_RUN=1, only the older of two stuck tasks is terminated, confirmed gone
+    from the worker's active list while the other runs on; no argument leaks."""
+    env = {"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SLEEPER_DB),
+           "REMEDIATION_WORKERS__EXPECTED_SECONDS": '{"test.sleep_for": 0.1}',
+           "REMEDIATION_WORKERS__STUCK_FACTOR": "1",
+           "REMEDIATION_WORKERS__MAX_REVOKES_PER_RUN": "1"}  # fmt: skip
+    s = settings_env(**env)
+    app = monitor_app(s)
+    old = app.send_task("test.sleep_for", args=[20], kwargs={"password": SECRET})
+    inspect = app.control.inspect(timeout=1, destination=[node("sleeper")])
+    active = lambda: {t["id"] for ts in (inspect.active() or {}).values() for t in ts}  # noqa: E731
+    wait_for(lambda: old.id in active(), 15, 0.2, "first task active")
+    new = app.send_task("test.sleep_for", args=[20], kwargs={"password": SECRET})
+    try:
+        wait_for(lambda: {old.id, new.id} <= active(), 15, 0.2, "both tasks active")
+        time.sleep(0.3)  # both past their expected 0.1 s
+        off = revoke_stuck_tasks(act(s), RevokeStuckTasksParams())
+        assert (off.ok, off.changed) == (True, False)
+        assert "REMEDIATION_WORKERS__REVOKE_STUCK=true" in off.summary
+        assert {old.id, new.id} <= active()
+
+        s = settings_env(REMEDIATION_WORKERS__REVOKE_STUCK="true", **env)
+        done = revoke_stuck_tasks(act(s), RevokeStuckTasksParams())
+        assert (done.ok, done.changed) == (True, True), done.summary
+        assert [t["id"] for t in done.detail["revoked"]] == [old.id]
+        assert done.detail["revoked"][0]["name"] == "test.sleep_for"
+        assert (done.detail["confirmed"], done.detail["left_stuck"]) == ([old.id], 1)
+        assert SECRET not in done.model_dump_json()
+        time.sleep(0.5)
+        assert old.id not in active() and new.id in active()
+    finally:
+        app.control.revoke([old.id, new.id], terminate=True, signal="SIGTERM")
