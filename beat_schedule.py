@@ -142,6 +142,23 @@ SCHEDULE = {
         "schedule": 60,
         "kwargs": {"target": "self"},
     },
+    # Runbook 002 "Celery Worker Issues" and 004 "Worker Queue Backlog": workers answering,
+    # queue depth (> 50 / > 1000) and growth, stuck tasks; scale_workers within bounds.
+    "sweep-celery-workers": {
+        "task": "remediation.check.celery_workers",
+        "schedule": 60,
+        "kwargs": {"target": "celery"},
+    },
+    "sweep-celery-queues": {
+        "task": "remediation.check.celery_queues",
+        "schedule": 60,
+        "kwargs": {"target": "celery"},
+    },
+    "sweep-celery-stuck-tasks": {
+        "task": "remediation.check.celery_stuck_tasks",
+        "schedule": 300,
+        "kwargs": {"target": "celery"},
+    },
     # Daily: severe bloat only (half the rows dead) gets vacuumed before the weekly pass.
     "daily-severe-bloat": {
         "task": "remediation.check.postgres_dead_tuples",

@@ -25,9 +25,14 @@ class Rule:
     runbook: str
     min_severity: Severity = Severity.WARNING
     run: Literal["act", "check"] = "act"
+    when: Callable[[Finding], bool] | None = None  # a further condition on the finding
 
     def applies(self, finding: Finding) -> bool:
-        return finding.kind == self.kind and finding.severity.rank >= self.min_severity.rank
+        return (
+            finding.kind == self.kind
+            and finding.severity.rank >= self.min_severity.rank
+            and (self.when is None or self.when(finding))
+        )
 
     @property
     def task_name(self) -> str:
@@ -81,6 +86,22 @@ def _container(f: Finding) -> dict[str, Any]:
     if f.evidence.get("project"):
         out["project"] = f.evidence["project"]
     return out
+
+
+def _has_scale_target(f: Finding) -> bool:
+    return bool(f.evidence.get("scale_targets"))
+
+
+def _scale_up(f: Finding) -> dict[str, Any]:
+    return {"target": f.evidence["scale_targets"][0], "direction": "up"}
+
+
+def _scale_down(f: Finding) -> dict[str, Any]:
+    return {"target": f.subject, "direction": "down"}
+
+
+def _celery(f: Finding) -> dict[str, Any]:
+    return {"target": "celery"}
 
 
 def _table(f: Finding) -> dict[str, Any]:
@@ -452,6 +473,61 @@ RULES: list[Rule] = [
         "notify",
         notify_params,
         "002 Escalation: memory > 90 %: High - investigate immediately",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_workers_down",
+        "notify",
+        notify_params,
+        "002 Escalation: no workers running: High - start workers immediately",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_broker_unreachable",
+        "notify",
+        notify_params,
+        "002 Celery Worker Issues: verify Redis connectivity",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_queue_backlog",
+        "scale_workers",
+        _scale_up,
+        "004 Worker Queue Backlog: pending jobs > 50: scale workers; 002 queue depth > 1000",
+        when=_has_scale_target,
+    ),
+    Rule(
+        "celery_queue_backlog",
+        "notify",
+        notify_params,
+        "002 Escalation: queue depth > 1000: High - scale workers",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_pool_oversized",
+        "scale_workers",
+        _scale_down,
+        "004 Worker Queue Backlog: scaled back after the backlog drains (stabilization window)",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "celery_queue_growing",
+        "notify",
+        notify_params,
+        "002 Celery Worker Issues: job queue backing up",
+    ),
+    Rule(
+        "celery_task_stuck",
+        "revoke_stuck_tasks",
+        _celery,
+        "002 Celery Worker Issues: check for stuck jobs (opt-in, capped)",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_task_stuck",
+        "notify",
+        notify_params,
+        "002 Celery Worker Issues: check for stuck jobs",
         min_severity=Severity.HIGH,
     ),
     Rule(
