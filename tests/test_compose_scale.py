@@ -104,3 +104,41 @@ def test_no_container_to_clone_from_is_a_clear_error(
     with pytest.raises(RemediationError, match="no container to clone from"):
         scale_service(settings, project.name, "app", 2)
     assert project.containers() == []
+
+
+def test_scale_workers_compose_backend_bounds_and_window(
+    settings_env: Any, project: ComposeProject
+) -> None:
+    """scale_workers on a compose service: 1 -> 3 (max), refused past it, down only after the window."""
+    import json
+    import time
+
+    from remediation.actions.celery_workers import ScaleWorkersParams, scale_workers
+    from remediation.context import ActionContext
+    from remediation.logging import get_logger
+
+    target = {"name": "web", "backend": "compose", "project": project.name, "service": "app",
+              "queues": ["web-jobs"], "min": 1, "max": 3, "step": 2}  # fmt: skip
+    s = settings_env(REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
+                     REMEDIATION_WORKERS__SCALE_TARGETS=json.dumps([target]),
+                     REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS="2")  # fmt: skip
+    project.run(SERVE)
+
+    def scale(direction: str) -> Any:
+        ctx = ActionContext(s, get_logger())
+        return scale_workers(ctx, ScaleWorkersParams(target="web", direction=direction))
+
+    def replicas() -> int:
+        return count_replicas(s, project.name, "app")
+
+    up = scale("up")
+    assert (up.ok, up.changed, replicas()) == (True, True, 3)
+    at_max = scale("up")
+    assert (at_max.ok, at_max.changed, replicas()) == (False, False, 3)  # escalates, never past
+    held = scale("down")
+    assert (held.ok, held.changed, replicas()) == (True, False, 3)  # inside the window
+    time.sleep(2.2)
+    down = scale("down")
+    assert (down.ok, down.changed, replicas()) == (True, True, 1)
+    at_min = scale("down")
+    assert (at_min.changed, replicas()) == (False, 1)
