@@ -100,6 +100,17 @@ def _scale_down(f: Finding) -> dict[str, Any]:
     return {"target": f.subject, "direction": "down"}
 
 
+def _compose_target(f: Finding) -> str | None:
+    """The compose scale target running the overloaded container's service, if any."""
+    for t in get_settings().workers.scale_targets:
+        if t.backend == "compose" and (t.project, t.service) == (
+            f.evidence.get("project"),
+            f.evidence.get("service"),
+        ):
+            return t.name
+    return None
+
+
 def _celery(f: Finding) -> dict[str, Any]:
     return {"target": "celery"}
 
@@ -509,6 +520,34 @@ RULES: list[Rule] = [
         _scale_down,
         "004 Worker Queue Backlog: scaled back after the backlog drains (stabilization window)",
         min_severity=Severity.INFO,
+    ),
+    Rule(
+        "celery_pool_at_max",
+        "pause_low_priority",
+        _state_self,
+        "001 System Overload Response 2. Reduce load: pause non-critical scraping (pool at max)",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "celery_pool_at_max",
+        "notify",
+        notify_params,
+        "001 System Overload Response: scaled to the maximum; capacity needs a human",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "container_overloaded",
+        "scale_workers",
+        lambda f: {"target": _compose_target(f) or "", "direction": "up"},
+        "001 System Overload Response 1. Scale resources: docker-compose up -d --scale",
+        when=lambda f: _compose_target(f) is not None,
+    ),
+    Rule(
+        "container_overloaded",
+        "notify",
+        notify_params,
+        "001 System Overload Response: check resource usage (docker stats)",
+        min_severity=Severity.HIGH,
     ),
     Rule(
         "celery_queue_growing",

@@ -266,11 +266,12 @@ def _growth(
 
 
 def _oversized(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -> Finding | None:
-    """A pool above its minimum whose queues are all at or below the warning band."""
+    """A pool above its minimum whose queues are all at or below the warning band; or, when
+    the queues are busy and the pool is already at its maximum, celery_pool_at_max."""
     if any(busy(ctx.settings, depths.get(q, 0)) for q in target.queues):
         state = redis_clients.client(ctx.settings.state_redis_url.get_secret_value())
         state.hset(scale_key(target.name), "last_busy", repr(time.time()))  # scale-down window
-        return None
+        return _at_max(ctx, target, depths)
     sizes = _target_sizes(ctx, target)
     above = {w: n for w, n in sizes.items() if n is not None and n > target.min}
     if not above:
@@ -281,6 +282,18 @@ def _oversized(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -
                               "queues": {q: depths.get(q, 0) for q in target.queues}},
                     summary=f"{target.name}: pool above its minimum {target.min} while its"
                             " queues are drained")  # fmt: skip
+
+
+def _at_max(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -> Finding | None:
+    """Runbook 001 "System Overload": scale first; at the maximum, reduce load instead."""
+    sizes = {w: n for w, n in _target_sizes(ctx, target).items() if n is not None}
+    if not sizes or min(sizes.values()) < target.max:
+        return None
+    return _finding("celery_queues", "celery_pool_at_max", Severity.HIGH, subject=target.name,
+                    observed=min(sizes.values()), threshold=target.max,
+                    evidence={"pool": sizes, "max": target.max,
+                              "queues": {q: depths.get(q, 0) for q in target.queues}},
+                    summary=f"{target.name}: backlog with the pool at its maximum {target.max}")  # fmt: skip
 
 
 def _target_sizes(ctx: CheckContext, target: ScaleTarget) -> dict[str, int | None]:
@@ -306,7 +319,8 @@ def celery_queues(ctx: CheckContext, params: CeleryQueuesParams) -> list[Finding
     celery_queue_backlog (warning), past BACKLOG_HIGH high. Depth is recorded each run;
     growth faster than GROWTH_WARNING_PER_MINUTE since the previous run is
     celery_queue_growing. A scale target whose queues are at or below BACKLOG_WARNING while
-    its pool is above min is celery_pool_oversized (info), which lets scale_workers shrink
+    its pool is above min is celery_pool_oversized (info); past it with the pool at max is
+    celery_pool_at_max (high: runbook 001 "reduce load"). The first lets scale_workers shrink
     it SCALE_DOWN_STABILIZATION_SECONDS after the backlog was last seen (the time is kept
     in rem:scale:<name> on the state Redis: bookkeeping, nothing on the cluster changes).
     Only Redis brokers can be measured."""

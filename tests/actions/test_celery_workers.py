@@ -117,7 +117,7 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     assert (backlog.subject, backlog.observed, backlog.severity) == ("backlog", 60, "warning")
     assert backlog.evidence["by_priority"]["9"] == 15
     assert backlog.evidence["scale_targets"] == ["pool"]
-    assert "celery_pool_oversized" not in found
+    assert "celery_pool_oversized" not in found and "celery_pool_at_max" not in found
     held = scale(s, "down")
     assert (held.ok, held.changed) == (True, False) and "backlog" in held.summary
 
@@ -130,6 +130,8 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     at_max = scale(s, "up")
     assert (at_max.ok, at_max.changed) == (False, False) and "at max" in at_max.summary
     assert pool_sizes(app, [name]) == {name: 2}
+    at_max_finding = kinds(s)["celery_pool_at_max"]  # runbook 001: now reduce load instead
+    assert (at_max_finding.subject, at_max_finding.severity) == ("pool", "high")
 
     app.control.add_consumer("backlog", destination=[name], reply=True)
     broker = redis.Redis.from_url(redis_server.url(SCALER_DB))
