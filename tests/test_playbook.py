@@ -20,6 +20,8 @@ def test_rule_params_validate_against_the_task_params() -> None:
         finding = Finding(check="c", target="app", subject="app-20261124T030000Z.dump"
                           if "backup" in rule.kind else "s", kind=rule.kind,
                           severity="critical", evidence=evidence)  # fmt: skip
+        if rule.when is not None and not rule.when(finding):
+            continue  # the rule does not fire for this finding
         spec = (
             registry.get_check(rule.action)
             if rule.run == "check"
