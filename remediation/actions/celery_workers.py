@@ -14,11 +14,12 @@ import time
 from datetime import timedelta
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from remediation.checks.celery_workers import (
     CLUSTER,
     CONTROL_TIMEOUT,
+    ClusterName,
     busy,
     monitor_app,
     pool_sizes,
@@ -48,14 +49,7 @@ class ScaleWorkersParams(ActionParams):
 
 
 class RevokeStuckTasksParams(ActionParams):
-    target: TargetName = Field(CLUSTER, description="always 'celery' (REMEDIATION_WORKERS__*)")
-
-    @field_validator("target")
-    @classmethod
-    def _the_cluster(cls, value: str) -> str:
-        if value != CLUSTER:
-            raise ValueError(f"stuck tasks are revoked on the monitored cluster: use {CLUSTER!r}")
-        return value
+    target: ClusterName = Field(CLUSTER, description="always 'celery' (REMEDIATION_WORKERS__*)")
 
 
 def scale_target(settings: Settings, name: str) -> ScaleTarget:

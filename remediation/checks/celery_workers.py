@@ -12,17 +12,17 @@ from __future__ import annotations
 import os
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from celery import Celery
 from kombu.exceptions import OperationalError
-from pydantic import Field, field_validator
+from pydantic import AfterValidator, Field
 
 from remediation.clients import redis as redis_clients
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
-from remediation.params import CheckParams, TargetName
+from remediation.params import CheckParams
 from remediation.registry import check
 from remediation.settings import ScaleTarget, Settings
 
@@ -82,18 +82,21 @@ def reset() -> None:
     _APPS.clear()
 
 
-class _ClusterParams(CheckParams):
-    target: TargetName = Field(CLUSTER, description="always 'celery' (see REMEDIATION_WORKERS__*)")
+def _the_cluster(value: str) -> str:
+    if value != CLUSTER:
+        raise ValueError(
+            "the monitored Celery cluster is configured by REMEDIATION_WORKERS__BROKER_URL;"
+            f" its target name is {CLUSTER!r}"
+        )
+    return value
 
-    @field_validator("target")
-    @classmethod
-    def _the_cluster(cls, value: str) -> str:
-        if value != CLUSTER:
-            raise ValueError(
-                "the monitored Celery cluster is configured by REMEDIATION_WORKERS__BROKER_URL;"
-                f" its target name is {CLUSTER!r}"
-            )
-        return value
+
+ClusterName = Annotated[str, AfterValidator(_the_cluster)]
+"""The target of every Celery check and of revoke_stuck_tasks: always 'celery'."""
+
+
+class _ClusterParams(CheckParams):
+    target: ClusterName = Field(CLUSTER, description="always 'celery' (see REMEDIATION_WORKERS__*)")
 
 
 class CeleryWorkersParams(_ClusterParams):

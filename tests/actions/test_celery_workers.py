@@ -172,7 +172,7 @@ def test_scale_targets_and_params_are_validated_before_anything_runs(settings_en
         scale_workers(act(s), ScaleWorkersParams(target="nope", direction="up"))
     with pytest.raises(ValidationError, match="direction"):
         ScaleWorkersParams(target="web", direction="sideways")  # type: ignore[arg-type]
-    with pytest.raises(ValidationError, match="use 'celery'"):
+    with pytest.raises(ValidationError, match="its target name is 'celery'"):
         RevokeStuckTasksParams(target="web")
 
 
