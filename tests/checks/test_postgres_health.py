@@ -21,6 +21,7 @@ from psycopg import sql
 
 from remediation.audit.store import AuditStore
 from remediation.checks import postgres_health as health
+from remediation.checks import postgres_stats as stats
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
@@ -239,14 +240,14 @@ def test_unused_indexes_are_listed_with_hostile_names(settings_env: Any, target_
         conn.execute("SET enable_seqscan = off")
         conn.execute("SELECT count(*) FROM orders WHERE shop = 3").fetchone()
     wait_for(lambda: index_scans(target_db, "orders_shop") > 0, 15, 0.2, "idx_scan of orders_shop")
-    (f,) = run(health.postgres_unused_indexes, s, target="app")
+    (f,) = run(stats.postgres_unused_indexes, s, target="app")
     assert (f.kind, f.severity.value, f.subject, f.observed) == ("postgres_indexes_unused", "info", "", 1)  # fmt: skip
     (index,) = f.evidence["indexes"]
     assert (index["schema"], index["table"], index["index"]) == ("public", "orders", hostile)
     assert index["bytes"] > 0 and f.evidence["total_bytes"] == index["bytes"]
     with psycopg.connect(target_db) as conn:  # reported, never dropped
         assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'").fetchone() == (4,)  # fmt: skip
-    assert run(health.postgres_unused_indexes, s, target="app", min_size_bytes=10**9) == []
+    assert run(stats.postgres_unused_indexes, s, target="app", min_size_bytes=10**9) == []
 
 
 # --- postgres_database_size ---------------------------------------------------------------
@@ -258,15 +259,15 @@ def test_database_growth_across_runs(settings_env: Any, target_db: str) -> None:
     s = settings_env(**{f"REMEDIATION_POSTGRES_TARGETS__{target.upper()}": target_db},
                      REMEDIATION_POSTGRES__SIZE_GROWTH_WARNING_PERCENT="10")  # fmt: skip
     store = AuditStore(s.audit_dsn.get_secret_value())
-    assert run(health.postgres_database_size, s, store, target=target) == []  # first run records
+    assert run(stats.postgres_database_size, s, store, target=target) == []  # first run records
     with psycopg.connect(target_db, autocommit=True) as conn:
         conn.execute("CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 30) AS pad FROM generate_series(1, 5000) g")  # fmt: skip
-    (f,) = run(health.postgres_database_size, s, store, target=target)
+    (f,) = run(stats.postgres_database_size, s, store, target=target)
     assert (f.kind, f.severity.value, f.threshold) == ("postgres_database_growth", "warning", 10)
     assert f.subject == psycopg.conninfo.conninfo_to_dict(target_db)["dbname"]
     assert f.observed >= 10 and f.evidence["bytes"] > f.evidence["previous_bytes"]
-    assert run(health.postgres_database_size, s, store, target=target) == []  # no growth since
-    assert run(health.postgres_database_size, s, None, target=target) == []  # no store: no record
+    assert run(stats.postgres_database_size, s, store, target=target) == []  # no growth since
+    assert run(stats.postgres_database_size, s, None, target=target) == []  # no store: no record
     recorded = store.query(
         "SELECT value FROM observations WHERE target = %s ORDER BY id", (target,)
     )
@@ -279,7 +280,7 @@ def test_database_growth_across_runs(settings_env: Any, target_db: str) -> None:
 def test_slow_queries_unavailable_without_extension(settings_env: Any, target_db: str) -> None:
     """Without pg_stat_statements there is one info finding saying how to enable it."""
     s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
-    (f,) = run(health.postgres_slow_queries, s, target="app")
+    (f,) = run(stats.postgres_slow_queries, s, target="app")
     assert (f.kind, f.severity.value) == ("postgres_slow_queries_unavailable", "info")
     assert "not installed" in f.summary
     assert "shared_preload_libraries" in f.summary and "CREATE EXTENSION pg_stat_statements" in f.summary  # fmt: skip
@@ -293,7 +294,7 @@ def test_slow_queries_unavailable_when_not_preloaded(settings_env: Any, target_d
         if preloaded or conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone() is None:  # fmt: skip
             pytest.skip("needs pg_stat_statements available but not preloaded on this server")
         conn.execute("CREATE EXTENSION pg_stat_statements")
-    (f,) = run(health.postgres_slow_queries, s, target="app")
+    (f,) = run(stats.postgres_slow_queries, s, target="app")
     assert (f.kind, f.severity.value) == ("postgres_slow_queries_unavailable", "info")
     assert "not loaded" in f.summary and "shared_preload_libraries" in f.evidence["enable"]
 
@@ -346,10 +347,10 @@ def test_slow_queries_from_pg_stat_statements(settings_env: Any, pgss_server: st
             conn.execute("SELECT pg_sleep(0.06), 'hunter2-sesame'")
             conn.execute("SELECT pg_sleep(0.03)")
             conn.execute("SELECT 1")
-    (f,) = run(health.postgres_slow_queries, s, target="pgss", min_calls=3)
+    (f,) = run(stats.postgres_slow_queries, s, target="pgss", min_calls=3)
     assert (f.kind, f.severity.value, f.threshold, f.subject) == ("postgres_slow_queries_found", "high", 50, "postgres")  # fmt: skip
     statements = f.evidence["statements"]
     assert [(st["calls"], st["severity"]) for st in statements] == [(3, "high"), (3, "warning")]
     assert statements[0]["query"] == "SELECT pg_sleep($1), $2" and statements[0]["mean_ms"] >= 50
     assert "hunter2" not in f.model_dump_json()
-    assert run(health.postgres_slow_queries, s, target="pgss", min_calls=4) == []
+    assert run(stats.postgres_slow_queries, s, target="pgss", min_calls=4) == []
