@@ -9,20 +9,14 @@ REMEDIATION_BACKUP__* (see remediation/backups.py for the layout).
 
 from __future__ import annotations
 
-import io
 import os
-import sqlite3
-import stat
-import tarfile
-import tempfile
 import threading
 import time
-import urllib.parse
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any
 
 import psycopg
 from pydantic import Field, model_validator
@@ -64,16 +58,13 @@ class VerifyBackupParams(ActionParams):
         return self
 
 
-class BackupFilesParams(ActionParams):
-    """No options: what to archive is REMEDIATION_BACKUP__FILE_PATHS."""
-
-
-def _stale_after(cfg: BackupSettings, limit: timedelta) -> float:
+def stale_after(cfg: BackupSettings, limit: timedelta) -> float:
     """Leftovers older than this cannot belong to a run that is still going."""
     return max(limit.total_seconds(), 2.0 * cfg.timeout_seconds) + 3600
 
 
-def _busy(folder: Path) -> ActionResult:
+def busy(folder: Path) -> ActionResult:
+    """The answer when another backup job holds the folder's lock."""
     return ActionResult(
         ok=True, changed=False, summary=f"skipped: another backup job holds {folder}/.lock"
     )
@@ -99,20 +90,20 @@ def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionR
     folder = backups.target_dir(cfg.dir, params.target)
     with backups.folder_lock(folder) as mine:
         if not mine:
-            return _busy(folder)
+            return busy(folder)
         manifest = _dump(ctx, params.target, dsn, folder)
         policy = backups.Retention(
             cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly, MAX_DELETIONS_PER_RUN
         )
         retention = backups.apply_retention(
-            folder, params.target, policy, stale_seconds=_stale_after(cfg, DUMP_TIMEOUT)
+            folder, params.target, policy, stale_seconds=stale_after(cfg, DUMP_TIMEOUT)
         )
     ctx.log.info("backup written", file=manifest["file"], size=manifest["size"])
     return ActionResult(
         summary=f"dumped {manifest['database']} to {manifest['file']} ({manifest['size']} bytes,"
         f" {len(manifest['tables'])} tables, {manifest['row_total']} rows);"
         f" retention deleted {len(retention['deleted'])}"
-        + "".join(f"; {n}" for n in _retention_note(retention)),
+        + "".join(f"; {n}" for n in retention_note(retention)),
         detail={
             "path": str(folder / manifest["file"]),
             **{k: manifest[k] for k in ("file", "size", "sha256", "row_total", "duration_seconds")},
@@ -223,7 +214,7 @@ def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResul
     folder = backups.target_dir(cfg.dir, params.target)
     with backups.folder_lock(folder) as mine:
         if not mine:
-            return _busy(folder)
+            return busy(folder)
         backup = _pick(folder, params)
         if backup.manifest is None:
             return ActionResult(
@@ -278,7 +269,7 @@ class Verification:
         }  # fmt: skip
         try:  # a problem before the first step is not the dump's: raised, not recorded
             with self._admin() as admin:
-                backups.drop_stale_scratch(admin, _stale_after(self.cfg, VERIFY_TIMEOUT))
+                backups.drop_stale_scratch(admin, stale_after(self.cfg, VERIFY_TIMEOUT))
                 backups.create_scratch(admin, scratch)
         except psycopg.Error as exc:
             raise BackupError(
@@ -400,252 +391,7 @@ class Verification:
         return len(restored)
 
 
-# --- backup_files -------------------------------------------------------------------------
-
-
-@action(
-    "backup_files",
-    resource=lambda p: "files",
-    timeout=timedelta(hours=1),
-    cooldown=timedelta(hours=1),
-    max_per_hour=2,
-)
-def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
-    """tar.gz of REMEDIATION_BACKUP__FILE_PATHS into REMEDIATION_BACKUP__DIR/files/.
-
-    Runbook 003 "Backup and Recovery" (SQLite databases, .env) and runbook 001 "Scheduled
-    Maintenance: Pre-Maintenance" (tar -czf config_backup.tar.gz config/). Folders whole;
-    symlinks are stored as links and never followed; SQLite databases are copied with
-    SQLite's online backup (a consistent copy while the application writes), so their
-    -wal/-shm files are left out. A path that does not exist is reported, not fatal.
-    Writes a .sha256 (sha256sum -c) and a manifest; keeps KEEP_FILE_ARCHIVES archives."""
-    cfg = ctx.settings.backup
-    if not cfg.file_paths:
-        return ActionResult(
-            ok=False, changed=False, summary="nothing to archive: REMEDIATION_BACKUP__FILE_PATHS"
-            " is empty",
-        )  # fmt: skip
-    folder = backups.files_dir(cfg.dir)
-    with backups.folder_lock(folder) as mine:
-        if not mine:
-            return _busy(folder)
-        created, clock = backups.now(), time.monotonic()
-        final = folder / f"files-{backups.stamp(created)}.tar.gz"
-        if final.exists():
-            raise BackupError(f"{final.name} already exists (one archive per second)")
-        partial = backups.partial_path(final)
-        os.close(backups.private_file(partial))
-        try:
-            report = Archiver(folder, Path(os.path.realpath(cfg.dir))).write(
-                partial, cfg.file_paths
-            )
-            if report.entries == 0:
-                partial.unlink()
-                return ActionResult(
-                    ok=False, changed=False, detail=report.as_dict(),
-                    summary=f"nothing archived: none of the {len(cfg.file_paths)} paths exist",
-                )  # fmt: skip
-            manifest = _seal(final, partial, report, created, clock)
-        except BaseException:
-            partial.unlink(missing_ok=True)
-            raise
-        retention = backups.apply_archive_retention(
-            folder, cfg.keep_file_archives, max_deletions=MAX_DELETIONS_PER_RUN,
-            stale_seconds=_stale_after(cfg, DUMP_TIMEOUT),
-        )  # fmt: skip
-    notes = [f"missing: {', '.join(report.missing)}"] if report.missing else []
-    notes += [f"{len(report.warnings)} warning(s)"] if report.warnings else []
-    notes += _retention_note(retention)
-    ctx.log.info("file archive written", file=final.name, entries=report.entries)
-    return ActionResult(
-        summary=f"archived {report.files} files ({report.bytes} bytes) to {final.name}"
-        + "".join(f"; {n}" for n in notes),
-        detail={"path": str(final), **manifest, "retention": retention},
-    )
-
-
-def _retention_note(retention: dict[str, Any]) -> list[str]:
+def retention_note(retention: dict[str, Any]) -> list[str]:
+    """A line for the summary when retention could not delete everything it meant to."""
     errors = retention["errors"]
     return [f"retention could not delete {len(errors)}: {errors[0]}"] if errors else []
-
-
-def _seal(
-    final: Path, partial: Path, report: Archive, created: Any, clock: float
-) -> dict[str, Any]:
-    """Checksum file and manifest first, then the archive is renamed into place."""
-    backups.fsync_file(partial)
-    digest = backups.sha256_file(partial)
-    manifest = {
-        "format": backups.MANIFEST_FORMAT,
-        "kind": "files",
-        "file": final.name,
-        "size": partial.stat().st_size,
-        "sha256": digest,
-        "created_at": created.isoformat(),
-        "duration_seconds": round(time.monotonic() - clock, 3),
-        **report.as_dict(),
-    }
-    sums = final.with_name(final.name + ".sha256")
-    tmp = backups.partial_path(sums)
-    tmp.write_text(f"{digest}  {final.name}\n")
-    backups.fsync_file(tmp)
-    os.replace(tmp, sums)
-    backups.write_json(final.with_name(final.name + ".json"), manifest)
-    os.replace(partial, final)
-    backups.fsync_dir(final.parent)
-    return manifest
-
-
-SQLITE_MAGIC = b"SQLite format 3\x00"
-SQLITE_COMPANIONS = ("-wal", "-shm", "-journal")
-
-
-@dataclass
-class Archive:
-    """What went into an archive."""
-
-    paths: list[dict[str, Any]] = field(default_factory=list)
-    missing: list[str] = field(default_factory=list)
-    entries: int = 0
-    files: int = 0
-    bytes: int = 0
-    sqlite_snapshots: list[str] = field(default_factory=list)
-    warnings: list[str] = field(default_factory=list)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {**self.__dict__, "count": self.entries}
-
-
-class _Exact(io.RawIOBase):
-    """Reads exactly `size` bytes: a file that shrank while archived is padded with zeros
-    (and reported) instead of corrupting the tar stream; growth after the stat is cut."""
-
-    def __init__(self, f: IO[bytes], size: int) -> None:
-        self.f, self.left, self.short = f, size, False
-
-    def read(self, n: int = -1) -> bytes:
-        n = self.left if n < 0 else min(n, self.left)
-        data = self.f.read(n)
-        if len(data) < n:
-            self.short, data = True, data + b"\0" * (n - len(data))
-        self.left -= n
-        return data
-
-
-@dataclass
-class Archiver:
-    """Walks the configured paths without following symlinks and writes one tar.gz."""
-
-    folder: Path
-    backup_root: Path
-    report: Archive = field(default_factory=Archive)
-    _snapshotted: set[str] = field(default_factory=set)
-
-    def write(self, dest: Path, paths: list[str]) -> Archive:
-        with tarfile.open(dest, "w:gz", compresslevel=6, format=tarfile.PAX_FORMAT) as tar:
-            for raw in paths:
-                root = os.path.abspath(raw)
-                try:
-                    top = os.lstat(root)
-                except FileNotFoundError:
-                    self.report.missing.append(raw)
-                    continue
-                except OSError as exc:
-                    self.report.warnings.append(f"{root}: {exc.strerror}")
-                    continue
-                summary = {"path": root, "type": _kind(top.st_mode), "files": 0, "bytes": 0}
-                if stat.S_ISLNK(top.st_mode):
-                    self.report.warnings.append(f"{root} is a symlink: stored as a link")
-                self.report.paths.append(summary)
-                for path in self._walk(root):
-                    self._add(tar, path, summary)
-        return self.report
-
-    def _walk(self, root: str) -> Any:
-        stack = [root]
-        while stack:
-            path = stack.pop()
-            yield path
-            try:
-                if not stat.S_ISDIR(os.lstat(path).st_mode):
-                    continue
-                if Path(os.path.realpath(path)).is_relative_to(self.backup_root):
-                    continue  # never archive the backups into themselves
-                children = sorted(os.listdir(path), reverse=True)
-            except OSError as exc:
-                self.report.warnings.append(f"{path}: {exc.strerror}")
-                continue
-            stack.extend(os.path.join(path, c) for c in children)
-
-    def _add(self, tar: tarfile.TarFile, path: str, summary: dict[str, Any]) -> None:
-        arcname = path.lstrip("/")
-        if path.endswith(SQLITE_COMPANIONS) and path.rsplit("-", 1)[0] in self._snapshotted:
-            return
-        try:
-            mode = os.lstat(path).st_mode
-            if stat.S_ISSOCK(mode):
-                self.report.warnings.append(f"{path}: socket skipped")
-                return
-            if stat.S_ISREG(mode):
-                self._add_file(tar, path, arcname, summary)
-                return
-            tar.addfile(tar.gettarinfo(path, arcname))  # directory, symlink, fifo, device
-            self.report.entries += 1
-        except OSError as exc:
-            self.report.warnings.append(f"{path}: {exc.strerror or exc}")
-
-    def _add_file(
-        self, tar: tarfile.TarFile, path: str, arcname: str, summary: dict[str, Any]
-    ) -> None:
-        # O_NOFOLLOW: a file swapped for a symlink since the walk is not followed either
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as f:
-            info = tar.gettarinfo(arcname=arcname, fileobj=f)
-            if info.type == tarfile.LNKTYPE or not info.isreg():
-                tar.addfile(info)  # a second name of a file already archived
-            elif f.read(len(SQLITE_MAGIC)) == SQLITE_MAGIC and self._add_sqlite(tar, path, info):
-                pass
-            else:
-                f.seek(0)
-                exact = _Exact(f, info.size)
-                tar.addfile(info, cast(IO[bytes], exact))
-                if exact.short:
-                    self.report.warnings.append(f"{path}: shrank while archived (zero-padded)")
-        self.report.entries += 1
-        self.report.files += 1
-        self.report.bytes += info.size
-        summary["files"] += 1
-        summary["bytes"] += info.size
-
-    def _add_sqlite(self, tar: tarfile.TarFile, path: str, info: tarfile.TarInfo) -> bool:
-        """A consistent copy through SQLite's online backup API; False to copy bytes."""
-        fd, tmp = tempfile.mkstemp(prefix=".sqlite-", dir=self.folder)
-        os.close(fd)
-        try:
-            uri = f"file:{urllib.parse.quote(path)}?mode=ro"
-            src = sqlite3.connect(uri, uri=True, timeout=30)
-            try:
-                dst = sqlite3.connect(tmp)
-                try:
-                    src.backup(dst)
-                finally:
-                    dst.close()
-            finally:
-                src.close()
-            info.size = os.path.getsize(tmp)
-            with open(tmp, "rb") as snap:
-                tar.addfile(info, snap)
-        except sqlite3.Error as exc:
-            self.report.warnings.append(f"{path}: SQLite backup failed ({exc}); copied as is")
-            return False
-        finally:
-            os.unlink(tmp)
-        self._snapshotted.add(path)
-        self.report.sqlite_snapshots.append(path)
-        return True
-
-
-def _kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
-        return "symlink"
-    return "directory" if stat.S_ISDIR(mode) else "file" if stat.S_ISREG(mode) else "other"

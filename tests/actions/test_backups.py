@@ -17,12 +17,11 @@ from psycopg import sql
 from pydantic import ValidationError
 
 from remediation import backups
+from remediation.actions.backup_files import BackupFilesParams, backup_files
 from remediation.actions.backups import (
     BackupDatabaseParams,
-    BackupFilesParams,
     VerifyBackupParams,
     backup_database,
-    backup_files,
     verify_backup,
 )
 from remediation.context import ActionContext
