@@ -86,6 +86,19 @@ class RedisServer:
         wait_for(lambda: _pings(client), 10, what=f"redis-server on {self.port}")
         return self
 
+    def empty(self, db: int) -> None:
+        """Delete every key of one database of this private server (SCAN + UNLINK)."""
+        client = redis.Redis(port=self.port, db=db)
+        batch: list[bytes] = []
+        for key in client.scan_iter(count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                client.unlink(*batch)
+                batch.clear()
+        if batch:
+            client.unlink(*batch)
+        client.close()
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()

@@ -52,7 +52,7 @@ def pool_target(worker: str | None) -> str:
 @pytest.fixture(scope="module")
 def scaler(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
     """One worker, concurrency 1, consuming 'celery' only (not 'backlog'), on broker db 13."""
-    redis.Redis.from_url(redis_server.url(SCALER_DB)).flushdb()
+    redis_server.empty(SCALER_DB)
     env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
     env.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
         SCALER_DB), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB)))  # fmt: skip

@@ -60,7 +60,7 @@ def sleeping_worker(
 ) -> WorkerProcess:
     """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks."""
     (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
-    redis.Redis.from_url(redis_server.url(broker_db)).flushdb()
+    redis_server.empty(broker_db)
     environ = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
     environ.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
         broker_db), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB), **env))  # fmt: skip
