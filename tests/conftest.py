@@ -99,6 +99,16 @@ def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict
     return env
 
 
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any REMEDIATION_* variable."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+
+
+def process_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict[str, str]:
+    """The environment for a worker or CLI subprocess pointed at the test services."""
+    return {**clean_environ(), **service_env(redis_server, audit_dsn, **extra)}
+
+
 @pytest.fixture
 def settings_env(
     monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, audit_db: str

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from celery.schedules import crontab
 
 from remediation.errors import ScheduleError
 from remediation.schedule import load_schedule, validate_entry
+from tests.conftest import clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -51,7 +51,7 @@ def test_beat_refuses_to_start_with_a_bad_schedule(tmp_path: Path) -> None:
     (tmp_path / "bad_schedule.py").write_text(
         'SCHEDULE = {"typo": {"task": "remediation.check.redis_jobqueue", "schedule": 60}}\n'
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env = clean_environ()
     env.update(REMEDIATION_SCHEDULE_MODULE="bad_schedule", PYTHONPATH=str(tmp_path))
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat"],

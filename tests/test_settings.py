@@ -11,6 +11,7 @@ import pytest
 
 from remediation.errors import ConfigError, TargetError
 from remediation.settings import env_names, load_settings
+from tests.conftest import clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -89,9 +90,8 @@ def test_unknown_target_is_a_clear_error() -> None:
 
 def test_worker_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     """`celery -A remediation worker` exits at once with a message naming the variable."""
-    import os
 
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env = clean_environ()
     env["REMEDIATION_BREAKER__MINIMUM_CALLS"] = "-1"
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "worker"],

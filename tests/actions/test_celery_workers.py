@@ -4,7 +4,6 @@ database of its own (the monitored cluster is REMEDIATION_WORKERS__BROKER_URL)."
 from __future__ import annotations
 
 import json
-import os
 import socket
 import time
 from collections.abc import Iterator
@@ -33,7 +32,7 @@ from remediation.errors import TargetError
 from remediation.logging import get_logger
 from remediation.testing import RedisServer, WorkerProcess, wait_for
 from tests.checks.test_celery_workers import SECRET, sleeping_worker
-from tests.conftest import service_env
+from tests.conftest import process_env
 
 SCALER_DB, SLEEPER_DB, RESULT_DB = 13, 14, 15
 WINDOW = 3  # REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS in these tests
@@ -53,9 +52,8 @@ def pool_target(worker: str | None) -> str:
 def scaler(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
     """One worker, concurrency 1, consuming 'celery' only (not 'backlog'), on broker db 13."""
     redis_server.empty(SCALER_DB)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    env.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
-        SCALER_DB), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB)))  # fmt: skip
+    env = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(SCALER_DB),
+                      REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB))  # fmt: skip
     worker = WorkerProcess(env, "scaler", concurrency=1, extra_args=["-Q", "celery"])
     try:
         yield worker.start()

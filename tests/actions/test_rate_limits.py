@@ -3,7 +3,6 @@ queue, against a real redis-server and (for the queue) a real Celery worker proc
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -39,7 +38,7 @@ from remediation.context import ActionContext, CheckContext
 from remediation.errors import ConfigError
 from remediation.logging import get_logger
 from remediation.testing import RedisServer, WorkerProcess, wait_for
-from tests.conftest import service_env
+from tests.conftest import process_env
 
 INTERVALS = "sync:interval"
 
@@ -146,9 +145,8 @@ def test_queue_actions_only_act_on_the_own_cluster_and_never_its_own_queue(
 @pytest.fixture(scope="module")
 def lowprio_worker(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
     """One worker process consuming both queues, on a broker database of its own."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    env.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(5),
-                           REMEDIATION_RESULT_BACKEND=redis_server.url(6)))  # fmt: skip
+    env = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(5),
+                      REMEDIATION_RESULT_BACKEND=redis_server.url(6))  # fmt: skip
     worker = WorkerProcess(env, "lowprio", concurrency=1,
                            extra_args=["-Q", "celery,low_priority"])  # fmt: skip
     try:

@@ -30,7 +30,7 @@ from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
 from remediation.testing import RedisServer, WorkerProcess, free_port, wait_for
-from tests.conftest import service_env
+from tests.conftest import process_env
 
 BROKER_DB, RESULT_DB, EMPTY_DB = 10, 11, 12
 SECRET = "hunter2-task-secret"
@@ -61,9 +61,8 @@ def sleeping_worker(
     """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks."""
     (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
     redis_server.empty(broker_db)
-    environ = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    environ.update(service_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
-        broker_db), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB), **env))  # fmt: skip
+    environ = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
+        broker_db), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB), **env)  # fmt: skip
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp), environ.get("PYTHONPATH")]))
     return WorkerProcess(environ, name, concurrency=2, extra_args=["-I", "rem_test_sleep"])
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -19,7 +18,7 @@ from remediation.testing import (
     scratch_database,
     wait_for,
 )
-from tests.conftest import service_env
+from tests.conftest import process_env
 
 PASSWORD = "IntegrationPassw0rd"
 
@@ -42,23 +41,19 @@ def app_db(pg_admin: str) -> Iterator[str]:
 def worker_env(
     redis_server: RedisServer, audit_db: str, app_db: str, webhook: WebhookReceiver
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    env.update(
-        service_env(
-            redis_server,
-            with_password(audit_db),
-            REMEDIATION_POSTGRES_TARGETS__APP=app_db,
-            REMEDIATION_POSTGRES_TARGETS__BROKEN=f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x",
-            REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
-            REMEDIATION_BREAKER__MINIMUM_CALLS="3",
-            REMEDIATION_BREAKER__WAIT_SECONDS="600",
-            REMEDIATION_VERIFY__ATTEMPTS="20",
-            REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS="2",
-            REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES='["rem e2e role"]',
-            REMEDIATION_POSTGRES__DATA_QUALITY="[]",
-        )
+    return process_env(
+        redis_server,
+        with_password(audit_db),
+        REMEDIATION_POSTGRES_TARGETS__APP=app_db,
+        REMEDIATION_POSTGRES_TARGETS__BROKEN=f"postgresql://postgres:{PASSWORD}@127.0.0.1:1/x",
+        REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
+        REMEDIATION_BREAKER__MINIMUM_CALLS="3",
+        REMEDIATION_BREAKER__WAIT_SECONDS="600",
+        REMEDIATION_VERIFY__ATTEMPTS="20",
+        REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS="2",
+        REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES='["rem e2e role"]',
+        REMEDIATION_POSTGRES__DATA_QUALITY="[]",
     )
-    return env
 
 
 @pytest.fixture(scope="session")

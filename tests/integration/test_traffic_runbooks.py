@@ -25,7 +25,7 @@ from remediation.testing import (
     WorkerProcess,
     wait_for,
 )
-from tests.conftest import service_env
+from tests.conftest import process_env
 from tests.integration.conftest import Audit
 
 STATE_DB, BROKER_DB = 8, 9  # apart from the other integration workers' databases
@@ -55,24 +55,20 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ProxyProc
 def traffic_env(
     redis_server: RedisServer, audit_db: str, origin: Origin, proxies: list[ProxyProcess]
 ) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    env.update(
-        service_env(
-            redis_server, audit_db,
-            REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
-            REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
-            REMEDIATION_PROXIES__PROXY_LIST=json.dumps([f"{p.url()} eu" for p in proxies]),
-            REMEDIATION_PROXIES__TEST_URL=origin.url,
-            REMEDIATION_PROXIES__TIMEOUT_SECONDS="2",
-            REMEDIATION_PROXIES__MIN_ACTIVE="1",
-            REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="2",
-            REMEDIATION_BACKOFF__HEALTHY_SECONDS="2",
-            REMEDIATION_BACKOFF__DECREASE_STEP_SECONDS="1",
-            REMEDIATION_GUARDS__COOLDOWN_OVERRIDES='{"tune_backoff": 0}',
-            REMEDIATION_VERIFY__ATTEMPTS="2",
-        )
+    return process_env(
+        redis_server, audit_db,
+        REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
+        REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
+        REMEDIATION_PROXIES__PROXY_LIST=json.dumps([f"{p.url()} eu" for p in proxies]),
+        REMEDIATION_PROXIES__TEST_URL=origin.url,
+        REMEDIATION_PROXIES__TIMEOUT_SECONDS="2",
+        REMEDIATION_PROXIES__MIN_ACTIVE="1",
+        REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="2",
+        REMEDIATION_BACKOFF__HEALTHY_SECONDS="2",
+        REMEDIATION_BACKOFF__DECREASE_STEP_SECONDS="1",
+        REMEDIATION_GUARDS__COOLDOWN_OVERRIDES='{"tune_backoff": 0}',
+        REMEDIATION_VERIFY__ATTEMPTS="2",
     )  # fmt: skip
-    return env
 
 
 @pytest.fixture(scope="module")
