@@ -46,6 +46,26 @@ class BreakerSettings(_Section):
     permit_lease_seconds: int = Field(900, ge=1, description="a trial permit expires after this")
 
 
+class BlastCap(_Section):
+    """At most ``units`` (containers, workers, keys, sessions...) per ``window_seconds``."""
+
+    units: int = Field(ge=0, le=10_000_000)
+    window_seconds: int = Field(3600, ge=1, le=7 * 86400)
+
+
+# Blast-radius caps across all workers (issue 6): what one action may touch per window.
+DEFAULT_BLAST_RADIUS = {
+    "restart_container": BlastCap(units=5, window_seconds=600),
+    "scale_workers": BlastCap(units=4, window_seconds=600),
+    "flush_cache": BlastCap(units=200_000, window_seconds=3600),
+    "terminate_idle_transactions": BlastCap(units=20, window_seconds=600),
+    "cancel_long_queries": BlastCap(units=10, window_seconds=600),
+    "revoke_stuck_tasks": BlastCap(units=20, window_seconds=600),
+    "dead_letter_stale_jobs": BlastCap(units=50_000, window_seconds=3600),
+    "dedupe_job_queue": BlastCap(units=50_000, window_seconds=3600),
+}
+
+
 class GuardSettings(_Section):
     """Guards that stand between a finding and a side effect."""
 
@@ -55,6 +75,32 @@ class GuardSettings(_Section):
     incident_ttl_seconds: int = Field(3600, ge=60, description="an unresolved incident lives this")
     cooldown_overrides: dict[str, int] = Field(default_factory=dict)
     budget_overrides: dict[str, int] = Field(default_factory=dict)
+    flap_max_runs: int = Field(6, ge=2, le=1000, description="runs on one target that count as")
+    flap_window_minutes: int = Field(30, ge=1, le=1440, description="...flapping within this")
+    flap_suspend_minutes: int = Field(120, ge=1, le=10080, description="suspension once flapping")
+    flap_overrides: dict[str, int] = Field(default_factory=dict, description="max runs per action")
+    consecutive_runs: int = Field(1, ge=1, le=100, description="runs a condition must persist")
+    consecutive_overrides: dict[str, int] = Field(default_factory=dict, description="per check")
+    blast_radius: dict[str, BlastCap] = Field(
+        default_factory=lambda: dict(DEFAULT_BLAST_RADIUS),
+        description="units per action per window, across all workers",
+    )
+
+
+class AuditSettings(_Section):
+    """Where audit rows wait while PostgreSQL does not answer (replayed in order later)."""
+
+    spool_dir: str = Field(".data/audit-spool", min_length=1, description="local, fsync'd")
+    spool_max_mb: int = Field(512, ge=1, le=1_000_000, description="refuse to act past this")
+
+
+class MetricsSettings(_Section):
+    """The worker's own Prometheus endpoint (prometheus_client multiprocess mode)."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1)
+    port: int = Field(9808, ge=0, le=65535, description="0 = pick a free port")
+    multiproc_dir: str = Field(".data/metrics", min_length=1, description="wiped at start")
 
 
 class NotifySettings(_Section):
@@ -528,6 +574,8 @@ class Settings(BaseSettings):
     schedule_module: str = Field("beat_schedule", description="the Python module beat loads")
     breaker: BreakerSettings = BreakerSettings()
     guards: GuardSettings = GuardSettings()
+    audit: AuditSettings = AuditSettings()
+    metrics: MetricsSettings = MetricsSettings()
     notify: NotifySettings = NotifySettings()
     job_queue: JobQueueSettings = JobQueueSettings()
     celery: CelerySettings = CelerySettings()
