@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from remediation import playbook
+from remediation import metrics, playbook
 from remediation.audit.store import AuditStore
 from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Trigger
@@ -104,6 +104,7 @@ class Runner:
         except ValidationError as exc:
             message = validation_message(exc)
             run_id = self.store.rejected_check(spec.name, kwargs, message, task_id)
+            metrics.check_run(spec.name, "rejected", 0.0)
             self.log.warning("check rejected", check=spec.name, reason=message)
             return CheckOutcome("rejected", run_id, error=message)
         structlog.contextvars.bind_contextvars(check=spec.name, target=params.target)
@@ -116,16 +117,19 @@ class Runner:
         except Exception as exc:  # a broken check is recorded, never fatal to the worker
             error = redact_text(f"{type(exc).__name__}: {exc}")
             self.store.finish_check_run(run_id, "error", 0, _ms(started), error)
+            metrics.check_run(spec.name, "error", time.monotonic() - started)
             self.log.error("check failed", error=error)
             return CheckOutcome("error", run_id, error=error)
         outcome = CheckOutcome("ok", run_id, findings=findings)
         for finding in findings:
             incident = self._incident(finding) if purpose == "detect" and act else None
             finding_id = self.store.add_finding(run_id, finding, incident)
+            metrics.finding(spec.name, finding.kind, str(finding.severity))
             outcome.finding_ids.append(finding_id)
             if incident:
                 outcome.dispatched += self._fan_out(finding, finding_id, incident, params)
         self.store.finish_check_run(run_id, "ok", len(findings), _ms(started))
+        metrics.check_run(spec.name, "ok", time.monotonic() - started)
         self.log.info("check done", findings=len(findings), dispatched=outcome.dispatched)
         return outcome
 
@@ -177,6 +181,7 @@ class Runner:
                 task_id=task_id,
             )  # fmt: skip
             self.log.warning("action rejected", action=spec.name, reason=message)
+            metrics.action_run(spec.name, "rejected", None)
             return ActionOutcome("rejected", action_run_id=run_id, reason=message)
         target, resource = params.target, spec.resource(params)
         structlog.contextvars.bind_contextvars(action=spec.name, target=target, resource=resource)
@@ -199,6 +204,7 @@ class Runner:
                 finding_id=finding_id, task_id=task_id, idempotency_key=idem,
             )  # fmt: skip
             self.log.error("guard state unavailable; not acting", error=str(exc))
+            metrics.guard_decision(spec.name, "unavailable", "state")
             incident = trigger.incident if trigger else f"{spec.name}:{resource}"
             self._notify("guard_unavailable", incident, f"{spec.name} on {resource} not run: {exc}")
             return ActionOutcome("unavailable", decision_id, reason=str(exc))
@@ -210,12 +216,14 @@ class Runner:
         except AuditError:  # never act without an audit row: give back what the guards took
             chain.abandon(adm, target, resource)
             raise
+        metrics.guard_decision(spec.name, adm.decision, adm.guard)
         if adm.decision == "dry_run":
             run_id = self.store.add_action_run(
                 **audit, params=params.model_dump(mode="json"), outcome="dry_run",
                 decision_id=decision_id, finding_id=finding_id, task_id=task_id,
             )  # fmt: skip
             self.log.info("dry-run: would act", params=params.model_dump(mode="json"))
+            metrics.action_run(spec.name, "dry_run", None)
             return ActionOutcome("dry_run", decision_id, run_id, adm.reason)
         if not adm.admitted:
             self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
@@ -265,6 +273,7 @@ class Runner:
             task_id=task_id, verification=verification,
         )  # fmt: skip
         self.log.info("action done", outcome=outcome, summary=result.summary)
+        metrics.action_run(spec.name, outcome, time.monotonic() - started)
         done = ActionOutcome(outcome, decision_id, run_id, result.summary, verification)
         done.result = result.model_dump(mode="json")
         what = f"{spec.name} on {audit['resource']}"
@@ -278,6 +287,7 @@ class Runner:
                          f" until it half-opens or `remediation breakers reset {name}`")  # fmt: skip
         if verification is None and trigger is not None:
             done.verification = self._verify(run_id, trigger, what)
+            metrics.verification(spec.name, done.verification)
         return done
 
     def _verify(self, action_run_id: int, trigger: Trigger, what: str) -> str:
