@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -63,28 +64,16 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        self.proc = subprocess.Popen(
-            [
-                binary,
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                self.dir,
-                "--logfile",
-                "",
-            ],  # fmt: skip
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
+                "--logfile", "", *self.persistence()]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, what=f"redis-server on {self.port}")
         return self
+
+    def persistence(self) -> list[str]:
+        """redis-server options for what survives a restart: nothing, here."""
+        return ["--save", "", "--appendonly", "no"]
 
     def empty(self, db: int) -> None:
         """Delete every key of one database of this private server (SCAN + UNLINK)."""
@@ -104,6 +93,27 @@ class RedisServer:
             self.proc.terminate()
             self.proc.wait(10)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@dataclass
+class PersistentRedisServer(RedisServer):
+    """A private redis-server whose data survives a crash: every write in the append-only
+    file, fsync'd before the reply (as production guard state should be)."""
+
+    def persistence(self) -> list[str]:
+        return ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Stop the server abruptly (SIGKILL: no shutdown save), keeping its files."""
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(10)
+
+    def restart(self) -> PersistentRedisServer:
+        """Start it again on the same port and directory: it replays its append-only file."""
+        self.kill()
+        self.start()
+        return self
 
 
 def _pings(client: redis.Redis) -> bool:
@@ -231,6 +241,57 @@ class WorkerProcess:
                 self.proc.wait(5)
         if getattr(self, "_log", None):
             self._log.close()
+
+
+REDBEAT_LOCK_KEY = "rem:redbeat::lock"
+"""The key the active beat holds (celery_app's redbeat_key_prefix + redbeat's ":lock")."""
+
+
+@dataclass
+class BeatProcess:
+    """A real `celery -A remediation beat` process (redbeat): the first to take the lock in
+    Redis is active, the others wait as standbys until the lock expires."""
+
+    env: dict[str, str]
+    name: str
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BeatProcess:
+        """Start it without waiting: a standby says nothing until it becomes active."""
+        cmd = [str(Path(_venv_bin()) / "celery"), "-A", "remediation", "beat",
+               "--loglevel", "INFO", "-s", str(self.log_path.with_suffix(".schedule"))]  # fmt: skip
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def active(self) -> bool:
+        """Alive and holding the redbeat lock (redbeat logs when it acquires it)."""
+        return self.alive() and "beat: Acquired lock" in self.log()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group and wait for it (SIGKILL: no lock release)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
 
 
 def _venv_bin() -> str:
