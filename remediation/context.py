@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,10 +53,29 @@ class CheckContext:
 
 @dataclass
 class ActionContext(CheckContext):
-    """Handed to an action: the same, plus why it was triggered (None when called by hand)."""
+    """Handed to an action: the same, plus why it was triggered (None when called by hand).
+
+    ``resumed_since`` is set when this is the same task delivered again because its worker
+    died mid-action: the epoch time its claim was first written. An action whose effect is
+    not naturally idempotent checks whether the effect already happened since then.
+    ``reserve(n)`` takes up to n units of the action's blast radius (shared by all workers)
+    before touching that many things; it returns what may be touched."""
 
     trigger: Trigger | None = None
     notes: list[str] = field(default_factory=list)
+    resumed_since: float | None = None
+    idempotency_key: str = ""
+    reserve_units: Callable[[int], int] | None = None
+
+    def reserve(self, units: int) -> int:
+        if units <= 0:
+            return 0
+        return units if self.reserve_units is None else self.reserve_units(units)
+
+    def give_back(self, units: int) -> None:
+        """Return reserved units that were not used."""
+        if units > 0 and self.reserve_units is not None:
+            self.reserve_units(-units)
 
     @property
     def state(self) -> redis.Redis:

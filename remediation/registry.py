@@ -35,6 +35,7 @@ class GuardOptions:
     breaker: bool = True
     lock: bool = True
     verify: bool = True
+    flap: bool = True  # N runs in M minutes on one target suspend it (settings.guards)
 
     def __post_init__(self) -> None:
         if self.cooldown < timedelta(0):

@@ -23,6 +23,7 @@ from remediation.errors import AuditError, GuardUnavailable
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
 from remediation.guards.chain import Admission, GuardChain
+from remediation.guards.lua import script
 from remediation.logging import get_logger
 from remediation.redact import redact_text
 from remediation.registry import ACTION_PREFIX, get_action, get_check
@@ -121,8 +122,14 @@ class Runner:
             self.log.error("check failed", error=error)
             return CheckOutcome("error", run_id, error=error)
         outcome = CheckOutcome("ok", run_id, findings=findings)
-        for finding in findings:
-            incident = self._incident(finding) if purpose == "detect" and act else None
+        detect = purpose == "detect" and act
+        streaks = self._streaks(spec.name, params.target, findings) if detect else {}
+        for n, finding in enumerate(findings):
+            seen, needed = streaks.get(finding.fingerprint, (1, 1))
+            if seen < needed:  # hysteresis: not yet seen in enough consecutive runs
+                evidence = {**finding.evidence, "consecutive_runs": f"{seen}/{needed}"}
+                finding = findings[n] = finding.model_copy(update={"evidence": evidence})
+            incident = self._incident(finding) if detect and seen >= needed else None
             finding_id = self.store.add_finding(run_id, finding, incident)
             metrics.finding(spec.name, finding.kind, str(finding.severity))
             outcome.finding_ids.append(finding_id)
@@ -132,6 +139,25 @@ class Runner:
         metrics.check_run(spec.name, "ok", time.monotonic() - started)
         self.log.info("check done", findings=len(findings), dispatched=outcome.dispatched)
         return outcome
+
+    def _streaks(
+        self, check: str, target: str, findings: list[Finding]
+    ) -> dict[str, tuple[int, int]]:
+        """(consecutive runs seen, runs needed) per fingerprint, when the check needs more
+        than one run (settings.guards.consecutive_runs / consecutive_overrides)."""
+        g = self.settings.guards
+        needed = g.consecutive_overrides.get(check, g.consecutive_runs)
+        if needed <= 1:
+            return {}
+        fingerprints = [f.fingerprint for f in findings]
+        try:
+            counts = script(self.state, "streak")(
+                keys=[keys.streak(check, target)], args=[8 * 86400, *fingerprints]
+            )
+        except Exception as exc:  # no state, no streak: nothing triggers (fail safe)
+            self.log.error("hysteresis state unavailable; not triggering", error=str(exc))
+            counts = [0] * len(fingerprints)
+        return {fp: (int(n), needed) for fp, n in zip(fingerprints, counts, strict=True)}
 
     def _incident(self, finding: Finding) -> str | None:
         """The open incident for this condition, opened now if there is none."""
@@ -193,7 +219,7 @@ class Runner:
         chain = GuardChain(self.state, self.settings, spec)
         audit: dict[str, Any] = {"action": spec.name, "target": target, "resource": resource}
         try:
-            adm = chain.admit(target, resource, idem)
+            adm = chain.admit(target, resource, idem, task_id or "")
         except GuardUnavailable as exc:
             if spec.name == "notify":  # telling a human is safe without guard state
                 return self._notify_without_state(
@@ -227,7 +253,14 @@ class Runner:
             return ActionOutcome("dry_run", decision_id, run_id, adm.reason)
         if not adm.admitted:
             self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
+            if adm.flap_escalate:  # once per suspension: the refusal that started it
+                self._notify("flapping", f"flap:{spec.name}:{resource}",
+                             f"{spec.name} on {resource} is flapping: {adm.reason}; suspended "
+                             f"for {self.settings.guards.flap_suspend_minutes} min")  # fmt: skip
             return ActionOutcome(adm.decision, decision_id, reason=adm.reason)
+        if adm.resumed:
+            self.log.warning("resuming an action whose worker died mid-action",
+                             claimed_at=adm.claimed_at)  # fmt: skip
         return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
 
     def _notify_without_state(
@@ -244,7 +277,11 @@ class Runner:
         self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
         trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
-        ctx = ActionContext(self.settings, self.log, self.store, trigger)
+        ctx = ActionContext(
+            self.settings, self.log, self.store, trigger,
+            resumed_since=adm.claimed_at if adm.resumed else None,
+            idempotency_key=adm.idempotency_key, reserve_units=chain.reserve,
+        )  # fmt: skip
         started = time.monotonic()
         error: str | None = None
         try:

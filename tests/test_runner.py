@@ -119,3 +119,44 @@ def test_audit_down_means_no_action_and_guards_released(
     assert vacuumed(target_db) == set()
     assert list(r.scan_iter(match=keys.lock("vacuum_analyze", "*"))) == []
     assert list(r.scan_iter(match=keys.idempotency("*"))) == []
+
+
+def test_hysteresis_needs_k_consecutive_runs_and_resets(settings_env: Any, target_db: str) -> None:
+    """With consecutive_overrides {check: 3}, a bloated table triggers nothing on runs 1 and 2
+    (audited with consecutive_runs 1/3, 2/3), triggers on run 3; once the condition is gone
+    for one run the count starts again."""
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_GUARDS__CONSECUTIVE_OVERRIDES='{"postgres_dead_tuples": 3}',
+    )
+    bloat(target_db, "h1")
+    wait_for(lambda: dead_rows(target_db, "h1") >= 4000, 15, 0.3, "stats")
+    sent = Recorder()
+    runner = Runner(s, sent)
+    counts = []
+    for _ in range(3):
+        out = runner.run_check("postgres_dead_tuples", {"target": "app"})
+        counts.append(out.dispatched)
+    assert counts == [0, 0, 1]
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        conn.execute("VACUUM ANALYZE public.h1")
+    wait_for(lambda: dead_rows(target_db, "h1") == 0, 15, 0.3, "stats after vacuum")
+    assert runner.run_check("postgres_dead_tuples", {"target": "app"}).findings == []
+    bloat_again(target_db, "h1")
+    wait_for(lambda: dead_rows(target_db, "h1") >= 4000, 15, 0.3, "stats")
+    again = [runner.run_check("postgres_dead_tuples", {"target": "app"}) for _ in range(2)]
+    assert [o.dispatched for o in again] == [0, 0]
+    assert [o.findings[0].evidence["consecutive_runs"] for o in again] == ["1/3", "2/3"]
+    stored = runner.store.query(
+        "SELECT evidence->>'consecutive_runs' AS seen, incident_id FROM findings"
+        " WHERE check_run_id = %s", (again[1].check_run_id,)
+    )  # fmt: skip
+    assert stored == [{"seen": "2/3", "incident_id": None}]
+
+
+def bloat_again(dsn: str, table: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"INSERT INTO public.\"{table}\" SELECT g, repeat('x', 50) FROM generate_series(1, 5000) g"
+        )
+        conn.execute(f'DELETE FROM public."{table}" WHERE id % 5 <> 0')

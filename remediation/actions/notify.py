@@ -26,7 +26,7 @@ def _resource(params: NotifyParams) -> str:
     return f"{params.incident}:{params.kind}"
 
 
-@action("notify", resource=_resource, breaker=False, lock=False, verify=False)
+@action("notify", resource=_resource, breaker=False, lock=False, verify=False, flap=False)
 def notify(ctx: ActionContext, params: NotifyParams) -> ActionResult:
     """POST {"text", "incident", "kind", "severity"} to REMEDIATION_NOTIFY__WEBHOOK_URL.
 

@@ -1,7 +1,8 @@
 -- Give back what an admission took, without recording an outcome (the audit write failed).
--- KEYS: 1 idempotency, 2 lock, 3 budget zset, 4 breaker permits
+-- KEYS: 1 idempotency, 2 lock, 3 budget zset, 4 breaker permits, 5 flap zset
 -- ARGV: 1 lock token ('' = none), 2 budget member ('' = none), 3 permit id
-if redis.call('GET', KEYS[1]) == 'claimed' then
+local claim = redis.call('GET', KEYS[1])
+if claim and string.sub(claim, 1, 7) == 'claimed' then
   redis.call('DEL', KEYS[1])
 end
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) == ARGV[1] then
@@ -11,4 +12,5 @@ if ARGV[2] ~= '' then
   redis.call('ZREM', KEYS[3], ARGV[2])
 end
 redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return 1

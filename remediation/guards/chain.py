@@ -1,4 +1,5 @@
-"""The guard chain: pause, idempotency, lock, cooldown, budget, breaker, dry-run.
+"""The guard chain: pause, idempotency, flap, lock, cooldown, budget, blast radius, breaker,
+dry-run.
 
 Admission is one Lua call (admit.lua) that reads every guard first and writes only when
 all pass, so a refusal leaves nothing behind and no two workers can both pass. Completion
@@ -30,6 +31,9 @@ _REASONS = {
     "lock": "{action} already running on {resource}",
     "cooldown": "cooling down for {}s after the last success",
     "budget": "hourly budget spent ({})",
+    "flap": "flap guard: {action} on {resource} suspended ({})",
+    "blast": "blast-radius cap reached ({} units in the window)",
+    "resume": "redelivered after its worker was lost mid-action (claimed at {})",
     "breaker": "circuit {breaker} is {}",
     "dry_run": "dry-run: would act",
 }
@@ -48,6 +52,9 @@ class Admission:
     call_id: str = ""
     idempotency_key: str = ""
     breaker_state: str = ""
+    claimed_at: float = 0.0  # when the idempotency claim was first written (server time)
+    resumed: bool = False  # the same task again: its previous attempt died mid-action
+    flap_escalate: bool = False  # this refusal started a flap suspension: escalate once
 
 
 @contextmanager
@@ -87,14 +94,39 @@ class GuardChain:
         )
         return max(self.settings.guards.lock_ttl_seconds, int(limit) + 120)
 
+    def flap_limit(self) -> int | None:
+        if not self.spec.guards.flap:
+            return None
+        g = self.settings.guards
+        return g.flap_overrides.get(self.spec.name, g.flap_max_runs)
+
+    def blast_cap(self) -> tuple[int, int] | None:
+        cap = self.settings.guards.blast_radius.get(self.spec.name)
+        return None if cap is None else (cap.units, cap.window_seconds)
+
+    def reserve(self, units: int) -> int:
+        """Take up to ``units`` of this action's blast radius (all workers share it); a
+        negative count gives unused units back. Returns what was granted."""
+        cap = self.blast_cap()
+        if cap is None:
+            return units
+        with _redis_errors():
+            granted, _ = script(self.r, "blast")(
+                keys=[keys.blast(self.spec.name)],
+                args=[cap[0], cap[1], units, uuid.uuid4().hex],
+            )
+        return int(granted)
+
     def dry_run(self) -> bool:
         g = self.settings.guards
         return g.dry_run or self.spec.name in g.dry_run_actions
 
-    def admit(self, target: str, resource: str, idempotency_key: str) -> Admission:
+    def admit(
+        self, target: str, resource: str, idempotency_key: str, task_id: str = ""
+    ) -> Admission:
         """Every guard in order, atomically; the first refusal wins."""
-        g, b = self.spec.guards, self.settings.breaker
-        budget = self.budget()
+        g, b, gs = self.spec.guards, self.settings.breaker, self.settings.guards
+        budget, flap, blast = self.budget(), self.flap_limit(), self.blast_cap()
         breaker = self.breaker_name(target) if g.breaker else ""
         adm = Admission(
             False, "", lock_token=uuid.uuid4().hex if g.lock else "",
@@ -110,18 +142,26 @@ class GuardChain:
                         keys.lock(self.spec.name, resource),
                         keys.cooldown(self.spec.name, resource), keys.budget(self.spec.name),
                         keys.breaker(breaker), keys.breaker_permits(breaker), keys.BREAKER_INDEX,
+                        keys.flap(self.spec.name, resource),
+                        keys.flap_suspended(self.spec.name, resource), keys.blast(self.spec.name),
                     ],
                     args=[
                         self.hold_seconds(), adm.lock_token, self.hold_seconds(),
                         "" if budget is None else budget, adm.budget_member, breaker,
                         b.half_open_permits, b.permit_lease_seconds, adm.call_id,
-                        "1" if self.dry_run() else "0",
+                        "1" if self.dry_run() else "0", task_id or uuid.uuid4().hex,
+                        "" if flap is None else flap, gs.flap_window_minutes * 60,
+                        gs.flap_suspend_minutes * 60, "" if blast is None else blast[0],
+                        blast[1] if blast else 0,
                     ],
                 )
             )  # fmt: skip
         adm.admitted, adm.decision, adm.guard, adm.breaker_state = (
             decision == "admitted", decision, guard, state
         )  # fmt: skip
+        if adm.admitted:
+            adm.claimed_at, adm.resumed = float(detail), guard == "resume"
+        adm.flap_escalate = guard == "flap" and detail.startswith("new:")
         if guard:
             adm.reason = _REASONS[guard].format(
                 detail or "claimed", action=self.spec.name, resource=resource, breaker=breaker
@@ -163,6 +203,7 @@ class GuardChain:
                 keys=[
                     keys.idempotency(adm.idempotency_key), keys.lock(self.spec.name, resource),
                     keys.budget(self.spec.name), keys.breaker_permits(breaker),
+                    keys.flap(self.spec.name, resource),
                 ],
                 args=[adm.lock_token, adm.budget_member, adm.call_id],
             )  # fmt: skip

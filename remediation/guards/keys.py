@@ -45,3 +45,19 @@ def incident(fingerprint: str) -> str:
 
 def notified(incident_id: str, kind: str) -> str:
     return f"{PREFIX}notified:{incident_id}:{kind}"
+
+
+def flap(action: str, resource: str) -> str:
+    return f"{PREFIX}flap:{action}:{resource}"
+
+
+def flap_suspended(action: str, resource: str) -> str:
+    return f"{PREFIX}flapped:{action}:{resource}"
+
+
+def blast(action: str) -> str:
+    return f"{PREFIX}blast:{action}"
+
+
+def streak(check: str, target: str) -> str:
+    return f"{PREFIX}streak:{check}:{target}"

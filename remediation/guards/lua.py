@@ -1,6 +1,6 @@
 """Load Lua scripts shipped beside the guards and actions; redis-py re-sends on NOSCRIPT.
 
-A script whose first line is ``-- include: NAME`` gets NAME.lua prepended, so the breaker
+A script whose first lines are ``-- include: NAME`` gets each NAME.lua prepended, so the breaker
 state machine is written once and used by every script that needs it.
 """
 
@@ -22,10 +22,12 @@ def source(name: str) -> str:
         path = resources.files(package).joinpath(f"{name}.lua")
         if path.is_file():
             text = path.read_text()
-            first = text.splitlines()[0] if text else ""
-            if first.startswith(_INCLUDE):
-                text = source(first.removeprefix(_INCLUDE).strip()) + "\n" + text
-            return text
+            included = []
+            for line in text.splitlines():
+                if not line.startswith(_INCLUDE):
+                    break
+                included.append(source(line.removeprefix(_INCLUDE).strip()))
+            return "\n".join([*included, text])
     raise FileNotFoundError(f"no Lua script {name}.lua in {_PACKAGES}")
 
 
