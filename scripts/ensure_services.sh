@@ -19,7 +19,18 @@
 #                 or /tmp/remediation-pg-<hash of ROOT> when the postgres system user cannot
 #                 reach $ROOT/.data (root running from a project under /root, say)
 # Both listen on 127.0.0.1 only, on a free port, and are reused by later runs.
-# scripts/stop_services.sh stops them. Passwords are never printed.
+#
+# For the tests only (the integration tests run once per broker), a RabbitMQ broker:
+#     REMEDIATION_TEST_AMQP_URL    default amqp://guest:guest@127.0.0.1:5672//; "off": none
+#     REMEDIATION_TEST_AMQP_NODE   the node rabbitmqctl manages (default: rabbitmqctl's own)
+# used when an AMQP handshake with it succeeds (login and vhost included); otherwise, as
+# root, a private node rem-<hash of ROOT>@localhost is started as the rabbitmq user
+# (installing rabbitmq-server first when missing; data and logs in $ROOT/.data/rabbitmq, or
+# /tmp/remediation-rabbitmq-<hash> when that user cannot reach $ROOT/.data). Both
+# variables are then written to OUTFILE. Not root, or no broker to be had: they are left
+# out, which makes the RabbitMQ tests skip (and fail under CI=true); never an error here.
+#
+# scripts/stop_services.sh stops every private instance. Passwords are never printed.
 # shellcheck disable=SC2153  # STATE_*, AUDIT_* ... are set by an eval
 set -euo pipefail
 umask 022
@@ -701,6 +712,220 @@ if [[ -z $AUDIT_DSN ]]; then
     AUDIT_DSN=$PRIVATE_URI
 fi
 
+# ---------------------------------------------------------------- RabbitMQ (tests only)
+
+# The integration tests run once per broker; the second one is RabbitMQ. Nothing else in
+# the project needs it, so a broker that cannot be had is not an error: the variable is
+# left out and those tests skip (they fail under CI=true).
+RABBIT_PORTFILE=$DATA/rabbitmq.port
+RABBIT_NODEFILE=$DATA/rabbitmq.node
+RABBIT_BASEFILE=$DATA/rabbitmq.base
+RABBIT_TMP_BASE=/tmp/remediation-rabbitmq-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)
+RABBIT_NODE=rem-$(printf '%s' "$ROOT" | sha256sum | cut -c1-12)@localhost
+RABBIT_HOME=/var/lib/rabbitmq # the rabbitmq user's home: its .erlang.cookie is rabbitmqctl's too
+AMQP_ERR=
+
+# amqp_check URL: an AMQP 0-9-1 handshake up to Connection.Open-Ok on the URL's vhost, so
+# the credentials and the vhost are checked, not only the port. The reason for a failure
+# goes to AMQP_ERR. The URL travels in the environment (it may hold a password).
+amqp_check() {
+    local errfile rc=0
+    errfile=$(mktemp)
+    A_URL=$1 "$PY" - <<'PYEOF' 2>"$errfile" || rc=$?
+import os
+import socket
+import ssl
+import struct
+import sys
+from urllib.parse import unquote, urlsplit
+
+u = urlsplit(os.environ["A_URL"])
+if u.scheme not in ("amqp", "amqps"):
+    sys.exit("not an amqp:// or amqps:// URL")
+host = u.hostname or "127.0.0.1"
+port = u.port or (5671 if u.scheme == "amqps" else 5672)
+user = unquote(u.username or "guest")
+password = unquote(u.password or "guest")
+vhost = unquote(u.path[1:]) if len(u.path) > 1 else "/"
+
+
+def shortstr(s):
+    b = s.encode()
+    return bytes([len(b)]) + b
+
+
+def longstr(b):
+    return struct.pack(">I", len(b)) + b
+
+
+def send(sock, cls, meth, args=b""):
+    payload = struct.pack(">HH", cls, meth) + args
+    sock.sendall(struct.pack(">BHI", 1, 0, len(payload)) + payload + b"\xce")
+
+
+def recv_exact(f, n):
+    data = f.read(n)
+    if len(data) < n:
+        raise ConnectionError("connection closed by the server")
+    return data
+
+
+def method(f):
+    while True:
+        kind, _, size = struct.unpack(">BHI", recv_exact(f, 7))
+        payload = recv_exact(f, size + 1)[:-1]
+        if kind == 1:
+            return struct.unpack(">HH", payload[:4]), payload[4:]
+
+
+try:
+    sock = socket.create_connection((host, port), timeout=5)
+    if u.scheme == "amqps":
+        sock = ssl.create_default_context().wrap_socket(sock, server_hostname=host)
+    sock.settimeout(5)
+    f = sock.makefile("rb")
+    sock.sendall(b"AMQP\x00\x00\x09\x01")
+    if method(f)[0] != (10, 10):
+        sys.exit("no Connection.Start: not an AMQP 0-9-1 server")
+    send(sock, 10, 11, longstr(b"") + shortstr("PLAIN")
+         + longstr(b"\0" + user.encode() + b"\0" + password.encode()) + shortstr("en_US"))
+    try:
+        (cm, args) = method(f)
+    except ConnectionError:
+        sys.exit("authentication refused (user %r)" % user)
+    if cm != (10, 30):
+        sys.exit("authentication refused (user %r)" % user)
+    channel_max, frame_max, _ = struct.unpack(">HIH", args[:8])
+    send(sock, 10, 31, struct.pack(">HIH", channel_max, frame_max, 0))
+    send(sock, 10, 40, shortstr(vhost) + shortstr("") + b"\x00")
+    cm, args = method(f)
+    if cm != (10, 41):
+        sys.exit("vhost %r refused: %s" % (vhost, args[3:3 + args[2]].decode(errors="replace")))
+    send(sock, 10, 50, struct.pack(">H", 200) + shortstr("") + struct.pack(">HH", 0, 0))
+    method(f)  # Close-Ok
+except (OSError, struct.error) as exc:
+    sys.exit("%s: %s" % (type(exc).__name__, exc))
+PYEOF
+    AMQP_ERR=$(head -n 2 "$errfile")
+    AMQP_ERR=${AMQP_ERR//$'\n'/ }
+    rm -f "$errfile"
+    return "$rc"
+}
+
+rabbit_pid() { # the pid of our private node, when its pidfile names a live beam process
+    local base pid
+    base=$(head -n 1 "$RABBIT_BASEFILE" 2>/dev/null) || return 1
+    pid=$(head -n 1 "$base/rabbitmq.pid" 2>/dev/null) || return 1
+    pid_alive "$pid" && grep -qs beam "/proc/$pid/cmdline" || return 1
+    printf '%s' "$pid"
+}
+
+rabbit_run() { # CMD...: as the rabbitmq system user, with its home (and so its cookie)
+    # 9>&-: the broker must not inherit (and so hold) our lock
+    (cd / && runuser -u rabbitmq -- env HOME=$RABBIT_HOME "$@") 9>&-
+}
+
+start_private_rabbitmq() {
+    local port dist_port base i pid attempt url
+    if port=$(head -n 1 "$RABBIT_PORTFILE" 2>/dev/null) && [[ $port =~ ^[0-9]+$ ]] \
+        && rabbit_pid >/dev/null && amqp_check "amqp://guest:guest@127.0.0.1:$port//"; then
+        log "rabbitmq: reusing private node $(head -n 1 "$RABBIT_NODEFILE") on port $port"
+        RABBIT_PRIVATE_PORT=$port
+        return
+    fi
+    if [[ $IS_ROOT -eq 0 ]]; then
+        log "rabbitmq: not root, so no private broker; the RabbitMQ tests will skip."
+        log "  (as root this script installs rabbitmq-server and starts one; or set"
+        log "   REMEDIATION_TEST_AMQP_URL to a broker that answers)"
+        return 1
+    fi
+    if [[ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+        command -v apt-get >/dev/null 2>&1 || {
+            log "rabbitmq: rabbitmq-server is not installed and apt-get is missing; RabbitMQ tests will skip"
+            return 1
+        }
+        log "rabbitmq: installing Debian package rabbitmq-server"
+        # a subshell: a failed install is not fatal here, the RabbitMQ tests skip instead
+        (apt_install rabbitmq-server) || true
+        APT_UPDATED=1
+        if [[ ! -x /usr/lib/rabbitmq/bin/rabbitmq-server ]]; then
+            log "rabbitmq: rabbitmq-server could not be installed; the RabbitMQ tests will skip"
+            return 1
+        fi
+    fi
+    if pid=$(rabbit_pid); then
+        log "rabbitmq: private node (pid $pid) does not answer; stopping it"
+        kill "$pid" 2>/dev/null || true
+        for ((i = 0; i < 100; i++)); do pid_alive "$pid" || break; sleep 0.1; done
+        if pid_alive "$pid"; then kill -9 "$pid" 2>/dev/null || true; fi
+    fi
+
+    # The broker runs as the rabbitmq system user, which must reach $DATA.
+    base=$DATA/rabbitmq
+    if ! (cd / && runuser -u rabbitmq -- test -x "$DATA" -a -r "$DATA") 2>/dev/null; then
+        base=$RABBIT_TMP_BASE
+        log "rabbitmq: user rabbitmq cannot reach $DATA; the private node lives in $base instead"
+    fi
+    mkdir -p "$base/mnesia" "$base/log"
+    printf '[].\n' >"$base/enabled_plugins" # no management plugin: a faster start
+    : >"$base/rabbitmq-env.conf"            # not /etc/rabbitmq's: that one names the system node
+    chown -R rabbitmq: "$base"
+    printf '%s\n' "$base" >"$RABBIT_BASEFILE"
+    printf '%s\n' "$RABBIT_NODE" >"$RABBIT_NODEFILE"
+
+    for attempt in 1 2; do
+        port=$(free_port)
+        dist_port=$(free_port) # the default (port + 20000) overflows for high ports
+        printf 'listeners.tcp.local = 127.0.0.1:%s\nloopback_users.guest = true\n' "$port" \
+            >"$base/rabbitmq.conf"
+        chown rabbitmq: "$base/rabbitmq.conf"
+        rm -f "$base/rabbitmq.pid"
+        log "rabbitmq: starting private node $RABBIT_NODE on port $port (data $base; Erlang takes 5-15 s)"
+        rabbit_run RABBITMQ_NODENAME="$RABBIT_NODE" RABBITMQ_DIST_PORT="$dist_port" \
+            RABBITMQ_CONF_ENV_FILE="$base/rabbitmq-env.conf" RABBITMQ_CONFIG_FILE="$base/rabbitmq.conf" \
+            RABBITMQ_ENABLED_PLUGINS_FILE="$base/enabled_plugins" RABBITMQ_MNESIA_BASE="$base/mnesia" \
+            RABBITMQ_LOG_BASE="$base/log" RABBITMQ_PID_FILE="$base/rabbitmq.pid" ERL_EPMD_ADDRESS=127.0.0.1 \
+            RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS="-kernel inet_dist_use_interface {127,0,0,1}" \
+            /usr/lib/rabbitmq/bin/rabbitmq-server -detached >>"$base/log/startup.log" 2>&1 || true
+        url=amqp://guest:guest@127.0.0.1:$port//
+        for ((i = 0; i < 120; i++)); do # at most 60 s
+            if amqp_check "$url"; then
+                printf '%s\n' "$port" >"$RABBIT_PORTFILE"
+                RABBIT_PRIVATE_PORT=$port
+                log "rabbitmq: started private node $RABBIT_NODE on port $port (pid $(rabbit_pid || echo ?))"
+                return
+            fi
+            # once the pidfile was written, a dead process is not worth waiting for
+            if ((i >= 10)) && [[ -f $base/rabbitmq.pid ]] && ! rabbit_pid >/dev/null; then break; fi
+            sleep 0.5
+        done
+        log "rabbitmq: private node did not come up on port $port (attempt $attempt): $AMQP_ERR"
+        if pid=$(rabbit_pid); then kill "$pid" 2>/dev/null || true; fi
+    done
+    log "--- last lines of $base/log:"
+    tail -n 20 "$base/log/startup.log" "$base/log/$RABBIT_NODE.log" >&2 2>/dev/null || true
+    log "rabbitmq: could not start a private node; the RabbitMQ tests will skip"
+    return 1
+}
+
+CONF_AMQP=$(setting REMEDIATION_TEST_AMQP_URL)
+AMQP_NODE=$(setting REMEDIATION_TEST_AMQP_NODE)
+[[ -n $CONF_AMQP ]] || CONF_AMQP=amqp://guest:guest@127.0.0.1:5672//
+AMQP_URL=
+RABBIT_PRIVATE_PORT=
+if [[ $CONF_AMQP == off ]]; then
+    log "rabbitmq: REMEDIATION_TEST_AMQP_URL=off; the RabbitMQ tests will skip"
+elif amqp_check "$CONF_AMQP"; then
+    AMQP_URL=$CONF_AMQP
+    log "rabbitmq: using configured $(mask "$CONF_AMQP")"
+else
+    log "rabbitmq: $(mask "$CONF_AMQP") cannot be used: $(mask "$AMQP_ERR")"
+    if start_private_rabbitmq; then
+        AMQP_URL=amqp://guest:guest@127.0.0.1:$RABBIT_PRIVATE_PORT//
+        AMQP_NODE=$RABBIT_NODE
+    fi
+fi
+
 # ---------------------------------------------------------------- output
 
 squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
@@ -713,9 +938,15 @@ trap 'rm -f "$TMP_OUT"' EXIT
     printf 'export REMEDIATION_BROKER_URL=%s\n' "$(squote "$BROKER_URL")"
     printf 'export REMEDIATION_RESULT_BACKEND=%s\n' "$(squote "$RESULT_URL")"
     printf 'export REMEDIATION_AUDIT_DSN=%s\n' "$(squote "$AUDIT_DSN")"
+    if [[ -n $AMQP_URL ]]; then
+        printf 'export REMEDIATION_TEST_AMQP_URL=%s\n' "$(squote "$AMQP_URL")"
+        # the node rabbitmqctl talks to (tests create a vhost per session); empty: its default
+        [[ -z $AMQP_NODE ]] || printf 'export REMEDIATION_TEST_AMQP_NODE=%s\n' "$(squote "$AMQP_NODE")"
+    fi
 } >"$TMP_OUT"
 # the file may carry configured passwords
-if [[ -n $STATE_PASS$BROKER_PASS$RESULT_PASS$AUDIT_PASS || $BROKER_URL$RESULT_URL == *:*@* ]]; then
+if [[ -n $STATE_PASS$BROKER_PASS$RESULT_PASS$AUDIT_PASS || $BROKER_URL$RESULT_URL == *:*@* ]] \
+    || [[ $AMQP_URL == *:*@* && $AMQP_URL != amqp://guest:guest@* ]]; then
     chmod 600 "$TMP_OUT"
 else
     chmod 644 "$TMP_OUT"

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Stop the private Redis and PostgreSQL that scripts/ensure_services.sh started for this
-# project ($ROOT/.data/redis, $ROOT/.data/pg or /tmp/remediation-pg-<hash of ROOT>).
+# Stop the private Redis, PostgreSQL and RabbitMQ that scripts/ensure_services.sh started for
+# this project ($ROOT/.data/redis, $ROOT/.data/pg or /tmp/remediation-pg-<hash of ROOT>,
+# the RabbitMQ node named in $ROOT/.data/rabbitmq.node).
 # Data stays where it is; servers this script did not start are never touched.
 # Does nothing (successfully) when none is running.
 set -euo pipefail
@@ -101,7 +102,39 @@ stop_postgres() { # BASE
     log "postgres: stopped private cluster on port ${port:-?} (data $pgdata)"
 }
 
+RABBIT_BASEFILE=$DATA/rabbitmq.base
+RABBIT_NODEFILE=$DATA/rabbitmq.node
+RABBIT_PORTFILE=$DATA/rabbitmq.port
+
+stop_rabbitmq() {
+    local base node pid
+    base=$(head -n 1 "$RABBIT_BASEFILE" 2>/dev/null || true)
+    node=$(head -n 1 "$RABBIT_NODEFILE" 2>/dev/null || true)
+    pid=$(head -n 1 "$base/rabbitmq.pid" 2>/dev/null || true)
+    if [[ -z $base || -z $node ]]; then
+        log "rabbitmq: no private node"
+        return
+    fi
+    if ! pid_alive "$pid" || ! grep -qs beam "/proc/$pid/cmdline"; then
+        log "rabbitmq: private node $node not running"
+        rm -f "$RABBIT_PORTFILE"
+        return
+    fi
+    # `rabbitmqctl shutdown` stops the node and waits for its process to exit; the Debian
+    # wrapper runs it as the rabbitmq user, whose cookie the node has.
+    if command -v rabbitmqctl >/dev/null 2>&1; then
+        (cd / && timeout 60 rabbitmqctl -n "$node" shutdown) >/dev/null 2>&1 || true
+    fi
+    if ! wait_gone "$pid" 10; then
+        kill "$pid" 2>/dev/null || true
+        wait_gone "$pid" 20 || kill -9 "$pid" 2>/dev/null || true
+    fi
+    rm -f "$RABBIT_PORTFILE"
+    log "rabbitmq: stopped private node $node (pid $pid, data $base)"
+}
+
 stop_redis
+stop_rabbitmq
 found=0
 for base in "$DATA/pg" "$PG_TMP_BASE"; do
     if stop_postgres "$base"; then found=1; fi
