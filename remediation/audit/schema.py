@@ -1,8 +1,17 @@
-"""Audit schema migrations, applied in order by `remediation db upgrade` and at worker start."""
+"""Audit schema: migrations (applied by `remediation db upgrade` and at worker start), row ids
+made by the writing process, and the one idempotent statement per kind of write."""
 
 from __future__ import annotations
 
+import os
+import random
+import threading
+import time
+from typing import Any
+
 import psycopg
+from psycopg import errors as pg_errors
+from psycopg.types.json import Jsonb
 
 # Advisory lock so two workers starting together do not race on the DDL.
 _LOCK_ID = 727_001
@@ -125,3 +134,103 @@ def current_version(conn: psycopg.Connection) -> int:
         " ELSE (SELECT coalesce(max(version), 0) FROM schema_version) END"
     ).fetchone()
     return int(row[0]) if row else 0
+
+
+# --- ids and writes -----------------------------------------------------------------------
+
+ID_EPOCH_MS = 1_704_067_200_000
+"""2024-01-01T00:00:00Z: 41 bits of milliseconds from here last until 2093 (unix ms: 2039)."""
+
+
+class _Ids:
+    """Snowflake-like ids: ms since ID_EPOCH_MS << 22 | node (10 bits) << 12 | counter.
+
+    The node is random per process, not the pid: containers on different hosts run the same
+    pids. The counter starts at a random value each millisecond, so two processes that do
+    share a node rarely meet; a direct insert that meets another row takes a new id."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.pid, self.node, self.ms, self.counter = 0, 0, 0, 0
+
+    def next(self) -> int:
+        with self.lock:
+            if self.pid != os.getpid():
+                self.pid, self.node, self.ms = os.getpid(), random.getrandbits(10), 0
+            now = time.time_ns() // 1_000_000 - ID_EPOCH_MS
+            if now > self.ms:  # a clock that went back keeps the last millisecond
+                self.ms, self.counter = now, random.getrandbits(11)
+            elif self.counter < 0xFFF:
+                self.counter += 1
+            else:
+                self.ms, self.counter = self.ms + 1, 0
+            return (self.ms << 22) | (self.node << 12) | self.counter
+
+
+_IDS = _Ids()
+
+
+def new_id() -> int:
+    return _IDS.next()
+
+
+# One statement per kind of write; a spooled record ({"op", "args"}) replays through the same
+# statement with the same (already redacted) arguments, so the spool holds what the table would.
+_INSERTS = {
+    "check_run": "INSERT INTO check_runs (id, task_id, check_name, target, purpose, params,"
+    " status, started_at) VALUES (%(id)s, %(task_id)s, %(check)s, %(target)s, %(purpose)s,"
+    " %(params)s, 'running', %(at)s::timestamptz)",
+    "rejected_check": "INSERT INTO check_runs (id, task_id, check_name, target, params, status,"
+    " error, started_at, finished_at, duration_ms) VALUES (%(id)s, %(task_id)s, %(check)s,"
+    " %(target)s, %(params)s, 'rejected', %(error)s, %(at)s::timestamptz,"
+    " %(at)s::timestamptz, 0)",
+    "finding": "INSERT INTO findings (id, check_run_id, check_name, target, subject, kind,"
+    " severity, observed, threshold, summary, evidence, fingerprint, incident_id, seen_at)"
+    " VALUES (%(id)s, %(run_id)s, %(check)s, %(target)s, %(subject)s, %(kind)s, %(severity)s,"
+    " %(observed)s, %(threshold)s, %(summary)s, %(evidence)s, %(fingerprint)s,"
+    " %(incident_id)s, %(at)s::timestamptz)",
+    "decision": "INSERT INTO guard_decisions (id, finding_id, task_id, action, target, resource,"
+    " idempotency_key, decision, guard, reason, decided_at) VALUES (%(id)s, %(finding_id)s,"
+    " %(task_id)s, %(action)s, %(target)s, %(resource)s, %(idempotency_key)s, %(decision)s,"
+    " %(guard)s, %(reason)s, %(at)s::timestamptz)",
+    "action_run": "INSERT INTO action_runs (id, decision_id, finding_id, task_id, action, target,"
+    " resource, params, outcome, error, result, duration_ms, verification, started_at)"
+    " VALUES (%(id)s, %(decision_id)s, %(finding_id)s, %(task_id)s, %(action)s, %(target)s,"
+    " %(resource)s, %(params)s, %(outcome)s, %(error)s, %(result)s, %(duration_ms)s,"
+    " %(verification)s, %(at)s::timestamptz)",
+    "observation": "INSERT INTO observations (id, check_name, target, metric, value,"
+    " observed_at) VALUES (%(id)s, %(check)s, %(target)s, %(metric)s, %(value)s,"
+    " %(at)s::timestamptz)",
+}
+_UPDATES = {
+    "finish_check_run": "UPDATE check_runs SET status = %(status)s, findings_count ="
+    " %(findings)s, error = %(error)s, finished_at = %(at)s::timestamptz, duration_ms ="
+    " %(duration_ms)s WHERE id = %(id)s",
+    "verification": "UPDATE action_runs SET verification = %(verification)s,"
+    " verify_check_run_id = %(check_run_id)s, verified_at = %(at)s::timestamptz"
+    " WHERE id = %(id)s",
+}
+_JSON_ARGS = frozenset({"params", "evidence", "result"})
+
+
+class RowMissing(Exception):
+    """An update found no row: its insert has not arrived yet (it waits in a spool)."""
+
+
+def unreachable(exc: BaseException | None) -> bool:
+    """PostgreSQL did not answer (or cannot take writes now), as opposed to bad data."""
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+        return True
+    return isinstance(exc, pg_errors.ReadOnlySqlTransaction | pg_errors.AdminShutdown)
+
+
+def run_write(conn: psycopg.Connection[Any], op: str, args: dict[str, Any]) -> bool:
+    """Apply one write; False when an insert met an existing id (already there)."""
+    bound = {k: Jsonb(v) if k in _JSON_ARGS and v is not None else v for k, v in args.items()}
+    if op in _INSERTS:
+        cur = conn.execute(_INSERTS[op] + " ON CONFLICT (id) DO NOTHING RETURNING id", bound)
+        return cur.fetchone() is not None
+    cur = conn.execute(_UPDATES[op], bound)
+    if cur.rowcount == 0:
+        raise RowMissing(op)
+    return True
