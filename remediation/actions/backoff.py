@@ -59,6 +59,12 @@ if before == nil or before ~= before or before < 0 or before == math.huge then
   return redis.error_reply('min_delay in ' .. key .. ' is not a number of seconds: ' .. raw)
 end
 local after, reason, quiet = before, 'unchanged', ''
+-- exactly once per step: a redelivered task (its worker died after this ran) finds its id
+local step = ARGV[10] or ''
+if step ~= '' and redis.call('HGET', key, 'last_step') == step then
+  return {tostring(before), tostring(before), redis.call('HGET', key, 'concurrency'),
+          'already_applied', redis.call('HGET', key, 'version') or '0', created, ''}
+end
 if ARGV[1] == 'increase' then
   after = math.max(before, math.min(before * tonumber(ARGV[4]), cap), floor)
   reason = 'at_cap'
@@ -84,6 +90,9 @@ if after ~= before then
   reason = ARGV[1] == 'increase' and 'increased' or 'decreased'
   redis.call('HSET', key, 'min_delay', tostring(after), 'updated_at', ARGV[7])
   redis.call('HINCRBY', key, 'version', 1)
+end
+if step ~= '' then
+  redis.call('HSET', key, 'last_step', step)
 end
 local version = redis.call('HGET', key, 'version') or '0'
 return {tostring(before), tostring(after), redis.call('HGET', key, 'concurrency'), reason,
@@ -170,7 +179,7 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
         last_ban = repr(now)  # banning right now: never ease off, whatever the timestamps say
     args = [params.direction, cfg.floor_seconds, cfg.cap_seconds, cfg.increase_factor,
             cfg.decrease_step_seconds, cfg.default_concurrency, repr(now), last_ban,
-            cfg.healthy_seconds]  # fmt: skip
+            cfg.healthy_seconds, ctx.idempotency_key]  # fmt: skip
     reply = ctx.redis(params.target).register_script(_TUNE)(keys=[cfg.config_key], args=args)
     before, after, concurrency, reason, version, created, quiet = (_text(v) for v in reply)
     detail: dict[str, Any] = {
@@ -207,6 +216,7 @@ def _summary(direction: str, before: str, after: str, reason: str, cfg: BackoffS
         "at_floor": f"already at the floor ({cfg.floor_seconds}s)",
         "not_quiet": f"a ban or increase within the last {cfg.healthy_seconds}s",
         "ban_time_unreadable": f"{LAST_BAN_KEY} is not a number; cannot prove a quiet period",
+        "already_applied": "this step was already applied by the attempt that was lost",
     }
     return f"min_delay stays {before}s: {why.get(reason, reason)}"
 

@@ -62,8 +62,9 @@ def _refusal(ctx: ActionContext, params: FlushCacheParams) -> str | None:
 class _Flush:
     """One run: SCAN MATCH per pattern, UNLINK in batches, stop at the per-run cap."""
 
-    def __init__(self, r: redis.Redis, batch: int, cap: int) -> None:
-        self.r, self.batch, self.cap = r, batch, cap
+    def __init__(self, r: redis.Redis, batch: int, cap: int, ctx: ActionContext) -> None:
+        self.r, self.batch, self.cap, self.ctx = r, batch, cap, ctx
+        self.blast_capped = False  # the blast radius (keys per window, all workers) is spent
         self.deleted: dict[str, int] = {}
         self.scanned = 0
         self.rest: set[Any] = set()  # SCAN may return a key twice; count each once
@@ -86,9 +87,14 @@ class _Flush:
             keys = self._unprotected(keys)
             room = self.cap - self.total
             if keys and room > 0:
-                self.deleted[pattern] += int(self.r.unlink(*keys[:room]))
+                granted = self.ctx.reserve(len(keys[:room]))
+                self.blast_capped |= granted < len(keys[:room])
+                room = granted
+                gone = int(self.r.unlink(*keys[:room])) if room else 0
+                self.ctx.give_back(room - gone)  # keys already gone count for nothing
+                self.deleted[pattern] += gone
             self.rest.update(keys[max(room, 0) :])
-            if int(cursor) == 0 or self.left >= LEFT_COUNT_MAX:
+            if int(cursor) == 0 or self.left >= LEFT_COUNT_MAX or self.blast_capped:
                 return
 
     def _unprotected(self, keys: list[Any]) -> list[Any]:
@@ -115,17 +121,20 @@ def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
     if refusal:
         return ActionResult(ok=False, changed=False, summary=refusal)
     cfg = ctx.settings.cache
-    run = _Flush(ctx.redis(params.target), cfg.flush_batch, cfg.flush_max_keys_per_run)
+    run = _Flush(ctx.redis(params.target), cfg.flush_batch, cfg.flush_max_keys_per_run, ctx)
     for pattern in params.patterns or cfg.flush_patterns:
-        run.pattern(pattern)
+        if not run.blast_capped:
+            run.pattern(pattern)
     capped = run.left > 0
     summary = f"deleted {run.total} key(s) matching {list(run.deleted)}"
     if capped:
         summary += f"; capped at {cfg.flush_max_keys_per_run}, {run.left} left"
+    if run.blast_capped:
+        summary += "; stopped at the blast-radius cap for flush_cache"
     return ActionResult(
         changed=run.total > 0,
         summary=summary,
         detail={"deleted": run.deleted, "scanned": run.scanned, "capped": capped,
                 "left": run.left, "left_is_lower_bound": run.left >= LEFT_COUNT_MAX,
-                "protected": run.protected},
+                "protected": run.protected, "blast_capped": run.blast_capped},
     )  # fmt: skip

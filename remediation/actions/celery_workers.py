@@ -128,6 +128,9 @@ def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> Ac
     moving = {w: n for w, n in wanted.items() if n != sized[w]}
     if not moving:
         return _at_bound(target, direction, sized)
+    refused = _blast(ctx, target, sum(n - sized[w] for w, n in moving.items()))
+    if refused is not None:
+        return refused
     command = app.control.pool_grow if direction == "up" else app.control.pool_shrink
     replies = {w: _reply(command(abs(n - sized[w]), destination=[w], reply=True,
                                  timeout=CONTROL_TIMEOUT), w) for w, n in moving.items()}  # fmt: skip
@@ -140,6 +143,20 @@ def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> Ac
     return ActionResult(ok=len(confirmed) == len(moving), changed=bool(confirmed), detail=detail,
                         summary=f"{target.name}: pool {direction} ({changes} processes);"
                                 f" {len(confirmed)} of {len(moving)} confirmed")  # fmt: skip
+
+
+def _blast(ctx: ActionContext, target: ScaleTarget, added: int) -> ActionResult | None:
+    """Workers added count against scale_workers' blast radius (all workers, per window);
+    all or nothing, so a scale-up never half happens."""
+    if added <= 0:
+        return None
+    granted = ctx.reserve(added)
+    if granted >= added:
+        return None
+    ctx.give_back(granted)
+    return ActionResult(ok=False, changed=False, detail={"wanted": added, "granted": granted},
+                        summary=f"{target.name}: blast-radius cap for scale_workers reached;"
+                                f" not adding {added} worker(s)")  # fmt: skip
 
 
 def _at_bound(target: ScaleTarget, direction: str, sizes: dict[str, int]) -> ActionResult:
@@ -160,6 +177,9 @@ def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> A
     wanted = _clamp(before, direction, target)
     if wanted == before:
         return _at_bound(target, direction, {f"{project}/{service}": before})
+    refused = _blast(ctx, target, wanted - before)
+    if refused is not None:
+        return refused
     result = scale_service(ctx.settings, project, service, wanted)
     deadline = time.monotonic() + CONFIRM_SECONDS
     while (after := int(count_replicas(ctx.settings, project, service))) != wanted:
@@ -193,6 +213,13 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
         held = _hold(ctx, target, now)
         if held is not None:
             return held
+    if ctx.resumed_since is not None:  # redelivered: did the lost attempt already scale?
+        field = "last_up" if params.direction == "up" else "last_down"
+        last = state.hget(scale_key(target.name), field)
+        if last is not None and float(last) >= ctx.resumed_since:
+            return ActionResult(changed=True, detail={field: float(last)},
+                                summary=f"{target.name}: already scaled {params.direction} by"
+                                        f" the attempt that was lost")  # fmt: skip
     scale = _scale_celery if target.backend == "celery" else _scale_compose
     result = scale(ctx, target, params.direction)
     if result.changed:
@@ -217,7 +244,11 @@ def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> Ac
     answered, stuck = stuck_tasks(app, ctx.settings, timeout=INSPECT_TIMEOUT)
     if not answered:  # not the same as "nothing stuck": let the incident escalate
         return ActionResult(ok=False, changed=False, summary="no worker answered inspect")
-    chosen = stuck[: w.max_revokes_per_run]
+    wanted = stuck[: w.max_revokes_per_run]
+    chosen = wanted[: ctx.reserve(len(wanted))]  # blast radius: tasks revoked per window
+    if wanted and not chosen:
+        return ActionResult(changed=False, summary="blast-radius cap for revoke_stuck_tasks"
+                            " reached; nothing revoked", detail={"stuck": len(stuck)})  # fmt: skip
     if not chosen:
         return ActionResult(changed=False, summary="no task is stuck any more",
                             detail={"workers": answered})  # fmt: skip

@@ -107,6 +107,10 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
                                                    "restarts_in_window": len(history)},
                             summary=f"{params.container} is backing off: next restart "
                                     f"allowed in {wait}s")  # fmt: skip
+    if ctx.reserve(1) < 1:  # blast radius: containers restarted per window, all workers
+        return ActionResult(changed=False, detail={"blast_radius": "cap reached"},
+                            summary=f"{params.container} not restarted: the blast-radius cap "
+                                    f"for restart_container is spent")  # fmt: skip
     return _restart(ctx, params, container, key, now, history, status=container.status,
                     health=health)  # fmt: skip
 

@@ -36,9 +36,13 @@ def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> Action
     REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN. Never FLUSHALL."""
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
+    cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs removed per window
+    if cap == 0:
+        return _blast_spent("dedupe_job_queue", key)
     removed, scanned = script(ctx.redis(params.target), "dedupe_job_queue")(
-        keys=[key], args=[cfg.scan_limit, cfg.max_changes_per_run, cfg.id_field or "", _tombstone()]
+        keys=[key], args=[cfg.scan_limit, cap, cfg.id_field or "", _tombstone()]
     )
+    ctx.give_back(cap - int(removed))
     return ActionResult(
         changed=removed > 0,
         summary=f"removed {removed} duplicate job(s) from {key}",
@@ -58,20 +62,29 @@ def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> 
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
     reason = f"older than {cfg.max_age_seconds}s"
+    cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs moved per window
+    if cap == 0:
+        return _blast_spent("dead_letter_stale_jobs", key)
     moved, scanned = script(ctx.redis(params.target), "dead_letter_stale")(
         keys=[key, cfg.dead_letter_key],
         args=[
             cfg.scan_limit,
-            cfg.max_changes_per_run,
+            cap,
             cfg.enqueued_at_field,
             cfg.max_age_seconds,
             _tombstone(),
             reason,
         ],
     )
+    ctx.give_back(cap - int(moved))
     return ActionResult(
         changed=moved > 0,
         summary=f"moved {moved} stale job(s) from {key} to {cfg.dead_letter_key}",
         detail={"key": key, "dead_letter_key": cfg.dead_letter_key, "moved": moved,
                 "scanned": scanned},
     )  # fmt: skip
+
+
+def _blast_spent(name: str, key: str) -> ActionResult:
+    return ActionResult(changed=False, detail={"key": key, "blast_radius": "cap reached"},
+                        summary=f"{name}: the blast-radius cap is spent; {key} left as it is")  # fmt: skip

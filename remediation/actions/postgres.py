@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
+from typing import Any
 
+import psycopg
 from psycopg import sql
 from pydantic import Field
 
@@ -18,6 +21,15 @@ TABLE_EXISTS_SQL = """
 SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'm', 'p')
 """
+# After a redelivery: did this table get its VACUUM / ANALYZE since the lost attempt claimed
+# the work, and is a VACUUM of it (the lost attempt's, still running server-side) in progress?
+DONE_SINCE_SQL = """
+SELECT greatest(s.last_vacuum, s.last_autovacuum) >= to_timestamp(%(since)s) AS vacuumed,
+       greatest(s.last_analyze, s.last_autoanalyze) >= to_timestamp(%(since)s) AS analyzed,
+       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.relid = s.relid) AS running
+FROM pg_stat_user_tables s WHERE s.schemaname = %(schema)s AND s.relname = %(name)s
+"""
+RESUME_WAIT_SECONDS = 120
 
 
 class VacuumParams(ActionParams):
@@ -43,7 +55,7 @@ def vacuum_analyze(ctx: ActionContext, params: VacuumParams) -> ActionResult:
 
     Runbook 001 weekly database maintenance. Only the tables a finding (or the operator)
     names; identifiers are always quoted; a table that no longer exists is skipped."""
-    return _each_table(ctx, params, sql.SQL("VACUUM (ANALYZE) {}"), "vacuumed")
+    return _each_table(ctx, params, sql.SQL("VACUUM (ANALYZE) {}"), "vacuumed", "vacuumed")
 
 
 @action(
@@ -58,24 +70,50 @@ def analyze_tables(ctx: ActionContext, params: AnalyzeParams) -> ActionResult:
     Runbook 001 weekly database maintenance ("ANALYZE monitored_urls; ANALYZE
     price_history; ..."). Only the tables a finding (or the operator) names; identifiers
     are always quoted; a table that no longer exists is skipped."""
-    return _each_table(ctx, params, sql.SQL("ANALYZE {}"), "analyzed")
+    return _each_table(ctx, params, sql.SQL("ANALYZE {}"), "analyzed", "analyzed")
 
 
 def _each_table(
-    ctx: ActionContext, params: VacuumParams, statement: sql.SQL, verb: str
+    ctx: ActionContext, params: VacuumParams, statement: sql.SQL, verb: str, done_column: str
 ) -> ActionResult:
-    """Run statement on each existing table, one at a time, in autocommit."""
-    done, missing = [], []
+    """Run statement on each existing table, one at a time, in autocommit.
+
+    Redelivered after its worker died (ctx.resumed_since): a table already done since the
+    lost attempt claimed the work is skipped, after waiting (bounded) for a VACUUM of it that
+    the lost attempt's server session may still be running; so the effect happens once."""
+    done, missing, already = [], [], []
     with pg.connect(ctx.postgres_dsn(params.target), autocommit=True) as conn:
         for table in params.tables:
             if conn.execute(TABLE_EXISTS_SQL, (table.schema_, table.name)).fetchone() is None:
                 missing.append(str(table))
                 continue
+            if ctx.resumed_since is not None and _done_since(
+                conn, table, ctx.resumed_since, done_column
+            ):
+                already.append(str(table))
+                continue
             conn.execute(statement.format(table.identifier))
             done.append(str(table))
+    summary = f"{verb} {len(done)} table(s)" + (f", {len(missing)} missing" if missing else "")
+    if already:
+        summary += f", {len(already)} already {verb} by the lost attempt"
     return ActionResult(
         ok=True,
-        changed=bool(done),
-        summary=f"{verb} {len(done)} table(s)" + (f", {len(missing)} missing" if missing else ""),
-        detail={verb: done, "missing": missing},
+        changed=bool(done or already),
+        summary=summary,
+        detail={verb: done, "missing": missing, "already": already},
     )
+
+
+def _done_since(conn: psycopg.Connection[Any], table: TableRef, since: float, column: str) -> bool:
+    """Whether the table was vacuumed/analyzed at or after ``since`` (epoch seconds)."""
+    args = {"since": since, "schema": table.schema_, "name": table.name}
+    deadline = time.monotonic() + RESUME_WAIT_SECONDS
+    while True:
+        row = conn.execute(DONE_SINCE_SQL, args).fetchone()
+        if row is None:
+            return False
+        vacuumed, analyzed, running = row
+        if not running or time.monotonic() > deadline:
+            return bool(vacuumed if column == "vacuumed" else analyzed)
+        time.sleep(0.2)

@@ -91,7 +91,9 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
     with connect(ctx, target) as conn:
         sessions = list_sessions(conn, kind, bound)
         allowed = [s for s in sessions if _allowed(s, cfg)]
-        chosen = allowed[: cfg.max_sessions_per_run]
+        wanted = allowed[: cfg.max_sessions_per_run]
+        granted = ctx.reserve(len(wanted))  # blast radius: sessions per window, all workers
+        chosen = wanted[:granted]
         for s in chosen:
             outcome = _signal(conn, kind, verb, s)
             who = {k: s[k] for k in ("pid", "usename", "application_name")}
@@ -102,17 +104,21 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
                 gone.append(s["pid"])
             else:
                 failed.append({**who, "error": outcome.removeprefix("failed: ")})
-    not_allowed, over_cap = len(sessions) - len(allowed), len(allowed) - len(chosen)
+    ctx.give_back(len(chosen) - len(done))  # a session that moved on or failed was not ended
+    not_allowed, over_cap = len(sessions) - len(allowed), len(allowed) - len(wanted)
+    over_blast = len(wanted) - len(chosen)
     summary = (
         f"{past} {len(done)} session(s) {what} for more than {bound}s;"
         f" {not_allowed} not allow-listed, {over_cap} over the cap of {cfg.max_sessions_per_run}"
         + (f", {len(gone)} moved on" if gone else "")
+        + (f", {over_blast} left at the blast-radius cap" if over_blast else "")
         + (f", {len(failed)} failed: {failed[0]['error']}" if failed else "")
     )
     detail = {
         past: done,
         "skipped_not_allowed": not_allowed,
         "skipped_over_cap": over_cap,
+        "skipped_blast_radius": over_blast,
         "moved_on": gone,
         "failed": failed,
         "bound_seconds": bound,
