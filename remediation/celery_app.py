@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Any
 
 import structlog
 from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 
+from remediation import metrics
 from remediation.clients import redis as redis_clients
 from remediation.logging import configure_logging
 from remediation.redact import redact
@@ -93,6 +95,28 @@ def _after_fork(**_: Any) -> None:
 
     redis_clients.reset()
     close_pools()
+    metrics.child_started()
+
+
+@signals.worker_init.connect
+def _prepare_metrics(**_: Any) -> None:
+    """Multiprocess metrics must be set up in the main process before the pool forks."""
+    metrics.prepare_worker(get_settings())
+
+
+@signals.worker_ready.connect
+def _serve_metrics(**_: Any) -> None:
+    metrics.start_server(get_settings())
+
+
+@signals.worker_process_shutdown.connect
+def _child_metrics_done(pid: int | None = None, **_: Any) -> None:
+    metrics.child_exited(pid or os.getpid())
+
+
+@signals.worker_shutdown.connect
+def _stop_metrics(**_: Any) -> None:
+    metrics.stop()
 
 
 @signals.worker_init.connect
