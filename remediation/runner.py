@@ -263,6 +263,41 @@ class Runner:
                              claimed_at=adm.claimed_at)  # fmt: skip
         return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
 
+    def record_worker_lost(
+        self, name: str, kwargs: dict[str, Any], task_id: str, trigger: Trigger | None,
+        attempts: int,
+    ) -> None:  # fmt: skip
+        """A poison task: its worker died on every delivery and Celery gave up. Audit it, give
+        back its claim (the holder is dead), count a breaker failure, notify."""
+        spec = get_action(name)
+        try:
+            params = spec.params_model.model_validate(kwargs)
+        except ValidationError:
+            return  # never admitted: its rejection is already audited
+        target, resource = params.target, spec.resource(params)
+        idem = (
+            f"{spec.name}:{resource}:{trigger.incident}"
+            if trigger
+            else f"{spec.name}:{resource}:task:{task_id}"
+        )
+        chain = GuardChain(self.state, self.settings, spec)
+        adm = Admission(True, "admitted", idempotency_key=idem, call_id=task_id)
+        error = f"worker lost on all {attempts} deliveries: given up (poison task)"
+        try:
+            chain.give_up(adm, target, resource, task_id)
+        except GuardUnavailable as exc:
+            self.log.error("could not release a poison task's guard holds", error=str(exc))
+        self.store.add_action_run(
+            action=spec.name, target=target, resource=resource,
+            params=params.model_dump(mode="json"), outcome="failed", error=error,
+            finding_id=trigger.finding_id if trigger else None, task_id=task_id,
+            verification="skipped",
+        )  # fmt: skip
+        metrics.action_run(spec.name, "failed", None)
+        self.log.error("poison task given up", action=spec.name, attempts=attempts)
+        incident = trigger.incident if trigger else f"{spec.name}:{resource}"
+        self._notify("poison_task", incident, f"{spec.name} on {resource}: {error}")
+
     def _notify_without_state(
         self, spec: Any, params: Any, chain: GuardChain, idem: str, trigger: Trigger | None,
         task_id: str | None, audit: dict[str, Any],

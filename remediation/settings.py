@@ -133,7 +133,7 @@ class CelerySettings(_Section):
     max_retries_on_worker_lost: int = Field(3, ge=0, le=20)
     result_expires: int = Field(86400, ge=60)
     concurrency: int = Field(2, ge=1, le=64)
-    redbeat_lock_timeout: int = Field(60, ge=10, description="standby beat takes over after this")
+    redbeat_lock_timeout: int = Field(60, ge=2, description="standby beat takes over after this")
     beat_max_loop_interval: int = Field(5, ge=1)
 
 

@@ -6,7 +6,8 @@ import functools
 from typing import Any
 
 import structlog
-from celery import Celery, Task
+from billiard.exceptions import WorkerLostError
+from celery import Celery, Task, signals
 
 from remediation import registry
 from remediation.context import Trigger
@@ -72,3 +73,24 @@ def _register_action(app: Celery, name: str, task_name: str) -> None:
         return outcome.as_dict()
 
     run_action.__doc__ = registry.ACTIONS[name].doc
+
+
+@signals.task_failure.connect
+def _poison(
+    sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None,
+    kwargs: dict[str, Any] | None = None, **_: Any,
+) -> None:  # fmt: skip
+    """In the worker's main process: Celery gave up on an action whose worker died on every
+    delivery (task_retry_on_worker_lost exhausted max_retries). Audit and notify it."""
+    if not isinstance(exception, WorkerLostError) or sender is None or task_id is None:
+        return
+    name = str(sender.name or "")
+    if not name.startswith(registry.ACTION_PREFIX):
+        return
+    try:
+        runner(sender.app).record_worker_lost(
+            name.removeprefix(registry.ACTION_PREFIX), dict(kwargs or {}), task_id,
+            _trigger(sender), int(sender.request.retries or 0) + 1,
+        )  # fmt: skip
+    except Exception as exc:  # never break the worker's main process
+        structlog.get_logger("remediation").error("could not record a poison task", error=str(exc))

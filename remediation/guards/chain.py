@@ -9,6 +9,8 @@ never acts without guard state.
 
 from __future__ import annotations
 
+import os
+import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -24,6 +26,7 @@ from remediation.registry import ActionSpec
 from remediation.settings import Settings
 
 HOUR = 3600
+_HOLDER = socket.gethostname()  # a lock's value names its holder: <token>@<host>:<pid>
 IDEMPOTENCY_TTL = 7 * 24 * HOUR
 _REASONS = {
     "pause": "maintenance pause: {}",
@@ -129,7 +132,7 @@ class GuardChain:
         budget, flap, blast = self.budget(), self.flap_limit(), self.blast_cap()
         breaker = self.breaker_name(target) if g.breaker else ""
         adm = Admission(
-            False, "", lock_token=uuid.uuid4().hex if g.lock else "",
+            False, "", lock_token=f"{uuid.uuid4().hex}@{_HOLDER}:{os.getpid()}" if g.lock else "",
             budget_member=uuid.uuid4().hex if budget is not None else "",
             call_id=uuid.uuid4().hex, idempotency_key=idempotency_key,
         )  # fmt: skip
@@ -192,6 +195,21 @@ class GuardChain:
                     ],
                 )
             )  # fmt: skip
+
+    def give_up(self, adm: Admission, target: str, resource: str, task_id: str) -> str:
+        """A poison task (its worker died on every delivery): free its claim if it still
+        holds it and count one failure on the breaker. Its lock is left to expire, so the
+        resource rests for the lock's lease. Returns the breaker transition."""
+        with _redis_errors():
+            claim = self.r.get(keys.idempotency(adm.idempotency_key))
+            if claim is not None and text(claim).startswith(f"claimed|{task_id}|"):
+                self.r.delete(keys.idempotency(adm.idempotency_key))
+        if not self.spec.guards.breaker:
+            return ""
+        return self.complete(
+            Admission(True, "admitted", call_id=adm.call_id, idempotency_key=f"poison:{task_id}"),
+            target, resource, success=False,
+        )  # fmt: skip
 
     def abandon(self, adm: Admission, target: str, resource: str) -> None:
         """Give back everything an admission holds without recording an outcome."""
