@@ -1,4 +1,4 @@
-"""The `remediation` command: status, history, breakers, schedule, playbook, run, db, pause.
+"""The `remediation` command: status, history, report, breakers, schedule, playbook, run, db...
 
 Human tables by default, --json for machines. Exit codes: 0 ok, 1 failure, 2 bad usage or
 bad configuration.
@@ -181,6 +181,15 @@ def cmd_history(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace, s: Settings) -> int:
+    from remediation import report
+    from remediation.audit.store import AuditStore
+
+    data = report.build(AuditStore(s.audit_dsn.get_secret_value()), args.since)
+    emit(args, data, report.render(data, args.since_text))
+    return 0
+
+
 def queue_depths(s: Settings, queues: Sequence[str] = ("celery",)) -> dict[str, int]:
     """Pending messages per queue: the list plus its priority sub-lists (Redis broker)."""
     from remediation.clients import redis as redis_clients
@@ -303,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--outcome", help="succeeded, failed, rejected, suppressed, dry_run ...")
     h.add_argument("--since", type=parse_since, help="30m, 12h, 7d or an ISO time")
     h.add_argument("--limit", type=int, default=50)
+    rp = sub.add_parser("report", help="per runbook procedure: fired, acted, suppressed, fixed")
+    rp.add_argument("--since", default="7d", help="window: 30m, 12h, 7d, 2w (default 7d)")
     b = sub.add_parser("breakers", help="circuit breakers; `breakers reset NAME` closes one")
     b.add_argument("verb", nargs="?", choices=["reset"])
     b.add_argument("name", nargs="?")
@@ -322,7 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 COMMANDS = {
-    "status": cmd_status, "history": cmd_history, "breakers": cmd_breakers,
+    "status": cmd_status, "history": cmd_history, "report": cmd_report, "breakers": cmd_breakers,
     "schedule": cmd_schedule, "playbook": cmd_playbook, "run": cmd_run, "db": cmd_db,
     "pause": cmd_pause, "resume": cmd_resume,
 }  # fmt: skip
@@ -337,6 +348,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("usage: remediation breakers reset NAME", file=sys.stderr)
             return 2
         args.reset = args.name if args.verb == "reset" else None
+    if args.command == "report":
+        from remediation.report import parse_window
+
+        try:
+            args.since_text, args.since = args.since, parse_window(args.since)
+        except argparse.ArgumentTypeError as exc:
+            print(f"remediation report: --since {exc}", file=sys.stderr)
+            return 2
     try:
         settings = get_settings()
         from remediation.logging import configure_logging

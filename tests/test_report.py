@@ -1,0 +1,186 @@
+"""`remediation report`: numbers from audit rows written by the real Runner on real services."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from remediation import cli, report
+from remediation.audit.store import AuditStore
+from remediation.context import Trigger
+from remediation.registry import CHECK_PREFIX
+from remediation.runner import Runner
+from remediation.settings import Settings
+from remediation.testing import as_url, scratch_database
+
+DUPLICATES = [json.dumps({"id": i % 2}) for i in range(4)]  # two duplicates per list
+
+
+@pytest.fixture
+def report_env(settings_env: Any, pg_admin: str) -> Iterator[Settings]:
+    """Settings on the test Redis and an audit database of this test's own."""
+    with scratch_database(pg_admin, "rem_report") as dsn:
+        s: Settings = settings_env(REMEDIATION_AUDIT_DSN=as_url(dsn))
+        AuditStore(as_url(dsn)).upgrade()
+        yield s
+
+
+def in_process(s: Settings) -> Runner:
+    """A Runner whose dispatcher runs actions right here, like `remediation run CHECK --act`."""
+
+    def dispatch(task: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
+        if task.startswith(CHECK_PREFIX):
+            runner.run_check(task, kwargs)
+        else:
+            runner.run_action(task, kwargs, trigger=trigger)
+
+    runner = Runner(s, dispatch)
+    return runner
+
+
+def sql(s: Settings, query: str, *params: Any) -> None:
+    with psycopg.connect(s.audit_dsn.get_secret_value(), autocommit=True) as conn:
+        conn.execute(query, params)  # type: ignore[arg-type]
+
+
+def run_report(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    capsys.readouterr()  # the runner's log lines so far
+    code = cli.main(["--json", "report", *args])
+    return code, capsys.readouterr().out
+
+
+def test_report_counts_fires_fixes_suppressions_and_median(
+    report_env: Settings, r: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three verified dedupes, one cooldown suppression and an old fix outside the window."""
+    s, runner = report_env, in_process(report_env)
+    for key in ("jobs_a", "jobs_b", "jobs_c"):
+        r.rpush(key, *DUPLICATES)
+        out = runner.run_check("redis_job_queue", {"key": key})
+        assert (out.status, out.dispatched) == ("ok", 1)
+        assert r.llen(key) == 2
+    r.rpush("jobs_a", *DUPLICATES)  # again, within the 5-minute cooldown: suppressed
+    assert runner.run_check("redis_job_queue", {"key": "jobs_a"}).dispatched == 1
+    assert r.llen("jobs_a") == 6
+    r.rpush("jobs_old", json.dumps({"id": 9, "enqueued_at": 0}))
+    assert runner.run_check("redis_job_queue", {"key": "jobs_old"}).dispatched == 1
+    assert r.llen("jobs_old") == 0
+
+    # known times to fix (10 s, 20 s, 90 s: median 20 s) and the stale-job fix 10 days back
+    for key, seconds in (("jobs_a", 10), ("jobs_b", 20), ("jobs_c", 90)):
+        sql(s, "UPDATE findings f SET seen_at = a.verified_at - make_interval(secs => %s)"
+               " FROM action_runs a WHERE a.finding_id = f.id AND f.subject = %s"
+               " AND a.verification = 'recovered'", seconds, key)  # fmt: skip
+    back = "- interval '10 days'"
+    sql(s, f"UPDATE check_runs SET started_at = started_at {back} WHERE id IN (SELECT check_run_id"
+           " FROM findings WHERE subject = 'jobs_old' UNION SELECT verify_check_run_id"
+           " FROM action_runs WHERE action = 'dead_letter_stale_jobs')")  # fmt: skip
+    sql(s, f"UPDATE findings SET seen_at = seen_at {back} WHERE subject = 'jobs_old'")
+    sql(s, f"UPDATE guard_decisions SET decided_at = decided_at {back}"
+           " WHERE action = 'dead_letter_stale_jobs'")  # fmt: skip
+    sql(s, f"UPDATE action_runs SET started_at = started_at {back}, verified_at = verified_at"
+           f" {back} WHERE action = 'dead_letter_stale_jobs'")  # fmt: skip
+
+    code, text = run_report(capsys, "--since", "7d")
+    assert code == 0
+    week = json.loads(text)
+    assert week["totals"] == {"check_runs": 7, "check_errors": 0, "findings": 4, "incidents": 4}
+    (dedupe,) = week["procedures"]
+    assert dedupe == {
+        "procedure": "000 Redis Queue Management",
+        "runbook": "000 Redis Queue Management: job queue processing duplicate jobs",
+        "finding": "redis_job_queue_duplicates", "action": "dedupe_job_queue",
+        "calls": 4, "fired": 4, "acted": 3, "succeeded": 3, "failed": 0, "suppressed": 1,
+        "dry_run": 0, "rejected": 0, "verified": 3, "not_verified": 0,
+        "suppressed_by": {"cooldown": 1}, "median_fix_seconds": 20.0,
+    }  # fmt: skip
+
+    code, text = run_report(capsys, "--since", "2w")
+    fortnight = json.loads(text)
+    assert fortnight["totals"] == {"check_runs": 9, "check_errors": 0, "findings": 5,
+                                   "incidents": 5}  # fmt: skip
+    stale = {p["action"]: p for p in fortnight["procedures"]}["dead_letter_stale_jobs"]
+    assert (stale["finding"], stale["fired"], stale["succeeded"], stale["verified"]) == (
+        "redis_job_queue_stale", 1, 1, 1,
+    )  # fmt: skip
+    assert stale["procedure"] == "000 Redis Queue Management, 004 Worker Queue Backlog"
+    assert 0 <= stale["median_fix_seconds"] < 60
+
+    assert cli.main(["report", "--since", "7d"]) == 0
+    human = capsys.readouterr().out
+    assert "checks: 7 runs (0 errors); findings: 4 in 4 incidents" in human
+    row = next(line for line in human.splitlines() if "dedupe_job_queue" in line)
+    assert row.split()[-9:] == ["dedupe_job_queue", "4", "3", "0", "1", "(cooldown", "1)", "3",
+                                "20.0s"]  # fmt: skip
+
+
+def test_calls_without_a_finding_and_rejected_calls(
+    report_env: Settings, capsys: pytest.CaptureFixture[str], webhook: Any
+) -> None:
+    """Notifications and calls by hand have their own rows; rejected kwargs count as rejected."""
+    s = report_env
+    runner = in_process(s)
+    assert runner.run_action("dedupe_job_queue", {"bogus": 1}).outcome == "rejected"
+    assert runner.run_action("notify", {"text": "hi", "incident": "rep-1"}).outcome in (
+        "succeeded", "failed",
+    )  # fmt: skip
+    code, text = run_report(capsys, "--since", "30m")
+    assert code == 0
+    rows = {p["action"]: p for p in json.loads(text)["procedures"]}
+    assert rows["dedupe_job_queue"]["finding"] == "(no finding)"
+    assert (rows["dedupe_job_queue"]["calls"], rows["dedupe_job_queue"]["rejected"]) == (1, 1)
+    assert rows["notify"]["fired"] == 1 and rows["notify"]["acted"] == 1
+    assert rows["notify"]["median_fix_seconds"] is None
+
+
+def test_empty_window(report_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    """No rows: zero totals, an empty list, and a table that says so."""
+    code, text = run_report(capsys, "--since", "12h")
+    assert code == 0
+    data = json.loads(text)
+    assert data["procedures"] == [] and data["window_seconds"] == 12 * 3600
+    assert cli.main(["report"]) == 0
+    assert "(none)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("bad", ["7", "7x", "d", "-1d", "0m", "1.5h", "7 days", "", "9999w"])
+def test_bad_since_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """Anything but <number><m|h|d|w> within ten years exits 2 with a message naming --since."""
+    assert cli.main(["report", f"--since={bad}"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"remediation report: --since {bad!r}: ")
+    assert "30m, 12h, 7d or 2w" in err or "between 1m and 520w" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30m", timedelta(minutes=30)), ("12h", timedelta(hours=12)), ("7d", timedelta(days=7)),
+     ("2w", timedelta(weeks=2))],
+)  # fmt: skip
+def test_windows(text: str, expected: timedelta) -> None:
+    """The four documented forms."""
+    assert report.parse_window(text) == expected
+
+
+def test_durations_read_like_a_human_wrote_them() -> None:
+    """Seconds, minutes, hours and days, two units at most."""
+    got = [report.duration(x) for x in (None, 4.25, 200, 7500, 190_000)]
+    assert got == ["-", "4.2s", "3m 20s", "2h 05m", "2d 04h"]
+
+
+def test_every_playbook_action_rule_has_a_procedure_name() -> None:
+    """Each (kind, action) in the playbook maps to a runbook name the report can print."""
+    procs = report.procedures()
+    assert procs and all(p.procedure and p.runbook for p in procs.values())
+    assert procs[("redis_job_queue_duplicates", "dedupe_job_queue")].procedure == (
+        "000 Redis Queue Management"
+    )
+    with pytest.raises(argparse.ArgumentTypeError):
+        report.parse_window("1y")
