@@ -245,7 +245,16 @@ def wipe(directory: Path) -> int:
 
 
 def child_started() -> None:
-    """In a pool child: join multiprocess mode if the parent set it up (fork or spawn)."""
+    """In a pool child: join multiprocess mode if the parent set it up (fork or spawn).
+
+    A forked child also drops its copies of the directory lock and the listening socket: a
+    child outliving a SIGKILLed parent must not keep a restarted worker from either."""
+    if _STATE.lock is not None:
+        _STATE.lock.close()
+        _STATE.lock = None
+    if _STATE.server is not None:
+        _STATE.server.socket.close()
+        _STATE.server = _STATE.port = None
     directory = os.environ.get(ENV_DIR)
     if _STATE.mode == "local" and directory and os.path.isdir(directory):
         _STATE.directory = Path(directory)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -59,6 +60,23 @@ def children(pid: int) -> set[int]:
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
         found |= {int(p) for p in (task / "children").read_text().split()}
+    return found
+
+
+def listening_inode(port: int) -> str:
+    """The socket inode listening on 127.0.0.1:port (from /proc/net/tcp)."""
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[1].endswith(f":{port:04X}") and fields[3] == "0A":
+            return fields[9]
+    raise AssertionError(f"nothing listens on {port}")
+
+
+def open_files(pid: int) -> set[str]:
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            found.add(os.readlink(fd))
     return found
 
 
@@ -177,6 +195,12 @@ def test_counts_aggregate_across_children_and_survive_a_killed_child(
         == sent_notifies + 2
     )
     assert victim in pids_with_counters(directory), "the killed child's file is still counted"
+    # a child forked after the endpoint started holds neither its socket nor the dir lock
+    (replacement,) = children(worker.proc.pid) - kids
+    held = open_files(replacement)
+    assert f"socket:[{listening_inode(port)}]" in open_files(worker.proc.pid)
+    assert f"socket:[{listening_inode(port)}]" not in held
+    assert str(directory / ".worker.lock") not in held
 
 
 def test_breaker_states_are_read_at_scrape_time(
