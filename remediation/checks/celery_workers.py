@@ -4,7 +4,8 @@ stuck, is a pool bigger than its backlog needs (runbooks 002 "Celery Worker Issu
 
 The cluster is the one on REMEDIATION_WORKERS__BROKER_URL, or this worker's own broker
 when that is unset. Remote control (ping, inspect) goes through a small Celery app bound
-to that broker, built once per process; queue depth is read from the broker's Redis.
+to that broker, built once per process; queue depth is read from the broker: LLEN on Redis,
+a passive queue declare on RabbitMQ.
 """
 
 from __future__ import annotations
@@ -150,9 +151,16 @@ def is_redis(url: str) -> bool:
     return url.startswith(("redis://", "rediss://", "unix://"))
 
 
+def is_amqp(url: str) -> bool:
+    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
+
+
 def queue_depths(settings: Settings, queues: list[str]) -> dict[str, dict[str, int]] | None:
-    """Pending messages per queue and per priority sub-queue; None on a non-Redis broker."""
+    """Pending messages per queue and per priority sub-queue (Redis) or in all ("all",
+    RabbitMQ keeps priorities inside one queue); None on any other broker."""
     url = broker_url(settings)
+    if is_amqp(url):
+        return {q: {"all": n} for q, n in amqp_depths(monitor_app(settings), queues).items()}
     if not is_redis(url):
         return None
     client = redis_clients.client(url)
@@ -166,8 +174,29 @@ def queue_depths(settings: Settings, queues: list[str]) -> dict[str, dict[str, i
     return {q: {str(step): int(next(lengths)) for step in steps} for q in queues}
 
 
-def reserved(settings: Settings) -> int:
-    """Messages reserved by workers of every queue (size of the unacked hash)."""
+def amqp_depths(app: Any, queues: list[str]) -> dict[str, int]:
+    """Ready messages per queue by a passive queue_declare (creates nothing); a queue that
+    does not exist holds 0. Reserved (unacknowledged) messages are not counted, as on Redis."""
+    depths = {}
+    with app.connection_for_read() as conn:
+        for q in queues:
+            channel = conn.channel()  # a 404 closes the channel it happened on: one per queue
+            try:
+                depths[q] = int(channel.queue_declare(queue=q, passive=True).message_count)
+            except conn.channel_errors as exc:
+                if getattr(exc, "code", None) != 404:
+                    raise
+                depths[q] = 0
+            finally:
+                if getattr(channel, "is_open", False):
+                    channel.close()
+    return depths
+
+
+def reserved(settings: Settings) -> int | None:
+    """Messages reserved by workers (the unacked hash); None on RabbitMQ, which does not tell."""
+    if not is_redis(broker_url(settings)):
+        return None
     return int(redis_clients.client(broker_url(settings)).hlen(UNACKED))
 
 
@@ -317,24 +346,26 @@ def celery_queues(ctx: CheckContext, params: CeleryQueuesParams) -> list[Finding
     """How many messages wait in each of REMEDIATION_WORKERS__QUEUES, and how fast that grows
     (runbook 004 "Worker Queue Backlog: pending jobs > 50", runbook 002 "queue depth > 1000").
 
-    Depth is the queue's list plus its priority sub-queues on the broker's Redis; messages
-    reserved by workers (the unacked hash) are in the evidence. Past BACKLOG_WARNING is
-    celery_queue_backlog (warning), past BACKLOG_HIGH high. Depth is recorded each run;
+    Depth is the queue's list plus its priority sub-queues on a Redis broker (messages
+    reserved by workers, the unacked hash, are in the evidence), or the ready messages of a
+    passive queue declare on RabbitMQ (a queue that does not exist is empty). Past
+    BACKLOG_WARNING is celery_queue_backlog (warning), past BACKLOG_HIGH high. Depth is
+    recorded each run;
     growth faster than GROWTH_WARNING_PER_MINUTE since the previous run is
     celery_queue_growing. A scale target whose queues are at or below BACKLOG_WARNING while
     its pool is above min is celery_pool_oversized (info); past it with the pool at max is
     celery_pool_at_max (high: runbook 001 "reduce load"). The first lets scale_workers shrink
     it SCALE_DOWN_STABILIZATION_SECONDS after the backlog was last seen (the time is kept
     in rem:scale:<name> on the state Redis: bookkeeping, nothing on the cluster changes).
-    Only Redis brokers can be measured."""
+    Redis and RabbitMQ brokers can be measured; others get celery_queue_depth_unsupported."""
     w = ctx.settings.workers
     queues = list(dict.fromkeys([*w.queues, *(q for t in w.scale_targets for q in t.queues)]))
     depths = queue_depths(ctx.settings, queues)
     if depths is None:
         scheme = broker_url(ctx.settings).split(":", 1)[0]
         return [_finding("celery_queues", "celery_queue_depth_unsupported", Severity.INFO,
-                         observed=scheme, summary=f"queue depth is read from Redis brokers only;"
-                         f" this broker is {scheme}://")]  # fmt: skip
+                         observed=scheme, summary="queue depth is read from Redis and"
+                         f" RabbitMQ brokers; this broker is {scheme}://")]  # fmt: skip
     extra = {"reserved_all_queues": reserved(ctx.settings)}
     findings: list[Finding] = []
     for queue in w.queues:

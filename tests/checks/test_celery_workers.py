@@ -7,10 +7,12 @@ import json
 import os
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import pytest
 import redis
 from pydantic import ValidationError
@@ -31,6 +33,7 @@ from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
 from remediation.testing import RedisServer, WorkerProcess, free_port, wait_for
 from tests.conftest import process_env
+from tests.integration.conftest import amqp_test_url
 
 BROKER_DB, RESULT_DB, EMPTY_DB = 10, 11, 12
 SECRET = "hunter2-task-secret"
@@ -158,16 +161,63 @@ def test_backlog_counts_priority_subqueues_and_reports_growth(
         broker.close()
 
 
-def test_amqp_broker_depth_is_reported_as_unsupported(monitored: Any) -> None:
-    """On an AMQP broker the queue check says it cannot measure depth (info), nothing else;
-    a target other than 'celery' is rejected by the params model."""
-    s = monitored(REMEDIATION_WORKERS__BROKER_URL="amqp://guest:guest@127.0.0.1:5672//")
+def test_depth_on_an_unmeasurable_broker_is_reported_as_unsupported(monitored: Any) -> None:
+    """On a broker that is neither Redis nor RabbitMQ (SQS here) the queue check says it
+    cannot measure depth (info), nothing else; a target other than 'celery' is rejected."""
+    s = monitored(REMEDIATION_WORKERS__BROKER_URL="sqs://")
     (info,) = celery_queues(ctx(s), CeleryQueuesParams())
     assert (info.kind, info.severity, info.observed) == (
-        "celery_queue_depth_unsupported", "info", "amqp",
+        "celery_queue_depth_unsupported", "info", "sqs",
     )  # fmt: skip
     with pytest.raises(ValidationError, match="REMEDIATION_WORKERS__BROKER_URL"):
         CeleryQueuesParams(target="app")
+
+
+@pytest.fixture
+def amqp_queue() -> Iterator[tuple[str, str]]:
+    """(RabbitMQ URL, a queue name of this test's own); the queue is deleted afterwards."""
+    url = amqp_test_url()
+    name = f"rem-depth-{uuid.uuid4().hex[:10]}"
+    yield url, name
+    with kombu.Connection(url) as conn:
+        conn.default_channel.queue_delete(name)
+
+
+def test_backlog_on_rabbitmq_gives_the_same_findings_as_on_redis(
+    monitored: Any, audit_db: str, amqp_queue: tuple[str, str]
+) -> None:
+    """70 messages in a RabbitMQ queue nobody consumes are a warning with depth 70 (a passive
+    declare); 30 more a second later are high past a band of 90 and celery_queue_growing;
+    a queue that does not exist is empty and is not created by looking."""
+    url, queue = amqp_queue
+    missing = f"{queue}-never-declared"
+    queues = json.dumps([queue, missing])
+    s = monitored(REMEDIATION_WORKERS__BROKER_URL=url, REMEDIATION_WORKERS__QUEUES=queues)
+    app = monitor_app(s)
+    store = AuditStore(audit_db)
+    for i in range(70):
+        app.send_task("test.nap", args=[0], queue=queue, priority=9 if i % 7 < 3 else None)
+    (backlog,) = celery_queues(ctx(s, store), CeleryQueuesParams())
+    assert (backlog.kind, backlog.subject, backlog.severity) == (
+        "celery_queue_backlog", queue, Severity.WARNING,
+    )  # fmt: skip
+    assert (backlog.observed, backlog.threshold) == (70, 50)
+    assert backlog.evidence["by_priority"] == {"all": 70}
+    assert backlog.evidence["reserved_all_queues"] is None
+
+    time.sleep(1.1)
+    for _ in range(30):
+        app.send_task("test.nap", args=[0], queue=queue)
+    high = monitored(REMEDIATION_WORKERS__BROKER_URL=url, REMEDIATION_WORKERS__QUEUES=queues,
+                     REMEDIATION_WORKERS__BACKLOG_HIGH="90")  # fmt: skip
+    findings = celery_queues(ctx(high, store), CeleryQueuesParams())
+    (backlog,) = only(findings, "celery_queue_backlog")
+    assert (backlog.observed, backlog.severity, backlog.threshold) == (100, "high", 90)
+    (growing,) = only(findings, "celery_queue_growing")
+    assert growing.subject == queue and growing.evidence["before"] == 70
+    assert cw.amqp_depths(monitor_app(high), [missing]) == {missing: 0}
+    with kombu.Connection(url) as conn, pytest.raises(conn.channel_errors, match="NOT_FOUND"):
+        conn.default_channel.queue_declare(missing, passive=True)  # looking created nothing
 
 
 def test_a_task_running_past_its_expected_time_is_stuck_without_its_arguments(

@@ -21,14 +21,13 @@ from remediation.testing import (
     Behaviour,
     Origin,
     ProxyProcess,
-    RedisServer,
     WorkerProcess,
     wait_for,
 )
 from tests.conftest import process_env
-from tests.integration.conftest import Audit
+from tests.integration.conftest import Audit, Broker
 
-STATE_DB, BROKER_DB = 8, 9  # apart from the other integration workers' databases
+STATE_DB, BROKER_SLOT = 8, 9  # apart from the other integration workers' databases / vhost
 
 
 @pytest.fixture(scope="module")
@@ -53,12 +52,12 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ProxyProc
 
 @pytest.fixture(scope="module")
 def traffic_env(
-    redis_server: RedisServer, audit_db: str, origin: Origin, proxies: list[ProxyProcess]
+    broker: Broker, audit_db: str, origin: Origin, proxies: list[ProxyProcess]
 ) -> dict[str, str]:
     return process_env(
-        redis_server, audit_db,
-        REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
-        REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
+        broker.redis, audit_db,
+        REMEDIATION_STATE_REDIS_URL=broker.redis.url(STATE_DB),
+        REMEDIATION_BROKER_URL=broker.url(BROKER_SLOT),
         REMEDIATION_PROXIES__PROXY_LIST=json.dumps([f"{p.url()} eu" for p in proxies]),
         REMEDIATION_PROXIES__TEST_URL=origin.url,
         REMEDIATION_PROXIES__TIMEOUT_SECONDS="2",
