@@ -275,6 +275,7 @@ def start_server(settings: Settings) -> int | None:
     reg = CollectorRegistry()
     reg.register(_StateCollector(settings, _STATE.directory))
     _mp.MultiProcessCollector(reg, path=str(_STATE.directory))
+    _seed_last_success(settings)  # before serving: never expose a switch without its times
     cfg = settings.metrics
     try:
         server, _thread = start_http_server(cfg.port, addr=cfg.host, registry=reg)
@@ -285,7 +286,6 @@ def start_server(settings: Settings) -> int | None:
     _STATE.server, _STATE.port = server, int(server.server_address[1])
     log.info(f"metrics endpoint listening on http://{cfg.host}:{_STATE.port}/metrics",
              host=cfg.host, port=_STATE.port)  # fmt: skip
-    _seed_last_success(settings)
     return _STATE.port
 
 

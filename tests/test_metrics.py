@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 from celery import Celery
@@ -246,6 +247,28 @@ def test_second_worker_on_the_same_directory_leaves_it_alone(
                      status="ok") == before  # fmt: skip
     finally:
         second.stop()
+
+
+def test_last_success_survives_a_restart(
+    worker: WorkerProcess, worker_env: dict[str, str], client: Celery, metrics_audit: str
+) -> None:
+    """A restarted worker wipes the directory but seeds last-success times from the audit."""
+    port = int(worker_env["REMEDIATION_METRICS__PORT"])
+    send_batch(client, 1, 0, "before-restart")
+    worker.stop()
+    with psycopg.connect(metrics_audit) as conn:
+        row = conn.execute("SELECT extract(epoch FROM max(finished_at))::float8 FROM check_runs"
+                           " WHERE check_name = 'host_disk' AND status = 'ok'").fetchone()  # fmt: skip
+    assert row is not None and row[0] is not None
+    again = WorkerProcess(worker_env, "metrics-again", concurrency=1)
+    try:
+        again.start()
+        samples = wait_for(lambda: listening(port) and scrape(port), 10, 0.1, "the endpoint")
+        assert value(samples, "remediation_checks_total", check="host_disk", status="ok") is None
+        last = value(samples, "remediation_check_last_success_timestamp_seconds", check="host_disk")
+        assert last == pytest.approx(row[0], abs=0.001)
+    finally:
+        again.stop()
 
 
 def test_disabled_metrics_serve_nothing(worker_env: dict[str, str], tmp_path: Path) -> None:
