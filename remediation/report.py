@@ -25,20 +25,21 @@ MAX_WINDOW = timedelta(days=3650)
 
 NO_FINDING = "(no finding)"
 
-# Every call of an action is a guard decision, except calls rejected for their kwargs (those
-# have an action run and no decision). A reset by an operator is not a call.
+# Every call of an action is a guard decision, except calls rejected for their kwargs and
+# poison tasks given up after their worker died (an action run without a decision). A reset
+# by an operator is not a call.
 _CALLS = """
     WITH calls AS (
         SELECT d.action, d.finding_id, d.decision, d.guard, a.outcome, a.verification,
                a.verified_at
         FROM guard_decisions d LEFT JOIN action_runs a ON a.decision_id = d.id
-        WHERE d.decided_at >= %(since)s AND d.decided_at <= %(until)s
+        WHERE d.decided_at >= %(since)s
           AND d.decision <> 'breaker_reset'
         UNION ALL
-        SELECT a.action, a.finding_id, 'rejected', 'params', a.outcome, a.verification,
+        SELECT a.action, a.finding_id, NULL, NULL, a.outcome, a.verification,
                a.verified_at
         FROM action_runs a
-        WHERE a.decision_id IS NULL AND a.started_at >= %(since)s AND a.started_at <= %(until)s
+        WHERE a.decision_id IS NULL AND a.started_at >= %(since)s
     )
 """
 
@@ -80,13 +81,13 @@ _SUPPRESSED_BY = (
 _TOTALS = """
     SELECT
       (SELECT count(*) FROM check_runs
-        WHERE started_at >= %(since)s AND started_at <= %(until)s) AS check_runs,
+        WHERE started_at >= %(since)s) AS check_runs,
       (SELECT count(*) FROM check_runs WHERE status = 'error'
-        AND started_at >= %(since)s AND started_at <= %(until)s) AS check_errors,
+        AND started_at >= %(since)s) AS check_errors,
       (SELECT count(*) FROM findings
-        WHERE seen_at >= %(since)s AND seen_at <= %(until)s) AS findings,
+        WHERE seen_at >= %(since)s) AS findings,
       (SELECT count(DISTINCT incident_id) FROM findings
-        WHERE seen_at >= %(since)s AND seen_at <= %(until)s) AS incidents
+        WHERE seen_at >= %(since)s) AS incidents
 """
 
 
