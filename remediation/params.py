@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from typing import Annotated, Any, Self
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 _TARGET = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 
@@ -19,10 +19,27 @@ def _target_name(value: str) -> str:
 TargetName = Annotated[str, AfterValidator(_target_name)]
 
 
+def _no_nul(value: Any, where: str) -> None:
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError(f"{where}: NUL characters are not allowed")
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _no_nul(item, f"{where}.{key}" if where else str(key))
+    elif isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            _no_nul(item, f"{where}.{i}")
+
+
 class Params(BaseModel):
     """Kwargs of a check or action task. Unknown keys and wrong types are rejected."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", strict=False)
+
+    @model_validator(mode="after")
+    def _storable(self) -> Self:
+        """Params are audited as jsonb, which cannot hold NUL: refuse them before acting."""
+        _no_nul(self.model_dump(), "")
+        return self
 
 
 class CheckParams(Params):

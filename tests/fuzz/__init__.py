@@ -1,0 +1,1 @@
+"""Property-based tests: hypothesis-generated kwargs for every remediation.act.* task."""
