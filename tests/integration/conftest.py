@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -42,6 +43,8 @@ REDIS_ONLY = {
     "test_beat": "redbeat and its lock are the subject; the broker plays no part",
 }
 """Modules that run on the Redis broker only, with the reason."""
+AMQP_ONLY = {"test_rabbitmq"}
+"""Modules about RabbitMQ itself."""
 MAIN_SLOT = 1
 """The broker slot of the two shared workers (Redis db 1, as in service_env)."""
 
@@ -58,7 +61,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         return
     module = metafunc.module.__name__.rsplit(".", 1)[-1]
     only_redis = module in REDIS_ONLY or metafunc.definition.get_closest_marker("redis_only")
-    kinds = ["redis"] if only_redis else list(BROKERS)
+    kinds = ["redis"] if only_redis else ["amqp"] if module in AMQP_ONLY else list(BROKERS)
     metafunc.parametrize("broker", kinds, indirect=True, scope="session")
 
 
@@ -124,10 +127,24 @@ def vhosts_for(url: str) -> Vhosts:
     """Vhosts on the test broker; skips (fails in CI) when rabbitmqctl cannot make them."""
     if shutil.which("rabbitmqctl") is None:
         _missing("rabbitmqctl (the RabbitMQ tests make a vhost per session with it)")
-    probe = rabbitmqctl("list_vhosts")
+    probe = rabbitmqctl("-q", "list_vhosts", "name")
     if probe.returncode != 0:
         _missing(f"rabbitmqctl access to the test broker ({probe.stderr.strip()[-300:]})")
+    for name in probe.stdout.split():  # left behind by a session that was killed
+        pid = name.split("-")[2] if name.startswith("rem-test-") else ""
+        if pid.isdigit() and not _running(int(pid)):
+            rabbitmqctl("delete_vhost", name)
     return Vhosts(url)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
 
 
 @dataclass
@@ -215,13 +232,13 @@ def worker_env(
 def workers(worker_env: dict[str, str]) -> Iterator[list[WorkerProcess]]:
     """Two worker processes (two pool children each), like two hosts."""
     procs = [WorkerProcess(worker_env, f"w{i}") for i in (1, 2)]
-    try:
-        for p in procs:
-            p.start()
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
+    # started and stopped side by side: each takes seconds, and this happens once per broker
+    with ThreadPoolExecutor(len(procs)) as pool:
+        try:
+            list(pool.map(WorkerProcess.start, procs))
+            yield procs
+        finally:
+            list(pool.map(WorkerProcess.stop, procs))
 
 
 @pytest.fixture(scope="session")
