@@ -75,7 +75,7 @@ def amqp_test_url() -> str:
         _missing("RabbitMQ (REMEDIATION_TEST_AMQP_URL is unset; scripts/ensure_services.sh)")
     try:
         with kombu.Connection(url, connect_timeout=3) as conn:
-            conn.ensure_connection(max_retries=1)
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
     except Exception as exc:  # any failure to connect means: no broker for these tests
         _missing(f"RabbitMQ at {mask(url)} ({type(exc).__name__}: {exc})")
     return url
