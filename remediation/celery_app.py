@@ -16,6 +16,8 @@ from remediation.logging import configure_logging
 from remediation.redact import redact
 from remediation.settings import Settings, get_settings
 
+RETRY_DELAY_SECONDS = 5  # before a task whose worker died runs again
+
 
 def celery_config(s: Settings) -> dict[str, Any]:
     """Safe defaults (ENGINEERING.md): late ack, bounded retry on a lost worker, prefetch 1."""
@@ -26,7 +28,6 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "task_acks_late": True,
         "task_reject_on_worker_lost": False,  # requeue forever on a poison task: no
         "task_retry_on_worker_lost": True,  # bounded by max_retries below
-        "task_default_retry_delay": 5,
         "worker_prefetch_multiplier": 1,
         "task_soft_time_limit": c.soft_time_limit,
         "task_time_limit": c.time_limit,
@@ -76,7 +77,14 @@ def get_app() -> Celery:
     configure_logging(settings.log_level, settings.log_format)
     app = Celery("remediation")
     app.conf.update(celery_config(settings))
-    app.conf.task_annotations = {"*": {"max_retries": settings.celery.max_retries_on_worker_lost}}
+    # A task whose worker died is retried (same id) after default_retry_delay, at most
+    # max_retries times; Celery has no setting for the delay, only this task attribute.
+    app.conf.task_annotations = {
+        "*": {
+            "max_retries": settings.celery.max_retries_on_worker_lost,
+            "default_retry_delay": RETRY_DELAY_SECONDS,
+        }
+    }
     register_tasks(app)
     app.conf.beat_schedule = load_schedule(settings.schedule_module)
     return app

@@ -22,11 +22,13 @@ SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'm', 'p')
 """
 # After a redelivery: did this table get its VACUUM / ANALYZE since the lost attempt claimed
-# the work, and is a VACUUM of it (the lost attempt's, still running server-side) in progress?
+# the work, and does a session (the lost attempt's, still running server-side) hold or await
+# the lock VACUUM and ANALYZE take?
 DONE_SINCE_SQL = """
 SELECT greatest(s.last_vacuum, s.last_autovacuum) >= to_timestamp(%(since)s) AS vacuumed,
        greatest(s.last_analyze, s.last_autoanalyze) >= to_timestamp(%(since)s) AS analyzed,
-       EXISTS (SELECT 1 FROM pg_stat_progress_vacuum v WHERE v.relid = s.relid) AS running
+       EXISTS (SELECT 1 FROM pg_locks l WHERE l.relation = s.relid
+               AND l.mode = 'ShareUpdateExclusiveLock' AND l.pid <> pg_backend_pid()) AS running
 FROM pg_stat_user_tables s WHERE s.schemaname = %(schema)s AND s.relname = %(name)s
 """
 RESUME_WAIT_SECONDS = 120
