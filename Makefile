@@ -8,7 +8,7 @@ VENV ?= .venv
 SERVICES := .data/services.env
 WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
 
-.PHONY: help venv services db run test lint bench docker stop clean
+.PHONY: help venv services db run test chaos lint bench docker stop clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -34,6 +34,10 @@ run: db ## run a worker with one beat in the foreground, monitoring its own stac
 test: db ## the whole test suite against real Redis, PostgreSQL and Celery workers
 	@scripts/ensure_test_tools.sh
 	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+chaos: db ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz cases per action
+	@scripts/ensure_test_tools.sh
+	$(WITH_SERVICES) REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict on the package
 	$(VENV)/bin/ruff check remediation tests bench beat_schedule.py

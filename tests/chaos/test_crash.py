@@ -270,3 +270,55 @@ def test_poison_task_stops_after_bounded_retries_and_is_audited(
     assert "given up (poison task)" in failed[0][0]
     assert list(r.scan_iter(match=keys.idempotency("vacuum_analyze:*"))) == []
     assert len([b for b in webhook.bodies if "poison task" in json.dumps(b)]) == 1
+
+
+def worker_of(pid: int, workers: list[WorkerProcess]) -> WorkerProcess:
+    """The worker whose process group the pool child belongs to."""
+    group = os.getpgid(pid)
+    return next(w for w in workers if w.proc is not None and w.proc.pid == group)
+
+
+def test_kill_whole_workers_mid_action_rabbitmq_hands_over(
+    redis_server: RedisServer, r: redis.Redis, audit_db: str, app_db: str
+) -> None:
+    """Two workers on RabbitMQ; the whole worker running the action (main process and
+    children) is killed -9 mid-action, some while the VACUUM is in flight. RabbitMQ gives
+    the message to the other worker at once; the same task resumes and the table is
+    vacuumed exactly once. The killed worker is started again for the next round."""
+    from tests.integration.conftest import amqp_test_url, vhosts_for
+
+    vhosts = vhosts_for(amqp_test_url())
+    try:
+        broker = vhosts.url(1)
+        env = chaos_env(redis_server, audit_db, app_db, REMEDIATION_BROKER_URL=broker)
+        workers = [WorkerProcess(env, f"whole{n}-{uuid.uuid4().hex[:6]}").start() for n in (1, 2)]
+        _LOGS[:] = workers
+        rounds = scale(2, 10)
+        tables = [f"w{i}" for i in range(rounds)]
+        make_tables(app_db, tables)
+        app = sender(broker)
+        task_ids: dict[str, str] = {}
+        try:
+            for n, table in enumerate(tables):
+                with psycopg.connect(app_db) as blocker:
+                    if n % 2 == 0:  # every other round: the VACUUM is in flight at the kill
+                        blocker.execute(
+                            sql.SQL("LOCK TABLE {} IN SHARE UPDATE EXCLUSIVE MODE").format(
+                                sql.Identifier("public", table)
+                            )
+                        )
+                    task_ids[table] = send(app, table)
+                    pid = wait_for(lambda t=table: holder(r, t), 30, 0.005, f"lock on {table}")
+                    victim = worker_of(pid, workers)
+                    os.killpg(victim.proc.pid, signal.SIGKILL)  # type: ignore[union-attr]
+                    victim.proc.wait(10)  # type: ignore[union-attr]
+                wait_all_succeeded(audit_db, [task_ids[table]])
+                workers.remove(victim)
+                workers.append(WorkerProcess(env, f"whole-{uuid.uuid4().hex[:6]}").start())
+                _LOGS[:] = workers
+            assert_exactly_once(audit_db, app_db, task_ids, set(tables))
+        finally:
+            for w in workers:
+                w.stop()
+    finally:
+        vhosts.delete_all()
