@@ -160,3 +160,30 @@ def bloat_again(dsn: str, table: str) -> None:
             f"INSERT INTO public.\"{table}\" SELECT g, repeat('x', 50) FROM generate_series(1, 5000) g"
         )
         conn.execute(f'DELETE FROM public."{table}" WHERE id % 5 <> 0')
+
+
+def test_flap_guard_suspends_and_escalates_once(settings_env: Any, target_db: str) -> None:
+    """flap_max_runs 2: two ANALYZEs of one table run, every later call is suppressed by the
+    flap guard and audited, and exactly one 'flapping' notification is dispatched."""
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_GUARDS__FLAP_MAX_RUNS="2",
+        REMEDIATION_GUARDS__COOLDOWN_OVERRIDES='{"analyze_tables": 0}',
+    )
+    bloat(target_db, "f1")
+    sent = Recorder()
+    runner = Runner(s, sent)
+    outcomes = [
+        runner.run_action("analyze_tables", {"target": "app", "tables": ["f1"]}, task_id=f"f{n}")
+        for n in range(5)
+    ]
+    assert [o.outcome for o in outcomes] == ["succeeded"] * 2 + ["suppressed"] * 3
+    assert all("flap guard" in o.reason for o in outcomes[2:])
+    flapping = [
+        k for task, k, _ in sent.sent if task.endswith(".notify") and k["kind"] == "flapping"
+    ]
+    assert len(flapping) == 1 and "analyze_tables on app/public.f1" in flapping[0]["text"]
+    rows = runner.store.query(
+        "SELECT count(*) AS n FROM guard_decisions WHERE guard = 'flap' AND task_id LIKE 'f%%'"
+    )
+    assert rows == [{"n": 3}]
