@@ -1,0 +1,152 @@
+"""Fixtures for the chaos tests: private Redis servers that may be killed, a fresh audit
+database per test, worker and beat processes that are always stopped, a RabbitMQ vhost."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from remediation.audit.store import AuditStore
+from remediation.testing import (
+    BeatProcess,
+    PersistentRedisServer,
+    RedisServer,
+    WebhookReceiver,
+    WorkerProcess,
+    as_url,
+    listening,
+    scratch_database,
+)
+from tests.conftest import _missing, process_env
+from tests.integration.conftest import Audit
+
+RABBITMQ_PORT = 5672
+
+
+def _started(server: RedisServer) -> RedisServer:
+    try:
+        return server.start()
+    except (RuntimeError, TimeoutError) as exc:
+        _missing(f"redis-server ({exc})")
+        raise  # unreachable: _missing skips or fails
+
+
+@pytest.fixture
+def state_redis() -> Iterator[PersistentRedisServer]:
+    """The state Redis (guards, incidents, redbeat; the broker too unless told otherwise),
+    persisted to an append-only file so that a kill and restart keep it."""
+    server = PersistentRedisServer()
+    _started(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def side_redis() -> Iterator[RedisServer]:
+    """A Redis that is never restarted: the monitored application's job lists, and results."""
+    server = RedisServer()
+    _started(server)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def chaos_audit(pg_admin: str) -> Iterator[Audit]:
+    """A fresh audit database, so counts cover this test only."""
+    with scratch_database(pg_admin, "rem_chaos") as dsn:
+        url = as_url(dsn)
+        AuditStore(url).upgrade()
+        yield Audit(url)
+
+
+@pytest.fixture
+def chaos_env(
+    state_redis: PersistentRedisServer,
+    side_redis: RedisServer,
+    chaos_audit: Audit,
+    webhook: WebhookReceiver,
+    tmp_path: Path,
+) -> dict[str, str]:
+    """Worker and beat environment: everything private to this test, guards that never
+    get in the way of counting (no budget, flap or metrics port shared with other tests)."""
+    return process_env(
+        state_redis,
+        chaos_audit.dsn,
+        REMEDIATION_REDIS_TARGETS__APP=side_redis.url(0),
+        REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
+        REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 100000, "notify": 100000}',
+        REMEDIATION_GUARDS__FLAP_MAX_RUNS="1000",
+        REMEDIATION_GUARDS__FLAP_OVERRIDES='{"dedupe_job_queue": 1000, "notify": 1000}',
+        REMEDIATION_AUDIT__SPOOL_DIR=str(tmp_path / "spool"),
+        REMEDIATION_METRICS__ENABLED="false",
+        REMEDIATION_METRICS__MULTIPROC_DIR=str(tmp_path / "metrics"),
+    )
+
+
+@pytest.fixture
+def start_worker(tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    """start_worker(env, concurrency=2): a real worker, stopped at the end of the test."""
+    started: list[WorkerProcess] = []
+
+    def start(env: dict[str, str], concurrency: int = 2) -> WorkerProcess:
+        name = f"chaos{len(started)}-{uuid.uuid4().hex[:6]}"
+        worker = WorkerProcess(env, name, concurrency, log_path=tmp_path / f"{name}.log")
+        started.append(worker)
+        return worker.start()
+
+    try:
+        yield start
+    finally:
+        for worker in started:
+            worker.stop()
+
+
+@pytest.fixture
+def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], BeatProcess]]:
+    """start_beat(env): a real beat process, killed at the end of the test."""
+    started: list[BeatProcess] = []
+
+    def start(env: dict[str, str]) -> BeatProcess:
+        beat = BeatProcess(
+            env, f"beat{len(started)}", log_path=tmp_path / f"beat{len(started)}.log"
+        )
+        started.append(beat)
+        return beat.start()
+
+    try:
+        yield start
+    finally:
+        for beat in started:
+            beat.kill()
+
+
+def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = shutil.which("rabbitmqctl") or "rabbitmqctl"
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False)
+
+
+@pytest.fixture
+def rabbitmq_url() -> Iterator[str]:
+    """amqp:// on a vhost of its own (guest/guest), deleted afterwards: no queue is shared
+    with any other test or worker on the same RabbitMQ."""
+    if not listening(RABBITMQ_PORT) or shutil.which("rabbitmqctl") is None:
+        _missing(f"RabbitMQ on 127.0.0.1:{RABBITMQ_PORT} (with rabbitmqctl)")
+    vhost = f"rem_chaos_{uuid.uuid4().hex[:10]}"
+    made = _rabbitmqctl("add_vhost", vhost)
+    if made.returncode != 0:
+        _missing(f"a RabbitMQ vhost (rabbitmqctl add_vhost: {made.stderr.strip()[:200]})")
+    try:
+        granted = _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
+        assert granted.returncode == 0, granted.stderr
+        yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/{vhost}"
+    finally:
+        _rabbitmqctl("delete_vhost", vhost)

@@ -1,0 +1,185 @@
+"""Scheduler failover: two redbeat beats, the active one killed -9 mid-run, every schedule
+slot counted from the audit trail: none fires twice, none is skipped."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import redis
+
+from remediation.testing import (
+    REDBEAT_LOCK_KEY,
+    BeatProcess,
+    PersistentRedisServer,
+    WorkerProcess,
+    wait_for,
+)
+from tests.chaos import scale
+from tests.integration.conftest import Audit
+
+ENTRIES = scale(25, 30)
+INTERVAL = 3  # seconds between two firings of one entry
+KILLS = scale(1, 4)
+STEADY = scale(5, 8)  # seconds of normal running before each kill and after the last
+LOCK_TIMEOUT = 10  # REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT's minimum
+LOOP = 1  # REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL
+HANDOVER_BOUND = LOCK_TIMEOUT + LOOP + 1  # the documented takeover time, with 1 s of slack
+STEADY_GAP = INTERVAL + LOOP + 1  # the longest gap between two firings with no kill between
+DOUBLE_FIRE = 0.5 * INTERVAL  # two firings closer than this are one slot fired twice
+KEY = "chaos_slot_"
+
+
+def schedule_module(entries: int) -> str:
+    return "SCHEDULE = {\n" + "".join(
+        f"    'slot{i:02d}': {{'task': 'remediation.check.redis_job_queue', "
+        f"'schedule': {INTERVAL}, 'kwargs': {{'target': 'self', 'key': '{KEY}{i:02d}'}}}},\n"
+        for i in range(entries)
+    ) + "}\n"  # fmt: skip
+
+
+@dataclass
+class Kill:
+    """One kill of the active beat and what followed."""
+
+    at: float  # epoch seconds
+    lock_taken_after: float = 0.0  # kill -> the new active beat logs "Acquired lock"
+    first_firing_after: float = 0.0  # kill -> its first "Sending due task"
+
+
+@dataclass
+class Firings:
+    """Firing times per schedule entry, read from the audit check_runs rows."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)
+    task_ids: list[str] = field(default_factory=list)
+    statuses: set[str] = field(default_factory=set)
+
+    @classmethod
+    def read(cls, audit: Audit) -> Firings:
+        rows = audit.rows(
+            "SELECT params->>'key' AS key, task_id, status, extract(epoch FROM started_at) AS t"
+            " FROM check_runs WHERE params->>'key' LIKE %s ORDER BY started_at",
+            KEY + "%",
+        )
+        out = cls()
+        for row in rows:
+            out.times.setdefault(row["key"], []).append(float(row["t"]))
+            out.task_ids.append(row["task_id"])
+            out.statuses.add(row["status"])
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(len(t) for t in self.times.values())
+
+    def gaps(self) -> list[tuple[str, float, float]]:
+        """(entry, previous firing, next firing) for every pair of consecutive firings."""
+        return [(k, a, b) for k, ts in self.times.items() for a, b in itertools.pairwise(ts)]
+
+
+def log_events(beat: BeatProcess, text: str) -> list[float]:
+    """Epoch times of the beat's JSON log lines whose event contains text."""
+    times = []
+    for line in beat.log().splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if text in str(event.get("event", "")):
+            times.append(datetime.fromisoformat(event["timestamp"]).timestamp())
+    return times
+
+
+def the_active(beats: list[BeatProcess]) -> BeatProcess:
+    active = [b for b in beats if b.active()]
+    assert len(active) == 1, f"{len(active)} active beats: exactly one may hold the lock"
+    return active[0]
+
+
+def kill_active(
+    beats: list[BeatProcess], start: Callable[[], BeatProcess], lock: redis.Redis
+) -> Kill:
+    """kill -9 the beat holding the lock, start a fresh standby, wait for the handover."""
+    active = the_active(beats)
+    assert lock.pttl(REDBEAT_LOCK_KEY) > 0, "the active beat holds no lock in Redis"
+    kill = Kill(time.time())
+    active.kill()
+    beats.remove(active)
+    beats.append(start())
+    new = wait_for(lambda: next((b for b in beats if b.active()), None), HANDOVER_BOUND + 15,
+                   0.1, "a standby taking the lock")  # fmt: skip
+    sent = wait_for(lambda: log_events(new, "Sending due task"), 10, 0.1, "its first firing")
+    kill.lock_taken_after = log_events(new, "Acquired lock")[0] - kill.at
+    kill.first_firing_after = sent[0] - kill.at
+    return kill
+
+
+def test_active_beat_killed_no_slot_fired_twice_or_skipped(
+    chaos_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    start_beat: Callable[[dict[str, str]], BeatProcess], chaos_audit: Audit,
+    state_redis: PersistentRedisServer, tmp_path: Path,
+) -> None:  # fmt: skip
+    """Kill -9 the active beat; the standby takes over within the lock timeout and every
+    entry keeps firing once per interval: no slot twice, none skipped."""
+    (tmp_path / "chaos_schedule.py").write_text(schedule_module(ENTRIES))
+    env = {**chaos_env, "REMEDIATION_SCHEDULE_MODULE": "chaos_schedule",
+           "PYTHONPATH": str(tmp_path), "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+           "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": str(LOOP)}  # fmt: skip
+    start_worker(env, concurrency=4)
+    lock = redis.Redis.from_url(state_redis.url(0))
+    everyone: list[BeatProcess] = []
+
+    def start() -> BeatProcess:
+        everyone.append(start_beat(env))
+        return everyone[-1]
+
+    beats = [start()]
+    wait_for(lambda: beats[0].active(), 60, 0.1, "the first beat taking the lock")
+    beats.append(start())
+    wait_for(lambda: len(Firings.read(chaos_audit).times) == ENTRIES, 30, 0.3, "every entry")
+    kills = []
+    for _ in range(KILLS):
+        time.sleep(STEADY)
+        kills.append(kill_active(beats, start, lock))
+    time.sleep(STEADY)
+    for beat in beats:
+        beat.kill()
+    ended = time.time()
+    sent = sum(len(log_events(b, "Sending due task")) for b in everyone)
+    wait_for(lambda: "running" not in Firings.read(chaos_audit).statuses, 30, 0.3, "checks done")
+    lock.close()
+    report(Firings.read(chaos_audit), kills, ended, sent)
+
+
+def report(firings: Firings, kills: list[Kill], ended: float, sent: int) -> None:
+    """The counts, printed (pytest -s shows them) and asserted."""
+    doubles = [(k, round(b - a, 2)) for k, a, b in firings.gaps() if b - a < DOUBLE_FIRE]
+    skipped = [(k, round(b - a, 2)) for k, a, b in firings.gaps() if b - a > allowed(a, b, kills)]
+    late = [k for k, ts in firings.times.items() if ts[-1] < ended - STEADY_GAP]
+    print(f"\nbeat failover: {len(firings.times)} entries x every {INTERVAL}s, {firings.total} "
+          f"slots fired ({sent} sent by the beats), {len(doubles)} fired twice, {len(skipped)} skipped, {len(kills)} kills;"
+          f" lock taken after {[round(k.lock_taken_after, 1) for k in kills]} s, first firing "
+          f"after {[round(k.first_firing_after, 1) for k in kills]} s")  # fmt: skip
+    assert len(firings.times) == ENTRIES
+    assert firings.statuses == {"ok"}
+    assert firings.total <= sent, "the worker ran more checks than the beats sent"
+    assert len(set(firings.task_ids)) == len(firings.task_ids), "a task ran twice"
+    assert doubles == [], f"slots fired twice: {doubles}"
+    assert skipped == [], f"slots skipped: {skipped}"
+    assert late == [], f"entries that stopped firing before the end: {late}"
+    for kill in kills:
+        assert kill.first_firing_after <= HANDOVER_BOUND, f"handover took {kill}"
+    assert firings.total >= scale(80, 200)
+
+
+def allowed(previous: float, following: float, kills: list[Kill]) -> float:
+    """The longest acceptable gap: one interval plus the handover when a kill fell between."""
+    if any(previous <= k.at <= following for k in kills):
+        return INTERVAL + HANDOVER_BOUND
+    return STEADY_GAP
