@@ -56,19 +56,17 @@ class Stream:
         self.run = uuid.uuid4().hex[:8]
         self.batches: list[Batch] = []
 
-    def send(
-        self, tag: str, dedupes: int = DEDUPES, notifies: int = NOTIFIES, checks: int = CHECKS
-    ) -> Batch:
+    def send(self, tag: str) -> Batch:
         batch = Batch(f"{self.run}-{tag}-{len(self.batches)}")
-        for i in range(dedupes):
+        for i in range(DEDUPES):
             key = f"chaos:jobs:{batch.tag}:{i}"
             self.jobs.rpush(key, *JOBS)
             batch.dedupes[self._send("act.dedupe_job_queue", target="app", key=key)] = key
-        for i in range(notifies):
+        for i in range(NOTIFIES):
             incident = f"chaos-{batch.tag}-{i}"
             kwargs = {"text": f"chaos {tag}", "incident": incident, "kind": "chaos"}
             batch.notifies[self._send("act.notify", **kwargs)] = incident
-        for _ in range(checks):  # an empty list: no finding, so no playbook action
+        for _ in range(CHECKS):  # an empty list: no finding, so no playbook action
             batch.checks.append(
                 self._send("check.redis_job_queue", target="app", key=f"chaos:probe:{batch.tag}")
             )
