@@ -179,7 +179,11 @@ def report(firings: Firings, kills: list[Kill], ended: float, sent: int) -> None
 
 
 def allowed(previous: float, following: float, kills: list[Kill]) -> float:
-    """The longest acceptable gap: one interval plus the handover when a kill fell between."""
-    if any(previous <= k.at <= following for k in kills):
+    """The longest acceptable gap: one interval, plus the handover for the gap across one.
+
+    Firing times are when the worker started the check; one sent just before a kill may
+    start just after it, so the gap across a handover is the one that contains the new
+    active beat's first firing (half a second of worker latency allowed)."""
+    if any(previous < k.at + k.first_firing_after <= following + 0.5 for k in kills):
         return INTERVAL + HANDOVER_BOUND
     return STEADY_GAP
