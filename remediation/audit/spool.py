@@ -112,7 +112,13 @@ class Spool:
         raise AuditError(f"audit spool file kept moving: {path}")
 
     def size(self) -> int:
-        return sum(p.stat().st_size for p in self._files((ACTIVE, CLAIMED)))
+        total = 0
+        for path in self._files((ACTIVE, CLAIMED)):
+            try:
+                total += path.stat().st_size
+            except FileNotFoundError:  # claimed or removed by a replay round meanwhile
+                continue
+        return total
 
     def pending(self) -> bool:
         """True when any record waits (one directory listing; no file is read)."""
