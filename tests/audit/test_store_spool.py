@@ -50,7 +50,7 @@ def test_rows_written_while_down_are_spooled_fsynced_and_redacted(
         write_trail(store, "t-down")
         elapsed = time.monotonic() - started
     (path,) = spooled(spool_dir)
-    assert path == store.spool.own_path() if store.spool else False
+    assert store.spool is not None and path == store.spool.own_path()
     assert len(path.read_bytes().splitlines()) == 7
     assert synced.count(str(path)) == 7  # every append synced before it returned
     assert SECRET not in path.read_text()
@@ -178,7 +178,7 @@ def test_processes_sharing_a_spool_replay_concurrently_once(
     def run_all(tag: str, n: int) -> None:
         procs = [_python(WRITER, db, str(spool_dir), str(n), f"{tag}{i}") for i in range(4)]
         for p in procs:
-            out, err = p.communicate(timeout=120)
+            _, err = p.communicate(timeout=120)
             assert p.returncode == 0, err.decode()[-2000:]
 
     with outage(cluster):

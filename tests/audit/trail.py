@@ -43,7 +43,7 @@ def write_trail(store: AuditStore, task: str, f: Finding | None = None) -> dict[
 
 def rows(dsn: str, query: str, *params: Any) -> list[dict[str, Any]]:
     with psycopg.connect(dsn, row_factory=dict_row) as conn:
-        return conn.execute(query, params).fetchall()  # type: ignore[arg-type]
+        return conn.execute(query, params).fetchall()
 
 
 def counts(dsn: str) -> dict[str, int]:
