@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 
@@ -94,6 +95,9 @@ def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict
         "REMEDIATION_AUDIT_DSN": audit_dsn,
         "REMEDIATION_LOG_FORMAT": "json",
         "REMEDIATION_VERIFY__DELAY_SECONDS": "0.5",
+        # each test worker serves metrics on a free port from a directory of its own
+        "REMEDIATION_METRICS__PORT": "0",
+        "REMEDIATION_METRICS__MULTIPROC_DIR": tempfile.mkdtemp(prefix="rem-metrics-"),
     }
     env.update(extra)
     return env
