@@ -13,7 +13,7 @@ import os
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -26,6 +26,9 @@ from remediation.errors import AuditError
 from remediation.findings import Finding
 from remediation.logging import get_logger
 from remediation.redact import redact, redact_text
+
+if TYPE_CHECKING:
+    from remediation.settings import Settings
 
 _POOLS: dict[tuple[int, str], ConnectionPool] = {}
 _DOWN_UNTIL: dict[tuple[int, str], float] = {}
@@ -102,7 +105,7 @@ class AuditStore:
         self.log = get_logger("remediation.audit")
 
     @classmethod
-    def from_settings(cls, settings: Any) -> AuditStore:
+    def from_settings(cls, settings: Settings) -> AuditStore:
         """The store a worker uses: REMEDIATION_AUDIT_DSN with REMEDIATION_AUDIT__SPOOL_*."""
         return cls(
             settings.audit_dsn.get_secret_value(),
