@@ -8,7 +8,10 @@ from typing import Any
 MASK = "***"
 
 # user:password@ in any URL or DSN
-_URL_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)")
+# (the scheme is at most 32 characters: unbounded, a long run of letters took quadratic time)
+_URL_PASSWORD = re.compile(
+    r"(?P<head>(?<![a-zA-Z0-9+.\-])[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^:/@\s]*:)(?P<pw>[^@\s/]+)(?=@)"
+)
 _SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
 # password=... in key=value DSNs and query strings
 _KV_SECRET = re.compile(
@@ -61,3 +64,28 @@ def redact(value: Any) -> Any:
     if hasattr(value, "get_secret_value"):
         return MASK
     return value
+
+
+_MAX_INT_BITS = 330  # about 100 digits: bigger integers are stored as a description
+
+
+def storable(value: Any) -> Any:
+    """A copy of value that JSON and PostgreSQL can store: NUL shown as \\0, lone surrogates
+    replaced, NaN/Infinity and huge integers as text, keys as text. For audit rows of
+    rejected input, which may hold anything a caller sent."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\\0").encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        if value.bit_length() > _MAX_INT_BITS:
+            return f"<integer of about {value.bit_length() * 3 // 10} digits>"
+        return value
+    if isinstance(value, float):
+        finite = value == value and value not in (float("inf"), float("-inf"))
+        return value if finite else str(value)
+    if isinstance(value, dict):
+        return {storable(str(k)): storable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [storable(v) for v in value]
+    return storable(repr(value))

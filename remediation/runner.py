@@ -25,7 +25,7 @@ from remediation.guards import keys
 from remediation.guards.chain import Admission, GuardChain
 from remediation.guards.lua import script
 from remediation.logging import get_logger
-from remediation.redact import redact_text
+from remediation.redact import redact_text, storable
 from remediation.registry import ACTION_PREFIX, get_action, get_check
 from remediation.settings import Settings
 
@@ -66,12 +66,13 @@ class ActionOutcome:
 
 
 def validation_message(exc: ValidationError) -> str:
-    """One line per problem, naming the kwarg, without echoing the rejected values."""
+    """One line per problem, naming the kwarg, without echoing the rejected values (and
+    storable: a kwarg's name may hold anything)."""
     parts = []
     for err in exc.errors():
         loc = ".".join(str(p) for p in err["loc"]) or "kwargs"
         parts.append(f"{loc}: {err['msg']}")
-    return "; ".join(parts)
+    return str(storable("; ".join(parts)))
 
 
 class Runner:
@@ -80,7 +81,7 @@ class Runner:
     def __init__(self, settings: Settings, dispatch: Dispatch, store: AuditStore | None = None):
         self.settings = settings
         self.dispatch = dispatch
-        self.store = store or AuditStore(settings.audit_dsn.get_secret_value())
+        self.store = store or AuditStore.from_settings(settings)  # spools while PG is down
         self.log = get_logger("remediation.runner")
 
     @property
@@ -104,7 +105,7 @@ class Runner:
             params = spec.params_model.model_validate(kwargs)
         except ValidationError as exc:
             message = validation_message(exc)
-            run_id = self.store.rejected_check(spec.name, kwargs, message, task_id)
+            run_id = self.store.rejected_check(spec.name, storable(kwargs), message, task_id)
             metrics.check_run(spec.name, "rejected", 0.0)
             self.log.warning("check rejected", check=spec.name, reason=message)
             return CheckOutcome("rejected", run_id, error=message)
@@ -201,10 +202,11 @@ class Runner:
             params = spec.params_model.model_validate(kwargs)
         except ValidationError as exc:
             message = validation_message(exc)
+            safe = storable(kwargs)  # rejected input may hold anything: NUL, NaN, huge ints
             run_id = self.store.add_action_run(
-                action=spec.name, target=str(kwargs.get("target", "?"))[:64], resource=None,
-                params=kwargs, outcome="rejected", error=message, finding_id=finding_id,
-                task_id=task_id,
+                action=spec.name, target=redact_text(str(safe.get("target", "?")))[:64],
+                resource=None, params=safe, outcome="rejected", error=message,
+                finding_id=finding_id, task_id=task_id,
             )  # fmt: skip
             self.log.warning("action rejected", action=spec.name, reason=message)
             metrics.action_run(spec.name, "rejected", None)
@@ -217,7 +219,10 @@ class Runner:
             else f"{spec.name}:{resource}:task:{task_id or uuid.uuid4().hex}"
         )
         chain = GuardChain(self.state, self.settings, spec)
-        audit: dict[str, Any] = {"action": spec.name, "target": target, "resource": resource}
+        # the audit copy of identifiers is redacted (a credential URL given as a key)
+        audit: dict[str, Any] = {
+            "action": spec.name, "target": redact_text(target), "resource": redact_text(resource)
+        }  # fmt: skip
         try:
             adm = chain.admit(target, resource, idem, task_id or "")
         except GuardUnavailable as exc:
@@ -227,7 +232,7 @@ class Runner:
                 )
             decision_id = self.store.add_decision(
                 **audit, decision="unavailable", guard="state", reason=str(exc),
-                finding_id=finding_id, task_id=task_id, idempotency_key=idem,
+                finding_id=finding_id, task_id=task_id, idempotency_key=redact_text(idem),
             )  # fmt: skip
             self.log.error("guard state unavailable; not acting", error=str(exc))
             metrics.guard_decision(spec.name, "unavailable", "state")
@@ -237,7 +242,7 @@ class Runner:
         try:
             decision_id = self.store.add_decision(
                 **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
-                finding_id=finding_id, task_id=task_id, idempotency_key=idem,
+                finding_id=finding_id, task_id=task_id, idempotency_key=redact_text(idem),
             )  # fmt: skip
         except AuditError:  # never act without an audit row: give back what the guards took
             chain.abandon(adm, target, resource)

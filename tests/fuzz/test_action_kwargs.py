@@ -100,7 +100,7 @@ def test_schema_kwargs_under_dry_run_never_act(name: str, fuzz: Fuzz) -> None:
             (decision,), (row,) = decisions, rows
             assert decision["decision"] == "dry_run" and row["outcome"] == "dry_run"
             assert row["decision_id"] == decision["id"] and row["result"] is None
-        # the columns the audit redacts; resource/idempotency_key are not (xfails below)
+        # the columns the audit redacts (resource/idempotency_key: tests below)
         redacted = [(r["params"], r["error"], r["result"]) for r in rows]
         assert SECRET not in repr(redacted) + repr([d["reason"] for d in decisions])
         assert fuzz.keys() - before <= DRY_RUN_KEYS
@@ -138,8 +138,7 @@ def floor(model: type[BaseModel], cases: int) -> int:
     return 2 if list(model.model_fields) == ["target"] else cases // 4
 
 
-# --- known gaps, found by this fuzz: strict xfails, so fixing one turns its test red ---------
-# Each fix lives outside tests/fuzz (runner.py / audit/store.py); remove the marker with it.
+# --- gaps this fuzz found (fixed in runner.py / redact.py); kept as regression tests --------
 UNSTORABLE = {
     "NUL in a value": {"bogus": "a\x00b"},
     "NUL in a key": {"a\x00b": 1},
@@ -150,11 +149,6 @@ UNSTORABLE = {
 }
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the rejected row's jsonb params cannot hold these values: AuditError (or ValueError"
-    " from json.dumps) escapes run_action and the rejection is not audited",
-)
 @pytest.mark.parametrize("kwargs", UNSTORABLE.values(), ids=UNSTORABLE.keys())
 def test_unstorable_invalid_kwargs_are_audited_as_rejected(kwargs: Any, fuzz: Fuzz) -> None:
     """Kwargs JSON can carry but jsonb cannot store are still rejected, audited and not raised."""
@@ -164,7 +158,6 @@ def test_unstorable_invalid_kwargs_are_audited_as_rejected(kwargs: Any, fuzz: Fu
     assert out.outcome == row["outcome"] == "rejected"
 
 
-@pytest.mark.xfail(strict=True, reason="runner.run_action stores str(kwargs['target']) unredacted")
 @pytest.mark.parametrize("target", [SECRET_URLS[0], {"password": SECRET}], ids=["url", "dict"])
 def test_rejected_target_column_is_redacted(target: Any, fuzz: Fuzz) -> None:
     """A secret passed as an (invalid) target does not reach the rejected row's target column."""
@@ -174,7 +167,6 @@ def test_rejected_target_column_is_redacted(target: Any, fuzz: Fuzz) -> None:
     assert SECRET not in row["target"]
 
 
-@pytest.mark.xfail(strict=True, reason="guard_decisions.resource/idempotency_key are unredacted")
 def test_decision_resource_is_redacted(fuzz: Fuzz) -> None:
     """A credential URL in an identifier field (a job-queue key) is masked in the decision row."""
     task_id = fuzz.task_id("dedupe_job_queue")
