@@ -278,6 +278,11 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
 def cmd_db(args: argparse.Namespace, s: Settings) -> int:
     from remediation.audit.store import AuditStore
 
+    if args.verb == "replay":  # what the worker does by itself once PostgreSQL answers
+        replayed = AuditStore.from_settings(s).replay_spool()
+        emit(args, {"replayed": replayed, "spool_dir": s.audit.spool_dir},
+             f"replayed {replayed} spooled audit row(s) from {s.audit.spool_dir}")  # fmt: skip
+        return 0
     applied = AuditStore(s.audit_dsn.get_secret_value()).upgrade()
     emit(args, {"applied": applied},
          f"applied migrations {applied}" if applied else "audit schema is up to date")  # fmt: skip
@@ -324,7 +329,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kwargs", default="{}", help='JSON, e.g. \'{"target": "self"}\'')
     r.add_argument("--act", action="store_true", help="run the playbook's actions in-process")
     d = sub.add_parser("db", help="audit database")
-    d.add_argument("verb", choices=["upgrade"])
+    d.add_argument("verb", choices=["upgrade", "replay"],
+                   help="upgrade: create/upgrade the schema; replay: write spooled rows now")  # fmt: skip
     pa = sub.add_parser("pause", help="maintenance: suppress every action")
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")

@@ -101,3 +101,23 @@ def test_status_subprocess(settings_env: Any) -> None:
 def test_db_upgrade_is_idempotent(settings_env: Any, capsys: Any) -> None:
     """A second `db upgrade` applies nothing."""
     assert run(capsys, "db", "upgrade") == (0, {"applied": []})
+
+
+def test_db_replay_writes_spooled_rows(settings_env: Any, capsys: Any, tmp_path: Path) -> None:
+    """Rows spooled while the audit database did not answer are written by `db replay`,
+    once: a second replay finds nothing."""
+    from remediation.audit.store import AuditStore
+
+    spool = tmp_path / "spool"
+    s = settings_env(REMEDIATION_AUDIT__SPOOL_DIR=str(spool))
+    down = AuditStore("postgresql://postgres@127.0.0.1:1/nowhere", spool_dir=spool)
+    run_id = down.start_check_run("host_disk", "spooled-target", {}, "manual", "replay-1")
+    assert any(spool.iterdir())
+    capsys.readouterr()  # the store's own log lines before the command ran
+    code, data = run(capsys, "db", "replay")
+    assert (code, data["replayed"]) == (0, 1)
+    rows = AuditStore(s.audit_dsn.get_secret_value()).query(
+        "SELECT target FROM check_runs WHERE id = %s", (run_id,)
+    )
+    assert rows == [{"target": "spooled-target"}]
+    assert run(capsys, "db", "replay")[1]["replayed"] == 0
