@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import pytest
 
 from remediation.testing import free_port, wait_for
 
@@ -86,3 +87,15 @@ def private_cluster() -> Iterator[Cluster | None]:
         yield cluster.init()
     finally:
         cluster.destroy()
+
+
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture() -> Iterator[Cluster]:
+    """A private cluster for one test module (skips locally, fails in CI, without binaries)."""
+    from tests.conftest import _missing
+
+    with private_cluster() as c:
+        if c is None:
+            _missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
+        assert c is not None
+        yield c

@@ -13,17 +13,7 @@ import pytest
 from remediation.audit import store as store_module
 from remediation.audit.store import AuditStore
 from remediation.testing import as_url, scratch_database
-from tests.audit.cluster import Cluster, private_cluster
-from tests.conftest import _missing
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with private_cluster() as c:
-        if c is None:
-            _missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
-        assert c is not None
-        yield c
+from tests.audit.cluster import Cluster, cluster_fixture  # noqa: F401 (the fixture)
 
 
 @pytest.fixture

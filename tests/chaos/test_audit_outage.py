@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,10 @@ from remediation.testing import (
     scratch_database,
     wait_for,
 )
-from tests.audit.cluster import Cluster, private_cluster
+from tests.audit.cluster import Cluster, cluster_fixture  # noqa: F401 (the fixture)
 from tests.audit.trail import rows
 from tests.chaos import scale
-from tests.conftest import _missing, process_env
+from tests.conftest import process_env
 
 BROKER_DB, BACKEND_DB, STATE_DB = 11, 12, 13  # private to this module
 
@@ -35,15 +34,6 @@ def spooled(directory: Path) -> list[Path]:
     if not directory.exists():
         return []
     return [p for p in directory.iterdir() if p.name.endswith((ACTIVE, CLAIMED))]
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[Cluster]:
-    with private_cluster() as c:
-        if c is None:
-            _missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
-        assert c is not None
-        yield c
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import shutil
 import subprocess
@@ -26,6 +25,7 @@ from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
 from remediation.testing import free_port, wait_for
+from tests.audit.cluster import pg_bindir
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 FAST = {"REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS": "1",
@@ -299,19 +299,10 @@ def test_slow_queries_unavailable_when_not_preloaded(settings_env: Any, target_d
     assert "not loaded" in f.summary and "shared_preload_libraries" in f.evidence["enable"]
 
 
-def _pg_bindir() -> Path | None:
-    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True)
-    initdb = shutil.which("initdb")
-    for d in [*candidates, *([str(Path(initdb).parent)] if initdb else [])]:
-        if all((Path(d) / tool).exists() for tool in ("initdb", "pg_ctl")):
-            return Path(d)
-    return None
-
-
 @pytest.fixture(scope="module")
 def pgss_server() -> Iterator[str]:
     """A private cluster with pg_stat_statements preloaded (initdb + start: under a second)."""
-    bindir = _pg_bindir()
+    bindir = pg_bindir()
     as_owner = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
     if bindir is None or (as_owner and shutil.which("runuser") is None):
         pytest.skip("PostgreSQL server binaries (initdb, pg_ctl) not installed")
