@@ -68,10 +68,16 @@ class ActionSpec:
     guards: GuardOptions = field(default_factory=GuardOptions)
     resource: Callable[[Any], str] = lambda p: p.target
     timeout: timedelta | None = None  # soft time limit; None = REMEDIATION_CELERY__SOFT_TIME_LIMIT
+    # blast-radius units reserved in the admitting call: (settings, params) -> units
+    upfront: Callable[[Any, Any], int] | None = None
 
     @property
     def task_name(self) -> str:
         return ACTION_PREFIX + self.name
+
+    @staticmethod
+    def params_target(params: Any) -> str:
+        return str(params.target)
 
 
 CHECKS: dict[str, CheckSpec] = {}
@@ -112,12 +118,15 @@ def action(
     *,
     resource: Callable[[Any], str] | None = None,
     timeout: timedelta | None = None,
+    upfront: Callable[[Any, Any], int] | None = None,
     **guards: Any,
 ) -> Callable[[Callable[..., ActionResult]], Callable[..., ActionResult]]:
     """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options.
 
     ``resource`` names what locks, cooldowns and idempotency keys are scoped to (default:
-    the target); ``timeout`` overrides the soft time limit for long actions (backups)."""
+    the target); ``timeout`` overrides the soft time limit for long actions (backups);
+    ``upfront(settings, params)`` is how many blast-radius units the admitting Lua call
+    reserves (saving a round trip; unused ones are given back at completion)."""
     if timeout is not None and timeout <= timedelta(0):
         raise RegistryError(f"{name}: timeout must be positive")
     unknown = set(guards) - GUARD_OPTIONS
@@ -129,8 +138,9 @@ def action(
         _check_name(name, ACTIONS)
         model = _params_model(fn, ActionParams)
         spec = ActionSpec(
-            name, fn, model, _doc(fn), options, resource or (lambda p: p.target), timeout
-        )
+            name, fn, model, _doc(fn), options, resource or (lambda p: p.target), timeout,
+            upfront,
+        )  # fmt: skip
         ACTIONS[name] = spec
         return fn
 

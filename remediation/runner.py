@@ -22,7 +22,7 @@ from remediation.context import ActionContext, CheckContext, Trigger
 from remediation.errors import AuditError, GuardUnavailable
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
-from remediation.guards.chain import Admission, GuardChain
+from remediation.guards.chain import Admission, BlastAccount, GuardChain
 from remediation.guards.lua import script
 from remediation.logging import get_logger
 from remediation.redact import redact_text, storable
@@ -224,7 +224,8 @@ class Runner:
             "action": spec.name, "target": redact_text(target), "resource": redact_text(resource)
         }  # fmt: skip
         try:
-            adm = chain.admit(target, resource, idem, task_id or "")
+            upfront = spec.upfront(self.settings, params) if spec.upfront else None
+            adm = chain.admit(target, resource, idem, task_id or "", upfront)
         except GuardUnavailable as exc:
             if spec.name == "notify":  # telling a human is safe without guard state
                 return self._notify_without_state(
@@ -317,10 +318,12 @@ class Runner:
         self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
         trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
+        target, resource = spec.params_target(params), spec.resource(params)
+        blast = BlastAccount(chain, pool=adm.blast_granted)
         ctx = ActionContext(
             self.settings, self.log, self.store, trigger,
             resumed_since=adm.claimed_at if adm.resumed else None,
-            idempotency_key=adm.idempotency_key, reserve_units=chain.reserve,
+            idempotency_key=adm.idempotency_key, reserve_units=blast.take,
         )  # fmt: skip
         started = time.monotonic()
         error: str | None = None
@@ -330,13 +333,14 @@ class Runner:
             BaseException
         ) as exc:  # SoftTimeLimitExceeded included: record, release, re-raise none
             if isinstance(exc, KeyboardInterrupt | SystemExit):
-                chain.complete(adm, audit["target"], audit["resource"], success=False)
+                chain.complete(adm, target, resource, False, blast.settle(adm.blast_granted))
                 raise
             error = redact_text(f"{type(exc).__name__}: {exc}")
             result = ActionResult(ok=False, changed=False, summary=error)
         success = result.ok
         try:
-            transition = chain.complete(adm, audit["target"], audit["resource"], success)
+            refund = blast.settle(adm.blast_granted)
+            transition = chain.complete(adm, target, resource, success, refund)
         except GuardUnavailable as exc:
             transition = ""
             self.log.error("could not record the outcome in guard state", error=str(exc))
@@ -358,7 +362,7 @@ class Runner:
         if not success and spec.name != "notify":  # never notify about notifying
             self._notify("action_failed", incident, f"{what} failed: {result.summary}")
         if transition == "opened":
-            name = chain.breaker_name(audit["target"])
+            name = chain.breaker_name(target)
             self._notify("breaker_open", f"breaker:{name}",
                          f"circuit {name} opened after {what} failed; further runs are suppressed"
                          f" until it half-opens or `remediation breakers reset {name}`")  # fmt: skip

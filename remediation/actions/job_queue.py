@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import timedelta
+from typing import Any
 
 from pydantic import Field
 
@@ -27,7 +28,14 @@ def _tombstone() -> str:
     return f"\x00remediation-tombstone-{uuid.uuid4().hex}"
 
 
-@action("dedupe_job_queue", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30)
+def _per_run(settings: Any, params: Any) -> int:
+    return int(settings.job_queue.max_changes_per_run)
+
+
+@action(
+    "dedupe_job_queue", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30,
+    upfront=_per_run,
+)  # fmt: skip
 def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Remove duplicate jobs from the job list, keeping the first of each and the order.
 
@@ -51,8 +59,9 @@ def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> Action
 
 
 @action(
-    "dead_letter_stale_jobs", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30
-)
+    "dead_letter_stale_jobs", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30,
+    upfront=_per_run,
+)  # fmt: skip
 def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Move jobs older than the bound to the dead-letter list, with a reason; delete nothing.
 

@@ -11,8 +11,9 @@
 --       4 hourly budget ('' = none), 5 budget member, 6 breaker name ('' = no breaker),
 --       7 half-open permits, 8 permit lease (s), 9 permit id, 10 dry-run ('1'/'0'),
 --       11 task id, 12 flap max runs ('' = no flap guard), 13 flap window (s),
---       14 flap suspension (s), 15 blast cap ('' = none), 16 blast window (s)
--- Returns {decision, guard, reason, breaker state}
+--       14 flap suspension (s), 15 blast cap ('' = none), 16 blast window (s),
+--       17 blast units to reserve now ('' = none; granted as grant ARGV[9])
+-- Returns {decision, guard, reason, breaker state, blast units granted}
 local now = now_s()
 local paused = redis.call('GET', KEYS[1])
 if paused then
@@ -55,11 +56,13 @@ if ARGV[4] ~= '' and not resume then
     return {'suppressed', 'budget', used .. '/' .. ARGV[4], ''}
   end
 end
+local blast_free = 0
 if ARGV[15] ~= '' and not resume then
   local used = blast_used(KEYS[11], now, tonumber(ARGV[16]))
   if used >= tonumber(ARGV[15]) then
     return {'suppressed', 'blast', used .. '/' .. ARGV[15], ''}
   end
+  blast_free = tonumber(ARGV[15]) - used
 end
 local dry = ARGV[10] == '1'
 local bstate = ''
@@ -81,7 +84,7 @@ if ARGV[2] ~= '' then
   redis.call('SET', KEYS[3], ARGV[2], 'EX', tonumber(ARGV[3]))
 end
 if resume then
-  return {'admitted', 'resume', claimed_at, bstate}
+  return {'admitted', 'resume', claimed_at, bstate, 0}
 end
 if ARGV[4] ~= '' then
   redis.call('ZADD', KEYS[5], now, ARGV[5])
@@ -91,4 +94,11 @@ if ARGV[12] ~= '' then
   redis.call('ZADD', KEYS[9], now, ARGV[9])
   redis.call('EXPIRE', KEYS[9], tonumber(ARGV[13]) + 60)
 end
-return {'admitted', '', claimed_at, bstate}
+local granted = 0
+if ARGV[15] ~= '' and ARGV[17] ~= '' then
+  granted = math.min(tonumber(ARGV[17]), blast_free)
+  if granted > 0 then
+    blast_add(KEYS[11], now, tonumber(ARGV[16]), ARGV[9], granted)
+  end
+end
+return {'admitted', '', claimed_at, bstate, granted}

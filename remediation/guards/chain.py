@@ -14,7 +14,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis
 
@@ -58,6 +58,7 @@ class Admission:
     claimed_at: float = 0.0  # when the idempotency claim was first written (server time)
     resumed: bool = False  # the same task again: its previous attempt died mid-action
     flap_escalate: bool = False  # this refusal started a flap suspension: escalate once
+    blast_granted: int = 0  # blast-radius units the admitting call reserved (grant call_id)
 
 
 @contextmanager
@@ -107,26 +108,37 @@ class GuardChain:
         cap = self.settings.guards.blast_radius.get(self.spec.name)
         return None if cap is None else (cap.units, cap.window_seconds)
 
-    def reserve(self, units: int) -> int:
-        """Take up to ``units`` of this action's blast radius (all workers share it); a
-        negative count gives unused units back. Returns what was granted."""
+    def reserve(self, units: int, grant_id: str) -> int:
+        """Take up to ``units`` of this action's blast radius (all workers share it) as one
+        grant. Returns what was granted."""
         cap = self.blast_cap()
         if cap is None:
             return units
         with _redis_errors():
             granted, _ = script(self.r, "blast")(
-                keys=[keys.blast(self.spec.name)],
-                args=[cap[0], cap[1], units, uuid.uuid4().hex],
+                keys=[keys.blast(self.spec.name)], args=[cap[0], cap[1], units, grant_id, 0]
             )
         return int(granted)
+
+    def refund(self, grant_id: str, granted: int, units: int) -> None:
+        """Give back ``units`` of a grant of ``granted`` units."""
+        cap = self.blast_cap()
+        if cap is None or units <= 0:
+            return
+        with _redis_errors():
+            script(self.r, "blast")(
+                keys=[keys.blast(self.spec.name)],
+                args=[cap[0], cap[1], -units, grant_id, granted],
+            )
 
     def dry_run(self) -> bool:
         g = self.settings.guards
         return g.dry_run or self.spec.name in g.dry_run_actions
 
     def admit(
-        self, target: str, resource: str, idempotency_key: str, task_id: str = ""
-    ) -> Admission:
+        self, target: str, resource: str, idempotency_key: str, task_id: str = "",
+        upfront: int | None = None,
+    ) -> Admission:  # fmt: skip
         """Every guard in order, atomically; the first refusal wins."""
         g, b, gs = self.spec.guards, self.settings.breaker, self.settings.guards
         budget, flap, blast = self.budget(), self.flap_limit(), self.blast_cap()
@@ -137,7 +149,7 @@ class GuardChain:
             call_id=uuid.uuid4().hex, idempotency_key=idempotency_key,
         )  # fmt: skip
         with _redis_errors():
-            decision, guard, detail, state = (
+            decision, guard, detail, state, *granted = (
                 text(v)
                 for v in script(self.r, "admit")(
                     keys=[
@@ -155,7 +167,7 @@ class GuardChain:
                         "1" if self.dry_run() else "0", task_id or uuid.uuid4().hex,
                         "" if flap is None else flap, gs.flap_window_minutes * 60,
                         gs.flap_suspend_minutes * 60, "" if blast is None else blast[0],
-                        blast[1] if blast else 0,
+                        blast[1] if blast else 0, "" if upfront is None else max(upfront, 0),
                     ],
                 )
             )  # fmt: skip
@@ -164,6 +176,7 @@ class GuardChain:
         )  # fmt: skip
         if adm.admitted:
             adm.claimed_at, adm.resumed = float(detail), guard == "resume"
+            adm.blast_granted = int(granted[0]) if granted else 0
         adm.flap_escalate = guard == "flap" and detail.startswith("new:")
         if guard:
             adm.reason = _REASONS[guard].format(
@@ -171,8 +184,11 @@ class GuardChain:
             )
         return adm
 
-    def complete(self, adm: Admission, target: str, resource: str, success: bool) -> str:
-        """Record the outcome: breaker window, cooldown on success, release the lock.
+    def complete(
+        self, adm: Admission, target: str, resource: str, success: bool, refund: int = 0
+    ) -> str:
+        """Record the outcome: breaker window, cooldown on success, release the lock, give
+        back ``refund`` unused units of the admission's blast-radius grant.
 
         Returns the breaker transition ("opened", "closed" or "")."""
         b = self.settings.breaker
@@ -185,13 +201,14 @@ class GuardChain:
                         keys.breaker_failures(breaker), keys.breaker_permits(breaker),
                         keys.cooldown(self.spec.name, resource),
                         keys.idempotency(adm.idempotency_key), keys.lock(self.spec.name, resource),
+                        keys.blast(self.spec.name),
                     ],
                     args=[
                         "success" if success else "failure", adm.call_id, b.window_seconds,
                         b.minimum_calls, b.failure_rate_threshold, b.wait_seconds,
                         b.half_open_permits, "1" if self.spec.guards.breaker else "0",
                         self.cooldown_seconds() if success else 0, IDEMPOTENCY_TTL,
-                        adm.lock_token,
+                        adm.lock_token, adm.blast_granted, min(refund, adm.blast_granted),
                     ],
                 )
             )  # fmt: skip
@@ -221,9 +238,9 @@ class GuardChain:
                 keys=[
                     keys.idempotency(adm.idempotency_key), keys.lock(self.spec.name, resource),
                     keys.budget(self.spec.name), keys.breaker_permits(breaker),
-                    keys.flap(self.spec.name, resource),
+                    keys.flap(self.spec.name, resource), keys.blast(self.spec.name),
                 ],
-                args=[adm.lock_token, adm.budget_member, adm.call_id],
+                args=[adm.lock_token, adm.budget_member, adm.call_id, adm.blast_granted],
             )  # fmt: skip
 
 
@@ -234,3 +251,44 @@ def set_pause(client: redis.Redis, reason: str, seconds: int | None) -> None:
 
 def clear_pause(client: redis.Redis) -> bool:
     return bool(client.delete(keys.PAUSE))
+
+
+@dataclass
+class BlastAccount:
+    """The blast-radius units one action call may use: first those its admission reserved,
+    then more grants on demand; what it gives back is returned when it completes."""
+
+    chain: GuardChain
+    pool: int = 0  # reserved by the admission, not yet handed to the action
+    unused: int = 0  # handed out and given back by the action
+    extra: list[tuple[str, int]] = field(default_factory=list)  # grants after admission
+
+    def take(self, units: int) -> int:
+        """Up to ``units`` more (a negative count gives that many back). Returns the grant."""
+        if units < 0:
+            self.unused += -units
+            return 0
+        if self.chain.blast_cap() is None:
+            return units
+        got = min(units, self.pool)
+        self.pool -= got
+        if got < units:
+            grant_id = uuid.uuid4().hex
+            more = self.chain.reserve(units - got, grant_id)
+            if more:
+                self.extra.append((grant_id, more))
+            got += more
+        return got
+
+    def settle(self, admission_grant: int) -> int:
+        """Give back what later grants did not use; return how many units to give back
+        from the admission's grant (complete() does that in its own call)."""
+        back = self.pool + self.unused
+        from_admission = min(back, admission_grant)
+        rest = back - from_admission
+        for grant_id, granted in reversed(self.extra):
+            if rest <= 0:
+                break
+            self.chain.refund(grant_id, granted, min(rest, granted))
+            rest -= min(rest, granted)
+        return from_admission

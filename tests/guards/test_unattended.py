@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import multiprocessing
+import uuid
 from typing import Any
 
 import redis
 
 from remediation.guards import keys
-from remediation.guards.chain import GuardChain
+from remediation.guards.chain import BlastAccount, GuardChain
 from remediation.settings import BlastCap, Settings
 from tests.guards.test_chain import spec
 
@@ -61,12 +62,21 @@ def test_flap_override_and_opt_out(r: redis.Redis) -> None:
 def _reserve_many(url: str, rounds: int, queue: Any) -> None:
     s = Settings(guards={"blast_radius": {"poke_thing": BlastCap(units=37, window_seconds=60)}})  # type: ignore[arg-type]
     chain = GuardChain(redis.Redis.from_url(url), s, spec())
-    queue.put(sum(chain.reserve(3) for _ in range(rounds)))
+    queue.put(sum(chain.reserve(3, uuid.uuid4().hex) for _ in range(rounds)))
+
+
+def blast_settings(units: int = 37) -> Settings:
+    return Settings(
+        guards={"blast_radius": {"poke_thing": BlastCap(units=units, window_seconds=60)}}
+    )  # type: ignore[arg-type]
 
 
 def test_blast_radius_is_shared_by_every_process(redis_server: Any, r: redis.Redis) -> None:
-    """Eight processes ask for 3 units 10 times each (240) against a cap of 37 in the window:
-    exactly 37 are granted in total, and admission refuses once the cap is spent."""
+    """10 units taken here, then eight processes ask for 3 units 10 times each (240)
+    against a cap of 37 in the window: exactly 27 more are granted in total, and admission
+    refuses once the cap is spent; units given back are available again."""
+    chain = GuardChain(r, blast_settings(), spec())
+    assert chain.reserve(10, "mine") == 10
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     procs = [
@@ -77,13 +87,28 @@ def test_blast_radius_is_shared_by_every_process(redis_server: Any, r: redis.Red
     granted = sum(queue.get(timeout=60) for _ in procs)
     for p in procs:
         p.join(timeout=30)
-    assert granted == 37
-    s = Settings(guards={"blast_radius": {"poke_thing": BlastCap(units=37, window_seconds=60)}})  # type: ignore[arg-type]
-    chain = GuardChain(r, s, spec())
+    assert granted == 27
     adm = chain.admit("t", "t/z", "kz", "tz")
     assert (adm.decision, adm.guard, adm.reason) == (
         "suppressed", "blast", "blast-radius cap reached (37/37 units in the window)"
     )  # fmt: skip
-    chain.reserve(-5)  # units given back are available again
+    chain.refund("mine", 10, 5)  # the grant shrinks in place
     assert chain.admit("t", "t/z", "kz", "tz").admitted
-    assert chain.reserve(10) == 5
+    assert chain.reserve(10, "more") == 5
+
+
+def test_admission_reserves_upfront_and_completion_gives_back(r: redis.Redis) -> None:
+    """The admitting call reserves the action's upfront units (no extra round trip); the
+    account hands them out first, asks Redis only beyond them, and what was not used goes
+    back at completion."""
+    chain = GuardChain(r, blast_settings(20), spec(lock=False))
+    adm = chain.admit("t", "t/u", "ku", "tu", upfront=8)
+    assert adm.admitted and adm.blast_granted == 8
+    account = BlastAccount(chain, pool=adm.blast_granted)
+    assert account.take(5) == 5 and account.pool == 3
+    assert account.take(6) == 6  # 3 from the pool, 3 from a new grant
+    account.take(-4)  # the action used 4 fewer than it took
+    chain.complete(adm, "t", "t/u", True, account.settle(adm.blast_granted))
+    assert chain.reserve(100, "rest") == 20 - 7  # 7 units stay used in the window
+    second = chain.admit("t", "t/v", "kv", "tv", upfront=8)
+    assert (second.decision, second.guard) == ("suppressed", "blast")
