@@ -31,12 +31,14 @@ db: services ## create or upgrade the audit schema
 run: db ## run a worker with one beat in the foreground, monitoring its own stack
 	$(WITH_SERVICES) exec $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
-test: db ## the whole test suite against real Redis, PostgreSQL and Celery workers
+test: db ## the whole test suite against real Redis, PostgreSQL, RabbitMQ and Celery workers
 	@scripts/ensure_test_tools.sh
+	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
 	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 chaos: db ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz cases per action
 	@scripts/ensure_test_tools.sh
+	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
 	$(WITH_SERVICES) REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check) and mypy --strict on the package

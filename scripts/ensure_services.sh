@@ -20,7 +20,8 @@
 #                 reach $ROOT/.data (root running from a project under /root, say)
 # Both listen on 127.0.0.1 only, on a free port, and are reused by later runs.
 #
-# For the tests only (the integration tests run once per broker), a RabbitMQ broker:
+# For the tests only (the integration tests run once per broker), with WITH_RABBITMQ=1 (as
+# make test and make chaos call it), a RabbitMQ broker:
 #     REMEDIATION_TEST_AMQP_URL    default amqp://guest:guest@127.0.0.1:5672//; "off": none
 #     REMEDIATION_TEST_AMQP_NODE   the node rabbitmqctl manages (default: rabbitmqctl's own)
 # used when an AMQP handshake with it succeeds (login and vhost included); otherwise, as
@@ -913,7 +914,9 @@ AMQP_NODE=$(setting REMEDIATION_TEST_AMQP_NODE)
 [[ -n $CONF_AMQP ]] || CONF_AMQP=amqp://guest:guest@127.0.0.1:5672//
 AMQP_URL=
 RABBIT_PRIVATE_PORT=
-if [[ $CONF_AMQP == off ]]; then
+if [[ ${WITH_RABBITMQ:-} != 1 ]]; then
+    : # make run needs no RabbitMQ; make test / make chaos ask for it with WITH_RABBITMQ=1
+elif [[ $CONF_AMQP == off ]]; then
     log "rabbitmq: REMEDIATION_TEST_AMQP_URL=off; the RabbitMQ tests will skip"
 elif amqp_check "$CONF_AMQP"; then
     AMQP_URL=$CONF_AMQP
