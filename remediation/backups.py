@@ -14,8 +14,6 @@ and renamed into place, so a half-written dump never looks like a backup.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import functools
 import hashlib
 import json
@@ -37,6 +35,7 @@ import psycopg
 from psycopg import sql
 
 from remediation.errors import RemediationError
+from remediation.filelock import file_lock
 from remediation.redact import redact_text
 
 STAMP = "%Y%m%dT%H%M%SZ"
@@ -314,18 +313,8 @@ def folder_lock(directory: Path) -> Iterator[bool]:
     """An exclusive flock on <directory>/.lock, not waiting: yields False if another process
     holds it. Keeps a dump's retention from deleting a file a verification is reading."""
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                raise
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
+    with file_lock(directory / ".lock") as held:
+        yield held
 
 
 def remove_ours(path: Path, pattern: re.Pattern[str], folder: Path) -> bool:

@@ -13,7 +13,6 @@ REMEDIATION_PROXIES__REDIS_TARGET under BAN_RATE_KEY and LAST_BAN_KEY (below).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import math
 import os
@@ -29,6 +28,7 @@ from pydantic import Field
 
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import ActionFailed
+from remediation.filelock import file_lock
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
@@ -280,20 +280,10 @@ def _read_object(path: Path) -> dict[str, Any]:
 
 @contextlib.contextmanager
 def _locked(lock_path: Path) -> Iterator[None]:
-    with open(lock_path, "a") as handle:
-        deadline = time.monotonic() + MIRROR_LOCK_SECONDS
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise ActionFailed(f"{lock_path} held for {MIRROR_LOCK_SECONDS}s") from None
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    with file_lock(lock_path, MIRROR_LOCK_SECONDS) as held:
+        if not held:
+            raise ActionFailed(f"{lock_path} held for {MIRROR_LOCK_SECONDS}s")
+        yield
 
 
 def atomic_write(path: Path, text: str) -> None:

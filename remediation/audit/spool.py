@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from remediation.errors import AuditError
+from remediation.filelock import file_lock
 
 ACTIVE = ".jsonl"
 """Suffix of a file a process is appending to."""
@@ -139,21 +140,8 @@ class Spool:
     def locked(self, wait: float = 0.0) -> Iterator[bool]:
         """Hold the replay lock (True) or say it stayed busy for `wait` seconds (False)."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(self.dir / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            deadline = time.monotonic() + wait
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        yield False
-                        return
-                    time.sleep(0.02)
-            yield True
-        finally:
-            os.close(fd)
+        with file_lock(self.dir / LOCK_NAME, wait) as held:
+            yield held
 
     def replay(
         self, apply: Callable[[dict[str, Any]], None], *, wait: float = 0.0
