@@ -75,10 +75,6 @@ class ActionSpec:
     def task_name(self) -> str:
         return ACTION_PREFIX + self.name
 
-    @staticmethod
-    def params_target(params: Any) -> str:
-        return str(params.target)
-
 
 CHECKS: dict[str, CheckSpec] = {}
 ACTIONS: dict[str, ActionSpec] = {}

@@ -318,7 +318,7 @@ class Runner:
         self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
         trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
     ) -> ActionOutcome:  # fmt: skip
-        target, resource = spec.params_target(params), spec.resource(params)
+        target, resource = params.target, spec.resource(params)  # unredacted: guard keys
         blast = BlastAccount(chain, pool=adm.blast_granted)
         ctx = ActionContext(
             self.settings, self.log, self.store, trigger,
