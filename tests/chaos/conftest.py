@@ -8,6 +8,7 @@ import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
@@ -25,38 +26,34 @@ from remediation.testing import (
 from tests.conftest import _missing, process_env
 from tests.integration.conftest import Audit
 
+R = TypeVar("R", bound=RedisServer)
+
 RABBITMQ_PORT = 5672
 
 
-def _started(server: RedisServer) -> RedisServer:
+def _serving(server: R) -> Iterator[R]:
+    """Start server for a fixture (skip locally, fail in CI, if it cannot) and stop it after."""
     try:
-        return server.start()
+        server.start()
     except (RuntimeError, TimeoutError) as exc:
         _missing(f"redis-server ({exc})")
-        raise  # unreachable: _missing skips or fails
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture
 def state_redis() -> Iterator[PersistentRedisServer]:
     """The state Redis (guards, incidents, redbeat; the broker too unless told otherwise),
     persisted to an append-only file so that a kill and restart keep it."""
-    server = PersistentRedisServer()
-    _started(server)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(PersistentRedisServer())
 
 
 @pytest.fixture
 def side_redis() -> Iterator[RedisServer]:
     """A Redis that is never restarted: the monitored application's job lists, and results."""
-    server = RedisServer()
-    _started(server)
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _serving(RedisServer())
 
 
 @pytest.fixture
