@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, pipeline, proxies
+from bench import backups, dead_tuples, pipeline, proxies, redaction
 
 
 def main() -> int:
@@ -20,6 +20,7 @@ def main() -> int:
         "dead_tuples": dead_tuples.run(),
         "backups": backups.run(),
         "proxies": proxies.run(),
+        "redaction": redaction.run(),
         "pipeline": pipeline.run(),
     }
     out = Path("bench/results")

@@ -60,7 +60,10 @@ def children(pid: int) -> set[int]:
     """The pool children of a worker's main process (from /proc)."""
     found: set[int] = set()
     for task in Path(f"/proc/{pid}/task").iterdir():
-        found |= {int(p) for p in (task / "children").read_text().split()}
+        try:  # a thread may exit between the listing and the read: it has no children then
+            found |= {int(p) for p in (task / "children").read_text().split()}
+        except (FileNotFoundError, ProcessLookupError):
+            continue
     return found
 
 

@@ -7,9 +7,11 @@ import json
 import logging
 
 import pytest
+import re2
 
+from bench.redaction import HOSTILE
 from remediation.logging import configure_logging, get_logger
-from remediation.redact import redact, redact_text
+from remediation.redact import PATTERNS, redact, redact_text
 
 
 @pytest.mark.parametrize(
@@ -23,6 +25,10 @@ from remediation.redact import redact, redact_text
         ("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9", "eyJhbGciOiJIUzI1NiJ9"),
         ("{'token': 'tok-42', 'n': 1}", "tok-42"),
         ('{"password": "pw-9"}', "pw-9"),
+        ("postgresql://app:p@ss@db:5432/app", "ss@db"),
+        ("host=db sslpassword=keypass sslmode=verify-full", "keypass"),
+        ("PGPASSWORD='pg pass' pg_dump", "pg pass"),
+        ('{"db_password": "pw-10"}', "pw-10"),
     ],
 )
 def test_text_secrets_are_masked(text: str, secret: str) -> None:
@@ -53,3 +59,19 @@ def test_log_lines_are_redacted_for_structlog_and_stdlib() -> None:
     text = stream.getvalue()
     assert len(lines) == 2
     assert "topsecret" not in text and "pw1" not in text and "pw2" not in text
+
+
+def test_every_pattern_runs_on_re2() -> None:
+    """Each redaction pattern is an RE2 expression: matching time is linear by construction."""
+    assert set(PATTERNS) == {"url_password", "key_value", "quoted", "auth_header"}
+    assert all(isinstance(p, re2._Regexp) for p in PATTERNS.values())
+
+
+@pytest.mark.parametrize(
+    ("pattern", "label"), [(p, label) for p, inputs in HOSTILE.items() for label in inputs]
+)
+def test_one_megabyte_of_hostile_input_is_redacted(pattern: str, label: str) -> None:
+    """1 MB built to make a backtracking engine go quadratic goes through (bench times it)."""
+    text = HOSTILE[pattern][label](1 << 20)
+    masked = redact_text(text + " password=tail-secret")
+    assert "tail-secret" not in masked and len(masked) <= len(text) + 32
