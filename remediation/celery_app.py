@@ -10,7 +10,7 @@ import structlog
 from celery import Celery, signals
 from celery.utils.saferepr import saferepr
 
-from remediation import metrics
+from remediation import metrics, signing
 from remediation.clients import redis as redis_clients
 from remediation.logging import configure_logging
 from remediation.redact import redact
@@ -74,6 +74,7 @@ def get_app() -> Celery:
     from remediation.tasks import register_tasks
 
     settings = get_settings()
+    signing.key_of(settings)  # workers sign and verify trigger headers: no key, no start
     configure_logging(settings.log_level, settings.log_format)
     app = Celery("remediation")
     app.conf.update(celery_config(settings))

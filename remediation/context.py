@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from remediation import signing
 from remediation.clients import redis as redis_clients
+from remediation.errors import TriggerError
 from remediation.settings import Settings
+
+HEADER_VERSION = 1
+HEADER_MAX_AGE_SECONDS = 7 * 86400
+"""A trigger header older than this is refused (the idempotency record lives as long)."""
+_CLOCK_SKEW_SECONDS = 300
+_FINGERPRINT = re.compile(r"^[0-9a-f]{24}$")
+_INCIDENT = re.compile(r"^[0-9a-f]{24}-[0-9a-f]{8}$")
+_CHECK = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
 
 @dataclass
@@ -22,15 +34,67 @@ class Trigger:
     fingerprint: str
     incident: str
 
-    @property
-    def as_header(self) -> dict[str, Any]:
-        return self.__dict__.copy()
+    def to_header(self, key: bytes, task: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The message header: these fields and when they were issued, signed together with
+        the task name and its kwargs, so a header copied onto another call is refused."""
+        fields = {**self.__dict__, "v": HEADER_VERSION, "issued_at": round(time.time(), 3)}
+        signed = {"task": task, "kwargs": kwargs, **fields}
+        return {**fields, "sig": signing.sign(key, "trigger", signed)}
 
     @classmethod
-    def from_header(cls, value: dict[str, Any] | None) -> Trigger | None:
-        if not value:
+    def from_header(
+        cls, value: Any, key: bytes, task: str, kwargs: dict[str, Any]
+    ) -> Trigger | None:
+        """The trigger a header names; None when there is none (a call by hand).
+        TriggerError when it is malformed, expired or its signature does not match."""
+        if value is None:
             return None
-        return cls(**{k: value[k] for k in cls.__dataclass_fields__})
+        if not isinstance(value, dict):
+            raise TriggerError(f"trigger header is a {type(value).__name__}, not an object")
+        expected = {*cls.__dataclass_fields__, "v", "issued_at", "sig"}
+        if set(value) != expected:
+            missing, extra = sorted(expected - set(value)), sorted(set(value) - expected)
+            raise TriggerError(f"trigger header fields: missing {missing}, unexpected {extra}")
+        fields = {k: value[k] for k in value if k != "sig"}
+        if not signing.valid(key, "trigger", {"task": task, "kwargs": kwargs, **fields},
+                             value["sig"]):  # fmt: skip
+            raise TriggerError("trigger header signature does not match (forged or altered)")
+        trigger = cls(**{k: value[k] for k in cls.__dataclass_fields__})
+        trigger.validate()
+        issued = value["issued_at"]
+        if value["v"] != HEADER_VERSION or not isinstance(issued, int | float):
+            raise TriggerError("trigger header version or issue time is not understood")
+        age = time.time() - float(issued)
+        if not -_CLOCK_SKEW_SECONDS <= age <= HEADER_MAX_AGE_SECONDS:
+            raise TriggerError(f"trigger header issued {age:.0f}s ago: outside its lifetime")
+        return trigger
+
+    def validate(self) -> None:
+        """TriggerError unless every field has its shape (in-process triggers are not signed)."""
+        problems = [
+            name
+            for name, ok in (
+                (
+                    "finding_id",
+                    self.finding_id is None
+                    or (isinstance(self.finding_id, int) and not isinstance(self.finding_id, bool)),
+                ),
+                ("check", isinstance(self.check, str) and bool(_CHECK.match(self.check))),
+                ("check_params", isinstance(self.check_params, dict)),
+                (
+                    "fingerprint",
+                    isinstance(self.fingerprint, str)
+                    and bool(_FINGERPRINT.match(self.fingerprint)),
+                ),
+                (
+                    "incident",
+                    isinstance(self.incident, str) and bool(_INCIDENT.match(self.incident)),
+                ),
+            )  # fmt: skip
+            if not ok
+        ]
+        if problems:
+            raise TriggerError(f"trigger fields malformed: {', '.join(problems)}")
 
 
 @dataclass
@@ -53,7 +117,8 @@ class CheckContext:
 
 @dataclass
 class ActionContext(CheckContext):
-    """Handed to an action: the same, plus why it was triggered (None when called by hand).
+    """Handed to an action: the same, plus why it was triggered (None when called by hand)
+    and ``facts`` its resolve step found (e.g. the container's full ID).
 
     ``resumed_since`` is set when this is the same task delivered again because its worker
     died mid-action: the epoch time its claim was first written. An action whose effect is
@@ -62,6 +127,7 @@ class ActionContext(CheckContext):
     before touching that many things; it returns what may be touched."""
 
     trigger: Trigger | None = None
+    facts: dict[str, Any] = field(default_factory=dict)  # what the resolve step found
     notes: list[str] = field(default_factory=list)
     resumed_since: float | None = None
     idempotency_key: str = ""
@@ -81,3 +147,13 @@ class ActionContext(CheckContext):
     def state(self) -> redis.Redis:
         """The guard/state Redis (notification dedupe, published state)."""
         return redis_clients.client(self.settings.state_redis_url.get_secret_value())
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """What an action call resolves to before any guard: its params with every name made
+    canonical (the configured target as configured, a container's own name), and the facts
+    found on the way (audited with the call, handed to the action as ctx.facts)."""
+
+    params: Any
+    facts: dict[str, Any] = field(default_factory=dict)

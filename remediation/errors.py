@@ -41,3 +41,30 @@ class AuditError(RemediationError):
 
 class ActionFailed(RemediationError):
     """An action ran and did not achieve its effect."""
+
+
+class Refused(RemediationError):
+    """An action call names nothing the configuration allows, names something that does not
+    exist, or has nothing to do. Audited as refused; costs the guards nothing (no budget,
+    no blast-radius units, no breaker failure, no flap count) and is not a failure page.
+    ``notice`` False: a refusal nobody needs to hear about (a container already running)."""
+
+    def __init__(self, reason: str, *, notice: bool = True) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.notice = notice
+
+
+class Deferred(RemediationError):
+    """An action declines to act now because of its own back-off or pacing. Audited as
+    deferred (with when it may act); the incident stays open and a later sweep acts."""
+
+    def __init__(self, reason: str, retry_at: float | None = None, guard: str = "backoff") -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_at = retry_at
+        self.guard = guard
+
+
+class TriggerError(RemediationError):
+    """A trigger header is missing a part, malformed, expired or not signed with our key."""

@@ -16,7 +16,7 @@ def _target_name(value: str) -> str:
     return value
 
 
-TargetName = Annotated[str, AfterValidator(_target_name)]
+TargetName = Annotated[str, Field(min_length=1, max_length=64), AfterValidator(_target_name)]
 
 
 def _no_nul(value: Any, where: str) -> None:

@@ -82,10 +82,7 @@ def _proxy_target(f: Finding) -> dict[str, Any]:
 
 
 def _container(f: Finding) -> dict[str, Any]:
-    out: dict[str, Any] = {"target": "docker", "container": f.subject}
-    if f.evidence.get("project"):
-        out["project"] = f.evidence["project"]
-    return out
+    return {"target": "docker", "container": f.subject}
 
 
 def _has_scale_target(f: Finding) -> bool:

@@ -8,6 +8,8 @@ lookaround, so the patterns capture what they keep and the replacement puts it b
 
 from __future__ import annotations
 
+import hashlib
+import json
 from typing import Any
 
 import re2
@@ -108,3 +110,38 @@ def storable(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [storable(v) for v in value]
     return storable(repr(value))
+
+
+PREFIX_CHARS = 256
+"""Characters of an oversized value kept (redacted) in its truncated form."""
+
+
+def serialized_size(value: Any) -> int:
+    """Bytes of value as compact JSON (what the broker carried); unserializable parts as text."""
+    try:
+        return len(json.dumps(value, separators=(",", ":"), default=str).encode())
+    except (ValueError, TypeError, RecursionError):  # ints past 4,300 digits, cycles
+        return len(json.dumps(storable(value), separators=(",", ":")).encode())
+
+
+def truncated(value: Any) -> dict[str, Any]:
+    """What an audit row keeps of an oversized value: its size, the sha256 of its JSON and a
+    redacted prefix, never the value itself. Secrets are masked before the cut, so the cut
+    never leaves half a secret the patterns no longer recognise."""
+    raw = json.dumps(storable(value), separators=(",", ":"), ensure_ascii=False)
+    shown = json.dumps(redact(storable(value)), separators=(",", ":"), ensure_ascii=False)
+    data = raw.encode("utf-8", "replace")
+    return {
+        "_truncated": True,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+        "prefix": shown[:PREFIX_CHARS],
+    }
+
+
+def bounded_text(text: str, limit: int) -> str:
+    """text cut to at most limit characters, saying how long it was."""
+    if len(text) <= limit:
+        return text
+    note = f"... ({len(text)} characters, cut)"
+    return text[: max(limit - len(note), 0)] + note

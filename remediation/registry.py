@@ -36,6 +36,9 @@ class GuardOptions:
     lock: bool = True
     verify: bool = True
     flap: bool = True  # N runs in M minutes on one target suspend it (settings.guards)
+    # An unverified fix pages (unverified_fix) unless the action retries on later sweeps
+    # with its own back-off and escalates by itself when it gives up (restart_container).
+    escalate_unverified: bool = True
 
     def __post_init__(self) -> None:
         if self.cooldown < timedelta(0):
@@ -70,6 +73,8 @@ class ActionSpec:
     timeout: timedelta | None = None  # soft time limit; None = REMEDIATION_CELERY__SOFT_TIME_LIMIT
     # blast-radius units reserved in the admitting call: (settings, params) -> units
     upfront: Callable[[Any, Any], int] | None = None
+    # (read-only context, params) -> Resolved with canonical params; raises Refused/Deferred
+    resolve: Callable[[Any, Any], Any] | None = None
 
     @property
     def task_name(self) -> str:
@@ -112,6 +117,7 @@ def check(name: str) -> Callable[[Callable[..., list[Finding]]], Callable[..., l
 def action(
     name: str,
     *,
+    resolve: Callable[[Any, Any], Any] | None = None,
     resource: Callable[[Any], str] | None = None,
     timeout: timedelta | None = None,
     upfront: Callable[[Any, Any], int] | None = None,
@@ -119,8 +125,12 @@ def action(
 ) -> Callable[[Callable[..., ActionResult]], Callable[..., ActionResult]]:
     """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options.
 
-    ``resource`` names what locks, cooldowns and idempotency keys are scoped to (default:
-    the target); ``timeout`` overrides the soft time limit for long actions (backups);
+    ``resolve(ctx, params)`` runs before any guard, read-only: it returns a Resolved whose
+    params name the canonical resource (the configured target as configured, a container's
+    own name) and raises Refused (outside the configuration, nothing there, nothing to do)
+    or Deferred (the action's own back-off); ``resource`` names what locks, cooldowns and
+    idempotency keys are scoped to, from the canonical params (default: the target);
+    ``timeout`` overrides the soft time limit for long actions (backups);
     ``upfront(settings, params)`` is how many blast-radius units the admitting Lua call
     reserves (saving a round trip; unused ones are given back at completion)."""
     if timeout is not None and timeout <= timedelta(0):
@@ -133,14 +143,54 @@ def action(
     def register(fn: Callable[..., ActionResult]) -> Callable[..., ActionResult]:
         _check_name(name, ACTIONS)
         model = _params_model(fn, ActionParams)
+        _bounded(name, model)
         spec = ActionSpec(
             name, fn, model, _doc(fn), options, resource or (lambda p: p.target), timeout,
-            upfront,
+            upfront, resolve,
         )  # fmt: skip
         ACTIONS[name] = spec
         return fn
 
     return register
+
+
+def _bounded(name: str, model: type[Params]) -> None:
+    """Every string, list and mapping a caller can send has a size bound (RegistryError
+    naming the field otherwise): kwargs are hostile, and their size is the caller's to pick."""
+    schema = model.model_json_schema()
+    defs = schema.get("$defs", {})
+    for where, node in _schema_nodes(schema, defs, "", set()):
+        kind = node.get("type")
+        if "enum" in node or "const" in node:
+            continue
+        if kind == "string" and "maxLength" not in node:
+            raise RegistryError(f"{name}: {where or 'params'} needs a max_length")
+        if kind == "array" and "maxItems" not in node:
+            raise RegistryError(f"{name}: {where or 'params'} needs a max_length (items)")
+        if kind == "object" and node.get("additionalProperties") not in (None, False):
+            if "maxProperties" not in node:
+                raise RegistryError(f"{name}: {where or 'params'} needs a max_length (keys)")
+
+
+def _schema_nodes(node: Any, defs: dict[str, Any], where: str, seen: set[str]) -> Any:
+    """(location, schema node) for the node and everything under it, $refs followed once."""
+    if not isinstance(node, dict):
+        return
+    ref = node.get("$ref")
+    if isinstance(ref, str):
+        name = ref.rsplit("/", 1)[-1]
+        if name not in seen:
+            yield from _schema_nodes(defs.get(name, {}), defs, where, seen | {name})
+        return
+    yield where, node
+    for key, child in (node.get("properties") or {}).items():
+        yield from _schema_nodes(child, defs, f"{where}.{key}".lstrip("."), seen)
+    for part in ("items", "additionalProperties"):
+        if isinstance(node.get(part), dict):
+            yield from _schema_nodes(node[part], defs, f"{where}[]", seen)
+    for part in ("anyOf", "oneOf", "allOf"):
+        for child in node.get(part) or ():
+            yield from _schema_nodes(child, defs, where, seen)
 
 
 def _doc(fn: Callable[..., Any]) -> str:

@@ -1,78 +1,52 @@
-"""detect -> guard -> act -> verify -> audit -> notify, without Celery.
+"""validate -> resolve -> guard -> act -> verify -> audit -> notify, without Celery.
 
 Tasks (tasks.py) are thin wrappers around Runner.run_check / Runner.run_action; the CLI's
 `run CHECK --act` uses the same Runner with an in-process dispatcher.
+
+The order for an action call (ENGINEERING.md, "The trust boundary"): its kwargs are bounded
+in size and validated; its trigger header, if any, is verified; its resolve step names the
+canonical resource from configuration, read-only, or refuses (audited, free for the guards);
+only then do the guards run, every key derived from the canonical resource.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
 from pydantic import ValidationError
 
-from remediation import metrics, playbook
+from remediation import metrics, playbook, signing
 from remediation.audit.store import AuditStore
+from remediation.calls import ActionCall, ActionOutcome, CheckOutcome, validation_message
 from remediation.clients import redis as redis_clients
-from remediation.context import ActionContext, CheckContext, Trigger
-from remediation.errors import AuditError, GuardUnavailable
+from remediation.context import ActionContext, CheckContext, Resolved, Trigger
+from remediation.errors import (
+    AuditError,
+    ConfigError,
+    Deferred,
+    GuardUnavailable,
+    Refused,
+    TriggerError,
+    UnknownTaskError,
+)
 from remediation.findings import ActionResult, Finding
 from remediation.guards import keys
 from remediation.guards.chain import Admission, BlastAccount, GuardChain
 from remediation.guards.lua import script
 from remediation.logging import get_logger
-from remediation.redact import redact_text, storable
-from remediation.registry import ACTION_PREFIX, get_action, get_check
+from remediation.redact import bounded_text, redact_text, serialized_size, storable, truncated
+from remediation.registry import ACTION_PREFIX, ActionSpec, get_action, get_check
 from remediation.settings import Settings
 
 # dispatch(task_name, kwargs, trigger) sends an action for execution (Celery or in-process)
 Dispatch = Callable[[str, dict[str, Any], Trigger | None], None]
-
-
-@dataclass
-class CheckOutcome:
-    status: str  # ok | error | rejected
-    check_run_id: int
-    findings: list[Finding] = field(default_factory=list)
-    finding_ids: list[int] = field(default_factory=list)
-    dispatched: int = 0
-    error: str | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "status": self.status,
-            "check_run_id": self.check_run_id,
-            "findings": [f.model_dump(mode="json") for f in self.findings],
-            "dispatched": self.dispatched,
-            "error": self.error,
-        }
-
-
-@dataclass
-class ActionOutcome:
-    outcome: str  # succeeded | failed | rejected | dry_run | suppressed | duplicate | unavailable
-    decision_id: int | None = None
-    action_run_id: int | None = None
-    reason: str = ""
-    verification: str | None = None
-    result: dict[str, Any] | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-def validation_message(exc: ValidationError) -> str:
-    """One line per problem, naming the kwarg, without echoing the rejected values (and
-    storable: a kwarg's name may hold anything)."""
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or "kwargs"
-        parts.append(f"{loc}: {err['msg']}")
-    return str(storable("; ".join(parts)))
+NOTIFY_TEXT_MAX = 4000
+"""The notify action's text bound; longer texts are cut, never rejected."""
 
 
 class Runner:
@@ -88,6 +62,27 @@ class Runner:
     def state(self) -> Any:
         return redis_clients.client(self.settings.state_redis_url.get_secret_value())
 
+    def _validated(self, model: Any, kwargs: Any) -> tuple[Any, str | None]:
+        """(params, None), or (None, why not): too big to look at (the size is checked first,
+        REMEDIATION_GUARDS__MAX_KWARGS_BYTES), or not what the model accepts."""
+        limit = self.settings.guards.max_kwargs_bytes
+        size = serialized_size(kwargs)
+        if size > limit:
+            return None, (
+                f"kwargs too large: {size} bytes serialized, the limit is {limit}"
+                " (REMEDIATION_GUARDS__MAX_KWARGS_BYTES)"
+            )
+        try:
+            return model.model_validate(kwargs), None
+        except ValidationError as exc:
+            return None, validation_message(exc)
+
+    def _stored(self, kwargs: Any) -> Any:
+        """Rejected kwargs as audited: storable, or only size + sha256 + prefix when big."""
+        if serialized_size(kwargs) > self.settings.guards.max_kwargs_bytes:
+            return truncated(kwargs)
+        return storable(kwargs)
+
     # --- checks ---------------------------------------------------------------------------
 
     def run_check(
@@ -101,14 +96,12 @@ class Runner:
     ) -> CheckOutcome:
         """Run one check, audit its findings and (for detection) fan out the playbook."""
         spec = get_check(name)
-        try:
-            params = spec.params_model.model_validate(kwargs)
-        except ValidationError as exc:
-            message = validation_message(exc)
-            run_id = self.store.rejected_check(spec.name, storable(kwargs), message, task_id)
+        params, problem = self._validated(spec.params_model, kwargs)
+        if problem is not None:
+            run_id = self.store.rejected_check(spec.name, self._stored(kwargs), problem, task_id)
             metrics.check_run(spec.name, "rejected", 0.0)
-            self.log.warning("check rejected", check=spec.name, reason=message)
-            return CheckOutcome("rejected", run_id, error=message)
+            self.log.warning("check rejected", check=spec.name, reason=problem)
+            return CheckOutcome("rejected", run_id, error=problem)
         structlog.contextvars.bind_contextvars(check=spec.name, target=params.target)
         run_id = self.store.start_check_run(
             spec.name, params.target, params.model_dump(mode="json"), purpose, task_id
@@ -193,187 +186,291 @@ class Runner:
 
     def run_action(
         self, name: str, kwargs: dict[str, Any], *, task_id: str | None = None,
-        trigger: Trigger | None = None,
+        trigger: Trigger | None = None, header: Any = None,
     ) -> ActionOutcome:  # fmt: skip
-        """Validate, pass the guards, act, record, verify, notify. Never raises on purpose."""
+        """Bound, validate, verify the trigger, resolve, guard, act, record, verify, notify.
+
+        ``trigger`` comes from an in-process dispatcher; ``header`` is a Celery message's raw
+        trigger header, verified here (signature, shape, age) before anything else runs.
+        Never raises on purpose."""
         spec = get_action(name)
-        finding_id = trigger.finding_id if trigger else None
+        params, problem = self._validated(spec.params_model, kwargs)
+        if problem is None:
+            try:
+                trigger = self._trigger(spec, kwargs, trigger, header)
+            except TriggerError as exc:
+                problem, trigger = f"trigger header refused: {exc}", None
+        if problem is not None:
+            return self._reject(spec, kwargs, problem, task_id, trigger)
+        call = ActionCall(spec, params, task_id, trigger)
         try:
-            params = spec.params_model.model_validate(kwargs)
-        except ValidationError as exc:
-            message = validation_message(exc)
-            safe = storable(kwargs)  # rejected input may hold anything: NUL, NaN, huge ints
-            run_id = self.store.add_action_run(
-                action=spec.name, target=redact_text(str(safe.get("target", "?")))[:64],
-                resource=None, params=safe, outcome="rejected", error=message,
-                finding_id=finding_id, task_id=task_id,
-            )  # fmt: skip
-            self.log.warning("action rejected", action=spec.name, reason=message)
-            metrics.action_run(spec.name, "rejected", None)
-            return ActionOutcome("rejected", action_run_id=run_id, reason=message)
-        target, resource = params.target, spec.resource(params)
-        structlog.contextvars.bind_contextvars(action=spec.name, target=target, resource=resource)
-        idem = (
-            f"{spec.name}:{resource}:{trigger.incident}"
-            if trigger
-            else f"{spec.name}:{resource}:task:{task_id or uuid.uuid4().hex}"
+            resolved = self._resolve(call)
+        except (Refused, Deferred) as exc:
+            return self._declined_early(call, exc)
+        except Exception as exc:  # its target did not answer: undecided, never acted on
+            return self._unresolved(call, exc)
+        call = dataclasses.replace(call, params=resolved.params, facts=resolved.facts)
+        structlog.contextvars.bind_contextvars(
+            action=spec.name, target=call.target, resource=call.resource
         )
-        chain = GuardChain(self.state, self.settings, spec)
-        # the audit copy of identifiers is redacted (a credential URL given as a key)
-        audit: dict[str, Any] = {
-            "action": spec.name, "target": redact_text(target), "resource": redact_text(resource)
-        }  # fmt: skip
+        return self._guard(call)
+
+    def _trigger(
+        self, spec: ActionSpec, kwargs: dict[str, Any], trigger: Trigger | None, header: Any
+    ) -> Trigger | None:
+        """The call's trigger, verified: signed (a header), well-formed, naming a known check
+        with params that check accepts. TriggerError otherwise."""
+        if header is not None:
+            try:
+                key = signing.key_of(self.settings)
+            except ConfigError as exc:
+                raise TriggerError(str(exc)) from None
+            trigger = Trigger.from_header(header, key, spec.task_name, kwargs)
+        if trigger is None:
+            return None
+        trigger.validate()
         try:
-            upfront = spec.upfront(self.settings, params) if spec.upfront else None
-            adm = chain.admit(target, resource, idem, task_id or "", upfront)
+            check = get_check(trigger.check)
+        except UnknownTaskError:
+            raise TriggerError(f"no check named {trigger.check!r}") from None
+        _, problem = self._validated(check.params_model, trigger.check_params)
+        if problem is not None:
+            raise TriggerError(f"params of check {trigger.check}: {problem}")
+        return trigger
+
+    def _resolve(self, call: ActionCall) -> Resolved:
+        """The action's resolve step: canonical params, read-only, before any guard."""
+        if call.spec.resolve is None:
+            return Resolved(call.params)
+        ctx = CheckContext(self.settings, self.log, self.store)
+        resolved: Resolved = call.spec.resolve(ctx, call.params)
+        return resolved
+
+    def _reject(
+        self, spec: ActionSpec, kwargs: Any, message: str, task_id: str | None,
+        trigger: Trigger | None,
+    ) -> ActionOutcome:  # fmt: skip
+        """Kwargs (or a trigger) refused before anything runs: one audited row, no guard."""
+        stored = self._stored(kwargs)
+        target = kwargs.get("target", "?") if isinstance(kwargs, dict) else "?"
+        run_id = self.store.add_action_run(
+            action=spec.name, target=redact_text(str(storable(target)))[:64], resource=None,
+            params=stored, outcome="rejected", error=message,
+            finding_id=trigger.finding_id if trigger else None, task_id=task_id,
+        )  # fmt: skip
+        self.log.warning("action rejected", action=spec.name, reason=message)
+        metrics.action_run(spec.name, "rejected", None)
+        return ActionOutcome("rejected", action_run_id=run_id, reason=message)
+
+    def _declined_early(self, call: ActionCall, exc: Refused | Deferred) -> ActionOutcome:
+        """Refused or deferred by the resolve step: a decision row, nothing held or spent."""
+        refused = isinstance(exc, Refused)
+        decision = "refused" if refused else "deferred"
+        guard = "resolve" if refused else exc.guard  # type: ignore[union-attr]
+        reason = _reason(exc)
+        decision_id = self.store.add_decision(
+            **call.decision(), decision=decision, guard=guard, reason=reason
+        )
+        metrics.guard_decision(call.spec.name, decision, guard)
+        self.log.info(f"action {decision}", action=call.spec.name, reason=reason)
+        if refused and exc.notice:  # type: ignore[union-attr]
+            self._notice_once("refused", call, f"{call.what} refused: {reason}")
+        return ActionOutcome(decision, decision_id, reason=reason)
+
+    def _unresolved(self, call: ActionCall, exc: Exception) -> ActionOutcome:
+        """The resolve step could not read what it needs (the target did not answer)."""
+        reason = redact_text(f"could not resolve: {type(exc).__name__}: {exc}")[:1000]
+        decision_id = self.store.add_decision(
+            **call.decision(), decision="unavailable", guard="resolve", reason=reason
+        )
+        metrics.guard_decision(call.spec.name, "unavailable", "resolve")
+        self.log.error("action not decided", action=call.spec.name, reason=reason)
+        self._notice_once("unresolved", call, f"{call.what} not run: {reason}")
+        return ActionOutcome("unavailable", decision_id, reason=reason)
+
+    def _guard(self, call: ActionCall) -> ActionOutcome:
+        """Admit or refuse the canonical call; act when admitted."""
+        spec = call.spec
+        chain = GuardChain(self.state, self.settings, spec)
+        try:
+            upfront = spec.upfront(self.settings, call.params) if spec.upfront else None
+            adm = chain.admit(
+                call.target, call.resource, call.idempotency_key, call.task_id or "", upfront
+            )
         except GuardUnavailable as exc:
             if spec.name == "notify":  # telling a human is safe without guard state
-                return self._notify_without_state(
-                    spec, params, chain, idem, trigger, task_id, audit
-                )
+                return self._notify_without_state(call, chain)
             decision_id = self.store.add_decision(
-                **audit, decision="unavailable", guard="state", reason=str(exc),
-                finding_id=finding_id, task_id=task_id, idempotency_key=redact_text(idem),
-            )  # fmt: skip
+                **call.decision(), decision="unavailable", guard="state", reason=str(exc)
+            )
             self.log.error("guard state unavailable; not acting", error=str(exc))
             metrics.guard_decision(spec.name, "unavailable", "state")
-            incident = trigger.incident if trigger else f"{spec.name}:{resource}"
-            self._notify("guard_unavailable", incident, f"{spec.name} on {resource} not run: {exc}")
+            self._notify("guard_unavailable", call.incident, f"{call.what} not run: {exc}")
             return ActionOutcome("unavailable", decision_id, reason=str(exc))
         try:
             decision_id = self.store.add_decision(
-                **audit, decision=adm.decision, guard=adm.guard, reason=adm.reason,
-                finding_id=finding_id, task_id=task_id, idempotency_key=redact_text(idem),
-            )  # fmt: skip
+                **call.decision(), decision=adm.decision, guard=adm.guard, reason=adm.reason
+            )
         except AuditError:  # never act without an audit row: give back what the guards took
-            chain.abandon(adm, target, resource)
+            chain.abandon(adm, call.target, call.resource)
             raise
         metrics.guard_decision(spec.name, adm.decision, adm.guard)
         if adm.decision == "dry_run":
             run_id = self.store.add_action_run(
-                **audit, params=params.model_dump(mode="json"), outcome="dry_run",
-                decision_id=decision_id, finding_id=finding_id, task_id=task_id,
+                **call.audit, params=call.params.model_dump(mode="json"), outcome="dry_run",
+                decision_id=decision_id, finding_id=call.finding_id, task_id=call.task_id,
             )  # fmt: skip
-            self.log.info("dry-run: would act", params=params.model_dump(mode="json"))
+            self.log.info("dry-run: would act", params=call.params.model_dump(mode="json"))
             metrics.action_run(spec.name, "dry_run", None)
             return ActionOutcome("dry_run", decision_id, run_id, adm.reason)
         if not adm.admitted:
             self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
             if adm.flap_escalate:  # once per suspension: the refusal that started it
-                self._notify("flapping", f"flap:{spec.name}:{resource}",
-                             f"{spec.name} on {resource} is flapping: {adm.reason}; suspended "
-                             f"for {self.settings.guards.flap_suspend_minutes} min")  # fmt: skip
+                self._notify("flapping", f"flap:{spec.name}:{call.resource}",
+                             f"{call.what} is flapping: {adm.reason}; suspended for "
+                             f"{self.settings.guards.flap_suspend_minutes} min")  # fmt: skip
             return ActionOutcome(adm.decision, decision_id, reason=adm.reason)
         if adm.resumed:
             self.log.warning("resuming an action whose worker died mid-action",
                              claimed_at=adm.claimed_at)  # fmt: skip
-        return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
+        return self._act(call, chain, adm, decision_id)
 
     def record_worker_lost(
-        self, name: str, kwargs: dict[str, Any], task_id: str, trigger: Trigger | None,
-        attempts: int,
-    ) -> None:  # fmt: skip
+        self, name: str, kwargs: dict[str, Any], task_id: str, header: Any, attempts: int
+    ) -> None:
         """A poison task: its worker died on every delivery and Celery gave up. Audit it, give
         back its claim (the holder is dead), count a breaker failure, notify."""
         spec = get_action(name)
-        try:
-            params = spec.params_model.model_validate(kwargs)
-        except ValidationError:
+        params, problem = self._validated(spec.params_model, kwargs)
+        if problem is not None:
             return  # never admitted: its rejection is already audited
-        target, resource = params.target, spec.resource(params)
-        idem = (
-            f"{spec.name}:{resource}:{trigger.incident}"
-            if trigger
-            else f"{spec.name}:{resource}:task:{task_id}"
-        )
+        try:
+            trigger = self._trigger(spec, kwargs, None, header)
+        except TriggerError:
+            return  # never admitted either
+        call = ActionCall(spec, params, task_id, trigger)
+        try:  # the same canonical resource its admission held
+            resolved = self._resolve(call)
+            call = dataclasses.replace(call, params=resolved.params, facts=resolved.facts)
+        except Exception:  # noqa: S110 - the resource as given is the best left to free
+            pass
         chain = GuardChain(self.state, self.settings, spec)
-        adm = Admission(True, "admitted", idempotency_key=idem, call_id=task_id)
+        adm = Admission(True, "admitted", idempotency_key=call.idempotency_key, call_id=task_id)
         error = f"worker lost on all {attempts} deliveries: given up (poison task)"
         try:
-            chain.give_up(adm, target, resource, task_id)
+            chain.give_up(adm, call.target, call.resource, task_id)
         except GuardUnavailable as exc:
             self.log.error("could not release a poison task's guard holds", error=str(exc))
         self.store.add_action_run(
-            action=spec.name, target=target, resource=resource,
-            params=params.model_dump(mode="json"), outcome="failed", error=error,
-            finding_id=trigger.finding_id if trigger else None, task_id=task_id,
-            verification="skipped",
+            **call.audit, params=call.params.model_dump(mode="json"), outcome="failed",
+            error=error, finding_id=call.finding_id, task_id=task_id, verification="skipped",
         )  # fmt: skip
         metrics.action_run(spec.name, "failed", None)
         self.log.error("poison task given up", action=spec.name, attempts=attempts)
-        incident = trigger.incident if trigger else f"{spec.name}:{resource}"
-        self._notify("poison_task", incident, f"{spec.name} on {resource}: {error}")
+        self._notify("poison_task", call.incident, f"{call.what}: {error}")
 
-    def _notify_without_state(
-        self, spec: Any, params: Any, chain: GuardChain, idem: str, trigger: Trigger | None,
-        task_id: str | None, audit: dict[str, Any],
-    ) -> ActionOutcome:  # fmt: skip
+    def _notify_without_state(self, call: ActionCall, chain: GuardChain) -> ActionOutcome:
         reason = "guard state unavailable; notifications are sent regardless"
-        decision_id = self.store.add_decision(**audit, decision="admitted", guard="state",
-                                              reason=reason, task_id=task_id)  # fmt: skip
-        adm = Admission(True, "admitted", idempotency_key=idem)
-        return self._act(spec, params, chain, adm, decision_id, trigger, task_id, audit)
+        decision_id = self.store.add_decision(**call.decision(), decision="admitted",
+                                              guard="state", reason=reason)  # fmt: skip
+        adm = Admission(True, "admitted", idempotency_key=call.idempotency_key)
+        return self._act(call, chain, adm, decision_id)
 
     def _act(
-        self, spec: Any, params: Any, chain: GuardChain, adm: Any, decision_id: int,
-        trigger: Trigger | None, task_id: str | None, audit: dict[str, Any],
-    ) -> ActionOutcome:  # fmt: skip
-        target, resource = params.target, spec.resource(params)  # unredacted: guard keys
+        self, call: ActionCall, chain: GuardChain, adm: Admission, decision_id: int
+    ) -> ActionOutcome:
         blast = BlastAccount(chain, pool=adm.blast_granted)
         ctx = ActionContext(
-            self.settings, self.log, self.store, trigger,
+            self.settings, self.log, self.store, call.trigger, facts=call.facts,
             resumed_since=adm.claimed_at if adm.resumed else None,
             idempotency_key=adm.idempotency_key, reserve_units=blast.take,
         )  # fmt: skip
         started = time.monotonic()
         error: str | None = None
         try:
-            result = spec.fn(ctx, params)
-        except (
-            BaseException
-        ) as exc:  # SoftTimeLimitExceeded included: record, release, re-raise none
+            result = call.spec.fn(ctx, call.params)
+        except (Refused, Deferred) as exc:  # decided at run time: free, like a refusal
+            return self._declined(call, chain, adm, blast, decision_id, exc, started)
+        except BaseException as exc:  # SoftTimeLimitExceeded included: record, release
             if isinstance(exc, KeyboardInterrupt | SystemExit):
-                chain.complete(adm, target, resource, False, blast.settle(adm.blast_granted))
+                chain.complete(adm, call.target, call.resource, False,
+                               blast.settle(adm.blast_granted))  # fmt: skip
                 raise
             error = redact_text(f"{type(exc).__name__}: {exc}")
             result = ActionResult(ok=False, changed=False, summary=error)
-        success = result.ok
+        return self._record(call, chain, adm, blast, decision_id, result, error, started)
+
+    def _declined(
+        self, call: ActionCall, chain: GuardChain, adm: Admission, blast: BlastAccount,
+        decision_id: int, exc: Refused | Deferred, started: float,
+    ) -> ActionOutcome:  # fmt: skip
+        """The action refused or deferred after admission: everything the admission took is
+        given back (claim, lock, budget, flap count, blast units), no outcome is recorded on
+        the breaker, nothing is verified, nobody is paged about a failure."""
+        outcome = "refused" if isinstance(exc, Refused) else "deferred"
+        reason = _reason(exc)
         try:
-            refund = blast.settle(adm.blast_granted)
-            transition = chain.complete(adm, target, resource, success, refund)
+            blast.settle(adm.blast_granted, everything=True)
+            chain.abandon(adm, call.target, call.resource)
+        except GuardUnavailable as exc2:
+            self.log.error("could not give back guard holds", error=str(exc2))
+        retry_at = getattr(exc, "retry_at", None)
+        run_id = self.store.add_action_run(
+            **call.audit, params=call.params.model_dump(mode="json"), outcome=outcome,
+            error=reason, result={"retry_at": retry_at} if retry_at else None,
+            duration_ms=_ms(started), decision_id=decision_id, finding_id=call.finding_id,
+            task_id=call.task_id, verification="skipped",
+        )  # fmt: skip
+        metrics.action_run(call.spec.name, outcome, time.monotonic() - started)
+        self.log.info(f"action {outcome}", reason=reason)
+        if isinstance(exc, Refused) and exc.notice:
+            self._notice_once("refused", call, f"{call.what} refused: {reason}")
+        return ActionOutcome(outcome, decision_id, run_id, reason, "skipped")
+
+    def _record(
+        self, call: ActionCall, chain: GuardChain, adm: Admission, blast: BlastAccount,
+        decision_id: int, result: ActionResult, error: str | None, started: float,
+    ) -> ActionOutcome:  # fmt: skip
+        spec, success = call.spec, result.ok
+        try:
+            transition = chain.complete(
+                adm, call.target, call.resource, success, blast.settle(adm.blast_granted)
+            )
         except GuardUnavailable as exc:
             transition = ""
             self.log.error("could not record the outcome in guard state", error=str(exc))
         outcome = "succeeded" if success else "failed"
-        verification = None if success and spec.guards.verify and trigger else "skipped"
+        verification = None if success and spec.guards.verify and call.trigger else "skipped"
         run_id = self.store.add_action_run(
-            **audit, params=params.model_dump(mode="json"), outcome=outcome,
+            **call.audit, params=call.params.model_dump(mode="json"), outcome=outcome,
             error=error or (None if success else result.summary),
             result=result.model_dump(mode="json"), duration_ms=_ms(started),
-            decision_id=decision_id, finding_id=trigger.finding_id if trigger else None,
-            task_id=task_id, verification=verification,
+            decision_id=decision_id, finding_id=call.finding_id, task_id=call.task_id,
+            verification=verification,
         )  # fmt: skip
         self.log.info("action done", outcome=outcome, summary=result.summary)
         metrics.action_run(spec.name, outcome, time.monotonic() - started)
         done = ActionOutcome(outcome, decision_id, run_id, result.summary, verification)
         done.result = result.model_dump(mode="json")
-        what = f"{spec.name} on {audit['resource']}"
-        incident = trigger.incident if trigger else f"{spec.name}:{audit['resource']}"
         if not success and spec.name != "notify":  # never notify about notifying
-            self._notify("action_failed", incident, f"{what} failed: {result.summary}")
+            self._notify("action_failed", call.incident, f"{call.what} failed: {result.summary}")
         if transition == "opened":
-            name = chain.breaker_name(target)
+            name = chain.breaker_name(call.target)
             self._notify("breaker_open", f"breaker:{name}",
-                         f"circuit {name} opened after {what} failed; further runs are suppressed"
-                         f" until it half-opens or `remediation breakers reset {name}`")  # fmt: skip
-        if verification is None and trigger is not None:
-            done.verification = self._verify(run_id, trigger, what)
+                         f"circuit {name} opened after {call.what} failed; further runs are"
+                         f" suppressed until it half-opens or `remediation breakers reset"
+                         f" {name}`")  # fmt: skip
+        if verification is None and call.trigger is not None:
+            done.verification = self._verify(run_id, call)
             metrics.verification(spec.name, done.verification)
         return done
 
-    def _verify(self, action_run_id: int, trigger: Trigger, what: str) -> str:
-        """Re-run the originating check until the condition is gone (bounded)."""
-        cfg = self.settings.verify
+    def _verify(self, action_run_id: int, call: ActionCall) -> str:
+        """Re-run the originating check until the condition is gone (bounded). A fix that did
+        not recover leaves the incident open and its idempotency record freed: the next sweep
+        may act again, within the cooldown, budget, flap guard and breaker."""
+        assert call.trigger is not None
+        trigger, cfg = call.trigger, self.settings.verify
         verdict, check_run_id = "not_recovered", None
         for attempt in range(cfg.attempts):
             if attempt:
@@ -391,23 +488,48 @@ class Runner:
             verdict = "not_recovered"
         self.store.set_verification(action_run_id, verdict, check_run_id)
         self.log.info("verification", verification=verdict)
-        if verdict == "recovered":
-            try:
+        try:
+            if verdict == "recovered":
                 self.state.delete(keys.incident(trigger.fingerprint))
-            except Exception as exc:
-                self.log.warning("could not close incident", error=str(exc))
-        else:
+            else:
+                self.state.delete(keys.idempotency(call.idempotency_key))
+        except Exception as exc:
+            self.log.warning("could not update the incident", error=str(exc))
+        if verdict != "recovered" and call.spec.guards.escalate_unverified:
             self._notify("unverified_fix", trigger.incident,
-                         f"{what} ran but the check still fails ({verdict})")  # fmt: skip
+                         f"{call.what} ran but the check still fails ({verdict})")  # fmt: skip
         return verdict
 
-    def _notify(self, kind: str, incident: str, text: str) -> None:
+    def _notice_once(self, kind: str, call: ActionCall, text: str) -> None:
+        """A warning about calls that did not run (refused, unresolvable): at most one per
+        action and kind per REMEDIATION_NOTIFY__WINDOW_SECONDS, however many calls."""
+        if call.spec.name == "notify":
+            return
+        try:
+            first = self.state.set(keys.notice(kind, call.spec.name), "1", nx=True,
+                                   ex=self.settings.notify.window_seconds)  # fmt: skip
+        except Exception as exc:  # no state: stay quiet rather than page once per call
+            self.log.warning("notice state unavailable", error=str(exc))
+            return
+        if first:
+            self._notify(f"action_{kind}", f"{kind}:{call.spec.name}", text, "warning")
+
+    def _notify(self, kind: str, incident: str, text: str, severity: str = "high") -> None:
         """Send a notification through the notify action (deduplicated per incident + kind)."""
-        kwargs = {"text": text, "incident": incident[:200], "kind": kind, "severity": "high"}
+        kwargs = {"text": bounded_text(text, NOTIFY_TEXT_MAX), "incident": incident[:200],
+                  "kind": kind, "severity": severity}  # fmt: skip
         try:
             self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
         except Exception as exc:  # the broker may be what is down: log, never crash the task
             self.log.error("could not dispatch notification", kind=kind, error=str(exc))
+
+
+def _reason(exc: Refused | Deferred) -> str:
+    reason = redact_text(exc.reason)
+    retry_at = getattr(exc, "retry_at", None)
+    if retry_at:
+        reason += f" (may act after {time.strftime('%H:%M:%S', time.gmtime(retry_at))} UTC)"
+    return bounded_text(reason, 1000)
 
 
 def _ms(started: float) -> float:

@@ -10,8 +10,8 @@ from celery.schedules import crontab, schedule
 from pydantic import ValidationError
 
 from remediation import registry
+from remediation.calls import validation_message
 from remediation.errors import ScheduleError, UnknownTaskError
-from remediation.runner import validation_message
 
 SCHEDULE_MODULE = "beat_schedule"
 _ENTRY_KEYS = {"task", "schedule", "kwargs", "options"}

@@ -27,6 +27,8 @@ from remediation.errors import ConfigError, TargetError
 
 ENV_PREFIX = "REMEDIATION_"
 NESTED = "__"
+MIN_SIGNING_KEY = 32
+"""Characters a signing key needs at least (`secrets.token_hex(32)` gives 64)."""
 # Variables the test-suite and set-up scripts use; they are not settings.
 _NOT_SETTINGS = ("REMEDIATION_TEST_", "REMEDIATION_BENCH_", "REMEDIATION_CHAOS_")
 
@@ -85,6 +87,9 @@ class GuardSettings(_Section):
         default_factory=lambda: dict(DEFAULT_BLAST_RADIUS),
         description="units per action per window, across all workers",
     )
+    max_kwargs_bytes: int = Field(
+        32768, ge=1024, le=16 * 1024 * 1024, description="a task's kwargs, serialized, at most"
+    )
 
 
 class AuditSettings(_Section):
@@ -114,7 +119,10 @@ class NotifySettings(_Section):
 class JobQueueSettings(_Section):
     """Runbook 000 "Redis queue management": the application's job list."""
 
-    key: str = Field("job_queue", min_length=1)
+    key: str = Field("job_queue", min_length=1, max_length=512)
+    keys: list[str] = Field(
+        default_factory=list, max_length=10_000, description="more job lists the actions may touch"
+    )
     dead_letter_key: str = Field("job_queue:dead_letter", min_length=1)
     id_field: str | None = Field(None, description="JSON field naming a job; None = whole payload")
     enqueued_at_field: str = Field("enqueued_at", description="JSON field, epoch seconds")
@@ -567,6 +575,9 @@ class Settings(BaseSettings):
     result_backend: SecretStr = SecretStr("redis://127.0.0.1:6379/2")
     state_redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     audit_dsn: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/remediation")
+    signing_key: SecretStr | None = Field(
+        None, description="HMAC key for trigger headers and backup manifests (32+ characters)"
+    )
     postgres_targets: dict[str, SecretStr] = Field(default_factory=dict)
     redis_targets: dict[str, SecretStr] = Field(default_factory=dict)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
@@ -600,6 +611,15 @@ class Settings(BaseSettings):
             raise ValueError(f"unsupported URL scheme {scheme!r}")
         return value
 
+    @field_validator("signing_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_SIGNING_KEY:
+            raise ValueError(
+                f"must be at least {MIN_SIGNING_KEY} characters (make run creates one)"
+            )
+        return value
+
     @field_validator("audit_dsn")
     @classmethod
     def _postgres_dsn(cls, value: SecretStr) -> SecretStr:
@@ -621,6 +641,15 @@ class Settings(BaseSettings):
         """The URL of a monitored Redis; "self" is the state Redis by default."""
         return _lookup(self.redis_targets, target, "REDIS_TARGETS", self.state_redis_url)
 
+    def postgres_target(self, target: str) -> str:
+        """The configured name of a PostgreSQL target, spelled as configured ("APP" -> "app");
+        TargetError when none matches."""
+        return _canonical(self.postgres_targets, target, "POSTGRES_TARGETS")
+
+    def redis_target(self, target: str) -> str:
+        """The configured name of a Redis target, spelled as configured; TargetError if none."""
+        return _canonical(self.redis_targets, target, "REDIS_TARGETS")
+
 
 def _unique_names(names: Any) -> None:
     seen: set[str] = set()
@@ -636,14 +665,21 @@ def _require_postgres(value: SecretStr) -> None:
         raise ValueError("must be a postgresql:// URL")
 
 
-def _lookup(table: dict[str, SecretStr], target: str, var: str, self_default: SecretStr) -> str:
-    lowered = {name.lower(): url for name, url in table.items()}
-    if target.lower() in lowered:
-        return lowered[target.lower()].get_secret_value()
-    if target == "self":
-        return self_default.get_secret_value()
-    known = ", ".join(sorted(set(lowered) | {"self"}))
+def _canonical(table: dict[str, SecretStr], target: str, var: str) -> str:
+    """Target names match case-insensitively and resolve to the configured spelling; "self"
+    (any case) is always known."""
+    for name in table:
+        if name.lower() == target.lower():
+            return name
+    if target.lower() == "self":
+        return "self"
+    known = ", ".join(sorted(set(table) | {"self"}))
     raise TargetError(f"target {target!r} is not configured in {ENV_PREFIX}{var} (known: {known})")
+
+
+def _lookup(table: dict[str, SecretStr], target: str, var: str, self_default: SecretStr) -> str:
+    name = _canonical(table, target, var)
+    return (table[name] if name in table else self_default).get_secret_value()
 
 
 def env_name(loc: tuple[Any, ...]) -> str:

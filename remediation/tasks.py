@@ -9,7 +9,7 @@ import structlog
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
-from remediation import registry
+from remediation import registry, signing
 from remediation.context import Trigger
 from remediation.runner import Runner
 from remediation.settings import get_settings
@@ -17,11 +17,12 @@ from remediation.settings import get_settings
 TRIGGER_HEADER = "remediation_trigger"
 
 
-def dispatch_via(app: Celery) -> Any:
-    """A Runner dispatcher that sends action tasks through the broker."""
+def dispatch_via(app: Celery, key: bytes) -> Any:
+    """A Runner dispatcher that sends action tasks through the broker, each trigger header
+    signed with the key (REMEDIATION_SIGNING_KEY) together with the task and its kwargs."""
 
     def dispatch(task_name: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
-        headers = {TRIGGER_HEADER: trigger.as_header} if trigger else {}
+        headers = {TRIGGER_HEADER: trigger.to_header(key, task_name, kwargs)} if trigger else {}
         app.send_task(task_name, kwargs=kwargs, headers=headers)
 
     return dispatch
@@ -29,14 +30,17 @@ def dispatch_via(app: Celery) -> Any:
 
 @functools.cache
 def runner(app: Celery) -> Runner:
-    return Runner(get_settings(), dispatch_via(app))
+    settings = get_settings()
+    return Runner(settings, dispatch_via(app, signing.key_of(settings)))
 
 
-def _trigger(task: Task) -> Trigger | None:
+def _header(task: Task) -> Any:
+    """The raw trigger header of the message being run (None: a call by hand); the runner
+    verifies it before anything runs."""
     value = getattr(task.request, TRIGGER_HEADER, None)
     if value is None and isinstance(task.request.headers, dict):
         value = task.request.headers.get(TRIGGER_HEADER)
-    return Trigger.from_header(value)
+    return value
 
 
 def register_tasks(app: Celery) -> None:
@@ -68,7 +72,7 @@ def _register_action(app: Celery, name: str, task_name: str) -> None:
     def run_action(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(action=name)
         outcome = runner(app).run_action(
-            name, kwargs, task_id=self.request.id, trigger=_trigger(self)
+            name, kwargs, task_id=self.request.id, header=_header(self)
         )
         return outcome.as_dict()
 
@@ -90,7 +94,7 @@ def _poison(
     try:
         runner(sender.app).record_worker_lost(
             name.removeprefix(registry.ACTION_PREFIX), dict(kwargs or {}), task_id,
-            _trigger(sender), int(sender.request.retries or 0) + 1,
+            _header(sender), int(sender.request.retries or 0) + 1,
         )  # fmt: skip
     except Exception as exc:  # never break the worker's main process
         structlog.get_logger("remediation").error("could not record a poison task", error=str(exc))

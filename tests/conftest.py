@@ -16,6 +16,7 @@ from remediation.settings import get_settings
 from remediation.testing import RedisServer, WebhookReceiver, as_url, scratch_database
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+TEST_SIGNING_KEY = "test-signing-key-" + "0123456789abcdef" * 2
 
 
 def _missing(what: str) -> None:
@@ -93,6 +94,7 @@ def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict
         "REMEDIATION_BROKER_URL": redis_server.url(1),
         "REMEDIATION_RESULT_BACKEND": redis_server.url(2),
         "REMEDIATION_AUDIT_DSN": audit_dsn,
+        "REMEDIATION_SIGNING_KEY": TEST_SIGNING_KEY,
         "REMEDIATION_LOG_FORMAT": "json",
         "REMEDIATION_VERIFY__DELAY_SECONDS": "0.5",
         # each test worker serves metrics on a free port from a directory of its own

@@ -11,7 +11,7 @@ from celery.schedules import crontab
 
 from remediation.errors import ScheduleError
 from remediation.schedule import load_schedule, validate_entry
-from tests.conftest import clean_environ
+from tests.conftest import TEST_SIGNING_KEY, clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -52,7 +52,11 @@ def test_beat_refuses_to_start_with_a_bad_schedule(tmp_path: Path) -> None:
         'SCHEDULE = {"typo": {"task": "remediation.check.redis_jobqueue", "schedule": 60}}\n'
     )
     env = clean_environ()
-    env.update(REMEDIATION_SCHEDULE_MODULE="bad_schedule", PYTHONPATH=str(tmp_path))
+    env.update(
+        REMEDIATION_SCHEDULE_MODULE="bad_schedule",
+        PYTHONPATH=str(tmp_path),
+        REMEDIATION_SIGNING_KEY=TEST_SIGNING_KEY,
+    )
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,

@@ -99,3 +99,20 @@ def test_worker_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 2
     assert "REMEDIATION_BREAKER__MINIMUM_CALLS" in proc.stderr
+
+
+def test_worker_refuses_to_start_without_a_signing_key() -> None:
+    """Without REMEDIATION_SIGNING_KEY a worker cannot sign or verify trigger headers: it
+    exits at once naming the variable and how to make one."""
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "worker"],
+        cwd=ROOT, env=clean_environ(), capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert "REMEDIATION_SIGNING_KEY: not set" in proc.stderr and "token_hex" in proc.stderr
+
+
+def test_short_signing_key_is_refused() -> None:
+    """A key shorter than 32 characters is a configuration error naming the variable."""
+    with pytest.raises(ConfigError, match="REMEDIATION_SIGNING_KEY"):
+        load_settings(signing_key="short")

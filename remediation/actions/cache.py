@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 import redis
 from pydantic import Field, field_validator
@@ -29,7 +29,7 @@ def matches_everything(pattern: str) -> bool:
 
 
 class FlushCacheParams(ActionParams):
-    patterns: list[str] | None = Field(
+    patterns: list[Annotated[str, Field(min_length=1, max_length=512)]] | None = Field(
         None,
         min_length=1,
         max_length=50,

@@ -31,10 +31,7 @@ _CONTAINER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 class ContainerParams(ActionParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
-    container: str = Field(pattern=_CONTAINER_NAME, description="container name")
-    project: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: CONTAINERS__PROJECT"
-    )
+    container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
 
 
 def state_key(container: str) -> str:
@@ -116,7 +113,7 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
 
 
 def _find(ctx: ActionContext, params: ContainerParams) -> tuple[Any, ActionResult | None]:
-    project = params.project or ctx.settings.containers.project
+    project = ctx.settings.containers.project
     if not project:
         return None, ActionResult(ok=False, changed=False,
                                   summary="no compose project: set REMEDIATION_CONTAINERS__PROJECT")  # fmt: skip
@@ -164,7 +161,7 @@ def _restart(ctx: ActionContext, params: ContainerParams, container: Any, key: s
 
 class ResetRestartsParams(ActionParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
-    container: str = Field(pattern=_CONTAINER_NAME, description="container name")
+    container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
 
 
 @action(

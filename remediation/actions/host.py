@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -38,7 +38,7 @@ _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 class CleanupDiskParams(ActionParams):
-    dirs: list[str] | None = Field(
+    dirs: list[Annotated[str, Field(min_length=1, max_length=4096)]] | None = Field(
         None, min_length=1, max_length=50, description=f"a subset of {DIRS_VAR}; default all"
     )
 

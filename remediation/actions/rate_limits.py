@@ -127,7 +127,9 @@ return {status, current or '', rec[1], rec[3], rec[2]}
 class ThrottleSyncParams(ActionParams):
     """target: the Redis holding REMEDIATION_RATE_LIMITS__SYNC_INTERVAL_KEY."""
 
-    integration: str = Field(pattern=_NAME, description="field of the interval hash: 'shopify'")
+    integration: str = Field(
+        pattern=_NAME, max_length=64, description="field of the interval hash: 'shopify'"
+    )
 
 
 class RestoreSyncParams(ThrottleSyncParams):
@@ -215,7 +217,10 @@ class SwitchFallbackModelParams(ActionParams):
     """target: the Redis the application reads REMEDIATION_RATE_LIMITS__FALLBACK_KEY from."""
 
     model: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_.:/\-]{1,100}$", description="default: FALLBACK_MODEL"
+        None,
+        pattern=r"^[A-Za-z0-9_.:/\-]{1,100}$",
+        max_length=100,
+        description="default: FALLBACK_MODEL",
     )
 
 
@@ -268,7 +273,9 @@ class PauseLowPriorityParams(QueueParams):
 
 
 class ResumeLowPriorityParams(QueueParams):
-    queue: str | None = Field(None, pattern=_NAME, description="default: LOW_PRIORITY_QUEUE")
+    queue: str | None = Field(
+        None, pattern=_NAME, max_length=64, description="default: LOW_PRIORITY_QUEUE"
+    )
     force: bool = Field(False, description="resume now, before the pause is due to end")
 
 

@@ -25,7 +25,7 @@ from remediation.audit.spool import ReplayResult, Spool, StopReplay
 from remediation.errors import AuditError
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.redact import redact, redact_text
+from remediation.redact import bounded_text, redact, redact_text, serialized_size, truncated
 
 if TYPE_CHECKING:
     from remediation.settings import Settings
@@ -88,8 +88,22 @@ def _now() -> str:
     return datetime.now(UTC).isoformat()
 
 
+TEXT_MAX = 4000
+"""Characters of a reason, error or summary an audit row keeps (redacted first, then cut)."""
+JSON_MAX_BYTES = 65536
+"""A params or result value larger than this (as JSON) is stored as size + sha256 + prefix."""
+
+
 def _text(value: Any) -> str | None:
-    return None if value is None else redact_text(str(value))
+    return None if value is None else bounded_text(redact_text(str(value)), TEXT_MAX)
+
+
+def _json(value: Any) -> Any:
+    """value redacted, or its truncated form when it is too big to keep whole."""
+    masked = redact(value)
+    if serialized_size(masked) > JSON_MAX_BYTES:
+        return truncated(value)
+    return masked
 
 
 class AuditStore:
@@ -224,7 +238,7 @@ class AuditStore:
         self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
     ) -> int:
         args: dict[str, Any] = {"id": new_id(), "task_id": task_id, "check": check, "target": target,
-                "purpose": purpose, "params": redact(params), "at": _now()}  # fmt: skip
+                "purpose": purpose, "params": _json(params), "at": _now()}  # fmt: skip
         self._write("check_run", args)
         return int(args["id"])
 
@@ -238,7 +252,7 @@ class AuditStore:
         self, check: str, raw: dict[str, Any], error: str, task_id: str | None
     ) -> int:
         args: dict[str, Any] = {"id": new_id(), "task_id": task_id, "check": check,
-                "target": str(raw.get("target", "?"))[:64], "params": redact(raw),
+                "target": redact_text(str(raw.get("target", "?")))[:64], "params": _json(raw),
                 "error": _text(error), "at": _now()}  # fmt: skip
         self._write("rejected_check", args)
         return int(args["id"])
@@ -248,7 +262,7 @@ class AuditStore:
             "id": new_id(), "run_id": run_id, "check": f.check, "target": f.target,
             "subject": f.subject, "kind": f.kind, "severity": f.severity.value,
             "observed": _text(f.observed), "threshold": _text(f.threshold),
-            "summary": redact_text(f.summary), "evidence": redact(f.evidence),
+            "summary": _text(f.summary), "evidence": _json(f.evidence),
             "fingerprint": f.fingerprint, "incident_id": incident_id, "at": _now(),
         }  # fmt: skip
         self._write("finding", args)
@@ -294,8 +308,8 @@ class AuditStore:
         args: dict[str, Any] = {
             "id": new_id(), "decision_id": decision_id, "finding_id": finding_id,
             "task_id": task_id, "action": action, "target": target, "resource": resource,
-            "params": redact(params), "outcome": outcome, "error": _text(error),
-            "result": redact(result) if result is not None else None,
+            "params": _json(params), "outcome": outcome, "error": _text(error),
+            "result": _json(result) if result is not None else None,
             "duration_ms": duration_ms, "verification": verification, "at": _now(),
         }  # fmt: skip
         self._write("action_run", args)

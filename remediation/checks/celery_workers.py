@@ -92,7 +92,7 @@ def _the_cluster(value: str) -> str:
     return value
 
 
-ClusterName = Annotated[str, AfterValidator(_the_cluster)]
+ClusterName = Annotated[str, Field(max_length=64), AfterValidator(_the_cluster)]
 """The target of every Celery check and of revoke_stuck_tasks: always 'celery'."""
 
 

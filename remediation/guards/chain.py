@@ -280,10 +280,13 @@ class BlastAccount:
             got += more
         return got
 
-    def settle(self, admission_grant: int) -> int:
-        """Give back what later grants did not use; return how many units to give back
-        from the admission's grant (complete() does that in its own call)."""
+    def settle(self, admission_grant: int, everything: bool = False) -> int:
+        """Give back what later grants did not use (``everything``: all of them, the action
+        declined); return how many units to give back from the admission's grant
+        (complete() or abandon() does that in its own call)."""
         back = self.pool + self.unused
+        if everything:
+            back = admission_grant + sum(granted for _, granted in self.extra)
         from_admission = min(back, admission_grant)
         rest = back - from_admission
         for grant_id, granted in reversed(self.extra):

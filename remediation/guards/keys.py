@@ -61,3 +61,9 @@ def blast(action: str) -> str:
 
 def streak(check: str, target: str) -> str:
     return f"{PREFIX}streak:{check}:{target}"
+
+
+def notice(kind: str, action: str) -> str:
+    """Set while a notice of this kind about this action was sent in the current window
+    (refusals and unresolvable calls page at most once per window, not once per call)."""
+    return f"{PREFIX}notice:{kind}:{action}"
