@@ -929,6 +929,25 @@ else
     fi
 fi
 
+# ---------------------------------------------------------------- signing key
+
+# Workers sign trigger headers and backup manifests with REMEDIATION_SIGNING_KEY. When none
+# is configured, one is made once in .data/signing.key (0600) and used from then on.
+SIGNING_KEY=$(setting REMEDIATION_SIGNING_KEY)
+KEY_FILE=$ROOT/.data/signing.key
+if [[ -z $SIGNING_KEY ]]; then
+    if [[ ! -s $KEY_FILE ]]; then
+        mkdir -p "$(dirname "$KEY_FILE")"
+        (umask 077 && od -An -tx1 -N32 /dev/urandom | tr -d ' \n' >"$KEY_FILE.tmp" \
+            && mv -f "$KEY_FILE.tmp" "$KEY_FILE")
+        log "signing key: created $KEY_FILE (set REMEDIATION_SIGNING_KEY to use your own)"
+    fi
+    SIGNING_KEY=$(<"$KEY_FILE")
+    WRITE_KEY=1
+else
+    WRITE_KEY=
+fi
+
 # ---------------------------------------------------------------- output
 
 squote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
@@ -941,6 +960,7 @@ trap 'rm -f "$TMP_OUT"' EXIT
     printf 'export REMEDIATION_BROKER_URL=%s\n' "$(squote "$BROKER_URL")"
     printf 'export REMEDIATION_RESULT_BACKEND=%s\n' "$(squote "$RESULT_URL")"
     printf 'export REMEDIATION_AUDIT_DSN=%s\n' "$(squote "$AUDIT_DSN")"
+    [[ -z $WRITE_KEY ]] || printf 'export REMEDIATION_SIGNING_KEY=%s\n' "$(squote "$SIGNING_KEY")"
     if [[ -n $AMQP_URL ]]; then
         printf 'export REMEDIATION_TEST_AMQP_URL=%s\n' "$(squote "$AMQP_URL")"
         # the node rabbitmqctl talks to (tests create a vhost per session); empty: its default
@@ -948,7 +968,7 @@ trap 'rm -f "$TMP_OUT"' EXIT
     fi
 } >"$TMP_OUT"
 # the file may carry configured passwords
-if [[ -n $STATE_PASS$BROKER_PASS$RESULT_PASS$AUDIT_PASS || $BROKER_URL$RESULT_URL == *:*@* ]] \
+if [[ -n $WRITE_KEY$STATE_PASS$BROKER_PASS$RESULT_PASS$AUDIT_PASS || $BROKER_URL$RESULT_URL == *:*@* ]] \
     || [[ $AMQP_URL == *:*@* && $AMQP_URL != amqp://guest:guest@* ]]; then
     chmod 600 "$TMP_OUT"
 else
