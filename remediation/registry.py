@@ -108,7 +108,9 @@ def check(name: str) -> Callable[[Callable[..., list[Finding]]], Callable[..., l
 
     def register(fn: Callable[..., list[Finding]]) -> Callable[..., list[Finding]]:
         _check_name(name, CHECKS)
-        CHECKS[name] = CheckSpec(name, fn, _params_model(fn, CheckParams), _doc(fn))
+        model = _params_model(fn, CheckParams)
+        _bounded(name, model)
+        CHECKS[name] = CheckSpec(name, fn, model, _doc(fn))
         return fn
 
     return register

@@ -26,9 +26,6 @@ DOWN_STATES = ("exited", "dead", "restarting")
 
 class DockerContainersParams(CheckParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
-    project: str | None = Field(
-        None, pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$", description="default: CONTAINERS__PROJECT"
-    )
 
 
 def _finding(subject: str, kind: str, severity: Severity, **kw: Any) -> Finding:
@@ -47,7 +44,7 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
     MEMORY_HIGH_PERCENT of its limit is container_overloaded (warning; high when both, or
     memory within 2 % of the limit). An engine that does not answer is docker_unreachable."""
     cfg = ctx.settings.containers
-    project = params.project or cfg.project
+    project = cfg.project
     if not project:
         return [_finding("", "docker_containers_unconfigured", Severity.INFO,
                          summary="no compose project watched: set REMEDIATION_CONTAINERS__PROJECT")]  # fmt: skip

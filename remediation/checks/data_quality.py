@@ -7,7 +7,7 @@ transaction with a statement timeout.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import psycopg
 from psycopg import sql
@@ -27,7 +27,9 @@ MAX_FINDINGS_PER_RULE = 50
 
 
 class DataQualityParams(CheckParams):
-    rules: list[str] | None = Field(None, description="rule names to run; default: all")
+    rules: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=100, description="rule names to run; default: all"
+    )
 
 
 def _finding(params: DataQualityParams, subject: str, kind: str, sev: str, **kw: Any) -> Finding:

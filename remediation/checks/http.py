@@ -15,7 +15,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import parse_qsl, quote, urlsplit, urlunsplit
 
 import requests
@@ -41,7 +41,9 @@ MS_EPOCH = 1e11
 
 class HttpEndpointsParams(CheckParams):
     target: TargetName = Field("http", description="names the findings")
-    names: list[str] | None = Field(None, description="endpoint names to probe; default: all")
+    names: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=100, description="endpoint names to probe; default: all"
+    )
 
 
 class ProbeTimeout(requests.Timeout):

@@ -10,7 +10,7 @@ one source that breaches.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import Field
 
@@ -37,7 +37,9 @@ BANDS = (("critical", Severity.CRITICAL), ("high", Severity.HIGH), ("warning", S
 
 class PrometheusSloParams(CheckParams):
     target: TargetName = Field("prometheus", description="names the findings; one Prometheus")
-    rules: list[str] | None = Field(None, description="rule names to run; default: all")
+    rules: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=100, description="rule names to run; default: all"
+    )
 
 
 def _finding(
