@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from remediation.checks.containers import DockerContainersParams, docker_containers
 from remediation.context import CheckContext
@@ -24,10 +25,8 @@ def project() -> Iterator[ComposeProject]:
         yield p
 
 
-def run_check(settings: Any, project: str | None = None) -> dict[tuple[str, str], Finding]:
-    findings = docker_containers(
-        CheckContext(settings, get_logger()), DockerContainersParams(project=project)
-    )
+def run_check(settings: Any) -> dict[tuple[str, str], Finding]:
+    findings = docker_containers(CheckContext(settings, get_logger()), DockerContainersParams())
     return {(f.kind, f.subject): f for f in findings}
 
 
@@ -113,12 +112,9 @@ def test_no_project_is_one_info_finding(settings_env: Any) -> None:
     assert found["docker_containers_unconfigured", ""].severity == Severity.INFO
 
 
-def test_project_param_overrides_the_setting(settings_env: Any, project: ComposeProject) -> None:
-    """params.project watches another project than REMEDIATION_CONTAINERS__PROJECT."""
-    s = settings_env(REMEDIATION_CONTAINERS__PROJECT="some-other-project")
-    crashed = project.run(["sh", "-c", "exit 2"])
-    project.wait_status(crashed, "exited")
-    found = run_check(s, project.name)
-    assert list(found) == [("container_down", crashed.name)]
-    assert found["container_down", crashed.name].evidence["project"] == project.name
-    assert run_check(s) == {}
+def test_project_kwarg_is_rejected(settings_env: Any, project: ComposeProject) -> None:
+    """A call cannot name another compose project: only REMEDIATION_CONTAINERS__PROJECT is
+    watched (a kwarg may narrow what configuration allows, never widen it)."""
+    settings_env(REMEDIATION_CONTAINERS__PROJECT="some-other-project")
+    with pytest.raises(ValidationError, match="project"):
+        DockerContainersParams.model_validate({"project": project.name})
