@@ -2,11 +2,15 @@
 
 Operators add rules in configuration (REMEDIATION_POSTGRES__DATA_QUALITY and
 REMEDIATION_POSTGRES__FRESHNESS) without writing Python. Rule SQL runs in a read-only
-transaction with a statement timeout.
+transaction with a statement timeout, as exactly one statement: it is sent as a prepared
+statement (the extended protocol), so "COMMIT; CREATE TABLE ..." is an error, not a way out
+of the read-only transaction.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Annotated, Any
 
 import psycopg
@@ -49,11 +53,26 @@ def _breaches(rule: DataQualityRule, rows: list[tuple[Any, ...]]) -> list[tuple[
     return out[:MAX_FINDINGS_PER_RULE]
 
 
-def _run_rule(conn: psycopg.Connection, rule: DataQualityRule) -> list[tuple[Any, ...]]:
+@contextmanager
+def _read_only(conn: psycopg.Connection) -> Iterator[None]:
+    """One READ ONLY transaction with a statement timeout, rolled back on any error."""
     with conn.transaction():
         conn.execute("SET TRANSACTION READ ONLY")
         conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
-        return conn.execute(rule.sql.encode()).fetchall()  # operator-written SQL, read-only
+        yield
+
+
+def _run_rule(conn: psycopg.Connection, rule: DataQualityRule) -> list[tuple[Any, ...]]:
+    with _read_only(conn):
+        try:
+            # prepare=True sends the extended protocol: one statement only. The simple
+            # protocol would run "COMMIT; CREATE TABLE ..." past the read-only transaction.
+            cur = conn.execute(rule.sql.encode(), prepare=True)
+        except psycopg.errors.SyntaxError as exc:
+            if "multiple commands" in str(exc):
+                raise psycopg.ProgrammingError("a rule must be exactly one SQL statement") from exc
+            raise
+        return cur.fetchall()
 
 
 def _newest_age(conn: psycopg.Connection, rule: FreshnessRule) -> tuple[Any, float | None]:
@@ -61,8 +80,7 @@ def _newest_age(conn: psycopg.Connection, rule: FreshnessRule) -> tuple[Any, flo
     query = sql.SQL("SELECT max({col}), extract(epoch FROM now() - max({col})) FROM {tbl}").format(
         col=sql.Identifier(rule.column), tbl=table.identifier
     )
-    with conn.transaction():
-        conn.execute("SET TRANSACTION READ ONLY")
+    with _read_only(conn):
         row = conn.execute(query).fetchone()
     newest, age = row if row else (None, None)
     return newest, None if age is None else float(age)
