@@ -111,6 +111,12 @@ class CheckContext:
     def postgres_dsn(self, target: str) -> str:
         return self.settings.postgres_dsn(target)
 
+    @property
+    def state(self) -> redis.Redis:
+        """The guard/state Redis (an action's own state, notification dedupe, published
+        state); checks and resolve steps only read it."""
+        return redis_clients.client(self.settings.state_redis_url.get_secret_value())
+
     def redis(self, target: str) -> redis.Redis:
         return redis_clients.client(self.settings.redis_url(target))
 
@@ -142,11 +148,6 @@ class ActionContext(CheckContext):
         """Return reserved units that were not used."""
         if units > 0 and self.reserve_units is not None:
             self.reserve_units(-units)
-
-    @property
-    def state(self) -> redis.Redis:
-        """The guard/state Redis (notification dedupe, published state)."""
-        return redis_clients.client(self.settings.state_redis_url.get_secret_value())
 
 
 @dataclass(frozen=True)

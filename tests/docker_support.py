@@ -90,6 +90,11 @@ class ComposeProject:
         container.reload()
         return str(container.status)
 
+    def started_at(self, container: Any) -> str:
+        """When the container last started (docker inspect State.StartedAt)."""
+        container.reload()
+        return str(container.attrs["State"]["StartedAt"])
+
     def wait_status(self, container: Any, status: str, timeout: float = 15) -> None:
         wait_for(lambda: self.status(container) == status, timeout, 0.05,
                  f"{container.name} to be {status}")  # fmt: skip

@@ -13,14 +13,17 @@ import json
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from docker.errors import NotFound
+from docker.errors import APIError, NotFound
 from pydantic import Field
 
 from remediation.clients import docker as docker_client
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
+from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical
 from remediation.settings import ContainerSettings
 
 KEY_PREFIX = "rem:restart:"
@@ -39,13 +42,13 @@ def state_key(container: str) -> str:
     return KEY_PREFIX + container
 
 
-def _resource(params: ContainerParams) -> str:
+def _resource(params: ContainerParams | ResetRestartsParams) -> str:
     return f"{params.target}/{params.container}"
 
 
-def _now(ctx: ActionContext) -> float:
+def _now(ctx: CheckContext) -> float:
     seconds, micros = ctx.state.time()
-    return float(seconds) + micros / 1e6
+    return float(seconds) + float(micros) / 1e6
 
 
 def _text(value: bytes | str) -> str:
@@ -62,75 +65,102 @@ def backoff_seconds(cfg: ContainerSettings, restarts: int) -> int:
                    cfg.restart_backoff_max_seconds))  # fmt: skip
 
 
-@action("restart_container", resource=_resource, cooldown=timedelta(0), max_per_hour=60)
+def _saved(ctx: CheckContext, name: str) -> dict[str, str]:
+    return {_text(k): _text(v) for k, v in ctx.state.hgetall(state_key(name)).items()}
+
+
+def _left_alone(name: str, saved: dict[str, str]) -> Refused:
+    at = _iso(float(saved["unmonitored_at"]))
+    return Refused(f"{name} was left alone after repeated restarts, escalated at {at};"
+                   f" reset_container_restarts to look after it again", notice=False)  # fmt: skip
+
+
+def _find(ctx: CheckContext, ref: str) -> Any:
+    """The container a name, full ID or ID prefix names, if it belongs to the configured
+    compose project; Refused otherwise (never another project: no kwarg names one)."""
+    project = ctx.settings.containers.project
+    if not project:
+        raise Refused("no compose project: set REMEDIATION_CONTAINERS__PROJECT")
+    try:
+        container = docker_client.client(ctx.settings).containers.get(ref)
+    except NotFound:
+        raise Refused(f"no container named {ref}") from None
+    except APIError as exc:  # an ambiguous ID prefix, a malformed reference
+        raise Refused(f"{ref} names no single container: {exc.explanation or exc}") from None
+    if container.labels.get(docker_client.PROJECT_LABEL) != project:
+        raise Refused(f"{ref} is not part of compose project {project}; not touched")
+    return container
+
+
+def _due(ctx: CheckContext, name: str, saved: dict[str, str]) -> None:
+    """Deferred while the container's back-off runs (CrashLoopBackOff)."""
+    next_at = float(saved.get("next_at", 0))
+    now = _now(ctx)
+    if now < next_at:
+        raise Deferred(f"{name} is backing off: next restart allowed in"
+                       f" {round(next_at - now, 1)}s", retry_at=next_at)  # fmt: skip
+
+
+def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
+    """The container's own name (from a name, full ID or ID prefix) and full ID; refused
+    outside the project, when left alone, or when it is running and healthy; deferred inside
+    its back-off. Every guard and the back-off state are keyed on the canonical name."""
+    container = _find(ctx, params.container)
+    name = container.name
+    saved = _saved(ctx, name)
+    if "unmonitored_at" in saved:
+        raise _left_alone(name, saved)
+    health = (docker_client.state(container).get("Health") or {}).get("Status")
+    if container.status == "running" and health != "unhealthy":
+        raise Refused(f"{name} is running", notice=False)
+    _due(ctx, name, saved)
+    facts = {"id": container.id, "status": container.status, "health": health}
+    return canonical(params, facts, container=name)
+
+
+@action("restart_container", resolve=resolve_container, resource=_resource,
+        cooldown=timedelta(0), max_per_hour=60, escalate_unverified=False)  # fmt: skip
 def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResult:
     """Restart a down or unhealthy container of the watched compose project, backing off.
 
     Runbook 000 "containers unresponsive or crashed: restart service". Like Kubernetes'
     CrashLoopBackOff: after a restart the next one waits
     REMEDIATION_CONTAINERS__RESTART_BACKOFF_BASE_SECONDS, doubling up to _MAX_SECONDS; a
-    request inside the wait changes nothing. After FLAP_MAX_RESTARTS restarts within
-    FLAP_WINDOW_SECONDS the container is left alone and the action fails once (the
-    operator is told); later requests change nothing until an operator runs
-    reset_container_restarts (or `redis-cli DEL rem:restart:<container>`). A container
-    that is running and not unhealthy is left as it is. Only containers labelled with
-    the project are touched."""
+    request inside the wait is deferred (audited, the incident stays open, the first sweep
+    after the wait restarts). After FLAP_MAX_RESTARTS restarts within FLAP_WINDOW_SECONDS
+    the container is left alone and the action fails once (the operator is told); later
+    requests are refused until an operator runs reset_container_restarts (or `redis-cli DEL
+    rem:restart:<name>`). A container that is running and not unhealthy is left as it is.
+    Only containers labelled with REMEDIATION_CONTAINERS__PROJECT are touched; a name, full
+    ID or ID prefix all mean the same container and share one back-off."""
     cfg = ctx.settings.containers
-    key = state_key(params.container)
-    saved = {_text(k): _text(v) for k, v in ctx.state.hgetall(key).items()}
+    name = params.container  # canonical: resolve_container
+    key = state_key(name)
+    saved = _saved(ctx, name)
     if "unmonitored_at" in saved:
-        at = _iso(float(saved["unmonitored_at"]))
-        return ActionResult(changed=False, detail={"unmonitored_at": at},
-                            summary=f"{params.container} left alone, escalated at {at}; "
-                                    f"reset_container_restarts to look after it again")  # fmt: skip
-    container, refusal = _find(ctx, params)
-    if refusal is not None:
-        return refusal
+        raise _left_alone(name, saved)
+    container = _find(ctx, ctx.facts.get("id") or name)
+    if container.name != name:  # replaced under the same name since resolve: look again
+        raise Deferred(f"{name} was replaced since the call was resolved", retry_at=None)
     st = docker_client.state(container)
     health = (st.get("Health") or {}).get("Status")
     if container.status == "running" and health != "unhealthy":
-        return ActionResult(changed=False, summary=f"{params.container} is running",
-                            detail={"status": container.status, "health": health})  # fmt: skip
+        raise Refused(f"{name} is running", notice=False)
     now = _now(ctx)
     history = [
         t for t in json.loads(saved.get("history", "[]")) if now - t < cfg.flap_window_seconds
     ]
     if len(history) >= cfg.flap_max_restarts:
-        return _give_up(ctx, params, key, now, history)
-    next_at = float(saved.get("next_at", 0))
-    if now < next_at:
-        wait = round(next_at - now, 1)
-        return ActionResult(changed=False, detail={"retry_in_seconds": wait,
-                                                   "restarts_in_window": len(history)},
-                            summary=f"{params.container} is backing off: next restart "
-                                    f"allowed in {wait}s")  # fmt: skip
+        return _give_up(ctx, name, key, now, history)
+    _due(ctx, name, saved)
     if ctx.reserve(1) < 1:  # blast radius: containers restarted per window, all workers
-        return ActionResult(changed=False, detail={"blast_radius": "cap reached"},
-                            summary=f"{params.container} not restarted: the blast-radius cap "
-                                    f"for restart_container is spent")  # fmt: skip
-    return _restart(ctx, params, container, key, now, history, status=container.status,
+        raise Deferred(f"{name} not restarted: the blast-radius cap for restart_container"
+                       " is spent", guard="blast")  # fmt: skip
+    return _restart(ctx, name, container, key, now, history, status=container.status,
                     health=health)  # fmt: skip
 
 
-def _find(ctx: ActionContext, params: ContainerParams) -> tuple[Any, ActionResult | None]:
-    project = ctx.settings.containers.project
-    if not project:
-        return None, ActionResult(ok=False, changed=False,
-                                  summary="no compose project: set REMEDIATION_CONTAINERS__PROJECT")  # fmt: skip
-    dc = docker_client.client(ctx.settings)
-    try:
-        container = dc.containers.get(params.container)
-    except NotFound:
-        return None, ActionResult(ok=False, changed=False,
-                                  summary=f"no container named {params.container}")  # fmt: skip
-    if container.labels.get(docker_client.PROJECT_LABEL) != project:
-        return None, ActionResult(ok=False, changed=False,
-                                  summary=f"{params.container} is not part of compose project "
-                                          f"{project}; not touched")  # fmt: skip
-    return container, None
-
-
-def _give_up(ctx: ActionContext, params: ContainerParams, key: str, now: float,
+def _give_up(ctx: ActionContext, name: str, key: str, now: float,
              history: list[float]) -> ActionResult:  # fmt: skip
     cfg = ctx.settings.containers
     ctx.state.hset(key, mapping={"unmonitored_at": now, "history": json.dumps(history)})
@@ -138,12 +168,12 @@ def _give_up(ctx: ActionContext, params: ContainerParams, key: str, now: float,
     return ActionResult(ok=False, changed=False,
                         detail={"restarts_in_window": len(history), "unmonitored_at": _iso(now),
                                 "reset": f"reset_container_restarts or redis-cli DEL {key}"},
-                        summary=f"{params.container} was restarted {len(history)} times within "
+                        summary=f"{name} was restarted {len(history)} times within "
                                 f"{cfg.flap_window_seconds}s and still dies: left alone "
                                 f"(unmonitored) until an operator resets it")  # fmt: skip
 
 
-def _restart(ctx: ActionContext, params: ContainerParams, container: Any, key: str, now: float,
+def _restart(ctx: ActionContext, name: str, container: Any, key: str, now: float,
              history: list[float], **was: Any) -> ActionResult:  # fmt: skip
     cfg = ctx.settings.containers
     container.restart(timeout=STOP_TIMEOUT_SECONDS)
@@ -152,9 +182,9 @@ def _restart(ctx: ActionContext, params: ContainerParams, container: Any, key: s
     ctx.state.hset(key, mapping={"history": json.dumps(history), "next_at": now + delay})
     ctx.state.expire(key, cfg.flap_window_seconds + cfg.restart_backoff_max_seconds)
     container.reload()
-    return ActionResult(summary=f"restarted {params.container} (restart {len(history)} within "
+    return ActionResult(summary=f"restarted {name} (restart {len(history)} within "
                                 f"{cfg.flap_window_seconds}s); next one allowed after {delay}s",
-                        detail={**was, "status_after": container.status,
+                        detail={**was, "id": container.id, "status_after": container.status,
                                 "restarts_in_window": len(history), "backoff_seconds": delay,
                                 "next_allowed_at": _iso(now + delay)})  # fmt: skip
 
@@ -164,9 +194,21 @@ class ResetRestartsParams(ActionParams):
     container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
 
 
+def resolve_reset(ctx: CheckContext, params: ResetRestartsParams) -> Resolved:
+    """The container's own name; a container that is gone is named by the state it left."""
+    try:
+        container = _find(ctx, params.container)
+    except Refused:
+        if not ctx.state.exists(state_key(params.container)):
+            raise
+        return canonical(params, {"gone": True})
+    return canonical(params, {"id": container.id}, container=container.name)
+
+
 @action(
     "reset_container_restarts",
-    resource=lambda p: f"{p.target}/{p.container}",
+    resolve=resolve_reset,
+    resource=_resource,
     breaker=False,
     verify=False,
 )
@@ -175,8 +217,14 @@ def reset_container_restarts(ctx: ActionContext, params: ResetRestartsParams) ->
 
     For the operator, after fixing a container restart_container gave up on (flap guard):
     `celery -A remediation call remediation.act.reset_container_restarts
-    --kwargs '{"container": "NAME"}'`. Same as `redis-cli DEL rem:restart:NAME`."""
-    removed = int(ctx.state.delete(state_key(params.container)))
+    --kwargs '{"container": "NAME"}'` (name, full ID or ID prefix). Clears the container's
+    back-off state (rem:restart:<name>) and the guard chain's flap record for
+    restart_container on it, so both flap guards start afresh."""
+    resource = _resource(params)
+    removed = int(ctx.state.delete(
+        state_key(params.container), guard_keys.flap("restart_container", resource),
+        guard_keys.flap_suspended("restart_container", resource),
+    ))  # fmt: skip
     return ActionResult(changed=bool(removed),
                         summary=f"restart history of {params.container} "
                                 + ("cleared" if removed else "was already empty"))  # fmt: skip
