@@ -11,12 +11,23 @@ from psycopg import sql
 from pydantic import Field
 
 from remediation.clients import pg
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, postgres_target
 from remediation.tables import TableRef
 
+# Every table a call names, matched case-insensitively in one catalog read; the caller picks
+# the exact match, else the only case-insensitive one (i = the position in the call).
+CANDIDATES_SQL = """
+SELECT w.i, n.nspname, c.relname
+FROM unnest(%s::text[], %s::text[]) WITH ORDINALITY AS w(nspname, relname, i)
+JOIN pg_namespace n ON lower(n.nspname) = lower(w.nspname)
+JOIN pg_class c ON c.relnamespace = n.oid AND lower(c.relname) = lower(w.relname)
+WHERE c.relkind IN ('r', 'm', 'p')
+"""
 TABLE_EXISTS_SQL = """
 SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'm', 'p')
@@ -46,8 +57,44 @@ def _tables_resource(params: VacuumParams) -> str:
     return params.target + "/" + ",".join(sorted(str(t) for t in params.tables))
 
 
+def resolve_tables(ctx: CheckContext, params: VacuumParams) -> Resolved:
+    """The configured target as configured and the named tables as its catalog spells them
+    (an exact match wins, else the only case-insensitive one), deduplicated and sorted; the
+    rest are facts["missing"]. Refused when none exists. One read-only query."""
+    target = postgres_target(ctx, params.target)
+    wanted = list(params.tables)
+    with pg.connect(ctx.postgres_dsn(target), autocommit=False) as conn:
+        conn.read_only = True
+        rows = conn.execute(
+            CANDIDATES_SQL, ([t.schema_ for t in wanted], [t.name for t in wanted])
+        ).fetchall()
+    found: dict[int, list[TableRef]] = {}
+    for i, schema, name in rows:
+        found.setdefault(int(i) - 1, []).append(TableRef(schema_=schema, name=name))
+    tables: dict[str, TableRef] = {}
+    missing: list[str] = []
+    for i, table in enumerate(wanted):
+        match = _match(table, found.get(i, []))
+        if match is None:
+            missing.append(str(table))
+        else:
+            tables[str(match)] = match
+    if not tables:
+        raise Refused(f"no such table on {target}: {', '.join(sorted(set(missing)))}")
+    facts = {"missing": sorted(set(missing))} if missing else {}
+    return canonical(params, facts, target=target, tables=[tables[k] for k in sorted(tables)])
+
+
+def _match(table: TableRef, candidates: list[TableRef]) -> TableRef | None:
+    """The exact match, else the only case-insensitive one; None when none or ambiguous."""
+    if table in candidates:
+        return table
+    return candidates[0] if len(candidates) == 1 else None
+
+
 @action(
     "vacuum_analyze",
+    resolve=resolve_tables,
     resource=_tables_resource,
     cooldown=timedelta(hours=1),
     max_per_hour=12,
@@ -56,12 +103,15 @@ def vacuum_analyze(ctx: ActionContext, params: VacuumParams) -> ActionResult:
     """VACUUM (ANALYZE) the named tables, one at a time, outside a transaction.
 
     Runbook 001 weekly database maintenance. Only the tables a finding (or the operator)
-    names; identifiers are always quoted; a table that no longer exists is skipped."""
+    names, as the target's catalog spells them ("PUBLIC.T1" is public.t1 when that is the
+    only match); identifiers are always quoted; a table that does not exist is skipped and
+    reported, and a call naming no existing table is refused."""
     return _each_table(ctx, params, sql.SQL("VACUUM (ANALYZE) {}"), "vacuumed", "vacuumed")
 
 
 @action(
     "analyze_tables",
+    resolve=resolve_tables,
     resource=_tables_resource,
     cooldown=timedelta(hours=1),
     max_per_hour=30,
@@ -70,8 +120,9 @@ def analyze_tables(ctx: ActionContext, params: AnalyzeParams) -> ActionResult:
     """ANALYZE the named tables so the planner's statistics are current.
 
     Runbook 001 weekly database maintenance ("ANALYZE monitored_urls; ANALYZE
-    price_history; ..."). Only the tables a finding (or the operator) names; identifiers
-    are always quoted; a table that no longer exists is skipped."""
+    price_history; ..."). Only the tables a finding (or the operator) names, as the
+    target's catalog spells them; identifiers are always quoted; a table that does not
+    exist is skipped and reported, and a call naming no existing table is refused."""
     return _each_table(ctx, params, sql.SQL("ANALYZE {}"), "analyzed", "analyzed")
 
 
@@ -82,8 +133,12 @@ def _each_table(
 
     Redelivered after its worker died (ctx.resumed_since): a table already done since the
     lost attempt claimed the work is skipped, after waiting (bounded) for a VACUUM of it that
-    the lost attempt's server session may still be running; so the effect happens once."""
-    done, missing, already = [], [], []
+    the lost attempt's server session may still be running; so the effect happens once.
+    A table the resolve step did not find (ctx.facts["missing"]) is reported missing too;
+    when none of them exists any more, before anything was done, the call is refused."""
+    done: list[str] = []
+    missing: list[str] = list(ctx.facts.get("missing", []))
+    already: list[str] = []
     with pg.connect(ctx.postgres_dsn(params.target), autocommit=True) as conn:
         for table in params.tables:
             if conn.execute(TABLE_EXISTS_SQL, (table.schema_, table.name)).fetchone() is None:
@@ -96,6 +151,8 @@ def _each_table(
                 continue
             conn.execute(statement.format(table.identifier))
             done.append(str(table))
+    if not done and not already:
+        raise Refused(f"no such table on {params.target}: {', '.join(missing)}")
     summary = f"{verb} {len(done)} table(s)" + (f", {len(missing)} missing" if missing else "")
     if already:
         summary += f", {len(already)} already {verb} by the lost attempt"
