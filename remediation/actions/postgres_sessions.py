@@ -1,7 +1,8 @@
 """End PostgreSQL sessions that hold a database up (runbook 002 "Connection Pool": leaks).
 
 Only sessions an operator allow-listed (REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES /
-__SESSION_ALLOW_APPLICATIONS) are ever signalled; with both lists empty nothing is. Each
+__SESSION_ALLOW_APPLICATIONS) are ever signalled; with both lists empty nothing is, and a
+call is refused before any guard (quietly: it is configuration, not an incident). Each
 session is re-checked in the same statement that signals it (same backend, still in the
 same state since the same moment, same role and application), so a session that moved on
 between reading and acting is left alone.
@@ -22,10 +23,12 @@ from remediation.checks.postgres_health import (
     connect,
     list_sessions,
 )
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, postgres_target
 from remediation.settings import PostgresSettings
 
 TERMINATE_WAIT_MS = 5000
@@ -46,6 +49,41 @@ class TerminateIdleTransactionsParams(ActionParams):
 
 class CancelLongQueriesParams(ActionParams):
     """Opt-in, bounds, allow-lists and the per-run cap come from REMEDIATION_POSTGRES__*."""
+
+
+def _may_signal(cfg: PostgresSettings, past: str) -> None:
+    """Refused (quietly) when no session may be signalled: both allow-lists are empty."""
+    if not cfg.session_allow_roles and not cfg.session_allow_applications:
+        raise Refused(
+            f"no session may be {past}: the allow-lists are empty (set {ALLOW_VARS})",
+            notice=False,
+        )
+
+
+def _may_cancel(cfg: PostgresSettings) -> None:
+    """Refused (quietly) unless cancelling is switched on and something is allow-listed."""
+    if not cfg.cancel_long_queries:
+        raise Refused(
+            "cancelling long queries is off (opt-in): set"
+            " REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true to let this action cancel"
+            f" allow-listed queries running longer than {cfg.long_query_seconds}s",
+            notice=False,
+        )
+    _may_signal(cfg, "cancelled")
+
+
+def resolve_terminate(ctx: CheckContext, params: TerminateIdleTransactionsParams) -> Resolved:
+    """The configured target as configured; refused when the allow-lists allow nothing."""
+    target = postgres_target(ctx, params.target)
+    _may_signal(ctx.settings.postgres, "terminated")
+    return canonical(params, target=target)
+
+
+def resolve_cancel(ctx: CheckContext, params: CancelLongQueriesParams) -> Resolved:
+    """The configured target as configured; refused unless cancelling is on and allowed."""
+    target = postgres_target(ctx, params.target)
+    _may_cancel(ctx.settings.postgres)
+    return canonical(params, target=target)
 
 
 def _allowed(s: dict[str, Any], cfg: PostgresSettings) -> bool:
@@ -78,13 +116,7 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
     cfg = ctx.settings.postgres
     past = "terminated" if verb == "terminate" else "cancelled"
     what = "idle in transaction" if kind == IDLE else "running a query"
-    if not cfg.session_allow_roles and not cfg.session_allow_applications:
-        return ActionResult(
-            ok=True,
-            changed=False,
-            summary=f"no session may be {past}: the allow-lists are empty (set {ALLOW_VARS})",
-            detail={past: [], "skipped_not_allowed": 0, "skipped_over_cap": 0},
-        )
+    _may_signal(cfg, past)  # the resolve step refused already; a direct call is refused too
     done: list[dict[str, Any]] = []
     gone: list[int] = []
     failed: list[dict[str, Any]] = []
@@ -126,7 +158,12 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
     return ActionResult(ok=not failed, changed=bool(done), summary=summary, detail=detail)
 
 
-@action("terminate_idle_transactions", cooldown=timedelta(minutes=5), max_per_hour=6)
+@action(
+    "terminate_idle_transactions",
+    resolve=resolve_terminate,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=6,
+)
 def terminate_idle_transactions(
     ctx: ActionContext, params: TerminateIdleTransactionsParams
 ) -> ActionResult:
@@ -135,8 +172,8 @@ def terminate_idle_transactions(
     Re-reads pg_stat_activity at run time: sessions of this database idle in transaction
     longer than REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS whose role is in
     SESSION_ALLOW_ROLES or whose application_name is in SESSION_ALLOW_APPLICATIONS (both
-    empty: nothing is touched). Never its own session, never application_name
-    'remediation*'. At most MAX_SESSIONS_PER_RUN per run, oldest first, with
+    empty: the call is refused, quietly, and costs no budget). Never its own session, never
+    application_name 'remediation*'. At most MAX_SESSIONS_PER_RUN per run, oldest first, with
     pg_terminate_backend: the client sees its connection closed and its transaction rolled
     back. Sessions left (not allow-listed, over the cap) keep the finding open, so the
     verification fails and a human is notified."""
@@ -144,23 +181,17 @@ def terminate_idle_transactions(
     return end_sessions(ctx, params.target, IDLE, "terminate", bound)
 
 
-@action("cancel_long_queries", cooldown=timedelta(minutes=5), max_per_hour=6)
+@action(
+    "cancel_long_queries", resolve=resolve_cancel, cooldown=timedelta(minutes=5), max_per_hour=6
+)
 def cancel_long_queries(ctx: ActionContext, params: CancelLongQueriesParams) -> ActionResult:
     """Cancel queries running too long (runbook 002 "Slow Queries"); opt-in.
 
-    Does nothing unless REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true. Then, like
-    terminate_idle_transactions: queries of this database active longer than
+    Refused (quietly, costing no budget) unless REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true
+    and an allow-list names something. Then, like terminate_idle_transactions: queries of this database active longer than
     LONG_QUERY_SECONDS, allow-listed by role or application only, never the worker's own,
     at most MAX_SESSIONS_PER_RUN per run, oldest first, with pg_cancel_backend: the query
     fails with "canceling statement due to user request", the session stays connected."""
     cfg = ctx.settings.postgres
-    if not cfg.cancel_long_queries:
-        return ActionResult(
-            ok=True,
-            changed=False,
-            summary="cancelling long queries is off (opt-in): set"
-            " REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true to let this action cancel"
-            f" allow-listed queries running longer than {cfg.long_query_seconds}s",
-            detail={"cancelled": [], "enabled": False},
-        )
+    _may_cancel(cfg)  # the resolve step refused already; a direct call is refused too
     return end_sessions(ctx, params.target, ACTIVE, "cancel", cfg.long_query_seconds)

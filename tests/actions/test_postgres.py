@@ -112,9 +112,7 @@ def test_resolve_names_the_catalogs_tables_once_each(settings_env: Any, target_d
     create(target_db, "t1", "Mixed", "dup", "DUP")
     out = resolved(s, "aPp", ["PUBLIC.T1", "t1", "t1", "public.t1", "MIXED", "Gone"])
     assert out.params.target == "app"
-    assert [t.as_dict() for t in out.params.tables] == [
-        {"schema": "public", "name": "Mixed"}, {"schema": "public", "name": "t1"},
-    ]  # fmt: skip
+    assert [str(t) for t in out.params.tables] == ["public.Mixed", "public.t1"]
     assert out.facts == {"missing": ["public.Gone"]}
     exact = resolved(s, "app", ["DUP", "dup", "Dup"])
     assert [str(t) for t in exact.params.tables] == ["public.DUP", "public.dup"]

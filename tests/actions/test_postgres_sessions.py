@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 import pytest
+import redis
 from psycopg import sql
 from pydantic import ValidationError
 
@@ -19,14 +20,20 @@ from remediation.actions.postgres_sessions import (
     CancelLongQueriesParams,
     TerminateIdleTransactionsParams,
     cancel_long_queries,
+    resolve_cancel,
+    resolve_terminate,
     terminate_idle_transactions,
 )
 from remediation.checks.postgres_health import ACTIVE, IDLE
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext
+from remediation.errors import Refused
 from remediation.findings import ActionResult
+from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.runner import Runner
 from remediation.testing import wait_for
 from tests.checks.test_postgres_health import FAST, running, session, wait_for_sessions
+from tests.test_runner import Recorder
 
 IDLE_TX = "idle in transaction"
 
@@ -135,35 +142,88 @@ def test_cap_per_run_takes_the_oldest_first(settings_env: Any, target_db: str) -
         assert [answers(c) for c in conns] == [False, False, False]
 
 
-def test_empty_allow_lists_allow_nothing(settings_env: Any, target_db: str) -> None:
-    """With no role or application allow-listed, no session is touched and the result says why."""
+def test_empty_allow_lists_refuse_before_any_guard(
+    settings_env: Any, target_db: str, r: redis.Redis
+) -> None:
+    """With no role or application allow-listed, calls (any spelling of the target) are
+    refused by the resolve step with the reason, quietly: no session is touched, no budget
+    or breaker is used, no notice is sent."""
     s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST)
+    sent = Recorder()
+    runner = Runner(s, sent)
     with session(target_db, app="shop") as conn:
         wait_for_sessions(target_db, IDLE, {conn.info.backend_pid})
-        result = terminate(s)
-        assert (result.ok, result.changed, result.detail["terminated"]) == (True, False, [])
-        assert "REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES" in result.summary
+        outcomes = [
+            runner.run_action("terminate_idle_transactions", {"target": t}, task_id=f"ea-{t}")
+            for t in ("app", "APP")
+        ]
+        assert [o.outcome for o in outcomes] == ["refused", "refused"]
+        assert "REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES" in (outcomes[0].reason or "")
         assert state(target_db, conn) == IDLE_TX and answers(conn)
+    rows = runner.store.query(
+        "SELECT decision, guard FROM guard_decisions WHERE task_id LIKE 'ea-%%'"
+    )
+    assert rows == [{"decision": "refused", "guard": "resolve"}] * 2
+    assert r.zcard(keys.budget("terminate_idle_transactions")) == 0
+    assert r.smembers(keys.BREAKER_INDEX) == set()
+    assert sent.sent == []
+    with pytest.raises(Refused, match="no session may be terminated") as direct:
+        terminate(s)  # called directly, the action refuses in the same words
+    assert not direct.value.notice
 
 
-def test_cancel_long_queries_is_opt_in(settings_env: Any, target_db: str) -> None:
-    """Off by default it cancels nothing; opted in it cancels only the allow-listed query."""
+def test_cancel_long_queries_is_opt_in(settings_env: Any, target_db: str, r: redis.Redis) -> None:
+    """Off by default a call is refused (quietly, before any guard) and cancels nothing;
+    opted in it resolves the target as configured and cancels only the allow-listed query."""
     env = {"REMEDIATION_POSTGRES_TARGETS__APP": target_db, **FAST,
            "REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS": '["batch-job"]'}  # fmt: skip
     s = settings_env(**env)
+    sent = Recorder()
     with running(target_db, "batch-job") as job, running(target_db, "report") as report:
         wait_for_sessions(target_db, ACTIVE, {job["pid"], report["pid"]})
-        off = cancel(s)
-        assert (off.ok, off.changed, off.detail["cancelled"]) == (True, False, [])
-        assert "REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true" in off.summary
+        off = Runner(s, sent).run_action("cancel_long_queries", {"target": "app"})
+        assert off.outcome == "refused"
+        assert "REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES=true" in (off.reason or "")
+        assert r.zcard(keys.budget("cancel_long_queries")) == 0 and sent.sent == []
+        with pytest.raises(Refused, match="opt-in"):
+            cancel(s)
         assert job["thread"].is_alive() and report["thread"].is_alive()
         s = settings_env(**env, REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true")
-        result = cancel(s)
+        resolved = resolve_cancel(
+            CheckContext(s, get_logger()), CancelLongQueriesParams(target="App")
+        )
+        assert resolved.params.target == "app"
+        result = cancel_long_queries(ActionContext(s, get_logger()), resolved.params)
         assert [(c["pid"], c["application_name"]) for c in result.detail["cancelled"]] == [(job["pid"], "batch-job")]  # fmt: skip
         assert result.detail["skipped_not_allowed"] == 1
         job["thread"].join(5)
         assert isinstance(job["error"], psycopg.errors.QueryCanceled)
         assert report["thread"].is_alive() and report["error"] is None
+
+
+def test_resolve_refuses_unknown_targets_and_empty_allow_lists_when_opted_in(
+    settings_env: Any, target_db: str
+) -> None:
+    """A target that is not configured is refused (with a notice); cancelling switched on
+    with both allow-lists empty is refused quietly, naming the allow-list variables."""
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES='["x"]',
+    )
+    ctx = CheckContext(s, get_logger())
+    with pytest.raises(Refused, match="'nope' is not configured") as unknown:
+        resolve_terminate(ctx, TerminateIdleTransactionsParams(target="nope"))
+    assert unknown.value.notice
+    assert (
+        resolve_terminate(ctx, TerminateIdleTransactionsParams(target="APP")).params.target == "app"
+    )
+    s = settings_env(
+        REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES="[]",
+        REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true",
+    )
+    with pytest.raises(Refused, match=r"no session may be cancelled.*ALLOW_ROLES") as empty:
+        resolve_cancel(CheckContext(s, get_logger()), CancelLongQueriesParams(target="app"))
+    assert not empty.value.notice
 
 
 def test_worker_sessions_are_never_cancelled(settings_env: Any, target_db: str) -> None:
