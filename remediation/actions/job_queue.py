@@ -6,22 +6,85 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import redis
 from pydantic import Field
 
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards.lua import script
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, redis_target
+
+KEY_VAR = "REMEDIATION_JOB_QUEUE__KEY"
+KEYS_VAR = "REMEDIATION_JOB_QUEUE__KEYS"
 
 
 class JobQueueActionParams(ActionParams):
-    key: str | None = Field(None, min_length=1, max_length=512, description="default: settings")
+    key: str | None = Field(
+        None, min_length=1, max_length=512, description=f"{KEY_VAR} (default) or one of {KEYS_VAR}"
+    )
 
 
 def _resource(params: JobQueueActionParams) -> str:
-    """Locks and cooldowns are per list; the configured list when no key is given."""
+    """Locks and cooldowns are per list: the configured key the resolve step names."""
     return f"{params.target}/{params.key or '(configured job list)'}"
+
+
+def _shown(key: str) -> str:
+    """A caller's key as quoted in a refusal: bounded (it may be 512 characters of anything)."""
+    return repr(key if len(key) <= 80 else key[:80] + "...")
+
+
+def resolve_job_list(ctx: CheckContext, params: JobQueueActionParams) -> Resolved:
+    """The configured Redis target and job list, which must exist and be a list.
+
+    Refused: a key that is neither REMEDIATION_JOB_QUEUE__KEY nor one of __KEYS (a call
+    cannot point the action at another list), a list that does not exist (nothing to do,
+    no notice), or a key holding something other than a list."""
+    cfg = ctx.settings.job_queue
+    target = redis_target(ctx, params.target)
+    key = cfg.key if params.key is None else params.key
+    if key != cfg.key and key not in cfg.keys:
+        raise Refused(
+            f"key {_shown(key)} is not a configured job list: only {KEY_VAR} ({cfg.key!r})"
+            f" or one of {KEYS_VAR} ({len(cfg.keys)} configured)"
+        )
+    kind = _text(ctx.redis(target).type(key))
+    if kind == "none":
+        raise Refused(
+            f"job list {_shown(key)} does not exist on {target}: nothing to do", notice=False
+        )
+    if kind != "list":
+        raise Refused(f"{_shown(key)} on {target} is a {kind}, not a job list")
+    return canonical(params, target=target, key=key)
+
+
+def _resolve_dead_letter(ctx: CheckContext, params: JobQueueActionParams) -> Resolved:
+    """As resolve_job_list; the dead-letter list itself is never a source."""
+    resolved = resolve_job_list(ctx, params)
+    if resolved.params.key == ctx.settings.job_queue.dead_letter_key:
+        raise Refused(
+            f"{_shown(resolved.params.key)} is the dead-letter list"
+            " (REMEDIATION_JOB_QUEUE__DEAD_LETTER_KEY), not a job list"
+        )
+    return resolved
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _run(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:
+    """One Lua call; a key whose type changed since the resolve step is a refusal (the
+    script's first command is the read that fails, so nothing was changed)."""
+    try:
+        return script(client, name)(keys=keys, args=args)
+    except redis.ResponseError as exc:
+        if "WRONGTYPE" in str(exc):
+            raise Refused(f"{_shown(keys[0])} is no longer a list") from None
+        raise
 
 
 def _tombstone() -> str:
@@ -33,23 +96,27 @@ def _per_run(settings: Any, params: Any) -> int:
 
 
 @action(
-    "dedupe_job_queue", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30,
+    "dedupe_job_queue",
+    resolve=resolve_job_list,
+    resource=_resource,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=30,
     upfront=_per_run,
-)  # fmt: skip
+)
 def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Remove duplicate jobs from the job list, keeping the first of each and the order.
 
-    Runbook 000 "job queue processing duplicate jobs". One atomic Lua call; examines at
-    most REMEDIATION_JOB_QUEUE__SCAN_LIMIT jobs and removes at most
-    REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN. Never FLUSHALL."""
+    Runbook 000 "job queue processing duplicate jobs". Only REMEDIATION_JOB_QUEUE__KEY
+    (default) or a list in __KEYS; another key is refused, a missing list is refused as
+    nothing to do. One atomic Lua call; examines at most __SCAN_LIMIT jobs and removes at
+    most __MAX_CHANGES_PER_RUN. Never FLUSHALL."""
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
     cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs removed per window
     if cap == 0:
         return _blast_spent("dedupe_job_queue", key)
-    removed, scanned = script(ctx.redis(params.target), "dedupe_job_queue")(
-        keys=[key], args=[cfg.scan_limit, cap, cfg.id_field or "", _tombstone()]
-    )
+    args = [cfg.scan_limit, cap, cfg.id_field or "", _tombstone()]
+    removed, scanned = _run(ctx.redis(params.target), "dedupe_job_queue", [key], args)
     ctx.give_back(cap - int(removed))
     return ActionResult(
         changed=removed > 0,
@@ -59,32 +126,29 @@ def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> Action
 
 
 @action(
-    "dead_letter_stale_jobs", resource=_resource, cooldown=timedelta(minutes=5), max_per_hour=30,
+    "dead_letter_stale_jobs",
+    resolve=_resolve_dead_letter,
+    resource=_resource,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=30,
     upfront=_per_run,
-)  # fmt: skip
+)
 def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Move jobs older than the bound to the dead-letter list, with a reason; delete nothing.
 
     Runbook 000 "job queue is stuck" and runbook 004 "clear stale jobs", instead of
-    FLUSHALL/DEL. Age comes from the job's JSON field REMEDIATION_JOB_QUEUE__ENQUEUED_AT_FIELD
-    (epoch seconds); jobs without it stay. Capped per run."""
+    FLUSHALL/DEL. Only REMEDIATION_JOB_QUEUE__KEY (default) or a list in __KEYS, into
+    __DEAD_LETTER_KEY only. Age comes from the job's JSON field __ENQUEUED_AT_FIELD (epoch
+    seconds); jobs without it stay. Capped per run."""
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
     reason = f"older than {cfg.max_age_seconds}s"
     cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs moved per window
     if cap == 0:
         return _blast_spent("dead_letter_stale_jobs", key)
-    moved, scanned = script(ctx.redis(params.target), "dead_letter_stale")(
-        keys=[key, cfg.dead_letter_key],
-        args=[
-            cfg.scan_limit,
-            cap,
-            cfg.enqueued_at_field,
-            cfg.max_age_seconds,
-            _tombstone(),
-            reason,
-        ],
-    )
+    args = [cfg.scan_limit, cap, cfg.enqueued_at_field, cfg.max_age_seconds, _tombstone(), reason]
+    keys = [key, cfg.dead_letter_key]
+    moved, scanned = _run(ctx.redis(params.target), "dead_letter_stale", keys, args)
     ctx.give_back(cap - int(moved))
     return ActionResult(
         changed=moved > 0,

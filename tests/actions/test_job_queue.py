@@ -6,16 +6,27 @@ import json
 import time
 from typing import Any
 
+import pytest
 import redis
 
 from remediation.actions.job_queue import (
     JobQueueActionParams,
     dead_letter_stale_jobs,
     dedupe_job_queue,
+    resolve_job_list,
 )
+from remediation.audit.store import AuditStore
 from remediation.checks.job_queue import JobQueueParams, redis_job_queue
 from remediation.context import ActionContext, CheckContext
+from remediation.errors import Refused
+from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.registry import get_action
+from remediation.runner import Runner
+from remediation.testing import RedisServer
+from tests.test_runner import Recorder
+
+ACTIONS = ("dedupe_job_queue", "dead_letter_stale_jobs")
 
 
 def jobs(r: redis.Redis, key: str = "job_queue") -> list[Any]:
@@ -73,3 +84,95 @@ def test_backlog_bands(settings_env: Any, r: redis.Redis) -> None:
     ]
     r.rpush("job_queue", *[json.dumps({"n": i}) for i in range(51, 1001)])
     assert redis_job_queue(ctx, JobQueueParams())[0].severity.value == "high"
+
+
+def decisions(s: Any, task_id: str) -> list[dict[str, Any]]:
+    return AuditStore(s.audit_dsn.get_secret_value()).query(
+        "SELECT decision, guard, reason, resource FROM guard_decisions WHERE task_id = %s",
+        (task_id,),
+    )
+
+
+def runs(s: Any, task_id: str) -> list[dict[str, Any]]:
+    return AuditStore(s.audit_dsn.get_secret_value()).query(
+        "SELECT outcome FROM action_runs WHERE task_id = %s", (task_id,)
+    )
+
+
+@pytest.mark.parametrize("name", ACTIONS)
+def test_a_list_that_is_not_configured_is_left_byte_for_byte(
+    settings_env: Any, r: redis.Redis, name: str
+) -> None:
+    """A call naming another list is refused before any guard: the list DUMPs the same
+    before and after, a 'refused' decision names both variables, no budget is spent."""
+    s = settings_env(
+        REMEDIATION_JOB_QUEUE__KEYS=json.dumps(["jobs:extra"]),
+        REMEDIATION_JOB_QUEUE__MAX_AGE_SECONDS="60",
+    )
+    old = json.dumps({"id": 1, "enqueued_at": time.time() - 3600})
+    r.rpush("payments", old, old, json.dumps({"id": 2}), old)
+    before = r.dump("payments")
+    sent = Recorder()
+    out = Runner(s, sent).run_action(name, {"key": "payments"}, task_id=f"nc-{name}")
+    assert out.outcome == "refused"
+    assert r.dump("payments") == before and not r.exists("job_queue:dead_letter")
+    (row,) = decisions(s, f"nc-{name}")
+    assert (row["decision"], row["guard"]) == ("refused", "resolve")
+    assert "REMEDIATION_JOB_QUEUE__KEY " in row["reason"]
+    assert "REMEDIATION_JOB_QUEUE__KEYS" in row["reason"] and "'payments'" in row["reason"]
+    assert runs(s, f"nc-{name}") == []
+    assert r.zcard(keys.budget(name)) == 0
+    assert [k["kind"] for _, k, _ in sent.sent] == ["action_refused"]
+
+
+@pytest.mark.parametrize("name", ACTIONS)
+def test_a_configured_list_that_does_not_exist_is_refused_quietly(
+    settings_env: Any, r: redis.Redis, name: str
+) -> None:
+    """The configured list missing: refused as nothing to do (no notice), never 'succeeded';
+    a configured key holding a string is refused and left as it is."""
+    s = settings_env(REMEDIATION_JOB_QUEUE__KEYS=json.dumps(["jobs:extra"]))
+    sent = Recorder()
+    runner = Runner(s, sent)
+    out = runner.run_action(name, {}, task_id=f"missing-{name}")
+    assert (out.outcome, "does not exist" in out.reason) == ("refused", True)
+    assert runs(s, f"missing-{name}") == [] and sent.sent == []
+    r.set("jobs:extra", "not a list")
+    out = runner.run_action(name, {"key": "jobs:extra"}, task_id=f"string-{name}")
+    assert out.outcome == "refused" and "is a string, not a job list" in out.reason
+    assert r.get("jobs:extra") == b"not a list"
+    assert r.zcard(keys.budget(name)) == 0
+
+
+def test_names_are_made_canonical_for_the_guards(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """No key means the configured key, spelled out; a case variant of the Redis target is
+    the configured name, so both calls share one cooldown and the second is suppressed."""
+    s = settings_env(REMEDIATION_REDIS_TARGETS=json.dumps({"Queue": redis_server.url(0)}))
+    ctx = CheckContext(s, get_logger())
+    r.rpush("job_queue", "a", "a")
+    resolved = resolve_job_list(ctx, JobQueueActionParams(target="QUEUE")).params
+    assert (resolved.target, resolved.key) == ("Queue", "job_queue")
+    assert get_action("dedupe_job_queue").resource(resolved) == "Queue/job_queue"
+    runner = Runner(s, Recorder())
+    first = runner.run_action("dedupe_job_queue", {"target": "queue"}, task_id="canon-1")
+    r.rpush("job_queue", "a")
+    second = runner.run_action(
+        "dedupe_job_queue", {"target": "QUEUE", "key": "job_queue"}, task_id="canon-2"
+    )
+    assert (first.outcome, second.outcome) == ("succeeded", "suppressed")
+    assert second.reason.startswith("cooling down")
+    assert decisions(s, "canon-2")[0]["resource"] == "Queue/job_queue"
+    assert r.lrange("job_queue", 0, -1) == [b"a", b"a"]  # the second call did not run
+
+
+def test_dead_letter_list_is_never_a_source(settings_env: Any, r: redis.Redis) -> None:
+    """dead_letter_stale_jobs refuses the dead-letter list even when it is listed in KEYS."""
+    s = settings_env(REMEDIATION_JOB_QUEUE__KEYS=json.dumps(["job_queue:dead_letter"]))
+    r.rpush("job_queue:dead_letter", json.dumps({"job": "x"}))
+    ctx = CheckContext(s, get_logger())
+    params = JobQueueActionParams(key="job_queue:dead_letter")
+    with pytest.raises(Refused, match="is the dead-letter list"):
+        get_action("dead_letter_stale_jobs").resolve(ctx, params)  # type: ignore[misc]
+    assert resolve_job_list(ctx, params).params.key == "job_queue:dead_letter"
