@@ -2,30 +2,58 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from typing import Annotated, Any
 
 import redis
 from pydantic import Field, field_validator
 
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, redis_target
 
 PATTERNS_VAR = "REMEDIATION_CACHE__FLUSH_PATTERNS"
 LEFT_COUNT_MAX = 100_000
 """After the cap, matching keys are counted (not deleted) up to this many distinct keys."""
-# Bracket sets, escapes and wildcards: what is left after removing them is the literal part.
-_GLOB = re.compile(r"\[[^\]]*\]|\\.|[*?]")
 
 
 def matches_everything(pattern: str) -> bool:
     """True for patterns without one literal character ('', '*', '?*', '[a-z]*'): the
-    whole keyspace, which is FLUSHDB by another name."""
-    return not _GLOB.sub("", pattern)
+    whole keyspace, which is FLUSHDB by another name.
+
+    Left to right, a bracket set up to the first ']' after it, a backslash and the
+    character after it (not a newline), and '*' / '?' are not literal; anything else is.
+    One pass, linear in the pattern's length (a regex that retried every '[' to the end
+    was quadratic on '[[[[...')."""
+    n = len(pattern)
+    close = _next_close(pattern)
+    i = 0
+    while i < n:
+        c = pattern[i]
+        if c == "[" and close[i] < n:
+            i = close[i] + 1
+        elif c == "\\" and i + 1 < n and pattern[i + 1] != "\n":
+            i += 2
+        elif c in "*?":
+            i += 1
+        else:
+            return False
+    return True
+
+
+def _next_close(pattern: str) -> list[int]:
+    """For each position i, the index of the first ']' after i (len(pattern) when none)."""
+    n = len(pattern)
+    out, nearest = [n] * n, n
+    for i in range(n - 1, -1, -1):
+        out[i] = nearest
+        if pattern[i] == "]":
+            nearest = i
+    return out
 
 
 class FlushCacheParams(ActionParams):
@@ -45,18 +73,34 @@ class FlushCacheParams(ActionParams):
         return value
 
 
-def _refusal(ctx: ActionContext, params: FlushCacheParams) -> str | None:
-    configured = ctx.settings.cache.flush_patterns
+def resolve_patterns(ctx: CheckContext, params: FlushCacheParams) -> Resolved:
+    """The configured Redis target and the patterns that will run: the configured ones the
+    call names (all of them by default), each once, in configured order.
+
+    Refused: FLUSH_PATTERNS empty, a named pattern not in it, or a pattern that matches
+    every key (FLUSHDB by another name) among those that would run."""
+    target = redis_target(ctx, params.target)
+    configured = list(dict.fromkeys(ctx.settings.cache.flush_patterns))
     if not configured:
-        return f"refused: no key may be deleted, {PATTERNS_VAR} is empty"
-    wanted = params.patterns or configured
-    everything = [p for p in wanted if matches_everything(p)]
-    if everything:
-        return f"refused: pattern {everything[0]!r} matches every key (fix {PATTERNS_VAR})"
-    unknown = [p for p in wanted if p not in configured]
+        raise Refused(f"no key may be deleted, {PATTERNS_VAR} is empty")
+    wanted = set(configured if params.patterns is None else params.patterns)
+    unknown = sorted(wanted - set(configured))
     if unknown:
-        return f"refused: pattern(s) {unknown} are not in {PATTERNS_VAR} ({configured})"
-    return None
+        raise Refused(
+            f"pattern(s) {_shown(unknown)} are not in {PATTERNS_VAR} ({_shown(configured)})"
+        )
+    patterns = [p for p in configured if p in wanted]
+    everything = [p for p in patterns if matches_everything(p)]
+    if everything:
+        raise Refused(f"pattern {everything[0]!r} matches every key (fix {PATTERNS_VAR})")
+    return canonical(params, target=target, patterns=patterns)
+
+
+def _shown(patterns: list[str], most: int = 10) -> str:
+    """Patterns as quoted in a refusal, at most ``most`` of them, each cut at 80 characters."""
+    cut = [p if len(p) <= 80 else p[:80] + "..." for p in patterns[:most]]
+    more = f" and {len(patterns) - most} more" if len(patterns) > most else ""
+    return f"{cut}{more}"
 
 
 class _Flush:
@@ -108,21 +152,21 @@ def _text(key: bytes | str) -> str:
     return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
-@action("flush_cache", cooldown=timedelta(minutes=5), max_per_hour=6)
+@action("flush_cache", resolve=resolve_patterns, cooldown=timedelta(minutes=5), max_per_hour=6)
 def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
     """Delete the cache keys matching the configured patterns (runbook 003 "Clear Cache").
 
     Only patterns in REMEDIATION_CACHE__FLUSH_PATTERNS are ever deleted (empty: nothing
-    is); a call may name a subset, never another pattern, and a pattern that matches
-    every key ('*', '') is refused; the guards' own keys (rem:*) are never deleted. SCAN MATCH per pattern, UNLINK in batches of
-    FLUSH_BATCH, at most FLUSH_MAX_KEYS_PER_RUN keys per run: a capped run reports how
-    many matching keys are left for the next one. Never FLUSHALL or FLUSHDB."""
-    refusal = _refusal(ctx, params)
-    if refusal:
-        return ActionResult(ok=False, changed=False, summary=refusal)
+    is); a call may name a subset, never another pattern (refused before any guard), and
+    a pattern that matches every key ('*', '') is refused; the guards' own keys (rem:*)
+    are never deleted. SCAN MATCH per pattern, UNLINK in batches of FLUSH_BATCH, at most
+    FLUSH_MAX_KEYS_PER_RUN keys per run: a capped run reports how many matching keys are
+    left for the next one. Never FLUSHALL or FLUSHDB."""
     cfg = ctx.settings.cache
-    run = _Flush(ctx.redis(params.target), cfg.flush_batch, cfg.flush_max_keys_per_run, ctx)
-    for pattern in params.patterns or cfg.flush_patterns:
+    resolved = resolve_patterns(ctx, params).params  # no I/O: a direct call is held to it too
+    patterns: list[str] = resolved.patterns
+    run = _Flush(ctx.redis(resolved.target), cfg.flush_batch, cfg.flush_max_keys_per_run, ctx)
+    for pattern in patterns:
         if not run.blast_capped:
             run.pattern(pattern)
     capped = run.left > 0

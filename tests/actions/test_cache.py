@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import json
+import random
+import re
 from typing import Any
 
 import pytest
 import redis
 from pydantic import ValidationError
 
-from remediation.actions.cache import FlushCacheParams, flush_cache
-from remediation.context import ActionContext
+from remediation.actions.cache import (
+    FlushCacheParams,
+    flush_cache,
+    matches_everything,
+    resolve_patterns,
+)
+from remediation.context import ActionContext, CheckContext
+from remediation.errors import Refused
 from remediation.findings import ActionResult
+from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.runner import Runner
+from remediation.testing import RedisServer
+from tests.test_runner import Recorder
 
 
 def flush(settings: Any, **params: Any) -> ActionResult:
@@ -65,21 +77,54 @@ def test_cap_leaves_the_rest_for_the_next_run(settings_env: Any, r: redis.Redis)
     assert count(r, "cache:*") == 400
 
 
-def test_unconfigured_pattern_is_refused(settings_env: Any, r: redis.Redis) -> None:
-    """A call cannot widen the allow-list: a pattern not in FLUSH_PATTERNS deletes nothing."""
+def test_unconfigured_pattern_is_refused_before_any_guard(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """A call cannot widen the allow-list: a pattern not in FLUSH_PATTERNS is refused by the
+    resolve step (audited, no budget spent, no failure page) and deletes nothing."""
     s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"))
     fill(r, "keep", 10)
-    result = flush(s, patterns=["keep:*"])
-    assert not result.ok and "REMEDIATION_CACHE__FLUSH_PATTERNS" in result.summary
+    sent = Recorder()
+    out = Runner(s, sent).run_action("flush_cache", {"patterns": ["keep:*"]}, task_id="fc-1")
+    assert out.outcome == "refused" and "REMEDIATION_CACHE__FLUSH_PATTERNS" in out.reason
+    assert count(r, "keep:*") == 10
+    assert r.zcard(keys.budget("flush_cache")) == 0
+    assert [k["kind"] for _, k, _ in sent.sent] == ["action_refused"]
+    with pytest.raises(Refused, match="not in REMEDIATION_CACHE__FLUSH_PATTERNS"):
+        flush(s, patterns=["keep:*"])  # the action itself holds to it when called directly
     assert count(r, "keep:*") == 10
 
 
 def test_empty_configuration_is_refused(settings_env: Any, r: redis.Redis) -> None:
-    """With no FLUSH_PATTERNS configured nothing is deleted and the summary names the variable."""
+    """With no FLUSH_PATTERNS configured nothing is deleted and the refusal names the variable."""
     fill(r, "cache", 10)
-    result = flush(settings_env())
-    assert not result.ok and "FLUSH_PATTERNS is empty" in result.summary
+    out = Runner(settings_env(), Recorder()).run_action("flush_cache", {}, task_id="fc-2")
+    assert out.outcome == "refused" and "FLUSH_PATTERNS is empty" in out.reason
     assert count(r, "cache:*") == 10
+
+
+def test_canonical_patterns_and_target_are_what_the_guards_see(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Patterns run once each in configured order; a case variant of the target is the
+    configured name, so it shares the cooldown of the first call and deletes nothing more."""
+    s = settings_env(
+        REMEDIATION_REDIS_TARGETS=json.dumps({"Cache": redis_server.url(0)}),
+        REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("a:*", "b:*", "c:*", "a:*"),
+    )
+    ctx = CheckContext(s, get_logger())
+    named = resolve_patterns(ctx, FlushCacheParams(target="CACHE", patterns=["c:*", "a:*", "c:*"]))
+    assert (named.params.target, named.params.patterns) == ("Cache", ["a:*", "c:*"])
+    every = resolve_patterns(ctx, FlushCacheParams(target="cache")).params.patterns
+    assert every == ["a:*", "b:*", "c:*"]
+    fill(r, "a", 5)
+    runner = Runner(s, Recorder())
+    first = runner.run_action("flush_cache", {"target": "cache"}, task_id="fc-3")
+    fill(r, "a", 5)
+    second = runner.run_action("flush_cache", {"target": "CACHE"}, task_id="fc-4")
+    assert (first.outcome, second.outcome) == ("succeeded", "suppressed")
+    assert second.reason.startswith("cooling down") and count(r, "a:*") == 5
+    assert r.exists(keys.cooldown("flush_cache", "Cache"))
 
 
 @pytest.mark.parametrize("pattern", ["*", "", "**", "[a-z]*"])
@@ -91,8 +136,8 @@ def test_whole_keyspace_patterns_are_refused(
         FlushCacheParams(patterns=[pattern])
     s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*", pattern))
     fill(r, "cache", 10)
-    result = flush(s)
-    assert not result.ok and "matches every key" in result.summary
+    out = Runner(s, Recorder()).run_action("flush_cache", {}, task_id=f"all-{pattern}")
+    assert out.outcome == "refused" and "matches every key" in out.reason
     assert count(r, "cache:*") == 10
 
 
@@ -104,3 +149,27 @@ def test_guard_keys_are_never_deleted(settings_env: Any, r: redis.Redis) -> None
     result = flush(s)
     assert (result.detail["deleted"], result.detail["protected"]) == ({"re*": 1}, 1)
     assert r.exists("rem:cooldown:flush_cache:self") and not r.exists("report:1")
+
+
+_OLD_GLOB = re.compile(r"\[[^\]]*\]|\\.|[*?]")  # the former (quadratic) definition
+
+
+def test_matches_everything_agrees_with_the_former_regex() -> None:
+    """On 20,000 random short patterns over the glob's special characters the linear scan
+    gives the former regex's answer (a pattern is the whole keyspace iff nothing literal
+    is left once bracket sets, escapes and wildcards are taken out)."""
+    rng = random.Random(7)
+    alphabet = "[]\\*?a^-\n"
+    for _ in range(20_000):
+        pattern = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 12)))
+        assert matches_everything(pattern) == (not _OLD_GLOB.sub("", pattern)), pattern
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "hostile", ["[" * 1_000_000, "[a" * 500_000, "\\" * 1_000_000, "[*" * 500_000 + "x"]
+)
+def test_matches_everything_is_linear_on_hostile_patterns(hostile: str) -> None:
+    """1 MB of '[' (which kept the former regex retrying to the end from every '[') is
+    answered in one pass; the quadratic form would not finish within the test's limit."""
+    assert matches_everything(hostile) is (hostile == "\\" * 1_000_000)
