@@ -13,6 +13,7 @@ import fnmatch
 import gzip
 import os
 import shutil
+import socket
 import stat
 import time
 from collections import Counter
@@ -22,10 +23,12 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, self_target
 from remediation.settings import HostSettings
 
 DIRS_VAR = "REMEDIATION_HOST__CLEANUP_DIRS"
@@ -71,16 +74,41 @@ class _Run:
     truncated: bool = False
 
 
-def _refusal(cfg: HostSettings, params: CleanupDiskParams) -> str | None:
+def resolve_dirs(ctx: CheckContext, params: CleanupDiskParams) -> Resolved:
+    """Target "self" and the folders that will be cleaned, as configured: the configured
+    ones the call names (compared after os.path.normpath; all by default), each once, in
+    configured order.
+
+    Refused: another target, CLEANUP_DIRS empty, a named folder not in it, or a folder
+    that is (or links to) the root folder /."""
+    target = self_target(params.target, "cleanup_disk")
+    cfg = ctx.settings.host
     if not cfg.cleanup_dirs:
-        return f"refused: no folder may be cleaned, {DIRS_VAR} is empty"
-    configured = {os.path.normpath(d) for d in cfg.cleanup_dirs}
-    unknown = [d for d in params.dirs or [] if os.path.normpath(d) not in configured]
+        raise Refused(f"no folder may be cleaned, {DIRS_VAR} is empty")
+    configured: dict[str, str] = {}
+    for folder in cfg.cleanup_dirs:
+        configured.setdefault(os.path.normpath(folder), folder)
+    wanted = set(configured) if params.dirs is None else {os.path.normpath(d) for d in params.dirs}
+    unknown = sorted(d for d in params.dirs or () if os.path.normpath(d) not in configured)
     if unknown:
-        return f"refused: {unknown} not in {DIRS_VAR} ({cfg.cleanup_dirs})"
-    if any(os.path.realpath(d) == os.sep for d in params.dirs or cfg.cleanup_dirs):
-        return f"refused: {DIRS_VAR} names the root folder /"
-    return None
+        raise Refused(f"{_shown(unknown)} not in {DIRS_VAR} ({_shown(cfg.cleanup_dirs)})")
+    dirs = [folder for norm, folder in configured.items() if norm in wanted]
+    root = [folder for folder in dirs if os.path.realpath(folder) == os.sep]
+    if root:
+        raise Refused(f"{DIRS_VAR} names the root folder / ({root[0]!r}); nothing is cleaned")
+    return canonical(params, target=target, dirs=dirs)
+
+
+def _shown(folders: list[str], most: int = 10) -> str:
+    """Folders as quoted in a refusal: at most ``most``, each cut at 200 characters."""
+    cut = [f if len(f) <= 200 else f[:200] + "..." for f in folders[:most]]
+    return f"{cut}" + (f" and {len(folders) - most} more" if len(folders) > most else "")
+
+
+def _resource(params: CleanupDiskParams) -> str:
+    """One lock and cooldown per host, whatever folders a call names; hosts never wait on
+    each other (the action runs on the worker that receives it)."""
+    return "host:" + socket.gethostname()
 
 
 def _inside(path: str, real_root: str) -> bool:
@@ -166,7 +194,8 @@ def _gzip(dir_fd: int, name: str, c: _Candidate) -> int:
         if (before.st_dev, before.st_ino) != c.ident or not stat.S_ISREG(before.st_mode):
             raise _Changed
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-        dst = os.open(name + ".gz", flags, stat.S_IMODE(before.st_mode), dir_fd=dir_fd)
+        mode = stat.S_IMODE(before.st_mode) & 0o777  # never setuid, setgid or sticky
+        dst = os.open(name + ".gz", flags, mode, dir_fd=dir_fd)
         try:
             with os.fdopen(dst, "wb") as raw:
                 with gzip.GzipFile(
@@ -226,7 +255,13 @@ def _apply(run: _Run, candidates: list[_Candidate]) -> None:
             run.errors.append(f"{c.root}/{c.rel}: {type(exc).__name__}: {exc.strerror or exc}")
 
 
-@action("cleanup_disk", cooldown=timedelta(minutes=10), max_per_hour=4)
+@action(
+    "cleanup_disk",
+    resolve=resolve_dirs,
+    resource=_resource,
+    cooldown=timedelta(minutes=10),
+    max_per_hour=4,
+)
 def cleanup_disk(ctx: ActionContext, params: CleanupDiskParams) -> ActionResult:
     """Delete (or gzip) old log and temporary files in the allow-listed folders (runbook 002).
 
@@ -235,13 +270,13 @@ def cleanup_disk(ctx: ActionContext, params: CleanupDiskParams) -> ActionResult:
     oldest first, until CLEANUP_MAX_BYTES_PER_RUN bytes would be exceeded. CLEANUP_MODE
     gzip compresses to name.gz (same mtime) and removes the original once the .gz is on
     disk. Symlinks are never followed, hard-linked files are left, and nothing outside
-    the folders is ever touched. Runs on the worker that receives it: route it to the host."""
+    the folders is ever touched. The target is always "self"; a folder not configured is
+    refused before any guard. Runs on the worker that receives it (one lock and cooldown
+    per host): route it to the host. A .gz never carries setuid, setgid or sticky bits."""
     cfg = ctx.settings.host
-    refusal = _refusal(cfg, params)
-    if refusal:
-        return ActionResult(ok=False, changed=False, summary=refusal)
+    dirs: list[str] = resolve_dirs(ctx, params).params.dirs  # again: a folder now a link to /
     run = _Run(cfg, cutoff=time.time() - cfg.cleanup_retention_days * 86400)
-    candidates = [c for d in params.dirs or cfg.cleanup_dirs for c in _walk(run, d)]
+    candidates = [c for d in dirs for c in _walk(run, d)]
     _apply(run, candidates)
     verb = "compressed" if cfg.cleanup_mode == "gzip" else "deleted"
     summary = f"{verb} {run.touched} file(s), freed {run.freed} bytes"
