@@ -29,11 +29,12 @@ from remediation.checks.celery_workers import (
     stuck_tasks,
 )
 from remediation.clients import redis as redis_clients
-from remediation.context import ActionContext
-from remediation.errors import TargetError
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused, TargetError
 from remediation.findings import ActionResult
 from remediation.params import ActionParams, TargetName
 from remediation.registry import action
+from remediation.resolve import canonical
 from remediation.settings import ScaleTarget, Settings
 
 CONFIRM_SECONDS = 10.0
@@ -53,12 +54,41 @@ class RevokeStuckTasksParams(ActionParams):
 
 
 def scale_target(settings: Settings, name: str) -> ScaleTarget:
-    """The configured scale target; TargetError lists the known ones."""
-    for target in settings.workers.scale_targets:
+    """The configured scale target: the exact name, else the only one that matches
+    case-insensitively; TargetError (listing the known ones) when none or several do."""
+    targets = settings.workers.scale_targets
+    for target in targets:
         if target.name == name:
             return target
-    known = ", ".join(t.name for t in settings.workers.scale_targets) or "none"
-    raise TargetError(f"no scale target {name!r} in REMEDIATION_WORKERS__SCALE_TARGETS ({known})")
+    similar = [t for t in targets if t.name.lower() == name.lower()]
+    if len(similar) == 1:
+        return similar[0]
+    known = ", ".join(t.name for t in targets) or "none"
+    why = "several scale targets match" if similar else "no scale target"
+    raise TargetError(f"{why} {name!r} in REMEDIATION_WORKERS__SCALE_TARGETS ({known})")
+
+
+def resolve_scale(ctx: CheckContext, params: ScaleWorkersParams) -> Resolved:
+    """The scale target's configured name; Refused (listing the known ones) if none."""
+    try:
+        target = scale_target(ctx.settings, params.target)
+    except TargetError as exc:
+        raise Refused(str(exc)) from None
+    return canonical(params, target=target.name)
+
+
+def _may_revoke(settings: Settings) -> None:
+    if not settings.workers.revoke_stuck:
+        raise Refused(
+            "revoking stuck tasks is opt-in: set REMEDIATION_WORKERS__REVOKE_STUCK=true",
+            notice=False,
+        )
+
+
+def resolve_revoke(ctx: CheckContext, params: RevokeStuckTasksParams) -> Resolved:
+    """Refused (quietly: configuration, not an incident) unless revoking is switched on."""
+    _may_revoke(ctx.settings)
+    return Resolved(params)
 
 
 def _state(settings: Settings) -> Any:
@@ -193,17 +223,24 @@ def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> A
                                 f" replicas (wanted {wanted})")  # fmt: skip
 
 
-@action("scale_workers", cooldown=timedelta(seconds=45), max_per_hour=20, verify=False)
+@action(
+    "scale_workers",
+    resolve=resolve_scale,
+    cooldown=timedelta(seconds=45),
+    max_per_hour=20,
+    verify=False,
+)
 def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResult:
     """Grow or shrink a scale target by its step, within [min, max] (runbook 002 "queue depth
     > 1000: scale workers", runbook 004 "scale workers", runbook 001 "scale resources").
 
-    Celery targets: pool_grow / pool_shrink on the named worker (or every worker consuming
-    the target's queues), confirmed by counting pool processes in the workers' stats.
-    Compose targets: the service's replica count. Up is prompt; at max it fails so the
-    incident escalates. Down is held while the target's queues hold a backlog and until
-    SCALE_DOWN_STABILIZATION_SECONDS after the last backlog or scale-up (rem:scale:<name>);
-    at min it does nothing."""
+    The target names a scale target (exactly, or its only case-insensitive match); any other
+    name is refused with the known ones listed. Celery targets: pool_grow / pool_shrink on
+    the named worker (or every worker consuming the target's queues), confirmed by counting
+    pool processes in the workers' stats. Compose targets: the service's replica count. Up
+    is prompt; at max it fails so the incident escalates. Down is held while the target's
+    queues hold a backlog and until SCALE_DOWN_STABILIZATION_SECONDS after the last backlog
+    or scale-up (rem:scale:<name>); at min it does nothing."""
     target = scale_target(ctx.settings, params.target)
     now = time.time()
     state = _state(ctx.settings)
@@ -228,18 +265,18 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
     return result
 
 
-@action("revoke_stuck_tasks", cooldown=timedelta(minutes=5), max_per_hour=6)
+@action("revoke_stuck_tasks", resolve=resolve_revoke, cooldown=timedelta(minutes=5), max_per_hour=6)
 def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> ActionResult:
     """Terminate tasks that celery_stuck_tasks reports (runbook 002 "stuck jobs"); opt-in with
-    REMEDIATION_WORKERS__REVOKE_STUCK=true.
+    REMEDIATION_WORKERS__REVOKE_STUCK=true (otherwise calls are refused, quietly).
 
     Active tasks are inspected again; at most MAX_REVOKES_PER_RUN of those still stuck are
     revoked with terminate (SIGTERM to the child running it), the longest-running first,
-    and confirmed gone from the workers' active lists. Their arguments are never logged."""
+    and confirmed gone from the workers' active lists. The remediator's own tasks
+    (remediation.check.*, remediation.act.*) are never candidates. Their arguments are
+    never logged."""
     w = ctx.settings.workers
-    if not w.revoke_stuck:
-        return ActionResult(changed=False, summary="revoking stuck tasks is opt-in: set"
-                            " REMEDIATION_WORKERS__REVOKE_STUCK=true")  # fmt: skip
+    _may_revoke(ctx.settings)  # the resolve step refused already; a direct call is refused too
     app = monitor_app(ctx.settings)
     answered, stuck = stuck_tasks(app, ctx.settings, timeout=INSPECT_TIMEOUT)
     if not answered:  # not the same as "nothing stuck": let the incident escalate

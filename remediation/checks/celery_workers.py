@@ -24,7 +24,7 @@ from remediation.clients import redis as redis_clients
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
-from remediation.registry import check
+from remediation.registry import ACTION_PREFIX, CHECK_PREFIX, check
 from remediation.settings import ScaleTarget, Settings
 
 CLUSTER = "celery"
@@ -40,6 +40,10 @@ MIN_GROWTH_SECONDS = 1.0
 """Runs closer together than this do not compute a growth rate (division by almost zero)."""
 MAX_STUCK_FINDINGS = 20
 """Stuck tasks reported per run (the longest-running first)."""
+OWN_TASKS = (CHECK_PREFIX, ACTION_PREFIX)
+"""Name prefixes of the remediator's own tasks: never reported stuck, never revoked (a
+long backup or VACUUM is the remediator at work, and revoking it would leave its guards
+held and its audit row unwritten)."""
 
 _APPS: dict[tuple[int, str], Any] = {}
 
@@ -209,8 +213,8 @@ def stuck_tasks(
     app: Any, settings: Settings, timeout: float = CONTROL_TIMEOUT
 ) -> tuple[list[str], list[dict[str, Any]]]:
     """(workers that answered, their active tasks running longer than stuck_factor x
-    expected, oldest first). Only id, name, worker, pid and times: never args or kwargs
-    (they can hold secrets)."""
+    expected, oldest first). The remediator's own tasks (OWN_TASKS) are left out. Only id,
+    name, worker, pid and times: never args or kwargs (they can hold secrets)."""
     w = settings.workers
     active = app.control.inspect(timeout=timeout).active() or {}
     now = time.time()  # after the replies: a broadcast waits the whole timeout
@@ -221,6 +225,8 @@ def stuck_tasks(
             if not started:
                 continue
             name = str(task.get("name") or task.get("type") or "?")
+            if name.startswith(OWN_TASKS):
+                continue
             limit = w.stuck_factor * w.expected_seconds.get(name, w.default_expected_seconds)
             runtime = now - float(started)
             if runtime > limit:
@@ -389,7 +395,8 @@ def celery_stuck_tasks(ctx: CheckContext, params: CeleryStuckTasksParams) -> lis
 
     A task active longer than STUCK_FACTOR x its expected time (EXPECTED_SECONDS per task
     name, else DEFAULT_EXPECTED_SECONDS) is celery_task_stuck (high), with its id, name,
-    worker and runtime; never its arguments. At most 20 per run, the longest first."""
+    worker and runtime; never its arguments. At most 20 per run, the longest first. The
+    remediator's own tasks (remediation.check.*, remediation.act.*) are never reported."""
     _, stuck = stuck_tasks(monitor_app(ctx.settings), ctx.settings)
     if len(stuck) > MAX_STUCK_FINDINGS:
         ctx.log.warning("more stuck tasks than reported", stuck=len(stuck))

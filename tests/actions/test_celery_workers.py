@@ -16,6 +16,8 @@ from pydantic import ValidationError
 from remediation.actions.celery_workers import (
     RevokeStuckTasksParams,
     ScaleWorkersParams,
+    resolve_revoke,
+    resolve_scale,
     revoke_stuck_tasks,
     scale_workers,
 )
@@ -28,11 +30,14 @@ from remediation.checks.celery_workers import (
     scale_key,
 )
 from remediation.context import ActionContext, CheckContext
-from remediation.errors import TargetError
+from remediation.errors import Refused, TargetError
+from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.runner import Runner
 from remediation.testing import RedisServer, WorkerProcess, wait_for
-from tests.checks.test_celery_workers import SECRET, sleeping_worker
+from tests.checks.test_celery_workers import LINGER, SECRET, active_ids, sleeping_worker
 from tests.conftest import process_env
+from tests.test_runner import Recorder
 
 SCALER_DB, SLEEPER_DB, RESULT_DB = 13, 14, 15
 WINDOW = 3  # REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS in these tests
@@ -160,24 +165,77 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     assert set(r.hkeys(scale_key("pool"))) == {b"last_busy", b"last_up", b"last_down", b"by"}
 
 
-def test_scale_targets_and_params_are_validated_before_anything_runs(settings_env: Any) -> None:
-    """An unknown scale target is an error naming the known ones; a bad direction and a
-    revoke target other than the cluster are rejected by the params models."""
-    compose = json.dumps([{"name": "web", "backend": "compose", "project": "shop",
-                           "service": "worker"}])  # fmt: skip
-    s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=compose)
-    with pytest.raises(TargetError, match=r"no scale target 'nope'.*\(web\)"):
+def test_scale_targets_and_params_are_validated_before_anything_runs(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """A scale target resolves to its configured name (exactly, else its only
+    case-insensitive match); an unknown or ambiguous one is refused naming the known ones,
+    through the runner for free; a bad direction and a revoke target other than the
+    cluster are rejected by the params models."""
+    targets = [
+        {"name": "web", "backend": "compose", "project": "shop", "service": "worker"},
+        {"name": "Jobs"},
+        {"name": "jobs"},
+    ]
+    s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=json.dumps(targets))
+    ctx = CheckContext(s, get_logger())
+    resolved = {
+        name: resolve_scale(ctx, ScaleWorkersParams(target=name, direction="up"))
+        for name in ("WEB", "web", "Jobs", "jobs")
+    }
+    assert {k: v.params.target for k, v in resolved.items()} == {
+        "WEB": "web",
+        "web": "web",
+        "Jobs": "Jobs",
+        "jobs": "jobs",
+    }
+    assert resolved["WEB"].params.direction == "up"
+    with pytest.raises(Refused, match=r"no scale target 'nope'.*\(web, Jobs, jobs\)"):
+        resolve_scale(ctx, ScaleWorkersParams(target="nope", direction="up"))
+    with pytest.raises(Refused, match=r"several scale targets match 'JOBS'"):
+        resolve_scale(ctx, ScaleWorkersParams(target="JOBS", direction="up"))
+    with pytest.raises(TargetError, match=r"no scale target 'nope'"):
         scale_workers(act(s), ScaleWorkersParams(target="nope", direction="up"))
+    sent = Recorder()
+    out = Runner(s, sent).run_action("scale_workers", {"target": "nope", "direction": "up"})
+    assert out.outcome == "refused" and "(web, Jobs, jobs)" in (out.reason or "")
+    assert r.zcard(keys.budget("scale_workers")) == 0
+    assert r.smembers(keys.BREAKER_INDEX) == set()
+    assert [k["kind"] for _, k, _ in sent.sent] == ["action_refused"]
     with pytest.raises(ValidationError, match="direction"):
         ScaleWorkersParams(target="web", direction="sideways")  # type: ignore[arg-type]
     with pytest.raises(ValidationError, match="its target name is 'celery'"):
         RevokeStuckTasksParams(target="web")
 
 
+def test_case_variants_of_a_scale_target_share_one_cooldown(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer, scaler: WorkerProcess
+) -> None:
+    """scale_workers down on "pool" acts (the pool is at its minimum: nothing to shrink);
+    the same call on "POOL" and "Pool" is suppressed by the one cooldown of "pool", and
+    only the breaker "scale_workers:pool" exists."""
+    s = settings_env(
+        REMEDIATION_WORKERS__BROKER_URL=redis_server.url(SCALER_DB),
+        REMEDIATION_WORKERS__SCALE_TARGETS=pool_target(node("scaler")),
+    )
+    assert pool_sizes(monitor_app(s), [node("scaler")]) == {node("scaler"): 1}
+    runner = Runner(s, Recorder())
+    outcomes = [
+        runner.run_action("scale_workers", {"target": t, "direction": "down"})
+        for t in ("pool", "POOL", "Pool")
+    ]
+    assert [o.outcome for o in outcomes] == ["succeeded", "suppressed", "suppressed"]
+    assert all("cooling down" in (o.reason or "") for o in outcomes[1:])
+    assert r.smembers(keys.BREAKER_INDEX) == {b"scale_workers:pool"}
+    assert list(r.scan_iter(match=keys.cooldown("scale_workers", "*"))) == [
+        keys.cooldown("scale_workers", "pool").encode()
+    ]
+
+
 def test_revoke_is_opt_in_and_revokes_the_oldest_stuck_task_first(
     settings_env: Any, redis_server: RedisServer, sleeper: WorkerProcess
 ) -> None:
-    """With REVOKE_STUCK unset nothing is revoked and the variable is named; opted in with
+    """With REVOKE_STUCK unset the call is refused and the variable is named; opted in with
     MAX_REVOKES_PER_RUN=1, only the older of two stuck tasks is terminated, confirmed gone
     from the worker's active list while the other runs on; no argument leaks."""
     env = {"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SLEEPER_DB),
@@ -194,9 +252,11 @@ def test_revoke_is_opt_in_and_revokes_the_oldest_stuck_task_first(
     try:
         wait_for(lambda: {old.id, new.id} <= active(), 15, 0.2, "both tasks active")
         time.sleep(0.3)  # both past their expected 0.1 s
-        off = revoke_stuck_tasks(act(s), RevokeStuckTasksParams())
-        assert (off.ok, off.changed) == (True, False)
-        assert "REMEDIATION_WORKERS__REVOKE_STUCK=true" in off.summary
+        with pytest.raises(Refused, match="REMEDIATION_WORKERS__REVOKE_STUCK=true") as off:
+            resolve_revoke(CheckContext(s, get_logger()), RevokeStuckTasksParams())
+        assert not off.value.notice
+        with pytest.raises(Refused, match="opt-in"):
+            revoke_stuck_tasks(act(s), RevokeStuckTasksParams())
         assert {old.id, new.id} <= active()
 
         s = settings_env(REMEDIATION_WORKERS__REVOKE_STUCK="true", **env)
@@ -210,3 +270,37 @@ def test_revoke_is_opt_in_and_revokes_the_oldest_stuck_task_first(
         assert old.id not in active() and new.id in active()
     finally:
         app.control.revoke([old.id, new.id], terminate=True, signal="SIGTERM")
+
+
+def test_revoke_off_is_refused_for_free_and_never_touches_the_remediators_own_tasks(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer, sleeper: WorkerProcess
+) -> None:
+    """Not opted in, revoke_stuck_tasks through the runner is refused quietly (no budget, no
+    notice); opted in, of a remediation.act.* task and a test.sleep_for both past their
+    expected time, only test.sleep_for is revoked and the remediator's task runs on."""
+    env = {
+        "REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SLEEPER_DB),
+        "REMEDIATION_WORKERS__EXPECTED_SECONDS": json.dumps({"test.sleep_for": 0.1, LINGER: 0.1}),
+        "REMEDIATION_WORKERS__STUCK_FACTOR": "1",
+    }
+    sent = Recorder()
+    off = Runner(settings_env(**env), sent).run_action("revoke_stuck_tasks", {})
+    assert off.outcome == "refused" and "REVOKE_STUCK=true" in (off.reason or "")
+    assert r.zcard(keys.budget("revoke_stuck_tasks")) == 0 and sent.sent == []
+    s = settings_env(REMEDIATION_WORKERS__REVOKE_STUCK="true", **env)
+    app = monitor_app(s)
+    own = app.send_task(LINGER, args=[20])
+    stuck = app.send_task("test.sleep_for", args=[20])
+    try:
+        wait_for(lambda: {own.id, stuck.id} <= active_ids(app), 15, 0.2, "both tasks active")
+        time.sleep(0.3)  # both past their expected 0.1 s
+        done = Runner(s, sent).run_action("revoke_stuck_tasks", {})
+        assert done.outcome == "succeeded" and done.result is not None, done.reason
+        detail = done.result["detail"]
+        assert [t["id"] for t in detail["revoked"]] == [stuck.id]
+        assert (detail["confirmed"], detail["left_stuck"]) == ([stuck.id], 0)
+        time.sleep(0.5)
+        assert own.id in active_ids(app) and stuck.id not in active_ids(app)
+    finally:
+        app.control.revoke([own.id, stuck.id], terminate=True, signal="SIGTERM")
+        wait_for(lambda: not {own.id, stuck.id} & active_ids(app), 15, 0.2, "tasks ended")

@@ -55,13 +55,22 @@ def sleep_for(seconds, password=None):
 def nap(seconds):
     time.sleep(seconds)
     return seconds
+
+
+@shared_task(name="remediation.act.test_linger")
+def linger(seconds):
+    """Stands for the remediator's own long task (a VACUUM, a backup) on a shared worker."""
+    time.sleep(seconds)
+    return seconds
 '''
+LINGER = "remediation.act.test_linger"
 
 
 def sleeping_worker(
     tmp: Path, redis_server: RedisServer, audit_db: str, name: str, broker_db: int, **env: str
 ) -> WorkerProcess:
-    """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks."""
+    """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks
+    and remediation.act.test_linger (a long task under the remediator's own prefix)."""
     (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
     redis_server.empty(broker_db)
     environ = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
@@ -244,3 +253,33 @@ def test_a_task_running_past_its_expected_time_is_stuck_without_its_arguments(
     assert 0.2 < stuck.evidence["runtime_seconds"] < 10
     assert SECRET not in json.dumps(stuck.model_dump(mode="json"))
     assert "args" not in stuck.evidence and "kwargs" not in stuck.evidence
+
+
+def test_the_remediators_own_tasks_are_never_reported_stuck(
+    monitored: Any, watched: WorkerProcess
+) -> None:
+    """A remediation.act.* task running past its expected time beside a genuinely stuck
+    test.sleep_for on the same worker: only test.sleep_for is reported."""
+    s = monitored(
+        REMEDIATION_WORKERS__EXPECTED_SECONDS=json.dumps({"test.sleep_for": 0.2, LINGER: 0.2}),
+        REMEDIATION_WORKERS__STUCK_FACTOR="1",
+    )
+    app = monitor_app(s)
+    own = app.send_task(LINGER, args=[20])
+    slow = app.send_task("test.sleep_for", args=[20])
+    try:
+        wait_for(lambda: {own.id, slow.id} <= active_ids(app), 15, 0.2, "both tasks active")
+        time.sleep(0.5)
+        (stuck,) = celery_stuck_tasks(ctx(s), CeleryStuckTasksParams())
+        assert (stuck.subject, stuck.evidence["name"]) == (slow.id, "test.sleep_for")
+        assert own.id in active_ids(app)  # it runs on, past its expected 0.2 s, unreported
+        assert [t["name"] for t in cw.stuck_tasks(app, s)[1]] == ["test.sleep_for"]
+    finally:
+        app.control.revoke([own.id, slow.id], terminate=True, signal="SIGTERM")
+        wait_for(lambda: not {own.id, slow.id} & active_ids(app), 15, 0.2, "tasks ended")
+
+
+def active_ids(app: Any) -> set[str]:
+    """Ids of the tasks the cluster's workers are running now."""
+    active = app.control.inspect(timeout=1).active() or {}
+    return {str(t["id"]) for tasks in active.values() for t in tasks or ()}
