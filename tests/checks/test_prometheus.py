@@ -3,11 +3,14 @@ scrapes a real exporter in the test process every second."""
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import shutil
 import socket
+import socketserver
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,8 +22,11 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 
 from remediation.checks.prometheus import PrometheusSloParams, prometheus_slo
 from remediation.clients.prometheus import (
+    MAX_BODY_BYTES,
     PrometheusClient,
+    PrometheusHTTPError,
     PrometheusQueryError,
+    PrometheusUnreachable,
     PrometheusValueError,
     Sample,
 )
@@ -402,3 +408,135 @@ def test_without_url_is_one_info_finding(settings_env: Any) -> None:
     """No REMEDIATION_PROMETHEUS__URL: one prometheus_unconfigured (info), nothing queried."""
     s = settings_env()
     assert seen(run(s)) == {("", "prometheus_unconfigured", "info")}
+
+
+# --- bounded answers: a real local HTTP server that floods or dribbles ----------------------
+
+VALID = b'{"status":"success","data":{"resultType":"scalar","result":[1,"7"]}}'
+
+
+class Hostile(socketserver.BaseRequestHandler):
+    """Answers every request as the server's `mode` says; counts the body bytes it got out."""
+
+    server: HostileServer
+
+    def handle(self) -> None:
+        self.request.recv(65536)  # the request: one small GET
+        try:
+            getattr(self, self.server.mode)()
+        except OSError:  # the client hung up: what the caps are for
+            pass
+
+    def send(self, data: bytes) -> None:
+        self.request.sendall(data)
+        self.server.sent += len(data)
+
+    def flood(self) -> None:
+        """A valid answer of 64 MiB, without Content-Length (read until the server closes)."""
+        self.request.sendall(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        self.send(b'{"status":"success","data":{"resultType":"vector","result":[')
+        item = b'{"metric":{"pod":"' + b"p" * 1000 + b'"},"value":[1,"1"]},'
+        for _ in range(64 * 1024 * 1024 // len(item)):
+            self.send(item)
+        self.send(b'{"metric":{},"value":[1,"1"]}]}}')
+
+    def declared(self) -> None:
+        """A Content-Length of 64 MiB, then nothing."""
+        self.request.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 67108864\r\n\r\n")
+        self.server.idle.wait(30)
+
+    def dribble_body(self) -> None:
+        """Headers at once, then a valid body one byte every 0.1 s (about 7 s in all)."""
+        head = f"HTTP/1.0 200 OK\r\nContent-Length: {len(VALID)}\r\n\r\n".encode()
+        self.request.sendall(head)
+        for byte in VALID:
+            self.send(bytes([byte]))
+            time.sleep(0.1)
+
+    def dribble_head(self) -> None:
+        """The status line and headers one byte every 0.1 s, then a valid body."""
+        head = f"HTTP/1.0 200 OK\r\nX-Pad: {'x' * 40}\r\nContent-Length: {len(VALID)}\r\n\r\n"
+        for byte in head.encode():
+            self.request.sendall(bytes([byte]))
+            time.sleep(0.1)
+        self.send(VALID)
+
+    def gzip(self) -> None:
+        """A compressed answer the client did not ask for."""
+        body = gzip.compress(VALID)
+        self.request.sendall(
+            b"HTTP/1.0 200 OK\r\nContent-Encoding: gzip\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+
+
+class HostileServer(socketserver.ThreadingTCPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("127.0.0.1", 0), Hostile)
+        self.mode = "flood"
+        self.sent = 0
+        self.idle = threading.Event()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.fixture
+def hostile() -> Iterator[HostileServer]:
+    """A local HTTP server on a free port, serving in a thread until the test ends."""
+    server = HostileServer()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.idle.set()
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_flooding_answer_is_cut_at_the_cap(hostile: HostileServer) -> None:
+    """A 64 MiB answer is a PrometheusValueError after at most the 8 MiB cap is read, with or
+    without a Content-Length; the client hangs up instead of reading on."""
+    with PrometheusClient(hostile.url, timeout=30) as client:
+        with pytest.raises(PrometheusValueError, match="over the 8 MiB cap"):
+            client.query("up")
+        hostile.mode = "declared"
+        with pytest.raises(PrometheusValueError, match="67108864 bytes is over the 8 MiB cap"):
+            client.query("up")
+    assert MAX_BODY_BYTES == 8 * 1024 * 1024
+    assert hostile.sent < 32 * 1024 * 1024  # the flood stopped when the client hung up
+
+
+@pytest.mark.parametrize("mode", ["dribble_body", "dribble_head"])
+def test_a_dribbling_server_runs_into_the_deadline(hostile: HostileServer, mode: str) -> None:
+    """A server that sends a valid answer a byte at a time (never idle for a whole read
+    timeout) is unreachable once the one deadline over the query passes."""
+    hostile.mode = mode
+    with PrometheusClient(hostile.url, timeout=1) as client:
+        with pytest.raises(PrometheusUnreachable, match="no complete answer within 1 s"):
+            client.query("up")
+
+
+def test_dribbling_server_is_one_unreachable_finding(
+    settings_env: Any, hostile: HostileServer
+) -> None:
+    """Through the check, a dribbling server is one prometheus_unreachable for the run."""
+    hostile.mode = "dribble_body"
+    s = configure(settings_env, hostile.url, None, REMEDIATION_PROMETHEUS__TIMEOUT_SECONDS="1")
+    (finding,) = run(s)
+    assert finding.kind == "prometheus_unreachable" and "within 1 s" in finding.summary
+
+
+def test_an_answer_within_bounds_and_an_unasked_encoding(hostile: HostileServer) -> None:
+    """The same server's honest answer is read (the bounds cost nothing), and a gzip body the
+    client did not ask for is a PrometheusHTTPError naming the encoding."""
+    hostile.mode = "dribble_body"
+    with PrometheusClient(hostile.url, timeout=30) as client:
+        assert client.query("up") == [Sample({}, 7.0)]
+        hostile.mode = "gzip"
+        with pytest.raises(PrometheusHTTPError, match="Content-Encoding 'gzip'"):
+            client.query("up")
