@@ -26,12 +26,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from remediation.context import ActionContext, CheckContext
+from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import ActionFailed
 from remediation.filelock import file_lock
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
+from remediation.resolve import canonical, redis_target
 from remediation.settings import BackoffSettings
 
 BAN_RATE_KEY = "rem:proxy:ban_rate"
@@ -153,15 +154,29 @@ def quiet_seconds(now: float, signal: BanSignal, last_increase_at: float | None)
     return now - max(signal.last_ban_at or 0.0, last_increase_at or 0.0)
 
 
+def _resolve(ctx: CheckContext, params: TuneBackoffParams) -> Resolved:
+    """The target must be the Redis holding the pacing hash (REMEDIATION_BACKOFF__REDIS_TARGET),
+    named as configured."""
+    cfg = ctx.settings.backoff
+    what = f"the pacing hash {cfg.config_key!r} (REMEDIATION_BACKOFF__REDIS_TARGET)"
+    return canonical(
+        params, target=redis_target(ctx, params.target, only=cfg.redis_target, what=what)
+    )
+
+
 def _resource(params: TuneBackoffParams) -> str:
     """Each direction has its own lock and cooldown: an increase is never held up by a decrease."""
     return f"{params.target}/scrape-backoff:{params.direction}"
 
 
 @action(
-    "tune_backoff", resource=_resource, cooldown=timedelta(minutes=2), max_per_hour=60,
+    "tune_backoff",
+    resolve=_resolve,
+    resource=_resource,
+    cooldown=timedelta(minutes=2),
+    max_per_hour=60,
     verify=False,
-)  # fmt: skip
+)
 def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
     """Pace the scrapers (runbook 000 "Increase Delays: min_delay"), AIMD on the delay.
 
@@ -169,8 +184,9 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
     decrease: min_delay - DECREASE_STEP_SECONDS, at least FLOOR_SECONDS, and only when
     neither a ban (the proxy check's LAST_BAN_KEY) nor an increase happened in the last
     HEALTHY_SECONDS. One atomic Lua call on the configuration hash (created with the floor
-    and DEFAULT_CONCURRENCY if absent), then the JSON mirror file if configured. Not
-    verified by re-checking: each sweep takes one more step while the signal lasts."""
+    and DEFAULT_CONCURRENCY if absent), then the JSON mirror file if configured. Only on
+    REMEDIATION_BACKOFF__REDIS_TARGET (another target is refused). Not verified by
+    re-checking: each sweep takes one more step while the signal lasts."""
     cfg = ctx.settings.backoff
     signal = read_ban_signal(ctx)
     now = time.time()

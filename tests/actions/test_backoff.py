@@ -17,8 +17,13 @@ from pydantic import ValidationError
 from remediation.actions.backoff import BAN_RATE_KEY, LAST_BAN_KEY, TuneBackoffParams, tune_backoff
 from remediation.checks.backoff import ScrapeBackoffParams, scrape_backoff
 from remediation.context import ActionContext, CheckContext
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.logging import get_logger
+from remediation.registry import get_action
+from remediation.runner import Runner
+from remediation.testing import RedisServer
+from tests.test_runner import Recorder
 
 KEY = "scraping:config"
 
@@ -176,3 +181,32 @@ def test_check_emits_the_signals_that_drive_aimd(settings_env: Any, r: redis.Red
     r.set(LAST_BAN_KEY, "yesterday")
     r.hset(KEY, "min_delay", "5")
     assert kinds(s) == []  # an unreadable ban time never counts as quiet
+
+
+def test_only_the_pacing_redis_and_case_variants_share_one_cooldown(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """The target must be REMEDIATION_BACKOFF__REDIS_TARGET: another configured Redis is
+    refused; 'pace' and 'PACE' are the configured 'Pace', so the second increase is held by
+    the first one's cooldown and the delay doubles once."""
+    s = settings_env(
+        REMEDIATION_REDIS_TARGETS=json.dumps(
+            {"Pace": redis_server.url(0), "other": redis_server.url(3)}
+        ),
+        REMEDIATION_BACKOFF__REDIS_TARGET="Pace",
+    )
+    resolve = get_action("tune_backoff").resolve
+    assert resolve is not None
+    ctx = CheckContext(s, get_logger())
+    with pytest.raises(Refused, match="lives on Redis target 'Pace', not 'other'"):
+        resolve(ctx, TuneBackoffParams(target="OTHER", direction="increase"))
+    assert resolve(ctx, TuneBackoffParams(target="pACE", direction="increase")).params.target == (
+        "Pace"
+    )
+    runner = Runner(s, Recorder())
+    outcomes = [
+        runner.run_action("tune_backoff", {"target": name, "direction": "increase"})
+        for name in ("pace", "PACE", "other")
+    ]
+    assert [o.outcome for o in outcomes] == ["succeeded", "suppressed", "refused"]
+    assert delay(r) == 2.0
