@@ -43,6 +43,8 @@ SELECT greatest(s.last_vacuum, s.last_autovacuum) >= to_timestamp(%(since)s) AS 
 FROM pg_stat_user_tables s WHERE s.schemaname = %(schema)s AND s.relname = %(name)s
 """
 RESUME_WAIT_SECONDS = 120
+RESOLVE_TIMEOUT_MS = 10_000
+"""The resolve step's catalog read gives up after this long (the target is then undecided)."""
 
 
 class VacuumParams(ActionParams):
@@ -63,26 +65,28 @@ def resolve_tables(ctx: CheckContext, params: VacuumParams) -> Resolved:
     rest are facts["missing"]. Refused when none exists. One read-only query."""
     target = postgres_target(ctx, params.target)
     wanted = list(params.tables)
-    with pg.connect(ctx.postgres_dsn(target), autocommit=False) as conn:
-        conn.read_only = True
+    dsn = ctx.postgres_dsn(target)
+    with pg.connect(dsn, autocommit=False, statement_timeout_ms=RESOLVE_TIMEOUT_MS) as conn:
+        conn.read_only = True  # BEGIN READ ONLY
         rows = conn.execute(
             CANDIDATES_SQL, ([t.schema_ for t in wanted], [t.name for t in wanted])
         ).fetchall()
     found: dict[int, list[TableRef]] = {}
     for i, schema, name in rows:
         found.setdefault(int(i) - 1, []).append(TableRef(schema_=schema, name=name))
-    tables: dict[str, TableRef] = {}
+    tables: dict[tuple[str, str], TableRef] = {}
     missing: list[str] = []
     for i, table in enumerate(wanted):
         match = _match(table, found.get(i, []))
         if match is None:
             missing.append(str(table))
         else:
-            tables[str(match)] = match
+            tables[(match.schema_, match.name)] = match
     if not tables:
         raise Refused(f"no such table on {target}: {', '.join(sorted(set(missing)))}")
     facts = {"missing": sorted(set(missing))} if missing else {}
-    return canonical(params, facts, target=target, tables=[tables[k] for k in sorted(tables)])
+    ordered = sorted(tables.values(), key=lambda t: (str(t), t.schema_))
+    return canonical(params, facts, target=target, tables=ordered)
 
 
 def _match(table: TableRef, candidates: list[TableRef]) -> TableRef | None:
