@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, pipeline, proxies, redaction
+from bench import backups, dead_tuples, pipeline, proxies, redaction, spool
 
 
 def main() -> int:
@@ -22,6 +22,7 @@ def main() -> int:
         "proxies": proxies.run(),
         "redaction": redaction.run(),
         "pipeline": pipeline.run(),
+        "spool": spool.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
