@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.proxies import (
@@ -20,8 +21,10 @@ from remediation.proxies import (
     Changes,
     ProxyPool,
     ProxyRecord,
+    load_entries,
 )
 from remediation.registry import action
+from remediation.resolve import canonical, redis_target
 from remediation.settings import ProxySettings
 
 MAX_LISTED = 100
@@ -41,6 +44,22 @@ class Rotation(Changes):
     promoted: list[dict[str, Any]] = field(default_factory=list)
     kept_failing: list[dict[str, Any]] = field(default_factory=list)
     healthy_after: int = 0
+
+
+def _resolve(ctx: CheckContext, params: RotateProxiesParams) -> Resolved:
+    """The target must be the Redis holding the pool (REMEDIATION_PROXIES__REDIS_TARGET),
+    named as configured; with no proxy configured there is nothing to rotate."""
+    cfg = ctx.settings.proxies
+    what = f"the proxy pool {cfg.active_key!r} (REMEDIATION_PROXIES__REDIS_TARGET)"
+    target = redis_target(ctx, params.target, only=cfg.redis_target, what=what)
+    loaded = load_entries(cfg)
+    if not loaded.entries and loaded.complete:
+        raise Refused(
+            "nothing to rotate: no proxy is configured (REMEDIATION_PROXIES__PROXY_LIST and"
+            " __FILE name none)",
+            notice=False,
+        )
+    return canonical(params, target=target)
 
 
 def backoff_seconds(quarantine_count: int, cfg: ProxySettings) -> int:
@@ -100,7 +119,7 @@ def _listed(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return items[:MAX_LISTED]
 
 
-@action("rotate_proxies", cooldown=timedelta(0), max_per_hour=60, breaker=False)
+@action("rotate_proxies", resolve=_resolve, cooldown=timedelta(0), max_per_hour=60, breaker=False)
 def rotate_proxies(ctx: ActionContext, params: RotateProxiesParams) -> ActionResult:
     """Quarantine banned and failing proxies, promote recovered ones, republish the set.
 
@@ -113,7 +132,8 @@ def rotate_proxies(ctx: ActionContext, params: RotateProxiesParams) -> ActionRes
     never shrunk below __MIN_ACTIVE: the least bad failing proxies stay, and the action
     fails (notifying a human) while fewer than __MIN_ACTIVE healthy proxies remain.
     No circuit breaker: a failure here means "pool too small", and rotating must keep
-    promoting recovered proxies."""
+    promoting recovered proxies. Only on REMEDIATION_PROXIES__REDIS_TARGET; with no proxy
+    configured it is refused quietly (nothing to rotate)."""
     cfg = ctx.settings.proxies
     pool = ProxyPool(ctx.redis(params.target), cfg.active_key)
     now = time.time()

@@ -6,11 +6,18 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 import redis
 
+from remediation.actions.proxies import RotateProxiesParams
+from remediation.context import CheckContext
+from remediation.errors import Refused
+from remediation.guards import keys
+from remediation.logging import get_logger
 from remediation.proxies import proxy_id
+from remediation.registry import get_action
 from remediation.runner import Runner
-from remediation.testing import Behaviour, Origin, ProxyProcess
+from remediation.testing import Behaviour, Origin, ProxyProcess, RedisServer
 from tests.checks.test_proxies import (
     expire_quarantine,
     kinds,
@@ -144,3 +151,32 @@ def test_consecutive_failures_mark_a_proxy_dead(
     assert backoff(r, gone.url()) == ("dead", 2, 900)
     assert record(r, gone.url())["consecutive_failures"] == "2"
     assert gone.url() not in published(r)
+
+
+def test_only_the_pools_redis_and_nothing_to_rotate_is_a_quiet_refusal(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """The target must be REMEDIATION_PROXIES__REDIS_TARGET (a case variant is its configured
+    name, another Redis is refused); with no proxy configured the call is refused as
+    nothing to rotate, without a notice and without spending the budget."""
+    urls = {"Pool": redis_server.url(0), "cache": redis_server.url(3)}
+    s = settings_env(
+        REMEDIATION_REDIS_TARGETS=json.dumps(urls),
+        REMEDIATION_PROXIES__REDIS_TARGET="Pool",
+        REMEDIATION_PROXIES__PROXY_LIST=json.dumps(["http://127.0.0.1:1 eu"]),
+    )
+    resolve = get_action("rotate_proxies").resolve
+    assert resolve is not None
+    ctx = CheckContext(s, get_logger())
+    assert resolve(ctx, RotateProxiesParams(target="POOL")).params.target == "Pool"
+    with pytest.raises(Refused, match="lives on Redis target 'Pool', not 'cache'"):
+        resolve(ctx, RotateProxiesParams(target="cache"))
+    s = settings_env(
+        REMEDIATION_REDIS_TARGETS=json.dumps(urls),
+        REMEDIATION_PROXIES__REDIS_TARGET="Pool",
+        REMEDIATION_PROXIES__PROXY_LIST="[]",
+    )
+    sent = Recorder()
+    out = Runner(s, sent).run_action("rotate_proxies", {"target": "pool"}, task_id="rot-none")
+    assert (out.outcome, out.reason.startswith("nothing to rotate")) == ("refused", True)
+    assert sent.sent == [] and r.zcard(keys.budget("rotate_proxies")) == 0
