@@ -211,7 +211,8 @@ class Spool:
             finally:
                 os.close(fd)
         for entry in os.scandir(self.dir):  # rests of a round that crashed: never applied
-            if entry.name.startswith(".") and entry.name.endswith(CLAIMED + REST):
+            stale = entry.name.startswith(".") and entry.name.endswith(CLAIMED + REST)
+            if stale and not entry.is_dir(follow_symlinks=False):
                 os.unlink(entry.path)
         _fsync_dir(self.dir)
 
