@@ -10,20 +10,23 @@ expiry in Redis, a check reports it once due, and the playbook runs the undo.
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import redis
-from pydantic import Field, field_validator
+from pydantic import Field
 
 from remediation.clients import redis as redis_clients
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
-from remediation.settings import Settings
+from remediation.resolve import canonical, redis_target, self_target
+from remediation.settings import RateLimitSettings, Settings
 
 THROTTLE_INDEX = "rem:throttles"
 """Set of integrations throttled by throttle_sync, on the rate-limit target's Redis."""
@@ -35,6 +38,8 @@ celery_paused_queues as celery_queue_pause_incomplete and paused on the next swe
 CONFIRM_SECONDS = 5.0
 """Seconds to wait until acknowledging workers show the change in active_queues."""
 _NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
+MAX_INDEX_SCAN = 1000
+"""Members of THROTTLE_INDEX looked at to match a name case-insensitively."""
 
 
 def throttle_key(integration: str) -> str:
@@ -140,8 +145,75 @@ def _sync_resource(params: ThrottleSyncParams) -> str:
     return f"{params.target}/sync:{params.integration}"
 
 
-@action("throttle_sync", resource=_sync_resource, cooldown=timedelta(minutes=5),
-        max_per_hour=30, verify=False)  # fmt: skip
+def _rate_limit_target(ctx: CheckContext, params: ActionParams, what: str) -> str:
+    """The call's target, which must be REMEDIATION_RATE_LIMITS__REDIS_TARGET (as configured)."""
+    only = ctx.settings.rate_limits.redis_target
+    return redis_target(ctx, params.target, only=only, what=f"{what} (RATE_LIMITS__REDIS_TARGET)")
+
+
+def _endpoint(cfg: RateLimitSettings, name: str) -> str | None:
+    """The configured endpoint name a call means: the exact one, else a case variant."""
+    names = [e.name for e in cfg.endpoints]
+    if name in names:
+        return name
+    return next((n for n in names if n.lower() == name.lower()), None)
+
+
+def _throttled(client: redis.Redis, name: str) -> str | None:
+    """The integration as throttle_sync recorded it: the exact name, else a case variant
+    listed in THROTTLE_INDEX; None when no throttle record exists."""
+    if client.hexists(throttle_key(name), "throttled"):
+        return name
+    for member in itertools.islice(client.sscan_iter(THROTTLE_INDEX, count=100), MAX_INDEX_SCAN):
+        recorded = _text(member)
+        if recorded.lower() == name.lower() and client.hexists(throttle_key(recorded), "throttled"):
+            return recorded
+    return None
+
+
+def _not_configured(cfg: RateLimitSettings, name: str) -> str:
+    names = [e.name for e in cfg.endpoints][:20]
+    return (
+        f"integration {name!r} is not a configured rate-limit endpoint"
+        f" (REMEDIATION_RATE_LIMITS__ENDPOINTS names: {names})"
+    )
+
+
+def resolve_throttle(ctx: CheckContext, params: ThrottleSyncParams) -> Resolved:
+    """The rate limits' Redis target and the endpoint name as configured; another
+    integration is refused (a call cannot slow down an arbitrary field of the hash)."""
+    cfg = ctx.settings.rate_limits
+    target = _rate_limit_target(ctx, params, f"the sync intervals {cfg.sync_interval_key!r}")
+    name = _endpoint(cfg, params.integration)
+    if name is None:
+        raise Refused(_not_configured(cfg, params.integration))
+    return canonical(params, target=target, integration=name)
+
+
+def resolve_restore(ctx: CheckContext, params: RestoreSyncParams) -> Resolved:
+    """The rate limits' Redis target and the integration as its throttle was recorded, so
+    a throttle made under an older configuration can still be undone. Refused when the
+    integration is neither configured nor throttled; quietly when it is configured but
+    not throttled (nothing to restore)."""
+    cfg = ctx.settings.rate_limits
+    target = _rate_limit_target(ctx, params, f"the sync intervals {cfg.sync_interval_key!r}")
+    recorded = _throttled(ctx.redis(target), params.integration)
+    if recorded is not None:
+        return canonical(params, target=target, integration=recorded)
+    name = _endpoint(cfg, params.integration)
+    if name is None:
+        raise Refused(_not_configured(cfg, params.integration) + " and it is not throttled")
+    raise Refused(f"{name} is not throttled: nothing to restore", notice=False)
+
+
+@action(
+    "throttle_sync",
+    resolve=resolve_throttle,
+    resource=_sync_resource,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=30,
+    verify=False,
+)
 def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResult:
     """Sync an integration less often for a while (runbook 000 Shopify 429: SHOPIFY_SYNC_INTERVAL;
     runbook 004 "reduce update frequency temporarily").
@@ -150,7 +222,8 @@ def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResul
     (absent: DEFAULT_SYNC_INTERVAL_SECONDS) by THROTTLE_FACTOR and records the original in
     rem:throttle:<integration>. Throttling a throttled integration never multiplies again;
     it moves the end THROTTLE_SECONDS out. When that passes, api_rate_limits reports
-    api_sync_throttle_expired and restore_sync puts the original back."""
+    api_sync_throttle_expired and restore_sync puts the original back. Only integrations
+    named in REMEDIATION_RATE_LIMITS__ENDPOINTS, only on RATE_LIMITS__REDIS_TARGET."""
     cfg = ctx.settings.rate_limits
     keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
     args = [params.integration, cfg.default_sync_interval_seconds, cfg.throttle_factor,
@@ -169,19 +242,23 @@ def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResul
                                 f" until {detail['restore_at']}")  # fmt: skip
 
 
-@action("restore_sync", resource=_sync_resource, max_per_hour=60)
+@action("restore_sync", resolve=resolve_restore, resource=_sync_resource, max_per_hour=60)
 def restore_sync(ctx: ActionContext, params: RestoreSyncParams) -> ActionResult:
     """Put back the sync interval throttle_sync changed, once its time is up (or force).
 
     Left alone when someone changed the interval since (the record is dropped either way);
     an interval that was absent before the throttle is removed again, so the application's
-    own default applies. Verified by api_rate_limits no longer reporting it as due."""
+    own default applies. A configured endpoint, or any integration still recorded as
+    throttled (made under an older configuration); one that is not throttled is refused
+    quietly. Verified by api_rate_limits no longer reporting it as due."""
     cfg = ctx.settings.rate_limits
     keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
     args = [params.integration, repr(time.time()), "1" if params.force else "0"]
     status, current, original, throttled, absent = lua(
         ctx.redis(params.target), _RESTORE, keys, args
     )
+    if status == "not_throttled":  # restored by another call since the resolve step
+        raise Refused(f"{params.integration} is not throttled: nothing to restore", notice=False)
     detail = {"key": cfg.sync_interval_key, "integration": params.integration,
               "status": status, "before": current or None,
               "original": original or None, "throttled": throttled or None}  # fmt: skip
@@ -191,7 +268,6 @@ def restore_sync(ctx: ActionContext, params: RestoreSyncParams) -> ActionResult:
         "left_alone": f"{params.integration} interval was changed to {current}s since the"
         f" throttle to {throttled}s; left as it is",
         "not_due": f"{params.integration} throttle has not ended yet (use force to end it)",
-        "not_throttled": f"{params.integration} is not throttled",
     }
     if status == "restored":
         detail["after"] = None if absent == "1" else original  # None: absent, app default
@@ -228,8 +304,27 @@ def _fallback_resource(params: SwitchFallbackModelParams) -> str:
     return f"{params.target}/llm-fallback"
 
 
-@action("switch_fallback_model", resource=_fallback_resource, cooldown=timedelta(minutes=10),
-        max_per_hour=6, verify=False)  # fmt: skip
+def resolve_fallback(ctx: CheckContext, params: SwitchFallbackModelParams) -> Resolved:
+    """The rate limits' Redis target and the configured fallback model; a call may name
+    that model, never another one."""
+    cfg = ctx.settings.rate_limits
+    target = _rate_limit_target(ctx, params, f"the model flag {cfg.fallback_key!r}")
+    if params.model is not None and params.model != cfg.fallback_model:
+        raise Refused(
+            f"model {params.model!r} is not REMEDIATION_RATE_LIMITS__FALLBACK_MODEL"
+            f" ({cfg.fallback_model!r}): a call cannot pick another model"
+        )
+    return canonical(params, target=target, model=cfg.fallback_model)
+
+
+@action(
+    "switch_fallback_model",
+    resolve=resolve_fallback,
+    resource=_fallback_resource,
+    cooldown=timedelta(minutes=10),
+    max_per_hour=6,
+    verify=False,
+)
 def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams) -> ActionResult:
     """Put the application on the fallback model for a while (runbook 000 OpenAI 429 /
     insufficient quota: "switch to a fallback model (gpt-3.5-turbo) temporarily").
@@ -237,7 +332,8 @@ def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams)
     Sets REMEDIATION_RATE_LIMITS__FALLBACK_KEY to the model with a TTL of
     FALLBACK_SECONDS; when the key expires the application is back on its primary model,
     with nothing left to undo. Again while it holds: the TTL starts over. A different model
-    already in the flag (an operator's choice) is left alone."""
+    already in the flag (an operator's choice) is left alone. Only FALLBACK_MODEL (a call
+    naming another model is refused), only on RATE_LIMITS__REDIS_TARGET."""
     cfg = ctx.settings.rate_limits
     model = params.model or cfg.fallback_model
     client = ctx.redis(params.target)
@@ -259,13 +355,6 @@ def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams)
 
 class QueueParams(ActionParams):
     """target: always "self", the Celery cluster this worker belongs to."""
-
-    @field_validator("target")
-    @classmethod
-    def _own_cluster(cls, value: str) -> str:
-        if value != "self":
-            raise ValueError("queues are paused on this worker's own Celery cluster: use 'self'")
-        return value
 
 
 class PauseLowPriorityParams(QueueParams):
@@ -329,8 +418,46 @@ def _record(client: Any, queue: str) -> dict[str, str]:
     return {_text(k): _text(v) for k, v in client.hgetall(paused_key(queue)).items()}
 
 
-@action("pause_low_priority", resource=_pause_resource, cooldown=timedelta(minutes=5),
-        max_per_hour=6, verify=False)  # fmt: skip
+def _own_cluster(params: QueueParams) -> str:
+    return self_target(params.target, "queues are paused on this worker's own Celery cluster")
+
+
+def resolve_pause(ctx: CheckContext, params: PauseLowPriorityParams) -> Resolved:
+    """Target "self"; refused when the low-priority queue is the remediation worker's own
+    (nothing could resume it)."""
+    target = _own_cluster(params)
+    queue = ctx.settings.rate_limits.low_priority_queue
+    if queue == _control().conf.task_default_queue:
+        raise Refused(f"{queue!r} is the remediation worker's own queue; nothing could resume it")
+    return canonical(params, target=target)
+
+
+def resolve_resume(ctx: CheckContext, params: ResumeLowPriorityParams) -> Resolved:
+    """Target "self" and the queue: the configured low-priority queue (default) or one
+    pause_low_priority recorded in PAUSED_INDEX. Refused for another queue; quietly when
+    the queue is not paused (nothing to resume)."""
+    target = _own_cluster(params)
+    configured = ctx.settings.rate_limits.low_priority_queue
+    queue = configured if params.queue is None else params.queue
+    state = _state(ctx.settings)
+    if queue != configured and not state.sismember(PAUSED_INDEX, queue):
+        raise Refused(
+            f"queue {queue!r} is neither REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE"
+            f" ({configured!r}) nor one paused by remediation"
+        )
+    if not state.exists(paused_key(queue)):
+        raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)
+    return canonical(params, target=target, queue=queue)
+
+
+@action(
+    "pause_low_priority",
+    resolve=resolve_pause,
+    resource=_pause_resource,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=6,
+    verify=False,
+)
 def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> ActionResult:
     """Stop consuming the low-priority queue for a while (runbook 001 "System Overload:
     reduce load: pause non-critical scraping").
@@ -342,11 +469,9 @@ def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> Ac
     re-adds the consumer on exactly those workers. Run again while paused, it pauses
     workers that started consuming since, without moving the expiry. Never the
     remediation worker's own queue."""
+    resolve_pause(ctx, params)  # no I/O: a direct call is held to it too
     queue = ctx.settings.rate_limits.low_priority_queue
     app = _control()
-    if queue == app.conf.task_default_queue:
-        return ActionResult(ok=False, changed=False, summary=f"refused: {queue!r} is the"
-                            " remediation worker's own queue; nothing could resume it")  # fmt: skip
     state = _state(ctx.settings)
     found = consumers(app, queue)
     existing = _record(state, queue)
@@ -372,7 +497,7 @@ def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> Ac
                                 f" until {detail['resume_at']}")  # fmt: skip
 
 
-@action("resume_low_priority", resource=_pause_resource, max_per_hour=30)
+@action("resume_low_priority", resolve=resolve_resume, resource=_pause_resource, max_per_hour=30)
 def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> ActionResult:
     """Consume the paused queue again on the workers pause_low_priority paused, once due.
 
@@ -383,9 +508,8 @@ def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> 
     queue = params.queue or ctx.settings.rate_limits.low_priority_queue
     state = _state(ctx.settings)
     record = _record(state, queue)
-    if not record:
-        state.srem(PAUSED_INDEX, queue)
-        return ActionResult(changed=False, summary=f"{queue!r} is not paused by remediation")
+    if not record:  # resumed by another call since the resolve step
+        raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)
     if not params.force and not due(record, time.time()):
         return ActionResult(changed=False, summary=f"{queue!r} stays paused until"
                             f" {_iso(record['expires_at'])} (use force to resume now)")  # fmt: skip

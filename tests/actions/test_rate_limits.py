@@ -3,6 +3,7 @@ queue, against a real redis-server and (for the queue) a real Celery worker proc
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,11 @@ from remediation.actions.rate_limits import (
     ThrottleSyncParams,
     pause_low_priority,
     paused_key,
+    resolve_fallback,
+    resolve_pause,
+    resolve_restore,
+    resolve_resume,
+    resolve_throttle,
     restore_sync,
     resume_low_priority,
     switch_fallback_model,
@@ -35,16 +41,27 @@ from remediation.checks.rate_limits import (
     celery_paused_queues,
 )
 from remediation.context import ActionContext, CheckContext
-from remediation.errors import ConfigError
+from remediation.errors import ConfigError, Refused
+from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.runner import Runner
 from remediation.testing import RedisServer, WorkerProcess, wait_for
 from tests.conftest import process_env
+from tests.test_runner import Recorder
 
 INTERVALS = "sync:interval"
 
 
 def act(s: Any) -> ActionContext:
     return ActionContext(s, get_logger())
+
+
+def check(s: Any) -> CheckContext:
+    return CheckContext(s, get_logger())
+
+
+def endpoints(*names: str) -> str:
+    return json.dumps([{"name": n, "url": "http://127.0.0.1:1/"} for n in names])
 
 
 def expire(r: redis.Redis, key: str) -> None:
@@ -129,14 +146,122 @@ def test_fallback_model_flag_expires_by_itself_and_is_idempotent(
 def test_queue_actions_only_act_on_the_own_cluster_and_never_its_own_queue(
     settings_env: Any, r: redis.Redis
 ) -> None:
-    """target must be "self"; pausing the remediation worker's own queue is refused."""
-    with pytest.raises(ValidationError, match="use 'self'"):
-        PauseLowPriorityParams(target="app")
+    """target must be "self" (any case); pausing the remediation worker's own queue is
+    refused by the resolve step even when configuration slipped past the settings check."""
+    s = settings_env()
+    with pytest.raises(Refused, match="always 'self'"):
+        resolve_pause(check(s), PauseLowPriorityParams(target="app"))
+    with pytest.raises(Refused, match="always 'self'"):
+        resolve_resume(check(s), ResumeLowPriorityParams(target="app"))
+    assert resolve_pause(check(s), PauseLowPriorityParams(target="SELF")).params.target == "self"
     with pytest.raises(ValidationError, match="use 'self'"):
         PausedQueuesParams(target="app")
     with pytest.raises(ConfigError, match=r"LOW_PRIORITY_QUEUE.*own queue"):
         settings_env(REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE="celery")
+    own = s.rate_limits.model_copy(update={"low_priority_queue": "celery"})
+    with pytest.raises(Refused, match="remediation worker's own queue"):
+        resolve_pause(check(s.model_copy(update={"rate_limits": own})), PauseLowPriorityParams())
     assert not r.exists(paused_key("celery"))
+
+
+def test_throttle_only_configured_endpoints_in_their_configured_spelling(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """'SHOPIFY' is the configured 'Shopify': its field is throttled once and 'shopify' is
+    held by the same cooldown; an integration that is not configured is refused and its
+    field never written; only one use of the budget is spent."""
+    s = settings_env(REMEDIATION_RATE_LIMITS__ENDPOINTS=endpoints("Shopify", "openai"))
+    runner = Runner(s, Recorder())
+    outcomes = [
+        runner.run_action("throttle_sync", {"integration": name})
+        for name in ("SHOPIFY", "shopify", "coingecko")
+    ]
+    assert [o.outcome for o in outcomes] == ["succeeded", "suppressed", "refused"]
+    assert "REMEDIATION_RATE_LIMITS__ENDPOINTS" in outcomes[2].reason
+    assert r.hgetall(INTERVALS) == {b"Shopify": b"600"}
+    assert r.smembers(THROTTLE_INDEX) == {b"Shopify"}
+    assert r.zcard(keys.budget("throttle_sync")) == 1
+
+
+def test_restore_undoes_an_old_throttle_and_refuses_when_nothing_is_throttled(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """A throttle recorded under an older configuration (its integration no longer an
+    endpoint) is still restored, by any case variant; a configured endpoint that is not
+    throttled is refused quietly (no notice); an unknown one is refused with a notice."""
+    s = settings_env(REMEDIATION_RATE_LIMITS__ENDPOINTS=endpoints("Shopify"))
+    throttle_sync(act(s), ThrottleSyncParams(integration="legacy"))  # an older configuration
+    resolved = resolve_restore(check(s), RestoreSyncParams(integration="LEGACY")).params
+    assert resolved.integration == "legacy"
+    sent = Recorder()
+    runner = Runner(s, sent)
+    done = runner.run_action("restore_sync", {"integration": "LEGACY", "force": True})
+    assert (done.outcome, done.result and done.result["detail"]["status"]) == (
+        "succeeded",
+        "restored",
+    )
+    assert r.hget(INTERVALS, "legacy") is None and r.smembers(THROTTLE_INDEX) == set()
+    quiet = runner.run_action("restore_sync", {"integration": "shopify"})
+    assert (
+        quiet.outcome == "refused"
+        and quiet.reason == "Shopify is not throttled: nothing to restore"
+    )
+    assert sent.sent == []
+    loud = runner.run_action("restore_sync", {"integration": "legacy"})
+    assert loud.outcome == "refused" and "not a configured rate-limit endpoint" in loud.reason
+    assert [k["kind"] for _, k, _ in sent.sent] == ["action_refused"]
+    assert r.zcard(keys.budget("restore_sync")) == 1
+
+
+def test_rate_limit_actions_only_on_the_rate_limit_redis(
+    settings_env: Any, r: redis.Redis, redis_server: RedisServer
+) -> None:
+    """Throttle, restore and the fallback flag act only on RATE_LIMITS__REDIS_TARGET, named
+    as configured; the fallback model is the configured one, never a caller's pick."""
+    s = settings_env(
+        REMEDIATION_REDIS_TARGETS=json.dumps(
+            {"Api": redis_server.url(0), "cache": redis_server.url(3)}
+        ),
+        REMEDIATION_RATE_LIMITS__REDIS_TARGET="Api",
+        REMEDIATION_RATE_LIMITS__ENDPOINTS=endpoints("shopify"),
+    )
+    ctx = check(s)
+    cases: list[tuple[Any, Any]] = [
+        (resolve_throttle, ThrottleSyncParams(target="cache", integration="shopify")),
+        (resolve_restore, RestoreSyncParams(target="cache", integration="shopify")),
+        (resolve_fallback, SwitchFallbackModelParams(target="cache")),
+    ]
+    for resolve, params in cases:
+        with pytest.raises(Refused, match="lives on Redis target 'Api', not 'cache'"):
+            resolve(ctx, params)
+    model = resolve_fallback(ctx, SwitchFallbackModelParams(target="API")).params
+    assert (model.target, model.model) == ("Api", "gpt-3.5-turbo")
+    runner = Runner(s, Recorder())
+    picked = runner.run_action("switch_fallback_model", {"target": "api", "model": "gpt-4o"})
+    assert picked.outcome == "refused" and "FALLBACK_MODEL" in picked.reason
+    assert r.get("llm:fallback_model") is None
+    first = runner.run_action("switch_fallback_model", {"target": "api"})
+    again = runner.run_action("switch_fallback_model", {"target": "API", "model": "gpt-3.5-turbo"})
+    assert (first.outcome, again.outcome) == ("succeeded", "suppressed")
+    assert r.get("llm:fallback_model") == b"gpt-3.5-turbo"
+
+
+def test_resume_only_the_configured_or_a_paused_queue(settings_env: Any, r: redis.Redis) -> None:
+    """resume names the configured low-priority queue (default) or one recorded as paused;
+    another queue is refused; a queue that is not paused is refused quietly."""
+    s = settings_env()
+    ctx = check(s)
+    with pytest.raises(Refused, match="neither REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE"):
+        resolve_resume(ctx, ResumeLowPriorityParams(queue="payments"))
+    with pytest.raises(Refused, match="'low_priority' is not paused") as quiet:
+        resolve_resume(ctx, ResumeLowPriorityParams())
+    assert quiet.value.notice is False
+    r.hset(paused_key("bulk"), mapping={"workers": "[]", "expires_at": "0"})
+    r.sadd(PAUSED_INDEX, "bulk")
+    assert resolve_resume(ctx, ResumeLowPriorityParams(queue="bulk")).params.queue == "bulk"
+    r.hset(paused_key("low_priority"), mapping={"workers": "[]", "expires_at": "0"})
+    resolved = resolve_resume(ctx, ResumeLowPriorityParams(target="Self")).params
+    assert (resolved.target, resolved.queue) == ("self", "low_priority")
 
 
 # --- a real worker consuming celery and low_priority -----------------------------------------
