@@ -92,6 +92,13 @@ def _find(ctx: CheckContext, ref: str) -> Any:
     return container
 
 
+def _history(ctx: CheckContext, saved: dict[str, str], now: float | None = None) -> list[float]:
+    """Restart times within the flap window."""
+    now = _now(ctx) if now is None else now
+    window = ctx.settings.containers.flap_window_seconds
+    return [t for t in json.loads(saved.get("history", "[]")) if now - t < window]
+
+
 def _due(ctx: CheckContext, name: str, saved: dict[str, str]) -> None:
     """Deferred while the container's back-off runs (CrashLoopBackOff)."""
     next_at = float(saved.get("next_at", 0))
@@ -113,7 +120,8 @@ def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
     health = (docker_client.state(container).get("Health") or {}).get("Status")
     if container.status == "running" and health != "unhealthy":
         raise Refused(f"{name} is running", notice=False)
-    _due(ctx, name, saved)
+    if len(_history(ctx, saved)) < ctx.settings.containers.flap_max_restarts:
+        _due(ctx, name, saved)  # at the flap limit the action gives up now, not after the wait
     facts = {"id": container.id, "status": container.status, "health": health}
     return canonical(params, facts, container=name)
 
@@ -147,9 +155,7 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
     if container.status == "running" and health != "unhealthy":
         raise Refused(f"{name} is running", notice=False)
     now = _now(ctx)
-    history = [
-        t for t in json.loads(saved.get("history", "[]")) if now - t < cfg.flap_window_seconds
-    ]
+    history = _history(ctx, saved, now)
     if len(history) >= cfg.flap_max_restarts:
         return _give_up(ctx, name, key, now, history)
     _due(ctx, name, saved)

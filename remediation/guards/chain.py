@@ -141,7 +141,11 @@ class GuardChain:
     ) -> Admission:  # fmt: skip
         """Every guard in order, atomically; the first refusal wins."""
         g, b, gs = self.spec.guards, self.settings.breaker, self.settings.guards
-        budget, flap, blast = self.budget(), self.flap_limit(), self.blast_cap()
+        budget, flap = self.budget(), self.flap_limit()
+        # The cap is checked (and units reserved) at admission only for an action that always
+        # needs units (it declared upfront units); one that may act without any (the give-up
+        # of restart_container) takes them as it goes (ctx.reserve) and defers when refused.
+        blast = self.blast_cap() if upfront is not None else None
         breaker = self.breaker_name(target) if g.breaker else ""
         adm = Admission(
             False, "", lock_token=f"{uuid.uuid4().hex}@{_HOLDER}:{os.getpid()}" if g.lock else "",

@@ -88,13 +88,18 @@ def test_blast_radius_is_shared_by_every_process(redis_server: Any, r: redis.Red
     for p in procs:
         p.join(timeout=30)
     assert granted == 27
-    adm = chain.admit("t", "t/z", "kz", "tz")
+    adm = chain.admit("t", "t/z", "kz", "tz", upfront=3)
     assert (adm.decision, adm.guard, adm.reason) == (
         "suppressed", "blast", "blast-radius cap reached (37/37 units in the window)"
     )  # fmt: skip
+    # an action without upfront units may act without any (a give-up): admitted, and its
+    # own reservation gets nothing
+    free = chain.admit("t", "t/y", "ky", "ty")
+    assert free.admitted and chain.reserve(1, "give-up") == 0
+    chain.abandon(free, "t", "t/y")
     chain.refund("mine", 10, 5)  # the grant shrinks in place
-    assert chain.admit("t", "t/z", "kz", "tz").admitted
-    assert chain.reserve(10, "more") == 5
+    assert chain.admit("t", "t/z", "kz", "tz", upfront=3).admitted
+    assert chain.reserve(10, "more") == 2
 
 
 def test_admission_reserves_upfront_and_completion_gives_back(r: redis.Redis) -> None:
