@@ -6,6 +6,10 @@ Layout under ``REMEDIATION_BACKUP__DIR``::
     <target>/<target>-YYYYmmddTHHMMSSZ.dump.json    its manifest: checksum, row counts, verification
     files/files-YYYYmmddTHHMMSSZ.tar.gz             backup_files archive (+ .sha256, .json)
 
+Every manifest carries an "hmac" (remediation.signing, domain "manifest", key
+REMEDIATION_SIGNING_KEY) over everything else in it. A manifest without one, or whose mac
+does not match, is not trusted: its checksum, row counts and verification mean nothing.
+
 Nothing else is ever deleted: retention only removes regular files whose names match these
 patterns, inside these folders. Work in progress is written to a hidden ``.<name>.partial``
 and renamed into place, so a half-written dump never looks like a backup.
@@ -23,10 +27,9 @@ import shutil
 import stat
 import subprocess
 import tempfile
-import threading
 import uuid
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -34,6 +37,7 @@ from typing import IO, Any
 import psycopg
 from psycopg import sql
 
+from remediation import signing
 from remediation.errors import RemediationError
 from remediation.filelock import file_lock
 from remediation.redact import redact_text
@@ -114,7 +118,45 @@ def partial_path(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
-# --- PostgreSQL client tools --------------------------------------------------------------
+# --- PostgreSQL client tools and their environment ----------------------------------------
+
+CHILD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+"""PATH of every child tool (they are started by absolute path; this is for what they run)."""
+CHILD_LOCALE = "C.UTF-8"
+"""The tools' locale: messages in English whatever the worker's LANG (C when not installed)."""
+LIBPQ_FROM_WORKER = tuple(
+    (
+        "PGHOST PGHOSTADDR PGPORT PGUSER PGOPTIONS PGSSLMODE PGREQUIRESSL "
+        "PGSSLNEGOTIATION PGSSLCERT PGSSLKEY PGSSLCERTMODE PGSSLROOTCERT PGSSLCRL "
+        "PGSSLCRLDIR PGSSLSNI PGSSLMINPROTOCOLVERSION PGSSLMAXPROTOCOLVERSION "
+        "PGREQUIREPEER PGREQUIREAUTH PGCHANNELBINDING PGGSSENCMODE PGKRBSRVNAME PGGSSLIB "
+        "PGGSSDELEGATION PGPASSFILE PGSERVICE PGSERVICEFILE PGSYSCONFDIR "
+        "PGTARGETSESSIONATTRS PGLOADBALANCEHOSTS"
+    ).split()
+)
+"""libpq variables the worker's own connections follow (where, TLS, GSSAPI, password and
+service files: names, never secrets), so a tool connects as the worker does: without them an
+operator's PGSSLMODE=verify-full would silently not apply to pg_dump. Never PGPASSWORD: a
+tool's password comes from the configured DSN only."""
+HIDDEN_KEYWORDS = ("sslpassword",)
+"""Secret conninfo keywords libpq reads from no variable: handed over in a private service
+file, never on the command line."""
+_SERVICE = "remediation"
+
+
+def child_env(extra: Mapping[str, str] | None = None, *, connects: bool = True) -> dict[str, str]:
+    """The whole environment of a child tool, built from scratch: PATH, a locale, HOME and
+    TMPDIR (libpq finds ~/.pgpass and ~/.postgresql/ through HOME), for a tool that
+    ``connects`` the libpq variables in LIBPQ_FROM_WORKER, then ``extra``. Never a copy of
+    os.environ: the worker's settings (REMEDIATION_*: DSNs, keys, tokens) and anything else
+    in it stay out of the tools."""
+    env = {"PATH": CHILD_PATH, "LC_ALL": CHILD_LOCALE, "LANG": CHILD_LOCALE}
+    for name in ("HOME", "TMPDIR", *(LIBPQ_FROM_WORKER if connects else ())):
+        value = os.environ.get(name)
+        if value is not None:
+            env[name] = value
+    env.update(extra or {})
+    return env
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -133,7 +175,12 @@ def find_tool(name: str) -> str:
     if pg_config:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
             out = subprocess.run(
-                [pg_config, "--bindir"], capture_output=True, text=True, timeout=10, check=True
+                [pg_config, "--bindir"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=True,
+                env=child_env(connects=False),
             )
             candidates.append(Path(out.stdout.strip()) / name)
     versions = Path("/usr/lib/postgresql").glob(f"*/bin/{name}")
@@ -151,34 +198,68 @@ def find_tool(name: str) -> str:
 @functools.cache
 def tool_version(path: str) -> str:
     """`pg_dump --version`, e.g. 'pg_dump (PostgreSQL) 15.20'."""
-    out = subprocess.run([path, "--version"], capture_output=True, text=True, timeout=30)
+    out = subprocess.run(
+        [path, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=child_env(connects=False),
+    )
     return out.stdout.strip() or out.stderr.strip()
 
 
 @dataclass(frozen=True)
 class Libpq:
-    """How a child tool reaches a database: a conninfo without the password for its
-    command line (visible in ps), and an environment carrying PGPASSWORD."""
+    """How a child tool reaches a database: a conninfo without secrets for its command line
+    (visible in ps), the tool's whole environment (child_env() plus PGPASSWORD and
+    PGOPTIONS from the DSN) and ``hidden`` secrets that have no variable (sslpassword)."""
 
     conninfo: str
     env: dict[str, str]
+    hidden: dict[str, str] = field(default_factory=dict, repr=False)
 
     def arg(self) -> str:
         return f"--dbname={self.conninfo}"
 
+    @contextlib.contextmanager
+    def environment(self, **extra: str) -> Iterator[dict[str, str]]:
+        """The tool's environment for one run (``extra`` added); hidden secrets go into a
+        service file readable by us only, deleted when the block ends."""
+        env = {**self.env, **extra}
+        if not self.hidden:
+            yield env
+            return
+        with tempfile.TemporaryDirectory(prefix="rem-libpq-") as tmp:
+            path = Path(tmp) / "pg_service.conf"
+            with os.fdopen(private_file(path), "w", encoding="utf-8") as f:
+                f.write(f"[{_SERVICE}]\n" + "".join(f"{k}={v}\n" for k, v in self.hidden.items()))
+            yield {**env, "PGSERVICEFILE": str(path), "PGSERVICE": _SERVICE}
+
 
 def libpq(dsn: str, *, connect_timeout: int, dbname: str | None = None) -> Libpq:
+    """What a child tool needs to connect where ``dsn`` points (optionally to another
+    database of the same server), with the password in PGPASSWORD, never in argv."""
     info = {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
-    password = info.pop("password", None)
+    extra = {"PGPASSWORD": info.pop("password")} if "password" in info else {}
+    if "options" in info:  # as a variable, so PGOPTIONS added for one run compose with it
+        extra["PGOPTIONS"] = info.pop("options")
+    hidden = {k: info.pop(k) for k in HIDDEN_KEYWORDS if k in info}
+    env = child_env(extra)
+    if hidden and (
+        "service" in info
+        or "PGSERVICE" in env
+        or any(set(v) & {"\n", "\r"} for v in hidden.values())
+    ):
+        raise BackupError(
+            "the DSN's sslpassword cannot be handed to pg_dump/pg_restore along with a"
+            " service (service=, PGSERVICE) or with a line break in it",
+            "tools",
+        )
     info.setdefault("connect_timeout", str(connect_timeout))
     info["application_name"] = "remediation-backup"
     if dbname is not None:
         info["dbname"] = dbname
-    # the worker's own settings (audit DSN, broker URL ...) are none of the tool's business
-    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-    if password is not None:
-        env["PGPASSWORD"] = password
-    return Libpq(psycopg.conninfo.make_conninfo(**info), env)
+    return Libpq(psycopg.conninfo.make_conninfo(**info), env, hidden)
 
 
 def with_dbname(dsn: str, dbname: str) -> str:
@@ -188,10 +269,18 @@ def with_dbname(dsn: str, dbname: str) -> str:
     return psycopg.conninfo.make_conninfo(**info)
 
 
-def spawn(argv: list[str], env: dict[str, str], stderr: IO[bytes]) -> subprocess.Popen[bytes]:
-    """The one place a backup tool is started: an argv list, never a shell."""
+def spawn(
+    argv: list[str], env: dict[str, str], stderr: IO[bytes], pass_fds: Sequence[int] = ()
+) -> subprocess.Popen[bytes]:
+    """The one place a backup tool is started: an argv list, never a shell; ``env`` is its
+    whole environment (nothing of ours is inherited); only ``pass_fds`` stay open in it."""
     return subprocess.Popen(
-        argv, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr
+        argv,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        pass_fds=tuple(pass_fds),
     )
 
 
@@ -200,11 +289,19 @@ class Child:
 
     Use as a context manager: leaving the block kills the tool if it is still running."""
 
-    def __init__(self, step: str, argv: list[str], env: dict[str, str], *, nice: int = 0) -> None:
+    def __init__(
+        self,
+        step: str,
+        argv: list[str],
+        env: dict[str, str],
+        *,
+        nice: int = 0,
+        pass_fds: Sequence[int] = (),
+    ) -> None:
         self.step, self.tool = step, Path(argv[0]).name
         self.err = tempfile.TemporaryFile()
         try:
-            self.proc = spawn(argv, env, self.err)
+            self.proc = spawn(argv, env, self.err, pass_fds)
         except BaseException:
             self.err.close()
             raise
@@ -249,15 +346,38 @@ class Child:
 # --- files: checksums, JSON, locks --------------------------------------------------------
 
 
-def sha256_file(path: Path, cancel: threading.Event | None = None) -> str:
-    """Streamed sha256 of a file (1 MiB at a time; hashlib releases the GIL meanwhile)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            if cancel is not None and cancel.is_set():
-                raise BackupError("checksum cancelled", "checksum")
-            digest.update(chunk)
+def sha256_fd(fd: int) -> str:
+    """Streamed sha256 of an open file from its start, 1 MiB at a time (pread: the file's
+    offset is left alone; hashlib releases the GIL meanwhile)."""
+    digest, offset = hashlib.sha256(), 0
+    while chunk := os.pread(fd, CHUNK, offset):
+        digest.update(chunk)
+        offset += len(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    """Streamed sha256 of a file (not followed if it is a symlink)."""
+    with open_dump(path) as fd:
+        return sha256_fd(fd)
+
+
+@contextlib.contextmanager
+def open_dump(path: Path) -> Iterator[int]:
+    """A backup file opened once, read-only, never through a symlink (O_NOFOLLOW), as a file
+    descriptor. Whoever checks it and whoever reads it then use this same open file
+    (children through pass_fds and /dev/fd/N), so a file put in its place afterwards is
+    never read. BackupError (step "checksum") when it cannot be opened or is not a file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise BackupError(f"cannot open {path.name}: {exc.strerror or exc}", "checksum") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise BackupError(f"{path.name} is not a regular file", "checksum")
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def private_file(path: Path) -> int:
@@ -308,6 +428,45 @@ def read_json(path: Path) -> dict[str, Any]:
     return data
 
 
+# --- manifests: authenticated --------------------------------------------------------------
+
+
+def seal(manifest: Mapping[str, Any], key: bytes) -> dict[str, Any]:
+    """The manifest as written: its JSON form (what a reader gets back) plus "hmac", the
+    signature over everything else (domain "manifest")."""
+    body = json.loads(json.dumps({k: v for k, v in manifest.items() if k != "hmac"}, default=str))
+    return {**body, "hmac": signing.sign(key, "manifest", body)}
+
+
+def write_manifest(path: Path, manifest: Mapping[str, Any], key: bytes) -> dict[str, Any]:
+    """Sign and write a manifest atomically; returns it as written."""
+    sealed = seal(manifest, key)
+    write_json(path, sealed)
+    return sealed
+
+
+def read_manifest(path: Path, key: bytes) -> dict[str, Any]:
+    """A manifest whose "hmac" matches; BackupError (step "manifest") when it is missing,
+    unreadable, carries no mac or a mac that does not match: then nothing in it is trusted."""
+    data = read_json(path)
+    mac = data.get("hmac")
+    body = {k: v for k, v in data.items() if k != "hmac"}
+    if mac is None:
+        raise BackupError(
+            f"manifest {path.name} is not authenticated: it has no hmac (written without"
+            " REMEDIATION_SIGNING_KEY, or before manifests were signed); not trusted",
+            "manifest",
+        )
+    if not signing.valid(key, "manifest", body, mac):
+        raise BackupError(
+            f"manifest {path.name} is not authenticated: its hmac does not match (edited"
+            " after it was written, or signed with another REMEDIATION_SIGNING_KEY); not"
+            " trusted",
+            "manifest",
+        )
+    return body
+
+
 @contextlib.contextmanager
 def folder_lock(directory: Path) -> Iterator[bool]:
     """An exclusive flock on <directory>/.lock, not waiting: yields False if another process
@@ -335,7 +494,9 @@ def remove_ours(path: Path, pattern: re.Pattern[str], folder: Path) -> bool:
 
 @dataclass(frozen=True)
 class Backup:
-    """One dump on disk with its manifest (None, with ``error``, when unreadable)."""
+    """One dump on disk with its authenticated manifest (None, with ``error``, when it is
+    missing, unreadable or not authenticated: then the dump counts as neither verified nor
+    awaiting verification)."""
 
     path: Path
     taken_at: datetime
@@ -364,8 +525,9 @@ class Backup:
         return round((at - self.taken_at).total_seconds() / 3600, 2)
 
 
-def list_backups(directory: Path, target: str) -> list[Backup]:
-    """Dumps of a target in its folder, newest first. A missing folder means none."""
+def dump_files(directory: Path, target: str) -> list[tuple[Path, datetime]]:
+    """(path, taken at) of a target's dumps in its folder, newest first, without reading
+    anything but the folder (regular files only). A missing folder means none."""
     pattern = dump_pattern(target)
     found = []
     try:
@@ -374,24 +536,32 @@ def list_backups(directory: Path, target: str) -> list[Backup]:
         return []
     for entry in entries:
         match = pattern.match(entry.name)
-        if not match or not entry.is_file(follow_symlinks=False):
-            continue
-        path = Path(entry.path)
+        if match and entry.is_file(follow_symlinks=False):
+            found.append((Path(entry.path), parse_stamp(match.group(1))))
+    return sorted(found, key=lambda found: found[1], reverse=True)
+
+
+def list_backups(directory: Path, target: str, key: bytes) -> list[Backup]:
+    """Dumps of a target in its folder with their manifests, checked with ``key``, newest
+    first. A missing folder means none."""
+    found = []
+    for path, taken_at in dump_files(directory, target):
         try:
-            manifest, error = read_json(manifest_path(path)), ""
+            manifest, error = read_manifest(manifest_path(path), key), ""
         except BackupError as exc:
             manifest, error = None, str(exc)
-        found.append(Backup(path, parse_stamp(match.group(1)), manifest, error))
-    return sorted(found, key=lambda b: b.taken_at, reverse=True)
+        found.append(Backup(path, taken_at, manifest, error))
+    return found
 
 
 @dataclass(frozen=True)
 class Retention:
     """Grandfather-father-son: the newest backup of each of the last N days, ISO weeks and
     months that have one (as restic's --keep-daily/weekly/monthly: a pause in backups does
-    not make old ones expire). Within a period a backup that failed verification is passed
-    over for an older one that did not. The newest backup and the newest verified one are
-    always kept."""
+    not make old ones expire). Within a period a backup that failed verification, or whose
+    manifest is not authenticated, is passed over for an older one that is verified or
+    awaiting verification. The newest backup and the newest verified one (authenticated
+    manifests only) are always kept."""
 
     daily: int
     weekly: int
@@ -416,17 +586,20 @@ def plan_retention(backups: Sequence[Backup], policy: Retention) -> set[str]:
         for b in ordered:
             buckets.setdefault(period(b.taken_at), []).append(b)
         for members in list(buckets.values())[:count]:
-            keep.add(next((b for b in members if b.status != "failed"), members[0]).name)
+            keep.add(min(members, key=lambda b: _RANK[b.status]).name)  # first of the best
     return keep
 
 
+_RANK = {"verified": 0, "unverified": 0, "no_manifest": 1, "failed": 2}
+
+
 def apply_retention(
-    directory: Path, target: str, policy: Retention, *, stale_seconds: float
+    directory: Path, target: str, policy: Retention, *, key: bytes, stale_seconds: float
 ) -> dict[str, Any]:
     """Delete the dumps (and manifests) the policy does not keep, oldest first, at most
     policy.max_deletions per run; also leftovers of crashed runs older than stale_seconds.
     A file that cannot be deleted is reported in "errors": the new backup stays good."""
-    backups = list_backups(directory, target)
+    backups = list_backups(directory, target, key)
     keep = plan_retention(backups, policy)
     doomed = [b for b in reversed(backups) if b.name not in keep]
     pattern = ours_pattern(target)

@@ -16,16 +16,18 @@ from datetime import timedelta
 from pathlib import Path
 from typing import IO, Any, cast
 
-from remediation import backups
+from remediation import backups, resolve, signing
 from remediation.actions.backups import (
     DUMP_TIMEOUT,
     MAX_DELETIONS_PER_RUN,
     busy,
     retention_note,
+    signing_key,
     stale_after,
 )
 from remediation.backups import BackupError
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
@@ -35,8 +37,30 @@ class BackupFilesParams(ActionParams):
     """No options: what to archive is REMEDIATION_BACKUP__FILE_PATHS."""
 
 
+def _something_to_archive(paths: list[str]) -> None:
+    """Refused when REMEDIATION_BACKUP__FILE_PATHS is empty (nobody needs to hear: nothing
+    is configured) or names only paths that do not exist (a configuration to fix)."""
+    if not paths:
+        raise Refused("nothing to archive: REMEDIATION_BACKUP__FILE_PATHS is empty", notice=False)
+    if not any(os.path.lexists(os.path.abspath(raw)) for raw in paths):
+        raise Refused(
+            f"nothing to archive: none of the {len(paths)} REMEDIATION_BACKUP__FILE_PATHS"
+            f" exist ({', '.join(paths[:3])}{' ...' if len(paths) > 3 else ''})"
+        )
+
+
+def resolve_files(ctx: CheckContext, params: BackupFilesParams) -> Resolved:
+    """Target 'self' (this worker's own files, named by configuration); Refused when there
+    is nothing to archive or no key to sign the manifest with."""
+    target = resolve.self_target(params.target, "backup_files")
+    _something_to_archive(ctx.settings.backup.file_paths)
+    signing_key(ctx)
+    return resolve.canonical(params, target=target)
+
+
 @action(
     "backup_files",
+    resolve=resolve_files,
     resource=lambda p: "files",
     timeout=timedelta(hours=1),
     cooldown=timedelta(hours=1),
@@ -50,17 +74,14 @@ def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
     symlinks are stored as links and never followed; SQLite databases are copied with
     SQLite's online backup (a consistent copy while the application writes), so their
     -wal/-shm files are left out. A path that does not exist is reported, not fatal.
-    Writes a .sha256 (sha256sum -c) and a manifest; keeps KEEP_FILE_ARCHIVES archives."""
-    cfg = ctx.settings.backup
-    if not cfg.file_paths:
-        return ActionResult(
-            ok=False, changed=False, summary="nothing to archive: REMEDIATION_BACKUP__FILE_PATHS"
-            " is empty",
-        )  # fmt: skip
+    Writes a .sha256 (sha256sum -c) and a signed manifest; keeps KEEP_FILE_ARCHIVES
+    archives. Nothing configured, or none of the paths there: refused, not failed."""
+    cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
+    _something_to_archive(cfg.file_paths)
     folder = backups.files_dir(cfg.dir)
     with backups.folder_lock(folder) as mine:
         if not mine:
-            return busy(folder)
+            raise busy(folder)
         created, clock = backups.now(), time.monotonic()
         final = folder / f"files-{backups.stamp(created)}.tar.gz"
         if final.exists():
@@ -71,13 +92,10 @@ def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
             report = Archiver(folder, Path(os.path.realpath(cfg.dir))).write(
                 partial, cfg.file_paths
             )
-            if report.entries == 0:
+            if report.entries == 0:  # gone since the resolve step: nothing was changed
                 partial.unlink()
-                return ActionResult(
-                    ok=False, changed=False, detail=report.as_dict(),
-                    summary=f"nothing archived: none of the {len(cfg.file_paths)} paths exist",
-                )  # fmt: skip
-            manifest = _seal(final, partial, report, created, clock)
+                raise Refused(f"nothing archived: none of the {len(cfg.file_paths)} paths exist")
+            manifest = _seal(final, partial, report, created, clock, key)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -97,12 +115,12 @@ def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
 
 
 def _seal(
-    final: Path, partial: Path, report: Archive, created: Any, clock: float
+    final: Path, partial: Path, report: Archive, created: Any, clock: float, key: bytes
 ) -> dict[str, Any]:
     """Checksum file and manifest first, then the archive is renamed into place."""
     backups.fsync_file(partial)
     digest = backups.sha256_file(partial)
-    manifest = {
+    manifest: dict[str, Any] = {
         "format": backups.MANIFEST_FORMAT,
         "kind": "files",
         "file": final.name,
@@ -117,7 +135,7 @@ def _seal(
     tmp.write_text(f"{digest}  {final.name}\n")
     backups.fsync_file(tmp)
     os.replace(tmp, sums)
-    backups.write_json(final.with_name(final.name + ".json"), manifest)
+    manifest = backups.write_manifest(final.with_name(final.name + ".json"), manifest, key)
     os.replace(partial, final)
     backups.fsync_dir(final.parent)
     return manifest

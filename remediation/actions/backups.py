@@ -10,7 +10,6 @@ REMEDIATION_BACKUP__* (see remediation/backups.py for the layout).
 from __future__ import annotations
 
 import os
-import threading
 import time
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -21,10 +20,11 @@ from typing import Any
 import psycopg
 from pydantic import Field, model_validator
 
-from remediation import backups
+from remediation import backups, resolve, signing
 from remediation.backups import BackupError, Child
 from remediation.clients import pg
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext, Resolved
+from remediation.errors import ConfigError, Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
@@ -63,17 +63,51 @@ def stale_after(cfg: BackupSettings, limit: timedelta) -> float:
     return max(limit.total_seconds(), 2.0 * cfg.timeout_seconds) + 3600
 
 
-def busy(folder: Path) -> ActionResult:
-    """The answer when another backup job holds the folder's lock."""
-    return ActionResult(
-        ok=True, changed=False, summary=f"skipped: another backup job holds {folder}/.lock"
-    )
+def busy(folder: Path) -> Deferred:
+    """Raised when another backup job holds the folder's lock: not now, nothing spent."""
+    return Deferred(f"another backup job holds {folder}/.lock")
+
+
+def signing_key(ctx: CheckContext) -> bytes:
+    """The manifest key; Refused naming REMEDIATION_SIGNING_KEY when it is not configured
+    (a backup whose manifest cannot be authenticated is not worth taking)."""
+    try:
+        return signing.key_of(ctx.settings)
+    except ConfigError as exc:
+        raise Refused(str(exc)) from None
+
+
+def resolve_database(ctx: CheckContext, params: Any) -> Resolved:
+    """The configured PostgreSQL target as configured (its folder, lock and guards)."""
+    signing_key(ctx)
+    return resolve.postgres(ctx, params)
+
+
+def resolve_verify(ctx: CheckContext, params: VerifyBackupParams) -> Resolved:
+    """The configured target, and the dump to verify among its backups (default the newest,
+    named in the canonical params); Refused when there is none or the named one is not
+    there. Reads the folder only."""
+    target = resolve_database(ctx, params).params.target
+    folder = backups.target_dir(ctx.settings.backup.dir, target)
+    names = [path.name for path, _ in backups.dump_files(folder, target)]
+    if not names:
+        raise Refused(f"no backups of {target!r} in {folder}")
+    if params.file is not None and params.file not in names:
+        raise Refused(f"{params.file} is not among the backups of {target!r} in {folder}")
+    file = params.file or names[0]
+    return resolve.canonical(params, {"dir": str(folder)}, target=target, file=file)
 
 
 # --- backup_database ----------------------------------------------------------------------
 
 
-@action("backup_database", timeout=DUMP_TIMEOUT, cooldown=timedelta(hours=1), max_per_hour=4)
+@action(
+    "backup_database",
+    resolve=resolve_database,
+    timeout=DUMP_TIMEOUT,
+    cooldown=timedelta(hours=1),
+    max_per_hour=4,
+)
 def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionResult:
     """pg_dump -Fc of the target into REMEDIATION_BACKUP__DIR/<target>/, then retention.
 
@@ -84,19 +118,20 @@ def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionR
     pg_dump reads (so verify_backup can compare a restore with it). The password travels in
     PGPASSWORD, never on the command line. Retention keeps the newest backup of each of the
     last KEEP_DAILY days, KEEP_WEEKLY ISO weeks and KEEP_MONTHLY months, never the newest
-    nor the newest verified one, and deletes only our own dump files."""
-    cfg = ctx.settings.backup
+    nor the newest verified one, and deletes only our own dump files. The manifest is
+    signed (HMAC, REMEDIATION_SIGNING_KEY); one that does not match is never trusted."""
+    cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
     dsn = ctx.postgres_dsn(params.target)
     folder = backups.target_dir(cfg.dir, params.target)
     with backups.folder_lock(folder) as mine:
         if not mine:
-            return busy(folder)
-        manifest = _dump(ctx, params.target, dsn, folder)
+            raise busy(folder)
+        manifest = _dump(ctx, params.target, dsn, folder, key)
         policy = backups.Retention(
             cfg.keep_daily, cfg.keep_weekly, cfg.keep_monthly, MAX_DELETIONS_PER_RUN
         )
         retention = backups.apply_retention(
-            folder, params.target, policy, stale_seconds=stale_after(cfg, DUMP_TIMEOUT)
+            folder, params.target, policy, key=key, stale_seconds=stale_after(cfg, DUMP_TIMEOUT)
         )
     ctx.log.info("backup written", file=manifest["file"], size=manifest["size"])
     return ActionResult(
@@ -112,7 +147,7 @@ def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionR
     )
 
 
-def _dump(ctx: ActionContext, target: str, dsn: str, folder: Path) -> dict[str, Any]:
+def _dump(ctx: ActionContext, target: str, dsn: str, folder: Path, key: bytes) -> dict[str, Any]:
     started, clock = backups.now(), time.monotonic()
     final = folder / backups.dump_name(target, started)
     if final.exists():
@@ -124,7 +159,7 @@ def _dump(ctx: ActionContext, target: str, dsn: str, folder: Path) -> dict[str, 
     try:
         snap = _dump_in_snapshot(ctx, dsn, tool, client, partial)
         backups.fsync_file(partial)
-        manifest = {
+        manifest: dict[str, Any] = {
             "format": backups.MANIFEST_FORMAT,
             "kind": "postgres",
             "target": target.lower(),
@@ -138,7 +173,7 @@ def _dump(ctx: ActionContext, target: str, dsn: str, folder: Path) -> dict[str, 
             "verification": None,
             **snap,
         }
-        backups.write_json(backups.manifest_path(final), manifest)
+        manifest = backups.write_manifest(backups.manifest_path(final), manifest, key)
         os.replace(partial, final)
         backups.fsync_dir(folder)
     except BaseException:
@@ -179,7 +214,7 @@ def _dump_in_snapshot(
             f"--lock-wait-timeout={backups.LOCK_WAIT}", f"--file={out}", client.arg(),
         ]  # fmt: skip
         deadline = time.monotonic() + cfg.timeout_seconds
-        with Child("dump", argv, client.env) as child:
+        with client.environment() as env, Child("dump", argv, env) as child:
             counts = backups.count_rows(conn, backups.user_tables(conn))
             child.wait(max(deadline - time.monotonic(), 1))
     finally:
@@ -197,26 +232,36 @@ def _dump_in_snapshot(
 # --- verify_backup ------------------------------------------------------------------------
 
 
-@action("verify_backup", timeout=VERIFY_TIMEOUT, cooldown=timedelta(minutes=10), max_per_hour=6)
+@action(
+    "verify_backup",
+    resolve=resolve_verify,
+    timeout=VERIFY_TIMEOUT,
+    cooldown=timedelta(minutes=10),
+    max_per_hour=6,
+)
 def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResult:
-    """Prove a dump restores: checksum, full read, restore into a scratch database, row counts.
+    """Prove a dump restores: manifest, checksum, full read, restore into a scratch database,
+    row counts.
 
     Runbook 001 "Monthly Operations 2. Backup Verification" (test backup restoration,
-    validate backup integrity). Default: the newest dump of the target. Steps: (1) the
-    sha256 still matches the manifest; (2) `pg_restore -f /dev/null` reads every byte
-    (`--list` would pass a truncated dump); (3) `pg_restore --no-owner --no-privileges`
-    into a scratch database rem_verify_<hex> created on the target's server (its role
-    needs CREATEDB); (4) every table's row count equals the manifest's. (1)-(3) run at
-    once. The scratch database is dropped whatever happens. The result is written into
-    the manifest; a failed step fails the action, which notifies."""
-    cfg = ctx.settings.backup
+    validate backup integrity). Default: the newest dump of the target; a target without
+    dumps, or a file that is not among them, is refused. Steps: (0) the manifest is
+    authenticated (its HMAC matches REMEDIATION_SIGNING_KEY); (1) the dump, opened once, has
+    the manifest's size and sha256, before any tool reads it; (2) `pg_restore -f /dev/null`
+    reads every byte (`--list` would pass a truncated dump); (3) `pg_restore --no-owner
+    --no-privileges` into a scratch database rem_verify_<hex> created on the target's server
+    (its role needs CREATEDB); (4) every table's row count equals the manifest's. (2) and
+    (3) run at once, on the very file (1) checked: a file swapped in meanwhile is never
+    read. The scratch database is dropped whatever happens. The result is written into the
+    manifest (signed again); a failed step fails the action, which notifies."""
+    cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
     dsn = ctx.postgres_dsn(params.target)
     folder = backups.target_dir(cfg.dir, params.target)
     with backups.folder_lock(folder) as mine:
         if not mine:
-            return busy(folder)
-        backup = _pick(folder, params)
-        if backup.manifest is None:
+            raise busy(folder)
+        backup = _pick(folder, params, key)
+        if backup.manifest is None:  # never re-signed: that would launder it
             return ActionResult(
                 ok=False,
                 changed=False,
@@ -225,8 +270,8 @@ def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResul
             )
         verdict = Verification(backup, dsn, cfg, ctx.settings.postgres.connect_timeout_seconds)
         result = verdict.run(params.jobs)
-        backups.write_json(
-            backups.manifest_path(backup.path), {**backup.manifest, "verification": result}
+        backups.write_manifest(
+            backups.manifest_path(backup.path), {**backup.manifest, "verification": result}, key
         )
     if result["ok"]:
         ctx.log.info("backup verified", file=backup.name, total_s=result["timings"]["total"])
@@ -237,16 +282,16 @@ def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResul
     return ActionResult(ok=result["ok"], summary=summary, detail={"file": backup.name, **result})
 
 
-def _pick(folder: Path, params: VerifyBackupParams) -> backups.Backup:
-    found = backups.list_backups(folder, params.target)
+def _pick(folder: Path, params: VerifyBackupParams, key: bytes) -> backups.Backup:
+    """The dump the resolve step named (the newest when called directly); Refused when it
+    went away since (retention), before anything was changed."""
+    found = backups.list_backups(folder, params.target, key)
     if not found:
-        raise BackupError(f"no backups of {params.target!r} in {folder}")
-    if params.file is None:
-        return found[0]
+        raise Refused(f"no backups of {params.target!r} in {folder}")
     for backup in found:
-        if backup.name == params.file:
+        if backup.name == (params.file or found[0].name):
             return backup
-    raise BackupError(f"{params.file} is not in {folder}")
+    raise Refused(f"{params.file} is no longer in {folder}")
 
 
 @dataclass
@@ -260,14 +305,39 @@ class Verification:
     timings: dict[str, float] = field(default_factory=dict)
 
     def run(self, jobs: int) -> dict[str, Any]:
+        """Checksum first; only a dump that matches its manifest reaches a scratch database.
+        A problem creating the scratch database is not the dump's: raised, not recorded."""
         clock = time.monotonic()
-        scratch = backups.scratch_name()
         result: dict[str, Any] = {
             "ok": False, "failed_step": None, "message": "", "mismatches": [],
-            "scratch_database": scratch, "tables": 0, "timings": self.timings,
+            "scratch_database": None, "tables": 0, "timings": self.timings,
             "pg_restore_version": backups.tool_version(backups.find_tool("pg_restore")),
         }  # fmt: skip
-        try:  # a problem before the first step is not the dump's: raised, not recorded
+        try:
+            with backups.open_dump(self.backup.path) as fd:
+                self._checksum(fd)
+                scratch = result["scratch_database"] = self._create_scratch()
+                try:
+                    self._read_and_restore(fd, scratch, jobs)
+                    result["tables"] = self._compare_rows(scratch, result["mismatches"])
+                finally:
+                    self._drop(scratch, result)
+            result["ok"] = True
+        except BackupError as exc:
+            if exc.step == "scratch":
+                raise
+            result["failed_step"], result["message"] = exc.step or "restore", str(exc)
+        finally:
+            self.timings["total"] = round(time.monotonic() - clock, 3)
+            result["verified_at"] = backups.now().isoformat()
+        return result
+
+    def _admin(self) -> psycopg.Connection:
+        return pg.connect(self.dsn, timeout=self.connect_timeout)
+
+    def _create_scratch(self) -> str:
+        clock, scratch = time.monotonic(), backups.scratch_name()
+        try:
             with self._admin() as admin:
                 backups.drop_stale_scratch(admin, stale_after(self.cfg, VERIFY_TIMEOUT))
                 backups.create_scratch(admin, scratch)
@@ -277,20 +347,8 @@ class Verification:
                 f" needs CREATEDB): {exc}",
                 "scratch",
             ) from exc
-        try:
-            self._read_and_restore(scratch, jobs)
-            result["tables"] = self._compare_rows(scratch, result["mismatches"])
-            result["ok"] = True
-        except BackupError as exc:
-            result["failed_step"], result["message"] = exc.step or "restore", str(exc)
-        finally:
-            self._drop(scratch, result)
-            self.timings["total"] = round(time.monotonic() - clock, 3)
-            result["verified_at"] = backups.now().isoformat()
-        return result
-
-    def _admin(self) -> psycopg.Connection:
-        return pg.connect(self.dsn, timeout=self.connect_timeout)
+        self.timings["scratch"] = round(time.monotonic() - clock, 3)
+        return scratch
 
     def _drop(self, scratch: str, result: dict[str, Any]) -> None:
         clock = time.monotonic()
@@ -311,28 +369,49 @@ class Verification:
 
         return run
 
-    def _read_and_restore(self, scratch: str, jobs: int) -> None:
-        """Checksum, full read and restore side by side; on a failure the restore is stopped
-        and the first failed step in STEPS order is reported."""
-        dump, tool = self.backup.path, backups.find_tool("pg_restore")
+    def _checksum(self, fd: int) -> None:
+        """The open dump's size and sha256 against the authenticated manifest."""
+        manifest, clock = self.backup.manifest or {}, time.monotonic()
+        try:
+            size, expected = os.fstat(fd).st_size, str(manifest.get("sha256", ""))
+            if size != manifest.get("size"):
+                raise BackupError(
+                    f"size {size} bytes does not match the manifest's {manifest.get('size')}:"
+                    " the file changed after the dump",
+                    "checksum",
+                )
+            actual = backups.sha256_fd(fd)
+            if actual != expected:
+                raise BackupError(
+                    f"sha256 {actual} does not match the manifest's {expected or '(none)'}:"
+                    " the file changed after the dump",
+                    "checksum",
+                )
+        finally:
+            self.timings["checksum"] = round(time.monotonic() - clock, 3)
+
+    def _read_and_restore(self, fd: int, scratch: str, jobs: int) -> None:
+        """Full read and restore side by side, both reading the open file the checksum read
+        (/dev/fd/N); on a failure the restore is stopped and the first failed step in STEPS
+        order is reported."""
+        dump, tool = f"/dev/fd/{fd}", backups.find_tool("pg_restore")
         client = backups.libpq(self.dsn, connect_timeout=self.connect_timeout, dbname=scratch)
-        env = dict(client.env)  # a throwaway database needs no durable commits
-        env["PGOPTIONS"] = (env.get("PGOPTIONS", "") + " -c synchronous_commit=off").strip()
-        offline = {k: v for k, v in client.env.items() if k != "PGPASSWORD"}  # reads a file
+        # a throwaway database needs no durable commits
+        options = (client.env.get("PGOPTIONS", "") + " -c synchronous_commit=off").strip()
         restore_argv = [
             tool, "--no-owner", "--no-privileges", "--exit-on-error", "--no-password",
-            f"--jobs={jobs}", client.arg(), str(dump),
+            f"--jobs={jobs}", client.arg(), dump,
         ]  # fmt: skip
-        cancel, limit = threading.Event(), float(self.cfg.timeout_seconds)
+        read_argv = [tool, f"--file={os.devnull}", dump]
+        offline = backups.child_env(connects=False)  # reads a file: no libpq variables
+        limit = float(self.cfg.timeout_seconds)
         with (
-            Child(
-                "full_read", [tool, f"--file={os.devnull}", str(dump)], offline, nice=10
-            ) as reader,
-            Child("restore", restore_argv, env) as restorer,
-            ThreadPoolExecutor(3, thread_name_prefix="verify") as pool,
+            client.environment(PGOPTIONS=options) as env,
+            Child("full_read", read_argv, offline, nice=10, pass_fds=[fd]) as reader,
+            Child("restore", restore_argv, env, pass_fds=[fd]) as restorer,
+            ThreadPoolExecutor(2, thread_name_prefix="verify") as pool,
         ):
             futures: dict[str, Future[None]] = {
-                "checksum": pool.submit(self._timed("checksum", lambda: self._checksum(cancel))),
                 "full_read": pool.submit(self._timed("full_read", lambda: reader.wait(limit))),
                 "restore": pool.submit(self._timed("restore", lambda: restorer.wait(limit))),
             }
@@ -342,23 +421,12 @@ class Verification:
                     restorer.kill()
                 wait(futures.values())
             finally:  # also on a soft time limit: stop everything before the pool waits
-                cancel.set()
                 restorer.kill()
                 reader.kill()
-        for step in STEPS[:3]:
+        for step in STEPS[1:3]:
             exc = futures[step].exception()
             if exc is not None:
                 raise exc if isinstance(exc, BackupError) else BackupError(str(exc), step)
-
-    def _checksum(self, cancel: threading.Event) -> None:
-        expected = str((self.backup.manifest or {}).get("sha256", ""))
-        actual = backups.sha256_file(self.backup.path, cancel)
-        if actual != expected:
-            raise BackupError(
-                f"sha256 {actual} does not match the manifest's {expected or '(none)'}:"
-                " the file changed after the dump",
-                "checksum",
-            )
 
     def _compare_rows(self, scratch: str, mismatches: list[dict[str, Any]]) -> int:
         clock = time.monotonic()

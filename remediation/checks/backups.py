@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from remediation import backups
+from remediation import backups, signing
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
@@ -22,19 +22,21 @@ class PostgresBackupsParams(CheckParams):
 def postgres_backups(ctx: CheckContext, params: PostgresBackupsParams) -> list[Finding]:
     """Backups of a database: too old, not yet verified, or failed verification.
 
-    Reads the manifests in REMEDIATION_BACKUP__DIR/<target>/ only. Findings:
-    postgres_backup_stale (high) when no backup younger than REMEDIATION_BACKUP__INTERVAL_HOURS
-    is verified or still awaiting verification (a fresh dump that failed does not count);
-    postgres_backup_unverified (warning) for a newest dump nobody verified yet;
+    Reads the manifests in REMEDIATION_BACKUP__DIR/<target>/ only, trusting only those whose
+    HMAC matches REMEDIATION_SIGNING_KEY. Findings: postgres_backup_stale (high) when no
+    backup younger than REMEDIATION_BACKUP__INTERVAL_HOURS is verified or still awaiting
+    verification (a fresh dump that failed, or whose manifest is not authenticated, does
+    not count); postgres_backup_unverified (warning) for a newest dump nobody verified yet;
     postgres_backup_failed (critical) when the newest dump failed verification or has no
-    readable manifest."""
-    cfg = ctx.settings.backup
-    ctx.postgres_dsn(params.target)  # an unconfigured target is an error, not "no backups"
-    folder = backups.target_dir(cfg.dir, params.target)
-    found = backups.list_backups(folder, params.target)
+    readable, authenticated manifest."""
+    cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
+    # an unconfigured target is an error, not "no backups"; APP and app are one folder
+    target = ctx.settings.postgres_target(params.target)
+    folder = backups.target_dir(cfg.dir, target)
+    found = backups.list_backups(folder, target, key)
     at = backups.now()
-    findings = [_newest_state(params.target, found[0], folder, at)] if found else []
-    stale = _stale(params.target, found, folder, at, cfg.interval_hours)
+    findings = [_newest_state(target, found[0], folder, at)] if found else []
+    stale = _stale(target, found, folder, at, cfg.interval_hours)
     return [f for f in (stale, *findings) if f is not None]
 
 

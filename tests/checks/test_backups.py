@@ -31,9 +31,9 @@ def settings(settings_env: Any, target_db: str, tmp_path: Path) -> Any:
     )
 
 
-def run(settings: Any) -> dict[str, Any]:
+def run(settings: Any, target: str = "app") -> dict[str, Any]:
     found = postgres_backups(
-        CheckContext(settings, get_logger()), PostgresBackupsParams(target="app")
+        CheckContext(settings, get_logger()), PostgresBackupsParams(target=target)
     )
     return {f.kind: f for f in found}
 
@@ -97,6 +97,31 @@ def test_unreadable_manifest_is_a_failed_backup(settings: Any, tmp_path: Path) -
     backups.manifest_path(dump).write_text("{not json")
     failed = run(settings)["postgres_backup_failed"]
     assert failed.observed == "manifest" and "unreadable" in failed.evidence["message"]
+
+
+@pytest.mark.parametrize("forger", [None, b"another-key-" * 3])
+def test_unauthenticated_manifest_is_not_a_verified_backup(
+    settings: Any, tmp_path: Path, forger: bytes | None
+) -> None:
+    """A fresh dump whose manifest claims a passed verification without our mac (none, or
+    another key's) is critical at the manifest step and does not keep the target fresh:
+    the older authenticated verified backup is the newest verified one."""
+    genuine = write_backup(tmp_path / "app", ago(50), "verified")
+    forged = write_backup(tmp_path / "app", ago(1), "verified", key=forger)
+    found = run(settings)
+    assert sorted(found) == ["postgres_backup_failed", "postgres_backup_stale"]
+    failed = found["postgres_backup_failed"]
+    assert (failed.subject, failed.observed) == (forged.name, "manifest")
+    assert "is not authenticated" in failed.evidence["message"]
+    assert found["postgres_backup_stale"].evidence["newest_verified"] == genuine.name
+
+
+def test_case_variants_of_the_target_read_the_same_folder(settings: Any, tmp_path: Path) -> None:
+    """ "APP" and "app" are one configured target: the same backups, the same findings."""
+    dump = write_backup(tmp_path / "app", ago(1))
+    for spelling in ("APP", "aPp", "app"):
+        (unverified,) = run(settings, spelling).values()
+        assert (unverified.target, unverified.subject) == ("app", dump.name)
 
 
 def test_unconfigured_target_is_an_error(settings: Any) -> None:
