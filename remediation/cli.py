@@ -16,11 +16,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from remediation import playbook, registry
-from remediation.errors import ConfigError, RemediationError
+from remediation.calls import UNDECIDED
+from remediation.errors import AuditError, ConfigError, RemediationError
 from remediation.settings import Settings, get_settings
 
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+WIDE_CHARS = 200
+"""How much of a reason (why refused, deferred or failed) a table row shows."""
 
 
 def parse_since(value: str) -> datetime:
@@ -35,26 +38,27 @@ def parse_since(value: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
-    """A plain text table; long cells are cut so a row stays on one line."""
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], wide: str = "") -> str:
+    """A plain text table; long cells are cut so a row stays on one line (the ``wide``
+    column, a reason put last, keeps up to WIDE_CHARS)."""
     if not rows:
         return "(none)"
-    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    cells = [[_cell(row.get(c), WIDE_CHARS if c == wide else 60) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
     line = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
     body = ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join([line, *body])
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, most: int = 60) -> str:
     if value is None:
         return "-"
     if isinstance(value, datetime):
         return value.strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, float):
         return f"{value:.1f}"
-    text = str(value).replace("\n", " ")
-    return text if len(text) <= 60 else text[:57] + "..."
+    text = " ".join(str(value).split())
+    return text if len(text) <= most else text[: most - 3] + "..."
 
 
 def emit(args: argparse.Namespace, data: Any, human: str) -> None:
@@ -143,20 +147,26 @@ def _state(s: Settings) -> Any:
 
 
 def cmd_breakers(args: argparse.Namespace, s: Settings) -> int:
-    from remediation.guards import breaker
+    from remediation.guards import breaker, keys
 
     r = _state(s)
     if args.reset:
-        if not breaker.reset(r, args.reset):
+        if not r.sismember(keys.BREAKER_INDEX, args.reset):
             print(f"no breaker named {args.reset!r}; see `remediation breakers`", file=sys.stderr)
             return 1
         from remediation.audit.store import AuditStore
 
+        # audited first: when the audit database does not answer, the breaker stays as it is
         action, _, target = args.reset.partition(":")
         AuditStore(s.audit_dsn.get_secret_value()).add_decision(
-            action=action, target=target or "?", resource=target or "?",
-            decision="breaker_reset", guard="breaker", reason="reset by operator",
-        )  # fmt: skip
+            action=action,
+            target=target or "?",
+            resource=target or "?",
+            decision="breaker_reset",
+            guard="breaker",
+            reason="reset by operator",
+        )
+        breaker.reset(r, args.reset)
         emit(args, {"reset": args.reset}, f"breaker {args.reset} reset: closed")
         return 0
     rows = breaker.snapshot(r)
@@ -177,8 +187,21 @@ def cmd_history(args: argparse.Namespace, s: Settings) -> int:
     )  # fmt: skip
     cols = ["decided_at", "action", "resource", "decision", "guard", "outcome", "verification",
             "reason"]  # fmt: skip
-    emit(args, rows, table(rows, cols))
+    emit(args, rows, table(shown(rows), cols, wide="reason"))
     return 0
+
+
+def shown(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """History rows as the human table shows them: a call the guards or its resolve step
+    stopped (refused, deferred, suppressed...) has its decision as its outcome, and the
+    reason is the action run's error (why it failed, was refused or deferred after
+    admission) or else the guard decision's reason."""
+    out = []
+    for row in rows:
+        decision = row.get("decision")
+        outcome = row.get("outcome") or (decision if decision != "admitted" else None)
+        out.append({**row, "outcome": outcome, "reason": row.get("error") or row.get("reason")})
+    return out
 
 
 def cmd_report(args: argparse.Namespace, s: Settings) -> int:
@@ -230,8 +253,8 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         "breakers not closed:",
         table(data["breakers"], ["name", "state", "failures_in_window", "times_opened"]),
         "recent decisions:",
-        table(data["recent"], ["decided_at", "action", "resource", "decision", "outcome",
-                               "verification"]),
+        table(shown(data["recent"]), ["decided_at", "action", "resource", "decision", "outcome",
+                                      "verification", "reason"], wide="reason"),
     ]  # fmt: skip
     emit(args, data, "\n".join(human))
     return 0
@@ -268,11 +291,15 @@ def cmd_run(args: argparse.Namespace, s: Settings) -> int:
     human.append(table([f.model_dump() for f in outcome.findings],
                        ["kind", "severity", "subject", "observed", "threshold", "summary"]))  # fmt: skip
     if args.act:
-        human += ["actions:", table(actions, ["action", "outcome", "reason", "verification"])]
+        human += [
+            "actions:",
+            table(actions, ["action", "outcome", "verification", "reason"], wide="reason"),
+        ]
     elif outcome.findings:
         human.append("(read-only: add --act to run the playbook's actions)")
     emit(args, data, "\n".join(human))
-    return 0 if outcome.status == "ok" else 1
+    undecided = [a for a in actions if a.get("outcome") in UNDECIDED]
+    return 0 if outcome.status == "ok" and not undecided else 1
 
 
 def cmd_db(args: argparse.Namespace, s: Settings) -> int:
@@ -306,10 +333,26 @@ def cmd_resume(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
+class _Verbs:
+    """Adds verbs that each take --json too: `remediation --json history` and `remediation
+    history --json` mean the same (SUPPRESS: a verb without the flag keeps the global one)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self._json = argparse.ArgumentParser(add_help=False)
+        self._json.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        )
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, parents=[self._json], **kwargs)
+        return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="remediation", description=__doc__.splitlines()[0])
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = _Verbs(p.add_subparsers(dest="command", required=True))
     sub.add_parser("status", help="workers, queue depths, open breakers, recent actions")
     h = sub.add_parser("history", help="guard decisions and action runs, newest first")
     h.add_argument("--action")
@@ -373,9 +416,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"remediation: invalid configuration: {exc}", file=sys.stderr)
         return 2
+    except AuditError as exc:
+        print(f"remediation: {_audit_problem(exc, settings)}", file=sys.stderr)
+        return 1
     except RemediationError as exc:
         print(f"remediation: {exc}", file=sys.stderr)
         return 1
+
+
+def _audit_problem(exc: AuditError, s: Settings) -> str:
+    """A write that failed on its connection says only "audit write failed": name where."""
+    import psycopg
+
+    from remediation.audit.store import connection_failed
+
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.OperationalError) and "audit database" not in str(exc):
+        return str(connection_failed(s.audit_dsn.get_secret_value(), cause))
+    return str(exc)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ time, exactly once, before any newer write of this process.
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
 from datetime import UTC, datetime
@@ -25,7 +26,14 @@ from remediation.audit.spool import ReplayResult, Spool, StopReplay
 from remediation.errors import AuditError
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.redact import bounded_text, redact, redact_text, serialized_size, truncated
+from remediation.redact import (
+    MASK,
+    bounded_text,
+    redact,
+    redact_text,
+    serialized_size,
+    truncated,
+)
 
 if TYPE_CHECKING:
     from remediation.settings import Settings
@@ -42,6 +50,39 @@ LOCK_WAIT_SECONDS = 5.0
 """How long a write waits for another process's replay round before spooling instead."""
 CONNECT_TIMEOUT = 3
 _APP = "remediation-audit"
+
+
+def _conninfo(dsn: str) -> dict[str, Any]:
+    try:
+        return psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.Error:
+        return {}
+
+
+def _where(dsn: str) -> str:
+    """'audit database "NAME" at host H, port P, user U' from a DSN, never its password."""
+    info = _conninfo(dsn)
+    host = info.get("host") or os.environ.get("PGHOST") or "the local socket"
+    port = info.get("port") or os.environ.get("PGPORT") or "5432"
+    name = info.get("dbname") or os.environ.get("PGDATABASE") or info.get("user") or "?"
+    user = f", user {info['user']}" if info.get("user") else ""
+    return redact_text(f'audit database "{name}" at host {host}, port {port}{user}')
+
+
+def connection_failed(dsn: str, exc: BaseException) -> AuditError:
+    """AuditError for a connection the audit database refused or did not answer: one line
+    naming host, port, database and the cause. Never the password: psycopg's message is cut
+    to its cause and redacted, and the DSN's own password is masked in it."""
+    line = (str(exc).strip().splitlines() or [""])[0]
+    cause = line.rpartition(" failed: ")[2]
+    cause = " ".join(re.sub(r"^(FATAL|ERROR):", "", cause).split()) or type(exc).__name__
+    cause = redact_text(cause)
+    password = _conninfo(dsn).get("password")
+    if password:
+        cause = cause.replace(str(password), MASK)
+    missing = cause.startswith("database ") and cause.endswith("does not exist")
+    hint = " (create it, then run `remediation db upgrade`)" if missing else ""
+    return AuditError(f"{_where(dsn)}: {cause}{hint}")
 
 
 def _pool(dsn: str) -> ConnectionPool:
@@ -212,7 +253,9 @@ class AuditStore:
         if result is None:
             raise AuditError(f"another process kept the audit spool locked for {wait:g} s")
         if result.stopped:
-            raise AuditError(f"audit database unreachable; {result.kept} record(s) stay spooled")
+            raise AuditError(
+                f"{_where(self.dsn)} unreachable; {result.kept} record(s) stay spooled"
+            )
         return result.applied
 
     def query(
@@ -222,14 +265,22 @@ class AuditStore:
             with _pool(self.dsn).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query, params)
                 return cur.fetchall()
+        except psycopg.errors.UndefinedTable as exc:
+            raise AuditError(
+                f"{_where(self.dsn)} has no audit tables: run `remediation db upgrade`"
+            ) from exc
         except psycopg.Error as exc:
             if not unreachable(exc):
                 raise
             _discard_pool(self.dsn)
-            raise AuditError(f"audit database unreachable: {type(exc).__name__}") from exc
+            raise connection_failed(self.dsn, exc) from exc
 
     def upgrade(self) -> list[int]:
-        with psycopg.connect(self.dsn, autocommit=True, connect_timeout=10) as conn:
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=10)
+        except psycopg.OperationalError as exc:
+            raise connection_failed(self.dsn, exc) from exc
+        with conn:
             return schema.upgrade(conn)
 
     # --- writes ---------------------------------------------------------------------------
