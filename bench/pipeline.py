@@ -4,7 +4,9 @@ Same run, same broker, same worker: a private redis-server, a scratch audit data
 configured PostgreSQL, one `celery worker -c 2`.
 
 * raw: `celery.accumulate` (Celery's built-in task that returns its argument), N tasks.
-* guarded: `remediation.act.dedupe_job_queue` on N distinct lists: validation, the whole
+* guarded: `remediation.act.dedupe_job_queue` on N distinct lists (each holding one
+  duplicate; configured through REMEDIATION_JOB_QUEUE__KEYS="bench_*"): size bound and
+  validation, the resolve step (canonical target, configured key, TYPE of the list), the whole
   guard chain in one Lua call (pause, idempotency claim, flap, lock, cooldown, budget,
   blast radius, breaker), blast-radius reservation and give-back, the action's Lua call,
   breaker record, cooldown, 2 audit inserts (spool-capable store), metrics.
@@ -88,6 +90,8 @@ def run() -> dict[str, Any]:
                 REMEDIATION_LOG_FORMAT="json",
                 REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
                 REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
+                REMEDIATION_JOB_QUEUE__KEYS='["bench_*", "fault_*"]',
+                REMEDIATION_SIGNING_KEY="bench-signing-key-" + "0" * 32,
                 REMEDIATION_METRICS__PORT="0",  # metrics on, as in production
                 REMEDIATION_METRICS__MULTIPROC_DIR=tempfile.mkdtemp(prefix="rem-bench-metrics-"),
                 REMEDIATION_AUDIT__SPOOL_DIR=tempfile.mkdtemp(prefix="rem-bench-spool-"),
@@ -97,8 +101,13 @@ def run() -> dict[str, Any]:
             try:
                 timed_batch(app, "celery.accumulate", [{"args": [0]}] * 20)  # warm-up
                 rounds = []  # interleaved, so drift in the machine hits both sides alike
+                state = redis.Redis.from_url(server.url(0))
                 for n in range(ROUNDS):
                     raw = timed_batch(app, "celery.accumulate", [{"args": [i]} for i in range(N)])
+                    with state.pipeline() as pipe:  # each list exists and has a duplicate
+                        for i in range(N):
+                            pipe.rpush(f"bench_{n}_{i}", '{"id": 1}', '{"id": 1}')
+                        pipe.execute()
                     guarded = timed_batch(
                         app,
                         "remediation.act.dedupe_job_queue",

@@ -121,7 +121,9 @@ class JobQueueSettings(_Section):
 
     key: str = Field("job_queue", min_length=1, max_length=512)
     keys: list[str] = Field(
-        default_factory=list, max_length=10_000, description="more job lists the actions may touch"
+        default_factory=list,
+        max_length=10_000,
+        description="more job lists the actions may touch; 'prefix*' entries match a prefix",
     )
     dead_letter_key: str = Field("job_queue:dead_letter", min_length=1)
     id_field: str | None = Field(None, description="JSON field naming a job; None = whole payload")

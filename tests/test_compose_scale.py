@@ -115,6 +115,7 @@ def test_scale_workers_compose_backend_bounds_and_window(
 
     from remediation.actions.celery_workers import ScaleWorkersParams, scale_workers
     from remediation.context import ActionContext
+    from remediation.errors import Deferred
     from remediation.logging import get_logger
 
     target = {"name": "web", "backend": "compose", "project": project.name, "service": "app",
@@ -135,8 +136,9 @@ def test_scale_workers_compose_backend_bounds_and_window(
     assert (up.ok, up.changed, replicas()) == (True, True, 3)
     at_max = scale("up")
     assert (at_max.ok, at_max.changed, replicas()) == (False, False, 3)  # escalates, never past
-    held = scale("down")
-    assert (held.ok, held.changed, replicas()) == (True, False, 3)  # inside the window
+    with pytest.raises(Deferred, match="held"):  # inside the window: deferred, nothing moves
+        scale("down")
+    assert replicas() == 3
     time.sleep(2.2)
     down = scale("down")
     assert (down.ok, down.changed, replicas()) == (True, True, 1)

@@ -27,7 +27,9 @@ DUPLICATES = [json.dumps({"id": i % 2}) for i in range(4)]  # two duplicates per
 def report_env(settings_env: Any, pg_admin: str) -> Iterator[Settings]:
     """Settings on the test Redis and an audit database of this test's own."""
     with scratch_database(pg_admin, "rem_report") as dsn:
-        s: Settings = settings_env(REMEDIATION_AUDIT_DSN=as_url(dsn))
+        s: Settings = settings_env(
+            REMEDIATION_AUDIT_DSN=as_url(dsn), REMEDIATION_JOB_QUEUE__KEYS='["jobs_*"]'
+        )
         AuditStore(as_url(dsn)).upgrade()
         yield s
 

@@ -30,7 +30,7 @@ from remediation.checks.celery_workers import (
 )
 from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Resolved
-from remediation.errors import Refused, TargetError
+from remediation.errors import Deferred, Refused, TargetError
 from remediation.findings import ActionResult
 from remediation.params import ActionParams, TargetName
 from remediation.registry import action
@@ -106,25 +106,30 @@ def _clamp(size: int, direction: str, target: ScaleTarget) -> int:
     return min(size, max(target.min, size - target.step))
 
 
-def _hold(ctx: ActionContext, target: ScaleTarget, now: float) -> ActionResult | None:
-    """Why a scale-down must wait (a backlog, or the stabilization window), else None."""
+def _hold(ctx: ActionContext, target: ScaleTarget, now: float) -> None:
+    """Deferred while a scale-down must wait: a backlog, or the stabilization window (the
+    incident stays open; the first sweep after the window scales down)."""
     state = _state(ctx.settings)
     depths = queue_depths(ctx.settings, target.queues) or {}
     totals = {q: sum(d.values()) for q, d in depths.items()}
+    window = ctx.settings.workers.scale_down_stabilization_seconds
     if any(busy(ctx.settings, n) for n in totals.values()):
         state.hset(scale_key(target.name), "last_busy", repr(now))
-        return ActionResult(changed=False, detail={"queues": totals},
-                            summary=f"{target.name}: not scaling down, its queues still hold a"
-                                    f" backlog {totals}")  # fmt: skip
+        raise Deferred(
+            f"{target.name}: not scaling down, its queues still hold a backlog {totals}",
+            retry_at=now + window,
+            guard="stabilization",
+        )
     record = state.hmget(scale_key(target.name), ["last_busy", "last_up"])
     since = max((float(v) for v in record if v is not None), default=0.0)
-    window = ctx.settings.workers.scale_down_stabilization_seconds
     left = since + window - now
-    if left <= 0:
-        return None
-    return ActionResult(changed=False, detail={"queues": totals, "wait_seconds": round(left, 1)},
-                        summary=f"{target.name}: scale-down held for another {left:.0f} s (busy"
-                                f" or scaled up {now - since:.0f} s ago; window {window} s)")  # fmt: skip
+    if left > 0:
+        raise Deferred(
+            f"{target.name}: scale-down held for another {left:.0f} s (busy or scaled up"
+            f" {now - since:.0f} s ago; window {window} s)",
+            retry_at=since + window,
+            guard="stabilization",
+        )
 
 
 def _confirm(app: Any, wanted: dict[str, int]) -> dict[str, int | None]:
@@ -158,9 +163,7 @@ def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> Ac
     moving = {w: n for w, n in wanted.items() if n != sized[w]}
     if not moving:
         return _at_bound(target, direction, sized)
-    refused = _blast(ctx, target, sum(n - sized[w] for w, n in moving.items()))
-    if refused is not None:
-        return refused
+    _blast(ctx, target, sum(n - sized[w] for w, n in moving.items()))
     command = app.control.pool_grow if direction == "up" else app.control.pool_shrink
     replies = {w: _reply(command(abs(n - sized[w]), destination=[w], reply=True,
                                  timeout=CONTROL_TIMEOUT), w) for w, n in moving.items()}  # fmt: skip
@@ -175,18 +178,19 @@ def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> Ac
                                 f" {len(confirmed)} of {len(moving)} confirmed")  # fmt: skip
 
 
-def _blast(ctx: ActionContext, target: ScaleTarget, added: int) -> ActionResult | None:
+def _blast(ctx: ActionContext, target: ScaleTarget, added: int) -> None:
     """Workers added count against scale_workers' blast radius (all workers, per window);
-    all or nothing, so a scale-up never half happens."""
+    all or nothing, so a scale-up never half happens: deferred until units free up."""
     if added <= 0:
-        return None
+        return
     granted = ctx.reserve(added)
-    if granted >= added:
-        return None
-    ctx.give_back(granted)
-    return ActionResult(ok=False, changed=False, detail={"wanted": added, "granted": granted},
-                        summary=f"{target.name}: blast-radius cap for scale_workers reached;"
-                                f" not adding {added} worker(s)")  # fmt: skip
+    if granted < added:
+        ctx.give_back(granted)
+        raise Deferred(
+            f"{target.name}: blast-radius cap for scale_workers reached; not adding {added}"
+            f" worker(s) now (granted {granted})",
+            guard="blast",
+        )
 
 
 def _at_bound(target: ScaleTarget, direction: str, sizes: dict[str, int]) -> ActionResult:
@@ -207,9 +211,7 @@ def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> A
     wanted = _clamp(before, direction, target)
     if wanted == before:
         return _at_bound(target, direction, {f"{project}/{service}": before})
-    refused = _blast(ctx, target, wanted - before)
-    if refused is not None:
-        return refused
+    _blast(ctx, target, wanted - before)
     result = scale_service(ctx.settings, project, service, wanted)
     deadline = time.monotonic() + CONFIRM_SECONDS
     while (after := int(count_replicas(ctx.settings, project, service))) != wanted:
@@ -247,9 +249,7 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
     if params.direction == "up":
         state.hset(scale_key(target.name), mapping={"last_busy": repr(now), "by": _by(ctx)})
     else:
-        held = _hold(ctx, target, now)
-        if held is not None:
-            return held
+        _hold(ctx, target, now)
     if ctx.resumed_since is not None:  # redelivered: did the lost attempt already scale?
         field = "last_up" if params.direction == "up" else "last_down"
         last = state.hget(scale_key(target.name), field)

@@ -46,7 +46,7 @@ def resolve_job_list(ctx: CheckContext, params: JobQueueActionParams) -> Resolve
     cfg = ctx.settings.job_queue
     target = redis_target(ctx, params.target)
     key = cfg.key if params.key is None else params.key
-    if key != cfg.key and key not in cfg.keys:
+    if not configured_job_list(cfg.key, cfg.keys, key):
         raise Refused(
             f"key {_shown(key)} is not a configured job list: only {KEY_VAR} ({cfg.key!r})"
             f" or one of {KEYS_VAR} ({len(cfg.keys)} configured)"
@@ -59,6 +59,15 @@ def resolve_job_list(ctx: CheckContext, params: JobQueueActionParams) -> Resolve
     if kind != "list":
         raise Refused(f"{_shown(key)} on {target} is a {kind}, not a job list")
     return canonical(params, target=target, key=key)
+
+
+def configured_job_list(key: str, keys: list[str], name: str) -> bool:
+    """Whether name is the configured job list, one of the further ones, or under a
+    configured prefix (an entry of REMEDIATION_JOB_QUEUE__KEYS ending in '*': "jobs:*")."""
+    return name == key or any(
+        name == k or (k.endswith("*") and name.startswith(k[:-1]) and len(name) >= len(k))
+        for k in keys
+    )
 
 
 def _resolve_dead_letter(ctx: CheckContext, params: JobQueueActionParams) -> Resolved:

@@ -30,7 +30,7 @@ from remediation.checks.celery_workers import (
     scale_key,
 )
 from remediation.context import ActionContext, CheckContext
-from remediation.errors import Refused, TargetError
+from remediation.errors import Deferred, Refused, TargetError
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
@@ -121,8 +121,8 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     assert backlog.evidence["by_priority"]["9"] == 15
     assert backlog.evidence["scale_targets"] == ["pool"]
     assert "celery_pool_oversized" not in found and "celery_pool_at_max" not in found
-    held = scale(s, "down")
-    assert (held.ok, held.changed) == (True, False) and "backlog" in held.summary
+    with pytest.raises(Deferred, match="backlog"):  # the incident stays open, nothing moves
+        scale(s, "down")
 
     up = scale(s, "up")
     assert (up.ok, up.changed) == (True, True), up.summary
@@ -146,9 +146,10 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     assert "celery_queue_backlog" not in found
     oversized = found["celery_pool_oversized"]
     assert (oversized.subject, oversized.evidence["pool"]) == ("pool", {name: 2})
-    early = scale(s, "down")
+    with pytest.raises(Deferred, match="held") as early:
+        scale(s, "down")
     assert time.time() - scaled_up_at < WINDOW, "drained too slowly to test the window"
-    assert (early.ok, early.changed) == (True, False) and "held" in early.summary
+    assert early.value.retry_at is not None and early.value.retry_at > time.time()
     assert pool_sizes(app, [name]) == {name: 2}
 
     time.sleep(max(0.0, scaled_up_at + WINDOW - time.time()) + 0.2)

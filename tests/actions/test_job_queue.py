@@ -176,3 +176,18 @@ def test_dead_letter_list_is_never_a_source(settings_env: Any, r: redis.Redis) -
     with pytest.raises(Refused, match="is the dead-letter list"):
         get_action("dead_letter_stale_jobs").resolve(ctx, params)  # type: ignore[misc]
     assert resolve_job_list(ctx, params).params.key == "job_queue:dead_letter"
+
+
+def test_prefix_entries_admit_lists_under_them_only() -> None:
+    """An entry ending in '*' in REMEDIATION_JOB_QUEUE__KEYS admits the lists under that prefix
+    and nothing else (not the bare prefix, not a longer look-alike)."""
+    from remediation.actions.job_queue import configured_job_list
+
+    keys = ["jobs:*", "exact"]
+    assert configured_job_list("job_queue", keys, "job_queue")
+    assert configured_job_list("job_queue", keys, "jobs:1") and configured_job_list(
+        "job_queue", keys, "jobs:shard:9"
+    )
+    assert configured_job_list("job_queue", keys, "exact")
+    for name in ("jobs:", "jobs", "jobsX:1", "exactly", "payments"):
+        assert not configured_job_list("job_queue", keys, name), name

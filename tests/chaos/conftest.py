@@ -81,6 +81,7 @@ def chaos_env(
         REMEDIATION_REDIS_TARGETS__APP=side_redis.url(0),
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
         REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 100000, "notify": 100000}',
+        REMEDIATION_JOB_QUEUE__KEYS='["chaos:*"]',
         REMEDIATION_GUARDS__FLAP_MAX_RUNS="1000",
         REMEDIATION_GUARDS__FLAP_OVERRIDES='{"dedupe_job_queue": 1000, "notify": 1000}',
         REMEDIATION_AUDIT__SPOOL_DIR=str(tmp_path / "spool"),

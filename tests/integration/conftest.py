@@ -225,6 +225,7 @@ def worker_env(
         REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS="2",
         REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES='["rem e2e role"]',
         REMEDIATION_POSTGRES__DATA_QUALITY="[]",
+        REMEDIATION_JOB_QUEUE__KEYS='["conc_queue"]',
     )
 
 

@@ -72,13 +72,14 @@ def test_sweep_vacuums_the_bloated_table_and_no_other(
 def test_failing_action_trips_breaker_notifies_once_and_reset_closes(
     client: Celery, audit: Audit, webhook: WebhookReceiver, worker_env: dict[str, str]
 ) -> None:
-    """Three failures open the breaker; later calls are suppressed; one breaker notice; reset."""
-    kwargs = {"target": "broken", "tables": ["public.t"]}
-    outcomes = [client.send_task("remediation.act.vacuum_analyze", kwargs=kwargs).get(timeout=60)
-                for _ in range(5)]  # fmt: skip
+    """Three failures open the breaker; later calls are suppressed; one breaker notice; reset.
+    (The target's server is down: the action's effect fails after its resolve step passed.)"""
+    kwargs = {"target": "broken"}
+    action = "remediation.act.terminate_idle_transactions"
+    outcomes = [client.send_task(action, kwargs=kwargs).get(timeout=60) for _ in range(5)]
     assert [o["outcome"] for o in outcomes] == ["failed"] * 3 + ["suppressed"] * 2
     suppressed = audit.rows(
-        "SELECT guard, reason FROM guard_decisions WHERE action = 'vacuum_analyze'"
+        "SELECT guard, reason FROM guard_decisions WHERE action = 'terminate_idle_transactions'"
         " AND target = 'broken' AND decision = 'suppressed'"
     )
     assert [s["guard"] for s in suppressed] == ["breaker", "breaker"]
@@ -87,18 +88,20 @@ def test_failing_action_trips_breaker_notifies_once_and_reset_closes(
              30, 0.2, "notify runs")  # fmt: skip
     mine = [b for b in webhook.bodies if "broken" in b["incident"]]
     assert sorted(b["kind"] for b in mine) == ["action_failed", "breaker_open"]
-    assert "vacuum_analyze:broken" in next(b["text"] for b in mine if b["kind"] == "breaker_open")
+    assert "terminate_idle_transactions:broken" in next(
+        b["text"] for b in mine if b["kind"] == "breaker_open"
+    )
 
     env = {**worker_env}
     listing = subprocess.run([REMEDIATION, "--json", "breakers"], env=env, cwd=ROOT,
                              capture_output=True, text=True, timeout=60)  # fmt: skip
-    assert {"name": "vacuum_analyze:broken", "state": "open"}.items() <= next(
-        b for b in json.loads(listing.stdout) if b["name"] == "vacuum_analyze:broken"
+    assert {"name": "terminate_idle_transactions:broken", "state": "open"}.items() <= next(
+        b for b in json.loads(listing.stdout) if b["name"] == "terminate_idle_transactions:broken"
     ).items()
-    reset = subprocess.run([REMEDIATION, "breakers", "reset", "vacuum_analyze:broken"], env=env,
+    reset = subprocess.run([REMEDIATION, "breakers", "reset", "terminate_idle_transactions:broken"], env=env,
                            cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert reset.returncode == 0, reset.stderr
-    after = client.send_task("remediation.act.vacuum_analyze", kwargs=kwargs).get(timeout=60)
+    after = client.send_task(action, kwargs=kwargs).get(timeout=60)
     assert after["outcome"] == "failed"  # allowed again: the breaker is closed
     assert audit.rows("SELECT 1 FROM guard_decisions WHERE decision = 'breaker_reset'")
 
