@@ -5,9 +5,9 @@ A scratch database on the configured PostgreSQL gets four tables (two with hosti
 interleaved so both see the same machine state:
 
 * baseline: `pg_restore -d <fresh empty database> DUMP` (the restore alone), median of 3;
-* verify: `verify_backup` (checksum + full read + restore into a scratch database + row
-  counts + drop), median of 3, with its default of one restore job; and the same with
-  jobs=2 for reference.
+* verify: `verify_backup` (authenticated manifest, then checksum of the open dump, then full
+  read + restore into a scratch database side by side, row counts, drop), median of 3, with
+  its default of one restore job; and the same with jobs=2 for reference.
 
 Target: verify at most 1.3x the baseline.
 """
@@ -15,6 +15,7 @@ Target: verify at most 1.3x the baseline.
 from __future__ import annotations
 
 import os
+import secrets
 import statistics
 import tempfile
 import time
@@ -82,7 +83,7 @@ def plain_restore(admin: str, target_dsn: str, dump: Path) -> float:
         client = backups.libpq(target_dsn, connect_timeout=10, dbname=name)
         argv = [backups.find_tool("pg_restore"), "--no-password", client.arg(), str(dump)]
         start = time.perf_counter()
-        with backups.Child("baseline", argv, client.env) as child:
+        with client.environment() as env, backups.Child("baseline", argv, env) as child:
             child.wait(3600)
         return time.perf_counter() - start
     finally:
@@ -111,7 +112,9 @@ def run() -> dict[str, Any]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(DATA.format(**sizes).encode())
         settings = Settings(
-            postgres_targets={"bench": SecretStr(as_url(dsn))}, backup=BackupSettings(dir=tmp)
+            postgres_targets={"bench": SecretStr(as_url(dsn))},
+            backup=BackupSettings(dir=tmp),
+            signing_key=SecretStr(secrets.token_hex(32)),
         )
         ctx = ActionContext(settings, _Quiet())
         start = time.perf_counter()

@@ -369,7 +369,8 @@ def open_dump(path: Path) -> Iterator[int]:
     (children through pass_fds and /dev/fd/N), so a file put in its place afterwards is
     never read. BackupError (step "checksum") when it cannot be opened or is not a file."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in its place does not hang us (and is refused below)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise BackupError(f"cannot open {path.name}: {exc.strerror or exc}", "checksum") from None
     try:

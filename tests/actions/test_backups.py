@@ -297,7 +297,7 @@ def test_dump_swapped_after_the_checksum_is_never_read(
 ) -> None:
     """Another dump renamed over the checked one before the restore starts is never read:
     the tools read the open file the checksum read (/dev/fd/N), and the verification of the
-    original passes; a symlink in a dump's place is not opened."""
+    original passes; a symlink in a dump's place is not opened, a FIFO not waited on."""
     ctx = ctx_for(settings_env, target_db, tmp_path)
     fill(target_db, {"t": 100})
     dump = made(backup_database(ctx, BackupDatabaseParams(target="app")))
@@ -323,6 +323,9 @@ def test_dump_swapped_after_the_checksum_is_never_read(
     link.symlink_to(dump)
     with pytest.raises(backups.BackupError, match=r"cannot open link\.dump"):
         backups.sha256_file(link)
+    os.mkfifo(fifo := tmp_path / "fifo.dump")
+    with pytest.raises(backups.BackupError, match=r"fifo\.dump is not a regular file"):
+        backups.sha256_file(fifo)  # opened without blocking, then refused
 
 
 def test_other_rows_are_caught_by_the_row_count_comparison(
