@@ -25,6 +25,7 @@ from remediation.actions.backups import (
     BackupDatabaseParams,
     VerifyBackupParams,
     backup_database,
+    resolve_database,
     resolve_verify,
     verify_backup,
 )
@@ -618,6 +619,9 @@ def test_verify_resolves_the_canonical_target_and_the_dump(
         resolve_verify(check_ctx, missing)
     with pytest.raises(Refused, match="not configured"):
         resolve_verify(check_ctx, VerifyBackupParams(target="nope"))
+    keyless = CheckContext(ctx.settings.model_copy(update={"signing_key": None}), ctx.log)
+    with pytest.raises(Refused, match="REMEDIATION_SIGNING_KEY: not set"):
+        resolve_database(keyless, BackupDatabaseParams(target="APP"))
 
 
 def test_refused_verify_costs_nothing_and_case_variants_share_one_folder_and_guards(
