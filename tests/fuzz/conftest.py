@@ -1,32 +1,73 @@
 """One real Runner (real Redis guard state, real audit PostgreSQL) for the fuzz tests.
 
-Global dry-run is on: the fuzz never needs an action to act, so nothing configured here
-points anywhere real, and a kwarg that slipped through would still only be audited.
+Global dry-run is on, so no action ever acts; but every schema-valid call goes through its
+action's resolve step first, against real services configured here (a PostgreSQL target
+with tables, a Redis target with job lists, a Docker engine, folders), so the resolve code
+sees fuzzed input: case variants of configured names, names that do not exist, hostile
+strings. A kwarg that slipped through would still only be audited.
 """
 
 from __future__ import annotations
 
+import json
+import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
 import redis
 
 from remediation.context import Trigger
 from remediation.runner import Runner
 from remediation.settings import Settings
+from remediation.testing import RedisServer, as_url, scratch_database
+from tests.docker_support import DOCKER_URL
 
-# Targets the strategies may name: configured, but pointing at closed ports.
+# Targets the strategies may name (and vary the case of): configured below.
 CONFIGURED = ["app", "cache"]
-FUZZ_ENV = {
-    "REMEDIATION_GUARDS__DRY_RUN": "true",
-    "REMEDIATION_POSTGRES_TARGETS__APP": "postgresql://fuzz:pw@127.0.0.1:1/none",
-    "REMEDIATION_REDIS_TARGETS__CACHE": "redis://127.0.0.1:1/0",
+MAX_KWARGS = 4096
+"""The size bound the fuzz runs with (REMEDIATION_GUARDS__MAX_KWARGS_BYTES)."""
+TABLES = ["t1", "Price History", "orders"]
+PATTERNS = ["cache:*", "sess:*"]
+# field name -> configured values the strategies draw (and vary the case of)
+KNOWN = {
+    "tables": ["t1", "public.t1", "Price History", "orders", "missing"],
+    "key": ["job_queue", "fuzz:a", "fuzz:b", "job_queue:dead_letter"],
+    "patterns": [*PATTERNS, "other:*"],
+    "integration": ["shop", "other"],
+    "queue": ["low_priority", "celery"],
+    "model": ["gpt-3.5-turbo", "gpt-4"],
+    "container": ["rem-fuzz-none"],
 }
+CANONICAL_TARGETS = {"self", "app", "cache", "docker", "celery", "pool"}
+"""Every target a call may resolve to: a dry-run row never names another spelling."""
 # (action, form) -> outcome counts, printed at the end of the session
 RESULTS: dict[tuple[str, str], Counter[str]] = {}
+
+
+def fuzz_env(db: str, cache_url: str, folder: str) -> dict[str, str]:
+    return {
+        "REMEDIATION_GUARDS__DRY_RUN": "true",
+        "REMEDIATION_GUARDS__MAX_KWARGS_BYTES": str(MAX_KWARGS),
+        "REMEDIATION_POSTGRES_TARGETS__APP": db,
+        "REMEDIATION_REDIS_TARGETS__CACHE": cache_url,
+        "REMEDIATION_JOB_QUEUE__KEYS": '["fuzz:*"]',
+        "REMEDIATION_CACHE__FLUSH_PATTERNS": json.dumps(PATTERNS),
+        "REMEDIATION_HOST__CLEANUP_DIRS": json.dumps([folder]),
+        "REMEDIATION_BACKUP__DIR": folder,
+        "REMEDIATION_BACKUP__FILE_PATHS": json.dumps([folder]),
+        "REMEDIATION_CONTAINERS__DOCKER_URL": DOCKER_URL,
+        "REMEDIATION_CONTAINERS__PROJECT": "rem-fuzz",
+        "REMEDIATION_PROXIES__PROXY_LIST": '["http://127.0.0.1:1"]',
+        "REMEDIATION_RATE_LIMITS__ENDPOINTS": '[{"name": "shop", "url": "http://127.0.0.1:1/"}]',
+        "REMEDIATION_WORKERS__SCALE_TARGETS": '[{"name": "pool"}]',
+        "REMEDIATION_WORKERS__REVOKE_STUCK": "true",
+        "REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES": '["fuzz"]',
+        "REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES": "true",
+    }
 
 
 class Fuzz:
@@ -62,10 +103,31 @@ class Fuzz:
         )
 
 
+@pytest.fixture(scope="session")
+def fuzz_services(pg_admin: str) -> Iterator[tuple[str, RedisServer, str]]:
+    """A target database with three tables, a Redis with job lists, a folder."""
+    cache = RedisServer().start()
+    client = redis.Redis.from_url(cache.url(0))
+    client.rpush("job_queue", "a", "a")
+    client.rpush("fuzz:a", "a")
+    client.set("fuzz:b", "not a list")
+    folder = tempfile.mkdtemp(prefix="rem-fuzz-")
+    with scratch_database(pg_admin, "rem_fuzz") as dsn:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for table in TABLES:
+                conn.execute(f'CREATE TABLE "{table}" (id int)')
+        yield as_url(dsn), cache, folder
+    client.close()
+    cache.stop()
+
+
 @pytest.fixture
-def fuzz(settings_env: Any, r: redis.Redis) -> Iterator[Fuzz]:
+def fuzz(
+    settings_env: Any, r: redis.Redis, fuzz_services: tuple[str, RedisServer, str]
+) -> Iterator[Fuzz]:
     """A Runner on the test Redis (emptied first) and audit database, dry-run on."""
-    settings = settings_env(**FUZZ_ENV)
+    db, cache, folder = fuzz_services
+    settings = settings_env(**fuzz_env(db, cache.url(0), folder))
     assert settings.guards.dry_run
     yield Fuzz(settings, r)
 

@@ -90,12 +90,28 @@ def accepts(model: type[BaseModel], kwargs: dict[str, Any]) -> bool:
 # --- valid: follow the schema ---------------------------------------------------------------
 
 
+def case_variants(names: list[str]) -> st.SearchStrategy[str]:
+    """One of the names as configured, or in another case (APP, aPp, App)."""
+    return st.sampled_from(names).flatmap(
+        lambda n: (
+            st.sampled_from([n, n.upper(), n.lower(), n.swapcase(), n.title()])
+            | st.builds(
+                lambda flips: "".join(
+                    c.upper() if f else c for c, f in zip(n, flips, strict=False)
+                ),
+                st.lists(st.booleans(), min_size=len(n), max_size=len(n)),
+            )
+        )
+    )
+
+
 def targets(configured: list[str], default: str | None = None) -> st.SearchStrategy[str]:
-    """Target names: the field's default (some actions take no other), configured ones, the
-    fixed ones some actions demand, and any well-formed name."""
-    known = st.sampled_from(["self", "celery", "docker", *configured])
+    """Target names: the field's default (some actions take no other), configured ones and
+    their case variants, the fixed ones some actions demand, and any well-formed name."""
+    known = case_variants(["self", "celery", "docker", "pool", *configured])
+    ours = case_variants(configured) if configured else known
     fixed = st.just(default) if default else known
-    return st.one_of(fixed, known, st.from_regex(_TARGET, fullmatch=True))
+    return st.one_of(fixed, ours, ours, known, st.from_regex(_TARGET, fullmatch=True))
 
 
 def _string(spec: dict[str, Any]) -> st.SearchStrategy[Any]:
@@ -145,15 +161,29 @@ def from_spec(spec: dict[str, Any], defs: dict[str, Any]) -> st.SearchStrategy[A
     raise AssertionError(f"no strategy for schema node {spec!r}: extend tests/fuzz/strategies.py")
 
 
+def _is_array(node: dict[str, Any]) -> bool:
+    return node.get("type") == "array" or any(
+        s.get("type") == "array" for s in node.get("anyOf", [])
+    )
+
+
 def _object(
-    spec: dict[str, Any], defs: dict[str, Any], configured: list[str]
-) -> st.SearchStrategy[dict[str, Any]]:
+    spec: dict[str, Any], defs: dict[str, Any], configured: list[str],
+    known: dict[str, list[str]] | None = None,
+) -> st.SearchStrategy[dict[str, Any]]:  # fmt: skip
     props = spec.get("properties", {})
     required = set(spec.get("required", []))
 
     def field(name: str, node: dict[str, Any]) -> st.SearchStrategy[Any]:
         plain = name == "target" and not ({"const", "enum", "pattern"} & set(node))
-        return targets(configured, node.get("default")) if plain else from_spec(node, defs)
+        if plain:
+            return targets(configured, node.get("default"))
+        drawn = from_spec(node, defs)
+        if known and name in known:  # configured values and their case variants, often
+            values = case_variants(known[name])
+            ours = st.lists(values, min_size=1, max_size=3) if _is_array(node) else values
+            return st.one_of(ours, ours, drawn)
+        return drawn
 
     return st.fixed_dictionaries(
         {n: field(n, p) for n, p in props.items() if n in required},
@@ -161,10 +191,25 @@ def _object(
     )
 
 
-def valid_kwargs(model: type[BaseModel], configured: list[str]) -> st.SearchStrategy[Any]:
-    """Kwargs that follow the model's schema (a model validator may still refuse some)."""
+def valid_kwargs(
+    model: type[BaseModel], configured: list[str], known: dict[str, list[str]] | None = None
+) -> st.SearchStrategy[Any]:
+    """Kwargs that follow the model's schema (a model validator may still refuse some);
+    with ``known``, fields of those names often carry configured values or case variants."""
     schema, defs = schema_of(model)
-    return _object(schema, defs, configured)
+    return _object(schema, defs, configured, known)
+
+
+def oversized(model: type[BaseModel], configured: list[str], limit: int) -> st.SearchStrategy[Any]:
+    """Valid-looking kwargs made bigger than limit bytes by one long string (in a field or an
+    unknown key), with a secret planted before the cut."""
+    return st.builds(
+        lambda kwargs, name, extra, secret: {**kwargs, name: "x" * (limit + extra), **secret},
+        valid_kwargs(model, configured),
+        st.sampled_from([*sorted(schema_of(model)[0].get("properties", {})), "padding"]),
+        st.integers(1, 8 * limit),
+        planted_secrets(),
+    )
 
 
 # --- invalid: break the schema ----------------------------------------------------------------

@@ -1,13 +1,17 @@
 """Hypothesis-generated kwargs for every remediation.act.* task, through the real Runner.
 
 Invalid kwargs: rejected, audited once as rejected (secrets masked), no guard decision, no
-guard state, nothing dispatched. Schema-following kwargs under global dry-run: a clean
-outcome, never an exception, never the action itself. `make test` runs a bounded,
-derandomized form; REMEDIATION_CHAOS_FULL=1 runs 1,000 random cases per action and form.
+guard state, nothing dispatched. Oversized kwargs: rejected before validation, stored as
+size + sha256 + a redacted prefix. Schema-following kwargs (configured names, their case
+variants, names that do not exist) under global dry-run: through the action's resolve step
+against real services, then a clean outcome, never an exception, never the action itself;
+a dry-run row only ever names a canonical target. `make test` runs a bounded, derandomized
+form; REMEDIATION_CHAOS_FULL=1 runs 1,000 random cases per action and form.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from typing import Any
 
@@ -18,12 +22,13 @@ from pydantic import BaseModel
 
 from remediation.registry import ACTIONS, load_all
 from tests.chaos import FULL, scale
-from tests.fuzz.conftest import CONFIGURED, RESULTS, Fuzz
+from tests.fuzz.conftest import CANONICAL_TARGETS, CONFIGURED, KNOWN, MAX_KWARGS, RESULTS, Fuzz
 from tests.fuzz.strategies import (
     SECRET,
     SECRET_URLS,
     accepts,
     invalid_kwargs,
+    oversized,
     valid_kwargs,
     with_nul,
 )
@@ -44,9 +49,11 @@ FUZZ = settings(
     ],
 )
 # Outcomes a schema-following call may have under dry-run; succeeded/failed mean it acted.
-CLEAN = {"dry_run", "suppressed", "duplicate", "rejected"}
-# Guard state a dry-run may touch: the breaker index (SADD of the breaker's name), no more.
+CLEAN = {"dry_run", "suppressed", "duplicate", "rejected", "refused", "deferred"}
+# Guard state a dry-run may touch: the breaker index (SADD of the breaker's name), and the
+# once-per-window notice marks of refusals; no more.
 DRY_RUN_KEYS = {b"rem:breakers"}
+NOTICES = ("action_refused", "action_unresolved")
 
 
 def test_every_action_is_fuzzed() -> None:
@@ -88,7 +95,7 @@ def test_schema_kwargs_under_dry_run_never_act(name: str, fuzz: Fuzz) -> None:
     seen: Counter[str] = Counter()
 
     @FUZZ
-    @given(kwargs=valid_kwargs(model, CONFIGURED))
+    @given(kwargs=valid_kwargs(model, CONFIGURED, KNOWN))
     def case(kwargs: dict[str, Any]) -> None:
         task_id, before = fuzz.task_id(name), fuzz.keys()
         valid = accepts(model, kwargs)
@@ -100,17 +107,45 @@ def test_schema_kwargs_under_dry_run_never_act(name: str, fuzz: Fuzz) -> None:
             (decision,), (row,) = decisions, rows
             assert decision["decision"] == "dry_run" and row["outcome"] == "dry_run"
             assert row["decision_id"] == decision["id"] and row["result"] is None
+            assert json.loads(row["params"])["target"] in CANONICAL_TARGETS, row
+        if out.outcome in ("refused", "deferred"):  # decided by the resolve step: free
+            (decision,) = decisions
+            assert decision["decision"] == out.outcome and rows == [], decisions
         # the columns the audit redacts (resource/idempotency_key: tests below)
         redacted = [(r["params"], r["error"], r["result"]) for r in rows]
         assert SECRET not in repr(redacted) + repr([d["reason"] for d in decisions])
-        assert fuzz.keys() - before <= DRY_RUN_KEYS
-        assert fuzz.dispatched == []
+        new = fuzz.keys() - before
+        assert new - DRY_RUN_KEYS <= {k for k in new if k.startswith(b"rem:notice:")}, new
+        assert all(k["kind"] in NOTICES for _, k, _ in fuzz.dispatched), fuzz.dispatched
         seen[out.outcome] += 1
 
     case()
     RESULTS[(name, "schema")] = seen
     assert sum(seen.values()) >= EXAMPLES
-    assert seen["dry_run"] >= floor(model, sum(seen.values())), f"too few pass: {seen}"
+    resolved = seen["dry_run"] + seen["refused"] + seen["deferred"]
+    assert resolved >= floor(model, sum(seen.values())), f"too few pass: {seen}"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_oversized_kwargs_are_rejected_and_stored_truncated(name: str, fuzz: Fuzz) -> None:
+    """Kwargs past REMEDIATION_GUARDS__MAX_KWARGS_BYTES: rejected before validation, audited
+    as size + sha256 + a redacted prefix, no decision, no guard state, nothing dispatched."""
+    model = ACTIONS[name].params_model
+
+    @FUZZ
+    @given(kwargs=oversized(model, CONFIGURED, MAX_KWARGS))
+    def case(kwargs: dict[str, Any]) -> None:
+        task_id, before = fuzz.task_id(name), fuzz.keys()
+        out = fuzz.runner.run_action(name, kwargs, task_id=task_id)
+        assert out.outcome == "rejected" and "kwargs too large" in out.reason, out
+        (row,) = fuzz.action_rows(task_id)
+        stored = json.loads(row["params"])
+        assert stored["_truncated"] is True and stored["bytes"] > MAX_KWARGS
+        assert len(row["params"]) < 1024 and SECRET not in row["params"]
+        assert fuzz.decision_rows(task_id) == [] and fuzz.keys() == before
+        assert fuzz.dispatched == []
+
+    case()
 
 
 @pytest.mark.parametrize("name", NAMES)
