@@ -68,13 +68,13 @@ class ActionSpec:
     fn: Callable[..., ActionResult]
     params_model: type[ActionParams]
     doc: str
+    # (read-only context, params) -> Resolved with canonical params; raises Refused/Deferred
+    resolve: Callable[[Any, Any], Any]
     guards: GuardOptions = field(default_factory=GuardOptions)
     resource: Callable[[Any], str] = lambda p: p.target
     timeout: timedelta | None = None  # soft time limit; None = REMEDIATION_CELERY__SOFT_TIME_LIMIT
     # blast-radius units reserved in the admitting call: (settings, params) -> units
     upfront: Callable[[Any, Any], int] | None = None
-    # (read-only context, params) -> Resolved with canonical params; raises Refused/Deferred
-    resolve: Callable[[Any, Any], Any] | None = None
 
     @property
     def task_name(self) -> str:
@@ -137,6 +137,8 @@ def action(
     reserves (saving a round trip; unused ones are given back at completion)."""
     if timeout is not None and timeout <= timedelta(0):
         raise RegistryError(f"{name}: timeout must be positive")
+    if resolve is None:  # every call names its canonical resource before any guard
+        raise RegistryError(f"{name}: declare resolve= (remediation.resolve has the pieces)")
     unknown = set(guards) - GUARD_OPTIONS
     if unknown:
         raise RegistryError(f"{name}: unknown guard option(s) {sorted(unknown)}")
@@ -147,8 +149,8 @@ def action(
         model = _params_model(fn, ActionParams)
         _bounded(name, model)
         spec = ActionSpec(
-            name, fn, model, _doc(fn), options, resource or (lambda p: p.target), timeout,
-            upfront, resolve,
+            name, fn, model, _doc(fn), resolve, options, resource or (lambda p: p.target),
+            timeout, upfront,
         )  # fmt: skip
         ACTIONS[name] = spec
         return fn

@@ -240,8 +240,6 @@ class Runner:
 
     def _resolve(self, call: ActionCall) -> Resolved:
         """The action's resolve step: canonical params, read-only, before any guard."""
-        if call.spec.resolve is None:
-            return Resolved(call.params)
         ctx = CheckContext(self.settings, self.log, self.store)
         resolved: Resolved = call.spec.resolve(ctx, call.params)
         return resolved

@@ -42,17 +42,21 @@ def test_every_check_and_action_has_a_stable_task_name() -> None:
     } <= names
 
 
+def _same(ctx: object, params: object) -> object:
+    return params
+
+
 def test_unknown_guard_option_is_rejected() -> None:
     """A misspelt guard option fails at declaration, not at run time."""
     with pytest.raises(RegistryError, match="cooldwn"):
-        registry.action("poke_x", cooldwn=timedelta(1))
+        registry.action("poke_x", resolve=_same, cooldwn=timedelta(1))
 
 
 @pytest.mark.parametrize("opts", [{"cooldown": timedelta(seconds=-1)}, {"max_per_hour": 0}])
 def test_bad_guard_values_are_rejected(opts: dict[str, object]) -> None:
     """Negative cooldowns and empty budgets are declaration errors."""
     with pytest.raises(RegistryError):
-        registry.action("poke_x", **opts)
+        registry.action("poke_x", resolve=_same, **opts)
 
 
 def test_signature_docstring_and_names_are_checked() -> None:
@@ -70,13 +74,13 @@ def test_signature_docstring_and_names_are_checked() -> None:
         return ActionResult()
 
     with pytest.raises(RegistryError, match="docstring"):
-        registry.action("poke_a")(no_doc)
+        registry.action("poke_a", resolve=_same)(no_doc)
     with pytest.raises(RegistryError, match="ActionParams"):
-        registry.action("poke_b")(wrong_params)
+        registry.action("poke_b", resolve=_same)(wrong_params)
     with pytest.raises(RegistryError, match="snake_case"):
-        registry.action("PokeC")(documented)
+        registry.action("PokeC", resolve=_same)(documented)
     with pytest.raises(RegistryError, match="twice"):
-        registry.action("vacuum_analyze")(documented)
+        registry.action("vacuum_analyze", resolve=_same)(documented)
 
 
 def test_check_params_must_be_check_params() -> None:
@@ -97,3 +101,23 @@ def test_finding_fingerprint_is_stable_and_scoped() -> None:
     b = Finding(check="c", target="t", subject="s", kind="k", severity="warning", observed=9)
     c = Finding(check="c", target="t", subject="other", kind="k", severity="high")
     assert a.fingerprint == b.fingerprint != c.fingerprint
+
+
+def test_an_action_without_a_resolve_step_is_refused_at_import() -> None:
+    """Every action must name its canonical resource before any guard: no resolve=, no action."""
+    from remediation.registry import action
+
+    with pytest.raises(RegistryError, match="resolve"):
+        action("no_resolve_step")
+
+
+def test_an_unbounded_param_is_refused_at_import() -> None:
+    """A string or list param without max_length fails at declaration, naming the field."""
+    from remediation.params import ActionParams
+    from remediation.registry import _bounded
+
+    class Loose(ActionParams):
+        note: str = ""
+
+    with pytest.raises(RegistryError, match="note needs a max_length"):
+        _bounded("loose", Loose)

@@ -21,7 +21,14 @@ def _noop(ctx: object, params: ActionParams) -> ActionResult:
 
 
 def spec(**options: object) -> ActionSpec:
-    return ActionSpec("poke_thing", _noop, ActionParams, "doc", GuardOptions(**options))  # type: ignore[arg-type]
+    return ActionSpec(
+        "poke_thing",
+        _noop,
+        ActionParams,
+        "doc",
+        lambda ctx, p: p,
+        GuardOptions(**options),  # type: ignore[arg-type]
+    )
 
 
 def settings(**guards: object) -> Settings:
