@@ -7,7 +7,7 @@ Then, each in a fresh subprocess so one measurement cannot inherit the other's h
 
 * replay: `AuditStore(dsn, spool_dir=...).replay_spool()` into a scratch audit database on
   the configured PostgreSQL (schema applied first); peak RSS growth is VmHWM after the
-  replay minus VmHWM before it, plus rows, seconds and rows/s.
+  replay minus VmRSS before it, plus rows, seconds and rows/s.
 * baseline: the approach replay used before issue 10 (read every file whole, parse every
   line, sort them all), on a copy of the same spool, without a database; same measure.
 
@@ -37,10 +37,11 @@ SPOOL_MB = int(os.environ.get("REMEDIATION_BENCH_SPOOL_MB", "100"))
 FILES = 4
 BAR_MIB = 50
 
+# growth = peak RSS (VmHWM) after the work minus current RSS (VmRSS) before it
 _HWM = """
-def hwm():
+def mib(field):
     for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) / 1024
 """
 
@@ -50,11 +51,11 @@ REPLAY = (
 import json, sys, time
 from remediation.audit.store import AuditStore
 store = AuditStore(sys.argv[1], spool_dir=sys.argv[2])
-before = hwm()
+before = mib("VmRSS")
 start = time.perf_counter()
 rows = store.replay_spool(wait=60)
 seconds = time.perf_counter() - start
-print(json.dumps({"rows": rows, "seconds": seconds, "growth_mib": hwm() - before}))
+print(json.dumps({"rows": rows, "seconds": seconds, "growth_mib": mib("VmHWM") - before}))
 """
 )
 
@@ -62,7 +63,7 @@ WHOLE = (
     _HWM
     + """
 import json, os, sys, time
-before = hwm()
+before = mib("VmRSS")
 start = time.perf_counter()
 lines = []
 for name in sorted(os.listdir(sys.argv[1])):
@@ -72,7 +73,7 @@ for name in sorted(os.listdir(sys.argv[1])):
         lines.append((int(record["ts"]), name, number, raw, record))
 lines.sort(key=lambda ln: (ln[0], ln[1], ln[2]))
 seconds = time.perf_counter() - start
-print(json.dumps({"rows": len(lines), "seconds": seconds, "growth_mib": hwm() - before}))
+print(json.dumps({"rows": len(lines), "seconds": seconds, "growth_mib": mib("VmHWM") - before}))
 """
 )
 
