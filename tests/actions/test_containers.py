@@ -140,7 +140,7 @@ def test_name_full_id_and_prefix_share_one_back_off(
         settings_env,
         project,
         REMEDIATION_CONTAINERS__RESTART_BACKOFF_BASE_SECONDS="60",
-        REMEDIATION_CONTAINERS__FLAP_MAX_RESTARTS="1",
+        REMEDIATION_CONTAINERS__FLAP_MAX_RESTARTS="2",
     )
     app = project.run(CRASH)
     project.wait_status(app, "exited")
@@ -158,8 +158,12 @@ def test_name_full_id_and_prefix_share_one_back_off(
     assert {k.decode() for k in r.scan_iter(match="rem:flap:restart_container:*")} == {
         keys.flap("restart_container", f"docker/{app.name}")
     }
-    r.hset(state_key(app.name), "next_at", 0)  # the back-off is over: the next call gives up
-    gave_up = call("restart_container", {"container": app.id[:12]}, task_id="give-up")
+    r.hset(state_key(app.name), "next_at", 0)  # the back-off is over: a second restart
+    second = call("restart_container", {"container": app.id[:12]}, task_id="second")
+    assert second.outcome == "succeeded", second
+    project.wait_status(app, "exited")
+    started = project.started_at(app)
+    gave_up = call("restart_container", {"container": app.id}, task_id="give-up")
     assert gave_up.outcome == "failed" and "left alone" in gave_up.reason
     for ref in (app.name, app.id, app.id[:8]):
         refused = call("restart_container", {"container": ref}, task_id=f"after-{ref}")
