@@ -80,11 +80,22 @@ print(json.dumps({"rows": len(lines), "seconds": seconds, "growth_mib": mib("VmH
 
 def _record(n: int, ts: int, at: datetime) -> dict[str, Any]:
     """One spooled check_run line as AuditStore.start_check_run + Spool.append write it."""
-    params = {"min_dead_ratio": 0.2, "min_dead_rows": 1000, "schemas": ["public", "billing"],
-              "exclude": [f"audit_log_{n % 12:02d}"], "target": "app"}  # fmt: skip
-    args = {"id": new_id(), "task_id": f"c0ffee{n:08x}-5b1c-4f0e-9a3e-6d2f1c9e{n % 9999:04d}",
-            "check": "postgres_dead_tuples", "target": ("app", "reports", "billing")[n % 3],
-            "purpose": "detect", "params": redact(params), "at": at.isoformat()}  # fmt: skip
+    params = {
+        "min_dead_ratio": 0.2,
+        "min_dead_rows": 1000,
+        "schemas": ["public", "billing"],
+        "exclude": [f"audit_log_{n % 12:02d}"],
+        "target": "app",
+    }
+    args = {
+        "id": new_id(),
+        "task_id": f"c0ffee{n:08x}-5b1c-4f0e-9a3e-6d2f1c9e{n % 9999:04d}",
+        "check": "postgres_dead_tuples",
+        "target": ("app", "reports", "billing")[n % 3],
+        "purpose": "detect",
+        "params": redact(params),
+        "at": at.isoformat(),
+    }
     return {"ts": ts, "op": "check_run", "args": args}
 
 
@@ -109,8 +120,15 @@ def build(folder: Path, mib: int) -> int:
 
 def _child(code: str, *args: str) -> dict[str, Any]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=3600, check=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"bench child failed: {proc.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])

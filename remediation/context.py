@@ -56,8 +56,9 @@ class Trigger:
             missing, extra = sorted(expected - set(value)), sorted(set(value) - expected)
             raise TriggerError(f"trigger header fields: missing {missing}, unexpected {extra}")
         fields = {k: value[k] for k in value if k != "sig"}
-        if not signing.valid(key, "trigger", {"task": task, "kwargs": kwargs, **fields},
-                             value["sig"]):  # fmt: skip
+        if not signing.valid(
+            key, "trigger", {"task": task, "kwargs": kwargs, **fields}, value["sig"]
+        ):
             raise TriggerError("trigger header signature does not match (forged or altered)")
         trigger = cls(**{k: value[k] for k in cls.__dataclass_fields__})
         trigger.validate()
@@ -90,7 +91,7 @@ class Trigger:
                     "incident",
                     isinstance(self.incident, str) and bool(_INCIDENT.match(self.incident)),
                 ),
-            )  # fmt: skip
+            )
             if not ok
         ]
         if problems:

@@ -245,17 +245,26 @@ class Runner:
         return resolved
 
     def _reject(
-        self, spec: ActionSpec, kwargs: Any, message: str, task_id: str | None,
+        self,
+        spec: ActionSpec,
+        kwargs: Any,
+        message: str,
+        task_id: str | None,
         trigger: Trigger | None,
-    ) -> ActionOutcome:  # fmt: skip
+    ) -> ActionOutcome:
         """Kwargs (or a trigger) refused before anything runs: one audited row, no guard."""
         stored = self._stored(kwargs)
         target = kwargs.get("target", "?") if isinstance(kwargs, dict) else "?"
         run_id = self.store.add_action_run(
-            action=spec.name, target=redact_text(str(storable(target)))[:64], resource=None,
-            params=stored, outcome="rejected", error=message,
-            finding_id=trigger.finding_id if trigger else None, task_id=task_id,
-        )  # fmt: skip
+            action=spec.name,
+            target=redact_text(str(storable(target)))[:64],
+            resource=None,
+            params=stored,
+            outcome="rejected",
+            error=message,
+            finding_id=trigger.finding_id if trigger else None,
+            task_id=task_id,
+        )
         self.log.warning("action rejected", action=spec.name, reason=message)
         metrics.action_run(spec.name, "rejected", None)
         return ActionOutcome("rejected", action_run_id=run_id, reason=message)
@@ -324,9 +333,12 @@ class Runner:
         if not adm.admitted:
             self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)
             if adm.flap_escalate:  # once per suspension: the refusal that started it
-                self._notify("flapping", f"flap:{spec.name}:{call.resource}",
-                             f"{call.what} is flapping: {adm.reason}; suspended for "
-                             f"{self.settings.guards.flap_suspend_minutes} min")  # fmt: skip
+                self._notify(
+                    "flapping",
+                    f"flap:{spec.name}:{call.resource}",
+                    f"{call.what} is flapping: {adm.reason}; suspended for "
+                    f"{self.settings.guards.flap_suspend_minutes} min",
+                )
             return ActionOutcome(adm.decision, decision_id, reason=adm.reason)
         if adm.resumed:
             self.log.warning("resuming an action whose worker died mid-action",
@@ -369,8 +381,9 @@ class Runner:
 
     def _notify_without_state(self, call: ActionCall, chain: GuardChain) -> ActionOutcome:
         reason = "guard state unavailable; notifications are sent regardless"
-        decision_id = self.store.add_decision(**call.decision(), decision="admitted",
-                                              guard="state", reason=reason)  # fmt: skip
+        decision_id = self.store.add_decision(
+            **call.decision(), decision="admitted", guard="state", reason=reason
+        )
         adm = Admission(True, "admitted", idempotency_key=call.idempotency_key)
         return self._act(call, chain, adm, decision_id)
 
@@ -391,17 +404,24 @@ class Runner:
             return self._declined(call, chain, adm, blast, decision_id, exc, started)
         except BaseException as exc:  # SoftTimeLimitExceeded included: record, release
             if isinstance(exc, KeyboardInterrupt | SystemExit):
-                chain.complete(adm, call.target, call.resource, False,
-                               blast.settle(adm.blast_granted))  # fmt: skip
+                chain.complete(
+                    adm, call.target, call.resource, False, blast.settle(adm.blast_granted)
+                )
                 raise
             error = redact_text(f"{type(exc).__name__}: {exc}")
             result = ActionResult(ok=False, changed=False, summary=error)
         return self._record(call, chain, adm, blast, decision_id, result, error, started)
 
     def _declined(
-        self, call: ActionCall, chain: GuardChain, adm: Admission, blast: BlastAccount,
-        decision_id: int, exc: Refused | Deferred, started: float,
-    ) -> ActionOutcome:  # fmt: skip
+        self,
+        call: ActionCall,
+        chain: GuardChain,
+        adm: Admission,
+        blast: BlastAccount,
+        decision_id: int,
+        exc: Refused | Deferred,
+        started: float,
+    ) -> ActionOutcome:
         """The action refused or deferred after admission: everything the admission took is
         given back (claim, lock, budget, flap count, blast units), no outcome is recorded on
         the breaker, nothing is verified, nobody is paged about a failure."""
@@ -414,11 +434,17 @@ class Runner:
             self.log.error("could not give back guard holds", error=str(exc2))
         retry_at = getattr(exc, "retry_at", None)
         run_id = self.store.add_action_run(
-            **call.audit, params=call.params.model_dump(mode="json"), outcome=outcome,
-            error=reason, result={"retry_at": retry_at} if retry_at else None,
-            duration_ms=_ms(started), decision_id=decision_id, finding_id=call.finding_id,
-            task_id=call.task_id, verification="skipped",
-        )  # fmt: skip
+            **call.audit,
+            params=call.params.model_dump(mode="json"),
+            outcome=outcome,
+            error=reason,
+            result={"retry_at": retry_at} if retry_at else None,
+            duration_ms=_ms(started),
+            decision_id=decision_id,
+            finding_id=call.finding_id,
+            task_id=call.task_id,
+            verification="skipped",
+        )
         metrics.action_run(call.spec.name, outcome, time.monotonic() - started)
         self.log.info(f"action {outcome}", reason=reason)
         if isinstance(exc, Refused) and exc.notice:
@@ -426,9 +452,16 @@ class Runner:
         return ActionOutcome(outcome, decision_id, run_id, reason, "skipped")
 
     def _record(
-        self, call: ActionCall, chain: GuardChain, adm: Admission, blast: BlastAccount,
-        decision_id: int, result: ActionResult, error: str | None, started: float,
-    ) -> ActionOutcome:  # fmt: skip
+        self,
+        call: ActionCall,
+        chain: GuardChain,
+        adm: Admission,
+        blast: BlastAccount,
+        decision_id: int,
+        result: ActionResult,
+        error: str | None,
+        started: float,
+    ) -> ActionOutcome:
         spec, success = call.spec, result.ok
         try:
             transition = chain.complete(
@@ -454,10 +487,13 @@ class Runner:
             self._notify("action_failed", call.incident, f"{call.what} failed: {result.summary}")
         if transition == "opened":
             name = chain.breaker_name(call.target)
-            self._notify("breaker_open", f"breaker:{name}",
-                         f"circuit {name} opened after {call.what} failed; further runs are"
-                         f" suppressed until it half-opens or `remediation breakers reset"
-                         f" {name}`")  # fmt: skip
+            self._notify(
+                "breaker_open",
+                f"breaker:{name}",
+                f"circuit {name} opened after {call.what} failed; further runs are"
+                f" suppressed until it half-opens or `remediation breakers reset"
+                f" {name}`",
+            )
         if verification is None and call.trigger is not None:
             done.verification = self._verify(run_id, call)
             metrics.verification(spec.name, done.verification)
@@ -494,8 +530,11 @@ class Runner:
         except Exception as exc:
             self.log.warning("could not update the incident", error=str(exc))
         if verdict != "recovered" and call.spec.guards.escalate_unverified:
-            self._notify("unverified_fix", trigger.incident,
-                         f"{call.what} ran but the check still fails ({verdict})")  # fmt: skip
+            self._notify(
+                "unverified_fix",
+                trigger.incident,
+                f"{call.what} ran but the check still fails ({verdict})",
+            )
         return verdict
 
     def _notice_once(self, kind: str, call: ActionCall, text: str) -> None:
@@ -504,8 +543,12 @@ class Runner:
         if call.spec.name == "notify":
             return
         try:
-            first = self.state.set(keys.notice(kind, call.spec.name), "1", nx=True,
-                                   ex=self.settings.notify.window_seconds)  # fmt: skip
+            first = self.state.set(
+                keys.notice(kind, call.spec.name),
+                "1",
+                nx=True,
+                ex=self.settings.notify.window_seconds,
+            )
         except Exception as exc:  # no state: stay quiet rather than page once per call
             self.log.warning("notice state unavailable", error=str(exc))
             return
@@ -514,8 +557,12 @@ class Runner:
 
     def _notify(self, kind: str, incident: str, text: str, severity: str = "high") -> None:
         """Send a notification through the notify action (deduplicated per incident + kind)."""
-        kwargs = {"text": bounded_text(text, NOTIFY_TEXT_MAX), "incident": incident[:200],
-                  "kind": kind, "severity": severity}  # fmt: skip
+        kwargs = {
+            "text": bounded_text(text, NOTIFY_TEXT_MAX),
+            "incident": incident[:200],
+            "kind": kind,
+            "severity": severity,
+        }
         try:
             self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
         except Exception as exc:  # the broker may be what is down: log, never crash the task

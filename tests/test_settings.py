@@ -106,8 +106,12 @@ def test_worker_refuses_to_start_without_a_signing_key() -> None:
     exits at once naming the variable and how to make one."""
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "worker"],
-        cwd=ROOT, env=clean_environ(), capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=clean_environ(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "REMEDIATION_SIGNING_KEY: not set" in proc.stderr and "token_hex" in proc.stderr
 

@@ -71,8 +71,11 @@ def _saved(ctx: CheckContext, name: str) -> dict[str, str]:
 
 def _left_alone(name: str, saved: dict[str, str]) -> Refused:
     at = _iso(float(saved["unmonitored_at"]))
-    return Refused(f"{name} was left alone after repeated restarts, escalated at {at};"
-                   f" reset_container_restarts to look after it again", notice=False)  # fmt: skip
+    return Refused(
+        f"{name} was left alone after repeated restarts, escalated at {at};"
+        f" reset_container_restarts to look after it again",
+        notice=False,
+    )
 
 
 def _find(ctx: CheckContext, ref: str) -> Any:
@@ -104,8 +107,10 @@ def _due(ctx: CheckContext, name: str, saved: dict[str, str]) -> None:
     next_at = float(saved.get("next_at", 0))
     now = _now(ctx)
     if now < next_at:
-        raise Deferred(f"{name} is backing off: next restart allowed in"
-                       f" {round(next_at - now, 1)}s", retry_at=next_at)  # fmt: skip
+        raise Deferred(
+            f"{name} is backing off: next restart allowed in {round(next_at - now, 1)}s",
+            retry_at=next_at,
+        )
 
 
 def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
@@ -126,8 +131,14 @@ def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
     return canonical(params, facts, container=name)
 
 
-@action("restart_container", resolve=resolve_container, resource=_resource,
-        cooldown=timedelta(0), max_per_hour=60, escalate_unverified=False)  # fmt: skip
+@action(
+    "restart_container",
+    resolve=resolve_container,
+    resource=_resource,
+    cooldown=timedelta(0),
+    max_per_hour=60,
+    escalate_unverified=False,
+)
 def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResult:
     """Restart a down or unhealthy container of the watched compose project, backing off.
 
@@ -160,8 +171,10 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
         return _give_up(ctx, name, key, now, history)
     _due(ctx, name, saved)
     if ctx.reserve(1) < 1:  # blast radius: containers restarted per window, all workers
-        raise Deferred(f"{name} not restarted: the blast-radius cap for restart_container"
-                       " is spent", guard="blast")  # fmt: skip
+        raise Deferred(
+            f"{name} not restarted: the blast-radius cap for restart_container is spent",
+            guard="blast",
+        )
     return _restart(ctx, name, container, key, now, history, status=container.status,
                     health=health)  # fmt: skip
 
@@ -227,10 +240,13 @@ def reset_container_restarts(ctx: ActionContext, params: ResetRestartsParams) ->
     back-off state (rem:restart:<name>) and the guard chain's flap record for
     restart_container on it, so both flap guards start afresh."""
     resource = _resource(params)
-    removed = int(ctx.state.delete(
-        state_key(params.container), guard_keys.flap("restart_container", resource),
-        guard_keys.flap_suspended("restart_container", resource),
-    ))  # fmt: skip
+    removed = int(
+        ctx.state.delete(
+            state_key(params.container),
+            guard_keys.flap("restart_container", resource),
+            guard_keys.flap_suspended("restart_container", resource),
+        )
+    )
     return ActionResult(changed=bool(removed),
                         summary=f"restart history of {params.container} "
                                 + ("cleared" if removed else "was already empty"))  # fmt: skip

@@ -288,8 +288,15 @@ class AuditStore:
     def start_check_run(
         self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
     ) -> int:
-        args: dict[str, Any] = {"id": new_id(), "task_id": task_id, "check": check, "target": target,
-                "purpose": purpose, "params": _json(params), "at": _now()}  # fmt: skip
+        args: dict[str, Any] = {
+            "id": new_id(),
+            "task_id": task_id,
+            "check": check,
+            "target": target,
+            "purpose": purpose,
+            "params": _json(params),
+            "at": _now(),
+        }
         self._write("check_run", args)
         return int(args["id"])
 

@@ -181,8 +181,12 @@ def test_reset_lets_the_worker_restart_an_abandoned_container(
     settings_env: Any, r: redis.Redis, project: ComposeProject
 ) -> None:
     """After reset_container_restarts (by ID prefix) the given-up container is restarted."""
-    s = settings_for(settings_env, project, REMEDIATION_CONTAINERS__FLAP_MAX_RESTARTS="1",
-                     REMEDIATION_CONTAINERS__RESTART_BACKOFF_BASE_SECONDS="1")  # fmt: skip
+    s = settings_for(
+        settings_env,
+        project,
+        REMEDIATION_CONTAINERS__FLAP_MAX_RESTARTS="1",
+        REMEDIATION_CONTAINERS__RESTART_BACKOFF_BASE_SECONDS="1",
+    )
     app = project.run(CRASH)
     project.wait_status(app, "exited")
     assert done(restart(s, app.name)).changed

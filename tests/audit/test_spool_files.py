@@ -332,8 +332,15 @@ def test_oversized_records_are_refused_and_overlong_lines_dropped(tmp_path: Path
 def test_replay_memory_does_not_grow_with_the_spool(tmp_path: Path) -> None:
     """Replaying 16 MiB of spool in four files allocates under 4 MiB at its peak
     (tracemalloc; reading the files whole, as before, took over 100 MiB)."""
-    record = {"op": "check_run", "args": {"id": 0, "check": "postgres_dead_tuples",
-              "target": "app", "params": {"min_dead_ratio": 0.2, "tables": ["a", "b"]}}}  # fmt: skip
+    record = {
+        "op": "check_run",
+        "args": {
+            "id": 0,
+            "check": "postgres_dead_tuples",
+            "target": "app",
+            "params": {"min_dead_ratio": 0.2, "tables": ["a", "b"]},
+        },
+    }
     for f in range(4):
         with open(tmp_path / f"h{f}{ACTIVE}", "wb") as fh:
             for n in range(4 * 1024 * 1024 // 170):

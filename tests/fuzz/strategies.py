@@ -168,9 +168,11 @@ def _is_array(node: dict[str, Any]) -> bool:
 
 
 def _object(
-    spec: dict[str, Any], defs: dict[str, Any], configured: list[str],
+    spec: dict[str, Any],
+    defs: dict[str, Any],
+    configured: list[str],
     known: dict[str, list[str]] | None = None,
-) -> st.SearchStrategy[dict[str, Any]]:  # fmt: skip
+) -> st.SearchStrategy[dict[str, Any]]:
     props = spec.get("properties", {})
     required = set(spec.get("required", []))
 

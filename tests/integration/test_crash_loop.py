@@ -86,9 +86,11 @@ def decisions(audit: str, name: str) -> list[dict[str, Any]]:
 
 
 def test_crash_loop_on_the_default_spacing_restarts_defers_gives_up_and_escalates_once(
-    loop_redis: RedisServer, loop_audit: str, loop_webhook: WebhookReceiver,
+    loop_redis: RedisServer,
+    loop_audit: str,
+    loop_webhook: WebhookReceiver,
     project: ComposeProject,
-) -> None:  # fmt: skip
+) -> None:
     """Restarts follow the back-off, the give-up comes after the configured count with exactly
     one escalation and no restart after it; the sweep inside the back-off is audited as
     deferred, never as a duplicate of a finished fix."""
@@ -120,11 +122,19 @@ def test_crash_loop_on_the_default_spacing_restarts_defers_gives_up_and_escalate
         for sweep in range(len(EXPECTED)):
             time.sleep(max(start + sweep * SWEEP_SECONDS - time.monotonic(), 0))
             client.send_task("remediation.check.docker_containers", kwargs={})
-            wait_for(lambda n=sweep: len(decisions(loop_audit, app.name)) > n, SWEEP_SECONDS,
-                     0.1, f"the decision of sweep {sweep}")  # fmt: skip
+            wait_for(
+                lambda n=sweep: len(decisions(loop_audit, app.name)) > n,
+                SWEEP_SECONDS,
+                0.1,
+                f"the decision of sweep {sweep}",
+            )
         try:
-            wait_for(lambda: decisions(loop_audit, app.name)[6]["outcome"] is not None,
-                     SWEEP_SECONDS, 0.1, "the give-up's outcome")  # fmt: skip
+            wait_for(
+                lambda: decisions(loop_audit, app.name)[6]["outcome"] is not None,
+                SWEEP_SECONDS,
+                0.1,
+                "the give-up's outcome",
+            )
         except TimeoutError:
             raise AssertionError(decisions(loop_audit, app.name)) from None
         gave_up_started = project.started_at(app)

@@ -25,9 +25,12 @@ QUEUE = "job_queue"
 
 def trigger() -> Trigger:
     return Trigger(
-        finding_id=None, check="redis_job_queue", check_params={"target": "self"},
-        fingerprint="ab" * 12, incident="ab" * 12 + "-0123abcd",
-    )  # fmt: skip
+        finding_id=None,
+        check="redis_job_queue",
+        check_params={"target": "self"},
+        fingerprint="ab" * 12,
+        incident="ab" * 12 + "-0123abcd",
+    )
 
 
 def signed(kwargs: dict[str, Any], task: str = DEDUPE) -> dict[str, Any]:
@@ -55,8 +58,9 @@ HOSTILE_HEADERS = {
 def job_list(worker_env: dict[str, str]) -> redis.Redis:
     r = redis.Redis.from_url(worker_env["REMEDIATION_STATE_REDIS_URL"])
     resource = f"self/{QUEUE}"
-    r.delete(QUEUE, keys.cooldown("dedupe_job_queue", resource),
-             keys.lock("dedupe_job_queue", resource))  # fmt: skip
+    r.delete(
+        QUEUE, keys.cooldown("dedupe_job_queue", resource), keys.lock("dedupe_job_queue", resource)
+    )
     r.rpush(QUEUE, "a", "b", "a")
     return r
 
@@ -71,8 +75,9 @@ def test_bad_trigger_headers_are_rejected_audited_and_run_nothing(
     res = client.send_task(DEDUPE, kwargs={}, headers={TRIGGER_HEADER: HOSTILE_HEADERS[name]()})
     out = res.get(timeout=60)
     assert out["outcome"] == "rejected" and out["reason"].startswith("trigger header refused")
-    (row,) = audit.rows("SELECT outcome, error, decision_id FROM action_runs WHERE task_id = %s",
-                        res.id)  # fmt: skip
+    (row,) = audit.rows(
+        "SELECT outcome, error, decision_id FROM action_runs WHERE task_id = %s", res.id
+    )
     assert row["outcome"] == "rejected" and row["decision_id"] is None
     assert audit.rows("SELECT id FROM guard_decisions WHERE task_id = %s", res.id) == []
     assert job_list.dump(QUEUE) == before
@@ -100,17 +105,20 @@ def test_two_megabyte_kwargs_are_rejected_quickly_and_stored_truncated(
     out = res.get(timeout=60)
     assert out["outcome"] == "rejected" and "kwargs too large" in out["reason"]
     (row,) = audit.rows(
-        "SELECT params, error, length(params::text) AS stored FROM action_runs"
-        " WHERE task_id = %s", res.id,
-    )  # fmt: skip
+        "SELECT params, error, length(params::text) AS stored FROM action_runs WHERE task_id = %s",
+        res.id,
+    )
     raw = json.dumps(kwargs, separators=(",", ":")).encode()
     assert row["params"]["_truncated"] is True and row["params"]["bytes"] == len(raw)
     assert row["params"]["sha256"] == hashlib.sha256(raw).hexdigest()
     assert row["stored"] < 1024 and "hunter2" not in json.dumps(row["params"])
     assert audit.rows("SELECT id FROM guard_decisions WHERE task_id = %s", res.id) == []
     assert (
-        audit.rows("SELECT count(*) AS n FROM action_runs WHERE action = 'notify'"
-                   " AND length(params::text) > 100000")[0]["n"] == 0
-    )  # fmt: skip
+        audit.rows(
+            "SELECT count(*) AS n FROM action_runs WHERE action = 'notify'"
+            " AND length(params::text) > 100000"
+        )[0]["n"]
+        == 0
+    )
     served = client.send_task("remediation.check.redis_job_queue", kwargs={})
     assert served.get(timeout=60)["status"] == "ok"
