@@ -13,6 +13,7 @@ import pytest
 import redis
 from celery import Celery
 
+from remediation import signing
 from remediation.context import Trigger
 from remediation.guards import keys
 from remediation.tasks import TRIGGER_HEADER
@@ -37,20 +38,35 @@ def signed(kwargs: dict[str, Any], task: str = DEDUPE) -> dict[str, Any]:
     return trigger().to_header(TEST_SIGNING_KEY.encode(), task, kwargs)
 
 
+def resigned(**changes: Any) -> dict[str, Any]:
+    """A header with some fields changed and then signed properly with our key: what only a
+    holder of the key could send (it must still be refused when the content is wrong)."""
+    fields = {k: v for k, v in signed({}).items() if k != "sig"} | changes
+    payload = {"task": DEDUPE, "kwargs": {}, **fields}
+    return {**fields, "sig": signing.sign(TEST_SIGNING_KEY.encode(), "trigger", payload)}
+
+
 def forged() -> dict[str, Any]:
     header = signed({})
     return {**header, "sig": hashlib.sha256(b"guess").hexdigest()}
 
 
-HOSTILE_HEADERS = {
-    "forged signature": lambda: forged(),
-    "signed with another key": lambda: trigger().to_header(b"k" * 40, DEDUPE, {}),
-    "copied onto other kwargs": lambda: signed({"target": "SELF"}),
-    "copied onto another task": lambda: signed({}, "remediation.act.flush_cache"),
-    "a string": lambda: "not a header",
-    "fields missing": lambda: {"check": "redis_job_queue", "incident": "x"},
-    "unknown check": lambda: {**signed({}), "check": "no_such_check"},
-    "expired": lambda: {**signed({}), "issued_at": time.time() - 30 * 86400},
+FORGED = "signature does not match"
+HOSTILE_HEADERS = {  # name -> (header, what the refusal says)
+    "forged signature": (forged, FORGED),
+    "signed with another key": (lambda: trigger().to_header(b"k" * 40, DEDUPE, {}), FORGED),
+    "copied onto other kwargs": (lambda: signed({"target": "SELF"}), FORGED),
+    "copied onto another task": (lambda: signed({}, "remediation.act.flush_cache"), FORGED),
+    "a string": (lambda: "not a header", "not an object"),
+    "fields missing": (lambda: {"check": "redis_job_queue", "incident": "x"}, "missing"),
+    "altered after signing": (lambda: {**signed({}), "check": "no_such_check"}, FORGED),
+    "signed, unknown check": (lambda: resigned(check="no_such_check"), "no check named"),
+    "signed, bad check params": (
+        lambda: resigned(check_params={"target": "no target!"}),
+        "params of check redis_job_queue",
+    ),
+    "signed, bad incident": (lambda: resigned(incident="x" * 40), "malformed: incident"),
+    "signed, expired": (lambda: resigned(issued_at=time.time() - 30 * 86400), "lifetime"),
 }
 
 
@@ -72,9 +88,11 @@ def test_bad_trigger_headers_are_rejected_audited_and_run_nothing(
     """A trigger header that is forged, malformed, expired or copied from another call is
     rejected and audited; the action does not run and no guard state is touched."""
     before = job_list.dump(QUEUE)
-    res = client.send_task(DEDUPE, kwargs={}, headers={TRIGGER_HEADER: HOSTILE_HEADERS[name]()})
+    header, why = HOSTILE_HEADERS[name]
+    res = client.send_task(DEDUPE, kwargs={}, headers={TRIGGER_HEADER: header()})
     out = res.get(timeout=60)
     assert out["outcome"] == "rejected" and out["reason"].startswith("trigger header refused")
+    assert why in out["reason"], out["reason"]
     (row,) = audit.rows(
         "SELECT outcome, error, decision_id FROM action_runs WHERE task_id = %s", res.id
     )
