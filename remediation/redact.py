@@ -16,12 +16,11 @@ import re2
 
 MASK = "***"
 
-# user:password@ in any URL or DSN. The password runs to the last '@' before the host part
-# ('/', whitespace or the end), so a password with an unencoded '@' is masked whole.
-_URL_PASSWORD = re2.compile(
-    r"(?P<pre>^|[^a-zA-Z0-9+.\-])(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^:/@\s]*:)"
-    r"(?P<pw>[^\s/]*)@"
-)
+# user:password@ in any URL or DSN, wherever it starts (also glued to other text:
+# "946.redis://u:pw@h"). The password runs to the last '@' before whitespace, so one with an
+# unencoded '@' or '/' is masked whole; a later '@' in the same word (an e-mail in the query)
+# masks the host too, which errs on the safe side.
+_URL_PASSWORD = re2.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://[^:/@\s]*:)(?P<pw>[^\s]*)@")
 # Words that name a secret, also inside a longer name (sslpassword, db_password, x-api-key).
 _SECRET_WORDS = r"(?:password|passwd|pwd|secret|token|api[_-]?key|access[_-]?key)"
 # password=... in key=value DSNs and query strings (sslpassword=, PGPASSWORD=, db_token=)
@@ -56,7 +55,7 @@ def _quoted(m: Any) -> str:
 
 def redact_text(text: str) -> str:
     """Mask passwords in URLs, key=value secrets, quoted secrets and Authorization values."""
-    text = _URL_PASSWORD.sub(lambda m: m.group("pre") + m.group("head") + MASK + "@", text)
+    text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + "@", text)
     text = _KV_SECRET.sub(lambda m: m.group("key") + MASK, text)
     text = _QUOTED_SECRET.sub(_quoted, text)
     return str(_AUTH_HEADER.sub(lambda m: m.group("key") + MASK, text))

@@ -29,6 +29,8 @@ from remediation.redact import PATTERNS, redact, redact_text
         ("host=db sslpassword=keypass sslmode=verify-full", "keypass"),
         ("PGPASSWORD='pg pass' pg_dump", "pg pass"),
         ('{"db_password": "pw-10"}', "pw-10"),
+        ("no such table: 946.redis://default:glued-pw@cache:6379/0", "glued-pw"),
+        ("postgresql://u:pa/ss@host/db", "pa/ss"),
     ],
 )
 def test_text_secrets_are_masked(text: str, secret: str) -> None:
