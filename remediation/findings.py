@@ -50,10 +50,22 @@ class Finding(BaseModel):
         return f"{self.target}/{self.subject}" if self.subject else self.target
 
 
+class FollowUp(BaseModel):
+    """A next step an action hands on: another action, sent right away as its own task
+    (its own resolve step and guards) in the same incident as the call that asked for it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    action: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
 class ActionResult(BaseModel):
-    """What an action did. ``changed`` False means it found nothing to do (idempotent)."""
+    """What an action did. ``changed`` False means it found nothing to do (idempotent).
+    ``follow_up``: actions to send next (a new dump hands itself to verification)."""
 
     ok: bool = True
     changed: bool = True
     summary: str = ""
     detail: dict[str, Any] = Field(default_factory=dict)
+    follow_up: list[FollowUp] = Field(default_factory=list)

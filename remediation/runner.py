@@ -483,6 +483,8 @@ class Runner:
         metrics.action_run(spec.name, outcome, time.monotonic() - started)
         done = ActionOutcome(outcome, decision_id, run_id, result.summary, verification)
         done.result = result.model_dump(mode="json")
+        for step in result.follow_up:  # before verifying: the next step need not wait for it
+            self._dispatch(ACTION_PREFIX + step.action, dict(step.params), call.trigger)
         if not success and spec.name != "notify":  # never notify about notifying
             self._notify("action_failed", call.incident, f"{call.what} failed: {result.summary}")
         if transition == "opened":
@@ -563,10 +565,13 @@ class Runner:
             "kind": kind,
             "severity": severity,
         }
+        self._dispatch(ACTION_PREFIX + "notify", kwargs, None)
+
+    def _dispatch(self, task: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
         try:
-            self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
+            self.dispatch(task, kwargs, trigger)
         except Exception as exc:  # the broker may be what is down: log, never crash the task
-            self.log.error("could not dispatch notification", kind=kind, error=str(exc))
+            self.log.error("could not dispatch", task=task, error=str(exc))
 
 
 def _reason(exc: Refused | Deferred) -> str:
