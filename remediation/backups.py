@@ -45,6 +45,8 @@ from remediation.redact import redact_text
 STAMP = "%Y%m%dT%H%M%SZ"
 _STAMP_RE = r"(\d{8}T\d{6}Z)"
 FILES_DIR = "files"
+QUARANTINE = "quarantine"
+"""A target folder's subfolder for dumps that failed verification (kept for the operator)."""
 MANIFEST_FORMAT = 1
 CHUNK = 1 << 20
 # How long pg_dump (and our counting transaction) wait for a table lock before giving up:

@@ -207,6 +207,13 @@ RULES: list[Rule] = [
         "001 Monthly Operations 2. Backup Verification: test restoration, validate integrity",
     ),
     Rule(
+        "postgres_backup_quarantined",
+        "backup_database",
+        _target,
+        "001 Monthly Operations 2. Backup Verification: a rotten dump is replaced at once",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
         "postgres_backup_failed",
         "notify",
         notify_params,

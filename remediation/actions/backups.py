@@ -20,12 +20,12 @@ from typing import Any
 import psycopg
 from pydantic import Field, model_validator
 
-from remediation import backups, resolve, signing
+from remediation import backups, quarantine, resolve, signing
 from remediation.backups import BackupError, Child
 from remediation.clients import pg
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import ConfigError, Deferred, Refused
-from remediation.findings import ActionResult
+from remediation.findings import ActionResult, FollowUp
 from remediation.params import ActionParams
 from remediation.registry import action
 from remediation.settings import BackupSettings
@@ -105,7 +105,7 @@ def resolve_verify(ctx: CheckContext, params: VerifyBackupParams) -> Resolved:
     "backup_database",
     resolve=resolve_database,
     timeout=DUMP_TIMEOUT,
-    cooldown=timedelta(hours=1),
+    cooldown=timedelta(minutes=10),
     max_per_hour=4,
 )
 def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionResult:
@@ -119,7 +119,11 @@ def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionR
     PGPASSWORD, never on the command line. Retention keeps the newest backup of each of the
     last KEEP_DAILY days, KEEP_WEEKLY ISO weeks and KEEP_MONTHLY months, never the newest
     nor the newest verified one, and deletes only our own dump files. The manifest is
-    signed (HMAC, REMEDIATION_SIGNING_KEY); one that does not match is never trusted."""
+    signed (HMAC, REMEDIATION_SIGNING_KEY); one that does not match is never trusted. The
+    new dump is handed straight to verify_backup (same incident, its own guards), so it is
+    proven restorable minutes after it was taken. Cooldown 10 min: the freshness check, the
+    folder lock and the hourly budget pace backups; after a dump is found rotten a new one
+    may follow at once."""
     cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
     dsn = ctx.postgres_dsn(params.target)
     folder = backups.target_dir(cfg.dir, params.target)
@@ -134,7 +138,11 @@ def backup_database(ctx: ActionContext, params: BackupDatabaseParams) -> ActionR
             folder, params.target, policy, key=key, stale_seconds=stale_after(cfg, DUMP_TIMEOUT)
         )
     ctx.log.info("backup written", file=manifest["file"], size=manifest["size"])
+    verify = FollowUp(
+        action="verify_backup", params={"target": params.target, "file": manifest["file"]}
+    )
     return ActionResult(
+        follow_up=[verify],
         summary=f"dumped {manifest['database']} to {manifest['file']} ({manifest['size']} bytes,"
         f" {len(manifest['tables'])} tables, {manifest['row_total']} rows);"
         f" retention deleted {len(retention['deleted'])}"
@@ -232,12 +240,18 @@ def _dump_in_snapshot(
 # --- verify_backup ------------------------------------------------------------------------
 
 
+def _dump_resource(params: VerifyBackupParams) -> str:
+    """Per dump: verifying one dump by hand is not held up by another's cooldown."""
+    return f"{params.target}/{params.file}"
+
+
 @action(
     "verify_backup",
     resolve=resolve_verify,
+    resource=_dump_resource,
     timeout=VERIFY_TIMEOUT,
     cooldown=timedelta(minutes=10),
-    max_per_hour=6,
+    max_per_hour=12,
 )
 def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResult:
     """Prove a dump restores: manifest, checksum, full read, restore into a scratch database,
@@ -253,7 +267,10 @@ def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResul
     (its role needs CREATEDB); (4) every table's row count equals the manifest's. (2) and
     (3) run at once, on the very file (1) checked: a file swapped in meanwhile is never
     read. The scratch database is dropped whatever happens. The result is written into the
-    manifest (signed again); a failed step fails the action, which notifies."""
+    manifest (signed again); a failed step fails the action, which notifies, and the dump
+    with its manifest is moved aside into <target>/quarantine/ with a note saying why
+    (kept out of retention for the operator to inspect and remove). Guards are per dump, so
+    a by-hand verification of one dump is not held up by the cooldown of another's."""
     cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
     dsn = ctx.postgres_dsn(params.target)
     folder = backups.target_dir(cfg.dir, params.target)
@@ -262,24 +279,47 @@ def verify_backup(ctx: ActionContext, params: VerifyBackupParams) -> ActionResul
             raise busy(folder)
         backup = _pick(folder, params, key)
         if backup.manifest is None:  # never re-signed: that would launder it
-            return ActionResult(
-                ok=False,
-                changed=False,
-                summary=f"{backup.name}: manifest step failed: {backup.error}",
-                detail={"file": backup.name, "failed_step": "manifest", "message": backup.error},
+            result: dict[str, Any] = {
+                "ok": False,
+                "failed_step": "manifest",
+                "message": backup.error,
+            }
+        else:
+            verdict = Verification(backup, dsn, cfg, ctx.settings.postgres.connect_timeout_seconds)
+            result = verdict.run(params.jobs)
+            backups.write_manifest(
+                backups.manifest_path(backup.path),
+                {**backup.manifest, "verification": result},
+                key,
             )
-        verdict = Verification(backup, dsn, cfg, ctx.settings.postgres.connect_timeout_seconds)
-        result = verdict.run(params.jobs)
-        backups.write_manifest(
-            backups.manifest_path(backup.path), {**backup.manifest, "verification": result}, key
-        )
+        if not result["ok"]:
+            result["quarantined"] = _quarantine(folder, backup, result)
     if result["ok"]:
         ctx.log.info("backup verified", file=backup.name, total_s=result["timings"]["total"])
         summary = f"{backup.name} verified: restored {result['tables']} tables, row counts match"
     else:
         ctx.log.error("backup verification failed", file=backup.name, step=result["failed_step"])
-        summary = f"{backup.name}: {result['failed_step']} step failed: {result['message']}"
-    return ActionResult(ok=result["ok"], summary=summary, detail={"file": backup.name, **result})
+        summary = (
+            f"{backup.name}: {result['failed_step']} step failed: {result['message']};"
+            f" moved to {result['quarantined']}"
+        )
+    return ActionResult(
+        ok=result["ok"], changed=True, summary=summary, detail={"file": backup.name, **result}
+    )
+
+
+def _quarantine(folder: Path, backup: backups.Backup, result: dict[str, Any]) -> str:
+    """Move a dump that failed verification, and its manifest, into <target>/quarantine/
+    with a note saying why: evidence for the operator, out of retention's reach."""
+    into = quarantine.folder(folder, backups.QUARANTINE)
+    quarantine.move_aside(
+        [backup.path, backups.manifest_path(backup.path)],
+        into,
+        f"{result['failed_step']} step failed: {result['message']}",
+        failed_step=result["failed_step"],
+        taken_at=backup.taken_at.isoformat(),
+    )
+    return str(into)
 
 
 def _pick(folder: Path, params: VerifyBackupParams, key: bytes) -> backups.Backup:

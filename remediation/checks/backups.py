@@ -3,15 +3,17 @@ Verification"; runbook 000 "4. Database Maintenance": a dump before major update
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from remediation import backups, signing
+from remediation import backups, quarantine, signing
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
 from remediation.registry import check
 
 CHECK = "postgres_backups"
+_STAMP = re.compile(r"(\d{8}T\d{6}Z)\.dump$")
 
 
 class PostgresBackupsParams(CheckParams):
@@ -28,7 +30,9 @@ def postgres_backups(ctx: CheckContext, params: PostgresBackupsParams) -> list[F
     verification (a fresh dump that failed, or whose manifest is not authenticated, does
     not count); postgres_backup_unverified (warning) for a newest dump nobody verified yet;
     postgres_backup_failed (critical) when the newest dump failed verification or has no
-    readable, authenticated manifest."""
+    readable, authenticated manifest; postgres_backup_quarantined (high) for a dump that
+    failed verification and was moved to <target>/quarantine/ while no newer dump is
+    verified or awaiting verification (so a fresh one is taken at once)."""
     cfg, key = ctx.settings.backup, signing.key_of(ctx.settings)
     # an unconfigured target is an error, not "no backups"; APP and app are one folder
     target = ctx.settings.postgres_target(params.target)
@@ -37,7 +41,36 @@ def postgres_backups(ctx: CheckContext, params: PostgresBackupsParams) -> list[F
     at = backups.now()
     findings = [_newest_state(target, found[0], folder, at)] if found else []
     stale = _stale(target, found, folder, at, cfg.interval_hours)
-    return [f for f in (stale, *findings) if f is not None]
+    return [f for f in (stale, *findings, *_quarantined(target, found, folder)) if f is not None]
+
+
+def _quarantined(target: str, found: list[backups.Backup], folder: Any) -> list[Finding]:
+    """Quarantined dumps newer than every dump that is good or awaiting verification."""
+    good = [b.taken_at for b in found if b.status in ("verified", "unverified")]
+    newest_good = max(good, default=None)
+    out = []
+    for q in quarantine.listed(folder / backups.QUARANTINE):
+        taken = backups.parse_stamp(m.group(1)) if (m := _STAMP.search(q.path.name)) else None
+        if taken is None or (newest_good is not None and taken <= newest_good):
+            continue
+        out.append(
+            Finding(
+                check=CHECK,
+                target=target,
+                subject=q.path.name,
+                kind="postgres_backup_quarantined",
+                severity=Severity.HIGH,
+                observed=str(q.note.get("failed_step", "?")),
+                evidence={
+                    "path": str(q.path),
+                    "reason": q.reason,
+                    "quarantined_at": q.at.isoformat(),
+                },
+                summary=f"{q.path.name} failed verification and was quarantined ({q.reason});"
+                " no newer good backup yet",
+            )
+        )
+    return out
 
 
 def _stale(

@@ -19,7 +19,7 @@ import pytest
 from psycopg import sql
 from pydantic import ValidationError
 
-from remediation import backups
+from remediation import backups, quarantine
 from remediation.actions.backup_files import BackupFilesParams, backup_files, resolve_files
 from remediation.actions.backups import (
     BackupDatabaseParams,
@@ -67,6 +67,11 @@ def scratch_databases(pg_admin: str) -> set[str]:
     with psycopg.connect(pg_admin) as conn:
         rows = conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 'rem_verify_%'")
         return {r[0] for r in rows.fetchall()}
+
+
+def quarantined(dump: Path) -> Path:
+    """Where a dump that failed verification is kept: <target folder>/quarantine/<name>."""
+    return dump.parent / backups.QUARANTINE / dump.name
 
 
 def manifest_of(path: Path) -> dict[str, Any]:
@@ -197,8 +202,11 @@ def test_truncated_dump_is_caught_by_the_full_read(
     result = verify_backup(ctx, VerifyBackupParams(target="app", file=dump.name))
     assert (result.ok, result.detail["failed_step"]) == (False, "full_read")
     assert "full_read step failed" in result.summary
-    verification = manifest_of(dump)["verification"]
+    assert not dump.exists() and quarantined(dump).exists()  # moved aside, kept
+    verification = manifest_of(quarantined(dump))["verification"]
     assert (verification["ok"], verification["failed_step"]) == (False, "full_read")
+    (note,) = quarantine.listed(quarantined(dump).parent)
+    assert note.path == quarantined(dump) and note.reason.startswith("full_read step failed")
     assert scratch_databases(pg_admin) == before
 
 
@@ -241,7 +249,7 @@ def test_changed_byte_fails_at_the_checksum_before_anything_is_restored(
     assert "does not match the manifest" in result.detail["message"]
     assert (spawned.calls, spawned.scratch, result.detail["scratch_database"]) == ([], [], None)
     assert scratch_databases(pg_admin) == before
-    recorded = backups.read_manifest(backups.manifest_path(dump), KEY)["verification"]
+    recorded = backups.read_manifest(backups.manifest_path(quarantined(dump)), KEY)["verification"]
     assert (recorded["ok"], recorded["failed_step"]) == (False, "checksum")
 
 
@@ -290,7 +298,7 @@ def test_manifest_that_is_not_authenticated_fails_at_the_manifest_step(
     assert (result.ok, result.detail["failed_step"]) == (False, "manifest")
     assert "is not authenticated" in result.summary and why in result.summary
     assert (spawned.calls, spawned.scratch) == ([], [])
-    assert backups.manifest_path(dump).read_text() == text
+    assert backups.manifest_path(quarantined(dump)).read_text() == text  # never signed again
 
 
 def test_dump_swapped_after_the_checksum_is_never_read(
@@ -351,7 +359,8 @@ def test_other_rows_are_caught_by_the_row_count_comparison(
     assert result.detail["mismatches"] == [
         {"schema": "public", "name": "changed", "expected": 100, "restored": 60}
     ]
-    assert manifest_of(dump)["verification"]["mismatches"] == result.detail["mismatches"]
+    verification = manifest_of(quarantined(dump))["verification"]
+    assert verification["mismatches"] == result.detail["mismatches"]
     assert scratch_databases(pg_admin) == before
 
 
@@ -646,7 +655,11 @@ def test_refused_verify_costs_nothing_and_case_variants_share_one_folder_and_gua
     verified = runner.run_action("verify_backup", {"target": "aPp"}, task_id="v-1")
     assert verified.outcome == "succeeded", verified.reason
     assert manifest_of(dump)["verification"]["ok"] is True
-    assert [kw["kind"] for _, kw, _ in sent.sent] == ["action_refused"]
+    # the new dump was handed straight to verification (sent as its own task) ...
+    assert [(t, kw.get("kind") or kw.get("file")) for t, kw, _ in sent.sent] == [
+        ("remediation.act.notify", "action_refused"),
+        ("remediation.act.verify_backup", dump.name),
+    ]
 
 
 def test_stale_scratch_databases_are_recognised_by_name() -> None:
@@ -654,3 +667,56 @@ def test_stale_scratch_databases_are_recognised_by_name() -> None:
     at = datetime(2026, 11, 24, 3, 0, tzinfo=UTC)
     assert backups.scratch_created(backups.scratch_name(at)) == at
     assert backups.scratch_created("rem_verify_app") is None
+
+
+def test_quarantined_dumps_survive_retention_and_are_never_overwritten(tmp_path: Path) -> None:
+    """A dump moved aside by a failed verification stays through retention that keeps one
+    backup, with its manifest and a note; a second file of the same name is not moved over
+    it; symlinks are never moved."""
+    folder = tmp_path / "app"
+    rotten = write_backup(folder, day("2026-11-20"), "failed")
+    into = quarantine.folder(folder, backups.QUARANTINE)
+    quarantine.move_aside([rotten, backups.manifest_path(rotten)], into, "restore step failed")
+    for d in ("2026-11-21", "2026-11-22", "2026-11-23"):
+        write_backup(folder, day(d), "verified")
+    policy = backups.Retention(daily=1, weekly=0, monthly=0, max_deletions=100)
+    result = backups.apply_retention(folder, "app", policy, key=KEY, stale_seconds=0)
+    assert len(result["deleted"]) == 2
+    assert sorted(p.name for p in into.iterdir()) == sorted(
+        [rotten.name, rotten.name + ".json", rotten.name + quarantine.NOTE_SUFFIX]
+    )
+    assert (into.stat().st_mode & 0o777) == 0o700
+    (note,) = quarantine.listed(into)
+    assert note.reason == "restore step failed" and note.note["from"] == str(folder)
+    again = write_backup(folder, day("2026-11-20"), "failed")
+    with pytest.raises(quarantine.QuarantineError, match="not overwriting"):
+        quarantine.move_aside([again], into, "again")
+    link = folder / "link.dump"
+    link.symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(quarantine.QuarantineError, match="not a regular file"):
+        quarantine.move_aside([link], into, "a link")
+
+
+def test_verifying_one_dump_by_hand_is_not_held_up_by_anothers_cooldown(
+    settings_env: Any, target_db: str, tmp_path: Path, r: Any
+) -> None:
+    """verify_backup's guards are per dump: after the newest dump was verified (cooldown
+    running), an older dump named by hand is verified at once; the same dump again waits."""
+    ctx = ctx_for(settings_env, target_db, tmp_path)
+    fill(target_db, {"t": 20})
+    older = made(backup_database(ctx, BackupDatabaseParams(target="app")))
+    # verified outside the guards, so retention (one per day) keeps it as the newest verified
+    assert verify_backup(ctx, VerifyBackupParams(target="app", file=older.name)).ok
+    time.sleep(1.1)  # one dump per target per second
+    newest = made(backup_database(ctx, BackupDatabaseParams(target="app")))
+    runner = Runner(ctx.settings, Recorder())
+    first = runner.run_action("verify_backup", {"target": "app"}, task_id="v-newest")
+    assert first.outcome == "succeeded", first.reason
+    by_hand = runner.run_action(
+        "verify_backup", {"target": "app", "file": older.name}, task_id="v-older"
+    )
+    assert by_hand.outcome == "succeeded", by_hand.reason
+    same = runner.run_action(
+        "verify_backup", {"target": "app", "file": newest.name}, task_id="v-again"
+    )
+    assert same.outcome == "suppressed" and "cooling down" in same.reason

@@ -139,3 +139,26 @@ def test_real_backup_goes_from_stale_to_unverified_to_fine(settings: Any, target
     assert list(run(settings)) == ["postgres_backup_unverified"]
     assert verify_backup(ctx, VerifyBackupParams(target="app")).ok
     assert run(settings) == {}
+
+
+def test_a_quarantined_dump_newer_than_every_good_one_asks_for_a_fresh_dump(
+    settings: Any, tmp_path: Path
+) -> None:
+    """A dump quarantined after failing verification is postgres_backup_quarantined while no
+    newer dump is verified or awaiting verification; once one is, the finding is gone."""
+    from remediation import quarantine
+
+    folder = tmp_path / "app"
+    good = write_backup(folder, ago(30), "verified")
+    rotten = write_backup(folder, ago(2), "verified")
+    into = quarantine.folder(folder, backups.QUARANTINE)
+    reason = "checksum step failed"
+    quarantine.move_aside(
+        [rotten, backups.manifest_path(rotten)], into, reason, failed_step="checksum"
+    )
+    found = run(settings)
+    q = found["postgres_backup_quarantined"]
+    assert (q.subject, q.observed, q.evidence["reason"]) == (rotten.name, "checksum", reason)
+    assert q.severity.value == "high" and good.exists()
+    write_backup(folder, ago(0.1), "unverified")  # a fresh dump awaiting verification
+    assert "postgres_backup_quarantined" not in run(settings)
