@@ -65,11 +65,16 @@ def _backoff(direction: str) -> Callable[[Finding], dict[str, Any]]:
             "target": get_settings().backoff.redis_target,
             "direction": direction,
         }
-        if isinstance(f.observed, float) and 0 <= f.observed <= 1:
+        # Only a ban finding's observed value is a ban rate (a relaxable finding's is the delay).
+        if direction == "increase" and isinstance(f.observed, float) and 0 <= f.observed <= 1:
             out["observed_rate"] = f.observed
         return out
 
     return params
+
+
+def _headers_target(f: Finding) -> dict[str, Any]:
+    return {"target": get_settings().headers.redis_target}
 
 
 def _rate_limit_target(f: Finding) -> dict[str, Any]:
@@ -292,6 +297,19 @@ RULES: list[Rule] = [
         "rotate_proxies",
         _target,
         "000 HTTP 403 Forbidden / CAPTCHA 1. Rotate Proxies",
+    ),
+    Rule(
+        "proxy_banned",
+        "tune_backoff",
+        _backoff("increase"),
+        "000 HTTP 403 Forbidden / CAPTCHA 2. Increase Delays: min_delay in scraping_config.json",
+        min_severity=Severity.HIGH,  # the ban rate reached REMEDIATION_BACKOFF__BAN_RATE_THRESHOLD
+    ),
+    Rule(
+        "proxy_banned",
+        "regenerate_headers",
+        _headers_target,
+        "000 HTTP 403 Forbidden / CAPTCHA 3. Browser Fingerprints: regenerate user-agent headers",
     ),
     Rule(
         "proxy_dead",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 from typing import Any, Literal
 
 from pydantic import (
@@ -297,6 +298,52 @@ class BackoffSettings(_Section):
     ban_rate_threshold: float = Field(0.1, gt=0, le=1, description="403/429 share that backs off")
     healthy_seconds: int = Field(600, ge=1, description="sustained health before easing off")
     default_concurrency: int = Field(4, ge=1, le=1000)
+
+
+HeaderBrowser = Literal["chrome", "edge", "firefox", "safari"]
+HeaderOs = Literal["windows", "macos", "linux", "android", "ios"]
+HEADER_BROWSERS: list[HeaderBrowser] = ["chrome", "edge", "firefox", "safari"]
+"""Browser families regenerate_headers can publish (browserforge's data)."""
+DESKTOP_OS: list[HeaderOs] = ["windows", "macos", "linux"]
+"""The default: android and ios make sites serve their mobile pages."""
+
+
+class HeadersSettings(_Section):
+    """Browser headers the scrapers send (runbook 000 "Browser Fingerprints: regenerate
+    user-agent headers"), published by regenerate_headers."""
+
+    enabled: bool = Field(True, description="regenerate_headers may publish")
+    redis_target: str = Field("self", description="the Redis the scrapers read the headers from")
+    key: str = Field(
+        "scraping:headers", min_length=1, max_length=512, description="hash scrapers read"
+    )
+    json_file: str | None = Field(None, description="also written as JSON (scraping_config.json)")
+    browsers: list[HeaderBrowser] = Field(
+        default_factory=lambda: list(HEADER_BROWSERS),
+        min_length=1,
+        max_length=4,
+        description="browser families allowed",
+    )
+    os: list[HeaderOs] = Field(
+        default_factory=lambda: list(DESKTOP_OS),
+        min_length=1,
+        max_length=5,
+        description="operating systems allowed (android, ios: mobile pages)",
+    )
+    locales: list[str] = Field(
+        default_factory=lambda: ["en-US"],
+        min_length=1,
+        max_length=10,
+        description="Accept-Language, most preferred first",
+    )
+
+    @field_validator("locales")
+    @classmethod
+    def _locales(cls, value: list[str]) -> list[str]:
+        for locale in value:
+            if not re.fullmatch(r"[A-Za-z]{2,3}(-[A-Za-z0-9]{2,8})?", locale):
+                raise ValueError(f"{locale!r} is not a language tag like 'en-US' or 'de'")
+        return value
 
 
 class RateLimitEndpoint(_Section):
@@ -597,6 +644,7 @@ class Settings(BaseSettings):
     backup: BackupSettings = BackupSettings()
     proxies: ProxySettings = ProxySettings()
     backoff: BackoffSettings = BackoffSettings()
+    headers: HeadersSettings = HeadersSettings()
     rate_limits: RateLimitSettings = RateLimitSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
     http: HttpSettings = HttpSettings()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from remediation import playbook, registry
-from remediation.findings import Finding
+from remediation.findings import Finding, Severity
 
 
 def test_every_rule_names_a_registered_task() -> None:
@@ -44,3 +44,43 @@ def test_conditional_rule_needs_its_condition() -> None:
     assert [r.action for r in playbook.rules_for(bare)] == ["notify"]
     scaled = bare.model_copy(update={"evidence": {"scale_targets": ["pool"]}})
     assert [r.action for r in playbook.rules_for(scaled)] == ["scale_workers", "notify"]
+
+
+def test_a_ban_fans_out_to_the_whole_403_response() -> None:
+    """Runbook 000 "HTTP 403 / CAPTCHA": a ban at the threshold rotates proxies, raises
+    min_delay from the rate the check observed and regenerates headers; a ban under it
+    (warning) rotates and regenerates but does not slow the scrapers down."""
+    ban = Finding(
+        check="proxy_pool_health",
+        target="self",
+        subject="pool",
+        kind="proxy_banned",
+        severity="high",
+        observed=1 / 3,
+        threshold=0.1,
+    )
+    rules = playbook.rules_for(ban)
+    assert [r.action for r in rules] == ["rotate_proxies", "tune_backoff", "regenerate_headers"]
+    assert rules[1].params(ban) == {
+        "target": "self",
+        "direction": "increase",
+        "observed_rate": 1 / 3,
+    }
+    assert all(r.runbook.startswith("000 HTTP 403") for r in rules)
+    light = ban.model_copy(update={"severity": Severity.WARNING, "observed": 0.05})
+    assert [r.action for r in playbook.rules_for(light)] == ["rotate_proxies", "regenerate_headers"]
+
+
+def test_easing_off_never_passes_the_delay_as_a_ban_rate() -> None:
+    """A relaxable finding's observed value is min_delay (0.8 s here), not a ban rate."""
+    relax = Finding(
+        check="scrape_backoff",
+        target="self",
+        subject="k@0.8s",
+        severity="info",
+        kind="scrape_backoff_relaxable",
+        observed=0.8,
+        threshold=0.5,
+    )
+    (rule,) = playbook.rules_for(relax)
+    assert rule.params(relax) == {"target": "self", "direction": "decrease"}

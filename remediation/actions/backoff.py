@@ -183,7 +183,9 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
     increase: min_delay x REMEDIATION_BACKOFF__INCREASE_FACTOR, at most CAP_SECONDS.
     decrease: min_delay - DECREASE_STEP_SECONDS, at least FLOOR_SECONDS, and only when
     neither a ban (the proxy check's LAST_BAN_KEY) nor an increase happened in the last
-    HEALTHY_SECONDS. One atomic Lua call on the configuration hash (created with the floor
+    HEALTHY_SECONDS (and the call's observed_rate, the ban rate its finding saw, is under
+    BAN_RATE_THRESHOLD). An increase acts on the finding, never on the rate published since.
+    One atomic Lua call on the configuration hash (created with the floor
     and DEFAULT_CONCURRENCY if absent), then the JSON mirror file if configured. Only on
     REMEDIATION_BACKOFF__REDIS_TARGET (another target is refused). Not verified by
     re-checking: each sweep takes one more step while the signal lasts."""
@@ -191,7 +193,10 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
     signal = read_ban_signal(ctx)
     now = time.time()
     last_ban = _UNREADABLE if LAST_BAN_KEY in signal.unreadable else _arg(signal.last_ban_at)
-    if signal.ban_rate is not None and signal.ban_rate >= cfg.ban_rate_threshold:
+    # The rate the finding observed counts as much as the published one: the rotation's
+    # verification re-tests only the healthy proxies and may have overwritten it already.
+    banning = max(signal.ban_rate or 0.0, params.observed_rate or 0.0)
+    if banning >= cfg.ban_rate_threshold:
         last_ban = repr(now)  # banning right now: never ease off, whatever the timestamps say
     args = [params.direction, cfg.floor_seconds, cfg.cap_seconds, cfg.increase_factor,
             cfg.decrease_step_seconds, cfg.default_concurrency, repr(now), last_ban,
@@ -206,6 +211,7 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
         "reason": reason,
         "created": created == "1",
         "observed_rate": params.observed_rate,
+        "published_ban_rate": signal.ban_rate,
         "quiet_seconds": round(float(quiet)) if quiet else None,
         "floor_seconds": cfg.floor_seconds,
         "cap_seconds": cfg.cap_seconds,

@@ -95,6 +95,23 @@ def test_a_high_ban_rate_blocks_decrease_whatever_the_timestamps(
     assert delay(r) == 5.0
 
 
+def test_the_ban_the_finding_saw_counts_though_the_published_rate_was_overwritten(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """The rotation's verification publishes a ban rate of 0 before tune_backoff runs: the
+    increase still doubles min_delay and records the finding's rate; a decrease sent with a
+    ban rate at the threshold does not ease off."""
+    s = settings_env()
+    r.set(BAN_RATE_KEY, "0.0")  # what the verification's re-test of the healthy proxies left
+    up = tune(s, "increase", observed_rate=1 / 3)
+    assert (up.detail["before"]["min_delay"], up.detail["after"]["min_delay"]) == (1.0, 2.0)
+    assert (up.detail["observed_rate"], up.detail["published_ban_rate"]) == (1 / 3, 0.0)
+    r.hset(KEY, "last_increase_at", str(time.time() - 3600))
+    held = tune(s, "decrease", observed_rate=0.5)
+    assert (held.changed, held.detail["reason"], delay(r)) == (False, "not_quiet", 2.0)
+    assert tune(s, "decrease").detail["after"]["min_delay"] == 1.5
+
+
 def test_concurrent_increases_each_multiply_exactly_once(settings_env: Any, r: redis.Redis) -> None:
     """Eight threads increasing at once from 0.2 s end at exactly 0.2 x 2**8 (no lost update)."""
     s = settings_env(REMEDIATION_BACKOFF__FLOOR_SECONDS="0.1")

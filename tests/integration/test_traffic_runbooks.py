@@ -1,8 +1,10 @@
-"""Issue 4 end to end through real workers, real tinyproxy processes and a real origin.
+"""Issues 4 and 11 end to end through real workers, real tinyproxy processes and a real origin.
 
-An origin starts banning one proxy: within one sweep that proxy is quarantined, the
-published active set shrinks and the scrapers' delay rises. When the origin recovers, the
-proxy is promoted back and the delay eases back to its floor.
+An origin starts banning one of three proxies: within one proxy sweep, runbook 000's whole
+403 response runs in one incident: that proxy is quarantined (the published active set
+shrinks), the scrapers' delay rises and a fresh, consistent set of browser headers replaces
+the one they had. When the origin recovers, the proxy is promoted back and, after the
+healthy period, the delay eases back to its floor.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pytest
 import redis
 from celery import Celery
 
+from remediation import browser_headers as bh
 from remediation.testing import (
     Behaviour,
     Origin,
@@ -52,8 +55,13 @@ def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[ProxyProc
 
 @pytest.fixture(scope="module")
 def traffic_env(
-    broker: Broker, audit_db: str, origin: Origin, proxies: list[ProxyProcess]
+    broker: Broker,
+    audit_db: str,
+    origin: Origin,
+    proxies: list[ProxyProcess],
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> dict[str, str]:
+    config = tmp_path_factory.mktemp("scraper") / "scraping_config.json"
     return process_env(
         broker.redis, audit_db,
         REMEDIATION_STATE_REDIS_URL=broker.redis.url(STATE_DB),
@@ -65,7 +73,7 @@ def traffic_env(
         REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="2",
         REMEDIATION_BACKOFF__HEALTHY_SECONDS="2",
         REMEDIATION_BACKOFF__DECREASE_STEP_SECONDS="1",
-        REMEDIATION_GUARDS__COOLDOWN_OVERRIDES='{"tune_backoff": 0}',
+        REMEDIATION_HEADERS__JSON_FILE=str(config),
         REMEDIATION_VERIFY__ATTEMPTS="2",
     )  # fmt: skip
 
@@ -77,11 +85,12 @@ def traffic_worker(traffic_env: dict[str, str]) -> Iterator[WorkerProcess]:
     worker.stop()
 
 
-def test_banned_proxy_is_quarantined_and_delay_rises_then_both_come_back(
+def test_a_ban_runs_the_whole_403_response_in_one_incident_then_all_comes_back(
     traffic_env: dict[str, str], traffic_worker: WorkerProcess, origin: Origin,
     proxies: list[ProxyProcess], audit_db: str,
 ) -> None:  # fmt: skip
-    """Ban -> one sweep: quarantine, smaller active set, higher delay; recovery -> all back."""
+    """Ban -> one proxy sweep: quarantine, higher delay, fresh headers, one incident;
+    recovery -> the proxy promoted, the delay back at its floor after the healthy period."""
     state = redis.Redis.from_url(traffic_env["REMEDIATION_STATE_REDIS_URL"])
     client = Celery(broker=traffic_env["REMEDIATION_BROKER_URL"],
                     backend=traffic_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
@@ -94,22 +103,54 @@ def test_banned_proxy_is_quarantined_and_delay_rises_then_both_come_back(
         raw = state.hget("scraping:config", "min_delay")
         return float(raw) if raw else 1.0
 
-    def sweep() -> None:
-        for check in ("proxy_pool_health", "scrape_backoff"):
+    def sweep(*checks: str) -> None:
+        for check in checks or ("proxy_pool_health", "scrape_backoff"):
             client.send_task(f"remediation.check.{check}", kwargs={"target": "self"}).get(
                 timeout=60
             )
+
+    def headers(key: str = "scraping:headers") -> dict[str, str] | None:
+        raw = state.hget(key, "headers")
+        return json.loads(raw) if raw else None
 
     everyone = {p.url() for p in proxies}
     sweep()  # a healthy pool is loaded and published
     wait_for(lambda: active() == everyone, 30, 0.2, "all three proxies published")
     assert delay() == 1.0
+    old = {"User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:60.0) Gecko/20100101 Firefox/60.0"}
+    state.hset("scraping:headers", mapping={"headers": json.dumps(old), "version": "1"})
 
     origin.behaviour["pb"] = Behaviour(ban_after=0)  # the origin bans proxy pb from now on
     banned_url = next(p.url() for p in proxies if p.name == "pb")
-    sweep()
+    sweep("proxy_pool_health")  # one sweep of the proxy check: runbook 000's three steps
     wait_for(lambda: active() == everyone - {banned_url}, 30, 0.2, "pb quarantined")
     wait_for(lambda: delay() == 2.0, 30, 0.2, "min_delay doubled")
+    wait_for(lambda: state.hget("scraping:headers", "version") == b"2", 30, 0.2, "new headers")
+    fresh = headers()
+    assert fresh is not None and fresh != old
+    assert (
+        bh.problems(fresh, ["chrome", "edge", "firefox", "safari"], ["windows", "macos", "linux"])
+        == []
+    )
+    assert headers("scraping:headers:previous") == old  # kept for rollback
+    mirrored = json.loads(Path(traffic_env["REMEDIATION_HEADERS__JSON_FILE"]).read_text())
+    assert (mirrored["headers"], mirrored["headers_previous"]) == (fresh, old)
+    chain = audit.wait_rows(
+        "SELECT a.action, f.kind, f.incident_id, f.id AS finding_id FROM action_runs a"
+        " JOIN findings f ON f.id = a.finding_id WHERE a.outcome = 'succeeded'"
+        " AND a.action IN ('rotate_proxies', 'tune_backoff', 'regenerate_headers')"
+        " ORDER BY a.id",
+        n=3,
+    )
+    assert sorted(r["action"] for r in chain) == [
+        "regenerate_headers",
+        "rotate_proxies",
+        "tune_backoff",
+    ]
+    assert {(r["kind"], r["incident_id"], r["finding_id"]) for r in chain} == {
+        ("proxy_banned", chain[0]["incident_id"], chain[0]["finding_id"])
+    }
+    assert chain[0]["incident_id"]
     record = {k.decode(): v.decode() for k, v in state.hgetall(
         next(k for k in state.scan_iter("rem:proxy:p:*") if state.hget(k, "url") == banned_url.encode())
     ).items()}  # fmt: skip
@@ -119,6 +160,7 @@ def test_banned_proxy_is_quarantined_and_delay_rises_then_both_come_back(
     )
     assert [(r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
             for r in increases] == [(1.0, 2.0)]  # fmt: skip
+    assert increases[0]["result"]["detail"]["observed_rate"] == pytest.approx(1 / 3, abs=1e-3)
 
     origin.behaviour["pb"] = Behaviour()  # the origin forgives pb
     time.sleep(2.5)  # past the 2 s quarantine and the 2 s healthy period
