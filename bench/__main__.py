@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, pipeline, proxies, redaction, spool
+from bench import backups, dead_tuples, headers, pipeline, proxies, redaction, spool
 
 
 def main() -> int:
@@ -20,6 +20,7 @@ def main() -> int:
         "dead_tuples": dead_tuples.run(),
         "backups": backups.run(),
         "proxies": proxies.run(),
+        "headers": headers.run(),
         "redaction": redaction.run(),
         "pipeline": pipeline.run(),
         "spool": spool.run(),
