@@ -32,6 +32,10 @@ COOLDOWN = timedelta(hours=1)
 """One hard reboot per service (or project) per hour, however often it is asked for."""
 POLL_SECONDS = 0.5
 """How often the recreated containers are looked at while waiting for them to come up."""
+STABLE_SECONDS = 3.0
+"""How long recreated containers must keep running, unrestarted, to count as up: one that
+dies at start is running for a moment."""
+"""How often the recreated containers are looked at while waiting for them to come up."""
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _OFF = (
     "hard reboot is off: set REMEDIATION_CONTAINERS__HARD_REBOOT=true to let recreate_service"
@@ -156,29 +160,41 @@ def recreate_service(ctx: ActionContext, params: RecreateServiceParams) -> Actio
 
 
 def _wait_up(settings: Settings, ids: list[str], seconds: float) -> tuple[bool, dict[str, str]]:
-    """Whether every container runs (and is healthy, with a healthcheck) within seconds, and
-    each one's last state."""
-    deadline = time.monotonic() + seconds
+    """Whether every container runs (and is healthy, with a healthcheck) within seconds and
+    keeps doing so, unrestarted, for STABLE_SECONDS; and each one's last state."""
+    deadline = time.monotonic() + seconds + STABLE_SECONDS
+    stable_since, last = None, None
     while True:
-        states = dict(_states(settings, ids))
-        if all(st in ("running", "healthy") for st in states.values()):
+        seen = _states(settings, ids)
+        up = all(st in ("running", "healthy") for st, _ in seen.values())
+        starts = {name: started for name, (_, started) in seen.items()}
+        if not up:
+            stable_since = None
+        elif stable_since is None or starts != last:  # (re)started: the period starts again
+            stable_since = time.monotonic()
+        last = starts
+        states = {name: st for name, (st, _) in seen.items()}
+        if stable_since is not None and time.monotonic() - stable_since >= STABLE_SECONDS:
             return True, states
         if time.monotonic() >= deadline:
             return False, states
         time.sleep(POLL_SECONDS)
 
 
-def _states(settings: Settings, ids: list[str]) -> list[tuple[str, str]]:
+def _states(settings: Settings, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """name -> (running/healthy/starting/unhealthy/exited..., when it last started)."""
     dc = docker_client.client(settings)
-    out = []
+    out = {}
     for cid in ids:
         try:
             c = dc.containers.get(cid)
         except docker_client.ERRORS:
-            out.append((cid[:12], "missing"))
+            out[cid[:12]] = ("missing", "")
             continue
-        health = (docker_client.state(c).get("Health") or {}).get("Status")
-        out.append((c.name, health if c.status == "running" and health else c.status))
+        st = docker_client.state(c)
+        health = (st.get("Health") or {}).get("Status")
+        shown = health if c.status == "running" and health else c.status
+        out[c.name] = (shown, str(st.get("StartedAt", "")))
     return out
 
 
