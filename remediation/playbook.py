@@ -90,6 +90,11 @@ def _container(f: Finding) -> dict[str, Any]:
     return {"target": "docker", "container": f.subject}
 
 
+def _hard_reboot_on(f: Finding) -> bool:
+    """The operator opted in to the hard reboot (REMEDIATION_CONTAINERS__HARD_REBOOT)."""
+    return get_settings().containers.hard_reboot
+
+
 def _has_scale_target(f: Finding) -> bool:
     return bool(f.evidence.get("scale_targets"))
 
@@ -447,6 +452,15 @@ RULES: list[Rule] = [
         _container,
         "000 Docker Management: containers unresponsive: restart the service",
         min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "container_given_up",
+        "recreate_service",
+        _container,
+        "000 Docker Management 4. Hard reboot (if stuck): docker compose down && docker compose"
+        " up -d (opt-in: REMEDIATION_CONTAINERS__HARD_REBOOT)",
+        min_severity=Severity.HIGH,
+        when=_hard_reboot_on,
     ),
     Rule(
         "docker_unreachable",

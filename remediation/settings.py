@@ -60,6 +60,7 @@ class BlastCap(_Section):
 DEFAULT_BLAST_RADIUS = {
     "restart_container": BlastCap(units=5, window_seconds=600),
     "scale_workers": BlastCap(units=4, window_seconds=600),
+    "recreate_service": BlastCap(units=16, window_seconds=3600),
     "flush_cache": BlastCap(units=200_000, window_seconds=3600),
     "terminate_idle_transactions": BlastCap(units=20, window_seconds=600),
     "cancel_long_queries": BlastCap(units=10, window_seconds=600),
@@ -568,6 +569,15 @@ class ContainerSettings(_Section):
     restart_backoff_max_seconds: int = Field(300, ge=1, description="doubling up to 5 min")
     flap_max_restarts: int = Field(5, ge=1, description="restarts within the window, then stop")
     flap_window_seconds: int = Field(600, ge=1)
+    hard_reboot: bool = Field(
+        False, description="recreate_service may recreate a service restarts gave up on"
+    )
+    hard_reboot_scope: Literal["service", "project"] = Field(
+        "service", description="what a hard reboot recreates: the one service, or every one"
+    )
+    hard_reboot_wait_seconds: int = Field(
+        60, ge=1, le=600, description="how long recreated containers get to run (and be healthy)"
+    )
 
 
 class CacheSettings(_Section):

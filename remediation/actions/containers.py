@@ -24,9 +24,9 @@ from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
 from remediation.registry import action
 from remediation.resolve import canonical
+from remediation.restarts import state_key
 from remediation.settings import ContainerSettings
 
-KEY_PREFIX = "rem:restart:"
 STOP_TIMEOUT_SECONDS = 10
 """Grace between SIGTERM and SIGKILL when a running (unhealthy) container is restarted."""
 _CONTAINER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
@@ -35,11 +35,6 @@ _CONTAINER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 class ContainerParams(ActionParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
     container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
-
-
-def state_key(container: str) -> str:
-    """The Redis hash holding a container's restart history and back-off."""
-    return KEY_PREFIX + container
 
 
 def _resource(params: ContainerParams | ResetRestartsParams) -> str:
@@ -78,7 +73,7 @@ def _left_alone(name: str, saved: dict[str, str]) -> Refused:
     )
 
 
-def _find(ctx: CheckContext, ref: str) -> Any:
+def find_container(ctx: CheckContext, ref: str) -> Any:
     """The container a name, full ID or ID prefix names, if it belongs to the configured
     compose project; Refused otherwise (never another project: no kwarg names one)."""
     project = ctx.settings.containers.project
@@ -117,7 +112,7 @@ def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
     """The container's own name (from a name, full ID or ID prefix) and full ID; refused
     outside the project, when left alone, or when it is running and healthy; deferred inside
     its back-off. Every guard and the back-off state are keyed on the canonical name."""
-    container = _find(ctx, params.container)
+    container = find_container(ctx, params.container)
     name = container.name
     saved = _saved(ctx, name)
     if "unmonitored_at" in saved:
@@ -158,7 +153,7 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
     saved = _saved(ctx, name)
     if "unmonitored_at" in saved:
         raise _left_alone(name, saved)
-    container = _find(ctx, ctx.facts.get("id") or name)
+    container = find_container(ctx, ctx.facts.get("id") or name)
     if container.name != name:  # replaced under the same name since resolve: look again
         raise Deferred(f"{name} was replaced since the call was resolved", retry_at=None)
     st = docker_client.state(container)
@@ -216,7 +211,7 @@ class ResetRestartsParams(ActionParams):
 def resolve_reset(ctx: CheckContext, params: ResetRestartsParams) -> Resolved:
     """The container's own name; a container that is gone is named by the state it left."""
     try:
-        container = _find(ctx, params.container)
+        container = find_container(ctx, params.container)
     except Refused:
         if not ctx.state.exists(state_key(params.container)):
             raise
@@ -239,14 +234,20 @@ def reset_container_restarts(ctx: ActionContext, params: ResetRestartsParams) ->
     --kwargs '{"container": "NAME"}'` (name, full ID or ID prefix). Clears the container's
     back-off state (rem:restart:<name>) and the guard chain's flap record for
     restart_container on it, so both flap guards start afresh."""
-    resource = _resource(params)
-    removed = int(
-        ctx.state.delete(
-            state_key(params.container),
-            guard_keys.flap("restart_container", resource),
-            guard_keys.flap_suspended("restart_container", resource),
-        )
-    )
+    removed = forget_restarts(ctx, params.container)
     return ActionResult(changed=bool(removed),
                         summary=f"restart history of {params.container} "
                                 + ("cleared" if removed else "was already empty"))  # fmt: skip
+
+
+def forget_restarts(ctx: CheckContext, *names: str) -> int:
+    """Delete the containers' back-off state and restart_container's flap records on them
+    (the chain's and the action's own): it looks after them afresh. How many keys went."""
+    doomed = [state_key(n) for n in names]
+    for name in names:
+        resource = f"docker/{name}"
+        doomed += [
+            guard_keys.flap("restart_container", resource),
+            guard_keys.flap_suspended("restart_container", resource),
+        ]
+    return int(ctx.state.delete(*doomed)) if doomed else 0

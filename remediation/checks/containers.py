@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any, Literal
 
+import redis
 from pydantic import Field
 
 from remediation.clients import docker as docker_client
@@ -14,6 +16,7 @@ from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
 from remediation.redact import redact_text
 from remediation.registry import check
+from remediation.restarts import given_up
 from remediation.settings import ContainerSettings
 
 CHECK = "docker_containers"
@@ -22,6 +25,8 @@ STATS_WORKERS = 8
 MEMORY_NEAR_LIMIT_PERCENT = 98.0
 """Memory past this share of the limit is high: the kernel's OOM killer is next."""
 DOWN_STATES = ("exited", "dead", "restarting")
+RESTARTED_KINDS = ("container_down", "container_unhealthy")
+"""What restart_container fixes; once it gave up, these become container_given_up."""
 
 
 class DockerContainersParams(CheckParams):
@@ -39,7 +44,9 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
 
     Exited, dead or restarting containers are container_down (high; a clean exit 0 is a
     warning: it may be a finished job), fixed by restart_container with a back-off.
-    A failing HEALTHCHECK is container_unhealthy (high). CPU above
+    A failing HEALTHCHECK is container_unhealthy (high). Either one, high, on a container
+    restart_container gave up on (its flap limit) is container_given_up (high) instead:
+    restarts did not help; the hard reboot (recreate_service, opt-in) is the next step. CPU above
     REMEDIATION_CONTAINERS__CPU_HIGH_PERCENT (100 = one core) or memory above
     MEMORY_HIGH_PERCENT of its limit is container_overloaded (warning; high when both, or
     memory within 2 % of the limit). An engine that does not answer is docker_unreachable."""
@@ -57,6 +64,7 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
     except docker_client.FAILURES as exc:
         return [_unreachable(cfg, project, exc)]
     found = [f for c in containers for f in (_down(c), _unhealthy(c)) if f is not None]
+    found = _given_up(ctx, found)
     found += [f for c, s in zip(running, samples, strict=True) if (f := _overloaded(cfg, c, s))]
     return found
 
@@ -98,6 +106,44 @@ def _unhealthy(c: Any) -> Finding | None:
                                        last_output=str(last.get("Output", ""))[:300]),
                     summary=f"container {c.name} fails its healthcheck "
                             f"({health.get('FailingStreak')} times in a row)")  # fmt: skip
+
+
+def _given_up(ctx: CheckContext, found: list[Finding]) -> list[Finding]:
+    """High down/unhealthy findings of containers restart_container gave up on, as one
+    container_given_up each: the playbook then stops asking for restarts it would refuse.
+    Without the state Redis the findings stay as they are (restart_container decides)."""
+    troubled = sorted({f.subject for f in found if _restarted(f)})
+    try:
+        gave_up = given_up(ctx.state, troubled)
+    except redis.RedisError as exc:
+        ctx.log.warning("restart state unavailable; give-ups not reported", error=str(exc))
+        return found
+    out: list[Finding] = []
+    for f in found:
+        if not _restarted(f) or f.subject not in gave_up:
+            out.append(f)
+        elif all(o.subject != f.subject or o.kind != "container_given_up" for o in out):
+            out.append(_given_up_finding(f, gave_up[f.subject]))
+    return out
+
+
+def _restarted(f: Finding) -> bool:
+    """A finding the playbook answers with restart_container."""
+    return f.kind in RESTARTED_KINDS and f.severity == Severity.HIGH
+
+
+def _given_up_finding(f: Finding, at: float) -> Finding:
+    when = datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
+    return _finding(
+        f.subject,
+        "container_given_up",
+        Severity.HIGH,
+        observed=f.observed,
+        threshold=f.threshold,
+        evidence={**f.evidence, "finding": f.kind, "given_up_at": when},
+        summary=f"{f.summary}; restart_container gave up on it at {when}: "
+        f"hard reboot (recreate_service) or an operator is next",
+    )
 
 
 def _sample(c: Any) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from remediation.checks.containers import DockerContainersParams, docker_contain
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
+from remediation.restarts import state_key
 from remediation.testing import free_port, wait_for
 from tests.docker_support import ComposeProject, compose_project
 
@@ -118,3 +119,24 @@ def test_project_kwarg_is_rejected(settings_env: Any, project: ComposeProject) -
     settings_env(REMEDIATION_CONTAINERS__PROJECT="some-other-project")
     with pytest.raises(ValidationError, match="project"):
         DockerContainersParams.model_validate({"project": project.name})
+
+
+def test_a_container_restarts_gave_up_on_is_given_up_not_down(
+    settings_env: Any, r: Any, project: ComposeProject
+) -> None:
+    """A crashed container with restart_container's give-up in its state is one
+    container_given_up (high) and no container_down; without it, plain container_down."""
+    s = settings_env(REMEDIATION_CONTAINERS__PROJECT=project.name)
+    left = project.run(["sh", "-c", "exit 3"])
+    other = project.run(["sh", "-c", "exit 4"])
+    project.wait_status(left, "exited")
+    project.wait_status(other, "exited")
+    r.hset(state_key(left.name), mapping={"unmonitored_at": 1_700_000_000, "history": "[]"})
+
+    found = run_check(s)
+
+    assert set(found) == {("container_given_up", left.name), ("container_down", other.name)}
+    gave_up = found["container_given_up", left.name]
+    assert (gave_up.severity, gave_up.observed) == (Severity.HIGH, "exited")
+    assert gave_up.evidence["finding"] == "container_down"
+    assert gave_up.evidence["given_up_at"].startswith("2023-11-14T22:13:20")

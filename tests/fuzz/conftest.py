@@ -61,6 +61,7 @@ def fuzz_env(db: str, cache_url: str, folder: str) -> dict[str, str]:
         "REMEDIATION_BACKUP__FILE_PATHS": json.dumps([folder]),
         "REMEDIATION_CONTAINERS__DOCKER_URL": DOCKER_URL,
         "REMEDIATION_CONTAINERS__PROJECT": "rem-fuzz",
+        "REMEDIATION_CONTAINERS__HARD_REBOOT": "true",
         "REMEDIATION_PROXIES__PROXY_LIST": '["http://127.0.0.1:1"]',
         "REMEDIATION_RATE_LIMITS__ENDPOINTS": '[{"name": "shop", "url": "http://127.0.0.1:1/"}]',
         "REMEDIATION_WORKERS__SCALE_TARGETS": '[{"name": "pool"}]',

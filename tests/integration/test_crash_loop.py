@@ -6,7 +6,8 @@ every one of those is divided by 5 together (sweep 12 s, back-off 2 s to 60 s, g
 120 s, flap window 6 min, blast window 120 s), so the sequence of decisions is the one the
 default schedule gives, in a fifth of the time: restarts at sweeps 0-3 (back-off 2, 4, 8,
 16 s), sweep 4 lands inside the 16 s back-off (deferred), restart 5 at sweep 5, give-up at
-sweep 6 (5 restarts in the window), then refusals. One real worker, beat's role played by
+sweep 6 (5 restarts in the window); later sweeps report container_given_up and ask for no
+restart (the hard reboot is off by default). One real worker, beat's role played by
 the test sending the check on the sweep spacing (issue 10, reproduction 8).
 """
 
@@ -44,9 +45,9 @@ EXPECTED = [
     ("deferred", None),  # sweep 4: 12 s later, inside the 16 s back-off
     ("admitted", "succeeded"),  # sweep 5: restart 5
     ("admitted", "failed"),  # sweep 6: 5 restarts in the window: left alone, escalated
-    ("refused", None),  # sweep 7: left alone
-    ("refused", None),  # sweep 8: left alone
 ]
+AFTER_GIVE_UP = 2
+"""Sweeps after the give-up: container_given_up, nothing dispatched."""
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +138,12 @@ def test_crash_loop_on_the_default_spacing_restarts_defers_gives_up_and_escalate
             )
         except TimeoutError:
             raise AssertionError(decisions(loop_audit, app.name)) from None
+        later = [
+            client.send_task("remediation.check.docker_containers", kwargs={}).get(
+                timeout=SWEEP_SECONDS
+            )
+            for _ in range(AFTER_GIVE_UP)
+        ]
         gave_up_started = project.started_at(app)
         rows = decisions(loop_audit, app.name)
         time.sleep(1)  # any notification is sent by then (the worker is idle)
@@ -146,7 +153,10 @@ def test_crash_loop_on_the_default_spacing_restarts_defers_gives_up_and_escalate
 
     assert [(r["decision"], r["outcome"]) for r in rows] == EXPECTED, rows
     assert "backing off" in rows[4]["reason"]
-    assert "left alone" in rows[6]["error"] and "left alone" in rows[7]["reason"]
+    assert "left alone" in rows[6]["error"]
+    assert [out["dispatched"] for out in later] == [0] * AFTER_GIVE_UP, later
+    kinds = [f["kind"] for out in later for f in out["findings"]]
+    assert kinds == ["container_given_up"] * AFTER_GIVE_UP, later
     assert project.started_at(app) == gave_up_started and project.status(app) == "exited"
     mine = [b for b in loop_webhook.bodies if app.name in b["text"]]
     assert [b["kind"] for b in mine] == ["action_failed"], mine

@@ -1,0 +1,30 @@
+"""Restart state of a container, shared by the container check and the container actions.
+
+restart_container keeps, per container, one hash in the state Redis,
+``rem:restart:<container>``: recent restart times, when the next restart is allowed, and
+``unmonitored_at`` once it gave up on the container (runbook 000 Docker management). The
+docker_containers check reads the give-up (container_given_up) and recreate_service clears
+it after a hard reboot that brought the service back.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+KEY_PREFIX = "rem:restart:"
+GIVEN_UP_FIELD = "unmonitored_at"
+
+
+def state_key(container: str) -> str:
+    """The Redis hash holding a container's restart history and back-off."""
+    return KEY_PREFIX + container
+
+
+def given_up(state: Any, names: list[str]) -> dict[str, float]:
+    """container name -> when restart_container gave up on it, for those it gave up on."""
+    if not names:
+        return {}
+    pipe = state.pipeline(transaction=False)
+    for name in names:
+        pipe.hget(state_key(name), GIVEN_UP_FIELD)
+    return {n: float(v) for n, v in zip(names, pipe.execute(), strict=True) if v is not None}
