@@ -159,13 +159,16 @@ def _connect_other_networks(dc: Any, attrs: dict[str, Any], container: Any, serv
 
 
 def recreate(settings: Settings, project: str, service: str | None) -> dict[str, Any]:
-    """`docker compose down && up -d` for one service (every service when None): stop and
-    remove each of its containers (volumes stay), then create and start each again under
-    its own name and number from the newest one's configuration (per service).
+    """`docker compose down && up -d` for one service (every service when None), the way
+    compose itself recreates: stop each container, rename it aside (`<short id>_<name>`),
+    create and start a new one under its name and number from the newest container's
+    configuration (per service), and only once every new one started remove the old ones
+    (volumes stay).
 
     At most MAX_RECREATE containers (RemediationError otherwise, before anything is touched).
-    The configurations are taken before the first stop; a container that will not start is
-    removed and RemediationError names what was recreated and what was not."""
+    The configurations are taken before the first stop. If a new container will not start,
+    the new ones are removed and the old ones get their names back and are started again
+    (as they were, stuck or not): RemediationError names the container that failed."""
     dc = docker_client.client(settings)
     every = compose_containers(dc, project, service)
     what = f"{project}/{service}" if service else f"project {project}"
@@ -179,23 +182,41 @@ def recreate(settings: Settings, project: str, service: str | None) -> dict[str,
     plans = _recreate_plans(every)
     for _, _, attrs, config in plans:
         config["Image"] = _image_ref(dc, attrs)
+    running = {c.id for c in every if c.status == "running"}
     for old in every:
         old.stop(timeout=STOP_TIMEOUT_SECONDS)
-    for old in every:
+    aside: list[tuple[Any, str]] = []
+    created: list[Any] = []
+    try:
+        for old in every:
+            old.rename(f"{old.id[:12]}_{old.name}")
+            aside.append((old, old.name))
+        for svc, name, attrs, config in plans:
+            created.append(_create_started(dc, attrs, config, name, svc))
+    except _RECREATE_ERRORS as exc:
+        _roll_back(created, aside, running)
+        raise RemediationError(
+            f"hard reboot of {what} failed, old containers put back: {exc}"
+        ) from exc
+    for old, _ in aside:
         old.remove(v=False)  # never volumes
-    removed = [{"name": c.name, "id": c.id} for c in every]
-    created: list[dict[str, str]] = []
-    for svc, name, attrs, config in plans:
-        try:
-            new = _create_started(dc, attrs, config, name, svc)
-        except _RECREATE_ERRORS as exc:
-            left = [p[1] for p in plans[len(created) :]]
-            raise RemediationError(
-                f"hard reboot of {what} stopped at {name}: {exc}; recreated"
-                f" {[c['name'] for c in created]}, not recreated (removed) {left}"
-            ) from exc
-        created.append({"name": new.name, "id": new.id, "service": svc})
-    return {"project": project, "service": service, "removed": removed, "created": created}
+    removed = [{"name": name, "id": old.id} for old, name in aside]
+    made = [{"name": c.name, "id": c.id, "service": _service_of(c)} for c in created]
+    return {"project": project, "service": service, "removed": removed, "created": made}
+
+
+def _service_of(container: Any) -> str:
+    return str(container.labels.get(docker_client.SERVICE_LABEL, ""))
+
+
+def _roll_back(created: list[Any], aside: list[tuple[Any, str]], running: set[str]) -> None:
+    """Remove the new containers, give the old ones their names back, start those that ran."""
+    for new in created:
+        new.remove(force=True)
+    for old, name in aside:
+        old.rename(name)
+        if old.id in running:
+            old.start()
 
 
 def _image_ref(dc: Any, attrs: dict[str, Any]) -> str:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from remediation import compose
 from remediation.clients.docker import NUMBER_LABEL
 from remediation.compose import count_replicas, scale_service
 from remediation.errors import RemediationError
@@ -144,3 +146,27 @@ def test_scale_workers_compose_backend_bounds_and_window(
     assert (down.ok, down.changed, replicas()) == (True, True, 1)
     at_min = scale("down")
     assert (at_min.changed, replicas()) == (False, 1)
+
+
+def test_recreate_puts_the_old_containers_back_when_a_new_one_will_not_start(
+    settings_env: Any,
+) -> None:
+    """The host port the service publishes is taken while it is down: the new container
+    cannot start, so it is removed and the old container gets its name back, same ID, as
+    it was (compose's own order: rename aside, create, remove the old only at the end)."""
+    with compose_project() as project, socket.socket() as taken:
+        if project.network_mode == "none":
+            pytest.skip("publishing a port needs bridge networking")
+        s = settings_env(REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL)
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]
+        taken.close()  # free for the old container's creation; taken again below
+        old = project.run(["sh", "-c", "exit 1"], ports={"80/tcp": ("127.0.0.1", port)})
+        project.wait_status(old, "exited")
+        with socket.socket() as squatter:
+            squatter.bind(("127.0.0.1", port))
+            squatter.listen()
+            with pytest.raises(RemediationError, match="old containers put back"):
+                compose.recreate(s, project.name, "app")
+        (back,) = project.containers()
+        assert (back.id, back.name, back.status) == (old.id, old.name, "exited")
