@@ -35,7 +35,6 @@ POLL_SECONDS = 0.5
 STABLE_SECONDS = 3.0
 """How long recreated containers must keep running, unrestarted, to count as up: one that
 dies at start is running for a moment."""
-"""How often the recreated containers are looked at while waiting for them to come up."""
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 _OFF = (
     "hard reboot is off: set REMEDIATION_CONTAINERS__HARD_REBOOT=true to let recreate_service"
@@ -120,8 +119,9 @@ def recreate_service(ctx: ActionContext, params: RecreateServiceParams) -> Actio
     Off unless REMEDIATION_CONTAINERS__HARD_REBOOT=true (then a by-hand call is refused and
     the playbook does not ask). For the container's service (its labels
     com.docker.compose.project/service; the whole project with HARD_REBOOT_SCOPE=project):
-    stop, remove, create from the newest container's configuration (image, command, env,
-    labels, networks, mounts, healthcheck) under the same names, start. Never volumes, never
+    stop, rename aside, create from the newest container's configuration (image, command,
+    env, labels, networks, mounts, healthcheck) under the same names, start, and only then
+    remove the old ones (a new one that will not start puts the old ones back). Never volumes, never
     images, at most compose.MAX_RECREATE containers. Once an hour per service (cooldown).
     Verified: the recreated containers run (and are healthy, with a healthcheck) within
     HARD_REBOOT_WAIT_SECONDS; then restart_container's give-up on them is cleared so it looks
