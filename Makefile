@@ -8,7 +8,7 @@ VENV ?= .venv
 SERVICES := .data/services.env
 WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
 
-.PHONY: help venv services db run test chaos lint bench docker stop clean
+.PHONY: help venv services db run test unit chaos lint bench docker stop clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -31,10 +31,13 @@ db: services ## create or upgrade the audit schema
 run: db ## run a worker with one beat in the foreground, monitoring its own stack
 	$(WITH_SERVICES) exec $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
-test: db ## the whole test suite against real Redis, PostgreSQL, RabbitMQ and Celery workers
+test: db ## the whole suite (unit tier included) against real Redis, PostgreSQL, RabbitMQ, workers
 	@scripts/ensure_test_tools.sh
 	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
 	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+unit: venv ## the unit tier alone (tests/unit): fakeredis and an in-memory audit store, no server
+	env $(foreach v,$(filter REMEDIATION_%,$(.VARIABLES)),-u $(v)) $(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
 chaos: db ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz cases per action
 	@scripts/ensure_test_tools.sh

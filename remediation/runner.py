@@ -21,6 +21,7 @@ import structlog
 from pydantic import ValidationError
 
 from remediation import metrics, playbook, signing
+from remediation.audit.protocol import AuditTrail
 from remediation.audit.store import AuditStore
 from remediation.calls import ActionCall, ActionOutcome, CheckOutcome, validation_message
 from remediation.clients import redis as redis_clients
@@ -52,10 +53,11 @@ NOTIFY_TEXT_MAX = 4000
 class Runner:
     """The pipeline for one process. Holds no per-call state."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch, store: AuditStore | None = None):
+    def __init__(self, settings: Settings, dispatch: Dispatch, store: AuditTrail | None = None):
         self.settings = settings
         self.dispatch = dispatch
-        self.store = store or AuditStore.from_settings(settings)  # spools while PG is down
+        # PostgreSQL (spooling while it is down) unless given one (MemoryAuditStore in tests)
+        self.store: AuditTrail = store or AuditStore.from_settings(settings)
         self.log = get_logger("remediation.runner")
 
     @property

@@ -135,11 +135,11 @@ JSON_MAX_BYTES = 65536
 """A params or result value larger than this (as JSON) is stored as size + sha256 + prefix."""
 
 
-def _text(value: Any) -> str | None:
+def audit_text(value: Any) -> str | None:
     return None if value is None else bounded_text(redact_text(str(value)), TEXT_MAX)
 
 
-def _json(value: Any) -> Any:
+def audit_json(value: Any) -> Any:
     """value redacted, or its truncated form when it is too big to keep whole."""
     masked = redact(value)
     if serialized_size(masked) > JSON_MAX_BYTES:
@@ -294,7 +294,7 @@ class AuditStore:
             "check": check,
             "target": target,
             "purpose": purpose,
-            "params": _json(params),
+            "params": audit_json(params),
             "at": _now(),
         }
         self._write("check_run", args)
@@ -304,14 +304,15 @@ class AuditStore:
         self, run_id: int, status: str, findings: int, duration_ms: float, error: str | None = None
     ) -> None:
         self._write("finish_check_run", {"id": run_id, "status": status, "findings": findings,
-                    "error": _text(error), "duration_ms": duration_ms, "at": _now()})  # fmt: skip
+                    "error": audit_text(error), "duration_ms": duration_ms,
+                    "at": _now()})  # fmt: skip
 
     def rejected_check(
         self, check: str, raw: dict[str, Any], error: str, task_id: str | None
     ) -> int:
         args: dict[str, Any] = {"id": new_id(), "task_id": task_id, "check": check,
-                "target": redact_text(str(raw.get("target", "?")))[:64], "params": _json(raw),
-                "error": _text(error), "at": _now()}  # fmt: skip
+                "target": redact_text(str(raw.get("target", "?")))[:64], "params": audit_json(raw),
+                "error": audit_text(error), "at": _now()}  # fmt: skip
         self._write("rejected_check", args)
         return int(args["id"])
 
@@ -319,8 +320,8 @@ class AuditStore:
         args: dict[str, Any] = {
             "id": new_id(), "run_id": run_id, "check": f.check, "target": f.target,
             "subject": f.subject, "kind": f.kind, "severity": f.severity.value,
-            "observed": _text(f.observed), "threshold": _text(f.threshold),
-            "summary": _text(f.summary), "evidence": _json(f.evidence),
+            "observed": audit_text(f.observed), "threshold": audit_text(f.threshold),
+            "summary": audit_text(f.summary), "evidence": audit_json(f.evidence),
             "fingerprint": f.fingerprint, "incident_id": incident_id, "at": _now(),
         }  # fmt: skip
         self._write("finding", args)
@@ -342,7 +343,8 @@ class AuditStore:
         args: dict[str, Any] = {
             "id": new_id(), "finding_id": finding_id, "task_id": task_id, "action": action,
             "target": target, "resource": resource, "idempotency_key": idempotency_key,
-            "decision": decision, "guard": guard or None, "reason": _text(reason), "at": _now(),
+            "decision": decision, "guard": guard or None, "reason": audit_text(reason),
+            "at": _now(),
         }  # fmt: skip
         self._write("decision", args)
         return int(args["id"])
@@ -366,8 +368,8 @@ class AuditStore:
         args: dict[str, Any] = {
             "id": new_id(), "decision_id": decision_id, "finding_id": finding_id,
             "task_id": task_id, "action": action, "target": target, "resource": resource,
-            "params": _json(params), "outcome": outcome, "error": _text(error),
-            "result": _json(result) if result is not None else None,
+            "params": audit_json(params), "outcome": outcome, "error": audit_text(error),
+            "result": audit_json(result) if result is not None else None,
             "duration_ms": duration_ms, "verification": verification, "at": _now(),
         }  # fmt: skip
         self._write("action_run", args)

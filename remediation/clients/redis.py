@@ -23,6 +23,12 @@ def client(url: str, *, timeout: float = 5.0) -> redis.Redis:
     return _CLIENTS[key]
 
 
+def use(url: str, replacement: redis.Redis) -> None:
+    """Serve url from ``replacement`` in this process until reset(): the one injection
+    point for an in-memory Redis (fakeredis in the unit tier) behind every client(url)."""
+    _CLIENTS[(os.getpid(), url)] = replacement
+
+
 def reset() -> None:
     """Forget clients (after fork, and between tests)."""
     _CLIENTS.clear()
