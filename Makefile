@@ -44,10 +44,11 @@ chaos: db ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz
 	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
 	$(WITH_SERVICES) REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
 
-lint: venv ## ruff (lint + format check) and mypy --strict on the package
+lint: venv ## ruff (lint + format check), mypy --strict on the package, the layers' import contracts
 	$(VENV)/bin/ruff check remediation tests bench beat_schedule.py
 	$(VENV)/bin/ruff format --check remediation tests bench beat_schedule.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: db ## benchmarks under bench/, results in BENCHMARKS.md
 	$(WITH_SERVICES) $(VENV)/bin/python -m bench

@@ -215,17 +215,16 @@ def cmd_report(args: argparse.Namespace, s: Settings) -> int:
 
 def queue_depths(s: Settings, queues: Sequence[str] = ("celery",)) -> dict[str, int]:
     """Pending messages per queue: the list plus its priority sub-lists (Redis broker)."""
+    from remediation import celery_cluster
     from remediation.clients import redis as redis_clients
 
     url = s.broker_url.get_secret_value()
-    if not url.startswith(("redis://", "rediss://")):
+    if not celery_cluster.is_redis(url):
         return {}
     r = redis_clients.client(url)
-    depths = {}
-    for q in queues:
-        names = [q] + [f"{q}\x06\x16{p}" for p in (3, 6, 9)]
-        depths[q] = sum(r.llen(n) for n in names)
-    depths["unacked"] = r.hlen("unacked")
+    by_step = celery_cluster.redis_depths(r, queues)
+    depths = {q: sum(steps.values()) for q, steps in by_step.items()}
+    depths[celery_cluster.UNACKED] = r.hlen(celery_cluster.UNACKED)
     return depths
 
 

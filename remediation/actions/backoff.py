@@ -7,25 +7,24 @@ delay up multiplicatively; a quiet period lets it down one step at a time, so pa
 settles just under the rate at which sites start banning.
 
 The proxy health check publishes the ban signal on the Redis of
-REMEDIATION_PROXIES__REDIS_TARGET under BAN_RATE_KEY and LAST_BAN_KEY (below).
+REMEDIATION_PROXIES__REDIS_TARGET (read through remediation.ban_signal).
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
+from remediation.ban_signal import LAST_BAN_KEY, read_ban_signal
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import ActionFailed
 from remediation.filelock import file_lock
@@ -35,10 +34,6 @@ from remediation.registry import action
 from remediation.resolve import canonical, redis_target
 from remediation.settings import BackoffSettings
 
-BAN_RATE_KEY = "rem:proxy:ban_rate"
-"""Share (0-1, a float string) of proxied requests banned in the proxy check's window."""
-LAST_BAN_KEY = "rem:proxy:last_ban_at"
-"""Epoch seconds (a float string) of the newest ban the proxy check saw."""
 MIRROR_LOCK_SECONDS = 5.0
 """How long a writer waits for another writer of the mirror file."""
 _UNREADABLE = "unreadable"
@@ -110,48 +105,6 @@ class TuneBackoffParams(ActionParams):
     observed_rate: float | None = Field(
         None, ge=0, allow_inf_nan=False, description="the ban rate that led here, for the audit"
     )
-
-
-@dataclass(frozen=True)
-class BanSignal:
-    """What the proxy check published: ban rate and time of the newest ban (None: absent)."""
-
-    ban_rate: float | None
-    last_ban_at: float | None
-    unreadable: tuple[str, ...] = ()
-
-
-def _number(raw: bytes | str | None) -> float | None:
-    """A finite float from a Redis value; None when absent; ValueError when garbage."""
-    if raw is None:
-        return None
-    value = float(raw)
-    if not math.isfinite(value):
-        raise ValueError(f"not finite: {value}")
-    return value
-
-
-def read_ban_signal(ctx: CheckContext) -> BanSignal:
-    """Read BAN_RATE_KEY and LAST_BAN_KEY from the proxies' Redis."""
-    rate_raw, last_raw = ctx.redis(ctx.settings.proxies.redis_target).mget(
-        [BAN_RATE_KEY, LAST_BAN_KEY]
-    )
-    values: dict[str, float | None] = {}
-    bad: list[str] = []
-    for name, raw in ((BAN_RATE_KEY, rate_raw), (LAST_BAN_KEY, last_raw)):
-        try:
-            values[name] = _number(raw)
-        except ValueError:
-            values[name] = None
-            bad.append(name)
-    return BanSignal(values[BAN_RATE_KEY], values[LAST_BAN_KEY], tuple(bad))
-
-
-def quiet_seconds(now: float, signal: BanSignal, last_increase_at: float | None) -> float | None:
-    """Seconds since the newest ban or increase; None when the ban time cannot be read."""
-    if LAST_BAN_KEY in signal.unreadable:
-        return None
-    return now - max(signal.last_ban_at or 0.0, last_increase_at or 0.0)
 
 
 def _resolve(ctx: CheckContext, params: TuneBackoffParams) -> Resolved:

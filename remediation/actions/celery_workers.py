@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from remediation.checks.celery_workers import (
+from remediation.celery_cluster import (
     CLUSTER,
     CONTROL_TIMEOUT,
     ClusterName,

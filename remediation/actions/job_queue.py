@@ -89,7 +89,7 @@ def _run(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> An
     """One Lua call; a key whose type changed since the resolve step is a refusal (the
     script's first command is the read that fails, so nothing was changed)."""
     try:
-        return script(client, name)(keys=keys, args=args)
+        return script(client, name, "remediation.actions")(keys=keys, args=args)
     except redis.ResponseError as exc:
         if "WRONGTYPE" in str(exc):
             raise Refused(f"{_shown(keys[0])} is no longer a list") from None

@@ -16,17 +16,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from remediation.checks.postgres_health import (
-    ACTIVE,
-    IDLE,
-    SESSION_STATES,
-    connect,
-    list_sessions,
-)
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
+from remediation.pg_activity import ACTIVE, IDLE, SESSION_STATES, connect, list_sessions
 from remediation.registry import action
 from remediation.resolve import canonical, postgres_target
 from remediation.settings import PostgresSettings

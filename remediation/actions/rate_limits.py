@@ -1,75 +1,46 @@
-"""Rate limits and load: slow a sync down, fall back to a cheaper model, pause low priority.
+"""Rate limits: slow a sync down, fall back to a cheaper model.
 
 Runbook 000 "Shopify API 429" (SHOPIFY_SYNC_INTERVAL, default 5 min) and "OpenAI 429 /
 insufficient quota" (switch to gpt-3.5-turbo temporarily), runbook 004 "Rate Limit
-Exhaustion" (reduce update frequency temporarily), runbook 001 "System Overload: pause
-non-critical scraping". Every change here is temporary, and none waits in a long Celery
-countdown (a countdown past the visibility timeout runs more than once): each records an
-expiry in Redis, a check reports it once due, and the playbook runs the undo.
+Exhaustion" (reduce update frequency temporarily). Every change here is temporary, and
+none waits in a long Celery countdown (see remediation.throttles): each records an expiry
+in Redis, a check reports it once due, and the playbook runs the undo. Pausing low-priority
+queues (runbook 001) is in actions/pauses.py.
 """
 
 from __future__ import annotations
 
 import itertools
-import json
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import redis
 from pydantic import Field
 
-from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
-from remediation.resolve import canonical, redis_target, self_target
-from remediation.settings import RateLimitSettings, Settings
+from remediation.resolve import canonical, redis_target
+from remediation.settings import RateLimitSettings
+from remediation.throttles import (
+    NAME_PATTERN,
+    THROTTLE_INDEX,
+    changed_by,
+    iso,
+    text,
+    throttle_key,
+)
 
-THROTTLE_INDEX = "rem:throttles"
-"""Set of integrations throttled by throttle_sync, on the rate-limit target's Redis."""
-PAUSED_INDEX = "rem:paused_queues"
-"""Set of Celery queues paused by pause_low_priority, on the state Redis."""
-CONTROL_TIMEOUT = 1.0
-"""Seconds to wait for workers' replies (Celery's default); a worker missed is caught by
-celery_paused_queues as celery_queue_pause_incomplete and paused on the next sweep."""
-CONFIRM_SECONDS = 5.0
-"""Seconds to wait until acknowledging workers show the change in active_queues."""
-_NAME = r"^[A-Za-z0-9_.\-]{1,64}$"
 MAX_INDEX_SCAN = 1000
 """Members of THROTTLE_INDEX looked at to match a name case-insensitively."""
 
 
-def throttle_key(integration: str) -> str:
-    """Hash: original, original_absent, throttled, factor, throttled_at, expires_at, by."""
-    return f"rem:throttle:{integration}"
-
-
-def paused_key(queue: str) -> str:
-    """Hash: workers (JSON list), paused_at, expires_at, by."""
-    return f"rem:paused_queue:{queue}"
-
-
-def _by(ctx: ActionContext) -> str:
-    return f"incident {ctx.trigger.incident}" if ctx.trigger else "by hand"
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def lua(client: redis.Redis, source: str, keys: list[str], args: list[Any]) -> list[str]:
     """Run one script atomically (EVALSHA, EVAL on a cold cache); the reply as text."""
-    return [_text(v) for v in client.register_script(source)(keys=keys, args=args)]
-
-
-def _iso(epoch: str | float) -> str:
-    try:
-        return datetime.fromtimestamp(float(epoch), UTC).isoformat(timespec="seconds")
-    except (ValueError, OverflowError, OSError):
-        return str(epoch)
+    return [text(v) for v in client.register_script(source)(keys=keys, args=args)]
 
 
 # --- throttle_sync / restore_sync ----------------------------------------------------------
@@ -133,7 +104,7 @@ class ThrottleSyncParams(ActionParams):
     """target: the Redis holding REMEDIATION_RATE_LIMITS__SYNC_INTERVAL_KEY."""
 
     integration: str = Field(
-        pattern=_NAME, max_length=64, description="field of the interval hash: 'shopify'"
+        pattern=NAME_PATTERN, max_length=64, description="field of the interval hash: 'shopify'"
     )
 
 
@@ -165,7 +136,7 @@ def _throttled(client: redis.Redis, name: str) -> str | None:
     if client.hexists(throttle_key(name), "throttled"):
         return name
     for member in itertools.islice(client.sscan_iter(THROTTLE_INDEX, count=100), MAX_INDEX_SCAN):
-        recorded = _text(member)
+        recorded = text(member)
         if recorded.lower() == name.lower() and client.hexists(throttle_key(recorded), "throttled"):
             return recorded
     return None
@@ -227,12 +198,12 @@ def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResul
     cfg = ctx.settings.rate_limits
     keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
     args = [params.integration, cfg.default_sync_interval_seconds, cfg.throttle_factor,
-            repr(time.time()), cfg.throttle_seconds, _by(ctx)]  # fmt: skip
+            repr(time.time()), cfg.throttle_seconds, changed_by(ctx)]  # fmt: skip
     status, original, throttled, expires = lua(ctx.redis(params.target), _THROTTLE, keys, args)
     detail = {"key": cfg.sync_interval_key, "integration": params.integration,
               "before": float(original) if status == "throttled" else float(throttled),
               "after": float(throttled), "original": float(original),
-              "restore_at": _iso(expires), "status": status}  # fmt: skip
+              "restore_at": iso(expires), "status": status}  # fmt: skip
     if status == "extended":
         return ActionResult(changed=False, detail=detail,
                             summary=f"{params.integration} already throttled to {throttled}s;"
@@ -348,187 +319,3 @@ def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams)
     verb = "stays on" if status == "extended" else "switched to"
     return ActionResult(changed=status == "switched", detail=detail,
                         summary=f"{verb} {model} for {cfg.fallback_seconds}s ({cfg.fallback_key})")  # fmt: skip
-
-
-# --- pause_low_priority / resume_low_priority ----------------------------------------------
-
-
-class QueueParams(ActionParams):
-    """target: always "self", the Celery cluster this worker belongs to."""
-
-
-class PauseLowPriorityParams(QueueParams):
-    pass
-
-
-class ResumeLowPriorityParams(QueueParams):
-    queue: str | None = Field(
-        None, pattern=_NAME, max_length=64, description="default: LOW_PRIORITY_QUEUE"
-    )
-    force: bool = Field(False, description="resume now, before the pause is due to end")
-
-
-def _pause_resource(params: QueueParams) -> str:
-    queue = getattr(params, "queue", None) or "(low-priority queue)"
-    return f"celery/{queue}"
-
-
-def _state(settings: Settings) -> Any:
-    return redis_clients.client(settings.state_redis_url.get_secret_value())
-
-
-def _control() -> Any:
-    from remediation.celery_app import get_app  # the Celery app imports every action
-
-    return get_app()
-
-
-def consumers(app: Any, queue: str, destination: list[str] | None = None) -> list[str]:
-    """Workers (that answered) consuming from queue."""
-    replies = app.control.inspect(timeout=CONTROL_TIMEOUT, destination=destination)
-    queues = replies.active_queues() or {}
-    return sorted(w for w, qs in queues.items() if any(q.get("name") == queue for q in qs or ()))
-
-
-def _acknowledged(replies: list[dict[str, Any]] | None) -> list[str]:
-    return sorted(w for reply in replies or () for w, body in reply.items() if "ok" in body)
-
-
-def _confirm(app: Any, queue: str, workers: list[str], consuming: bool) -> list[str]:
-    """Workers whose active_queues show the change, polled for up to CONFIRM_SECONDS."""
-    deadline = time.monotonic() + CONFIRM_SECONDS
-    while True:
-        now = set(consumers(app, queue, workers)) if workers else set()
-        done = sorted(w for w in workers if (w in now) == consuming)
-        if len(done) == len(workers) or time.monotonic() > deadline:
-            return done
-        time.sleep(0.2)
-
-
-def due(record: dict[str, str], now: float) -> bool:
-    """A record's expiry has passed; an unreadable expiry counts as passed, so a temporary
-    change is never kept forever by a damaged record."""
-    try:
-        return now >= float(record.get("expires_at", "0"))
-    except ValueError:
-        return True
-
-
-def _record(client: Any, queue: str) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in client.hgetall(paused_key(queue)).items()}
-
-
-def _own_cluster(params: QueueParams) -> str:
-    return self_target(params.target, "queues are paused on this worker's own Celery cluster")
-
-
-def resolve_pause(ctx: CheckContext, params: PauseLowPriorityParams) -> Resolved:
-    """Target "self"; refused when the low-priority queue is the remediation worker's own
-    (nothing could resume it)."""
-    target = _own_cluster(params)
-    queue = ctx.settings.rate_limits.low_priority_queue
-    if queue == _control().conf.task_default_queue:
-        raise Refused(f"{queue!r} is the remediation worker's own queue; nothing could resume it")
-    return canonical(params, target=target)
-
-
-def resolve_resume(ctx: CheckContext, params: ResumeLowPriorityParams) -> Resolved:
-    """Target "self" and the queue: the configured low-priority queue (default) or one
-    pause_low_priority recorded in PAUSED_INDEX. Refused for another queue; quietly when
-    the queue is not paused (nothing to resume)."""
-    target = _own_cluster(params)
-    configured = ctx.settings.rate_limits.low_priority_queue
-    queue = configured if params.queue is None else params.queue
-    state = _state(ctx.settings)
-    if queue != configured and not state.sismember(PAUSED_INDEX, queue):
-        raise Refused(
-            f"queue {queue!r} is neither REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE"
-            f" ({configured!r}) nor one paused by remediation"
-        )
-    if not state.exists(paused_key(queue)):
-        raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)
-    return canonical(params, target=target, queue=queue)
-
-
-@action(
-    "pause_low_priority",
-    resolve=resolve_pause,
-    resource=_pause_resource,
-    cooldown=timedelta(minutes=5),
-    max_per_hour=6,
-    verify=False,
-)
-def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> ActionResult:
-    """Stop consuming the low-priority queue for a while (runbook 001 "System Overload:
-    reduce load: pause non-critical scraping").
-
-    Workers consuming REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE are told to cancel
-    their consumer (Celery remote control); messages wait in the queue, none is lost. The
-    workers and an expiry PAUSE_SECONDS out are recorded in rem:paused_queue:<queue>;
-    celery_paused_queues reports celery_queue_pause_expired then, and resume_low_priority
-    re-adds the consumer on exactly those workers. Run again while paused, it pauses
-    workers that started consuming since, without moving the expiry. Never the
-    remediation worker's own queue."""
-    resolve_pause(ctx, params)  # no I/O: a direct call is held to it too
-    queue = ctx.settings.rate_limits.low_priority_queue
-    app = _control()
-    state = _state(ctx.settings)
-    found = consumers(app, queue)
-    existing = _record(state, queue)
-    already = json.loads(existing.get("workers", "[]"))
-    if not found:
-        summary = "still paused" if existing else f"no worker consumes {queue!r}"
-        return ActionResult(changed=False, summary=f"{summary}; nothing to pause",
-                            detail={"queue": queue, "workers": already})  # fmt: skip
-    now = time.time()
-    expires = existing.get("expires_at") or repr(now + ctx.settings.rate_limits.pause_seconds)
-    record = {"workers": json.dumps(sorted(set(already) | set(found))), "expires_at": expires,
-              "paused_at": existing.get("paused_at") or repr(now), "by": _by(ctx)}  # fmt: skip
-    state.hset(paused_key(queue), mapping=record)  # first: a crash after the cancel still resumes
-    state.sadd(PAUSED_INDEX, queue)
-    replies = app.control.cancel_consumer(queue, destination=found, reply=True,
-                                          timeout=CONTROL_TIMEOUT)  # fmt: skip
-    acked = _acknowledged(replies)
-    confirmed = _confirm(app, queue, acked, consuming=False)
-    detail = {"queue": queue, "consumers": found, "acknowledged": acked, "confirmed": confirmed,
-              "missing": sorted(set(found) - set(acked)), "resume_at": _iso(expires)}  # fmt: skip
-    return ActionResult(ok=bool(acked), changed=bool(acked), detail=detail,
-                        summary=f"paused {queue!r} on {len(acked)} of {len(found)} worker(s)"
-                                f" until {detail['resume_at']}")  # fmt: skip
-
-
-@action("resume_low_priority", resolve=resolve_resume, resource=_pause_resource, max_per_hour=30)
-def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> ActionResult:
-    """Consume the paused queue again on the workers pause_low_priority paused, once due.
-
-    A recorded worker that does not answer is asked for a ping: one that is gone is
-    forgotten (restarted workers consume their -Q queues anyway); one that answers but
-    did not take the consumer keeps the record, so the next sweep tries again. Verified by
-    celery_paused_queues no longer reporting the pause."""
-    queue = params.queue or ctx.settings.rate_limits.low_priority_queue
-    state = _state(ctx.settings)
-    record = _record(state, queue)
-    if not record:  # resumed by another call since the resolve step
-        raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)
-    if not params.force and not due(record, time.time()):
-        return ActionResult(changed=False, summary=f"{queue!r} stays paused until"
-                            f" {_iso(record['expires_at'])} (use force to resume now)")  # fmt: skip
-    workers = json.loads(record.get("workers", "[]"))
-    app = _control()
-    replies = app.control.add_consumer(queue, destination=workers, reply=True,
-                                       timeout=CONTROL_TIMEOUT) if workers else []  # fmt: skip
-    acked = _acknowledged(replies)
-    silent = sorted(set(workers) - set(acked))
-    alive = _acknowledged(app.control.ping(destination=silent, timeout=CONTROL_TIMEOUT)
-                          ) if silent else []  # fmt: skip
-    if alive:
-        state.hset(paused_key(queue), "workers", json.dumps(alive))
-    else:
-        state.delete(paused_key(queue))
-        state.srem(PAUSED_INDEX, queue)
-    confirmed = _confirm(app, queue, acked, consuming=True)
-    detail = {"queue": queue, "workers": workers, "acknowledged": acked, "confirmed": confirmed,
-              "gone": sorted(set(silent) - set(alive)), "retry": alive}  # fmt: skip
-    return ActionResult(ok=not alive, changed=bool(acked), detail=detail,
-                        summary=f"resumed {queue!r} on {len(acked)} of {len(workers)} worker(s)"
-                        + (f"; {len(alive)} answered pings but not the resume" if alive else ""))  # fmt: skip

@@ -1,7 +1,7 @@
 """The scrapers' pacing against the proxy check's ban signal (runbook 000 "Increase Delays").
 
-The action that changes the pacing (tune_backoff) and the signal's Redis keys live in
-remediation.actions.backoff; this check only reads.
+The action that changes the pacing is tune_backoff (actions/backoff.py); the ban signal's
+Redis keys are in remediation.ban_signal. This check only reads.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 
 import redis
 
-from remediation.actions.backoff import _number, quiet_seconds, read_ban_signal
+from remediation.ban_signal import number, quiet_seconds, read_ban_signal
 from remediation.context import CheckContext
 from remediation.errors import RemediationError
 from remediation.findings import Finding, Severity
@@ -26,7 +26,7 @@ def _read_pacing(client: redis.Redis, key: str) -> tuple[float | None, float | N
     """min_delay and last_increase_at from the configuration hash (None: absent)."""
     min_delay, last_increase = client.hmget(key, ["min_delay", "last_increase_at"])
     try:
-        return _number(min_delay), _number(last_increase)
+        return number(min_delay), number(last_increase)
     except ValueError:
         raise RemediationError(f"min_delay/last_increase_at in {key} are not numbers") from None
 

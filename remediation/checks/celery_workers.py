@@ -1,103 +1,56 @@
 """The monitored Celery cluster: are workers answering, how deep are the queues, is a task
 stuck, is a pool bigger than its backlog needs (runbooks 002 "Celery Worker Issues", 004
-"Worker Queue Backlog", 001 "System Overload: scale resources").
+"Worker Queue Backlog", 001 "System Overload: scale resources"), and the queues
+pause_low_priority paused (runbook 001 "System Overload: reduce load").
 
 The cluster is the one on REMEDIATION_WORKERS__BROKER_URL, or this worker's own broker
-when that is unset. Remote control (ping, inspect) goes through a small Celery app bound
-to that broker, built once per process; queue depth is read from the broker: LLEN on Redis,
-a passive queue declare on RabbitMQ.
+when that is unset; remediation.celery_cluster reads it (remote control through a small
+app bound to that broker; queue depth from the broker: LLEN on Redis, a passive queue
+declare on RabbitMQ).
 """
 
 from __future__ import annotations
 
-import os
+import json
 import time
 from datetime import UTC, datetime
-from typing import Annotated, Any
+from typing import Any
 
 import redis
-from celery import Celery
 from kombu.exceptions import OperationalError
-from pydantic import AfterValidator, Field
+from pydantic import Field, field_validator
 
+from remediation.celery_cluster import (
+    CLUSTER,
+    CONTROL_TIMEOUT,
+    ClusterName,
+    answering,
+    broker_url,
+    busy,
+    consumers,
+    is_redis,
+    monitor_app,
+    own_app,
+    pool_sizes,
+    queue_depths,
+    reserved,
+    scale_key,
+    scale_workers_of,
+    stuck_tasks,
+)
 from remediation.clients import redis as redis_clients
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
-from remediation.registry import ACTION_PREFIX, CHECK_PREFIX, check
+from remediation.registry import check
 from remediation.settings import ScaleTarget, Settings
+from remediation.throttles import CONTROL_TIMEOUT as PAUSE_CONTROL_TIMEOUT
+from remediation.throttles import PAUSED_INDEX, due, paused_key, records
 
-CLUSTER = "celery"
-"""The only target name of these checks: the cluster is configured by REMEDIATION_WORKERS__*."""
-CONTROL_TIMEOUT = 1.5
-"""Seconds to wait for workers' replies to ping and inspect."""
-PRIORITY_STEPS = (3, 6, 9)
-"""kombu's Redis priority sub-queues: <queue>\\x06\\x16<step>; step 0 is the queue itself."""
-PRIORITY_SEP = "\x06\x16"
-UNACKED = "unacked"
-"""Hash of messages reserved by workers and not yet acknowledged (kombu Redis transport)."""
 MIN_GROWTH_SECONDS = 1.0
 """Runs closer together than this do not compute a growth rate (division by almost zero)."""
 MAX_STUCK_FINDINGS = 20
 """Stuck tasks reported per run (the longest-running first)."""
-OWN_TASKS = (CHECK_PREFIX, ACTION_PREFIX)
-"""Name prefixes of the remediator's own tasks: never reported stuck, never revoked (a
-long backup or VACUUM is the remediator at work, and revoking it would leave its guards
-held and its audit row unwritten)."""
-
-_APPS: dict[tuple[int, str], Any] = {}
-
-
-def scale_key(name: str) -> str:
-    """Hash on the state Redis: last_busy, last_up, last_down (epoch seconds), by."""
-    return f"rem:scale:{name}"
-
-
-def broker_url(settings: Settings) -> str:
-    """The monitored cluster's broker: REMEDIATION_WORKERS__BROKER_URL, else our own."""
-    return (settings.workers.broker_url or settings.broker_url).get_secret_value()
-
-
-def monitor_app(settings: Settings) -> Any:
-    """A Celery app for remote control of the monitored cluster, one per broker per process.
-
-    The remediation app itself when the cluster is our own; otherwise a bare app with no
-    tasks, which only publishes control messages and reads replies."""
-    url = broker_url(settings)
-    if url == settings.broker_url.get_secret_value():
-        from remediation.celery_app import get_app  # the Celery app imports every check
-
-        return get_app()
-    key = (os.getpid(), url)
-    if key not in _APPS:
-        app = Celery("remediation-monitor", broker=url, set_as_current=False)
-        app.conf.update(
-            accept_content=["json"],
-            task_serializer="json",
-            broker_connection_retry_on_startup=False,
-            broker_connection_timeout=3,
-            broker_transport_options={"socket_timeout": 5, "socket_connect_timeout": 3},
-        )
-        _APPS[key] = app
-    return _APPS[key]
-
-
-def reset() -> None:
-    """Forget the control apps (between tests)."""
-    _APPS.clear()
-
-
-def _the_cluster(value: str) -> str:
-    if value != CLUSTER:
-        raise ValueError(
-            "the monitored Celery cluster is configured by REMEDIATION_WORKERS__BROKER_URL;"
-            f" its target name is {CLUSTER!r}"
-        )
-    return value
-
-
-ClusterName = Annotated[str, Field(max_length=64), AfterValidator(_the_cluster)]
-"""The target of every Celery check and of revoke_stuck_tasks: always 'celery'."""
 
 
 class _ClusterParams(CheckParams):
@@ -118,122 +71,6 @@ class CeleryStuckTasksParams(_ClusterParams):
 
 def _finding(check_name: str, kind: str, severity: Severity, **fields: Any) -> Finding:
     return Finding(check=check_name, target=CLUSTER, kind=kind, severity=severity, **fields)
-
-
-# --- reading the cluster -----------------------------------------------------------------
-
-
-def answering(app: Any, destination: list[str] | None = None) -> list[str]:
-    """Workers that answered a ping within CONTROL_TIMEOUT."""
-    replies = app.control.ping(timeout=CONTROL_TIMEOUT, destination=destination) or []
-    return sorted(w for reply in replies for w in reply)
-
-
-def consumers(app: Any, queues: list[str]) -> list[str]:
-    """Workers (that answered) consuming at least one of queues."""
-    replies = app.control.inspect(timeout=CONTROL_TIMEOUT).active_queues() or {}
-    wanted = set(queues)
-    return sorted(w for w, qs in replies.items() if any(q.get("name") in wanted for q in qs or ()))
-
-
-def pool_sizes(app: Any, workers: list[str]) -> dict[str, int | None]:
-    """Pool processes per worker (None: no answer, or a pool that cannot be resized)."""
-    stats = app.control.inspect(timeout=CONTROL_TIMEOUT, destination=workers).stats() or {}
-    sizes: dict[str, int | None] = {}
-    for w in workers:
-        processes = (stats.get(w) or {}).get("pool", {}).get("processes")
-        sizes[w] = len(processes) if isinstance(processes, list) else None
-    return sizes
-
-
-def scale_workers_of(app: Any, target: ScaleTarget) -> list[str]:
-    """The workers a celery scale target resizes: the named one, or every consumer of its queues."""
-    return [target.worker] if target.worker else consumers(app, target.queues)
-
-
-def is_redis(url: str) -> bool:
-    return url.startswith(("redis://", "rediss://", "unix://"))
-
-
-def is_amqp(url: str) -> bool:
-    return url.startswith(("amqp://", "amqps://", "pyamqp://"))
-
-
-def queue_depths(settings: Settings, queues: list[str]) -> dict[str, dict[str, int]] | None:
-    """Pending messages per queue and per priority sub-queue (Redis) or in all ("all",
-    RabbitMQ keeps priorities inside one queue); None on any other broker."""
-    url = broker_url(settings)
-    if is_amqp(url):
-        return {q: {"all": n} for q, n in amqp_depths(monitor_app(settings), queues).items()}
-    if not is_redis(url):
-        return None
-    client = redis_clients.client(url)
-    pipe = client.pipeline(transaction=False)
-    for q in queues:
-        pipe.llen(q)
-        for step in PRIORITY_STEPS:
-            pipe.llen(f"{q}{PRIORITY_SEP}{step}")
-    lengths = iter(pipe.execute())
-    steps = (0, *PRIORITY_STEPS)
-    return {q: {str(step): int(next(lengths)) for step in steps} for q in queues}
-
-
-def amqp_depths(app: Any, queues: list[str]) -> dict[str, int]:
-    """Ready messages per queue by a passive queue_declare (creates nothing); a queue that
-    does not exist holds 0. Reserved (unacknowledged) messages are not counted, as on Redis."""
-    depths = {}
-    with app.connection_for_read() as conn:
-        for q in queues:
-            channel = conn.channel()  # a 404 closes the channel it happened on: one per queue
-            try:
-                depths[q] = int(channel.queue_declare(queue=q, passive=True).message_count)
-            except conn.channel_errors as exc:
-                if getattr(exc, "code", None) != 404:
-                    raise
-                depths[q] = 0
-            finally:
-                if getattr(channel, "is_open", False):
-                    channel.close()
-    return depths
-
-
-def reserved(settings: Settings) -> int | None:
-    """Messages reserved by workers (the unacked hash); None on RabbitMQ, which does not tell."""
-    if not is_redis(broker_url(settings)):
-        return None
-    return int(redis_clients.client(broker_url(settings)).hlen(UNACKED))
-
-
-def busy(settings: Settings, depth: int) -> bool:
-    """A backlog scaling responds to: past the warning band (runbook 004: > 50)."""
-    return depth > settings.workers.backlog_warning
-
-
-def stuck_tasks(
-    app: Any, settings: Settings, timeout: float = CONTROL_TIMEOUT
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """(workers that answered, their active tasks running longer than stuck_factor x
-    expected, oldest first). The remediator's own tasks (OWN_TASKS) are left out. Only id,
-    name, worker, pid and times: never args or kwargs (they can hold secrets)."""
-    w = settings.workers
-    active = app.control.inspect(timeout=timeout).active() or {}
-    now = time.time()  # after the replies: a broadcast waits the whole timeout
-    found = []
-    for worker, tasks in active.items():
-        for task in tasks or ():
-            started = task.get("time_start")
-            if not started:
-                continue
-            name = str(task.get("name") or task.get("type") or "?")
-            if name.startswith(OWN_TASKS):
-                continue
-            limit = w.stuck_factor * w.expected_seconds.get(name, w.default_expected_seconds)
-            runtime = now - float(started)
-            if runtime > limit:
-                found.append({"id": str(task.get("id")), "name": name, "worker": worker,
-                              "pid": task.get("worker_pid"), "started_at": float(started),
-                              "runtime_seconds": round(runtime, 1), "limit_seconds": limit})  # fmt: skip
-    return sorted(active), sorted(found, key=lambda t: float(t["started_at"]))
 
 
 # --- checks ------------------------------------------------------------------------------
@@ -405,3 +242,43 @@ def celery_stuck_tasks(ctx: CheckContext, params: CeleryStuckTasksParams) -> lis
                      summary=f"{t['name']} [{t['id']}] has run {t['runtime_seconds']:.0f} s on"
                              f" {t['worker']} (limit {t['limit_seconds']:.0f} s)")
             for t in stuck[:MAX_STUCK_FINDINGS]]  # fmt: skip
+
+
+class PausedQueuesParams(CheckParams):
+    """target: always "self", the Celery cluster this worker belongs to."""
+
+    @field_validator("target")
+    @classmethod
+    def _own_cluster(cls, value: str) -> str:
+        if value != "self":
+            raise ValueError("paused queues belong to this worker's own Celery cluster: use 'self'")
+        return value
+
+
+@check("celery_paused_queues")
+def celery_paused_queues(ctx: CheckContext, params: PausedQueuesParams) -> list[Finding]:
+    """Celery queues pause_low_priority paused (runbook 001 "System Overload").
+
+    Pause time up -> celery_queue_pause_expired (info; resume_low_priority). Still paused
+    but a worker consumes the queue again (one started since) ->
+    celery_queue_pause_incomplete (warning; pause_low_priority pauses it too). Asks the
+    workers (remote control) only while a pause is in force."""
+    state = redis_clients.client(ctx.settings.state_redis_url.get_secret_value())
+    now, findings = time.time(), []
+    for queue, rec in records(state, PAUSED_INDEX, paused_key):
+        base = {"check": "celery_paused_queues", "target": params.target, "subject": queue}
+        evidence = {"workers": json.loads(rec.get("workers", "[]")),
+                    "expires_at": rec.get("expires_at"), "by": rec.get("by")}  # fmt: skip
+        if due(rec, now):
+            findings.append(Finding(**base, kind="celery_queue_pause_expired",
+                                    severity=Severity.INFO, evidence=evidence,
+                                    summary=f"pause of {queue!r} is due to end"))  # fmt: skip
+            continue
+        leaking = consumers(own_app(ctx.settings), [queue], timeout=PAUSE_CONTROL_TIMEOUT)
+        if leaking:
+            findings.append(Finding(**base, kind="celery_queue_pause_incomplete",
+                                    severity=Severity.WARNING, observed=len(leaking),
+                                    threshold=0, evidence={**evidence, "consuming": leaking},
+                                    summary=f"{queue!r} is paused but {len(leaking)} worker(s)"
+                                            " consume it"))  # fmt: skip
+    return findings

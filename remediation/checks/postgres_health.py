@@ -1,55 +1,41 @@
 """PostgreSQL activity (runbook 002 "Database Issues", runbook 001 "System Overload").
 
-Connections and latency, and sessions that hold transactions or run too long; the
-helpers here are shared with remediation.checks.postgres_stats (unused indexes, database
-growth, slow statements). Every threshold is a ``REMEDIATION_POSTGRES__*``
-setting. Query text never leaves as it was: literals are masked, secrets redacted and the
-text cut to ``QUERY_CHARS``. The monitoring role needs ``pg_monitor`` (or to be a
-superuser) to see other roles' sessions and statements.
+Connections and latency, and sessions that hold transactions or run too long; reading
+pg_stat_activity is in remediation.pg_activity (shared with postgres_stats and the
+session actions). Every threshold is a ``REMEDIATION_POSTGRES__*`` setting. Query text
+never leaves as it was: literals are masked, secrets redacted and the text cut to
+``QUERY_CHARS``. The monitoring role needs ``pg_monitor`` (or to be a superuser) to see
+other roles' sessions and statements.
 """
 
 from __future__ import annotations
 
-import re
 import time
 from typing import Any
 from urllib.parse import urlsplit
 
 import psycopg
-from psycopg import sql
-from psycopg.rows import dict_row
 
-from remediation.clients import pg
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
+from remediation.pg_activity import (
+    ACTIVE,
+    IDLE,
+    band,
+    connect,
+    finding,
+    list_sessions,
+    rows,
+    safe_query,
+)
 from remediation.redact import MASK, redact_text
 from remediation.registry import check
 
-QUERY_CHARS = 200
-"""Query text in evidence is cut to this many characters."""
 MAX_LISTED = 20
 """Sessions listed in one finding's evidence (the count covers all of them)."""
-STATEMENT_TIMEOUT_MS = 15_000
-"""No health query may hang the worker."""
-IDLE, ACTIVE = "idle_in_transaction", "active"
 
-# A quoted literal (also one cut off by track_activity_query_size) or a dollar-quoted body.
-_QUOTED = re.compile(r"'(?:[^']|'')*(?:'|\Z)|\$(\w*)\$.*?(?:\$\1\$|\Z)", re.S)
-# kind -> (condition on pg_stat_activity.state, the column the age is measured from)
-SESSION_STATES = {
-    IDLE: ("state IN ('idle in transaction', 'idle in transaction (aborted)')", "state_change"),
-    ACTIVE: ("state = 'active'", "query_start"),
-}
-SESSIONS_SQL = """
-SELECT pid, usename, application_name, state, backend_start, {since} AS since,
-       extract(epoch FROM now() - {since})::float8 AS age_s, query
-FROM pg_stat_activity
-WHERE datname = current_database() AND backend_type = 'client backend'
-  AND pid <> pg_backend_pid() AND NOT starts_with(coalesce(application_name, ''), %(own)s)
-  AND {state} AND now() - {since} > %(bound)s * interval '1 second'
-ORDER BY {since}, pid
-"""
+
 CONNECTIONS_SQL = """
 SELECT count(*) AS in_use,
        current_setting('max_connections')::int AS max_connections,
@@ -60,55 +46,8 @@ FROM pg_stat_activity WHERE coalesce(backend_type, 'client backend') = 'client b
 """
 
 
-def safe_query(text: str | None) -> str:
-    """Query text fit for evidence: literals masked, secrets redacted, whitespace folded, cut."""
-    masked = _QUOTED.sub(lambda m: f"'{MASK}'" if m[0][0] == "'" else f"$${MASK}$$", text or "")
-    folded = " ".join(redact_text(masked).split())
-    return folded if len(folded) <= QUERY_CHARS else folded[: QUERY_CHARS - 1] + "…"
-
-
-def connect(ctx: CheckContext, target: str) -> psycopg.Connection[Any]:
-    """A tagged autocommit connection with the configured connect and statement timeouts."""
-    timeout = ctx.settings.postgres.connect_timeout_seconds
-    dsn = ctx.postgres_dsn(target)
-    return pg.connect(dsn, timeout=timeout, statement_timeout_ms=STATEMENT_TIMEOUT_MS)
-
-
-def rows(conn: psycopg.Connection[Any], query: Any, args: Any = None) -> list[dict[str, Any]]:
-    with conn.cursor(row_factory=dict_row) as cur:
-        return cur.execute(query, args).fetchall()
-
-
-def list_sessions(conn: psycopg.Connection[Any], kind: str, bound_s: int) -> list[dict[str, Any]]:
-    """Sessions of this database in ``kind`` for longer than bound_s, oldest first.
-
-    Never the caller's own session nor any session whose application_name starts with
-    'remediation' (the worker's own)."""
-    state, since = SESSION_STATES[kind]
-    query = sql.SQL(SESSIONS_SQL).format(since=sql.Identifier(since), state=sql.SQL(state))
-    return rows(conn, query, {"own": pg.APPLICATION_NAME, "bound": bound_s})
-
-
-def band(value: float, *limits: tuple[float, Severity]) -> tuple[Severity, float] | None:
-    """The most severe (severity, limit) whose limit ``value`` reaches, or None."""
-    hits = [(sev, limit) for limit, sev in limits if value >= limit]
-    return max(hits, key=lambda hit: hit[0].rank) if hits else None
-
-
-def _finding(name: str, target: str, kind: str, severity: Severity, **kw: Any) -> Finding:
-    return Finding(check=name, target=target, kind=kind, severity=severity, **kw)
-
-
 def _ms(started: float) -> float:
     return round((time.perf_counter() - started) * 1000, 3)
-
-
-def _pretty(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TB"
 
 
 # --- postgres_connections -----------------------------------------------------------------
@@ -142,7 +81,7 @@ def _where(dsn: str) -> dict[str, Any]:
 def _unreachable(params: ConnectionsParams, dsn: str, exc: BaseException) -> Finding:
     error, where = safe_error(exc, dsn), _where(dsn)
     place = "{host}:{port}/{dbname}".format(**where) if where else "?"
-    return _finding(
+    return finding(
         "postgres_connections",
         params.target,
         "postgres_unreachable",
@@ -194,7 +133,7 @@ def _latency(params: ConnectionsParams, cfg: Any, rtt_ms: float, connect_ms: flo
     )
     if hit is None:
         return None
-    return _finding(
+    return finding(
         "postgres_connections",
         params.target,
         "postgres_latency_high",
@@ -223,7 +162,7 @@ def _slots(params: ConnectionsParams, cfg: Any, s: dict[str, Any]) -> Any:
         "superuser_reserved_connections": s["reserved"],
         "usable": usable,
     }
-    return _finding(
+    return finding(
         "postgres_connections",
         params.target,
         "postgres_connections_high",
@@ -245,7 +184,7 @@ def _pool(params: ConnectionsParams, cfg: Any, s: dict[str, Any]) -> Any:
     if hit is None:
         return None
     app = cfg.pool_application_name
-    return _finding(
+    return finding(
         "postgres_connections",
         params.target,
         "postgres_pool_exhausted",
@@ -312,7 +251,7 @@ def postgres_sessions(ctx: CheckContext, params: SessionsParams) -> list[Finding
             continue
         oldest = sessions[0]
         found.append(
-            _finding(
+            finding(
                 "postgres_sessions",
                 params.target,
                 kind,

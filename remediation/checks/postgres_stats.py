@@ -12,17 +12,10 @@ import psycopg
 from psycopg import sql
 from pydantic import Field
 
-from remediation.checks.postgres_health import (
-    _finding,
-    _pretty,
-    band,
-    connect,
-    rows,
-    safe_query,
-)
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
+from remediation.pg_activity import band, connect, finding, pretty_bytes, rows, safe_query
 from remediation.registry import check
 
 UNUSED_INDEXES_SQL = """
@@ -79,13 +72,13 @@ def postgres_unused_indexes(ctx: CheckContext, params: UnusedIndexesParams) -> l
             "table": r["relname"],
             "index": r["indexrelname"],
             "bytes": r["bytes"],
-            "size": _pretty(r["bytes"]),
+            "size": pretty_bytes(r["bytes"]),
             "valid": r["valid"],
         }
         for r in found
     ]
     return [
-        _finding(
+        finding(
             "postgres_unused_indexes",
             params.target,
             "postgres_indexes_unused",
@@ -98,7 +91,7 @@ def postgres_unused_indexes(ctx: CheckContext, params: UnusedIndexesParams) -> l
                 "indexes": indexes,
                 "stats_reset": reset.isoformat() if reset else None,
             },
-            summary=f"{total} index(es) never scanned, {_pretty(total_bytes)} in total;"
+            summary=f"{total} index(es) never scanned, {pretty_bytes(total_bytes)} in total;"
             " review before dropping",
         )
     ]
@@ -137,7 +130,7 @@ def postgres_database_size(ctx: CheckContext, params: DatabaseSizeParams) -> lis
     if growth < limit:
         return []
     return [
-        _finding(
+        finding(
             "postgres_database_size",
             params.target,
             "postgres_database_growth",
@@ -151,7 +144,7 @@ def postgres_database_size(ctx: CheckContext, params: DatabaseSizeParams) -> lis
                 "previous_at": at.isoformat() if at else None,
             },
             summary=f"database {db} grew {growth:.1f} % since the previous run"
-            f" ({_pretty(before)} -> {_pretty(size)})",
+            f" ({pretty_bytes(before)} -> {pretty_bytes(size)})",
         )
     ]
 
@@ -172,7 +165,7 @@ ENABLE = (
 
 def _unavailable(params: SlowQueriesParams, db: str, reason: str, how: str) -> list[Finding]:
     return [
-        _finding(
+        finding(
             "postgres_slow_queries",
             params.target,
             "postgres_slow_queries_unavailable",
@@ -229,10 +222,10 @@ def postgres_slow_queries(ctx: CheckContext, params: SlowQueriesParams) -> list[
                 "pg_stat_statements is older than 1.8 (PostgreSQL 13)",
                 "ALTER EXTENSION pg_stat_statements UPDATE on PostgreSQL 13 or later",
             )
-    return _slow_finding(params, cfg, db, found) if found else []
+    return _slowfinding(params, cfg, db, found) if found else []
 
 
-def _slow_finding(
+def _slowfinding(
     params: SlowQueriesParams, cfg: Any, db: str, found: list[dict[str, Any]]
 ) -> list[Finding]:
     bands = (
@@ -261,7 +254,7 @@ def _slow_finding(
     )
     top = statements[0]
     return [
-        _finding(
+        finding(
             "postgres_slow_queries",
             params.target,
             "postgres_slow_queries_found",

@@ -1,12 +1,11 @@
 """API rate limits read from response headers (runbook 004 "Rate Limit Exhaustion: usage >
-80 %", runbook 000 Shopify 429 and OpenAI quota), and the temporary changes that are due
-to be undone (throttled syncs, paused Celery queues).
+80 %", runbook 000 Shopify 429 and OpenAI quota), and throttled syncs that are due to be
+undone (remediation.throttles; paused Celery queues: checks/celery_workers.py).
 """
 
 from __future__ import annotations
 
 import email.utils
-import json
 import re
 import time
 import urllib.parse
@@ -16,31 +15,19 @@ from dataclasses import dataclass, field
 from datetime import UTC
 from typing import Any
 
-import redis
 import requests
-from pydantic import field_validator
 
-from remediation.actions.rate_limits import (
-    PAUSED_INDEX,
-    THROTTLE_INDEX,
-    consumers,
-    due,
-    paused_key,
-    throttle_key,
-)
-from remediation.clients import redis as redis_clients
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.params import CheckParams
 from remediation.registry import check
 from remediation.settings import RateLimitEndpoint, RateLimitSettings
+from remediation.throttles import THROTTLE_INDEX, due, records, throttle_key
 
 HIGH_USAGE = 0.95
 """Usage at or above this (or a 429) is high severity."""
 MAX_PROBES = 16
 """Endpoints probed at the same time."""
-MAX_RECORDS = 1000
-"""Throttle or pause records examined per run."""
 BODY_BYTES = 4096
 """How much of a 429's body is read to tell an exhausted quota from a rate limit."""
 _LIMIT = re.compile(r"^(x-)?ratelimit-limit(-[a-z0-9-]+)?$")
@@ -214,27 +201,11 @@ def finding_for(p: Probe, cfg: RateLimitSettings, target: str) -> Finding | None
                    summary=f"{p.endpoint}: answered without rate-limit headers")  # fmt: skip
 
 
-def _records(client: redis.Redis, index: str, key: Any) -> list[tuple[str, dict[str, str]]]:
-    out = []
-    for i, member in enumerate(client.sscan_iter(index, count=100)):
-        if i >= MAX_RECORDS:
-            break
-        name = member.decode() if isinstance(member, bytes) else str(member)
-        raw = client.hgetall(key(name))
-        if raw:
-            out.append((name, {_s(k): _s(v) for k, v in raw.items()}))
-    return out
-
-
 def _float(value: str | None) -> float | None:
     try:
         return float(value) if value is not None else None
     except ValueError:
         return None
-
-
-def _s(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class RateLimitsParams(CheckParams):
@@ -255,7 +226,7 @@ def api_rate_limits(ctx: CheckContext, params: RateLimitsParams) -> list[Finding
     cfg = ctx.settings.rate_limits
     findings = [f for p in probe_all(cfg) if (f := finding_for(p, cfg, params.target))]
     now = time.time()
-    for name, rec in _records(ctx.redis(params.target), THROTTLE_INDEX, throttle_key):
+    for name, rec in records(ctx.redis(params.target), THROTTLE_INDEX, throttle_key):
         if due(rec, now):
             findings.append(Finding(
                 check="api_rate_limits", target=params.target, subject=name,
@@ -264,46 +235,4 @@ def api_rate_limits(ctx: CheckContext, params: RateLimitsParams) -> list[Finding
                 evidence={k: rec.get(k) for k in ("original", "throttled", "expires_at", "by")},
                 summary=f"{name} sync throttle ended; interval back to {rec.get('original')}s",
             ))  # fmt: skip
-    return findings
-
-
-class PausedQueuesParams(CheckParams):
-    """target: always "self", the Celery cluster this worker belongs to."""
-
-    @field_validator("target")
-    @classmethod
-    def _own_cluster(cls, value: str) -> str:
-        if value != "self":
-            raise ValueError("paused queues belong to this worker's own Celery cluster: use 'self'")
-        return value
-
-
-@check("celery_paused_queues")
-def celery_paused_queues(ctx: CheckContext, params: PausedQueuesParams) -> list[Finding]:
-    """Celery queues pause_low_priority paused (runbook 001 "System Overload").
-
-    Pause time up -> celery_queue_pause_expired (info; resume_low_priority). Still paused
-    but a worker consumes the queue again (one started since) ->
-    celery_queue_pause_incomplete (warning; pause_low_priority pauses it too). Asks the
-    workers (remote control) only while a pause is in force."""
-    state = redis_clients.client(ctx.settings.state_redis_url.get_secret_value())
-    now, findings = time.time(), []
-    for queue, rec in _records(state, PAUSED_INDEX, paused_key):
-        base = {"check": "celery_paused_queues", "target": params.target, "subject": queue}
-        evidence = {"workers": json.loads(rec.get("workers", "[]")),
-                    "expires_at": rec.get("expires_at"), "by": rec.get("by")}  # fmt: skip
-        if due(rec, now):
-            findings.append(Finding(**base, kind="celery_queue_pause_expired",
-                                    severity=Severity.INFO, evidence=evidence,
-                                    summary=f"pause of {queue!r} is due to end"))  # fmt: skip
-            continue
-        from remediation.celery_app import get_app  # the Celery app imports every check
-
-        leaking = consumers(get_app(), queue)
-        if leaking:
-            findings.append(Finding(**base, kind="celery_queue_pause_incomplete",
-                                    severity=Severity.WARNING, observed=len(leaking),
-                                    threshold=0, evidence={**evidence, "consuming": leaking},
-                                    summary=f"{queue!r} is paused but {len(leaking)} worker(s)"
-                                            " consume it"))  # fmt: skip
     return findings

@@ -1,4 +1,5 @@
-"""Load Lua scripts shipped beside the guards and actions; redis-py re-sends on NOSCRIPT.
+"""Load Lua scripts shipped in a package (the guards' own by default; an action passes its
+own package); redis-py re-sends on NOSCRIPT.
 
 A script whose first lines are ``-- include: NAME`` gets each NAME.lua prepended, so the breaker
 state machine is written once and used by every script that needs it.
@@ -12,25 +13,25 @@ from typing import Any
 
 import redis
 
-_PACKAGES = ("remediation.guards", "remediation.actions")
+GUARDS = "remediation.guards"
 _INCLUDE = "-- include: "
 
 
 @functools.cache
-def source(name: str) -> str:
-    for package in _PACKAGES:
-        path = resources.files(package).joinpath(f"{name}.lua")
-        if path.is_file():
-            text = path.read_text()
-            included = []
-            for line in text.splitlines():
-                if not line.startswith(_INCLUDE):
-                    break
-                included.append(source(line.removeprefix(_INCLUDE).strip()))
-            return "\n".join([*included, text])
-    raise FileNotFoundError(f"no Lua script {name}.lua in {_PACKAGES}")
+def source(name: str, package: str = GUARDS) -> str:
+    """NAME.lua from package, with the scripts it includes (from the same package) first."""
+    path = resources.files(package).joinpath(f"{name}.lua")
+    if not path.is_file():
+        raise FileNotFoundError(f"no Lua script {name}.lua in {package}")
+    text = path.read_text()
+    included = []
+    for line in text.splitlines():
+        if not line.startswith(_INCLUDE):
+            break
+        included.append(source(line.removeprefix(_INCLUDE).strip(), package))
+    return "\n".join([*included, text])
 
 
-def script(client: redis.Redis, name: str) -> Any:
+def script(client: redis.Redis, name: str, package: str = GUARDS) -> Any:
     """A registered Script bound to client (EVALSHA, falling back to EVAL)."""
-    return client.register_script(source(name))
+    return client.register_script(source(name, package))

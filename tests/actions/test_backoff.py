@@ -14,7 +14,8 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from remediation.actions.backoff import BAN_RATE_KEY, LAST_BAN_KEY, TuneBackoffParams, tune_backoff
+from remediation.actions.backoff import TuneBackoffParams, tune_backoff
+from remediation.ban_signal import BAN_RATE_KEY, LAST_BAN_KEY
 from remediation.checks.backoff import ScrapeBackoffParams, scrape_backoff
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import Refused

@@ -13,6 +13,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from remediation import celery_cluster as cw
 from remediation.actions.celery_workers import (
     RevokeStuckTasksParams,
     ScaleWorkersParams,
@@ -21,14 +22,8 @@ from remediation.actions.celery_workers import (
     revoke_stuck_tasks,
     scale_workers,
 )
-from remediation.checks import celery_workers as cw
-from remediation.checks.celery_workers import (
-    CeleryQueuesParams,
-    celery_queues,
-    monitor_app,
-    pool_sizes,
-    scale_key,
-)
+from remediation.celery_cluster import monitor_app, pool_sizes, scale_key
+from remediation.checks.celery_workers import CeleryQueuesParams, celery_queues
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import Deferred, Refused, TargetError
 from remediation.guards import keys

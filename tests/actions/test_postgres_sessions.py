@@ -24,12 +24,12 @@ from remediation.actions.postgres_sessions import (
     resolve_terminate,
     terminate_idle_transactions,
 )
-from remediation.checks.postgres_health import ACTIVE, IDLE
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.pg_activity import ACTIVE, IDLE
 from remediation.runner import Runner
 from remediation.testing import wait_for
 from tests.checks.test_postgres_health import FAST, running, session, wait_for_sessions

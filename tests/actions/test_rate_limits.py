@@ -12,40 +12,35 @@ import pytest
 import redis
 from pydantic import ValidationError
 
-from remediation.actions.rate_limits import (
-    PAUSED_INDEX,
-    THROTTLE_INDEX,
+from remediation.actions.pauses import (
     PauseLowPriorityParams,
-    RestoreSyncParams,
     ResumeLowPriorityParams,
+    pause_low_priority,
+    resolve_pause,
+    resolve_resume,
+    resume_low_priority,
+)
+from remediation.actions.rate_limits import (
+    RestoreSyncParams,
     SwitchFallbackModelParams,
     ThrottleSyncParams,
-    pause_low_priority,
-    paused_key,
     resolve_fallback,
-    resolve_pause,
     resolve_restore,
-    resolve_resume,
     resolve_throttle,
     restore_sync,
-    resume_low_priority,
     switch_fallback_model,
-    throttle_key,
     throttle_sync,
 )
 from remediation.celery_app import get_app
-from remediation.checks.rate_limits import (
-    PausedQueuesParams,
-    RateLimitsParams,
-    api_rate_limits,
-    celery_paused_queues,
-)
+from remediation.checks.celery_workers import PausedQueuesParams, celery_paused_queues
+from remediation.checks.rate_limits import RateLimitsParams, api_rate_limits
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import ConfigError, Refused
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
 from remediation.testing import RedisServer, WorkerProcess, wait_for
+from remediation.throttles import PAUSED_INDEX, THROTTLE_INDEX, paused_key, throttle_key
 from tests.conftest import process_env
 from tests.test_runner import Recorder
 

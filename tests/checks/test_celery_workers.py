@@ -17,8 +17,9 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from remediation import celery_cluster as cw
 from remediation.audit.store import AuditStore
-from remediation.checks import celery_workers as cw
+from remediation.celery_cluster import monitor_app
 from remediation.checks.celery_workers import (
     CeleryQueuesParams,
     CeleryStuckTasksParams,
@@ -26,7 +27,6 @@ from remediation.checks.celery_workers import (
     celery_queues,
     celery_stuck_tasks,
     celery_workers,
-    monitor_app,
 )
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity

@@ -18,6 +18,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from remediation import pg_activity
 from remediation.audit.store import AuditStore
 from remediation.checks import postgres_health as health
 from remediation.checks import postgres_stats as stats
@@ -78,7 +79,7 @@ def running(dsn: str, app: str, query: str = "SELECT pg_sleep(30)") -> Iterator[
 def wait_for_sessions(dsn: str, kind: str, pids: set[int], bound_s: int = 1) -> None:
     """Wait until every pid has been in ``kind`` for longer than bound_s."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        seen = lambda: pids <= {s["pid"] for s in health.list_sessions(conn, kind, bound_s)}  # noqa: E731
+        seen = lambda: pids <= {s["pid"] for s in pg_activity.list_sessions(conn, kind, bound_s)}  # noqa: E731
         wait_for(seen, 10, 0.1, f"sessions {sorted(pids)} {kind} > {bound_s}s")
 
 
@@ -183,8 +184,8 @@ def test_sessions_idle_in_transaction_and_long_queries(settings_env: Any, target
         idle.execute(secret_query)
         long = stack.enter_context(running(target_db, "report"))
         idle_pid, own_pid = idle.info.backend_pid, own.info.backend_pid
-        wait_for_sessions(target_db, health.IDLE, {idle_pid})
-        wait_for_sessions(target_db, health.ACTIVE, {long["pid"]})
+        wait_for_sessions(target_db, pg_activity.IDLE, {idle_pid})
+        wait_for_sessions(target_db, pg_activity.ACTIVE, {long["pid"]})
         found = kinds(run(health.postgres_sessions, s, target="app"))
     assert set(found) == {"postgres_idle_in_transaction", "postgres_long_query"}
     f = found["postgres_idle_in_transaction"]
@@ -192,7 +193,7 @@ def test_sessions_idle_in_transaction_and_long_queries(settings_env: Any, target
     (entry,) = f.evidence["sessions"]  # never the remediation-* session
     assert (entry["pid"], entry["usename"], entry["application_name"]) == (idle_pid, "postgres", "shop")  # fmt: skip
     assert entry["age_s"] >= 1 and own_pid != entry["pid"]
-    assert "hunter2" not in f.model_dump_json() and len(entry["query"]) <= health.QUERY_CHARS
+    assert "hunter2" not in f.model_dump_json() and len(entry["query"]) <= pg_activity.QUERY_CHARS
     assert entry["query"].startswith("SELECT '***' AS pw")
     g = found["postgres_long_query"]
     assert g.severity.value == "high"
@@ -209,11 +210,11 @@ def test_young_sessions_are_not_reported(settings_env: Any, target_db: str) -> N
 def test_query_text_is_masked_redacted_and_cut() -> None:
     """Literals and dollar quotes are masked, URL passwords redacted, text cut to 200 characters."""
     text = "ALTER ROLE x PASSWORD 'hunter2'; DO $f$ secret $f$; -- postgresql://u:pw1@h/db\n" + "y" * 400  # fmt: skip
-    out = health.safe_query(text)
+    out = pg_activity.safe_query(text)
     assert out.startswith("ALTER ROLE x PASSWORD '***'; DO $$***$$; -- postgresql://u:***@h/db y")
-    assert len(out) == health.QUERY_CHARS and out.endswith("…")
-    assert health.safe_query("SELECT 'cut off secr") == "SELECT '***'"
-    assert health.safe_query(None) == ""
+    assert len(out) == pg_activity.QUERY_CHARS and out.endswith("…")
+    assert pg_activity.safe_query("SELECT 'cut off secr") == "SELECT '***'"
+    assert pg_activity.safe_query(None) == ""
 
 
 # --- postgres_unused_indexes --------------------------------------------------------------

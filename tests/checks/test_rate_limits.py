@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 import redis
 
-from remediation.actions.rate_limits import THROTTLE_INDEX, throttle_key
 from remediation.checks.rate_limits import (
     RateLimitsParams,
     api_rate_limits,
@@ -25,6 +24,7 @@ from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import configure_logging, get_logger
 from remediation.testing import free_port
+from remediation.throttles import THROTTLE_INDEX, throttle_key
 
 API_KEY = "shpat_SuperSecretKey123"
 

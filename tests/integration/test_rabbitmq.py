@@ -9,14 +9,14 @@ from typing import Any
 import kombu
 import pytest
 
-from remediation.actions.rate_limits import (
+from remediation.actions.pauses import (
     PauseLowPriorityParams,
     ResumeLowPriorityParams,
     pause_low_priority,
     resume_low_priority,
 )
 from remediation.celery_app import get_app
-from remediation.checks.celery_workers import amqp_depths
+from remediation.celery_cluster import amqp_depths
 from remediation.context import ActionContext
 from remediation.logging import get_logger
 from remediation.testing import WorkerProcess, wait_for
