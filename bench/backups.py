@@ -37,7 +37,7 @@ from remediation.actions.backups import (
 )
 from remediation.context import ActionContext
 from remediation.settings import BackupSettings, Settings
-from remediation.testing import as_url, scratch_database
+from tests.support.services import as_url, scratch_database
 
 ROUNDS = int(os.environ.get("REMEDIATION_BENCH_BACKUP_ROUNDS", "3"))
 SCALE = float(os.environ.get("REMEDIATION_BENCH_BACKUP_SCALE", "1"))

@@ -21,7 +21,8 @@ from remediation.checks.postgres import DeadTuplesParams, postgres_dead_tuples
 from remediation.context import CheckContext
 from remediation.logging import get_logger
 from remediation.settings import load_settings
-from remediation.testing import as_url, scratch_database, wait_for
+from tests.support.base import wait_for
+from tests.support.services import as_url, scratch_database
 
 
 class Counting:

@@ -28,7 +28,9 @@ import psycopg
 import redis
 from celery import Celery
 
-from remediation.testing import RedisServer, WorkerProcess, as_url, scratch_database, wait_for
+from tests.support.base import wait_for
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
 
 N = int(os.environ.get("REMEDIATION_BENCH_N", "400"))
 FAULTS = int(os.environ.get("REMEDIATION_BENCH_FAULTS", "20"))

@@ -36,7 +36,8 @@ from remediation.checks.proxies import ProxyPoolParams, probe, proxy_pool_health
 from remediation.context import CheckContext
 from remediation.logging import get_logger
 from remediation.settings import ProxySettings, load_settings
-from remediation.testing import RedisServer, free_port, listening, wait_for
+from tests.support.base import free_port, listening, wait_for
+from tests.support.services import RedisServer
 
 TOTAL, DEAD, TIMED_OUT, SLOW = 500, 50, 13, 12
 TIMEOUT_S, SLOW_MS = 1.0, 500.0

@@ -31,7 +31,8 @@ from remediation.audit.schema import new_id
 from remediation.audit.spool import ACTIVE
 from remediation.audit.store import AuditStore
 from remediation.redact import redact
-from remediation.testing import ROOT, as_url, scratch_database
+from tests.support.base import ROOT
+from tests.support.services import as_url, scratch_database
 
 SPOOL_MB = int(os.environ.get("REMEDIATION_BENCH_SPOOL_MB", "100"))
 FILES = 4

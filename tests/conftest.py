@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterator
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,16 +14,10 @@ import redis
 
 from remediation.clients import redis as redis_clients
 from remediation.settings import get_settings
-from remediation.testing import RedisServer, WebhookReceiver, as_url, scratch_database
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-TEST_SIGNING_KEY = "test-signing-key-" + "0123456789abcdef" * 2
-
-
-def _missing(what: str) -> None:
-    if IN_CI:
-        pytest.fail(f"{what} is required in CI")
-    pytest.skip(f"{what} not available")
+from tests.support.env import IN_CI, missing, service_env
+from tests.support.http_doubles import Origin, ProxyProcess, WebhookReceiver
+from tests.support.pg_cluster import Cluster, private_cluster
+from tests.support.services import RedisServer, as_url, scratch_database
 
 
 def admin_dsn() -> str:
@@ -44,7 +39,7 @@ def pg_admin() -> str:
     try:
         psycopg.connect(dsn, connect_timeout=3).close()
     except psycopg.OperationalError:
-        _missing(f"PostgreSQL at {as_url(dsn)}")
+        missing(f"PostgreSQL at {as_url(dsn)}")
     return dsn
 
 
@@ -53,7 +48,7 @@ def redis_server() -> Iterator[RedisServer]:
     try:
         server = RedisServer().start()
     except (RuntimeError, TimeoutError) as exc:
-        _missing(f"redis-server ({exc})")
+        missing(f"redis-server ({exc})")
     yield server
     server.stop()
 
@@ -87,34 +82,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver.stop()
 
 
-def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict[str, str]:
-    """REMEDIATION_* variables pointing at the test services."""
-    env = {
-        "REMEDIATION_STATE_REDIS_URL": redis_server.url(0),
-        "REMEDIATION_BROKER_URL": redis_server.url(1),
-        "REMEDIATION_RESULT_BACKEND": redis_server.url(2),
-        "REMEDIATION_AUDIT_DSN": audit_dsn,
-        "REMEDIATION_SIGNING_KEY": TEST_SIGNING_KEY,
-        "REMEDIATION_LOG_FORMAT": "json",
-        "REMEDIATION_VERIFY__DELAY_SECONDS": "0.5",
-        # each test worker serves metrics on a free port from a directory of its own
-        "REMEDIATION_METRICS__PORT": "0",
-        "REMEDIATION_METRICS__MULTIPROC_DIR": tempfile.mkdtemp(prefix="rem-metrics-"),
-    }
-    env.update(extra)
-    return env
-
-
-def clean_environ() -> dict[str, str]:
-    """This process's environment without any REMEDIATION_* variable."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-
-
-def process_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict[str, str]:
-    """The environment for a worker or CLI subprocess pointed at the test services."""
-    return {**clean_environ(), **service_env(redis_server, audit_dsn, **extra)}
-
-
 @pytest.fixture
 def settings_env(
     monkeypatch: pytest.MonkeyPatch, redis_server: RedisServer, audit_db: str
@@ -145,3 +112,38 @@ def _reset_settings_cache() -> Iterator[None]:
     """Settings are cached per process; never let one test's environment leak into another."""
     yield
     get_settings.cache_clear()
+
+
+@pytest.fixture
+def origin() -> Iterator[Origin]:
+    server = Origin()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
+    """Start real proxies by name (tinyproxy unless kind="proxy.py"); all stopped after."""
+    if not (shutil.which("tinyproxy") or Path("/usr/bin/tinyproxy").exists()):
+        if IN_CI:
+            pytest.fail("tinyproxy is required in CI")
+        pytest.skip("tinyproxy not installed (apt-get install tinyproxy)")
+    started: list[ProxyProcess] = []
+
+    def start(name: str, **kw: Any) -> ProxyProcess:
+        started.append(ProxyProcess(name, tmp_path, **kw))
+        return started[-1].start()
+
+    yield start
+    for p in started:
+        p.stop()
+
+
+@pytest.fixture(scope="module", name="cluster")
+def cluster_fixture() -> Iterator[Cluster]:
+    """A private cluster for one test module (skips locally, fails in CI, without binaries)."""
+    with private_cluster() as c:
+        if c is None:
+            missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
+        assert c is not None
+        yield c

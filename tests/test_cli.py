@@ -15,7 +15,8 @@ import redis
 
 from remediation.cli import main, parse_since
 from remediation.guards import keys
-from remediation.testing import RedisServer, free_port
+from tests.support.base import free_port
+from tests.support.services import RedisServer
 
 ROOT = Path(__file__).resolve().parent.parent
 

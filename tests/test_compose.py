@@ -18,7 +18,7 @@ import redis
 import yaml
 
 from remediation.settings import AuditSettings, BackupSettings, MetricsSettings, env_names
-from remediation.testing import free_port, wait_for
+from tests.support.base import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REQUIRED = {"POSTGRES_PASSWORD", "REDIS_PASSWORD", "REMEDIATION_SIGNING_KEY"}

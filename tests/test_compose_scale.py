@@ -12,7 +12,7 @@ from remediation import compose
 from remediation.clients.docker import NUMBER_LABEL
 from remediation.compose import count_replicas, scale_service
 from remediation.errors import RemediationError
-from tests.docker_support import DOCKER_URL, ComposeProject, compose_project
+from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
 
 # exits at once on SIGTERM, so stopping a replica does not wait out the stop timeout
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]

@@ -23,17 +23,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from remediation import metrics
 from remediation.guards.breaker import Breaker
 from remediation.settings import BreakerSettings, Settings
-from remediation.testing import (
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    as_url,
-    free_port,
-    listening,
-    scratch_database,
-    wait_for,
-)
-from tests.conftest import IN_CI, process_env
+from tests.support.base import free_port, listening, wait_for
+from tests.support.env import IN_CI, process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
 
 ROOT = Path(__file__).resolve().parent.parent
 RULES = ROOT / "deploy" / "prometheus" / "remediation-alerts.yml"

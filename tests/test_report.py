@@ -18,7 +18,7 @@ from remediation.context import Trigger
 from remediation.registry import CHECK_PREFIX
 from remediation.runner import Runner
 from remediation.settings import Settings
-from remediation.testing import as_url, scratch_database
+from tests.support.services import as_url, scratch_database
 
 DUPLICATES = [json.dumps({"id": i % 2}) for i in range(4)]  # two duplicates per list
 

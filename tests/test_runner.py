@@ -7,26 +7,16 @@ from typing import Any
 import psycopg
 
 from remediation.audit.store import AuditStore
-from remediation.context import Trigger
 from remediation.runner import Runner
-from remediation.testing import wait_for
-from tests.checks.test_postgres import bloat, dead_rows
+from tests.support.base import wait_for
+from tests.support.postgres import bloat, dead_rows
+from tests.support.runner import Recorder
 
 
 def vacuumed(dsn: str) -> set[str]:
     with psycopg.connect(dsn) as conn:
         rows = conn.execute("SELECT relname FROM pg_stat_user_tables WHERE last_vacuum IS NOT NULL")
         return {r[0] for r in rows.fetchall()}
-
-
-class Recorder:
-    """A dispatcher that records what would be sent."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[str, dict[str, Any], Trigger | None]] = []
-
-    def __call__(self, task: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
-        self.sent.append((task, kwargs, trigger))
 
 
 def test_dry_run_decides_audits_and_does_not_act(settings_env: Any, target_db: str) -> None:

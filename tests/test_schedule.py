@@ -11,7 +11,7 @@ from celery.schedules import crontab
 
 from remediation.errors import ScheduleError
 from remediation.schedule import load_schedule, validate_entry
-from tests.conftest import TEST_SIGNING_KEY, clean_environ
+from tests.support.env import TEST_SIGNING_KEY, clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 

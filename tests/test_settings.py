@@ -11,7 +11,7 @@ import pytest
 
 from remediation.errors import ConfigError, TargetError
 from remediation.settings import env_names, load_settings
-from tests.conftest import clean_environ
+from tests.support.env import clean_environ
 
 ROOT = Path(__file__).resolve().parent.parent
 

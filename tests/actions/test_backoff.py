@@ -23,8 +23,8 @@ from remediation.findings import ActionResult
 from remediation.logging import get_logger
 from remediation.registry import get_action
 from remediation.runner import Runner
-from remediation.testing import RedisServer
-from tests.test_runner import Recorder
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 KEY = "scraping:config"
 

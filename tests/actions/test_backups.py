@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from pydantic import ValidationError
 
 from remediation import backups, quarantine
@@ -33,25 +32,10 @@ from remediation.context import ActionContext, CheckContext
 from remediation.errors import Refused
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from tests.conftest import TEST_SIGNING_KEY
-from tests.test_runner import Recorder
+from tests.support.backups import KEY, fill, write_backup
+from tests.support.runner import Recorder
 
 HOSTILE = ["Price History", 'x"; drop table y; --']
-KEY = TEST_SIGNING_KEY.encode()
-
-
-def fill(dsn: str, tables: dict[str, int]) -> None:
-    """Create each table with an index and the given number of rows."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        for name, rows in tables.items():
-            ident = sql.Identifier("public", name)
-            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, note text)").format(ident))
-            conn.execute(
-                sql.SQL(
-                    "INSERT INTO {} SELECT g, md5(g::text) FROM generate_series(1, %s) g"
-                ).format(ident),
-                (rows,),
-            )
 
 
 def ctx_for(settings_env: Any, target_db: str, tmp_path: Path, **extra: str) -> ActionContext:
@@ -417,25 +401,6 @@ def test_sslpassword_goes_to_a_private_service_file_not_argv(
         with backups.Child("dump", argv, env) as child:
             child.wait(60)
     assert not service.exists() and out.exists()
-
-
-def write_backup(
-    folder: Path, when: datetime, status: str = "unverified", key: bytes | None = KEY
-) -> Path:
-    """A synthetic dump and manifest; status is unverified, verified or failed; the manifest
-    is signed with ``key`` (None: written without a mac)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dump = folder / backups.dump_name("app", when)
-    dump.write_bytes(b"PGDMP")
-    verification = None if status == "unverified" else {"ok": status == "verified"}
-    if status == "failed":
-        verification = {"ok": False, "failed_step": "restore", "message": "boom"}
-    manifest = {"file": dump.name, "started_at": when.isoformat(), "verification": verification}
-    if key is None:
-        backups.write_json(backups.manifest_path(dump), manifest)
-    else:
-        backups.write_manifest(backups.manifest_path(dump), manifest, key)
-    return dump
 
 
 def day(text: str) -> datetime:

@@ -23,8 +23,8 @@ from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from remediation.testing import RedisServer
-from tests.test_runner import Recorder
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 
 def flush(settings: Any, **params: Any) -> ActionResult:

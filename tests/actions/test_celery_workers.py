@@ -29,10 +29,12 @@ from remediation.errors import Deferred, Refused, TargetError
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from remediation.testing import RedisServer, WorkerProcess, wait_for
-from tests.checks.test_celery_workers import LINGER, SECRET, active_ids, sleeping_worker
-from tests.conftest import process_env
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.celery_workers import LINGER, SECRET, active_ids, sleeping_worker
+from tests.support.env import process_env
+from tests.support.processes import WorkerProcess
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 SCALER_DB, SLEEPER_DB, RESULT_DB = 13, 14, 15
 WINDOW = 3  # REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS in these tests

@@ -28,9 +28,9 @@ from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from remediation.testing import wait_for
-from tests.docker_support import DOCKER_URL, ComposeProject, compose_project
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
+from tests.support.runner import Recorder
 
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 CRASH = ["sh", "-c", "sleep 0.2; exit 1"]

@@ -27,9 +27,9 @@ from remediation.findings import ActionResult, Finding, Severity
 from remediation.logging import get_logger
 from remediation.restarts import state_key
 from remediation.runner import Runner
-from remediation.testing import wait_for
-from tests.docker_support import DOCKER_URL, IMAGE, ComposeProject, compose_project
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.docker_compose import DOCKER_URL, IMAGE, ComposeProject, compose_project
+from tests.support.runner import Recorder
 
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 # Fails at once while /stuck exists in its own writable layer: a stuck state that a restart

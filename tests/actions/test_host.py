@@ -23,7 +23,7 @@ from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.registry import get_action
 from remediation.runner import Runner
-from tests.test_runner import Recorder
+from tests.support.runner import Recorder
 
 OLD = time.time() - 30 * 86400
 

@@ -23,8 +23,8 @@ from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.registry import get_action
 from remediation.runner import Runner
-from remediation.testing import RedisServer
-from tests.test_runner import Recorder
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 ACTIONS = ("dedupe_job_queue", "dead_letter_stale_jobs")
 

@@ -19,7 +19,7 @@ from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.registry import get_action
-from remediation.testing import WebhookReceiver
+from tests.support.http_doubles import WebhookReceiver
 
 TIMEOUT = 1.0
 ENDLESS_SECONDS = 30.0

@@ -23,9 +23,9 @@ from remediation.errors import Refused
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from remediation.testing import wait_for
-from tests.checks.test_postgres import HOSTILE, bloat
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.postgres import HOSTILE, bloat
+from tests.support.runner import Recorder
 
 
 def last_vacuum(dsn: str) -> dict[str, Any]:

@@ -31,9 +31,9 @@ from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.pg_activity import ACTIVE, IDLE
 from remediation.runner import Runner
-from remediation.testing import wait_for
-from tests.checks.test_postgres_health import FAST, running, session, wait_for_sessions
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.postgres import FAST, running, session, wait_for_sessions
+from tests.support.runner import Recorder
 
 IDLE_TX = "idle in transaction"
 

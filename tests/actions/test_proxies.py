@@ -17,21 +17,18 @@ from remediation.logging import get_logger
 from remediation.proxies import proxy_id
 from remediation.registry import get_action
 from remediation.runner import Runner
-from remediation.testing import Behaviour, Origin, ProxyProcess, RedisServer
-from tests.checks.test_proxies import (
+from tests.support.http_doubles import Behaviour, Origin, ProxyProcess
+from tests.support.proxy_pool import (
     expire_quarantine,
     kinds,
-    origin,
     pool_settings,
-    proxy,
     published,
     record,
     rotate,
     run_check,
 )
-from tests.test_runner import Recorder
-
-__all__ = ["origin", "proxy"]  # fixtures used by name below
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 
 def backoff(r: redis.Redis, url: str) -> tuple[str, int, int]:

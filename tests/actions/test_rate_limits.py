@@ -39,10 +39,12 @@ from remediation.errors import ConfigError, Refused
 from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.runner import Runner
-from remediation.testing import RedisServer, WorkerProcess, wait_for
 from remediation.throttles import PAUSED_INDEX, THROTTLE_INDEX, paused_key, throttle_key
-from tests.conftest import process_env
-from tests.test_runner import Recorder
+from tests.support.base import wait_for
+from tests.support.env import process_env
+from tests.support.processes import WorkerProcess
+from tests.support.runner import Recorder
+from tests.support.services import RedisServer
 
 INTERVALS = "sync:interval"
 

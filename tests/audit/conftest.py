@@ -3,17 +3,15 @@ database on it per test."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
 from remediation.audit import store as store_module
 from remediation.audit.store import AuditStore
-from remediation.testing import as_url, scratch_database
-from tests.audit.cluster import Cluster, cluster_fixture  # noqa: F401 (the fixture)
+from tests.support.pg_cluster import Cluster
+from tests.support.services import as_url, scratch_database
 
 
 @pytest.fixture
@@ -34,18 +32,3 @@ def db(cluster: Cluster) -> Iterator[str]:
 @pytest.fixture
 def spool_dir(tmp_path: Path) -> Path:
     return tmp_path / "spool"
-
-
-@contextmanager
-def outage(cluster: Cluster) -> Iterator[None]:
-    """PostgreSQL crash-stopped inside the block, started again (and answering) after it."""
-    cluster.stop()
-    try:
-        yield
-    finally:
-        cluster.start()
-
-
-def past_down_window() -> None:
-    """Let the store try PostgreSQL again (it spools without trying for DOWN_SECONDS)."""
-    time.sleep(store_module.DOWN_SECONDS + 0.1)

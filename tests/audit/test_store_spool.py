@@ -19,11 +19,10 @@ import pytest
 from remediation.audit.spool import ACTIVE, CLAIMED
 from remediation.audit.store import AuditStore
 from remediation.errors import AuditError
-from remediation.testing import ROOT, wait_for
-from tests.audit.cluster import Cluster
-from tests.audit.conftest import outage, past_down_window
-from tests.audit.trail import SECRET, TABLES, counts, dump, finding, rows, write_trail
-from tests.conftest import clean_environ
+from tests.support.base import ROOT, wait_for
+from tests.support.env import clean_environ
+from tests.support.pg_cluster import Cluster, outage, past_down_window
+from tests.support.trail import SECRET, TABLES, counts, dump, finding, rows, write_trail
 
 
 def spooled(directory: Path) -> list[Path]:
@@ -162,7 +161,7 @@ def test_replayer_killed_mid_round_loses_and_duplicates_nothing(
 WRITER = """
 import sys, time
 from remediation.audit.store import AuditStore
-from tests.audit.trail import write_trail
+from tests.support.trail import write_trail
 store = AuditStore(sys.argv[1], spool_dir=sys.argv[2])
 for n in range(int(sys.argv[3])):
     write_trail(store, f"{sys.argv[4]}-{n}")

@@ -13,18 +13,12 @@ from typing import TypeVar
 import pytest
 
 from remediation.audit.store import AuditStore
-from remediation.testing import (
-    BeatProcess,
-    PersistentRedisServer,
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    as_url,
-    listening,
-    scratch_database,
-)
-from tests.conftest import _missing, process_env
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
+from tests.support.base import listening
+from tests.support.env import missing, process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import BeatProcess, WorkerProcess
+from tests.support.services import PersistentRedisServer, RedisServer, as_url, scratch_database
 
 R = TypeVar("R", bound=RedisServer)
 
@@ -36,7 +30,7 @@ def _serving(server: R) -> Iterator[R]:
     try:
         server.start()
     except (RuntimeError, TimeoutError) as exc:
-        _missing(f"redis-server ({exc})")
+        missing(f"redis-server ({exc})")
     try:
         yield server
     finally:
@@ -137,11 +131,11 @@ def rabbitmq_url() -> Iterator[str]:
     """amqp:// on a vhost of its own (guest/guest), deleted afterwards: no queue is shared
     with any other test or worker on the same RabbitMQ."""
     if not listening(RABBITMQ_PORT) or shutil.which("rabbitmqctl") is None:
-        _missing(f"RabbitMQ on 127.0.0.1:{RABBITMQ_PORT} (with rabbitmqctl)")
+        missing(f"RabbitMQ on 127.0.0.1:{RABBITMQ_PORT} (with rabbitmqctl)")
     vhost = f"rem_chaos_{uuid.uuid4().hex[:10]}"
     made = _rabbitmqctl("add_vhost", vhost)
     if made.returncode != 0:
-        _missing(f"a RabbitMQ vhost (rabbitmqctl add_vhost: {made.stderr.strip()[:200]})")
+        missing(f"a RabbitMQ vhost (rabbitmqctl add_vhost: {made.stderr.strip()[:200]})")
     try:
         granted = _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
         assert granted.returncode == 0, granted.stderr

@@ -14,18 +14,14 @@ from celery.result import AsyncResult
 
 from remediation.audit.spool import ACTIVE, CLAIMED
 from remediation.runner import Runner
-from remediation.testing import (
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    as_url,
-    scratch_database,
-    wait_for,
-)
-from tests.audit.cluster import Cluster, cluster_fixture  # noqa: F401 (the fixture)
-from tests.audit.trail import rows
-from tests.chaos import scale
-from tests.conftest import process_env
+from tests.support.base import wait_for
+from tests.support.chaos import scale
+from tests.support.env import process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.pg_cluster import Cluster
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
+from tests.support.trail import rows
 
 BROKER_DB, BACKEND_DB, STATE_DB = 11, 12, 13  # private to this module
 

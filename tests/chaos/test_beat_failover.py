@@ -13,15 +13,11 @@ from pathlib import Path
 
 import redis
 
-from remediation.testing import (
-    REDBEAT_LOCK_KEY,
-    BeatProcess,
-    PersistentRedisServer,
-    WorkerProcess,
-    wait_for,
-)
-from tests.chaos import scale
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.chaos import scale
+from tests.support.processes import REDBEAT_LOCK_KEY, BeatProcess, WorkerProcess
+from tests.support.services import PersistentRedisServer
 
 ENTRIES = scale(25, 30)
 INTERVAL = 3  # seconds between two firings of one entry

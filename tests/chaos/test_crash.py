@@ -30,9 +30,12 @@ from celery import Celery
 from psycopg import sql
 
 from remediation.guards import keys
-from remediation.testing import RedisServer, WebhookReceiver, WorkerProcess, wait_for
-from tests.chaos import scale
-from tests.conftest import process_env
+from tests.support.base import wait_for
+from tests.support.chaos import scale
+from tests.support.env import process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer
 
 ACTION = "remediation.act.vacuum_analyze"
 SETTLE_SECONDS = int(os.environ.get("REMEDIATION_CHAOS_SETTLE_SECONDS", "120"))
@@ -289,7 +292,7 @@ def test_kill_whole_workers_mid_action_rabbitmq_hands_over(
     children) is killed -9 mid-action, some while the VACUUM is in flight. RabbitMQ gives
     the message to the other worker at once; the same task resumes and the table is
     vacuumed exactly once. The killed worker is started again for the next round."""
-    from tests.integration.conftest import amqp_test_url, vhosts_for
+    from tests.support.rabbitmq import amqp_test_url, vhosts_for
 
     vhosts = vhosts_for(amqp_test_url())
     try:

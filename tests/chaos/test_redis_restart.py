@@ -13,15 +13,12 @@ from dataclasses import dataclass, field
 import redis
 from celery import Celery
 
-from remediation.testing import (
-    PersistentRedisServer,
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    wait_for,
-)
-from tests.chaos import scale
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.chaos import scale
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.services import PersistentRedisServer, RedisServer
 
 RESTARTS = scale(1, 5)
 DOWN = 3.0  # seconds Redis stays dead

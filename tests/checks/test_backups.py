@@ -19,7 +19,7 @@ from remediation.checks.backups import PostgresBackupsParams, postgres_backups
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import TargetError
 from remediation.logging import get_logger
-from tests.actions.test_backups import fill, write_backup
+from tests.support.backups import fill, write_backup
 
 
 @pytest.fixture

@@ -14,7 +14,8 @@ from remediation.checks.cache import RedisCacheParams, redis_cache
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.testing import RedisServer, free_port
+from tests.support.base import free_port
+from tests.support.services import RedisServer
 
 
 def run(settings: Any, store: Any = None, target: str = "self") -> dict[str, Finding]:

@@ -4,12 +4,9 @@ broker database of its own (the monitored cluster is REMEDIATION_WORKERS__BROKER
 from __future__ import annotations
 
 import json
-import os
-import textwrap
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import kombu
@@ -31,52 +28,13 @@ from remediation.checks.celery_workers import (
 from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
-from remediation.testing import RedisServer, WorkerProcess, free_port, wait_for
-from tests.conftest import process_env
-from tests.integration.conftest import amqp_test_url
+from tests.support.base import free_port, wait_for
+from tests.support.celery_workers import LINGER, SECRET, active_ids, sleeping_worker
+from tests.support.processes import WorkerProcess
+from tests.support.rabbitmq import amqp_test_url
+from tests.support.services import RedisServer
 
-BROKER_DB, RESULT_DB, EMPTY_DB = 10, 11, 12
-SECRET = "hunter2-task-secret"
-
-SLEEP_MODULE = '''
-"""Test-only tasks: sleep for a while (a long-running job)."""
-import time
-
-from celery import shared_task
-
-
-@shared_task(name="test.sleep_for")
-def sleep_for(seconds, password=None):
-    time.sleep(seconds)
-    return seconds
-
-
-@shared_task(name="test.nap")
-def nap(seconds):
-    time.sleep(seconds)
-    return seconds
-
-
-@shared_task(name="remediation.act.test_linger")
-def linger(seconds):
-    """Stands for the remediator's own long task (a VACUUM, a backup) on a shared worker."""
-    time.sleep(seconds)
-    return seconds
-'''
-LINGER = "remediation.act.test_linger"
-
-
-def sleeping_worker(
-    tmp: Path, redis_server: RedisServer, audit_db: str, name: str, broker_db: int, **env: str
-) -> WorkerProcess:
-    """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks
-    and remediation.act.test_linger (a long task under the remediator's own prefix)."""
-    (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
-    redis_server.empty(broker_db)
-    environ = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
-        broker_db), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB), **env)  # fmt: skip
-    environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp), environ.get("PYTHONPATH")]))
-    return WorkerProcess(environ, name, concurrency=2, extra_args=["-I", "rem_test_sleep"])
+BROKER_DB, EMPTY_DB = 10, 12
 
 
 @pytest.fixture(scope="module")
@@ -277,9 +235,3 @@ def test_the_remediators_own_tasks_are_never_reported_stuck(
     finally:
         app.control.revoke([own.id, slow.id], terminate=True, signal="SIGTERM")
         wait_for(lambda: not {own.id, slow.id} & active_ids(app), 15, 0.2, "tasks ended")
-
-
-def active_ids(app: Any) -> set[str]:
-    """Ids of the tasks the cluster's workers are running now."""
-    active = app.control.inspect(timeout=1).active() or {}
-    return {str(t["id"]) for tasks in active.values() for t in tasks or ()}

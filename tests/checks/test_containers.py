@@ -13,8 +13,8 @@ from remediation.context import CheckContext
 from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
 from remediation.restarts import state_key
-from remediation.testing import free_port, wait_for
-from tests.docker_support import ComposeProject, compose_project
+from tests.support.base import free_port, wait_for
+from tests.support.docker_compose import ComposeProject, compose_project
 
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 BUSY = ["sh", "-c", "trap 'exit 0' TERM; while true; do :; done"]

@@ -18,7 +18,7 @@ from remediation.checks.http import HttpEndpointsParams, http_endpoints
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.testing import free_port
+from tests.support.base import free_port
 
 
 @dataclass

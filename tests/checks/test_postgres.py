@@ -5,39 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from remediation.checks.postgres import DeadTuplesParams, postgres_dead_tuples
 from remediation.context import CheckContext
 from remediation.logging import get_logger
-from remediation.testing import wait_for
-
-HOSTILE = ["Price History", 'x"; drop table y; --', "semi;colon"]
-
-
-def bloat(dsn: str, table: str, rows: int = 5000, delete_share: float = 0.8) -> None:
-    """Create table, fill it, delete a share of rows, with autovacuum off for it."""
-    ident = sql.Identifier("public", table)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE TABLE {} (id int, pad text)").format(ident))
-        conn.execute(sql.SQL("ALTER TABLE {} SET (autovacuum_enabled = false)").format(ident))
-        conn.execute(
-            sql.SQL(
-                "INSERT INTO {} SELECT g, repeat('x', 50) FROM generate_series(1, %s) g"
-            ).format(ident),
-            (rows,),
-        )
-        conn.execute(
-            sql.SQL("DELETE FROM {} WHERE id <= %s").format(ident), (int(rows * delete_share),)
-        )
-
-
-def dead_rows(dsn: str, table: str) -> int:
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT n_dead_tup FROM pg_stat_user_tables WHERE relname = %s", (table,)
-        ).fetchone()
-        return int(row[0]) if row else 0
+from tests.support.base import wait_for
+from tests.support.postgres import HOSTILE, bloat, dead_rows
 
 
 def run(settings: Any, **params: Any) -> list[Any]:

@@ -7,7 +7,6 @@ import os
 import shutil
 import subprocess
 import tempfile
-import threading
 import typing
 import uuid
 from collections.abc import Iterator
@@ -25,62 +24,9 @@ from remediation.checks import postgres_stats as stats
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.testing import free_port, wait_for
-from tests.audit.cluster import pg_bindir
-
-IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-FAST = {"REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS": "1",
-        "REMEDIATION_POSTGRES__LONG_QUERY_SECONDS": "1"}  # fmt: skip
-
-
-# --- helpers shared with tests/actions/test_postgres_sessions.py --------------------------
-
-
-@contextlib.contextmanager
-def session(
-    dsn: str, *, app: str, user: str | None = None, idle_in_transaction: bool = True
-) -> Iterator[psycopg.Connection[Any]]:
-    """A client session tagged ``app``; by default left idle in an open transaction."""
-    extra = {"application_name": app, **({"user": user} if user else {})}
-    conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, **extra), autocommit=False)
-    try:
-        if idle_in_transaction:
-            conn.execute("SELECT 1")
-        yield conn
-    finally:
-        with contextlib.suppress(psycopg.Error):
-            conn.close()
-
-
-@contextlib.contextmanager
-def running(dsn: str, app: str, query: str = "SELECT pg_sleep(30)") -> Iterator[dict[str, Any]]:
-    """Run ``query`` in a thread as ``app``; yields {"pid", "error"}; ends it on exit."""
-    conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, application_name=app), autocommit=True)  # fmt: skip
-    box: dict[str, Any] = {"pid": conn.info.backend_pid, "error": None}
-
-    def work() -> None:
-        try:
-            conn.execute(query)
-        except psycopg.Error as exc:
-            box["error"] = exc
-
-    thread = threading.Thread(target=work, daemon=True)
-    thread.start()
-    box["thread"] = thread
-    try:
-        yield box
-    finally:
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_cancel_backend(%s)", (box["pid"],))
-        thread.join(10)
-        conn.close()
-
-
-def wait_for_sessions(dsn: str, kind: str, pids: set[int], bound_s: int = 1) -> None:
-    """Wait until every pid has been in ``kind`` for longer than bound_s."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        seen = lambda: pids <= {s["pid"] for s in pg_activity.list_sessions(conn, kind, bound_s)}  # noqa: E731
-        wait_for(seen, 10, 0.1, f"sessions {sorted(pids)} {kind} > {bound_s}s")
+from tests.support.base import free_port, wait_for
+from tests.support.pg_cluster import pg_bindir
+from tests.support.postgres import FAST, running, session, wait_for_sessions
 
 
 def run(fn: Any, settings: Any, store: Any = None, **params: Any) -> list[Finding]:

@@ -34,8 +34,8 @@ from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
 from remediation.settings import DEFAULT_PROMETHEUS_RULES
-from remediation.testing import free_port, wait_for
-from tests.conftest import _missing
+from tests.support.base import free_port, wait_for
+from tests.support.env import missing
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_WAIT = 20
@@ -152,7 +152,7 @@ def _close(value: float | None, expected: float) -> bool:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """One Prometheus and one exporter for the module; each test uses its own `app` label."""
     if not Path(PROMETHEUS).exists():
-        _missing("prometheus (apt-get install prometheus)")
+        missing("prometheus (apt-get install prometheus)")
     exporter = Exporter()
     server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [exporter.target])
     try:
@@ -359,7 +359,7 @@ def test_stopped_prometheus_is_one_unreachable_finding(settings_env: Any, tmp_pa
     """With Prometheus stopped, all seven default rules make one prometheus_unreachable (high),
     and the URL's password is masked."""
     if not Path(PROMETHEUS).exists():
-        _missing("prometheus (apt-get install prometheus)")
+        missing("prometheus (apt-get install prometheus)")
     server = PrometheusServer(tmp_path, []).start()
     url = server.url.replace("http://", "http://ops:pw-HUNTER2@")
     try:

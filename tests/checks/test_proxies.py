@@ -2,99 +2,33 @@
 
 The origin tells proxies apart by the X-Proxy header each tinyproxy adds (AddHeader) and
 answers per proxy: normally, slowly, 403/429, a CAPTCHA page, 500, or 403 after N requests.
-The proxy and origin helpers live in remediation.testing.
+The proxy and origin helpers live in tests/support (http_doubles, proxy_pool).
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 import redis
 import structlog
 
-from remediation.actions.proxies import RotateProxiesParams, rotate_proxies
-from remediation.checks.proxies import ProxyPoolParams, proxy_pool_health
-from remediation.context import ActionContext, CheckContext
-from remediation.findings import ActionResult, Finding
-from remediation.logging import get_logger
 from remediation.proxies import BAN_RATE_KEY, INDEX_KEY, LAST_BAN_AT_KEY, proxy_id
-from remediation.settings import Settings
-from remediation.testing import Behaviour, Origin, ProxyProcess
-from tests.conftest import IN_CI
+from tests.support.http_doubles import Behaviour, Origin, ProxyProcess
+from tests.support.proxy_pool import (
+    expire_quarantine,
+    kinds,
+    pool_settings,
+    published,
+    record,
+    rotate,
+    run_check,
+)
 
-ACTIVE_KEY = "proxies:active"
 CAPTCHA_PAGE = b"<html><form id='captcha'>Please verify you are human</form></html>"
-
-
-@pytest.fixture
-def origin() -> Iterator[Origin]:
-    server = Origin()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def proxy(tmp_path: Path) -> Iterator[Callable[..., ProxyProcess]]:
-    """Start real proxies by name (tinyproxy unless kind="proxy.py"); all stopped after."""
-    if not (shutil.which("tinyproxy") or Path("/usr/bin/tinyproxy").exists()):
-        if IN_CI:
-            pytest.fail("tinyproxy is required in CI")
-        pytest.skip("tinyproxy not installed (apt-get install tinyproxy)")
-    started: list[ProxyProcess] = []
-
-    def start(name: str, **kw: Any) -> ProxyProcess:
-        started.append(ProxyProcess(name, tmp_path, **kw))
-        return started[-1].start()
-
-    yield start
-    for p in started:
-        p.stop()
-
-
-def pool_settings(settings_env: Any, entries: list[str], origin: Origin, **extra: str) -> Settings:
-    """Settings whose pool is entries, tested through origin with short timeouts."""
-    env = {
-        "REMEDIATION_PROXIES__PROXY_LIST": json.dumps(entries),
-        "REMEDIATION_PROXIES__TEST_URL": origin.url,
-        "REMEDIATION_PROXIES__TIMEOUT_SECONDS": "1",
-        "REMEDIATION_PROXIES__SLOW_MS": "300",
-        "REMEDIATION_PROXIES__MIN_ACTIVE": "1",
-        **extra,
-    }
-    settings: Settings = settings_env(**env)
-    return settings
-
-
-def run_check(s: Settings) -> list[Finding]:
-    return proxy_pool_health(CheckContext(s, get_logger()), ProxyPoolParams())
-
-
-def rotate(s: Settings) -> ActionResult:
-    return rotate_proxies(ActionContext(s, get_logger()), RotateProxiesParams())
-
-
-def kinds(findings: list[Finding]) -> dict[str, Finding]:
-    return {f.kind if f.kind != "proxy_region_low" else f"region:{f.subject}": f for f in findings}
-
-
-def record(r: redis.Redis, url: str) -> dict[str, str]:
-    raw = r.hgetall(f"rem:proxy:p:{proxy_id(url)}")
-    return {k.decode(): v.decode() for k, v in raw.items()}
-
-
-def published(r: redis.Redis) -> set[str]:
-    return {m.decode() for m in r.smembers(ACTIVE_KEY)}
-
-
-def expire_quarantine(r: redis.Redis, url: str) -> None:
-    """Time travel: the proxy's back-off is over now."""
-    r.hset(f"rem:proxy:p:{proxy_id(url)}", "quarantine_until", str(time.time() - 1))
 
 
 def test_classifies_ok_slow_banned_captcha_and_dead(

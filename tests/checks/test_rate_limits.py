@@ -23,8 +23,8 @@ from remediation.checks.rate_limits import (
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import configure_logging, get_logger
-from remediation.testing import free_port
 from remediation.throttles import THROTTLE_INDEX, throttle_key
+from tests.support.base import free_port
 
 API_KEY = "shpat_SuperSecretKey123"
 

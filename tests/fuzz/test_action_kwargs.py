@@ -21,8 +21,6 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from remediation.registry import ACTIONS, load_all
-from tests.chaos import FULL, scale
-from tests.fuzz.conftest import CANONICAL_TARGETS, CONFIGURED, KNOWN, MAX_KWARGS, RESULTS, Fuzz
 from tests.fuzz.strategies import (
     SECRET,
     SECRET_URLS,
@@ -32,6 +30,8 @@ from tests.fuzz.strategies import (
     valid_kwargs,
     with_nul,
 )
+from tests.support.chaos import FULL, scale
+from tests.support.fuzz import CANONICAL_TARGETS, CONFIGURED, KNOWN, MAX_KWARGS, RESULTS, Fuzz
 
 load_all()
 NAMES = sorted(ACTIONS)

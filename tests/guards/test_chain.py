@@ -8,27 +8,10 @@ import pytest
 import redis
 
 from remediation.errors import GuardUnavailable
-from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.guards.chain import GuardChain, clear_pause, set_pause
-from remediation.params import ActionParams
-from remediation.registry import ActionSpec, GuardOptions
 from remediation.settings import Settings
-
-
-def _noop(ctx: object, params: ActionParams) -> ActionResult:
-    return ActionResult()
-
-
-def spec(**options: object) -> ActionSpec:
-    return ActionSpec(
-        "poke_thing",
-        _noop,
-        ActionParams,
-        "doc",
-        lambda ctx, p: p,
-        GuardOptions(**options),  # type: ignore[arg-type]
-    )
+from tests.support.runner import spec
 
 
 def settings(**guards: object) -> Settings:

@@ -11,7 +11,7 @@ import redis
 from remediation.guards import keys
 from remediation.guards.chain import BlastAccount, GuardChain
 from remediation.settings import BlastCap, Settings
-from tests.guards.test_chain import spec
+from tests.support.runner import spec
 
 
 def test_same_task_again_resumes_other_task_is_duplicate(r: redis.Redis) -> None:

@@ -18,11 +18,13 @@ import pytest
 from celery import Celery
 
 from remediation import backups, quarantine
-from remediation.testing import WorkerProcess, as_url, scratch_database, wait_for
-from tests.actions.test_backups import fill
-from tests.conftest import process_env
-from tests.integration.conftest import Audit, Broker
-from tests.integration.test_beat import Beat
+from tests.support.audit import Audit
+from tests.support.backups import fill
+from tests.support.base import wait_for
+from tests.support.env import process_env
+from tests.support.processes import Beat, WorkerProcess
+from tests.support.rabbitmq import Broker
+from tests.support.services import as_url, scratch_database
 
 pytestmark = pytest.mark.redis_only("beat runs on redbeat; backups do not involve the broker")
 

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from remediation.testing import wait_for
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.processes import Beat
 
 ROOT = Path(__file__).resolve().parents[2]
 SCHEDULE = """
@@ -25,26 +22,6 @@ SCHEDULE = {
     },
 }
 """
-
-
-class Beat:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.log_path = log
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat",
-             "--loglevel", "DEBUG"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, sig)
-            self.proc.wait(20)
-        self._log.close()
 
 
 @pytest.fixture

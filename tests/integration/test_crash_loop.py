@@ -23,16 +23,12 @@ import pytest
 from celery import Celery
 from psycopg.rows import dict_row
 
-from remediation.testing import (
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    as_url,
-    scratch_database,
-    wait_for,
-)
-from tests.conftest import process_env
-from tests.docker_support import DOCKER_URL, ComposeProject, compose_project
+from tests.support.base import wait_for
+from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
+from tests.support.env import process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
 
 SCALE = 5
 SWEEP_SECONDS = 60 / SCALE

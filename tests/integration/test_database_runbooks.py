@@ -10,7 +10,7 @@ import pytest
 from celery import Celery
 from psycopg import sql
 
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
 
 ROLE = "rem e2e role"
 OTHER = "rem e2e other"

@@ -19,16 +19,12 @@ from celery import Celery
 from psycopg.rows import dict_row
 
 from remediation.restarts import state_key
-from remediation.testing import (
-    RedisServer,
-    WebhookReceiver,
-    WorkerProcess,
-    as_url,
-    scratch_database,
-    wait_for,
-)
-from tests.conftest import process_env
-from tests.docker_support import DOCKER_URL, ComposeProject, compose_project
+from tests.support.base import wait_for
+from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
+from tests.support.env import process_env
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
 
 STUCK = ["sh", "-c", "[ -e /stuck ] && exit 1; trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 ACTIONS = ("restart_container", "recreate_service")

@@ -17,8 +17,8 @@ from remediation import signing
 from remediation.context import Trigger
 from remediation.guards import keys
 from remediation.tasks import TRIGGER_HEADER
-from tests.conftest import TEST_SIGNING_KEY
-from tests.integration.conftest import Audit
+from tests.support.audit import Audit
+from tests.support.env import TEST_SIGNING_KEY
 
 DEDUPE = "remediation.act.dedupe_job_queue"
 QUEUE = "job_queue"

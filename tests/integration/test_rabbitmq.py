@@ -19,9 +19,10 @@ from remediation.celery_app import get_app
 from remediation.celery_cluster import amqp_depths
 from remediation.context import ActionContext
 from remediation.logging import get_logger
-from remediation.testing import WorkerProcess, wait_for
-from tests.conftest import process_env
-from tests.integration.conftest import MAIN_SLOT, Broker
+from tests.support.base import wait_for
+from tests.support.env import process_env
+from tests.support.processes import WorkerProcess
+from tests.support.rabbitmq import MAIN_SLOT, Broker
 
 LOWPRIO_SLOT = 5
 """A vhost of its own for the worker that consumes celery and low_priority."""

@@ -15,9 +15,12 @@ import pytest
 import redis
 from celery import Celery
 
-from remediation.testing import WebhookReceiver, WorkerProcess, wait_for
-from tests.checks.test_postgres import bloat, dead_rows
-from tests.integration.conftest import PASSWORD, Audit
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.http_doubles import WebhookReceiver
+from tests.support.postgres import bloat, dead_rows
+from tests.support.processes import WorkerProcess
+from tests.support.services import PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]
 CELERY = str(Path(sys.executable).parent / "celery")

@@ -20,15 +20,12 @@ import redis
 from celery import Celery
 
 from remediation import browser_headers as bh
-from remediation.testing import (
-    Behaviour,
-    Origin,
-    ProxyProcess,
-    WorkerProcess,
-    wait_for,
-)
-from tests.conftest import process_env
-from tests.integration.conftest import Audit, Broker
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.env import process_env
+from tests.support.http_doubles import Behaviour, Origin, ProxyProcess
+from tests.support.processes import WorkerProcess
+from tests.support.rabbitmq import Broker
 
 STATE_DB, BROKER_SLOT = 8, 9  # apart from the other integration workers' databases / vhost
 

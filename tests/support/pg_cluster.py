@@ -7,14 +7,15 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
-import pytest
 
-from remediation.testing import free_port, wait_for
+from remediation.audit import store as store_module
+from tests.support.base import free_port, wait_for
 
 
 def pg_bindir() -> Path | None:
@@ -89,13 +90,16 @@ def private_cluster() -> Iterator[Cluster | None]:
         cluster.destroy()
 
 
-@pytest.fixture(scope="module", name="cluster")
-def cluster_fixture() -> Iterator[Cluster]:
-    """A private cluster for one test module (skips locally, fails in CI, without binaries)."""
-    from tests.conftest import _missing
+@contextmanager
+def outage(cluster: Cluster) -> Iterator[None]:
+    """PostgreSQL crash-stopped inside the block, started again (and answering) after it."""
+    cluster.stop()
+    try:
+        yield
+    finally:
+        cluster.start()
 
-    with private_cluster() as c:
-        if c is None:
-            _missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
-        assert c is not None
-        yield c
+
+def past_down_window() -> None:
+    """Let the store try PostgreSQL again (it spools without trying for DOWN_SECONDS)."""
+    time.sleep(store_module.DOWN_SECONDS + 0.1)

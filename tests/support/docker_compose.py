@@ -18,8 +18,8 @@ from typing import Any
 import docker
 
 from remediation.clients.docker import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL
-from remediation.testing import ROOT, wait_for
-from tests.conftest import _missing
+from tests.support.base import ROOT, wait_for
+from tests.support.env import missing
 
 IMAGE = "remediation-test/busybox:latest"
 DOCKER_URL = "unix:///var/run/docker.sock"
@@ -49,7 +49,7 @@ def docker_engine() -> Any:
     """A client on the real engine; skips locally (fails in CI) when there is none."""
     dc, why = _engine()
     if dc is None:
-        _missing(why)
+        missing(why)
     return dc
 
 
@@ -102,7 +102,7 @@ class ComposeProject:
     def network(self) -> Any:
         """The project's own network, as compose makes it (`<project>_default`)."""
         if self.network_mode == "none":
-            _missing("bridge networking (dockerd runs with --bridge=none)")
+            missing("bridge networking (dockerd runs with --bridge=none)")
         net = self.dc.networks.create(f"{self.name}_default", labels={PROJECT_LABEL: self.name})
         self.networks.append(net)
         return net

@@ -1,0 +1,145 @@
+"""Real service processes for the tests: Celery workers and beats of this checkout."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tests.support.base import ROOT, wait_for
+
+
+@dataclass
+class WorkerProcess:
+    """A real `celery -A remediation worker` process with its own environment and log file."""
+
+    env: dict[str, str]
+    name: str
+    concurrency: int = 2
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
+    extra_args: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> WorkerProcess:
+        cmd = [
+            str(Path(_venv_bin()) / "celery"), "-A", "remediation", "worker",
+            "-n", f"{self.name}@%h", "-c", str(self.concurrency), "--loglevel", "INFO",
+            "--without-gossip", "--without-mingle", *self.extra_args,
+        ]  # fmt: skip
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        try:
+            wait_for(
+                lambda: self.ready() or self._died(), timeout, 0.2, f"worker {self.name} ready"
+            )
+        except TimeoutError:
+            self.stop()  # never leave a half-started worker behind
+            raise
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"worker {self.name} exited:\n{self.log()[-3000:]}")
+        return self
+
+    def ready(self) -> bool:
+        return " ready." in self.log()
+
+    def _died(self) -> bool:
+        return self.proc is not None and self.proc.poll() is not None
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, 15)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, 9)
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+REDBEAT_LOCK_KEY = "rem:redbeat::lock"
+"""The key the active beat holds (celery_app's redbeat_key_prefix + redbeat's ":lock")."""
+
+
+@dataclass
+class BeatProcess:
+    """A real `celery -A remediation beat` process (redbeat): the first to take the lock in
+    Redis is active, the others wait as standbys until the lock expires."""
+
+    env: dict[str, str]
+    name: str
+    log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> BeatProcess:
+        """Start it without waiting: a standby says nothing until it becomes active."""
+        cmd = [str(Path(_venv_bin()) / "celery"), "-A", "remediation", "beat",
+               "--loglevel", "INFO", "-s", str(self.log_path.with_suffix(".schedule"))]  # fmt: skip
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def active(self) -> bool:
+        """Alive and holding the redbeat lock (redbeat logs when it acquires it)."""
+        return self.alive() and "beat: Acquired lock" in self.log()
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group and wait for it (SIGKILL: no lock release)."""
+        if self.proc and self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+    def stop(self) -> None:
+        self.kill(signal.SIGTERM)
+
+
+def _venv_bin() -> str:
+    return str(Path(sys.executable).parent)
+
+
+class Beat:
+    """A `celery -A remediation beat` at DEBUG level, started at once, with no schedule file
+    option (the integration tests' beat; BeatProcess is the chaos tests')."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat",
+             "--loglevel", "DEBUG"],
+            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+            self.proc.wait(20)
+        self._log.close()
