@@ -12,6 +12,7 @@ from celery.utils.saferepr import saferepr
 
 from remediation import metrics, signing
 from remediation.clients import redis as redis_clients
+from remediation.guards import keys as guard_keys
 from remediation.logging import configure_logging
 from remediation.redact import redact
 from remediation.settings import Settings, get_settings
@@ -46,7 +47,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "enable_utc": True,
         "beat_scheduler": "redbeat.RedBeatScheduler",
         "redbeat_redis_url": s.state_redis_url.get_secret_value(),
-        "redbeat_key_prefix": "rem:redbeat:",
+        "redbeat_key_prefix": guard_keys.REDBEAT,
         "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
         "redbeat_lock_timeout": c.redbeat_lock_timeout,
         "beat_max_loop_interval": c.beat_max_loop_interval,

@@ -21,6 +21,7 @@ from celery import Celery
 from pydantic import AfterValidator, Field
 
 from remediation.clients import redis as redis_clients
+from remediation.guards import keys as guard_keys
 from remediation.registry import ACTION_PREFIX, CHECK_PREFIX
 from remediation.settings import ScaleTarget, Settings
 
@@ -45,7 +46,7 @@ _APPS: dict[tuple[int, str], Any] = {}
 
 def scale_key(name: str) -> str:
     """Hash on the state Redis: last_busy, last_up, last_down (epoch seconds), by."""
-    return f"rem:scale:{name}"
+    return guard_keys.scale(name)
 
 
 def broker_url(settings: Settings) -> str:

@@ -143,7 +143,7 @@ def cmd_schedule(args: argparse.Namespace, s: Settings) -> int:
 def _state(s: Settings) -> Any:
     from remediation.clients import redis as redis_clients
 
-    return redis_clients.client(s.state_redis_url.get_secret_value())
+    return redis_clients.state(s)
 
 
 def cmd_breakers(args: argparse.Namespace, s: Settings) -> int:
@@ -231,6 +231,7 @@ def queue_depths(s: Settings, queues: Sequence[str] = ("celery",)) -> dict[str, 
 def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     from remediation import app
     from remediation.audit.store import AuditStore
+    from remediation.clients.redis import text
     from remediation.guards import breaker, keys
 
     r = _state(s)
@@ -238,7 +239,7 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     paused = r.get(keys.PAUSE)
     data: dict[str, Any] = {
         "workers": sorted(pings),
-        "paused": paused.decode() if paused is not None else None,
+        "paused": text(paused) if paused is not None else None,
         "dry_run": s.guards.dry_run,
         "queues": queue_depths(s),
         "breakers": [b for b in breaker.snapshot(r) if b["state"] != "closed"],

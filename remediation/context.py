@@ -116,7 +116,7 @@ class CheckContext:
     def state(self) -> redis.Redis:
         """The guard/state Redis (an action's own state, notification dedupe, published
         state); checks and resolve steps only read it."""
-        return redis_clients.client(self.settings.state_redis_url.get_secret_value())
+        return redis_clients.state(self.settings)
 
     def redis(self, target: str) -> redis.Redis:
         return redis_clients.client(self.settings.redis_url(target))

@@ -354,8 +354,8 @@ class _StateCollector(Collector):
 def read_breakers(url: str) -> list[tuple[str, str]]:
     """(name, state) of every breaker in ``rem:breakers``, as `remediation breakers` shows."""
     from remediation.clients import redis as redis_clients
+    from remediation.clients.redis import text
     from remediation.guards import keys
-    from remediation.guards.breaker import text
 
     r = redis_clients.client(url, timeout=2.0)
     names = sorted(text(n) for n in r.smembers(keys.BREAKER_INDEX))

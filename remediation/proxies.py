@@ -28,10 +28,12 @@ from typing import Any, TypeVar
 
 import redis
 
+from remediation.clients import redis as redis_clients
 from remediation.errors import RemediationError
+from remediation.guards import keys as guard_keys
 from remediation.settings import ProxySettings
 
-PREFIX = "rem:proxy:"
+PREFIX = guard_keys.PROXY
 INDEX_KEY = PREFIX + "index"
 BAN_RATE_KEY = PREFIX + "ban_rate"
 """Banned / tested of the latest test of the pool, a decimal string (tune_backoff reads it)."""
@@ -285,11 +287,6 @@ class Changes:
 P = TypeVar("P", bound=Changes)
 
 
-def _text(value: bytes | str) -> str:
-    """Redis replies are bytes unless the client decodes them."""
-    return value.decode() if isinstance(value, bytes) else value
-
-
 class ProxyPool:
     """The pool of one Redis target. Reads are snapshots; writes go through ``update``."""
 
@@ -303,7 +300,7 @@ class ProxyPool:
 
     def records(self) -> dict[str, ProxyRecord]:
         """Every proxy in the pool, by id."""
-        ids = sorted(_text(m) for m in self.r.smembers(INDEX_KEY))
+        ids = sorted(redis_clients.text(m) for m in self.r.smembers(INDEX_KEY))
         return self._read(ids)
 
     def _read(self, ids: list[str]) -> dict[str, ProxyRecord]:
@@ -313,13 +310,13 @@ class ProxyPool:
         out = {}
         for pid, raw in zip(ids, pipe.execute(), strict=True):
             if raw:  # an id whose hash is gone is not a proxy
-                decoded = {_text(k): _text(v) for k, v in raw.items()}
+                decoded = {redis_clients.text(k): redis_clients.text(v) for k, v in raw.items()}
                 out[pid] = ProxyRecord.from_hash(pid, decoded)
         return out
 
     def published(self) -> set[str]:
         """The URLs scrapers currently read."""
-        return {_text(m) for m in self.r.smembers(self.active_key)}
+        return {redis_clients.text(m) for m in self.r.smembers(self.active_key)}
 
     def update(self, planner: Callable[[dict[str, ProxyRecord]], P]) -> P:
         """Let planner turn a snapshot into Changes; write them and republish the active set
@@ -334,7 +331,7 @@ class ProxyPool:
 
     def _attempt(self, tx: Any, planner: Callable[[dict[str, ProxyRecord]], P]) -> P:
         tx.watch(INDEX_KEY, self.active_key)
-        ids = sorted(_text(m) for m in tx.smembers(INDEX_KEY))
+        ids = sorted(redis_clients.text(m) for m in tx.smembers(INDEX_KEY))
         if ids:
             tx.watch(*[self.key(pid) for pid in ids])
         # Read on another connection in one round trip: WATCH still guards these keys.

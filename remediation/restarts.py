@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-KEY_PREFIX = "rem:restart:"
+from remediation.guards import keys as guard_keys
+
+KEY_PREFIX = guard_keys.RESTART
 GIVEN_UP_FIELD = "unmonitored_at"
 
 

@@ -43,6 +43,7 @@ from remediation.logging import get_logger
 from remediation.redact import bounded_text, redact_text, serialized_size, storable, truncated
 from remediation.registry import ACTION_PREFIX, ActionSpec, get_action, get_check
 from remediation.settings import Settings
+from remediation.timing import ms_since
 
 # dispatch(task_name, kwargs, trigger) sends an action for execution (Celery or in-process)
 Dispatch = Callable[[str, dict[str, Any], Trigger | None], None]
@@ -62,7 +63,7 @@ class Runner:
 
     @property
     def state(self) -> Any:
-        return redis_clients.client(self.settings.state_redis_url.get_secret_value())
+        return redis_clients.state(self.settings)
 
     def _validated(self, model: Any, kwargs: Any) -> tuple[Any, str | None]:
         """(params, None), or (None, why not): too big to look at (the size is checked first,
@@ -113,7 +114,7 @@ class Runner:
             findings = spec.fn(CheckContext(self.settings, self.log, self.store), params)
         except Exception as exc:  # a broken check is recorded, never fatal to the worker
             error = redact_text(f"{type(exc).__name__}: {exc}")
-            self.store.finish_check_run(run_id, "error", 0, _ms(started), error)
+            self.store.finish_check_run(run_id, "error", 0, ms_since(started), error)
             metrics.check_run(spec.name, "error", time.monotonic() - started)
             self.log.error("check failed", error=error)
             return CheckOutcome("error", run_id, error=error)
@@ -131,7 +132,7 @@ class Runner:
             outcome.finding_ids.append(finding_id)
             if incident:
                 outcome.dispatched += self._fan_out(finding, finding_id, incident, params)
-        self.store.finish_check_run(run_id, "ok", len(findings), _ms(started))
+        self.store.finish_check_run(run_id, "ok", len(findings), ms_since(started))
         metrics.check_run(spec.name, "ok", time.monotonic() - started)
         self.log.info("check done", findings=len(findings), dispatched=outcome.dispatched)
         return outcome
@@ -164,7 +165,7 @@ class Runner:
             if self.state.set(key, candidate, nx=True, ex=ttl):
                 return candidate
             current = self.state.get(key)
-            return current.decode() if current else candidate
+            return redis_clients.text(current) if current else candidate
         except Exception as exc:  # without state, no incident: the action's guards refuse too
             self.log.error("incident state unavailable", error=str(exc))
             return candidate
@@ -441,7 +442,7 @@ class Runner:
             outcome=outcome,
             error=reason,
             result={"retry_at": retry_at} if retry_at else None,
-            duration_ms=_ms(started),
+            duration_ms=ms_since(started),
             decision_id=decision_id,
             finding_id=call.finding_id,
             task_id=call.task_id,
@@ -477,7 +478,7 @@ class Runner:
         run_id = self.store.add_action_run(
             **call.audit, params=call.params.model_dump(mode="json"), outcome=outcome,
             error=error or (None if success else result.summary),
-            result=result.model_dump(mode="json"), duration_ms=_ms(started),
+            result=result.model_dump(mode="json"), duration_ms=ms_since(started),
             decision_id=decision_id, finding_id=call.finding_id, task_id=call.task_id,
             verification=verification,
         )  # fmt: skip
@@ -582,7 +583,3 @@ def _reason(exc: Refused | Deferred) -> str:
     if retry_at:
         reason += f" (may act after {time.strftime('%H:%M:%S', time.gmtime(retry_at))} UTC)"
     return bounded_text(reason, 1000)
-
-
-def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 3)

@@ -14,12 +14,12 @@ from typing import Any
 
 import redis
 
+from remediation.clients.redis import text
 from remediation.context import ActionContext
+from remediation.guards import keys as guard_keys
 
-THROTTLE_INDEX = "rem:throttles"
-"""Set of integrations throttled by throttle_sync, on the rate-limit target's Redis."""
-PAUSED_INDEX = "rem:paused_queues"
-"""Set of Celery queues paused by pause_low_priority, on the state Redis."""
+THROTTLE_INDEX = guard_keys.THROTTLE_INDEX
+PAUSED_INDEX = guard_keys.PAUSED_QUEUE_INDEX
 MAX_RECORDS = 1000
 """Throttle or pause records examined per run."""
 CONTROL_TIMEOUT = 1.0
@@ -32,17 +32,12 @@ NAME_PATTERN = r"^[A-Za-z0-9_.\-]{1,64}$"
 
 def throttle_key(integration: str) -> str:
     """Hash: original, original_absent, throttled, factor, throttled_at, expires_at, by."""
-    return f"rem:throttle:{integration}"
+    return guard_keys.throttle(integration)
 
 
 def paused_key(queue: str) -> str:
     """Hash: workers (JSON list), paused_at, expires_at, by."""
-    return f"rem:paused_queue:{queue}"
-
-
-def text(value: Any) -> str:
-    """A Redis reply as text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
+    return guard_keys.paused_queue(queue)
 
 
 def due(record: dict[str, str], now: float) -> bool:

@@ -25,6 +25,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from remediation.ban_signal import LAST_BAN_KEY, read_ban_signal
+from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import ActionFailed
 from remediation.filelock import file_lock
@@ -155,7 +156,9 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
             cfg.decrease_step_seconds, cfg.default_concurrency, repr(now), last_ban,
             cfg.healthy_seconds, ctx.idempotency_key]  # fmt: skip
     reply = ctx.redis(params.target).register_script(_TUNE)(keys=[cfg.config_key], args=args)
-    before, after, concurrency, reason, version, created, quiet = (_text(v) for v in reply)
+    before, after, concurrency, reason, version, created, quiet = (
+        redis_clients.text(v) for v in reply
+    )
     detail: dict[str, Any] = {
         "key": cfg.config_key,
         "direction": params.direction,
@@ -198,10 +201,6 @@ def _summary(direction: str, before: str, after: str, reason: str, cfg: BackoffS
 
 def _arg(value: float | None) -> str:
     return "" if value is None else repr(value)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def _int(value: str | bytes | None) -> int | None:

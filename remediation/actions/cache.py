@@ -8,6 +8,7 @@ from typing import Annotated, Any
 import redis
 from pydantic import Field, field_validator
 
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
@@ -143,13 +144,9 @@ class _Flush:
 
     def _unprotected(self, keys: list[Any]) -> list[Any]:
         """Guard state (rem:*) lives in the "self" Redis; no pattern may reach it."""
-        kept = [k for k in keys if not _text(k).startswith(guard_keys.PREFIX)]
+        kept = [k for k in keys if not text(k, "replace").startswith(guard_keys.PREFIX)]
         self.protected += len(keys) - len(kept)
         return kept
-
-
-def _text(key: bytes | str) -> str:
-    return key.decode("utf-8", "replace") if isinstance(key, bytes) else key
 
 
 @action("flush_cache", resolve=resolve_patterns, cooldown=timedelta(minutes=5), max_per_hour=6)

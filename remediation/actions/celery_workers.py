@@ -28,7 +28,6 @@ from remediation.celery_cluster import (
     scale_workers_of,
     stuck_tasks,
 )
-from remediation.clients import redis as redis_clients
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Deferred, Refused, TargetError
 from remediation.findings import ActionResult
@@ -91,10 +90,6 @@ def resolve_revoke(ctx: CheckContext, params: RevokeStuckTasksParams) -> Resolve
     return Resolved(params)
 
 
-def _state(settings: Settings) -> Any:
-    return redis_clients.client(settings.state_redis_url.get_secret_value())
-
-
 def _by(ctx: ActionContext) -> str:
     return f"incident {ctx.trigger.incident}" if ctx.trigger else "by hand"
 
@@ -109,7 +104,7 @@ def _clamp(size: int, direction: str, target: ScaleTarget) -> int:
 def _hold(ctx: ActionContext, target: ScaleTarget, now: float) -> None:
     """Deferred while a scale-down must wait: a backlog, or the stabilization window (the
     incident stays open; the first sweep after the window scales down)."""
-    state = _state(ctx.settings)
+    state = ctx.state
     depths = queue_depths(ctx.settings, target.queues) or {}
     totals = {q: sum(d.values()) for q, d in depths.items()}
     window = ctx.settings.workers.scale_down_stabilization_seconds
@@ -245,7 +240,7 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
     or scale-up (rem:scale:<name>); at min it does nothing."""
     target = scale_target(ctx.settings, params.target)
     now = time.time()
-    state = _state(ctx.settings)
+    state = ctx.state
     if params.direction == "up":
         state.hset(scale_key(target.name), mapping={"last_busy": repr(now), "by": _by(ctx)})
     else:

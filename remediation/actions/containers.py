@@ -17,6 +17,7 @@ from docker.errors import APIError, NotFound
 from pydantic import Field
 
 from remediation.clients import docker as docker_client
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
@@ -46,10 +47,6 @@ def _now(ctx: CheckContext) -> float:
     return float(seconds) + float(micros) / 1e6
 
 
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
 def _iso(stamp: float) -> str:
     return datetime.fromtimestamp(stamp, UTC).isoformat(timespec="seconds")
 
@@ -61,7 +58,7 @@ def backoff_seconds(cfg: ContainerSettings, restarts: int) -> int:
 
 
 def _saved(ctx: CheckContext, name: str) -> dict[str, str]:
-    return {_text(k): _text(v) for k, v in ctx.state.hgetall(state_key(name)).items()}
+    return {text(k): text(v) for k, v in ctx.state.hgetall(state_key(name)).items()}
 
 
 def _left_alone(name: str, saved: dict[str, str]) -> Refused:

@@ -20,6 +20,7 @@ from pydantic import Field
 
 from remediation import browser_headers as bh
 from remediation.actions.backoff import MIRROR_LOCK_SECONDS, atomic_write
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import ActionFailed, Refused
 from remediation.filelock import file_lock
@@ -168,22 +169,18 @@ def _ua(headers: dict[str, str]) -> str | None:
     return next((v for k, v in headers.items() if k.lower() == "user-agent"), None)
 
 
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 def read_published(client: redis.Redis, key: str) -> tuple[str, dict[str, str] | None]:
     """(version, headers) of the published set: ('', None) when there is none; headers None
     when the field is missing, oversized or not a JSON object of strings (it is replaced)."""
-    kind = _text(client.type(key))
+    kind = text(client.type(key))
     if kind == "none":
         return "", None
     if kind != "hash":
         raise ActionFailed(f"{key} is a Redis {kind}, not the hash of published headers")
     version = client.hget(key, "version")
     if int(client.hstrlen(key, "headers")) > 2 * bh.MAX_SET_BYTES:
-        return _text(version or ""), None
-    return _text(version or ""), _decode(client.hget(key, "headers"))
+        return text(version or ""), None
+    return text(version or ""), _decode(client.hget(key, "headers"))
 
 
 def _decode(raw: bytes | str | None) -> dict[str, str] | None:
@@ -217,7 +214,7 @@ def _publish(
         datetime.now(UTC).isoformat(timespec="seconds"),
     ]
     reply = client.register_script(_PUBLISH)(keys=[key, key + PREVIOUS_SUFFIX], args=args)
-    outcome, new_version = (_text(v) for v in reply)
+    outcome, new_version = (text(v) for v in reply)
     if outcome == "wrong_type":
         raise ActionFailed(f"{key} is a Redis {new_version}, not the hash of published headers")
     if outcome == "conflict":

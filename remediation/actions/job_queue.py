@@ -9,6 +9,7 @@ from typing import Any
 import redis
 from pydantic import Field
 
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
@@ -51,7 +52,7 @@ def resolve_job_list(ctx: CheckContext, params: JobQueueActionParams) -> Resolve
             f"key {_shown(key)} is not a configured job list: only {KEY_VAR} ({cfg.key!r})"
             f" or one of {KEYS_VAR} ({len(cfg.keys)} configured)"
         )
-    kind = _text(ctx.redis(target).type(key))
+    kind = text(ctx.redis(target).type(key))
     if kind == "none":
         raise Refused(
             f"job list {_shown(key)} does not exist on {target}: nothing to do", notice=False
@@ -79,10 +80,6 @@ def _resolve_dead_letter(ctx: CheckContext, params: JobQueueActionParams) -> Res
             " (REMEDIATION_JOB_QUEUE__DEAD_LETTER_KEY), not a job list"
         )
     return resolved
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 def _run(client: redis.Redis, name: str, keys: list[str], args: list[Any]) -> Any:

@@ -18,14 +18,13 @@ from typing import Any
 from pydantic import Field
 
 from remediation.celery_cluster import OWN_QUEUE, consumers, own_app
-from remediation.clients import redis as redis_clients
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
 from remediation.resolve import canonical, self_target
-from remediation.settings import Settings
 from remediation.throttles import (
     CONTROL_TIMEOUT,
     NAME_PATTERN,
@@ -34,7 +33,6 @@ from remediation.throttles import (
     due,
     iso,
     paused_key,
-    text,
 )
 
 CONFIRM_SECONDS = 5.0
@@ -59,10 +57,6 @@ class ResumeLowPriorityParams(QueueParams):
 def _pause_resource(params: QueueParams) -> str:
     queue = getattr(params, "queue", None) or "(low-priority queue)"
     return f"celery/{queue}"
-
-
-def _state(settings: Settings) -> Any:
-    return redis_clients.client(settings.state_redis_url.get_secret_value())
 
 
 def _consumers(app: Any, queue: str, destination: list[str] | None = None) -> list[str]:
@@ -109,7 +103,7 @@ def resolve_resume(ctx: CheckContext, params: ResumeLowPriorityParams) -> Resolv
     target = _own_cluster(params)
     configured = ctx.settings.rate_limits.low_priority_queue
     queue = configured if params.queue is None else params.queue
-    state = _state(ctx.settings)
+    state = ctx.state
     if queue != configured and not state.sismember(PAUSED_INDEX, queue):
         raise Refused(
             f"queue {queue!r} is neither REMEDIATION_RATE_LIMITS__LOW_PRIORITY_QUEUE"
@@ -142,7 +136,7 @@ def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> Ac
     resolve_pause(ctx, params)  # no I/O: a direct call is held to it too
     queue = ctx.settings.rate_limits.low_priority_queue
     app = own_app(ctx.settings)
-    state = _state(ctx.settings)
+    state: Any = ctx.state  # the record's str mapping is not redis-py's hset key union
     found = _consumers(app, queue)
     existing = _record(state, queue)
     already = json.loads(existing.get("workers", "[]"))
@@ -176,7 +170,7 @@ def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> 
     did not take the consumer keeps the record, so the next sweep tries again. Verified by
     celery_paused_queues no longer reporting the pause."""
     queue = params.queue or ctx.settings.rate_limits.low_priority_queue
-    state = _state(ctx.settings)
+    state = ctx.state
     record = _record(state, queue)
     if not record:  # resumed by another call since the resolve step
         raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)

@@ -18,6 +18,7 @@ from typing import Any
 import redis
 from pydantic import Field
 
+from remediation.clients.redis import text
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
@@ -30,7 +31,6 @@ from remediation.throttles import (
     THROTTLE_INDEX,
     changed_by,
     iso,
-    text,
     throttle_key,
 )
 

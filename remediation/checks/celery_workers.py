@@ -144,7 +144,7 @@ def _oversized(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -
     """A pool above its minimum whose queues are all at or below the warning band; or, when
     the queues are busy and the pool is already at its maximum, celery_pool_at_max."""
     if any(busy(ctx.settings, depths.get(q, 0)) for q in target.queues):
-        state = redis_clients.client(ctx.settings.state_redis_url.get_secret_value())
+        state = ctx.state
         state.hset(scale_key(target.name), "last_busy", repr(time.time()))  # scale-down window
         return _at_max(ctx, target, depths)
     sizes = _target_sizes(ctx, target)
@@ -263,7 +263,7 @@ def celery_paused_queues(ctx: CheckContext, params: PausedQueuesParams) -> list[
     but a worker consumes the queue again (one started since) ->
     celery_queue_pause_incomplete (warning; pause_low_priority pauses it too). Asks the
     workers (remote control) only while a pause is in force."""
-    state = redis_clients.client(ctx.settings.state_redis_url.get_secret_value())
+    state = ctx.state
     now, findings = time.time(), []
     for queue, rec in records(state, PAUSED_INDEX, paused_key):
         base = {"check": "celery_paused_queues", "target": params.target, "subject": queue}

@@ -28,6 +28,7 @@ from remediation.params import CheckParams, TargetName
 from remediation.redact import MASK, redact_text
 from remediation.registry import check
 from remediation.settings import HttpEndpoint
+from remediation.timing import ms_since
 
 CHECK = "http_endpoints"
 MAX_BODY_BYTES = 1 << 20
@@ -101,9 +102,16 @@ def probe(endpoint: HttpEndpoint, timeout: float) -> Probe:
             ) as resp,
         ):
             body, truncated = _read(resp, deadline)
-            return Probe(resp.status_code, body, truncated, _ms(started))
+            return Probe(
+                resp.status_code,
+                body,
+                truncated,
+                ms_since(started, digits=1, clock=time.perf_counter),
+            )
     except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-        return Probe(latency_ms=_ms(started), error=_error_name(exc))
+        return Probe(
+            latency_ms=ms_since(started, digits=1, clock=time.perf_counter), error=_error_name(exc)
+        )
 
 
 def _read(resp: requests.Response, deadline: float) -> tuple[bytes, bool]:
@@ -120,10 +128,6 @@ def _read(resp: requests.Response, deadline: float) -> tuple[bytes, bool]:
         chunks.append(chunk)
         size += len(chunk)
     return b"".join(chunks), True
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 1)
 
 
 def field_value(body: Any, path: str) -> tuple[bool, Any]:

@@ -31,6 +31,7 @@ from remediation.pg_activity import (
 )
 from remediation.redact import MASK, redact_text
 from remediation.registry import check
+from remediation.timing import ms_since
 
 MAX_LISTED = 20
 """Sessions listed in one finding's evidence (the count covers all of them)."""
@@ -44,10 +45,6 @@ SELECT count(*) AS in_use,
        count(*) FILTER (WHERE application_name = %(app)s AND state <> 'idle') AS pool_busy
 FROM pg_stat_activity WHERE coalesce(backend_type, 'client backend') = 'client backend'
 """
-
-
-def _ms(started: float) -> float:
-    return round((time.perf_counter() - started) * 1000, 3)
 
 
 # --- postgres_connections -----------------------------------------------------------------
@@ -110,9 +107,9 @@ def postgres_connections(ctx: CheckContext, params: ConnectionsParams) -> list[F
     try:
         started = time.perf_counter()
         conn = connect(ctx, params.target)
-        connect_ms, started = _ms(started), time.perf_counter()
+        connect_ms, started = ms_since(started, clock=time.perf_counter), time.perf_counter()
         conn.execute("SELECT 1").fetchone()
-        rtt_ms = _ms(started)
+        rtt_ms = ms_since(started, clock=time.perf_counter)
     except psycopg.Error as exc:
         if conn is not None:
             conn.close()

@@ -28,6 +28,7 @@ from remediation.proxies import (
 )
 from remediation.registry import check
 from remediation.settings import ProxySettings
+from remediation.timing import ms_since
 
 CHECK = "proxy_pool_health"
 POOL = "pool"
@@ -56,8 +57,12 @@ def probe(proxy_url: str, cfg: ProxySettings) -> ProbeResult:
                 body = _read_head(resp, deadline)
                 code, location = resp.status_code, resp.headers.get("Location", "")
         except requests.RequestException as exc:
-            return ProbeResult(DEAD, _failure_reason(exc, cfg.timeout_seconds), _ms(started))
-    return classify(code, body + location.encode(), _ms(started), cfg)
+            return ProbeResult(
+                DEAD,
+                _failure_reason(exc, cfg.timeout_seconds),
+                ms_since(started, digits=1),
+            )
+    return classify(code, body + location.encode(), ms_since(started, digits=1), cfg)
 
 
 def _read_head(resp: requests.Response, deadline: float) -> bytes:
@@ -110,10 +115,6 @@ def probe_all(records: list[ProxyRecord], cfg: ProxySettings) -> dict[str, Probe
     with ThreadPoolExecutor(min(cfg.workers, len(records)), "proxy-probe") as pool:
         results = pool.map(lambda rec: probe(rec.url, cfg), records)
         return {rec.id: res for rec, res in zip(records, results, strict=True)}
-
-
-def _ms(started: float) -> float:
-    return round((time.monotonic() - started) * 1000, 1)
 
 
 @check(CHECK)

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING, Any
 
 import redis
+
+if TYPE_CHECKING:
+    from remediation.settings import Settings
 
 _CLIENTS: dict[tuple[int, str], redis.Redis] = {}
 
@@ -21,6 +25,16 @@ def client(url: str, *, timeout: float = 5.0) -> redis.Redis:
             retry_on_timeout=False,
         )
     return _CLIENTS[key]
+
+
+def state(settings: Settings) -> redis.Redis:
+    """The state Redis (guards, incidents, the actions' own state) of these settings."""
+    return client(settings.state_redis_url.get_secret_value())
+
+
+def text(value: Any, errors: str = "strict") -> str:
+    """A Redis reply as text: the client does not decode, so replies are bytes."""
+    return value.decode("utf-8", errors) if isinstance(value, bytes) else str(value)
 
 
 def use(url: str, replacement: redis.Redis) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 
+from remediation.clients.redis import text
 from remediation.guards import keys
 from remediation.guards.lua import script
 from remediation.settings import BreakerSettings
@@ -83,11 +84,6 @@ class Breaker:
 
 def _decode(values: list[Any]) -> list[str]:
     return [text(v) for v in values]
-
-
-def text(value: Any) -> str:
-    """Redis replies are bytes; everything the guards compare is text."""
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 def snapshot(client: redis.Redis) -> list[dict[str, Any]]:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 
 import redis
 
+from remediation.clients.redis import text
 from remediation.errors import GuardUnavailable
 from remediation.guards import keys
-from remediation.guards.breaker import text
 from remediation.guards.lua import script
 from remediation.registry import ActionSpec
 from remediation.settings import Settings

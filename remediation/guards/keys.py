@@ -1,10 +1,24 @@
-"""Every Redis key the guards use, in one place. All under the ``rem:`` namespace."""
+"""Every key the remediator keeps in Redis, in one place. All under the ``rem:`` namespace.
+
+The guards' keys, and those of the domain modules (proxy pool, throttles and pauses, pool
+sizes, container restarts, the beat schedule). The strings are stored state: changing one
+orphans what a running deployment already keeps under the old name."""
 
 from __future__ import annotations
 
 PREFIX = "rem:"
 PAUSE = PREFIX + "pause"
 BREAKER_INDEX = PREFIX + "breakers"
+PROXY = PREFIX + "proxy:"
+"""Prefix of the proxy pool's keys (remediation.proxies)."""
+THROTTLE_INDEX = PREFIX + "throttles"
+"""Set of integrations throttled by throttle_sync, on the rate-limit target's Redis."""
+PAUSED_QUEUE_INDEX = PREFIX + "paused_queues"
+"""Set of Celery queues paused by pause_low_priority, on the state Redis."""
+RESTART = PREFIX + "restart:"
+"""Prefix of restart_container's per-container hash (remediation.restarts)."""
+REDBEAT = PREFIX + "redbeat:"
+"""celery-redbeat's key prefix for the beat schedule."""
 
 
 def breaker(name: str) -> str:
@@ -67,3 +81,18 @@ def notice(kind: str, action: str) -> str:
     """Set while a notice of this kind about this action was sent in the current window
     (refusals and unresolvable calls page at most once per window, not once per call)."""
     return f"{PREFIX}notice:{kind}:{action}"
+
+
+def scale(name: str) -> str:
+    """Hash of a watched worker pool's scale-up/down times (remediation.celery_cluster)."""
+    return f"{PREFIX}scale:{name}"
+
+
+def throttle(integration: str) -> str:
+    """Hash of a throttled integration's rate limits (remediation.throttles)."""
+    return f"{PREFIX}throttle:{integration}"
+
+
+def paused_queue(queue: str) -> str:
+    """Hash of a paused Celery queue (remediation.throttles)."""
+    return f"{PREFIX}paused_queue:{queue}"
