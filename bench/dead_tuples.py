@@ -82,8 +82,11 @@ def measure(dsn: str, n: int) -> dict[str, Any]:
     finally:
         check_module.pg.connect = real_connect  # type: ignore[assignment]
         del os.environ["REMEDIATION_POSTGRES_TARGETS__BENCH"]
-    return {"tables": n, "round_trips_per_run": counter[0] / 5,
-            "median_s": round(statistics.median(times), 4)}  # fmt: skip
+    return {
+        "tables": n,
+        "round_trips_per_run": counter[0] / 5,
+        "median_s": round(statistics.median(times), 4),
+    }
 
 
 def run() -> dict[str, Any]:

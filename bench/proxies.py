@@ -51,8 +51,10 @@ ORIGIN_BODY = b"<html>price: 10.00</html>\n"
 async def _origin(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
-                     b"Content-Length: %d\r\n\r\n%s" % (len(ORIGIN_BODY), ORIGIN_BODY))  # fmt: skip
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(ORIGIN_BODY), ORIGIN_BODY)
+        )
         await writer.drain()
     except (TimeoutError, OSError, ValueError, asyncio.IncompleteReadError):
         pass
@@ -74,8 +76,10 @@ def _listener(port_name: str, delay: float) -> Any:
                 asyncio.open_connection(url.hostname, url.port or 80), 5
             )
             path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-            up_w.write(f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
-                       f"X-Proxy: {port_name}\r\n\r\n".encode())  # fmt: skip
+            up_w.write(
+                f"GET {path} HTTP/1.1\r\nHost: {url.netloc}\r\nConnection: close\r\n"
+                f"X-Proxy: {port_name}\r\n\r\n".encode()
+            )
             while chunk := await asyncio.wait_for(up_r.read(65536), 10):
                 writer.write(chunk)
                 await writer.drain()
@@ -112,8 +116,10 @@ def serve() -> None:
 def _start_farm(delays: list[float]) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "bench.proxies", "serve", json.dumps(delays)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert proc.stdout is not None
     if not select.select([proc.stdout], [], [], 60)[0]:
         proc.kill()
@@ -129,13 +135,15 @@ def _real_proxies(workdir: Path) -> tuple[list[subprocess.Popen[bytes]], list[st
         port = free_port()
         if i < 3 and Path(tinyproxy).exists():
             conf = workdir / f"tp{i}.conf"
-            conf.write_text(f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 5\n"
-                            f"MaxClients 600\nLogLevel Critical\nPidFile \"{workdir}/tp{i}.pid\"\n")  # fmt: skip
+            conf.write_text(
+                f"Port {port}\nListen 127.0.0.1\nAllow 127.0.0.1\nTimeout 5\n"
+                f'MaxClients 600\nLogLevel Critical\nPidFile "{workdir}/tp{i}.pid"\n'
+            )
             cmd = [tinyproxy, "-d", "-c", str(conf)]
         else:
-            cmd = [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1", "--port", str(port),
-                   "--num-workers", "1", "--num-acceptors", "1", "--log-level", "e",
-                   "--data-dir", str(workdir / "proxypy")]  # fmt: skip
+            flags = "--hostname 127.0.0.1 --num-workers 1 --num-acceptors 1 --log-level e".split()
+            cmd = [sys.executable, "-m", "proxy", *flags, "--port", str(port)]
+            cmd += ["--data-dir", str(workdir / "proxypy")]
         procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         wait_for(lambda port=port: listening(port), 15, 0.05, f"{cmd[0]} on {port}")
         urls.append(f"http://127.0.0.1:{port}")
@@ -155,8 +163,14 @@ def _pool(workdir: Path) -> tuple[list[Any], list[str], dict[str, int]]:
             dead.append(port)
     urls = real + [f"http://127.0.0.1:{p}" for p in info["ports"] + dead]
     random.Random(4).shuffle(urls)  # a pool has no order; slow and dead ones are anywhere
-    mix = {"real_processes": len(real), "listeners_fast": fast, "listeners_timing_out": TIMED_OUT,
-           "listeners_slow": SLOW, "dead_ports": DEAD, "origin_port": info["origin"]}  # fmt: skip
+    mix = {
+        "real_processes": len(real),
+        "listeners_fast": fast,
+        "listeners_timing_out": TIMED_OUT,
+        "listeners_slow": SLOW,
+        "dead_ports": DEAD,
+        "origin_port": info["origin"],
+    }
     return [*real_procs, farm], urls, mix
 
 
@@ -181,11 +195,15 @@ def _check_run(settings: Any, workers: int, run: str) -> dict[str, Any]:
     elapsed, cpu = time.perf_counter() - start, time.process_time() - cpu
     r = CheckContext(s, get_logger()).redis("self")
     counts = {k.decode(): v.decode() for k, v in r.hgetall("rem:proxy:last_test").items()}
-    return {"run": run, "seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3),
-            "workers": workers,
-            "bound_s": math.ceil(TOTAL / workers) * TIMEOUT_S if workers < TOTAL else TIMEOUT_S,
-            "classified": {k: int(counts[k]) for k in ("ok", "slow", "banned", "dead")},
-            "findings": sorted(f.kind for f in findings)}  # fmt: skip
+    return {
+        "run": run,
+        "seconds": round(elapsed, 3),
+        "cpu_seconds": round(cpu, 3),
+        "workers": workers,
+        "bound_s": math.ceil(TOTAL / workers) * TIMEOUT_S if workers < TOTAL else TIMEOUT_S,
+        "classified": {k: int(counts[k]) for k in ("ok", "slow", "banned", "dead")},
+        "findings": sorted(f.kind for f in findings),
+    }
 
 
 def _sequential(cfg: ProxySettings, urls: list[str]) -> dict[str, Any]:
@@ -203,12 +221,19 @@ def run() -> dict[str, Any]:
     procs: list[Any] = []
     try:
         procs, urls, mix = _pool(workdir)
-        cfg = ProxySettings(proxy_list=urls, test_url=f"http://127.0.0.1:{mix['origin_port']}/p",
-                            timeout_seconds=TIMEOUT_S, slow_ms=SLOW_MS, min_active=2)  # fmt: skip
+        cfg = ProxySettings(
+            proxy_list=urls,
+            test_url=f"http://127.0.0.1:{mix['origin_port']}/p",
+            timeout_seconds=TIMEOUT_S,
+            slow_ms=SLOW_MS,
+            min_active=2,
+        )
         settings = load_settings(state_redis_url=server.url(0), proxies=cfg)
-        concurrent = [_check_run(settings, 64, "first (pool loaded, no latency history)"),
-                      _check_run(settings, 64, "second (slowest-first from history)"),
-                      _check_run(settings, 500, "third")]  # fmt: skip
+        concurrent = [
+            _check_run(settings, 64, "first (pool loaded, no latency history)"),
+            _check_run(settings, 64, "second (slowest-first from history)"),
+            _check_run(settings, 500, "third"),
+        ]
         sequential = _sequential(cfg, urls)
     finally:
         _stop(procs)
@@ -216,11 +241,15 @@ def run() -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
     seq = sequential["seconds"]
     return {
-        "proxies": TOTAL, "mix": mix, "timeout_s": TIMEOUT_S, "slow_ms": SLOW_MS,
-        "check": concurrent, "sequential": sequential,
+        "proxies": TOTAL,
+        "mix": mix,
+        "timeout_s": TIMEOUT_S,
+        "slow_ms": SLOW_MS,
+        "check": concurrent,
+        "sequential": sequential,
         "speedup_vs_sequential": [round(seq / c["seconds"], 1) for c in concurrent],
         "share_of_bound": [round(c["seconds"] / c["bound_s"], 2) for c in concurrent],
-    }  # fmt: skip
+    }
 
 
 if __name__ == "__main__":

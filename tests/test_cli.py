@@ -93,8 +93,12 @@ def test_status_subprocess(settings_env: Any) -> None:
     settings_env()
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "remediation"), "--json", "status"],
-        env=dict(os.environ), cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        env=dict(os.environ),
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     data = json.loads(proc.stdout)
     assert isinstance(data["workers"], list) and data["paused"] is None

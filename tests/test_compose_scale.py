@@ -120,11 +120,21 @@ def test_scale_workers_compose_backend_bounds_and_window(
     from remediation.errors import Deferred
     from remediation.logging import get_logger
 
-    target = {"name": "web", "backend": "compose", "project": project.name, "service": "app",
-              "queues": ["web-jobs"], "min": 1, "max": 3, "step": 2}  # fmt: skip
-    s = settings_env(REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
-                     REMEDIATION_WORKERS__SCALE_TARGETS=json.dumps([target]),
-                     REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS="2")  # fmt: skip
+    target = {
+        "name": "web",
+        "backend": "compose",
+        "project": project.name,
+        "service": "app",
+        "queues": ["web-jobs"],
+        "min": 1,
+        "max": 3,
+        "step": 2,
+    }
+    s = settings_env(
+        REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
+        REMEDIATION_WORKERS__SCALE_TARGETS=json.dumps([target]),
+        REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS="2",
+    )
     project.run(SERVE)
 
     def scale(direction: str) -> Any:

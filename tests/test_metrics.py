@@ -95,7 +95,8 @@ def worker_env(
     for db in (BROKER_DB, RESULT_DB, STATE_DB):
         redis_server.empty(db)
     return process_env(
-        redis_server, metrics_audit,
+        redis_server,
+        metrics_audit,
         REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
         REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
         REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB),
@@ -103,15 +104,18 @@ def worker_env(
         REMEDIATION_METRICS__MULTIPROC_DIR=str(tmp_path / "metrics"),
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
         # no disk is fuller than 100 %: host_disk finds nothing, so no action is fanned out
-        REMEDIATION_HOST__DISK_WARNING_PERCENT="100", REMEDIATION_HOST__DISK_HIGH_PERCENT="100",
+        REMEDIATION_HOST__DISK_WARNING_PERCENT="100",
+        REMEDIATION_HOST__DISK_HIGH_PERCENT="100",
         REMEDIATION_HOST__DISK_CRITICAL_PERCENT="100",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
 def client(worker_env: dict[str, str]) -> Iterator[Celery]:
-    app = Celery(broker=worker_env["REMEDIATION_BROKER_URL"],
-                 backend=worker_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+    app = Celery(
+        broker=worker_env["REMEDIATION_BROKER_URL"],
+        backend=worker_env["REMEDIATION_RESULT_BACKEND"],
+    )
     yield app
     app.close()
 
@@ -128,13 +132,17 @@ def worker(worker_env: dict[str, str]) -> Iterator[WorkerProcess]:
 
 def send_batch(client: Celery, checks: int, notifies: int, tag: str) -> None:
     """Send checks and notifications at once and wait for every one of them."""
-    results = [client.send_task("remediation.check.host_disk", kwargs={"target": "self"})
-               for _ in range(checks)]  # fmt: skip
+    results = [
+        client.send_task("remediation.check.host_disk", kwargs={"target": "self"})
+        for _ in range(checks)
+    ]
     results += [
-        client.send_task("remediation.act.notify",
-                         kwargs={"text": f"metrics test {tag}-{i}", "incident": f"m-{tag}-{i}"})
+        client.send_task(
+            "remediation.act.notify",
+            kwargs={"text": f"metrics test {tag}-{i}", "incident": f"m-{tag}-{i}"},
+        )
         for i in range(notifies)
-    ]  # fmt: skip
+    ]
     for res in results:
         res.get(timeout=60)
 
@@ -166,8 +174,8 @@ def test_counts_aggregate_across_children_and_survive_a_killed_child(
         value(samples, "remediation_actions_total", action="notify", outcome="succeeded")
         == sent_notifies
     )
-    assert value(samples, "remediation_guard_decisions_total", action="notify", decision="admitted",
-                 guard="none") == sent_notifies  # fmt: skip
+    admitted = {"action": "notify", "decision": "admitted", "guard": "none"}
+    assert value(samples, "remediation_guard_decisions_total", **admitted) == sent_notifies
     assert value(samples, "remediation_worker_up") == 1
     last = value(samples, "remediation_check_last_success_timestamp_seconds", check="host_disk")
     assert last is not None and started - 1 <= last <= time.time() + 1
@@ -219,8 +227,10 @@ def test_breaker_states_are_read_at_scrape_time(
     time.sleep(1.1)
     assert trial.acquire().state == "half_open"
     samples = scrape(port)
-    got = {b: value(samples, "remediation_breaker_state", breaker=b)
-           for b in ("vacuum_analyze:app", "restart_container:docker", "flush_cache:self")}  # fmt: skip
+    got = {
+        b: value(samples, "remediation_breaker_state", breaker=b)
+        for b in ("vacuum_analyze:app", "restart_container:docker", "flush_cache:self")
+    }
     assert got == {"vacuum_analyze:app": 0, "restart_container:docker": 2, "flush_cache:self": 1}
     assert value(samples, "remediation_state_redis_up") == 1
     state.close()
@@ -240,8 +250,10 @@ def test_second_worker_on_the_same_directory_leaves_it_alone(
         second.start()
         assert "metrics directory is used by another running worker" in second.log()
         assert not listening(other_port)
-        assert value(scrape(port), "remediation_checks_total", check="host_disk",
-                     status="ok") == before  # fmt: skip
+        assert (
+            value(scrape(port), "remediation_checks_total", check="host_disk", status="ok")
+            == before
+        )
     finally:
         second.stop()
 
@@ -254,8 +266,10 @@ def test_last_success_survives_a_restart(
     send_batch(client, 1, 0, "before-restart")
     worker.stop()
     with psycopg.connect(metrics_audit) as conn:
-        row = conn.execute("SELECT extract(epoch FROM max(finished_at))::float8 FROM check_runs"
-                           " WHERE check_name = 'host_disk' AND status = 'ok'").fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT extract(epoch FROM max(finished_at))::float8 FROM check_runs"
+            " WHERE check_name = 'host_disk' AND status = 'ok'"
+        ).fetchone()
     assert row is not None and row[0] is not None
     again = WorkerProcess(worker_env, "metrics-again", concurrency=1)
     try:
@@ -313,13 +327,15 @@ def test_api_records_in_process_and_bounds_labels(local_metrics: None) -> None:
     get = reg.get_sample_value
     assert get("remediation_checks_total", {"check": "host_disk", "status": "ok"}) == 1
     assert get("remediation_checks_total", {"check": "host_disk", "status": "error"}) == 1
-    assert get("remediation_findings_total", {"check": "host_disk", "kind": "host_disk_full",
-                                              "severity": "high"}) == 1  # fmt: skip
+    finding = {"check": "host_disk", "kind": "host_disk_full", "severity": "high"}
+    assert get("remediation_findings_total", finding) == 1
     assert get("remediation_action_duration_seconds_count", {"action": "cleanup_disk"}) == 1
-    assert get("remediation_verifications_total", {"action": "cleanup_disk",
-                                                   "verdict": "recovered"}) == 1  # fmt: skip
-    assert get("remediation_guard_decisions_total", {"action": "notify", "decision": "suppressed",
-                                                     "guard": "other"}) == 1  # fmt: skip
+    assert (
+        get("remediation_verifications_total", {"action": "cleanup_disk", "verdict": "recovered"})
+        == 1
+    )
+    suppressed = {"action": "notify", "decision": "suppressed", "guard": "other"}
+    assert get("remediation_guard_decisions_total", suppressed) == 1
     assert get("remediation_check_last_success_timestamp_seconds", {"check": "host_disk"}) == (
         pytest.approx(time.time(), abs=5)
     )
@@ -403,11 +419,13 @@ def test_alert_rules_pass_promtool(tmp_path: Path) -> None:
         if IN_CI:
             pytest.fail("promtool (Debian package prometheus) is required in CI")
         pytest.skip("promtool not installed")
-    check = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
-                           text=True, timeout=60)  # fmt: skip
+    check = subprocess.run(
+        [promtool, "check", "rules", str(RULES)], capture_output=True, text=True, timeout=60
+    )
     assert check.returncode == 0, check.stdout + check.stderr
     test_file = tmp_path / "alerts_test.yml"
     test_file.write_text(UNIT_TEST.format(rules=RULES))
-    unit = subprocess.run([promtool, "test", "rules", str(test_file)], capture_output=True,
-                          text=True, timeout=60)  # fmt: skip
+    unit = subprocess.run(
+        [promtool, "test", "rules", str(test_file)], capture_output=True, text=True, timeout=60
+    )
     assert unit.returncode == 0, unit.stdout + unit.stderr

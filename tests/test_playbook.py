@@ -17,9 +17,14 @@ def test_rule_params_validate_against_the_task_params() -> None:
     """The kwargs a rule builds from a typical finding pass the task's params model."""
     evidence = {"table": {"schema": "public", "name": "t"}, "scale_targets": ["pool"]}
     for rule in playbook.RULES:
-        finding = Finding(check="c", target="app", subject="app-20261124T030000Z.dump"
-                          if "backup" in rule.kind else "s", kind=rule.kind,
-                          severity="critical", evidence=evidence)  # fmt: skip
+        finding = Finding(
+            check="c",
+            target="app",
+            subject="app-20261124T030000Z.dump" if "backup" in rule.kind else "s",
+            kind=rule.kind,
+            severity="critical",
+            evidence=evidence,
+        )
         if rule.when is not None and not rule.when(finding):
             continue  # the rule does not fire for this finding
         spec = (
@@ -39,8 +44,14 @@ def test_severity_floor_filters() -> None:
 
 def test_conditional_rule_needs_its_condition() -> None:
     """A backlog on a queue without a scale target notifies but does not scale."""
-    bare = Finding(check="c", target="celery", subject="q", kind="celery_queue_backlog",
-                   severity="high", evidence={"scale_targets": []})  # fmt: skip
+    bare = Finding(
+        check="c",
+        target="celery",
+        subject="q",
+        kind="celery_queue_backlog",
+        severity="high",
+        evidence={"scale_targets": []},
+    )
     assert [r.action for r in playbook.rules_for(bare)] == ["notify"]
     scaled = bare.model_copy(update={"evidence": {"scale_targets": ["pool"]}})
     assert [r.action for r in playbook.rules_for(scaled)] == ["scale_workers", "notify"]

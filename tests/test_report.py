@@ -77,18 +77,32 @@ def test_report_counts_fires_fixes_suppressions_and_median(
 
     # known times to fix (10 s, 20 s, 90 s: median 20 s) and the stale-job fix 10 days back
     for key, seconds in (("jobs_a", 10), ("jobs_b", 20), ("jobs_c", 90)):
-        sql(s, "UPDATE findings f SET seen_at = a.verified_at - make_interval(secs => %s)"
-               " FROM action_runs a WHERE a.finding_id = f.id AND f.subject = %s"
-               " AND a.verification = 'recovered'", seconds, key)  # fmt: skip
+        sql(
+            s,
+            "UPDATE findings f SET seen_at = a.verified_at - make_interval(secs => %s)"
+            " FROM action_runs a WHERE a.finding_id = f.id AND f.subject = %s"
+            " AND a.verification = 'recovered'",
+            seconds,
+            key,
+        )
     back = "- interval '10 days'"
-    sql(s, f"UPDATE check_runs SET started_at = started_at {back} WHERE id IN (SELECT check_run_id"
-           " FROM findings WHERE subject = 'jobs_old' UNION SELECT verify_check_run_id"
-           " FROM action_runs WHERE action = 'dead_letter_stale_jobs')")  # fmt: skip
+    sql(
+        s,
+        f"UPDATE check_runs SET started_at = started_at {back} WHERE id IN (SELECT check_run_id"
+        " FROM findings WHERE subject = 'jobs_old' UNION SELECT verify_check_run_id"
+        " FROM action_runs WHERE action = 'dead_letter_stale_jobs')",
+    )
     sql(s, f"UPDATE findings SET seen_at = seen_at {back} WHERE subject = 'jobs_old'")
-    sql(s, f"UPDATE guard_decisions SET decided_at = decided_at {back}"
-           " WHERE action = 'dead_letter_stale_jobs'")  # fmt: skip
-    sql(s, f"UPDATE action_runs SET started_at = started_at {back}, verified_at = verified_at"
-           f" {back} WHERE action = 'dead_letter_stale_jobs'")  # fmt: skip
+    sql(
+        s,
+        f"UPDATE guard_decisions SET decided_at = decided_at {back}"
+        " WHERE action = 'dead_letter_stale_jobs'",
+    )
+    sql(
+        s,
+        f"UPDATE action_runs SET started_at = started_at {back}, verified_at = verified_at"
+        f" {back} WHERE action = 'dead_letter_stale_jobs'",
+    )
 
     code, text = run_report(capsys, "--since", "7d")
     assert code == 0
@@ -98,20 +112,37 @@ def test_report_counts_fires_fixes_suppressions_and_median(
     assert dedupe == {
         "procedure": "000 Redis Queue Management",
         "runbook": "000 Redis Queue Management: job queue processing duplicate jobs",
-        "finding": "redis_job_queue_duplicates", "action": "dedupe_job_queue",
-        "calls": 4, "fired": 4, "acted": 3, "succeeded": 3, "failed": 0, "suppressed": 1,
-        "dry_run": 0, "rejected": 0, "verified": 3, "not_verified": 0,
-        "suppressed_by": {"cooldown": 1}, "median_fix_seconds": 20.0,
-    }  # fmt: skip
+        "finding": "redis_job_queue_duplicates",
+        "action": "dedupe_job_queue",
+        "calls": 4,
+        "fired": 4,
+        "acted": 3,
+        "succeeded": 3,
+        "failed": 0,
+        "suppressed": 1,
+        "dry_run": 0,
+        "rejected": 0,
+        "verified": 3,
+        "not_verified": 0,
+        "suppressed_by": {"cooldown": 1},
+        "median_fix_seconds": 20.0,
+    }
 
     code, text = run_report(capsys, "--since", "2w")
     fortnight = json.loads(text)
-    assert fortnight["totals"] == {"check_runs": 9, "check_errors": 0, "findings": 5,
-                                   "incidents": 5}  # fmt: skip
+    assert fortnight["totals"] == {
+        "check_runs": 9,
+        "check_errors": 0,
+        "findings": 5,
+        "incidents": 5,
+    }
     stale = {p["action"]: p for p in fortnight["procedures"]}["dead_letter_stale_jobs"]
     assert (stale["finding"], stale["fired"], stale["succeeded"], stale["verified"]) == (
-        "redis_job_queue_stale", 1, 1, 1,
-    )  # fmt: skip
+        "redis_job_queue_stale",
+        1,
+        1,
+        1,
+    )
     assert stale["procedure"] == "000 Redis Queue Management, 004 Worker Queue Backlog"
     assert 0 <= stale["median_fix_seconds"] < 60
 
@@ -119,8 +150,7 @@ def test_report_counts_fires_fixes_suppressions_and_median(
     human = capsys.readouterr().out
     assert "checks: 7 runs (0 errors); findings: 4 in 4 incidents" in human
     row = next(line for line in human.splitlines() if "dedupe_job_queue" in line)
-    assert row.split()[-9:] == ["dedupe_job_queue", "4", "3", "0", "1", "(cooldown", "1)", "3",
-                                "20.0s"]  # fmt: skip
+    assert " ".join(row.split()[-9:]) == "dedupe_job_queue 4 3 0 1 (cooldown 1) 3 20.0s"
 
 
 def test_calls_without_a_finding_and_rejected_calls(
@@ -131,8 +161,9 @@ def test_calls_without_a_finding_and_rejected_calls(
     runner = in_process(s)
     assert runner.run_action("dedupe_job_queue", {"bogus": 1}).outcome == "rejected"
     assert runner.run_action("notify", {"text": "hi", "incident": "rep-1"}).outcome in (
-        "succeeded", "failed",
-    )  # fmt: skip
+        "succeeded",
+        "failed",
+    )
     code, text = run_report(capsys, "--since", "30m")
     assert code == 0
     rows = {p["action"]: p for p in json.loads(text)["procedures"]}
@@ -163,9 +194,13 @@ def test_bad_since_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30m", timedelta(minutes=30)), ("12h", timedelta(hours=12)), ("7d", timedelta(days=7)),
-     ("2w", timedelta(weeks=2))],
-)  # fmt: skip
+    [
+        ("30m", timedelta(minutes=30)),
+        ("12h", timedelta(hours=12)),
+        ("7d", timedelta(days=7)),
+        ("2w", timedelta(weeks=2)),
+    ],
+)
 def test_windows(text: str, expected: timedelta) -> None:
     """The four documented forms."""
     assert report.parse_window(text) == expected

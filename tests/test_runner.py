@@ -139,8 +139,9 @@ def test_hysteresis_needs_k_consecutive_runs_and_resets(settings_env: Any, targe
     assert [o.findings[0].evidence["consecutive_runs"] for o in again] == ["1/3", "2/3"]
     stored = runner.store.query(
         "SELECT evidence->>'consecutive_runs' AS seen, incident_id FROM findings"
-        " WHERE check_run_id = %s", (again[1].check_run_id,)
-    )  # fmt: skip
+        " WHERE check_run_id = %s",
+        (again[1].check_run_id,),
+    )
     assert stored == [{"seen": "2/3", "incident_id": None}]
 
 

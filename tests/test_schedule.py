@@ -20,8 +20,11 @@ def test_shipped_schedule_is_valid_and_covers_the_cadences() -> None:
     """The schedule has a frequent sweep and daily, weekly and monthly crontab entries."""
     entries = load_schedule("beat_schedule")
     crons = [e["schedule"] for e in entries.values() if isinstance(e["schedule"], crontab)]
-    assert any(e["schedule"].run_every.total_seconds() <= 60 for e in entries.values()
-               if not isinstance(e["schedule"], crontab))  # fmt: skip
+    assert any(
+        e["schedule"].run_every.total_seconds() <= 60
+        for e in entries.values()
+        if not isinstance(e["schedule"], crontab)
+    )
     assert any(c._orig_day_of_week == "0" for c in crons)  # weekly
     assert any(c._orig_day_of_month == "1" for c in crons)  # monthly
     assert any(c._orig_day_of_week == "*" and c._orig_day_of_month == "*" for c in crons)  # daily
@@ -35,11 +38,14 @@ def test_shipped_schedule_is_valid_and_covers_the_cadences() -> None:
         ({"task": "remediation.check.redis_job_queue", "schedule": "61 * * * *"}, "bad schedule"),
         ({"task": "remediation.check.redis_job_queue", "schedule": "* * *"}, "5 fields"),
         ({"task": "remediation.check.redis_job_queue", "schedule": 0}, "at least 1 second"),
-        ({"task": "remediation.check.redis_job_queue", "schedule": 60, "kwargs": {"x": 1}}, "bad kwargs"),
+        (
+            {"task": "remediation.check.redis_job_queue", "schedule": 60, "kwargs": {"x": 1}},
+            "bad kwargs",
+        ),
         ({"task": "remediation.check.redis_job_queue"}, "needs 'task' and 'schedule'"),
         ({"task": "remediation.check.redis_job_queue", "schedule": 60, "args": []}, "unknown keys"),
     ],
-)  # fmt: skip
+)
 def test_bad_entries_are_errors_naming_the_entry(entry: dict[str, object], message: str) -> None:
     """Unknown tasks, bad crontabs, bad kwargs and malformed entries are ScheduleErrors."""
     with pytest.raises(ScheduleError, match=f"'bad-entry'.*{message}"):
@@ -59,7 +65,11 @@ def test_beat_refuses_to_start_with_a_bad_schedule(tmp_path: Path) -> None:
     )
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "'typo'" in proc.stderr and "unknown task" in proc.stderr

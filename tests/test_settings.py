@@ -62,17 +62,29 @@ def test_nested_and_mapping_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     ("name", "value", "named"),
     [
         ("REMEDIATION_BREAKER__MINIMUM_CALLS", "zero", "REMEDIATION_BREAKER__MINIMUM_CALLS"),
-        ("REMEDIATION_BREAKER__FAILURE_RATE_THRESHOLD", "1.5", "REMEDIATION_BREAKER__FAILURE_RATE_THRESHOLD"),
+        (
+            "REMEDIATION_BREAKER__FAILURE_RATE_THRESHOLD",
+            "1.5",
+            "REMEDIATION_BREAKER__FAILURE_RATE_THRESHOLD",
+        ),
         ("REMEDIATION_AUDIT_DSN", "mysql://x", "REMEDIATION_AUDIT_DSN"),
         ("REMEDIATION_BROKER_URL", "http://x", "REMEDIATION_BROKER_URL"),
         ("REMEDIATION_LOG_LEVEL", "LOUD", "REMEDIATION_LOG_LEVEL"),
         ("REMEDIATION_BROKR_URL", "redis://x", "REMEDIATION_BROKR_URL"),
         ("REMEDIATION_GUARDS__NOPE", "1", "REMEDIATION_GUARDS__NOPE"),
         ("REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO", "0.5", "connections bands must rise"),
-        ("REMEDIATION_POSTGRES__POOL_SIZE", "10", "pool_size and pool_application_name go together"),
-        ("REMEDIATION_POSTGRES__DATA_QUALITY", '[{"name": "x"}]', "REMEDIATION_POSTGRES__DATA_QUALITY__0__SQL"),
+        (
+            "REMEDIATION_POSTGRES__POOL_SIZE",
+            "10",
+            "pool_size and pool_application_name go together",
+        ),
+        (
+            "REMEDIATION_POSTGRES__DATA_QUALITY",
+            '[{"name": "x"}]',
+            "REMEDIATION_POSTGRES__DATA_QUALITY__0__SQL",
+        ),
     ],
-)  # fmt: skip
+)
 def test_invalid_values_name_the_variable(
     monkeypatch: pytest.MonkeyPatch, name: str, value: str, named: str
 ) -> None:
@@ -95,8 +107,12 @@ def test_worker_refuses_to_start_on_bad_config(tmp_path: Path) -> None:
     env["REMEDIATION_BREAKER__MINIMUM_CALLS"] = "-1"
     proc = subprocess.run(
         [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "worker"],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "REMEDIATION_BREAKER__MINIMUM_CALLS" in proc.stderr
 

@@ -136,8 +136,10 @@ def test_good_dump_with_hostile_names_is_dumped_counted_and_verified(
     dump = made(backup_database(ctx, BackupDatabaseParams(target="app")))
     manifest = manifest_of(dump)
     assert {(t["name"], t["rows"]) for t in manifest["tables"]} == {
-        (HOSTILE[0], 300), (HOSTILE[1], 200), ("y", 10)
-    }  # fmt: skip
+        (HOSTILE[0], 300),
+        (HOSTILE[1], 200),
+        ("y", 10),
+    }
     assert (
         manifest["sha256"] == backups.sha256_file(dump) and manifest["size"] == dump.stat().st_size
     )
@@ -502,10 +504,12 @@ def test_backup_files_archives_without_following_symlinks(
         (old / f"files-20200101T000000Z.tar.gz{suffix}").write_text("old")
     (old / "files-notes.txt").write_text("not ours")
     ctx = ctx_for(
-        settings_env, target_db, tmp_path,
+        settings_env,
+        target_db,
+        tmp_path,
         REMEDIATION_BACKUP__FILE_PATHS=json.dumps([str(app), str(tmp_path / "gone")]),
         REMEDIATION_BACKUP__KEEP_FILE_ARCHIVES="1",
-    )  # fmt: skip
+    )
     result = backup_files(ctx, BackupFilesParams())
     db.close()
     assert result.ok, result.summary
@@ -562,7 +566,7 @@ def test_backup_files_refuses_when_there_is_nothing_to_archive(
         {"target": "app", "file": "app-20261124T030000Z.dump.json"},
         {"target": "app", "jobs": 0},
         {"target": "app", "bogus": 1},
-    ],  # fmt: skip
+    ],
 )
 def test_invalid_verify_params_are_rejected(kwargs: dict[str, Any]) -> None:
     """Another target's dump, a path, a manifest, zero jobs and unknown keys fail validation."""

@@ -49,14 +49,18 @@ def patterns(*values: str) -> str:
 
 def test_deletes_exactly_the_matching_keys_of_100k(settings_env: Any, r: redis.Redis) -> None:
     """Of 50,000 cache:* and 50,000 keep:* keys, all cache keys go and every keep key stays."""
-    s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"),
-                     REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="100000")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"),
+        REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="100000",
+    )
     fill(r, "cache", 50_000)
     fill(r, "keep", 50_000)
     result = flush(s)
     assert (result.ok, result.detail["deleted"], result.detail["capped"]) == (
-        True, {"cache:*": 50_000}, False,
-    )  # fmt: skip
+        True,
+        {"cache:*": 50_000},
+        False,
+    )
     assert count(r, "cache:*") == 0
     assert r.dbsize() == 50_000 == count(r, "keep:*")
     r.unlink(*r.scan_iter(match="keep:*", count=10_000))  # the r fixture deletes one by one
@@ -64,14 +68,18 @@ def test_deletes_exactly_the_matching_keys_of_100k(settings_env: Any, r: redis.R
 
 def test_cap_leaves_the_rest_for_the_next_run(settings_env: Any, r: redis.Redis) -> None:
     """A run deletes at most FLUSH_MAX_KEYS_PER_RUN keys and reports how many are left."""
-    s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"),
-                     REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="300",
-                     REMEDIATION_CACHE__FLUSH_BATCH="100")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"),
+        REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="300",
+        REMEDIATION_CACHE__FLUSH_BATCH="100",
+    )
     fill(r, "cache", 1000)
     result = flush(s)
     assert {k: result.detail[k] for k in ("deleted", "capped", "left")} == {
-        "deleted": {"cache:*": 300}, "capped": True, "left": 700,
-    }  # fmt: skip
+        "deleted": {"cache:*": 300},
+        "capped": True,
+        "left": 700,
+    }
     assert count(r, "cache:*") == 700
     assert flush(s).detail["deleted"] == {"cache:*": 300}
     assert count(r, "cache:*") == 400

@@ -54,8 +54,12 @@ def pool_target(worker: str | None) -> str:
 def scaler(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
     """One worker, concurrency 1, consuming 'celery' only (not 'backlog'), on broker db 13."""
     redis_server.empty(SCALER_DB)
-    env = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(SCALER_DB),
-                      REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB))  # fmt: skip
+    env = process_env(
+        redis_server,
+        audit_db,
+        REMEDIATION_BROKER_URL=redis_server.url(SCALER_DB),
+        REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB),
+    )
     worker = WorkerProcess(env, "scaler", concurrency=1, extra_args=["-Q", "celery"])
     try:
         yield worker.start()
@@ -69,8 +73,9 @@ def sleeper(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, audit_db: str
 ) -> Iterator[WorkerProcess]:
     """A worker, concurrency 2, that runs the test.sleep_for task, on broker db 14."""
-    worker = sleeping_worker(tmp_path_factory.mktemp("tasks"), redis_server, audit_db,
-                             "sleeper", SLEEPER_DB)  # fmt: skip
+    worker = sleeping_worker(
+        tmp_path_factory.mktemp("tasks"), redis_server, audit_db, "sleeper", SLEEPER_DB
+    )
     try:
         yield worker.start()
     finally:
@@ -98,9 +103,11 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     stats) and fails at max; once a consumer drains them the pool is oversized, a scale-down
     inside the window is refused, after it the pool shrinks 2 -> 1, and at min stays."""
     name = node("scaler")
-    env = {"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SCALER_DB),
-           "REMEDIATION_WORKERS__QUEUES": '["celery", "backlog"]',
-           "REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS": str(WINDOW)}  # fmt: skip
+    env = {
+        "REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SCALER_DB),
+        "REMEDIATION_WORKERS__QUEUES": '["celery", "backlog"]',
+        "REMEDIATION_WORKERS__SCALE_DOWN_STABILIZATION_SECONDS": str(WINDOW),
+    }
     s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=pool_target(None), **env)
     app = monitor_app(s)
     # unnamed, a target resizes every worker consuming its queues: here the scaler only
@@ -109,8 +116,9 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
     s = settings_env(REMEDIATION_WORKERS__SCALE_TARGETS=pool_target(name), **env)
     assert pool_sizes(app, [name]) == {name: 1}
     for i in range(60):
-        app.send_task("celery.accumulate", args=[i], queue="backlog",
-                      priority=9 if i % 4 == 0 else None)  # fmt: skip
+        app.send_task(
+            "celery.accumulate", args=[i], queue="backlog", priority=9 if i % 4 == 0 else None
+        )
 
     found = kinds(s)
     backlog = found["celery_queue_backlog"]
@@ -123,8 +131,12 @@ def test_scale_up_on_backlog_then_down_after_the_window_within_bounds(
 
     up = scale(s, "up")
     assert (up.ok, up.changed) == (True, True), up.summary
-    assert up.detail["workers"][name] == {"before": 1, "wanted": 2, "after": 2,
-                                          "reply": "pool will grow"}  # fmt: skip
+    assert up.detail["workers"][name] == {
+        "before": 1,
+        "wanted": 2,
+        "after": 2,
+        "reply": "pool will grow",
+    }
     scaled_up_at = time.time()
     assert pool_sizes(app, [name]) == {name: 2}
     at_max = scale(s, "up")
@@ -236,10 +248,12 @@ def test_revoke_is_opt_in_and_revokes_the_oldest_stuck_task_first(
     """With REVOKE_STUCK unset the call is refused and the variable is named; opted in with
     MAX_REVOKES_PER_RUN=1, only the older of two stuck tasks is terminated, confirmed gone
     from the worker's active list while the other runs on; no argument leaks."""
-    env = {"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SLEEPER_DB),
-           "REMEDIATION_WORKERS__EXPECTED_SECONDS": '{"test.sleep_for": 0.1}',
-           "REMEDIATION_WORKERS__STUCK_FACTOR": "1",
-           "REMEDIATION_WORKERS__MAX_REVOKES_PER_RUN": "1"}  # fmt: skip
+    env = {
+        "REMEDIATION_WORKERS__BROKER_URL": redis_server.url(SLEEPER_DB),
+        "REMEDIATION_WORKERS__EXPECTED_SECONDS": '{"test.sleep_for": 0.1}',
+        "REMEDIATION_WORKERS__STUCK_FACTOR": "1",
+        "REMEDIATION_WORKERS__MAX_REVOKES_PER_RUN": "1",
+    }
     s = settings_env(**env)
     app = monitor_app(s)
     old = app.send_task("test.sleep_for", args=[20], kwargs={"password": SECRET})

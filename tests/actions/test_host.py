@@ -36,8 +36,10 @@ def make(path: Path, size: int = 100, mtime: float = OLD) -> Path:
 
 
 def settings(settings_env: Any, *dirs: Path, **env: str) -> Any:
-    return settings_env(REMEDIATION_HOST__CLEANUP_DIRS=json.dumps([str(d) for d in dirs]),
-                        **{f"REMEDIATION_HOST__{k.upper()}": v for k, v in env.items()})  # fmt: skip
+    return settings_env(
+        REMEDIATION_HOST__CLEANUP_DIRS=json.dumps([str(d) for d in dirs]),
+        **{f"REMEDIATION_HOST__{k.upper()}": v for k, v in env.items()},
+    )
 
 
 def clean(s: Any, **params: Any) -> ActionResult:

@@ -43,8 +43,13 @@ def test_dedupe_keeps_first_occurrence_and_order(settings_env: Any, r: redis.Red
     assert findings[0].observed == 6
     result = dedupe_job_queue(ActionContext(s, get_logger()), JobQueueActionParams())
     assert result.detail["removed"] == 6
-    assert jobs(r) == [{"id": 0, "n": 0}, {"id": 1, "n": 0}, {"id": 2, "n": 0},
-                       {"id": 3, "n": 0}, {"other": 1}]  # fmt: skip
+    assert jobs(r) == [
+        {"id": 0, "n": 0},
+        {"id": 1, "n": 0},
+        {"id": 2, "n": 0},
+        {"id": 3, "n": 0},
+        {"other": 1},
+    ]
 
 
 def test_dedupe_by_id_field_and_cap(settings_env: Any, r: redis.Redis) -> None:
@@ -63,8 +68,12 @@ def test_stale_jobs_move_to_dead_letter_with_reason(settings_env: Any, r: redis.
     """Jobs older than the bound move with a reason; fresh and undated jobs stay; no delete."""
     s = settings_env(REMEDIATION_JOB_QUEUE__MAX_AGE_SECONDS="60")
     now = time.time()
-    r.rpush("job_queue", json.dumps({"id": 1, "enqueued_at": now - 3600}),
-            json.dumps({"id": 2, "enqueued_at": now}), json.dumps({"id": 3}))  # fmt: skip
+    r.rpush(
+        "job_queue",
+        json.dumps({"id": 1, "enqueued_at": now - 3600}),
+        json.dumps({"id": 2, "enqueued_at": now}),
+        json.dumps({"id": 3}),
+    )
     findings = redis_job_queue(CheckContext(s, get_logger()), JobQueueParams())
     assert [(f.kind, f.observed) for f in findings] == [("redis_job_queue_stale", 1)]
     result = dead_letter_stale_jobs(ActionContext(s, get_logger()), JobQueueActionParams())

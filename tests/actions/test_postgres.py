@@ -192,7 +192,7 @@ def test_a_call_naming_no_existing_table_is_refused_for_free(
         {"tables": [{"name": ""}]},
         {"tables": ["t"], "x": 1},
         {"tables": ["t"], "target": "../etc"},
-    ],  # fmt: skip
+    ],
 )
 def test_invalid_params_are_rejected(kwargs: dict[str, Any]) -> None:
     """Missing, empty, wrong-typed and unknown kwargs fail validation."""

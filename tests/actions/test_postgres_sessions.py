@@ -62,7 +62,9 @@ def terminate(settings: Any) -> ActionResult:
 
 
 def cancel(settings: Any) -> ActionResult:
-    return cancel_long_queries(ActionContext(settings, get_logger()), CancelLongQueriesParams(target="app"))  # fmt: skip
+    return cancel_long_queries(
+        ActionContext(settings, get_logger()), CancelLongQueriesParams(target="app")
+    )
 
 
 def state(dsn: str, conn: psycopg.Connection[Any]) -> str | None:
@@ -99,8 +101,11 @@ def test_only_allow_listed_role_is_terminated(
 ) -> None:
     """The allow-listed role's idle transaction is ended; the other role's and the worker's stay."""
     app_role, batch_role = roles
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
-                     REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES=json.dumps([app_role]))  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        **FAST,
+        REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES=json.dumps([app_role]),
+    )
     with contextlib.ExitStack() as stack:
         own = stack.enter_context(session(target_db, user=app_role, app="remediation-audit"))
         allowed = stack.enter_context(session(target_db, user=app_role, app="shop"))
@@ -109,9 +114,9 @@ def test_only_allow_listed_role_is_terminated(
         wait_for_sessions(target_db, IDLE, pids)
         result = terminate(s)
         assert (result.ok, result.changed) == (True, True)
-        assert [(t["pid"], t["usename"], t["application_name"]) for t in result.detail["terminated"]] == [
-            (allowed.info.backend_pid, app_role, "shop")
-        ]  # fmt: skip
+        assert [
+            (t["pid"], t["usename"], t["application_name"]) for t in result.detail["terminated"]
+        ] == [(allowed.info.backend_pid, app_role, "shop")]
         assert (result.detail["skipped_not_allowed"], result.detail["skipped_over_cap"]) == (1, 0)
         assert result.detail["terminated"][0]["age_s"] >= 1
         assert [state(target_db, c) for c in (allowed, other, own)] == [None, IDLE_TX, IDLE_TX]
@@ -123,9 +128,12 @@ def test_only_allow_listed_role_is_terminated(
 
 def test_cap_per_run_takes_the_oldest_first(settings_env: Any, target_db: str) -> None:
     """With a cap of 2, the two oldest allow-listed sessions go; the third waits for the next run."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
-                     REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["shop"]',
-                     REMEDIATION_POSTGRES__MAX_SESSIONS_PER_RUN="2")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        **FAST,
+        REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["shop"]',
+        REMEDIATION_POSTGRES__MAX_SESSIONS_PER_RUN="2",
+    )
     with contextlib.ExitStack() as stack:
         conns = []
         for _ in range(3):
@@ -175,8 +183,11 @@ def test_empty_allow_lists_refuse_before_any_guard(
 def test_cancel_long_queries_is_opt_in(settings_env: Any, target_db: str, r: redis.Redis) -> None:
     """Off by default a call is refused (quietly, before any guard) and cancels nothing;
     opted in it resolves the target as configured and cancels only the allow-listed query."""
-    env = {"REMEDIATION_POSTGRES_TARGETS__APP": target_db, **FAST,
-           "REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS": '["batch-job"]'}  # fmt: skip
+    env = {
+        "REMEDIATION_POSTGRES_TARGETS__APP": target_db,
+        **FAST,
+        "REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS": '["batch-job"]',
+    }
     s = settings_env(**env)
     sent = Recorder()
     with running(target_db, "batch-job") as job, running(target_db, "report") as report:
@@ -194,7 +205,9 @@ def test_cancel_long_queries_is_opt_in(settings_env: Any, target_db: str, r: red
         )
         assert resolved.params.target == "app"
         result = cancel_long_queries(ActionContext(s, get_logger()), resolved.params)
-        assert [(c["pid"], c["application_name"]) for c in result.detail["cancelled"]] == [(job["pid"], "batch-job")]  # fmt: skip
+        assert [(c["pid"], c["application_name"]) for c in result.detail["cancelled"]] == [
+            (job["pid"], "batch-job")
+        ]
         assert result.detail["skipped_not_allowed"] == 1
         job["thread"].join(5)
         assert isinstance(job["error"], psycopg.errors.QueryCanceled)
@@ -228,9 +241,12 @@ def test_resolve_refuses_unknown_targets_and_empty_allow_lists_when_opted_in(
 
 def test_worker_sessions_are_never_cancelled(settings_env: Any, target_db: str) -> None:
     """A long query tagged remediation* is not a candidate even when its application is allowed."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db, **FAST,
-                     REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["remediation"]',
-                     REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        **FAST,
+        REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS='["remediation"]',
+        REMEDIATION_POSTGRES__CANCEL_LONG_QUERIES="true",
+    )
     with running(target_db, "remediation") as own:
         wait_for(lambda: active_for(target_db, own["pid"]) > 1.2, 10, 0.1, "own query > 1.2 s")
         result = cancel(s)

@@ -47,8 +47,9 @@ def test_rotation_quarantines_failing_proxies_and_republishes(
     banned = proxy("banned", auth=("scraper", "s3cret-pw")).url()
     gone = proxy("gone")
     gone.stop()
-    s = pool_settings(settings_env, [ok1, ok2, banned, gone.url()], origin,
-                      REMEDIATION_PROXIES__MIN_ACTIVE="2")  # fmt: skip
+    s = pool_settings(
+        settings_env, [ok1, ok2, banned, gone.url()], origin, REMEDIATION_PROXIES__MIN_ACTIVE="2"
+    )
     run_check(s)
     result = rotate(s)
     assert result.ok and result.changed
@@ -68,9 +69,13 @@ def test_quarantine_backoff_doubles_up_to_the_cap(
     """A proxy still banned at each re-test is parked 60, 120, 200 (cap), 200 seconds."""
     origin.behaviour["banned"] = Behaviour(status=403)
     banned = proxy("banned").url()
-    s = pool_settings(settings_env, [banned, proxy("ok1").url(), proxy("ok2").url()], origin,
-                      REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="60",
-                      REMEDIATION_PROXIES__QUARANTINE_MAX_SECONDS="200")  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        [banned, proxy("ok1").url(), proxy("ok2").url()],
+        origin,
+        REMEDIATION_PROXIES__QUARANTINE_BASE_SECONDS="60",
+        REMEDIATION_PROXIES__QUARANTINE_MAX_SECONDS="200",
+    )
     seen = []
     for _ in range(4):
         assert "proxy_banned" in kinds(run_check(s))
@@ -78,8 +83,12 @@ def test_quarantine_backoff_doubles_up_to_the_cap(
         seen.append(backoff(r, banned))
         assert banned not in published(r)
         expire_quarantine(r, banned)
-    assert seen == [("quarantined", 1, 60), ("quarantined", 2, 120),
-                    ("quarantined", 3, 200), ("quarantined", 4, 200)]  # fmt: skip
+    assert seen == [
+        ("quarantined", 1, 60),
+        ("quarantined", 2, 120),
+        ("quarantined", 3, 200),
+        ("quarantined", 4, 200),
+    ]
     assert origin.counts["banned"] == 4
 
 
@@ -111,8 +120,9 @@ def test_min_active_is_never_violated_and_the_action_escalates(
     ok, banned = proxy("ok").url(), proxy("banned").url()
     gone = proxy("gone")
     gone.stop()
-    s = pool_settings(settings_env, [ok, banned, gone.url()], origin,
-                      REMEDIATION_PROXIES__MIN_ACTIVE="2")  # fmt: skip
+    s = pool_settings(
+        settings_env, [ok, banned, gone.url()], origin, REMEDIATION_PROXIES__MIN_ACTIVE="2"
+    )
     found = kinds(run_check(s))
     assert found["proxy_pool_low"].observed == 1
     result = rotate(s)
@@ -135,9 +145,13 @@ def test_consecutive_failures_mark_a_proxy_dead(
     """After dead_after_failures failed tests in a row a proxy is dead, parked for the maximum."""
     gone = proxy("gone")
     gone.stop()
-    s = pool_settings(settings_env, [gone.url(), proxy("ok").url()], origin,
-                      REMEDIATION_PROXIES__DEAD_AFTER_FAILURES="2",
-                      REMEDIATION_PROXIES__QUARANTINE_MAX_SECONDS="900")  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        [gone.url(), proxy("ok").url()],
+        origin,
+        REMEDIATION_PROXIES__DEAD_AFTER_FAILURES="2",
+        REMEDIATION_PROXIES__QUARANTINE_MAX_SECONDS="900",
+    )
     run_check(s)
     rotate(s)
     assert backoff(r, gone.url()) == ("quarantined", 1, 60)

@@ -77,8 +77,10 @@ def test_throttle_multiplies_once_and_restores_after_expiry(
     assert r.hget(INTERVALS, "shopify") == b"600"
     again = throttle_sync(act(s), ThrottleSyncParams(integration="shopify"))
     assert (again.changed, again.detail["status"], r.hget(INTERVALS, "shopify")) == (
-        False, "extended", b"600",
-    )  # fmt: skip
+        False,
+        "extended",
+        b"600",
+    )
     early = restore_sync(act(s), RestoreSyncParams(integration="shopify"))
     assert (early.changed, early.detail["status"]) == (False, "not_due")
     check = CheckContext(s, get_logger())
@@ -267,10 +269,13 @@ def test_resume_only_the_configured_or_a_paused_queue(settings_env: Any, r: redi
 @pytest.fixture(scope="module")
 def lowprio_worker(redis_server: RedisServer, audit_db: str) -> Iterator[WorkerProcess]:
     """One worker process consuming both queues, on a broker database of its own."""
-    env = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(5),
-                      REMEDIATION_RESULT_BACKEND=redis_server.url(6))  # fmt: skip
-    worker = WorkerProcess(env, "lowprio", concurrency=1,
-                           extra_args=["-Q", "celery,low_priority"])  # fmt: skip
+    env = process_env(
+        redis_server,
+        audit_db,
+        REMEDIATION_BROKER_URL=redis_server.url(5),
+        REMEDIATION_RESULT_BACKEND=redis_server.url(6),
+    )
+    worker = WorkerProcess(env, "lowprio", concurrency=1, extra_args=["-Q", "celery,low_priority"])
     try:
         yield worker.start()
     finally:
@@ -285,8 +290,9 @@ def queues_of(app: Any, worker: str | None = None) -> dict[str, list[str]]:
 
 
 def send(app: Any, queue: str) -> Any:
-    return app.send_task("remediation.check.redis_job_queue", kwargs={"target": "self"},
-                         queue=queue)  # fmt: skip
+    return app.send_task(
+        "remediation.check.redis_job_queue", kwargs={"target": "self"}, queue=queue
+    )
 
 
 def test_pause_stops_low_priority_and_resume_brings_it_back(
@@ -295,8 +301,9 @@ def test_pause_stops_low_priority_and_resume_brings_it_back(
     """After pause a low_priority task waits in its queue while a celery task runs; a consumer
     that reappears is reported and paused again; the check reports the pause once due; after
     resume the waiting task runs. active_queues agrees at every step."""
-    s = settings_env(REMEDIATION_BROKER_URL=redis_server.url(5),
-                     REMEDIATION_RESULT_BACKEND=redis_server.url(6))  # fmt: skip
+    s = settings_env(
+        REMEDIATION_BROKER_URL=redis_server.url(5), REMEDIATION_RESULT_BACKEND=redis_server.url(6)
+    )
     get_app.cache_clear()
     app = get_app()
     broker = redis.Redis.from_url(redis_server.url(5))

@@ -76,9 +76,20 @@ def test_replay_keeps_ids_times_order_and_redaction(
     (a,) = rows(db, "SELECT * FROM action_runs WHERE id = %s", ids["action"])
     (o,) = rows(db, "SELECT * FROM observations ORDER BY id DESC LIMIT 1")
     assert (f["check_run_id"], d["finding_id"], a["decision_id"]) == (run["id"], f["id"], d["id"])
-    assert (run["status"], a["verification"], a["verify_check_run_id"]) == ("ok", "recovered", run["id"])  # fmt: skip
-    for at in (run["started_at"], run["finished_at"], f["seen_at"], d["decided_at"],
-               a["started_at"], a["verified_at"], o["observed_at"]):  # fmt: skip
+    assert (run["status"], a["verification"], a["verify_check_run_id"]) == (
+        "ok",
+        "recovered",
+        run["id"],
+    )
+    for at in (
+        run["started_at"],
+        run["finished_at"],
+        f["seen_at"],
+        d["decided_at"],
+        a["started_at"],
+        a["verified_at"],
+        o["observed_at"],
+    ):
         assert before <= at <= after  # when it happened, not when it was replayed
     (drun,) = rows(db, "SELECT * FROM check_runs WHERE id = %s", direct["run"])
     (da,) = rows(db, "SELECT * FROM action_runs WHERE id = %s", direct["action"])
@@ -122,12 +133,19 @@ def test_replaying_the_same_files_twice_writes_each_row_once(
 
 def _python(code: str, *args: str) -> subprocess.Popen[bytes]:
     env = {**clean_environ(), "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
 
-REPLAY = "import sys; from remediation.audit.store import AuditStore as S; " \
-         "print(S(sys.argv[1], spool_dir=sys.argv[2]).replay_spool())"  # fmt: skip
+REPLAY = (
+    "import sys; from remediation.audit.store import AuditStore as S; "
+    "print(S(sys.argv[1], spool_dir=sys.argv[2]).replay_spool())"
+)
 
 
 def test_replayer_killed_mid_round_loses_and_duplicates_nothing(
@@ -143,10 +161,16 @@ def test_replayer_killed_mid_round_loses_and_duplicates_nothing(
         blocker.execute("LOCK TABLE findings IN ACCESS EXCLUSIVE MODE")
         proc = _python(REPLAY, db, str(spool_dir))
         try:
-            wait_for(lambda: rows(db, "SELECT count(*) AS n FROM pg_stat_activity WHERE"
-                                      " application_name = 'remediation-audit'"
-                                      " AND wait_event_type = 'Lock'")[0]["n"] == 1,
-                     30, 0.05, "replay blocked at the first finding")  # fmt: skip
+            waiting = (
+                "SELECT count(*) AS n FROM pg_stat_activity WHERE"
+                " application_name = 'remediation-audit' AND wait_event_type = 'Lock'"
+            )
+            wait_for(
+                lambda: rows(db, waiting)[0]["n"] == 1,
+                30,
+                0.05,
+                "replay blocked at the first finding",
+            )
             assert rows(db, "SELECT count(*) AS n FROM check_runs")[0]["n"] == 1
         finally:
             proc.send_signal(signal.SIGKILL)
@@ -200,8 +224,14 @@ def test_parent_spooled_on_another_host_is_waited_for(
     with outage(cluster):
         run = host_a.start_check_run("c", "app", {}, "detect", "t-a")
         fid = host_a.add_finding(run, finding(), "inc")
-        did = host_b.add_decision(action="notify", target="app", resource="r",
-                                  decision="admitted", finding_id=fid, task_id="t-b")  # fmt: skip
+        did = host_b.add_decision(
+            action="notify",
+            target="app",
+            resource="r",
+            decision="admitted",
+            finding_id=fid,
+            task_id="t-b",
+        )
     assert host_b.replay_spool() == 0 and len(spooled(tmp_path / "b")) == 1
     assert host_a.replay_spool() == 2
     assert host_b.replay_spool() == 1
@@ -215,8 +245,11 @@ def test_hostile_content_round_trips_unchanged(db: str, cluster: Cluster, spool_
     evil = "it's \"quoted\"\n\r\t\\ '); DROP TABLE findings; -- \u2028\u2029 ünï 🚀 $1 %s %(x)s"
     # words, not one 3 MB token: redact_text's URL pattern is quadratic on long letter runs
     big = "ab cd ef " * 350_000
-    evidence: dict[str, Any] = {"q": evil, "big": big,
-                                "nested": [{"a": [1, 2.5, None, True, evil]}]}  # fmt: skip
+    evidence: dict[str, Any] = {
+        "q": evil,
+        "big": big,
+        "nested": [{"a": [1, 2.5, None, True, evil]}],
+    }
     f = finding(summary=evil, evidence=evidence)
     store = AuditStore(db, spool_dir=spool_dir)
     direct = write_trail(store, "t-direct", f)
@@ -225,8 +258,10 @@ def test_hostile_content_round_trips_unchanged(db: str, cluster: Cluster, spool_
     (path,) = spooled(spool_dir)
     assert len(path.read_bytes().splitlines()) == 7
     assert store.replay_spool() == 7
-    replayed, written = (rows(db, "SELECT summary, evidence FROM findings WHERE id = %s",
-                              ids["finding"])[0] for ids in (down, direct))  # fmt: skip
+    replayed, written = (
+        rows(db, "SELECT summary, evidence FROM findings WHERE id = %s", ids["finding"])[0]
+        for ids in (down, direct)
+    )
     assert replayed == written and replayed["summary"] == evil
     assert replayed["evidence"]["_truncated"] and replayed["evidence"]["bytes"] > len(big)
 

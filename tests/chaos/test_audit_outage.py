@@ -41,9 +41,12 @@ def runner_spools(settings_env: Any, tmp_path: Path) -> None:
 
 
 def test_postgres_outages_lose_and_duplicate_no_audit_row(
-    runner_spools: None, cluster: Cluster, redis_server: RedisServer,
-    webhook: WebhookReceiver, tmp_path: Path,
-) -> None:  # fmt: skip
+    runner_spools: None,
+    cluster: Cluster,
+    redis_server: RedisServer,
+    webhook: WebhookReceiver,
+    tmp_path: Path,
+) -> None:
     """scale(1, 5) crash-stops of the audit database under ~20 tasks a second: every task
     succeeds, has its rows exactly once, and nothing is left in the spool."""
     spool = tmp_path / "spool"
@@ -52,17 +55,20 @@ def test_postgres_outages_lose_and_duplicate_no_audit_row(
     with scratch_database(cluster.dsn, "rem_chaos_audit") as dsn:
         audit = as_url(dsn)
         env = process_env(
-            redis_server, audit, REMEDIATION_AUDIT__SPOOL_DIR=str(spool),
+            redis_server,
+            audit,
+            REMEDIATION_AUDIT__SPOOL_DIR=str(spool),
             REMEDIATION_BROKER_URL=redis_server.url(BROKER_DB),
             REMEDIATION_RESULT_BACKEND=redis_server.url(BACKEND_DB),
             REMEDIATION_STATE_REDIS_URL=redis_server.url(STATE_DB),
             REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
             REMEDIATION_METRICS__ENABLED="false",
             REMEDIATION_METRICS__MULTIPROC_DIR=str(tmp_path / "metrics"),
-        )  # fmt: skip
+        )
         worker = WorkerProcess(env, "audit-chaos", concurrency=2)
-        client = Celery(broker=env["REMEDIATION_BROKER_URL"],
-                        backend=env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+        client = Celery(
+            broker=env["REMEDIATION_BROKER_URL"], backend=env["REMEDIATION_RESULT_BACKEND"]
+        )
         try:
             worker.start()
             _run(cluster, client, worker, webhook, audit, spool)
@@ -74,9 +80,13 @@ def test_postgres_outages_lose_and_duplicate_no_audit_row(
 
 
 def _run(
-    cluster: Cluster, client: Celery, worker: WorkerProcess, webhook: WebhookReceiver,
-    audit: str, spool: Path,
-) -> None:  # fmt: skip
+    cluster: Cluster,
+    client: Celery,
+    worker: WorkerProcess,
+    webhook: WebhookReceiver,
+    audit: str,
+    spool: Path,
+) -> None:
     sent: list[tuple[str, AsyncResult]] = []
     stop = threading.Event()
     tag = f"chaos-{time.time_ns()}"
@@ -135,15 +145,26 @@ def _assert_exactly_once(audit: str, sent: list[tuple[str, AsyncResult]]) -> Non
     notify = [r.id for kind, r in sent if kind == "notify"]
     checks = [r.id for kind, r in sent if kind == "check"]
     per_table = {
-        "guard_decisions": notify, "action_runs": notify, "check_runs": checks,
-    }  # fmt: skip
+        "guard_decisions": notify,
+        "action_runs": notify,
+        "check_runs": checks,
+    }
     for table, ids in per_table.items():
-        found = rows(audit, f"SELECT task_id, count(*) AS n FROM {table}"
-                            " WHERE task_id = ANY(%s) GROUP BY task_id", ids)  # fmt: skip
+        found = rows(
+            audit,
+            f"SELECT task_id, count(*) AS n FROM {table} WHERE task_id = ANY(%s) GROUP BY task_id",
+            ids,
+        )
         assert {r["task_id"]: r["n"] for r in found} == dict.fromkeys(ids, 1), table
-    unfinished = rows(audit, "SELECT count(*) AS n FROM check_runs WHERE task_id = ANY(%s)"
-                             " AND status <> 'ok'", checks)  # fmt: skip
+    unfinished = rows(
+        audit,
+        "SELECT count(*) AS n FROM check_runs WHERE task_id = ANY(%s) AND status <> 'ok'",
+        checks,
+    )
     assert unfinished[0]["n"] == 0
-    outcomes = rows(audit, "SELECT outcome, count(*) AS n FROM action_runs"
-                           " WHERE task_id = ANY(%s) GROUP BY outcome", notify)  # fmt: skip
+    outcomes = rows(
+        audit,
+        "SELECT outcome, count(*) AS n FROM action_runs WHERE task_id = ANY(%s) GROUP BY outcome",
+        notify,
+    )
     assert {r["outcome"]: r["n"] for r in outcomes} == {"succeeded": len(notify)}

@@ -32,11 +32,15 @@ KEY = "chaos_slot_"
 
 
 def schedule_module(entries: int) -> str:
-    return "SCHEDULE = {\n" + "".join(
-        f"    'slot{i:02d}': {{'task': 'remediation.check.redis_job_queue', "
-        f"'schedule': {INTERVAL}, 'kwargs': {{'target': 'self', 'key': '{KEY}{i:02d}'}}}},\n"
-        for i in range(entries)
-    ) + "}\n"  # fmt: skip
+    return (
+        "SCHEDULE = {\n"
+        + "".join(
+            f"    'slot{i:02d}': {{'task': 'remediation.check.redis_job_queue', "
+            f"'schedule': {INTERVAL}, 'kwargs': {{'target': 'self', 'key': '{KEY}{i:02d}'}}}},\n"
+            for i in range(entries)
+        )
+        + "}\n"
+    )
 
 
 @dataclass
@@ -108,8 +112,12 @@ def kill_active(
     active.kill()
     beats.remove(active)
     beats.append(start())
-    new = wait_for(lambda: next((b for b in beats if b.active()), None), HANDOVER_BOUND + 15,
-                   0.1, "a standby taking the lock")  # fmt: skip
+    new = wait_for(
+        lambda: next((b for b in beats if b.active()), None),
+        HANDOVER_BOUND + 15,
+        0.1,
+        "a standby taking the lock",
+    )
     sent = wait_for(lambda: log_events(new, "Sending due task"), 10, 0.1, "its first firing")
     kill.lock_taken_after = log_events(new, "Acquired lock")[0] - kill.at
     kill.first_firing_after = sent[0] - kill.at
@@ -117,16 +125,23 @@ def kill_active(
 
 
 def test_active_beat_killed_no_slot_fired_twice_or_skipped(
-    chaos_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
-    start_beat: Callable[[dict[str, str]], BeatProcess], chaos_audit: Audit,
-    state_redis: PersistentRedisServer, tmp_path: Path,
-) -> None:  # fmt: skip
+    chaos_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    start_beat: Callable[[dict[str, str]], BeatProcess],
+    chaos_audit: Audit,
+    state_redis: PersistentRedisServer,
+    tmp_path: Path,
+) -> None:
     """Kill -9 the active beat; the standby takes over within the lock timeout and every
     entry keeps firing once per interval: no slot twice, none skipped."""
     (tmp_path / "chaos_schedule.py").write_text(schedule_module(ENTRIES))
-    env = {**chaos_env, "REMEDIATION_SCHEDULE_MODULE": "chaos_schedule",
-           "PYTHONPATH": str(tmp_path), "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
-           "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": str(LOOP)}  # fmt: skip
+    env = {
+        **chaos_env,
+        "REMEDIATION_SCHEDULE_MODULE": "chaos_schedule",
+        "PYTHONPATH": str(tmp_path),
+        "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+        "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": str(LOOP),
+    }
     start_worker(env, concurrency=4)
     lock = redis.Redis.from_url(state_redis.url(0))
     everyone: list[BeatProcess] = []
@@ -158,10 +173,12 @@ def report(firings: Firings, kills: list[Kill], ended: float, sent: int) -> None
     doubles = [(k, round(b - a, 2)) for k, a, b in firings.gaps() if b - a < DOUBLE_FIRE]
     skipped = [(k, round(b - a, 2)) for k, a, b in firings.gaps() if b - a > allowed(a, b, kills)]
     late = [k for k, ts in firings.times.items() if ts[-1] < ended - STEADY_GAP]
-    print(f"\nbeat failover: {len(firings.times)} entries x every {INTERVAL}s, {firings.total} "
-          f"slots fired ({sent} sent by the beats), {len(doubles)} fired twice, {len(skipped)} skipped, {len(kills)} kills;"
-          f" lock taken after {[round(k.lock_taken_after, 1) for k in kills]} s, first firing "
-          f"after {[round(k.first_firing_after, 1) for k in kills]} s")  # fmt: skip
+    print(
+        f"\nbeat failover: {len(firings.times)} entries x every {INTERVAL}s, {firings.total} "
+        f"slots fired ({sent} sent by the beats), {len(doubles)} fired twice, {len(skipped)} skipped, {len(kills)} kills;"
+        f" lock taken after {[round(k.lock_taken_after, 1) for k in kills]} s, first firing "
+        f"after {[round(k.first_firing_after, 1) for k in kills]} s"
+    )
     assert len(firings.times) == ENTRIES
     assert firings.statuses == {"ok"}
     assert firings.total <= sent, "the worker ran more checks than the beats sent"

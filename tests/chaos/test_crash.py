@@ -52,9 +52,10 @@ def make_tables(dsn: str, names: list[str], rows: int = 20_000) -> None:
         for name in names:
             ident = sql.Identifier("public", name)
             conn.execute(
-                sql.SQL("CREATE TABLE {} (id int, pad text) WITH (autovacuum_enabled = false)")
-                .format(ident)
-            )  # fmt: skip
+                sql.SQL(
+                    "CREATE TABLE {} (id int, pad text) WITH (autovacuum_enabled = false)"
+                ).format(ident)
+            )
             conn.execute(
                 sql.SQL("INSERT INTO {} SELECT g, 'x' FROM generate_series(1, %s) g").format(ident),
                 (rows,),
@@ -216,8 +217,10 @@ def test_kill_children_mid_action_each_effect_exactly_once(
     wait_all_succeeded(audit_db, list(task_ids.values()))
     # the in-flight kills always land; a random one lands unless the action was quicker
     assert len(killed) >= in_flight
-    print(f"kills landed mid-action: {len(killed)} ({in_flight} in flight, "
-          f"{len(killed) - in_flight} of {random_kills} at random moments)")  # fmt: skip
+    print(
+        f"kills landed mid-action: {len(killed)} ({in_flight} in flight, "
+        f"{len(killed) - in_flight} of {random_kills} at random moments)"
+    )
     assert_exactly_once(audit_db, app_db, task_ids, killed)
     assert "WorkerLostError" in worker.log()
 
@@ -232,16 +235,21 @@ def vacuum_waiting(dsn: str, table: str) -> bool:
 
 
 def test_poison_task_stops_after_bounded_retries_and_is_audited(
-    redis_server: RedisServer, r: redis.Redis, audit_db: str, app_db: str,
+    redis_server: RedisServer,
+    r: redis.Redis,
+    audit_db: str,
+    app_db: str,
     webhook: WebhookReceiver,
-) -> None:  # fmt: skip
+) -> None:
     """A task whose worker dies on every delivery: 1 + max_retries deliveries, then one
     failed audit row naming it a poison task, one notification, and its claim freed."""
     env = chaos_env(
-        redis_server, audit_db, app_db,
+        redis_server,
+        audit_db,
+        app_db,
         REMEDIATION_CELERY__MAX_RETRIES_ON_WORKER_LOST="2",
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
-    )  # fmt: skip
+    )
     make_tables(app_db, ["poison"])
     w = WorkerProcess(env, f"poison-{uuid.uuid4().hex[:6]}").start()
     try:
@@ -261,13 +269,19 @@ def test_poison_task_stops_after_bounded_retries_and_is_audited(
                 assert kill(pid)
                 deliveries += 1
                 wait_for(
-                    lambda p=pid: holder(r, "poison") != p or poison_rows(), 60, 0.01,
+                    lambda p=pid: holder(r, "poison") != p or poison_rows(),
+                    60,
+                    0.01,
                     "the next delivery or the poison row",
-                )  # fmt: skip
+                )
         except (TimeoutError, AssertionError) as exc:
             raise AssertionError(f"{exc} after {deliveries} kills\n{w.log()[-5000:]}") from None
-        wait_for(lambda: any("poison task" in json.dumps(b) for b in webhook.bodies), 30, 0.2,
-                 "the poison notice")  # fmt: skip
+        wait_for(
+            lambda: any("poison task" in json.dumps(b) for b in webhook.bodies),
+            30,
+            0.2,
+            "the poison notice",
+        )
         time.sleep(1)  # a second notice would arrive now
     finally:
         w.stop()

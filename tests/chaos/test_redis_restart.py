@@ -80,8 +80,9 @@ class Stream:
             " FROM guard_decisions WHERE task_id = ANY(%s) UNION ALL"
             " SELECT task_id, status, NULL, extract(epoch FROM started_at)"
             " FROM check_runs WHERE task_id = ANY(%s) AND status <> 'running'",
-            batch.ids, batch.ids,
-        )  # fmt: skip
+            batch.ids,
+            batch.ids,
+        )
 
     def wait(self, batch: Batch, timeout: float = AUDIT_BOUND) -> list[dict[str, object]]:
         """Every task of the batch audited; returns the rows."""
@@ -194,10 +195,13 @@ def summary(name: str, restarts: list[Restart], decisions: Counter[str]) -> str:
 
 
 def test_redis_broker_and_state_restarted_worker_carries_on(
-    chaos_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    chaos_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
     state_redis: PersistentRedisServer,
-    side_redis: RedisServer, chaos_audit: Audit, webhook: WebhookReceiver,
-) -> None:  # fmt: skip
+    side_redis: RedisServer,
+    chaos_audit: Audit,
+    webhook: WebhookReceiver,
+) -> None:
     """Broker and guard state on one Redis, killed -9 and restarted: the worker reconnects,
     keeps its guard state and audits every task sent afterwards exactly once."""
     start_worker(chaos_env)
@@ -218,14 +222,21 @@ def test_redis_broker_and_state_restarted_worker_carries_on(
 
 
 def test_state_redis_restarted_under_rabbitmq_fails_safe(
-    chaos_env: dict[str, str], start_worker: Callable[..., WorkerProcess],
+    chaos_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
     state_redis: PersistentRedisServer,
-    side_redis: RedisServer, chaos_audit: Audit, webhook: WebhookReceiver, rabbitmq_url: str,
-) -> None:  # fmt: skip
+    side_redis: RedisServer,
+    chaos_audit: Audit,
+    webhook: WebhookReceiver,
+    rabbitmq_url: str,
+) -> None:
     """Broker on RabbitMQ, only the state Redis killed: tasks keep arriving, every action
     attempted meanwhile is refused and audited 'unavailable'; normal admissions after."""
-    env = {**chaos_env, "REMEDIATION_BROKER_URL": rabbitmq_url,
-           "REMEDIATION_RESULT_BACKEND": side_redis.url(2)}  # fmt: skip
+    env = {
+        **chaos_env,
+        "REMEDIATION_BROKER_URL": rabbitmq_url,
+        "REMEDIATION_RESULT_BACKEND": side_redis.url(2),
+    }
     start_worker(env)
     stream = Stream(rabbitmq_url, chaos_audit, side_redis, webhook)
     decisions: Counter[str] = Counter()

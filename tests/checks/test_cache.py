@@ -115,8 +115,10 @@ def test_miss_ratio_needs_enough_lookups(settings_env: Any, fresh: redis.Redis) 
     lookups(fresh, hits=0, misses=20)
     found = run(s)["redis_cache_miss_high"]
     assert (found.severity.value, found.observed, found.evidence["basis"]) == (
-        "high", round(80 / 110, 4), "cumulative",
-    )  # fmt: skip
+        "high",
+        round(80 / 110, 4),
+        "cumulative",
+    )
 
 
 def test_miss_ratio_uses_deltas_with_a_store(
@@ -130,5 +132,7 @@ def test_miss_ratio_uses_deltas_with_a_store(
     lookups(fresh, hits=0, misses=200)
     assert run(s, None, target) == {}  # cumulative: 200 of 1200 missed
     found = run(s, store, target)["redis_cache_miss_high"]
-    assert (found.observed, found.evidence) == (1.0, {"hits": 0, "misses": 200,
-                                                       "basis": "since_previous_run"})  # fmt: skip
+    assert (found.observed, found.evidence) == (
+        1.0,
+        {"hits": 0, "misses": 200, "basis": "since_previous_run"},
+    )

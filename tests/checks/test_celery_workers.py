@@ -42,8 +42,9 @@ def watched(
     tmp_path_factory: pytest.TempPathFactory, redis_server: RedisServer, audit_db: str
 ) -> Iterator[WorkerProcess]:
     """The monitored cluster: one worker consuming 'celery' only, on broker db 10."""
-    worker = sleeping_worker(tmp_path_factory.mktemp("tasks"), redis_server, audit_db,
-                             "watched", BROKER_DB)  # fmt: skip
+    worker = sleeping_worker(
+        tmp_path_factory.mktemp("tasks"), redis_server, audit_db, "watched", BROKER_DB
+    )
     try:
         yield worker.start()
     finally:
@@ -56,8 +57,9 @@ def monitored(settings_env: Any, redis_server: RedisServer) -> Any:
     """settings_env with REMEDIATION_WORKERS__BROKER_URL on the watched worker's broker."""
 
     def apply(**extra: str) -> Any:
-        return settings_env(**{"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(BROKER_DB),
-                               **extra})  # fmt: skip
+        return settings_env(
+            **{"REMEDIATION_WORKERS__BROKER_URL": redis_server.url(BROKER_DB), **extra}
+        )
 
     return apply
 
@@ -80,8 +82,11 @@ def test_workers_answering_is_quiet_and_none_answering_is_critical(
     empty = monitored(REMEDIATION_WORKERS__BROKER_URL=redis_server.url(EMPTY_DB))
     (down,) = celery_workers(ctx(empty), CeleryWorkersParams())
     assert (down.kind, down.severity, down.target, down.observed) == (
-        "celery_workers_down", Severity.CRITICAL, "celery", 0,
-    )  # fmt: skip
+        "celery_workers_down",
+        Severity.CRITICAL,
+        "celery",
+        0,
+    )
     gone = monitored(REMEDIATION_WORKERS__BROKER_URL=f"redis://127.0.0.1:{free_port()}/0")
     started = time.monotonic()
     (unreachable,) = celery_workers(ctx(gone), CeleryWorkersParams())
@@ -106,8 +111,10 @@ def test_backlog_counts_priority_subqueues_and_reports_growth(
         findings = celery_queues(ctx(s, store), CeleryQueuesParams())
         (backlog,) = findings
         assert (backlog.kind, backlog.subject, backlog.severity) == (
-            "celery_queue_backlog", "reports", Severity.WARNING,
-        )  # fmt: skip
+            "celery_queue_backlog",
+            "reports",
+            Severity.WARNING,
+        )
         assert (backlog.observed, backlog.threshold) == (70, 50)
         assert backlog.evidence["by_priority"] == {"0": 40, "3": 0, "6": 0, "9": 30}
         assert backlog.evidence["reserved_all_queues"] == 0
@@ -115,8 +122,10 @@ def test_backlog_counts_priority_subqueues_and_reports_growth(
         time.sleep(1.1)
         for _ in range(30):
             app.send_task("test.nap", args=[0], queue="reports")
-        high = monitored(REMEDIATION_WORKERS__QUEUES='["celery", "reports"]',
-                         REMEDIATION_WORKERS__BACKLOG_HIGH="90")  # fmt: skip
+        high = monitored(
+            REMEDIATION_WORKERS__QUEUES='["celery", "reports"]',
+            REMEDIATION_WORKERS__BACKLOG_HIGH="90",
+        )
         findings = celery_queues(ctx(high, store), CeleryQueuesParams())
         (backlog,) = only(findings, "celery_queue_backlog")
         assert (backlog.observed, backlog.severity, backlog.threshold) == (100, "high", 90)
@@ -134,8 +143,10 @@ def test_depth_on_an_unmeasurable_broker_is_reported_as_unsupported(monitored: A
     s = monitored(REMEDIATION_WORKERS__BROKER_URL="sqs://")
     (info,) = celery_queues(ctx(s), CeleryQueuesParams())
     assert (info.kind, info.severity, info.observed) == (
-        "celery_queue_depth_unsupported", "info", "sqs",
-    )  # fmt: skip
+        "celery_queue_depth_unsupported",
+        "info",
+        "sqs",
+    )
     with pytest.raises(ValidationError, match="REMEDIATION_WORKERS__BROKER_URL"):
         CeleryQueuesParams(target="app")
 
@@ -166,8 +177,10 @@ def test_backlog_on_rabbitmq_gives_the_same_findings_as_on_redis(
         app.send_task("test.nap", args=[0], queue=queue, priority=9 if i % 7 < 3 else None)
     (backlog,) = celery_queues(ctx(s, store), CeleryQueuesParams())
     assert (backlog.kind, backlog.subject, backlog.severity) == (
-        "celery_queue_backlog", queue, Severity.WARNING,
-    )  # fmt: skip
+        "celery_queue_backlog",
+        queue,
+        Severity.WARNING,
+    )
     assert (backlog.observed, backlog.threshold) == (70, 50)
     assert backlog.evidence["by_priority"] == {"all": 70}
     assert backlog.evidence["reserved_all_queues"] is None
@@ -175,8 +188,11 @@ def test_backlog_on_rabbitmq_gives_the_same_findings_as_on_redis(
     time.sleep(1.1)
     for _ in range(30):
         app.send_task("test.nap", args=[0], queue=queue)
-    high = monitored(REMEDIATION_WORKERS__BROKER_URL=url, REMEDIATION_WORKERS__QUEUES=queues,
-                     REMEDIATION_WORKERS__BACKLOG_HIGH="90")  # fmt: skip
+    high = monitored(
+        REMEDIATION_WORKERS__BROKER_URL=url,
+        REMEDIATION_WORKERS__QUEUES=queues,
+        REMEDIATION_WORKERS__BACKLOG_HIGH="90",
+    )
     findings = celery_queues(ctx(high, store), CeleryQueuesParams())
     (backlog,) = only(findings, "celery_queue_backlog")
     assert (backlog.observed, backlog.severity, backlog.threshold) == (100, "high", 90)
@@ -192,8 +208,10 @@ def test_a_task_running_past_its_expected_time_is_stuck_without_its_arguments(
 ) -> None:
     """test.sleep_for expected in 0.2 s (factor 1) is reported with id, name, worker and
     runtime, never its password argument; test.nap (default 300 s expected) is not."""
-    s = monitored(REMEDIATION_WORKERS__EXPECTED_SECONDS='{"test.sleep_for": 0.2}',
-                  REMEDIATION_WORKERS__STUCK_FACTOR="1")  # fmt: skip
+    s = monitored(
+        REMEDIATION_WORKERS__EXPECTED_SECONDS='{"test.sleep_for": 0.2}',
+        REMEDIATION_WORKERS__STUCK_FACTOR="1",
+    )
     app = monitor_app(s)
     slow = app.send_task("test.sleep_for", args=[3], kwargs={"password": SECRET})
     nap = app.send_task("test.nap", args=[3])

@@ -59,10 +59,21 @@ def test_exited_containers_are_down_with_their_exit_code(
 def test_failing_healthcheck_is_unhealthy(settings_env: Any, project: ComposeProject) -> None:
     """A running container whose HEALTHCHECK fails is container_unhealthy (high), not down."""
     s = settings_env(REMEDIATION_CONTAINERS__PROJECT=project.name)
-    sick = project.run(SERVE, healthcheck={"test": ["CMD", "false"], "interval": 500_000_000,
-                                           "timeout": 500_000_000, "retries": 1})  # fmt: skip
-    wait_for(lambda: project.status(sick) and sick.attrs["State"]["Health"]["Status"] == "unhealthy",
-             15, 0.1, "the healthcheck to fail")  # fmt: skip
+    sick = project.run(
+        SERVE,
+        healthcheck={
+            "test": ["CMD", "false"],
+            "interval": 500_000_000,
+            "timeout": 500_000_000,
+            "retries": 1,
+        },
+    )
+    wait_for(
+        lambda: project.status(sick) and sick.attrs["State"]["Health"]["Status"] == "unhealthy",
+        15,
+        0.1,
+        "the healthcheck to fail",
+    )
     found = run_check(s)
     assert set(found) == {("container_unhealthy", sick.name)}
     assert found["container_unhealthy", sick.name].severity == Severity.HIGH

@@ -23,10 +23,12 @@ from remediation.logging import get_logger
 
 
 def disk(settings_env: Any, mount: Path, bands: tuple[float, float, float]) -> list[Finding]:
-    s = settings_env(REMEDIATION_HOST__MOUNTS=json.dumps([str(mount)]),
-                     REMEDIATION_HOST__DISK_WARNING_PERCENT=str(bands[0]),
-                     REMEDIATION_HOST__DISK_HIGH_PERCENT=str(bands[1]),
-                     REMEDIATION_HOST__DISK_CRITICAL_PERCENT=str(bands[2]))  # fmt: skip
+    s = settings_env(
+        REMEDIATION_HOST__MOUNTS=json.dumps([str(mount)]),
+        REMEDIATION_HOST__DISK_WARNING_PERCENT=str(bands[0]),
+        REMEDIATION_HOST__DISK_HIGH_PERCENT=str(bands[1]),
+        REMEDIATION_HOST__DISK_CRITICAL_PERCENT=str(bands[2]),
+    )
     return host_disk(CheckContext(s, get_logger()), HostDiskParams())
 
 
@@ -37,14 +39,21 @@ def test_disk_bands_around_real_usage(settings_env: Any, tmp_path: Path) -> None
         pytest.skip(f"file system of {tmp_path} is {used} % used")
     full = {f.kind: f for f in disk(settings_env, tmp_path, (0.001, 0.002, 0.003))}
     assert (full["host_disk_full"].severity.value, full["host_disk_full"].subject) == (
-        "critical", str(tmp_path),
-    )  # fmt: skip
+        "critical",
+        str(tmp_path),
+    )
     assert full["host_disk_full"].observed == pytest.approx(used, abs=1)
-    (warning,) = [f for f in disk(settings_env, tmp_path, (0.001, 99.998, 99.999))
-                  if f.kind == "host_disk_full"]  # fmt: skip
+    (warning,) = [
+        f
+        for f in disk(settings_env, tmp_path, (0.001, 99.998, 99.999))
+        if f.kind == "host_disk_full"
+    ]
     assert (warning.severity.value, warning.threshold) == ("warning", 0.001)
-    assert [f for f in disk(settings_env, tmp_path, (99.997, 99.998, 99.999))
-            if f.kind == "host_disk_full"] == []  # fmt: skip
+    assert [
+        f
+        for f in disk(settings_env, tmp_path, (99.997, 99.998, 99.999))
+        if f.kind == "host_disk_full"
+    ] == []
 
 
 def test_missing_mount_is_reported_not_raised(settings_env: Any, tmp_path: Path) -> None:

@@ -124,9 +124,18 @@ def iso(seconds_ago: float, suffix: str = "Z") -> str:
 def test_healthy_endpoint_has_no_findings(settings_env: Any, site: Site) -> None:
     """A 200 with status ok and fresh data, in time, is no finding at all."""
     site.routes["/health"] = Route(body={"status": "OK", "updated_at": time.time()})
-    s = configure(settings_env, [{"name": "api", "url": site.url("/health"),
-                                  "json_status_field": "status", "freshness_field": "updated_at",
-                                  "max_age_seconds": 60}])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {
+                "name": "api",
+                "url": site.url("/health"),
+                "json_status_field": "status",
+                "freshness_field": "updated_at",
+                "max_age_seconds": 60,
+            }
+        ],
+    )
     assert run(s) == []
 
 
@@ -139,12 +148,15 @@ def test_wrong_status_is_down_for_health_and_unavailable_for_site(
     site.routes["/shop"] = Route(500, "<html>oops</html>")
     site.routes["/moved"] = Route(302, headers={"Location": "/ok"})
     site.routes["/ok"] = Route(200)
-    s = configure(settings_env, [
-        {"name": "api", "url": site.url("/health")},
-        {"name": "shop", "url": site.url("/shop"), "kind": "site"},
-        {"name": "moved", "url": site.url("/moved")},
-        {"name": "moved-expected", "url": site.url("/moved"), "expect_status": 302},
-    ])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {"name": "api", "url": site.url("/health")},
+            {"name": "shop", "url": site.url("/shop"), "kind": "site"},
+            {"name": "moved", "url": site.url("/moved")},
+            {"name": "moved-expected", "url": site.url("/moved"), "expect_status": 302},
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert by_subject(list(found.values())) == {
         "api": [("http_endpoint_down", "high")],
@@ -157,9 +169,13 @@ def test_wrong_status_is_down_for_health_and_unavailable_for_site(
 
 def test_connection_refused_names_the_error_class(settings_env: Any) -> None:
     """Nothing listening is down with the error's class (and its cause), never a crash."""
-    s = configure(settings_env, [{"name": "gone", "url": f"http://127.0.0.1:{free_port()}/health"},
-                                 {"name": "gone-site", "kind": "site",
-                                  "url": f"http://127.0.0.1:{free_port()}/"}])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {"name": "gone", "url": f"http://127.0.0.1:{free_port()}/health"},
+            {"name": "gone-site", "kind": "site", "url": f"http://127.0.0.1:{free_port()}/"},
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert found["gone"].kind == "http_endpoint_down"
     assert found["gone-site"].kind == "site_unavailable"
@@ -172,14 +188,26 @@ def test_latency_bands_and_timeouts(settings_env: Any, site: Site) -> None:
     site.routes["/slow"] = Route(body="ok", delay=0.4)
     site.routes["/hang"] = Route(body="late", delay=5)
     site.routes["/trickle"] = Route(trickle_seconds=5)
-    s = configure(settings_env, [
-        {"name": "slow-high", "url": site.url("/slow"), "latency_warning_ms": 100,
-         "latency_high_ms": 300},
-        {"name": "slow-warning", "url": site.url("/slow"), "latency_warning_ms": 100,
-         "latency_high_ms": 900},
-        {"name": "hang", "url": site.url("/hang")},
-        {"name": "trickle", "url": site.url("/trickle")},
-    ], REMEDIATION_HTTP__TIMEOUT_SECONDS="1.5")  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {
+                "name": "slow-high",
+                "url": site.url("/slow"),
+                "latency_warning_ms": 100,
+                "latency_high_ms": 300,
+            },
+            {
+                "name": "slow-warning",
+                "url": site.url("/slow"),
+                "latency_warning_ms": 100,
+                "latency_high_ms": 900,
+            },
+            {"name": "hang", "url": site.url("/hang")},
+            {"name": "trickle", "url": site.url("/trickle")},
+        ],
+        REMEDIATION_HTTP__TIMEOUT_SECONDS="1.5",
+    )
     started = time.monotonic()
     found = {f.subject: f for f in run(s)}
     elapsed = time.monotonic() - started
@@ -210,8 +238,13 @@ def test_json_status_field(settings_env: Any, site: Site) -> None:
         {"name": "nofield", "path": "/nofield", "field": "status"},
         {"name": "html", "path": "/html", "field": "status"},
     ]
-    s = configure(settings_env, [{"name": e["name"], "url": site.url(e["path"]),
-                                  "json_status_field": e["field"]} for e in endpoints])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {"name": e["name"], "url": site.url(e["path"]), "json_status_field": e["field"]}
+            for e in endpoints
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert by_subject(list(found.values())) == {
         "degraded": [("http_endpoint_unhealthy", "high")],
@@ -238,9 +271,18 @@ def test_stale_freshness_epoch_and_iso(settings_env: Any, site: Site) -> None:
     }
     for name, value in cases.items():
         site.routes[f"/{name}"] = Route(body={"data": {"last_update": value}})
-    s = configure(settings_env, [{"name": name, "url": site.url(f"/{name}"),
-                                  "freshness_field": "data.last_update", "max_age_seconds": 600}
-                                 for name in cases])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {
+                "name": name,
+                "url": site.url(f"/{name}"),
+                "freshness_field": "data.last_update",
+                "max_age_seconds": 600,
+            }
+            for name in cases
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert by_subject(list(found.values())) == {
         "epoch-old": [("http_data_stale", "high")],
@@ -261,10 +303,13 @@ def test_secret_headers_are_sent_but_never_reported(
     site.routes["/health"] = Route(500, {"status": "error"})
     headers = {"X-Api-Key": "sk-live-SECRET-123", "Authorization": "Bearer tok-SECRET-456"}
     basic = site.url("/health").replace("http://", "http://ops:pw-HUNTER2@")
-    s = configure(settings_env, [
-        {"name": "keyed", "url": site.url("/health") + "?key=QSECRET-77", "headers": headers},
-        {"name": "basic", "url": basic},
-    ])  # fmt: skip
+    s = configure(
+        settings_env,
+        [
+            {"name": "keyed", "url": site.url("/health") + "?key=QSECRET-77", "headers": headers},
+            {"name": "basic", "url": basic},
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert set(found) == {"keyed", "basic"}
     sent = {h.get("X-Api-Key"): h for h in site.requests["/health"]}["sk-live-SECRET-123"]
@@ -281,8 +326,15 @@ def test_concurrency_is_bounded_by_workers(settings_env: Any, site: Site) -> Non
     """Eight 0.5 s endpoints take about 0.5 s with eight workers, and two workers never have
     more than two requests in flight."""
     site.routes["/slow"] = Route(body="ok", delay=0.5)
-    endpoints = [{"name": f"ep{i}", "url": site.url("/slow"), "latency_warning_ms": 5000,
-                  "latency_high_ms": 9000} for i in range(8)]  # fmt: skip
+    endpoints = [
+        {
+            "name": f"ep{i}",
+            "url": site.url("/slow"),
+            "latency_warning_ms": 5000,
+            "latency_high_ms": 9000,
+        }
+        for i in range(8)
+    ]
     s = configure(settings_env, endpoints, REMEDIATION_HTTP__WORKERS="8")
     started = time.monotonic()
     assert run(s) == []
@@ -302,8 +354,9 @@ def test_names_filter_and_unconfigured(settings_env: Any, site: Site) -> None:
     one http_unconfigured (info)."""
     site.routes["/a"] = Route(500)
     site.routes["/b"] = Route(500)
-    s = configure(settings_env, [{"name": "a", "url": site.url("/a")},
-                                 {"name": "b", "url": site.url("/b")}])  # fmt: skip
+    s = configure(
+        settings_env, [{"name": "a", "url": site.url("/a")}, {"name": "b", "url": site.url("/b")}]
+    )
     assert by_subject(run(s, names=["a", "typo"])) == {
         "a": [("http_endpoint_down", "high")],
         "typo": [("http_unconfigured", "info")],

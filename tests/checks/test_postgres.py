@@ -54,5 +54,9 @@ def test_stale_statistics_are_reported_once_per_table(settings_env: Any, target_
     }
     with psycopg.connect(target_db, autocommit=True) as conn:
         conn.execute('ANALYZE "fresh rows"')
-    wait_for(lambda: all(f.subject != "public.fresh rows" for f in run(s, target="app")), 15, 0.3,
-             "analyze to be visible")  # fmt: skip
+    wait_for(
+        lambda: all(f.subject != "public.fresh rows" for f in run(s, target="app")),
+        15,
+        0.3,
+        "analyze to be visible",
+    )

@@ -49,12 +49,18 @@ def test_connection_slots_are_banded(settings_env: Any, target_db: str) -> None:
     with contextlib.ExitStack() as stack:
         for n in range(3):
             stack.enter_context(session(target_db, app=f"filler-{n}", idle_in_transaction=False))
-        bands = {("0.01", "0.02", "0.03"): "critical", ("0.01", "0.02", "1"): "high",
-                 ("0.01", "1", "1"): "warning"}  # fmt: skip
+        bands = {
+            ("0.01", "0.02", "0.03"): "critical",
+            ("0.01", "0.02", "1"): "high",
+            ("0.01", "1", "1"): "warning",
+        }
         for (warning, high, critical), expected in bands.items():
-            s = settings_env(**env, REMEDIATION_POSTGRES__CONNECTIONS_WARNING_RATIO=warning,
-                             REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO=high,
-                             REMEDIATION_POSTGRES__CONNECTIONS_CRITICAL_RATIO=critical)  # fmt: skip
+            s = settings_env(
+                **env,
+                REMEDIATION_POSTGRES__CONNECTIONS_WARNING_RATIO=warning,
+                REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO=high,
+                REMEDIATION_POSTGRES__CONNECTIONS_CRITICAL_RATIO=critical,
+            )
             f = kinds(run(health.postgres_connections, s, target="app"))[
                 "postgres_connections_high"
             ]
@@ -63,7 +69,9 @@ def test_connection_slots_are_banded(settings_env: Any, target_db: str) -> None:
             assert ev["usable"] == ev["max_connections"] - ev["superuser_reserved_connections"]
             assert ev["in_use"] >= 4 and f.observed == round(ev["in_use"] / ev["usable"], 4)
         s = settings_env(**env, REMEDIATION_POSTGRES__CONNECTIONS_WARNING_RATIO="1")
-        assert "postgres_connections_high" not in kinds(run(health.postgres_connections, s, target="app"))  # fmt: skip
+        assert "postgres_connections_high" not in kinds(
+            run(health.postgres_connections, s, target="app")
+        )
 
 
 def test_pool_exhaustion_counts_busy_sessions_of_the_pool(
@@ -71,10 +79,13 @@ def test_pool_exhaustion_counts_busy_sessions_of_the_pool(
 ) -> None:
     """Sessions of the pool's application that are not idle fill the pool; idle ones do not."""
     app = f"shop-pool-{uuid.uuid4().hex[:6]}"
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db,
-                     REMEDIATION_POSTGRES__POOL_SIZE="2", REMEDIATION_POSTGRES__POOL_APPLICATION_NAME=app,
-                     REMEDIATION_POSTGRES__CONNECTIONS_WARNING_RATIO="0.5",
-                     REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO="0.9")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_POSTGRES__POOL_SIZE="2",
+        REMEDIATION_POSTGRES__POOL_APPLICATION_NAME=app,
+        REMEDIATION_POSTGRES__CONNECTIONS_WARNING_RATIO="0.5",
+        REMEDIATION_POSTGRES__CONNECTIONS_HIGH_RATIO="0.9",
+    )
     with contextlib.ExitStack() as stack:
         stack.enter_context(session(target_db, app=app, idle_in_transaction=False))
         stack.enter_context(session(target_db, app=app))
@@ -92,8 +103,10 @@ def test_pool_exhaustion_counts_busy_sessions_of_the_pool(
 
 def test_slow_round_trip_is_reported(settings_env: Any, target_db: str) -> None:
     """A SELECT 1 round trip past the latency threshold is postgres_latency_high."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db,
-                     REMEDIATION_POSTGRES__LATENCY_WARNING_MS="0.0001")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=target_db,
+        REMEDIATION_POSTGRES__LATENCY_WARNING_MS="0.0001",
+    )
     f = kinds(run(health.postgres_connections, s, target="app"))["postgres_latency_high"]
     assert f.severity.value == "warning" and f.observed == f.evidence["round_trip_ms"] > 0
 
@@ -103,8 +116,10 @@ def test_unreachable_target_is_a_critical_finding_without_password(
     settings_env: Any, password: str
 ) -> None:
     """A refused connection is one critical postgres_unreachable finding that hides the password."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__DOWN=f"postgresql://app:{password}@127.0.0.1:1/appdb",
-                     REMEDIATION_POSTGRES__CONNECT_TIMEOUT_SECONDS="2")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__DOWN=f"postgresql://app:{password}@127.0.0.1:1/appdb",
+        REMEDIATION_POSTGRES__CONNECT_TIMEOUT_SECONDS="2",
+    )
     (f,) = run(health.postgres_connections, s, target="down")
     assert (f.kind, f.severity.value, f.evidence["port"]) == (
         "postgres_unreachable",
@@ -113,7 +128,10 @@ def test_unreachable_target_is_a_critical_finding_without_password(
     )
     assert "refused" in f.evidence["error"].lower() or "failed" in f.evidence["error"].lower()
     dumped = f.model_dump_json()
-    for secret in (password, psycopg.conninfo.conninfo_to_dict(f"postgresql://a:{password}@h/d")["password"]):  # fmt: skip
+    for secret in (
+        password,
+        psycopg.conninfo.conninfo_to_dict(f"postgresql://a:{password}@h/d")["password"],
+    ):
         assert str(secret) not in dumped
 
 
@@ -137,13 +155,19 @@ def test_sessions_idle_in_transaction_and_long_queries(settings_env: Any, target
     f = found["postgres_idle_in_transaction"]
     assert (f.severity.value, f.threshold, f.subject) == ("warning", 1, "")
     (entry,) = f.evidence["sessions"]  # never the remediation-* session
-    assert (entry["pid"], entry["usename"], entry["application_name"]) == (idle_pid, "postgres", "shop")  # fmt: skip
+    assert (entry["pid"], entry["usename"], entry["application_name"]) == (
+        idle_pid,
+        "postgres",
+        "shop",
+    )
     assert entry["age_s"] >= 1 and own_pid != entry["pid"]
     assert "hunter2" not in f.model_dump_json() and len(entry["query"]) <= pg_activity.QUERY_CHARS
     assert entry["query"].startswith("SELECT '***' AS pw")
     g = found["postgres_long_query"]
     assert g.severity.value == "high"
-    assert [(e["pid"], e["query"]) for e in g.evidence["sessions"]] == [(long["pid"], "SELECT pg_sleep(30)")]  # fmt: skip
+    assert [(e["pid"], e["query"]) for e in g.evidence["sessions"]] == [
+        (long["pid"], "SELECT pg_sleep(30)")
+    ]
 
 
 def test_young_sessions_are_not_reported(settings_env: Any, target_db: str) -> None:
@@ -155,7 +179,10 @@ def test_young_sessions_are_not_reported(settings_env: Any, target_db: str) -> N
 
 def test_query_text_is_masked_redacted_and_cut() -> None:
     """Literals and dollar quotes are masked, URL passwords redacted, text cut to 200 characters."""
-    text = "ALTER ROLE x PASSWORD 'hunter2'; DO $f$ secret $f$; -- postgresql://u:pw1@h/db\n" + "y" * 400  # fmt: skip
+    text = (
+        "ALTER ROLE x PASSWORD 'hunter2'; DO $f$ secret $f$; -- postgresql://u:pw1@h/db\n"
+        + "y" * 400
+    )
     out = pg_activity.safe_query(text)
     assert out.startswith("ALTER ROLE x PASSWORD '***'; DO $$***$$; -- postgresql://u:***@h/db y")
     assert len(out) == pg_activity.QUERY_CHARS and out.endswith("…")
@@ -169,7 +196,9 @@ def test_query_text_is_masked_redacted_and_cut() -> None:
 def index_scans(dsn: str, index: str) -> int:
     """idx_scan in a fresh transaction (statistics are cached per transaction)."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute("SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)).fetchone()  # fmt: skip
+        row = conn.execute(
+            "SELECT idx_scan FROM pg_stat_user_indexes WHERE indexrelname = %s", (index,)
+        ).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -181,19 +210,28 @@ def test_unused_indexes_are_listed_with_hostile_names(settings_env: Any, target_
         conn.execute(
             "CREATE TABLE orders (id int PRIMARY KEY, sku text UNIQUE, note text, shop int)"
         )
-        conn.execute("INSERT INTO orders SELECT g, 'sku' || g, 'n', g % 7 FROM generate_series(1, 2000) g")  # fmt: skip
+        conn.execute(
+            "INSERT INTO orders SELECT g, 'sku' || g, 'n', g % 7 FROM generate_series(1, 2000) g"
+        )
         conn.execute(sql.SQL("CREATE INDEX {} ON orders (note)").format(sql.Identifier(hostile)))
         conn.execute("CREATE INDEX orders_shop ON orders (shop)")
         conn.execute("SET enable_seqscan = off")
         conn.execute("SELECT count(*) FROM orders WHERE shop = 3").fetchone()
     wait_for(lambda: index_scans(target_db, "orders_shop") > 0, 15, 0.2, "idx_scan of orders_shop")
     (f,) = run(stats.postgres_unused_indexes, s, target="app")
-    assert (f.kind, f.severity.value, f.subject, f.observed) == ("postgres_indexes_unused", "info", "", 1)  # fmt: skip
+    assert (f.kind, f.severity.value, f.subject, f.observed) == (
+        "postgres_indexes_unused",
+        "info",
+        "",
+        1,
+    )
     (index,) = f.evidence["indexes"]
     assert (index["schema"], index["table"], index["index"]) == ("public", "orders", hostile)
     assert index["bytes"] > 0 and f.evidence["total_bytes"] == index["bytes"]
     with psycopg.connect(target_db) as conn:  # reported, never dropped
-        assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'").fetchone() == (4,)  # fmt: skip
+        assert conn.execute(
+            "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders'"
+        ).fetchone() == (4,)
     assert run(stats.postgres_unused_indexes, s, target="app", min_size_bytes=10**9) == []
 
 
@@ -203,12 +241,16 @@ def test_unused_indexes_are_listed_with_hostile_names(settings_env: Any, target_
 def test_database_growth_across_runs(settings_env: Any, target_db: str) -> None:
     """Each run records the size; growth past the percentage since the last run is a warning."""
     target = f"size_{uuid.uuid4().hex[:8]}"
-    s = settings_env(**{f"REMEDIATION_POSTGRES_TARGETS__{target.upper()}": target_db},
-                     REMEDIATION_POSTGRES__SIZE_GROWTH_WARNING_PERCENT="10")  # fmt: skip
+    s = settings_env(
+        **{f"REMEDIATION_POSTGRES_TARGETS__{target.upper()}": target_db},
+        REMEDIATION_POSTGRES__SIZE_GROWTH_WARNING_PERCENT="10",
+    )
     store = AuditStore(s.audit_dsn.get_secret_value())
     assert run(stats.postgres_database_size, s, store, target=target) == []  # first run records
     with psycopg.connect(target_db, autocommit=True) as conn:
-        conn.execute("CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 30) AS pad FROM generate_series(1, 5000) g")  # fmt: skip
+        conn.execute(
+            "CREATE TABLE filler AS SELECT g, repeat(md5(g::text), 30) AS pad FROM generate_series(1, 5000) g"
+        )
     (f,) = run(stats.postgres_database_size, s, store, target=target)
     assert (f.kind, f.severity.value, f.threshold) == ("postgres_database_growth", "warning", 10)
     assert f.subject == psycopg.conninfo.conninfo_to_dict(target_db)["dbname"]
@@ -230,15 +272,23 @@ def test_slow_queries_unavailable_without_extension(settings_env: Any, target_db
     (f,) = run(stats.postgres_slow_queries, s, target="app")
     assert (f.kind, f.severity.value) == ("postgres_slow_queries_unavailable", "info")
     assert "not installed" in f.summary
-    assert "shared_preload_libraries" in f.summary and "CREATE EXTENSION pg_stat_statements" in f.summary  # fmt: skip
+    assert (
+        "shared_preload_libraries" in f.summary
+        and "CREATE EXTENSION pg_stat_statements" in f.summary
+    )
 
 
 def test_slow_queries_unavailable_when_not_preloaded(settings_env: Any, target_db: str) -> None:
     """The extension created but not preloaded is the same info finding, naming the preload."""
     s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
     with psycopg.connect(target_db, autocommit=True) as conn:
-        preloaded = "pg_stat_statements" in str(conn.execute("SHOW shared_preload_libraries").fetchone())  # fmt: skip
-        if preloaded or conn.execute("SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'").fetchone() is None:  # fmt: skip
+        preloaded = "pg_stat_statements" in str(
+            conn.execute("SHOW shared_preload_libraries").fetchone()
+        )
+        available = conn.execute(
+            "SELECT 1 FROM pg_available_extensions WHERE name = 'pg_stat_statements'"
+        ).fetchone()
+        if preloaded or available is None:
             pytest.skip("needs pg_stat_statements available but not preloaded on this server")
         conn.execute("CREATE EXTENSION pg_stat_statements")
     (f,) = run(stats.postgres_slow_queries, s, target="app")
@@ -257,27 +307,39 @@ def pgss_server() -> Iterator[str]:
     if as_owner:
         shutil.chown(base, "postgres", "postgres")
     data, port = base / "data", free_port()
-    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
-            " -c shared_preload_libraries=pg_stat_statements -c fsync=off")  # fmt: skip
+    opts = (
+        f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base}"
+        " -c shared_preload_libraries=pg_stat_statements -c fsync=off"
+    )
     try:
-        subprocess.run([*as_owner, str(bindir / "initdb"), "-D", str(data), "-U", "postgres",
-                        "--auth=trust", "--no-locale", "-E", "UTF8", "-N"],
-                       check=True, capture_output=True, timeout=60)  # fmt: skip
-        subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log"),
-                        "-w", "-t", "30", "-o", opts, "start"], check=True, capture_output=True, timeout=60)  # fmt: skip
+        initdb = [*as_owner, str(bindir / "initdb"), "-D", str(data)]
+        initdb += "-U postgres --auth=trust --no-locale -E UTF8 -N".split()
+        subprocess.run(initdb, check=True, capture_output=True, timeout=60)
+        pg_ctl = [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-l", str(base / "log")]
+        subprocess.run(
+            [*pg_ctl, "-w", "-t", "30", "-o", opts, "start"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
         yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
     finally:
-        subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            capture_output=True,
+            timeout=60,
+        )
         shutil.rmtree(base, ignore_errors=True)
 
 
 def test_slow_queries_from_pg_stat_statements(settings_env: Any, pgss_server: str) -> None:
     """Statements whose mean passes the bands are listed slowest first; fast ones are not."""
-    s = settings_env(REMEDIATION_POSTGRES_TARGETS__PGSS=pgss_server,
-                     REMEDIATION_POSTGRES__SLOW_QUERY_WARNING_MS="20",
-                     REMEDIATION_POSTGRES__SLOW_QUERY_HIGH_MS="50",
-                     REMEDIATION_POSTGRES__SLOW_QUERY_CRITICAL_MS="10000")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__PGSS=pgss_server,
+        REMEDIATION_POSTGRES__SLOW_QUERY_WARNING_MS="20",
+        REMEDIATION_POSTGRES__SLOW_QUERY_HIGH_MS="50",
+        REMEDIATION_POSTGRES__SLOW_QUERY_CRITICAL_MS="10000",
+    )
     with psycopg.connect(pgss_server, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         conn.execute("SELECT pg_stat_statements_reset()")
@@ -286,7 +348,12 @@ def test_slow_queries_from_pg_stat_statements(settings_env: Any, pgss_server: st
             conn.execute("SELECT pg_sleep(0.03)")
             conn.execute("SELECT 1")
     (f,) = run(stats.postgres_slow_queries, s, target="pgss", min_calls=3)
-    assert (f.kind, f.severity.value, f.threshold, f.subject) == ("postgres_slow_queries_found", "high", 50, "postgres")  # fmt: skip
+    assert (f.kind, f.severity.value, f.threshold, f.subject) == (
+        "postgres_slow_queries_found",
+        "high",
+        50,
+        "postgres",
+    )
     statements = f.evidence["statements"]
     assert [(st["calls"], st["severity"]) for st in statements] == [(3, "high"), (3, "warning")]
     assert statements[0]["query"] == "SELECT pg_sleep($1), $2" and statements[0]["mean_ms"] >= 50

@@ -64,11 +64,16 @@ class PrometheusServer:
         (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
         self._log = open(self.dir / "prometheus.log", "wb")
         self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={self.dir / 'prometheus.yml'}",
-             f"--storage.tsdb.path={self.dir / 'data'}",
-             f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
-            stdout=self._log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            [
+                PROMETHEUS,
+                f"--config.file={self.dir / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
         try:
             wait_for(self._ready, 30, 0.1, f"prometheus on {self.port}")
         except TimeoutError:
@@ -102,14 +107,22 @@ class Exporter:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("http_requests", "requests", ["app", "status"],
-                                registry=self.registry)  # fmt: skip
-        self.duration = Histogram("http_request_duration_seconds", "latency", ["app"],
-                                  buckets=(0.1, 0.5, 1, 2, 5, 10), registry=self.registry)  # fmt: skip
-        self.scraper = Counter("scraper_requests", "scrapes", ["app", "outcome"],
-                               registry=self.registry)  # fmt: skip
-        self.sources = Counter("source_requests", "source calls", ["app", "source", "outcome"],
-                               registry=self.registry)  # fmt: skip
+        self.requests = Counter(
+            "http_requests", "requests", ["app", "status"], registry=self.registry
+        )
+        self.duration = Histogram(
+            "http_request_duration_seconds",
+            "latency",
+            ["app"],
+            buckets=(0.1, 0.5, 1, 2, 5, 10),
+            registry=self.registry,
+        )
+        self.scraper = Counter(
+            "scraper_requests", "scrapes", ["app", "outcome"], registry=self.registry
+        )
+        self.sources = Counter(
+            "source_requests", "source calls", ["app", "source", "outcome"], registry=self.registry
+        )
         self.llm = Counter("llm_errors", "LLM errors", ["app", "reason"], registry=self.registry)
         self.port = free_port()
         self.server, _ = start_http_server(self.port, addr="127.0.0.1", registry=self.registry)
@@ -140,8 +153,9 @@ class Stack:
 
     def wait_value(self, query: str, expected: float) -> None:
         """Until Prometheus has scraped the change: query equals expected."""
-        wait_for(lambda: _close(self.value(query), expected), SCRAPE_WAIT, 0.2,
-                 f"{query} == {expected}")  # fmt: skip
+        wait_for(
+            lambda: _close(self.value(query), expected), SCRAPE_WAIT, 0.2, f"{query} == {expected}"
+        )
 
 
 def _close(value: float | None, expected: float) -> bool:
@@ -194,8 +208,20 @@ def test_error_rate_crosses_each_band(settings_env: Any, stack: Stack) -> None:
     (runbook 002 bands), each with the band it passed and the scraped value."""
     ok = stack.exporter.requests.labels(app="bands", status="200")
     errors = stack.exporter.requests.labels(app="bands", status="503")
-    s = configure(settings_env, stack.url, [rule("error_rate", ERROR_RATE, kind="error_rate_high",
-                                                 warning=0.05, high=0.10, critical=0.20)])  # fmt: skip
+    s = configure(
+        settings_env,
+        stack.url,
+        [
+            rule(
+                "error_rate",
+                ERROR_RATE,
+                kind="error_rate_high",
+                warning=0.05,
+                high=0.10,
+                critical=0.20,
+            )
+        ],
+    )
     ok.inc(97)
     expected: list[tuple[int, int, str | None, float | None]] = [
         (3, 3, None, None),  # add 3 errors: 3 / 100
@@ -213,7 +239,10 @@ def test_error_rate_crosses_each_band(settings_env: Any, stack: Stack) -> None:
             continue
         (finding,) = found
         assert (finding.subject, finding.kind, finding.severity.value) == (
-            "error_rate", "error_rate_high", severity)  # fmt: skip
+            "error_rate",
+            "error_rate_high",
+            severity,
+        )
         assert finding.threshold == band and finding.observed == pytest.approx(ratio)
         assert finding.evidence["query"] == ERROR_RATE
         assert finding.evidence["bands"] == {"warning": 0.05, "high": 0.10, "critical": 0.20}
@@ -231,15 +260,29 @@ def test_below_bands_and_one_finding_per_series(settings_env: Any, stack: Stack)
         stack.exporter.sources.labels(app="sla", source=source, outcome="error").inc(bad)
     stack.exporter.scraper.labels(app="sla", outcome="success").inc(45)
     stack.exporter.scraper.labels(app="sla", outcome="blocked").inc(55)
-    sla = ('sum by (source) (source_requests_total{app="sla",outcome="success"})'
-           ' / sum by (source) (source_requests_total{app="sla"})')  # fmt: skip
-    scraper = ('sum(scraper_requests_total{app="sla",outcome="success"})'
-               ' / sum(scraper_requests_total{app="sla"})')  # fmt: skip
-    s = configure(settings_env, stack.url, [
-        rule("sla_success_rate", sla, direction="below", high=0.95),
-        rule("scraper_success_rate", scraper, kind="error_rate_high", direction="below",
-             high=0.80, critical=0.50),
-    ])  # fmt: skip
+    sla = (
+        'sum by (source) (source_requests_total{app="sla",outcome="success"})'
+        ' / sum by (source) (source_requests_total{app="sla"})'
+    )
+    scraper = (
+        'sum(scraper_requests_total{app="sla",outcome="success"})'
+        ' / sum(scraper_requests_total{app="sla"})'
+    )
+    s = configure(
+        settings_env,
+        stack.url,
+        [
+            rule("sla_success_rate", sla, direction="below", high=0.95),
+            rule(
+                "scraper_success_rate",
+                scraper,
+                kind="error_rate_high",
+                direction="below",
+                high=0.80,
+                critical=0.50,
+            ),
+        ],
+    )
     stack.wait_value(scraper, 0.45)
     wait_for(lambda: stack.value(f"count({sla})") == 3, SCRAPE_WAIT, 0.2, "three sources")
     found = {f.subject: f for f in run(s)}
@@ -257,8 +300,7 @@ def test_below_bands_and_one_finding_per_series(settings_env: Any, stack: Stack)
 def test_histogram_p95(settings_env: Any, stack: Stack) -> None:
     """histogram_quantile over the latency buckets: fast traffic passes, a slow half moves
     P95 to 4.7 s, which is high (> 2 s) and not critical (> 5 s)."""
-    p95 = ('histogram_quantile(0.95, sum by (le) '
-           '(http_request_duration_seconds_bucket{app="p95"}))')  # fmt: skip
+    p95 = 'histogram_quantile(0.95, sum by (le) (http_request_duration_seconds_bucket{app="p95"}))'
     s = configure(
         settings_env, stack.url, [rule("latency_p95", p95, warning=1, high=2, critical=5)]
     )
@@ -279,8 +321,11 @@ def test_rate_window_counts_llm_quota_errors(settings_env: Any, stack: Stack) ->
     quota = (
         'sum(increase(llm_errors_total{app="llm",reason=~"rate_limited|insufficient_quota"}[10s]))'
     )
-    s = configure(settings_env, stack.url, [rule("llm_quota_errors", quota,
-                                                 kind="llm_quota_exhausted", high=5)])  # fmt: skip
+    s = configure(
+        settings_env,
+        stack.url,
+        [rule("llm_quota_errors", quota, kind="llm_quota_exhausted", high=5)],
+    )
     limited = stack.exporter.llm.labels(app="llm", reason="rate_limited")
     stack.wait_value('sum(llm_errors_total{app="llm"})', 0)  # the counter's start is scraped
     assert run(s) == []
@@ -308,11 +353,15 @@ def test_default_rules_are_valid_promql(settings_env: Any, stack: Stack) -> None
 def test_bad_query_is_reported_and_other_rules_still_run(settings_env: Any, stack: Stack) -> None:
     """A rule Prometheus rejects is prometheus_query_error (warning) with Prometheus' own
     error; the rule after it is still evaluated and reports its breach."""
-    s = configure(settings_env, stack.url, [
-        rule("broken", "sum(rate(http_requests_total[5m]", warning=1),
-        rule("text", '"hello"', warning=1),
-        rule("always", "vector(3)", warning=1, high=2),
-    ])  # fmt: skip
+    s = configure(
+        settings_env,
+        stack.url,
+        [
+            rule("broken", "sum(rate(http_requests_total[5m]", warning=1),
+            rule("text", '"hello"', warning=1),
+            rule("always", "vector(3)", warning=1, high=2),
+        ],
+    )
     found = {f.subject: f for f in run(s)}
     assert seen(list(found.values())) == {
         ("broken", "prometheus_query_error", "warning"),
@@ -344,14 +393,21 @@ def test_client_values_nan_inf_and_result_types(stack: Stack) -> None:
 def test_infinite_and_missing_values_in_findings(settings_env: Any, stack: Stack) -> None:
     """+Inf breaches and is written as "+Inf" (JSON and jsonb have no infinity); NaN and an
     empty result are no data, not a breach."""
-    s = configure(settings_env, stack.url, [
-        rule("infinite", "1/0", warning=1),
-        rule("nan", "0/0", warning=1),
-        rule("empty", "absent_metric_nobody_exports", warning=1),
-    ])  # fmt: skip
+    s = configure(
+        settings_env,
+        stack.url,
+        [
+            rule("infinite", "1/0", warning=1),
+            rule("nan", "0/0", warning=1),
+            rule("empty", "absent_metric_nobody_exports", warning=1),
+        ],
+    )
     (finding,) = run(s)
-    assert (finding.subject, finding.observed, finding.evidence["value"]) == ("infinite", "+Inf",
-                                                                               "+Inf")  # fmt: skip
+    assert (finding.subject, finding.observed, finding.evidence["value"]) == (
+        "infinite",
+        "+Inf",
+        "+Inf",
+    )
     json.loads(json.dumps(finding.model_dump(), allow_nan=False))
 
 
@@ -382,8 +438,12 @@ def test_hanging_or_wrong_server_is_unreachable_within_the_timeout(
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
-        s = configure(settings_env, f"http://127.0.0.1:{silent.getsockname()[1]}", None,
-                      REMEDIATION_PROMETHEUS__TIMEOUT_SECONDS="1")  # fmt: skip
+        s = configure(
+            settings_env,
+            f"http://127.0.0.1:{silent.getsockname()[1]}",
+            None,
+            REMEDIATION_PROMETHEUS__TIMEOUT_SECONDS="1",
+        )
         started = time.monotonic()
         (finding,) = run(s)
         assert time.monotonic() - started < 3
@@ -396,8 +456,11 @@ def test_hanging_or_wrong_server_is_unreachable_within_the_timeout(
 
 def test_rule_selection(settings_env: Any, stack: Stack) -> None:
     """`rules` runs only the named rules, and an unknown name is one info finding naming it."""
-    s = configure(settings_env, stack.url, [rule("one", "vector(1)", warning=0),
-                                            rule("two", "vector(2)", warning=0)])  # fmt: skip
+    s = configure(
+        settings_env,
+        stack.url,
+        [rule("one", "vector(1)", warning=0), rule("two", "vector(2)", warning=0)],
+    )
     assert seen(run(s, rules=["two", "typo"])) == {
         ("two", "slo_breach", "warning"),
         ("typo", "prometheus_unconfigured", "info"),

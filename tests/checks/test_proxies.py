@@ -35,9 +35,14 @@ def test_classifies_ok_slow_banned_captcha_and_dead(
     settings_env: Any, r: redis.Redis, origin: Origin, proxy: Callable[..., ProxyProcess]
 ) -> None:
     """Each proxy gets the status its origin answer implies; bans and failures are findings."""
-    origin.behaviour.update(slow=Behaviour(delay=0.5), forbidden=Behaviour(status=403),
-                            limited=Behaviour(status=429), captcha=Behaviour(body=CAPTCHA_PAGE),
-                            error=Behaviour(status=500), hang=Behaviour(delay=1.5))  # fmt: skip
+    origin.behaviour.update(
+        slow=Behaviour(delay=0.5),
+        forbidden=Behaviour(status=403),
+        limited=Behaviour(status=429),
+        captcha=Behaviour(body=CAPTCHA_PAGE),
+        error=Behaviour(status=500),
+        hang=Behaviour(delay=1.5),
+    )
     names = ["fine", "slow", "forbidden", "limited", "captcha", "error", "hang"]
     urls = {name: proxy(name).url() for name in names}
     urls["proxy.py"] = proxy("pp", kind="proxy.py").url()
@@ -48,8 +53,10 @@ def test_classifies_ok_slow_banned_captcha_and_dead(
     started = time.monotonic()
     found = kinds(run_check(s))
     elapsed = time.monotonic() - started
-    status = {name: (record(r, url)["last_status"], record(r, url)["last_reason"])
-              for name, url in urls.items()}  # fmt: skip
+    status = {
+        name: (record(r, url)["last_status"], record(r, url)["last_reason"])
+        for name, url in urls.items()
+    }
     assert status == {
         "fine": ("ok", "HTTP 200"),
         "proxy.py": ("ok", "HTTP 200"),
@@ -100,24 +107,37 @@ def test_concurrency_is_bounded_by_workers(
     for name in names:
         origin.behaviour[name] = Behaviour(delay=0.3)
     urls = [proxy(name).url() for name in names]
-    s = pool_settings(settings_env, urls, origin, REMEDIATION_PROXIES__WORKERS="2",
-                      REMEDIATION_PROXIES__SLOW_MS="5000")  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        urls,
+        origin,
+        REMEDIATION_PROXIES__WORKERS="2",
+        REMEDIATION_PROXIES__SLOW_MS="5000",
+    )
     started = time.monotonic()
     assert run_check(s) == []
     assert origin.max_inflight == 2
     assert time.monotonic() - started >= 0.9
     origin.max_inflight = 0
-    s = pool_settings(settings_env, urls, origin, REMEDIATION_PROXIES__WORKERS="6",
-                      REMEDIATION_PROXIES__SLOW_MS="5000")  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        urls,
+        origin,
+        REMEDIATION_PROXIES__WORKERS="6",
+        REMEDIATION_PROXIES__SLOW_MS="5000",
+    )
     started = time.monotonic()
     run_check(s)
     assert origin.max_inflight == 6 and time.monotonic() - started < 0.9
 
 
 def test_malformed_entries_are_rejected_by_line_and_the_rest_load(
-    settings_env: Any, r: redis.Redis, origin: Origin, proxy: Callable[..., ProxyProcess],
+    settings_env: Any,
+    r: redis.Redis,
+    origin: Origin,
+    proxy: Callable[..., ProxyProcess],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     """Each bad entry is named by its line or item, without its password; good ones load."""
     a, b = proxy("a").url(), proxy("b").url()
     listing = tmp_path / "proxies.txt"
@@ -135,8 +155,12 @@ def test_malformed_entries_are_rejected_by_line_and_the_rest_load(
         f"{b} EU   # the second one\n"
         "http://127.0.0.1:3128/path\n"
     )
-    s = pool_settings(settings_env, ["127.0.0.1:3128", "https://:8080"], origin,
-                      REMEDIATION_PROXIES__FILE=str(listing))  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        ["127.0.0.1:3128", "https://:8080"],
+        origin,
+        REMEDIATION_PROXIES__FILE=str(listing),
+    )
     found = kinds(run_check(s))
     assert list(found) == ["proxy_config_invalid"]
     assert found["proxy_config_invalid"].evidence["errors"] == [
@@ -179,9 +203,12 @@ def test_passwords_never_reach_findings_or_logs(
 
 
 def test_configuration_changes_sync_the_pool_and_its_published_set(
-    settings_env: Any, r: redis.Redis, origin: Origin, proxy: Callable[..., ProxyProcess],
+    settings_env: Any,
+    r: redis.Redis,
+    origin: Origin,
+    proxy: Callable[..., ProxyProcess],
     tmp_path: Path,
-) -> None:  # fmt: skip
+) -> None:
     """A removed proxy leaves the pool and the set; an unreadable file removes nothing."""
     a, b, c = (proxy(n).url() for n in "abc")
     run_check(pool_settings(settings_env, [a, b], origin))
@@ -189,8 +216,9 @@ def test_configuration_changes_sync_the_pool_and_its_published_set(
     run_check(pool_settings(settings_env, [b, c], origin))
     assert published(r) == {b, c} and record(r, a) == {}
     missing = str(tmp_path / "nope.txt")
-    found = kinds(run_check(pool_settings(settings_env, [c], origin,
-                                          REMEDIATION_PROXIES__FILE=missing)))  # fmt: skip
+    found = kinds(
+        run_check(pool_settings(settings_env, [c], origin, REMEDIATION_PROXIES__FILE=missing))
+    )
     assert found["proxy_config_invalid"].evidence["errors"] == [
         f"proxies file {missing}: cannot read (No such file or directory)"
     ]
@@ -222,9 +250,13 @@ def test_pool_low_and_region_low(
     """Healthy active proxies under min_active is high (critical at zero); so is a thin region."""
     origin.behaviour.update(eu1=Behaviour(status=403), eu2=Behaviour(status=500))
     us, eu1, eu2 = proxy("us").url(), proxy("eu1").url(), proxy("eu2").url()
-    s = pool_settings(settings_env, [f"{us} us", f"{eu1} eu", f"{eu2} EU"], origin,
-                      REMEDIATION_PROXIES__MIN_ACTIVE="3",
-                      REMEDIATION_PROXIES__REGION_TARGETS='{"eu": 0.5, "us": 0.3}')  # fmt: skip
+    s = pool_settings(
+        settings_env,
+        [f"{us} us", f"{eu1} eu", f"{eu2} EU"],
+        origin,
+        REMEDIATION_PROXIES__MIN_ACTIVE="3",
+        REMEDIATION_PROXIES__REGION_TARGETS='{"eu": 0.5, "us": 0.3}',
+    )
     found = kinds(run_check(s))
     assert sorted(found) == ["proxy_banned", "proxy_dead", "proxy_pool_low", "region:eu"]
     low = found["proxy_pool_low"]

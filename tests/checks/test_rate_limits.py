@@ -99,12 +99,18 @@ def test_generic_and_shopify_headers_give_usage_bands(
 ) -> None:
     """1 - remaining/limit and Shopify n/40: >= 80 % warning, >= 95 % high, below nothing."""
     shopify = "X-Shopify-Shop-Api-Call-Limit"
-    s = configure(settings_env, api, {
-        "/calm": generic(100, 50), "/busy": generic(100, 10), "/hot": generic(100, 3),
-        "/shop-calm": Route(headers={shopify: "20/40"}),
-        "/shop-busy": Route(headers={shopify: "32/40"}),
-        "/shop-hot": Route(headers={shopify: "39/40"}),
-    })  # fmt: skip
+    s = configure(
+        settings_env,
+        api,
+        {
+            "/calm": generic(100, 50),
+            "/busy": generic(100, 10),
+            "/hot": generic(100, 3),
+            "/shop-calm": Route(headers={shopify: "20/40"}),
+            "/shop-busy": Route(headers={shopify: "32/40"}),
+            "/shop-hot": Route(headers={shopify: "39/40"}),
+        },
+    )
     assert by_subject(run(s)) == {
         "busy": ("api_rate_limit_high", "warning", 0.9),
         "hot": ("api_rate_limit_high", "high", 0.97),
@@ -118,10 +124,14 @@ def test_a_429_is_full_usage_with_retry_after_and_quota_is_told_apart(
 ) -> None:
     """HTTP 429 counts as usage 1.0 (high) with Retry-After; insufficient_quota is its own kind."""
     quota = json.dumps({"error": {"code": "insufficient_quota", "type": "insufficient_quota"}})
-    s = configure(settings_env, api, {
-        "/limited": Route(429, {"Retry-After": "7"}),
-        "/openai": Route(429, {"Retry-After": "20"}, quota.encode()),
-    })  # fmt: skip
+    s = configure(
+        settings_env,
+        api,
+        {
+            "/limited": Route(429, {"Retry-After": "7"}),
+            "/openai": Route(429, {"Retry-After": "20"}, quota.encode()),
+        },
+    )
     found = {f.subject: f for f in run(s)}
     assert by_subject(list(found.values())) == {
         "limited": ("api_rate_limit_high", "high", 1.0),
@@ -140,8 +150,10 @@ def test_unreachable_endpoints_are_findings_never_crashes(
     endpoints = [{"name": p.strip("/"), "url": api.url(p)} for p in api.routes]
     endpoints.append({"name": "closed", "url": f"http://127.0.0.1:{free_port()}/x"})
     endpoints.append({"name": "garbage", "url": "not a url"})
-    s = settings_env(REMEDIATION_RATE_LIMITS__ENDPOINTS=json.dumps(endpoints),
-                     REMEDIATION_RATE_LIMITS__TIMEOUT_SECONDS="0.5")  # fmt: skip
+    s = settings_env(
+        REMEDIATION_RATE_LIMITS__ENDPOINTS=json.dumps(endpoints),
+        REMEDIATION_RATE_LIMITS__TIMEOUT_SECONDS="0.5",
+    )
     started = time.monotonic()
     found = {f.subject: f for f in run(s)}
     assert time.monotonic() - started < 2.5
@@ -172,8 +184,13 @@ def test_api_keys_reach_the_api_but_never_findings_or_logs(
 ) -> None:
     """The endpoint's secret headers are sent; no finding and no log line contains them."""
     api.routes = {"/admin/shop.json": Route(429, {"Retry-After": "1"})}
-    endpoints = [{"name": "shopify", "url": api.url(f"/admin/shop.json?k={API_KEY}"),
-                  "headers": {"X-Shopify-Access-Token": API_KEY}}]  # fmt: skip
+    endpoints = [
+        {
+            "name": "shopify",
+            "url": api.url(f"/admin/shop.json?k={API_KEY}"),
+            "headers": {"X-Shopify-Access-Token": API_KEY},
+        }
+    ]
     s = settings_env(REMEDIATION_RATE_LIMITS__ENDPOINTS=json.dumps(endpoints))
     stream = io.StringIO()
     configure_logging("DEBUG", "json", stream)
@@ -189,19 +206,27 @@ def test_expired_throttles_are_reported_for_restore(settings_env: Any, r: redis.
     """A throttle record whose expiry passed is api_sync_throttle_expired; a running one is not."""
     s = settings_env()
     for name, expires in (("shopify", time.time() - 1), ("coingecko", time.time() + 600)):
-        r.hset(throttle_key(name), mapping={"original": "300", "throttled": "600",
-                                            "expires_at": repr(expires)})  # fmt: skip
+        r.hset(
+            throttle_key(name),
+            mapping={"original": "300", "throttled": "600", "expires_at": repr(expires)},
+        )
         r.sadd(THROTTLE_INDEX, name)
     (finding,) = run(s)
     assert (finding.kind, finding.subject, finding.severity.value) == (
-        "api_sync_throttle_expired", "shopify", "info",
-    )  # fmt: skip
+        "api_sync_throttle_expired",
+        "shopify",
+        "info",
+    )
 
 
 def test_header_parsing_edge_cases() -> None:
     """Suffixed pairs (OpenAI), IETF RateLimit-*, the worst pair wins; Retry-After as a date."""
-    headers = {"x-ratelimit-limit-requests": "100", "x-ratelimit-remaining-requests": "90",
-               "x-ratelimit-limit-tokens": "1000", "x-ratelimit-remaining-tokens": "100"}  # fmt: skip
+    headers = {
+        "x-ratelimit-limit-requests": "100",
+        "x-ratelimit-remaining-requests": "90",
+        "x-ratelimit-limit-tokens": "1000",
+        "x-ratelimit-remaining-tokens": "100",
+    }
     usage = usage_from_headers(headers)
     assert usage is not None and (usage.source, usage.usage) == ("x-ratelimit-limit-tokens", 0.9)
     ietf = usage_from_headers({"RateLimit-Limit": "50, 50;w=60", "RateLimit-Remaining": "0"})

@@ -292,8 +292,10 @@ def planted_secrets() -> st.SearchStrategy[dict[str, Any]]:
     by_name = st.builds(lambda k, v: {k: v}, st.sampled_from(SECRET_KEYS), st.just(SECRET))
     nested = st.builds(
         lambda k, n, u: {k: {n: SECRET, "url": u}},
-        TEXT, st.sampled_from(SECRET_KEYS), st.sampled_from(SECRET_URLS),
-    )  # fmt: skip
+        TEXT,
+        st.sampled_from(SECRET_KEYS),
+        st.sampled_from(SECRET_URLS),
+    )
     in_url = st.builds(lambda k, u: {k: [u]}, TEXT, st.sampled_from(SECRET_URLS))
     return st.one_of(by_name, nested, in_url)
 

@@ -12,9 +12,13 @@ from remediation.guards.breaker import Breaker
 from remediation.settings import BreakerSettings
 
 CFG = BreakerSettings(
-    failure_rate_threshold=0.5, minimum_calls=4, window_seconds=60, wait_seconds=1,
-    half_open_permits=1, permit_lease_seconds=30,
-)  # fmt: skip
+    failure_rate_threshold=0.5,
+    minimum_calls=4,
+    window_seconds=60,
+    wait_seconds=1,
+    half_open_permits=1,
+    permit_lease_seconds=30,
+)
 
 
 def call(b: Breaker, success: bool) -> str:

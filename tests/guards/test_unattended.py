@@ -28,8 +28,10 @@ def test_same_task_again_resumes_other_task_is_duplicate(r: redis.Redis) -> None
     chain.complete(again, "t", "t/x", success=True)
     done = chain.admit("t", "t/x", "incident-1", "task-a")  # a third delivery after success
     assert (done.admitted, done.decision, done.reason) == (
-        False, "duplicate", "already done for this incident"
-    )  # fmt: skip
+        False,
+        "duplicate",
+        "already done for this incident",
+    )
 
 
 def test_flap_guard_suspends_after_n_runs_and_escalates_once(r: redis.Redis) -> None:
@@ -53,8 +55,10 @@ def test_flap_override_and_opt_out(r: redis.Redis) -> None:
     s = Settings(guards={"flap_max_runs": 50, "flap_overrides": {"poke_thing": 2}})  # type: ignore[arg-type]
     chain = GuardChain(r, s, spec(lock=False))
     assert [chain.admit("t", "t/o", f"o{n}", f"o{n}").admitted for n in range(3)] == [
-        True, True, False
-    ]  # fmt: skip
+        True,
+        True,
+        False,
+    ]
     free = GuardChain(r, s, spec(lock=False, flap=False))
     assert all(free.admit("t", "t/p", f"p{n}", f"p{n}").admitted for n in range(10))
 
@@ -90,8 +94,10 @@ def test_blast_radius_is_shared_by_every_process(redis_server: Any, r: redis.Red
     assert granted == 27
     adm = chain.admit("t", "t/z", "kz", "tz", upfront=3)
     assert (adm.decision, adm.guard, adm.reason) == (
-        "suppressed", "blast", "blast-radius cap reached (37/37 units in the window)"
-    )  # fmt: skip
+        "suppressed",
+        "blast",
+        "blast-radius cap reached (37/37 units in the window)",
+    )
     # an action without upfront units may act without any (a give-up): admitted, and its
     # own reservation gets nothing
     free = chain.admit("t", "t/y", "ky", "ty")

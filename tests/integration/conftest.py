@@ -129,8 +129,10 @@ def workers(worker_env: dict[str, str]) -> Iterator[list[WorkerProcess]]:
 @pytest.fixture(scope="session")
 def client(worker_env: dict[str, str], workers: list[WorkerProcess]) -> Iterator[Celery]:
     """A plain Celery client on the same broker: sends by task name, reads results."""
-    app = Celery(broker=worker_env["REMEDIATION_BROKER_URL"],
-                 backend=worker_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+    app = Celery(
+        broker=worker_env["REMEDIATION_BROKER_URL"],
+        backend=worker_env["REMEDIATION_RESULT_BACKEND"],
+    )
     yield app
     app.close()
 

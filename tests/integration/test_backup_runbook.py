@@ -56,7 +56,8 @@ def backup_env(
     broker.redis.empty(STATE_DB)
     broker.redis.empty(BROKER_DB)
     return process_env(
-        broker.redis, audit_db,
+        broker.redis,
+        audit_db,
         REMEDIATION_STATE_REDIS_URL=broker.redis.url(STATE_DB),
         REMEDIATION_BROKER_URL=broker.redis.url(BROKER_DB),
         REMEDIATION_POSTGRES_TARGETS__APP=source_db,
@@ -70,7 +71,7 @@ def backup_env(
         PYTHONPATH=str(home),
         REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT="10",
         REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL="1",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -105,8 +106,10 @@ def test_scheduled_dump_is_verified_at_once_and_a_rotten_one_is_quarantined_and_
 ) -> None:
     audit = Audit(audit_db)
     folder = Path(backup_env["REMEDIATION_BACKUP__DIR"]) / "app"
-    client = Celery(broker=backup_env["REMEDIATION_BROKER_URL"],
-                    backend=backup_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+    client = Celery(
+        broker=backup_env["REMEDIATION_BROKER_URL"],
+        backend=backup_env["REMEDIATION_RESULT_BACKEND"],
+    )
     key = backup_env["REMEDIATION_SIGNING_KEY"].encode()
 
     def verification(dump: Path) -> dict[str, Any] | None:
@@ -119,13 +122,22 @@ def test_scheduled_dump_is_verified_at_once_and_a_rotten_one_is_quarantined_and_
     first = wait_for(lambda: dumps(folder) or None, 60, 0.2, "a scheduled dump")[0]
     done = wait_for(lambda: verification(first), 60, 0.2, f"{first.name} verified")
     assert done["ok"] is True and done["tables"] == 2, done
-    (dumped,) = wait_for(lambda: runs(audit, "backup_database", outcome="succeeded"), 30, 0.2,
-                         "backup_database audited")  # fmt: skip
+    (dumped,) = wait_for(
+        lambda: runs(audit, "backup_database", outcome="succeeded"),
+        30,
+        0.2,
+        "backup_database audited",
+    )
     verified = wait_for(
-        lambda: [r for r in runs(audit, "verify_backup", outcome="succeeded")
-                 if r["params"].get("file") == first.name],
-        30, 0.2, "verify_backup audited",
-    )  # fmt: skip
+        lambda: [
+            r
+            for r in runs(audit, "verify_backup", outcome="succeeded")
+            if r["params"].get("file") == first.name
+        ],
+        30,
+        0.2,
+        "verify_backup audited",
+    )
     # handed on by backup_database itself: same finding (incident), a follow-up of it
     assert verified[0]["finding_id"] == dumped["finding_id"] is not None
     assert dumped["result"]["follow_up"] == [
@@ -146,8 +158,9 @@ def test_scheduled_dump_is_verified_at_once_and_a_rotten_one_is_quarantined_and_
     assert (into / (first.name + ".json")).exists() and not first.exists()
 
     # 3. the next sweeps take a fresh dump, verify it, and retention leaves the quarantine alone
-    fresh = wait_for(lambda: [d for d in dumps(folder) if d.name != first.name] or None,
-                     60, 0.2, "a fresh dump")[0]  # fmt: skip
+    fresh = wait_for(
+        lambda: [d for d in dumps(folder) if d.name != first.name] or None, 60, 0.2, "a fresh dump"
+    )[0]
     again = wait_for(lambda: verification(fresh), 60, 0.2, f"{fresh.name} verified")
     assert again["ok"] is True
     assert [q.path.name for q in quarantine.listed(into)] == [first.name]

@@ -27,9 +27,13 @@ SCHEDULE = {
 @pytest.fixture
 def beat_env(worker_env: dict[str, str], tmp_path: Path) -> dict[str, str]:
     (tmp_path / "fast_schedule.py").write_text(SCHEDULE)
-    return {**worker_env, "REMEDIATION_SCHEDULE_MODULE": "fast_schedule",
-            "PYTHONPATH": str(tmp_path), "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": "10",
-            "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": "1"}  # fmt: skip
+    return {
+        **worker_env,
+        "REMEDIATION_SCHEDULE_MODULE": "fast_schedule",
+        "PYTHONPATH": str(tmp_path),
+        "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": "10",
+        "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": "1",
+    }
 
 
 @pytest.fixture

@@ -24,8 +24,10 @@ def roles(pg_admin: str, app_db: str) -> Iterator[None]:
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
     yield
     with psycopg.connect(pg_admin, autocommit=True) as conn:
-        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)",
-                     ([ROLE, OTHER],))  # fmt: skip
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = ANY(%s)",
+            ([ROLE, OTHER],),
+        )
         for role in (ROLE, OTHER):
             conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
 
@@ -49,8 +51,9 @@ def test_sweep_ends_the_allow_listed_leak_and_leaves_the_other(
     assert sweep.get(timeout=60)["dispatched"] == 1
     (run,) = audit.wait_rows(
         "SELECT * FROM action_runs WHERE action = 'terminate_idle_transactions'"
-        " AND target = 'app' AND outcome = 'succeeded'", timeout=90,
-    )  # fmt: skip
+        " AND target = 'app' AND outcome = 'succeeded'",
+        timeout=90,
+    )
     terminated = [s["usename"] for s in run["result"]["detail"]["terminated"]]
     assert terminated == [ROLE]
     with pytest.raises(psycopg.OperationalError):
@@ -58,8 +61,9 @@ def test_sweep_ends_the_allow_listed_leak_and_leaves_the_other(
     # the other role's session keeps the condition alive: the fix is not verified, a human hears
     (verified,) = audit.wait_rows(
         "SELECT verification FROM action_runs WHERE id = %s AND verification IS NOT NULL",
-        run["id"], timeout=90,
-    )  # fmt: skip
+        run["id"],
+        timeout=90,
+    )
     assert verified["verification"] == "not_recovered"
     assert other.execute("SELECT 1").fetchone() == (1,)  # untouched
     other.close()

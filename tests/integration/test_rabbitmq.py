@@ -63,8 +63,9 @@ def queues_of(app: Any, worker: str | None = None) -> dict[str, list[str]]:
 
 
 def send(app: Any, queue: str) -> Any:
-    return app.send_task("remediation.check.redis_job_queue", kwargs={"target": "self"},
-                         queue=queue)  # fmt: skip
+    return app.send_task(
+        "remediation.check.redis_job_queue", kwargs={"target": "self"}, queue=queue
+    )
 
 
 def test_pause_and_resume_low_priority_on_rabbitmq(
@@ -72,9 +73,11 @@ def test_pause_and_resume_low_priority_on_rabbitmq(
 ) -> None:
     """After pause_low_priority a low_priority task waits in its RabbitMQ queue (depth 1)
     while a celery task runs; resume_low_priority brings the consumer back and it runs."""
-    s = settings_env(REMEDIATION_STATE_REDIS_URL=broker.redis.url(0),
-                     REMEDIATION_BROKER_URL=broker.url(LOWPRIO_SLOT),
-                     REMEDIATION_RESULT_BACKEND=broker.redis.url(2))  # fmt: skip
+    s = settings_env(
+        REMEDIATION_STATE_REDIS_URL=broker.redis.url(0),
+        REMEDIATION_BROKER_URL=broker.url(LOWPRIO_SLOT),
+        REMEDIATION_RESULT_BACKEND=broker.redis.url(2),
+    )
     get_app.cache_clear()
     app = get_app()
     act = ActionContext(s, get_logger())

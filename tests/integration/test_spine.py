@@ -45,8 +45,9 @@ def test_sweep_vacuums_the_bloated_table_and_no_other(
     assert sweep.get(timeout=60)["dispatched"] == 1
     (run,) = audit.wait_rows(
         "SELECT * FROM action_runs WHERE action = 'vacuum_analyze' AND target = 'app'"
-        " AND verification IS NOT NULL", timeout=90,
-    )  # fmt: skip
+        " AND verification IS NOT NULL",
+        timeout=90,
+    )
     assert run["outcome"] == "succeeded" and run["verification"] == "recovered"
     assert run["params"] == {
         "target": "app",
@@ -65,9 +66,15 @@ def test_sweep_vacuums_the_bloated_table_and_no_other(
            WHERE a.id = %s""",
         run["id"],
     )
-    assert chain == {"detect": "detect", "task_id": sweep.id, "kind": "postgres_dead_tuples_high",
-                     "subject": "public.Price History", "decision": "admitted",
-                     "verify": "verify", "left_after": 0}  # fmt: skip
+    assert chain == {
+        "detect": "detect",
+        "task_id": sweep.id,
+        "kind": "postgres_dead_tuples_high",
+        "subject": "public.Price History",
+        "decision": "admitted",
+        "verify": "verify",
+        "left_after": 0,
+    }
     vacuumed = {t for t, at in last_vacuums(app_db).items() if at is not None}
     assert vacuumed == {"Price History"}
 
@@ -87,8 +94,12 @@ def test_failing_action_trips_breaker_notifies_once_and_reset_closes(
     )
     assert [s["guard"] for s in suppressed] == ["breaker", "breaker"]
     wait_for(lambda: any(b["kind"] == "breaker_open" for b in webhook.bodies), 30, 0.2, "webhook")
-    wait_for(lambda: len(audit.rows("SELECT 1 FROM action_runs WHERE action = 'notify'")) >= 4,
-             30, 0.2, "notify runs")  # fmt: skip
+    wait_for(
+        lambda: len(audit.rows("SELECT 1 FROM action_runs WHERE action = 'notify'")) >= 4,
+        30,
+        0.2,
+        "notify runs",
+    )
     mine = [b for b in webhook.bodies if "broken" in b["incident"]]
     assert sorted(b["kind"] for b in mine) == ["action_failed", "breaker_open"]
     assert "terminate_idle_transactions:broken" in next(
@@ -96,13 +107,25 @@ def test_failing_action_trips_breaker_notifies_once_and_reset_closes(
     )
 
     env = {**worker_env}
-    listing = subprocess.run([REMEDIATION, "--json", "breakers"], env=env, cwd=ROOT,
-                             capture_output=True, text=True, timeout=60)  # fmt: skip
+    listing = subprocess.run(
+        [REMEDIATION, "--json", "breakers"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert {"name": "terminate_idle_transactions:broken", "state": "open"}.items() <= next(
         b for b in json.loads(listing.stdout) if b["name"] == "terminate_idle_transactions:broken"
     ).items()
-    reset = subprocess.run([REMEDIATION, "breakers", "reset", "terminate_idle_transactions:broken"], env=env,
-                           cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    reset = subprocess.run(
+        [REMEDIATION, "breakers", "reset", "terminate_idle_transactions:broken"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert reset.returncode == 0, reset.stderr
     after = client.send_task(action, kwargs=kwargs).get(timeout=60)
     assert after["outcome"] == "failed"  # allowed again: the breaker is closed
@@ -135,8 +158,14 @@ def test_eight_concurrent_triggers_run_once(
 
 
 def celery_call(env: dict[str, str], task: str, kwargs: str) -> str:
-    proc = subprocess.run([CELERY, "-A", "remediation", "call", task, "--kwargs", kwargs],
-                          env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)  # fmt: skip
+    proc = subprocess.run(
+        [CELERY, "-A", "remediation", "call", task, "--kwargs", kwargs],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout.strip().splitlines()[-1]
 
@@ -156,8 +185,10 @@ def test_celery_call_with_bad_kwargs_runs_nothing_and_is_audited(
         (row,) = audit.wait_rows("SELECT * FROM action_runs WHERE task_id = %s", task_id)
         assert row["outcome"] == "rejected", case
         assert not audit.rows("SELECT 1 FROM guard_decisions WHERE task_id = %s", task_id)
-    reasons = {k: audit.rows("SELECT error FROM action_runs WHERE task_id = %s", v)[0]["error"]
-               for k, v in ids.items()}  # fmt: skip
+    reasons = {
+        k: audit.rows("SELECT error FROM action_runs WHERE task_id = %s", v)[0]["error"]
+        for k, v in ids.items()
+    }
     assert "bogus: Extra inputs are not permitted" in reasons["unknown"]
     assert "tables" in reasons["wrong_type"]
     check_id = celery_call(worker_env, "remediation.check.redis_job_queue", '{"nope": true}')
@@ -184,12 +215,18 @@ def test_passwords_appear_in_no_log_line_and_no_audit_row(
 
 def test_celery_call_masks_secrets_in_kwargsrepr(worker_env: dict[str, str]) -> None:
     """The message `celery call` publishes carries masked argsrepr/kwargsrepr headers."""
+    kwargs = (
+        '{"text": "t", "incident": "i", "api_key": "leak-777", "dsn": "postgresql://u:pw-777@h/d"}'
+    )
+    call = "-A remediation call remediation.act.notify --queue nobody --kwargs".split()
     proc = subprocess.run(
-        [CELERY, "-A", "remediation", "call", "remediation.act.notify", "--queue", "nobody",
-         "--kwargs", '{"text": "t", "incident": "i", "api_key": "leak-777", '
-                     '"dsn": "postgresql://u:pw-777@h/d"}'],
-        env=worker_env, cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )  # fmt: skip
+        [CELERY, *call, kwargs],
+        env=worker_env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     # read back through kombu: a Redis list or a RabbitMQ queue alike
     with kombu.Connection(worker_env["REMEDIATION_BROKER_URL"]) as conn:
@@ -206,8 +243,9 @@ def test_celery_call_masks_secrets_in_kwargsrepr(worker_env: dict[str, str]) -> 
 
 def test_log_lines_carry_task_action_and_target(workers: list[WorkerProcess]) -> None:
     """Every runner log line inside a task is bound to its task id, action/check and target."""
-    events = [json.loads(line) for w in workers for line in w.log().splitlines()
-              if line.startswith("{")]  # fmt: skip
+    events = [
+        json.loads(line) for w in workers for line in w.log().splitlines() if line.startswith("{")
+    ]
     done = [e for e in events if e.get("event") == "action done"]
     assert done, "actions ran in the workers"
     assert all({"task_id", "action", "target", "resource"} <= e.keys() for e in done)

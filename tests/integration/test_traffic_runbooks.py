@@ -60,7 +60,8 @@ def traffic_env(
 ) -> dict[str, str]:
     config = tmp_path_factory.mktemp("scraper") / "scraping_config.json"
     return process_env(
-        broker.redis, audit_db,
+        broker.redis,
+        audit_db,
         REMEDIATION_STATE_REDIS_URL=broker.redis.url(STATE_DB),
         REMEDIATION_BROKER_URL=broker.url(BROKER_SLOT),
         REMEDIATION_PROXIES__PROXY_LIST=json.dumps([f"{p.url()} eu" for p in proxies]),
@@ -72,7 +73,7 @@ def traffic_env(
         REMEDIATION_BACKOFF__DECREASE_STEP_SECONDS="1",
         REMEDIATION_HEADERS__JSON_FILE=str(config),
         REMEDIATION_VERIFY__ATTEMPTS="2",
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +84,19 @@ def traffic_worker(traffic_env: dict[str, str]) -> Iterator[WorkerProcess]:
 
 
 def test_a_ban_runs_the_whole_403_response_in_one_incident_then_all_comes_back(
-    traffic_env: dict[str, str], traffic_worker: WorkerProcess, origin: Origin,
-    proxies: list[ProxyProcess], audit_db: str,
-) -> None:  # fmt: skip
+    traffic_env: dict[str, str],
+    traffic_worker: WorkerProcess,
+    origin: Origin,
+    proxies: list[ProxyProcess],
+    audit_db: str,
+) -> None:
     """Ban -> one proxy sweep: quarantine, higher delay, fresh headers, one incident;
     recovery -> the proxy promoted, the delay back at its floor after the healthy period."""
     state = redis.Redis.from_url(traffic_env["REMEDIATION_STATE_REDIS_URL"])
-    client = Celery(broker=traffic_env["REMEDIATION_BROKER_URL"],
-                    backend=traffic_env["REMEDIATION_RESULT_BACKEND"])  # fmt: skip
+    client = Celery(
+        broker=traffic_env["REMEDIATION_BROKER_URL"],
+        backend=traffic_env["REMEDIATION_RESULT_BACKEND"],
+    )
     audit = Audit(audit_db)
 
     def active() -> set[str]:
@@ -148,22 +154,28 @@ def test_a_ban_runs_the_whole_403_response_in_one_incident_then_all_comes_back(
         ("proxy_banned", chain[0]["incident_id"], chain[0]["finding_id"])
     }
     assert chain[0]["incident_id"]
-    record = {k.decode(): v.decode() for k, v in state.hgetall(
-        next(k for k in state.scan_iter("rem:proxy:p:*") if state.hget(k, "url") == banned_url.encode())
-    ).items()}  # fmt: skip
+    keys = state.scan_iter("rem:proxy:p:*")
+    banned = next(k for k in keys if state.hget(k, "url") == banned_url.encode())
+    record = {k.decode(): v.decode() for k, v in state.hgetall(banned).items()}
     assert record["state"] == "quarantined"
     increases = audit.rows(
         "SELECT result FROM action_runs WHERE action = 'tune_backoff' AND outcome = 'succeeded'"
     )
-    assert [(r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
-            for r in increases] == [(1.0, 2.0)]  # fmt: skip
+    assert [
+        (r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
+        for r in increases
+    ] == [(1.0, 2.0)]
     assert increases[0]["result"]["detail"]["observed_rate"] == pytest.approx(1 / 3, abs=1e-3)
 
     origin.behaviour["pb"] = Behaviour()  # the origin forgives pb
     time.sleep(2.5)  # past the 2 s quarantine and the 2 s healthy period
     wait_for(lambda: (sweep(), active() == everyone)[1], 60, 1.0, "pb promoted back")
     wait_for(lambda: (sweep(), delay() == 1.0)[1], 60, 1.0, "min_delay back at the floor")
-    steps = [(r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
-             for r in audit.rows("SELECT result FROM action_runs WHERE action = 'tune_backoff'"
-                                 " AND outcome = 'succeeded' ORDER BY id")]  # fmt: skip
+    steps = [
+        (r["result"]["detail"]["before"]["min_delay"], r["result"]["detail"]["after"]["min_delay"])
+        for r in audit.rows(
+            "SELECT result FROM action_runs WHERE action = 'tune_backoff'"
+            " AND outcome = 'succeeded' ORDER BY id"
+        )
+    ]
     assert steps == [(1.0, 2.0), (2.0, 1.0)]  # up once for the ban, down once when healthy

@@ -23,8 +23,12 @@ class Audit:
     def wait_rows(
         self, query: str, *params: Any, n: int = 1, timeout: float = 60
     ) -> list[dict[str, Any]]:
-        return wait_for(lambda: (lambda r: r if len(r) >= n else None)(self.rows(query, *params)),
-                        timeout, 0.3, f"{n} row(s) for {query!r}")  # fmt: skip
+        return wait_for(
+            lambda: (lambda r: r if len(r) >= n else None)(self.rows(query, *params)),
+            timeout,
+            0.3,
+            f"{n} row(s) for {query!r}",
+        )
 
     def everything_as_text(self) -> str:
         tables = ["check_runs", "findings", "guard_decisions", "action_runs"]

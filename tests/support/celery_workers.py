@@ -56,8 +56,13 @@ def sleeping_worker(
     and remediation.act.test_linger (a long task under the remediator's own prefix)."""
     (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
     redis_server.empty(broker_db)
-    environ = process_env(redis_server, audit_db, REMEDIATION_BROKER_URL=redis_server.url(
-        broker_db), REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB), **env)  # fmt: skip
+    environ = process_env(
+        redis_server,
+        audit_db,
+        REMEDIATION_BROKER_URL=redis_server.url(broker_db),
+        REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB),
+        **env,
+    )
     environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(tmp), environ.get("PYTHONPATH")]))
     return WorkerProcess(environ, name, concurrency=2, extra_args=["-I", "rem_test_sleep"])
 

@@ -31,8 +31,11 @@ def _engine() -> tuple[Any, str]:
     try:
         done = subprocess.run(
             [str(ROOT / "scripts" / "ensure_docker.sh"), tempfile.gettempdir()],
-            capture_output=True, text=True, timeout=300, check=False,
-        )  # fmt: skip
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return None, f"scripts/ensure_docker.sh: {exc}"
     if done.returncode != 0:
@@ -71,8 +74,12 @@ class ComposeProject:
     def run(self, command: str | list[str], *, start: bool = True, **kw: Any) -> Any:
         """Create (and start) the service's next replica running command under busybox."""
         self.numbers += 1
-        labels = {PROJECT_LABEL: self.name, SERVICE_LABEL: self.service,
-                  NUMBER_LABEL: str(self.numbers), "com.docker.compose.oneoff": "False"}  # fmt: skip
+        labels = {
+            PROJECT_LABEL: self.name,
+            SERVICE_LABEL: self.service,
+            NUMBER_LABEL: str(self.numbers),
+            "com.docker.compose.oneoff": "False",
+        }
         kw.setdefault("network_mode", self.network_mode)
         container = self.dc.containers.create(
             IMAGE, command, name=f"{self.name}-{self.service}-{self.numbers}", labels=labels, **kw
@@ -96,8 +103,12 @@ class ComposeProject:
         return str(container.attrs["State"]["StartedAt"])
 
     def wait_status(self, container: Any, status: str, timeout: float = 15) -> None:
-        wait_for(lambda: self.status(container) == status, timeout, 0.05,
-                 f"{container.name} to be {status}")  # fmt: skip
+        wait_for(
+            lambda: self.status(container) == status,
+            timeout,
+            0.05,
+            f"{container.name} to be {status}",
+        )
 
     def network(self) -> Any:
         """The project's own network, as compose makes it (`<project>_default`)."""

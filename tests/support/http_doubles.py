@@ -139,13 +139,21 @@ class ProxyProcess:
     def command(self) -> list[str]:
         if self.kind == "proxy.py":
             data = self.dir / f"{self.name}-data"
-            return [sys.executable, "-m", "proxy", "--hostname", "127.0.0.1",
-                    "--port", str(self.port), "--num-workers", "1", "--num-acceptors", "1",
-                    "--data-dir", str(data), "--log-level", "e", "--timeout", "5"]  # fmt: skip
+            flags = "--hostname 127.0.0.1 --num-workers 1 --num-acceptors 1 --log-level e".split()
+            flags += ["--timeout", "5", "--port", str(self.port), "--data-dir", str(data)]
+            return [sys.executable, "-m", "proxy", *flags]
         conf = self.dir / f"{self.name}.conf"
-        lines = [f"Port {self.port}", "Listen 127.0.0.1", "Allow 127.0.0.1", "Timeout 5",
-                 "MaxClients 64", "DisableViaHeader Yes", f'AddHeader "X-Proxy" "{self.name}"',
-                 "LogLevel Critical", f'PidFile "{self.dir / self.name}.pid"']  # fmt: skip
+        lines = [
+            f"Port {self.port}",
+            "Listen 127.0.0.1",
+            "Allow 127.0.0.1",
+            "Timeout 5",
+            "MaxClients 64",
+            "DisableViaHeader Yes",
+            f'AddHeader "X-Proxy" "{self.name}"',
+            "LogLevel Critical",
+            f'PidFile "{self.dir / self.name}.pid"',
+        ]
         if self.auth:
             lines.append(f"BasicAuth {self.auth[0]} {self.auth[1]}")
         conf.write_text("\n".join(lines) + "\n")
@@ -157,8 +165,12 @@ class ProxyProcess:
             self.command(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
         )
         proc = self.proc
-        wait_for(lambda: listening(self.port) or proc.poll() is not None, 10, 0.02,
-                 f"{self.kind} {self.name} on {self.port}")  # fmt: skip
+        wait_for(
+            lambda: listening(self.port) or proc.poll() is not None,
+            10,
+            0.02,
+            f"{self.kind} {self.name} on {self.port}",
+        )
         if proc.poll() is not None:
             raise RuntimeError(f"{self.kind} {self.name} exited with {proc.returncode}")
         return self

@@ -44,18 +44,24 @@ class Cluster:
         return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
 
     def _pg_ctl(self, *args: str, check: bool = True) -> None:
-        subprocess.run([*self.as_owner, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args],
-                       check=check, capture_output=True, timeout=60)  # fmt: skip
+        subprocess.run(
+            [*self.as_owner, str(self.bindir / "pg_ctl"), "-D", str(self.data), *args],
+            check=check,
+            capture_output=True,
+            timeout=60,
+        )
 
     def init(self) -> Cluster:
-        subprocess.run([*self.as_owner, str(self.bindir / "initdb"), "-D", str(self.data),
-                        "-U", "postgres", "--auth=trust", "--no-locale", "-E", "UTF8", "-N"],
-                       check=True, capture_output=True, timeout=120)  # fmt: skip
+        initdb = [*self.as_owner, str(self.bindir / "initdb"), "-D", str(self.data)]
+        initdb += "-U postgres --auth=trust --no-locale -E UTF8 -N".split()
+        subprocess.run(initdb, check=True, capture_output=True, timeout=120)
         return self.start()
 
     def start(self) -> Cluster:
-        opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port}"
-                f" -c unix_socket_directories={self.base} -c fsync=off")  # fmt: skip
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={self.port}"
+            f" -c unix_socket_directories={self.base} -c fsync=off"
+        )
         self._pg_ctl("-l", str(self.base / "log"), "-w", "-t", "60", "-o", opts, "start")
         wait_for(self.answers, 30, 0.1, "private PostgreSQL answers")
         return self

@@ -42,8 +42,10 @@ def dead_rows(dsn: str, table: str) -> int:
         return int(row[0]) if row else 0
 
 
-FAST = {"REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS": "1",
-        "REMEDIATION_POSTGRES__LONG_QUERY_SECONDS": "1"}  # fmt: skip
+FAST = {
+    "REMEDIATION_POSTGRES__IDLE_IN_TRANSACTION_SECONDS": "1",
+    "REMEDIATION_POSTGRES__LONG_QUERY_SECONDS": "1",
+}
 
 
 @contextlib.contextmanager
@@ -65,7 +67,9 @@ def session(
 @contextlib.contextmanager
 def running(dsn: str, app: str, query: str = "SELECT pg_sleep(30)") -> Iterator[dict[str, Any]]:
     """Run ``query`` in a thread as ``app``; yields {"pid", "error"}; ends it on exit."""
-    conn = psycopg.connect(psycopg.conninfo.make_conninfo(dsn, application_name=app), autocommit=True)  # fmt: skip
+    conn = psycopg.connect(
+        psycopg.conninfo.make_conninfo(dsn, application_name=app), autocommit=True
+    )
     box: dict[str, Any] = {"pid": conn.info.backend_pid, "error": None}
 
     def work() -> None:

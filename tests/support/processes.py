@@ -25,16 +25,19 @@ class WorkerProcess:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> WorkerProcess:
-        cmd = [
-            str(Path(_venv_bin()) / "celery"), "-A", "remediation", "worker",
-            "-n", f"{self.name}@%h", "-c", str(self.concurrency), "--loglevel", "INFO",
-            "--without-gossip", "--without-mingle", *self.extra_args,
-        ]  # fmt: skip
+        celery = str(Path(_venv_bin()) / "celery")
+        cmd = [celery, "-A", "remediation", "worker", "-n", f"{self.name}@%h"]
+        cmd += ["-c", str(self.concurrency), "--loglevel", "INFO"]
+        cmd += ["--without-gossip", "--without-mingle", *self.extra_args]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         try:
             wait_for(
                 lambda: self.ready() or self._died(), timeout, 0.2, f"worker {self.name} ready"
@@ -83,13 +86,18 @@ class BeatProcess:
 
     def start(self) -> BeatProcess:
         """Start it without waiting: a standby says nothing until it becomes active."""
-        cmd = [str(Path(_venv_bin()) / "celery"), "-A", "remediation", "beat",
-               "--loglevel", "INFO", "-s", str(self.log_path.with_suffix(".schedule"))]  # fmt: skip
+        celery = str(Path(_venv_bin()) / "celery")
+        cmd = [celery, *"-A remediation beat --loglevel INFO".split()]
+        cmd += ["-s", str(self.log_path.with_suffix(".schedule"))]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=self.env, stdout=self._log, stderr=subprocess.STDOUT,
+            cmd,
+            cwd=ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
-        )  # fmt: skip
+        )
         return self
 
     def log(self) -> str:
@@ -129,11 +137,15 @@ class Beat:
     def __init__(self, env: dict[str, str], log: Path) -> None:
         self.log_path = log
         self._log = open(log, "wb")
+        celery = str(Path(sys.executable).parent / "celery")
         self.proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "celery"), "-A", "remediation", "beat",
-             "--loglevel", "DEBUG"],
-            cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+            [celery, "-A", "remediation", "beat", "--loglevel", "DEBUG"],
+            cwd=ROOT,
+            env=env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -34,8 +34,8 @@ class RedisServer:
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir,
-                "--logfile", "", *self.persistence()]  # fmt: skip
+        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
+        args += ["--logfile", "", *self.persistence()]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
         wait_for(lambda: _pings(client), 10, what=f"redis-server on {self.port}")

@@ -17,24 +17,46 @@ TABLES = ("check_runs", "findings", "guard_decisions", "action_runs", "observati
 
 def finding(summary: str = "bloat", evidence: dict[str, Any] | None = None) -> Finding:
     return Finding(
-        check="postgres_dead_tuples", target="app", subject="public.t", kind="postgres_bloat",
-        severity=Severity.HIGH, observed=0.5, threshold=0.2, summary=summary,
+        check="postgres_dead_tuples",
+        target="app",
+        subject="public.t",
+        kind="postgres_bloat",
+        severity=Severity.HIGH,
+        observed=0.5,
+        threshold=0.2,
+        summary=summary,
         evidence=evidence if evidence is not None else {"dsn": f"postgresql://u:{SECRET}@h/d"},
-    )  # fmt: skip
+    )
 
 
 def write_trail(store: AuditStore, task: str, f: Finding | None = None) -> dict[str, int]:
     """Seven writes, parents before children; returns the ids the store handed out."""
-    run = store.start_check_run("postgres_dead_tuples", "app",
-                                {"password": SECRET, "n": 1}, "detect", task)  # fmt: skip
+    run = store.start_check_run(
+        "postgres_dead_tuples", "app", {"password": SECRET, "n": 1}, "detect", task
+    )
     fid = store.add_finding(run, f or finding(), "inc-1")
-    did = store.add_decision(action="vacuum_analyze", target="app", resource="app/public.t",
-                             decision="admitted", reason=f"url postgresql://u:{SECRET}@h/d",
-                             finding_id=fid, task_id=task, idempotency_key=f"k-{task}")  # fmt: skip
-    aid = store.add_action_run(action="vacuum_analyze", target="app", resource="app/public.t",
-                               params={"tables": ["public.t"], "token": SECRET},
-                               outcome="succeeded", result={"ok": True}, duration_ms=3.5,
-                               decision_id=did, finding_id=fid, task_id=task)  # fmt: skip
+    did = store.add_decision(
+        action="vacuum_analyze",
+        target="app",
+        resource="app/public.t",
+        decision="admitted",
+        reason=f"url postgresql://u:{SECRET}@h/d",
+        finding_id=fid,
+        task_id=task,
+        idempotency_key=f"k-{task}",
+    )
+    aid = store.add_action_run(
+        action="vacuum_analyze",
+        target="app",
+        resource="app/public.t",
+        params={"tables": ["public.t"], "token": SECRET},
+        outcome="succeeded",
+        result={"ok": True},
+        duration_ms=3.5,
+        decision_id=did,
+        finding_id=fid,
+        task_id=task,
+    )
     store.finish_check_run(run, "ok", 1, 12.5)
     store.set_verification(aid, "recovered", run)
     store.record_observation("postgres_database_size", "app", "database_bytes", 42.0)
