@@ -29,12 +29,8 @@ from pydantic import SecretStr
 
 from bench.pipeline import admin_dsn
 from remediation import backups
-from remediation.actions.backups import (
-    BackupDatabaseParams,
-    VerifyBackupParams,
-    backup_database,
-    verify_backup,
-)
+from remediation.actions.backups import BackupDatabaseParams, backup_database
+from remediation.actions.verify_backup import VerifyBackupParams, verify_backup
 from remediation.context import ActionContext
 from remediation.settings import BackupSettings, Settings
 from tests.support.services import as_url, scratch_database

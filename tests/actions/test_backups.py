@@ -20,14 +20,8 @@ from pydantic import ValidationError
 
 from remediation import backups, quarantine
 from remediation.actions.backup_files import BackupFilesParams, backup_files, resolve_files
-from remediation.actions.backups import (
-    BackupDatabaseParams,
-    VerifyBackupParams,
-    backup_database,
-    resolve_database,
-    resolve_verify,
-    verify_backup,
-)
+from remediation.actions.backups import BackupDatabaseParams, backup_database, resolve_database
+from remediation.actions.verify_backup import VerifyBackupParams, resolve_verify, verify_backup
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import Refused
 from remediation.logging import get_logger

@@ -9,12 +9,8 @@ from typing import Any
 import pytest
 
 from remediation import backups
-from remediation.actions.backups import (
-    BackupDatabaseParams,
-    VerifyBackupParams,
-    backup_database,
-    verify_backup,
-)
+from remediation.actions.backups import BackupDatabaseParams, backup_database
+from remediation.actions.verify_backup import VerifyBackupParams, verify_backup
 from remediation.checks.backups import PostgresBackupsParams, postgres_backups
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import TargetError
