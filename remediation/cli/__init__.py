@@ -1,0 +1,153 @@
+"""The `remediation` command: status, history, report, breakers, schedule, playbook, run, db...
+
+Human tables by default, --json for machines. Exit codes: 0 ok, 1 failure, 2 bad usage or
+bad configuration. The verbs are in ``commands``, what they print in ``output``; the parser
+and ``main`` are here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from remediation.cli.commands import (
+    cmd_breakers,
+    cmd_db,
+    cmd_history,
+    cmd_pause,
+    cmd_playbook,
+    cmd_report,
+    cmd_resume,
+    cmd_run,
+    cmd_schedule,
+    cmd_status,
+    queue_depths,
+)
+from remediation.cli.output import describe, emit, parse_since, shown, table
+from remediation.errors import AuditError, ConfigError, RemediationError
+from remediation.settings import Settings, get_settings
+
+__all__ = [
+    "COMMANDS",
+    "build_parser",
+    "describe",
+    "emit",
+    "main",
+    "parse_since",
+    "queue_depths",
+    "shown",
+    "table",
+]
+
+
+class _Verbs:
+    """Adds verbs that each take --json too: `remediation --json history` and `remediation
+    history --json` mean the same (SUPPRESS: a verb without the flag keeps the global one)."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+        self._json = argparse.ArgumentParser(add_help=False)
+        self._json.add_argument(
+            "--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output"
+        )
+
+    def add_parser(self, name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._sub.add_parser(name, parents=[self._json], **kwargs)
+        return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="remediation", description=__doc__.splitlines()[0])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = _Verbs(p.add_subparsers(dest="command", required=True))
+    sub.add_parser("status", help="workers, queue depths, open breakers, recent actions")
+    h = sub.add_parser("history", help="guard decisions and action runs, newest first")
+    h.add_argument("--action")
+    h.add_argument("--target")
+    h.add_argument("--outcome", help="succeeded, failed, rejected, suppressed, dry_run ...")
+    h.add_argument("--since", type=parse_since, help="30m, 12h, 7d or an ISO time")
+    h.add_argument("--limit", type=int, default=50)
+    rp = sub.add_parser("report", help="per runbook procedure: fired, acted, suppressed, fixed")
+    rp.add_argument("--since", default="7d", help="window: 30m, 12h, 7d, 2w (default 7d)")
+    b = sub.add_parser("breakers", help="circuit breakers; `breakers reset NAME` closes one")
+    b.add_argument("verb", nargs="?", choices=["reset"])
+    b.add_argument("name", nargs="?")
+    sub.add_parser("schedule", help="beat_schedule.py entries and their next run times")
+    sub.add_parser("playbook", help="finding kind -> actions, with guards and docstrings")
+    r = sub.add_parser("run", help="run a check now (read-only unless --act)")
+    r.add_argument("check")
+    r.add_argument("--kwargs", default="{}", help='JSON, e.g. \'{"target": "self"}\'')
+    r.add_argument("--act", action="store_true", help="run the playbook's actions in-process")
+    d = sub.add_parser("db", help="audit database")
+    verbs = "upgrade: create/upgrade the schema; replay: write spooled rows now"
+    d.add_argument("verb", choices=["upgrade", "replay"], help=verbs)
+    pa = sub.add_parser("pause", help="maintenance: suppress every action")
+    pa.add_argument("--reason", default="maintenance")
+    pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
+    sub.add_parser("resume", help="end a maintenance pause")
+    return p
+
+
+COMMANDS = {
+    "status": cmd_status,
+    "history": cmd_history,
+    "report": cmd_report,
+    "breakers": cmd_breakers,
+    "schedule": cmd_schedule,
+    "playbook": cmd_playbook,
+    "run": cmd_run,
+    "db": cmd_db,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # as a command: `remediation ... | head` should end quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    args = build_parser().parse_args(argv)
+    if args.command == "breakers":
+        if args.verb == "reset" and not args.name:
+            print("usage: remediation breakers reset NAME", file=sys.stderr)
+            return 2
+        args.reset = args.name if args.verb == "reset" else None
+    if args.command == "report":
+        from remediation.report import parse_window
+
+        try:
+            args.since_text, args.since = args.since, parse_window(args.since)
+        except argparse.ArgumentTypeError as exc:
+            print(f"remediation report: --since {exc}", file=sys.stderr)
+            return 2
+    try:
+        settings = get_settings()
+        from remediation.logging import configure_logging
+
+        # the command's output is the answer; only warnings and errors are logged
+        quiet = "DEBUG" if settings.log_level == "DEBUG" else "WARNING"
+        configure_logging(quiet, settings.log_format)
+        return COMMANDS[args.command](args, settings)
+    except ConfigError as exc:
+        print(f"remediation: invalid configuration: {exc}", file=sys.stderr)
+        return 2
+    except AuditError as exc:
+        print(f"remediation: {_audit_problem(exc, settings)}", file=sys.stderr)
+        return 1
+    except RemediationError as exc:
+        print(f"remediation: {exc}", file=sys.stderr)
+        return 1
+
+
+def _audit_problem(exc: AuditError, s: Settings) -> str:
+    """A write that failed on its connection says only "audit write failed": name where."""
+    import psycopg
+
+    from remediation.audit.store import connection_failed
+
+    cause = exc.__cause__
+    if isinstance(cause, psycopg.OperationalError) and "audit database" not in str(exc):
+        return str(connection_failed(s.audit_dsn.get_secret_value(), cause))
+    return str(exc)

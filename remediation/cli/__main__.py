@@ -1,0 +1,7 @@
+"""`python -m remediation.cli`: the `remediation` command."""
+
+import sys
+
+from remediation.cli import main
+
+sys.exit(main())
