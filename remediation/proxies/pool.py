@@ -1,29 +1,13 @@
-"""The proxy pool in Redis (runbook 000 "Rotate Proxies", runbook 001 "Proxy Pool Maintenance").
+"""The pool in Redis: one hash per proxy, the index, the active set scrapers read.
 
-Configured entries (REMEDIATION_PROXIES__PROXY_LIST, REMEDIATION_PROXIES__FILE) read
-``URL [REGION]``. Keys, all in the Redis target that holds the pool:
-
-* ``rem:proxy:index``: SET of proxy ids (12 hex of sha1 of scheme://user@host:port, never
-  the password);
-* ``rem:proxy:p:<id>``: HASH per proxy (``new_proxy_fields``, ``result_fields``);
-* REMEDIATION_PROXIES__ACTIVE_KEY (``proxies:active``): SET of the active proxies' URLs,
-  credentials included, which scrapers read. It is replaced whole inside MULTI (built
-  under ``<key>:publishing`` and RENAMEd), so a reader sees the old set or the new one;
-* ``rem:proxy:ban_rate``, ``rem:proxy:last_ban_at``, ``rem:proxy:last_test``: the
-  latest test's ban rate, the epoch time of the last ban seen, and the test's counts.
-
-Every change to the pool goes through ``ProxyPool.update``: read under WATCH, plan,
-write and republish in one MULTI, re-planned when another writer got in between.
+Every change goes through ``ProxyPool.update``: read under WATCH, plan, write and republish
+in one MULTI, re-planned when another writer got in between.
 """
 
 from __future__ import annotations
 
-import hashlib
-import re
-import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TypeVar
 
 import redis
@@ -31,7 +15,7 @@ import redis
 from remediation.clients import redis as redis_clients
 from remediation.errors import RemediationError
 from remediation.guards import keys as guard_keys
-from remediation.settings import ProxySettings
+from remediation.proxies.entries import ProxyEntry, display_url
 
 PREFIX = guard_keys.PROXY
 INDEX_KEY = PREFIX + "index"
@@ -42,10 +26,6 @@ LAST_BAN_AT_KEY = PREFIX + "last_ban_at"
 LAST_TEST_KEY = PREFIX + "last_test"
 """HASH: at, tested, ok, slow, banned, dead, ban_rate of the latest test."""
 
-MAX_ENTRIES = 5000
-"""Configured proxies beyond this are ignored (and reported)."""
-MAX_FILE_BYTES = 4 * 1024 * 1024
-"""A proxies file larger than this is not read."""
 UPDATE_ATTEMPTS = 5
 """Times an update is re-planned when another writer changed the pool under it."""
 
@@ -54,130 +34,9 @@ OK, SLOW, BANNED, UNTESTED = "ok", "slow", "banned", "untested"
 HEALTHY = frozenset({OK, SLOW})
 FAILING = frozenset({BANNED, DEAD})
 
-SCHEMES = ("http", "https")
-_REGION = re.compile(r"^[A-Za-z0-9_\-]{1,32}$")
-_COMMENT = re.compile(r"(^|\s)#.*$")
-
 
 class ProxyPoolBusy(RemediationError):
     """The pool kept changing under an update; nothing was written."""
-
-
-def proxy_id(url: str) -> str:
-    """Stable id of a proxy: sha1 of scheme://user@host:port, first 12 hex (no password)."""
-    parts = urllib.parse.urlsplit(url)
-    identity = f"{parts.scheme.lower()}://{parts.username or ''}@{_host(parts)}:{parts.port}"
-    return hashlib.sha1(identity.encode(), usedforsecurity=False).hexdigest()[:12]
-
-
-def display_url(url: str) -> str:
-    """scheme://host:port: what logs, findings and results show (no user, no password)."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        port = ""
-    return f"{parts.scheme.lower()}://{_host(parts)}{port}"
-
-
-def _host(parts: urllib.parse.SplitResult) -> str:
-    host = (parts.hostname or "").lower()
-    return f"[{host}]" if ":" in host else host
-
-
-@dataclass(frozen=True)
-class ProxyEntry:
-    """One configured proxy: its URL (credentials included) and region ('' when none)."""
-
-    url: str
-    region: str = ""
-
-    @property
-    def id(self) -> str:
-        return proxy_id(self.url)
-
-
-def parse_entry(text: str) -> ProxyEntry:
-    """``URL [REGION]`` -> ProxyEntry; ValueError says what is wrong, never echoing the URL."""
-    fields = text.split()
-    if len(fields) not in (1, 2):
-        raise ValueError(f"expected 'URL [REGION]', got {len(fields)} fields")
-    raw = fields[0].rstrip("/")
-    if "://" not in raw:
-        raise ValueError("missing scheme: expected http://host:port or https://host:port")
-    parts = urllib.parse.urlsplit(raw)
-    scheme = parts.scheme.lower()
-    if scheme.startswith("socks"):
-        raise ValueError(f"{scheme}:// is not supported (no SOCKS support installed); use http(s)")
-    if scheme not in SCHEMES:
-        raise ValueError(f"unsupported scheme {scheme!r}: use http:// or https://")
-    if not parts.hostname:
-        raise ValueError("missing host")
-    try:
-        port = parts.port
-    except ValueError:
-        raise ValueError("port must be a number from 1 to 65535") from None
-    if port is None:
-        raise ValueError("missing port")
-    if port == 0:
-        raise ValueError("port must be a number from 1 to 65535")
-    if parts.path or parts.query or parts.fragment:
-        raise ValueError("a proxy URL has no path, query or fragment")
-    region = fields[1] if len(fields) == 2 else ""
-    if region and not _REGION.match(region):
-        raise ValueError("region must be 1-32 letters, digits, '_' or '-'")
-    return ProxyEntry(raw, region.lower())
-
-
-@dataclass
-class Loaded:
-    """What the configuration yielded. ``complete`` is False when a source could not be
-    read whole: proxies missing from it are then not removed from the pool."""
-
-    entries: list[ProxyEntry] = field(default_factory=list)
-    errors: list[str] = field(default_factory=list)
-    complete: bool = True
-
-
-def load_entries(cfg: ProxySettings) -> Loaded:
-    """Parse PROXY_LIST items and the proxies file; bad entries are reported, not fatal."""
-    loaded = Loaded()
-    sources = [(f"PROXY_LIST item {i}", text) for i, text in enumerate(cfg.proxy_list, 1)]
-    if cfg.file:
-        sources += _file_lines(cfg.file, loaded)
-    seen: dict[str, str] = {}
-    for where, text in sources:
-        text = _COMMENT.sub("", text).strip()
-        if not text:
-            continue
-        try:
-            entry = parse_entry(text)
-        except ValueError as exc:
-            loaded.errors.append(f"{where}: {exc}")
-            continue
-        if entry.id in seen:
-            loaded.errors.append(f"{where}: duplicate of {seen[entry.id]}")
-            continue
-        if len(loaded.entries) >= MAX_ENTRIES:
-            loaded.errors.append(f"{where}: more than {MAX_ENTRIES} proxies; the rest ignored")
-            loaded.complete = False
-            break
-        seen[entry.id] = where
-        loaded.entries.append(entry)
-    return loaded
-
-
-def _file_lines(path: str, loaded: Loaded) -> list[tuple[str, str]]:
-    try:
-        if Path(path).stat().st_size > MAX_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_FILE_BYTES} bytes")
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, ValueError) as exc:  # UnicodeDecodeError is a ValueError
-        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
-        loaded.errors.append(f"proxies file {path}: cannot read ({reason[:120]})")
-        loaded.complete = False
-        return []
-    return [(f"proxies file line {n}", line) for n, line in enumerate(text.splitlines(), 1)]
 
 
 @dataclass(frozen=True)
@@ -254,17 +113,34 @@ class ProxyRecord:
 
     def brief(self, **extra: Any) -> dict[str, Any]:
         """How findings and results name a proxy: id and scheme://host:port, no credentials."""
-        return {"id": self.id, "proxy": self.display, "region": self.region,
-                "state": self.state, "status": self.last_status, "reason": self.last_reason,
-                **extra}  # fmt: skip
+        return {
+            "id": self.id,
+            "proxy": self.display,
+            "region": self.region,
+            "state": self.state,
+            "status": self.last_status,
+            "reason": self.last_reason,
+            **extra,
+        }
 
 
 def new_proxy_fields(entry: ProxyEntry, now: float) -> dict[str, str]:
     """The hash of a proxy that just joined the pool: active, untested, full score."""
-    return {"url": entry.url, "region": entry.region, "state": ACTIVE, "score": "1.0",
-            "last_latency_ms": "", "consecutive_failures": "0", "last_checked": "0",
-            "last_status": UNTESTED, "last_reason": "", "quarantine_until": "0",
-            "quarantine_count": "0", "quarantined_at": "0", "added_at": f"{now:.3f}"}  # fmt: skip
+    return {
+        "url": entry.url,
+        "region": entry.region,
+        "state": ACTIVE,
+        "score": "1.0",
+        "last_latency_ms": "",
+        "consecutive_failures": "0",
+        "last_checked": "0",
+        "last_status": UNTESTED,
+        "last_reason": "",
+        "quarantine_until": "0",
+        "quarantine_count": "0",
+        "quarantined_at": "0",
+        "added_at": f"{now:.3f}",
+    }
 
 
 @dataclass
@@ -395,9 +271,16 @@ class ProxyPool:
         tested = sum(counts.values())
         rate = round(counts.get(BANNED, 0) / tested, 4) if tested else None
         pipe = self.r.pipeline()
-        pipe.hset(LAST_TEST_KEY, mapping={"at": f"{now:.3f}", "tested": tested,
-                                          "ban_rate": "" if rate is None else rate,
-                                          **{k: counts.get(k, 0) for k in (OK, SLOW, BANNED, DEAD)}})  # fmt: skip
+        ban_rate = "" if rate is None else rate
+        pipe.hset(
+            LAST_TEST_KEY,
+            mapping={
+                "at": f"{now:.3f}",
+                "tested": tested,
+                "ban_rate": ban_rate,
+                **{k: counts.get(k, 0) for k in (OK, SLOW, BANNED, DEAD)},
+            },
+        )
         if rate is not None:
             pipe.set(BAN_RATE_KEY, str(rate))
         if counts.get(BANNED):
@@ -432,8 +315,12 @@ def result_fields(rec: ProxyRecord, result: ProbeResult, now: float) -> dict[str
     value = {OK: 1.0, SLOW: 0.5}.get(result.status, 0.0)
     failures = rec.consecutive_failures + 1 if result.status == DEAD else 0
     latency = "" if result.latency_ms is None else f"{result.latency_ms:.1f}"
-    return {"last_status": result.status, "last_reason": result.reason[:200],
-            "last_latency_ms": latency, "last_checked": f"{now:.3f}",
-            "last_http_status": str(result.http_status or ""),
-            "consecutive_failures": str(failures),
-            "score": f"{0.7 * rec.score + 0.3 * value:.4f}"}  # fmt: skip
+    return {
+        "last_status": result.status,
+        "last_reason": result.reason[:200],
+        "last_latency_ms": latency,
+        "last_checked": f"{now:.3f}",
+        "last_http_status": str(result.http_status or ""),
+        "consecutive_failures": str(failures),
+        "score": f"{0.7 * rec.score + 0.3 * value:.4f}",
+    }
