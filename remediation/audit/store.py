@@ -1,128 +1,34 @@
 """Write and read audit rows. Every value written is redacted first.
 
-One connection pool per process (prefork children get their own after fork). Every row gets
-its id and its event time from this process, so a write can be repeated (INSERT ... ON
-CONFLICT (id) DO NOTHING, updates by id): when PostgreSQL does not answer, the write goes
-to the local spool (remediation.audit.spool) and is replayed later with the same id and
-time, exactly once, before any newer write of this process.
+The PostgreSQL store: its connections are remediation.audit.connection (one pool per
+process), its write path remediation.audit.writer (direct, or through the local spool while
+PostgreSQL does not answer, replayed later with the same ids and times).
 """
 
 from __future__ import annotations
 
 import os
-import re
-import threading
-import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg_pool import ConnectionPool
 
 from remediation.audit import schema
-from remediation.audit.schema import RowMissing, new_id, run_write, unreachable
-from remediation.audit.spool import ReplayResult, Spool, StopReplay
+from remediation.audit.connection import close_pools as close_pools  # re-exported
+from remediation.audit.connection import connection_failed as connection_failed  # re-exported
+from remediation.audit.connection import discard_pool, pool, where
+from remediation.audit.schema import new_id, unreachable
+from remediation.audit.spool import Spool
+from remediation.audit.writer import DOWN_SECONDS as DOWN_SECONDS  # re-exported
+from remediation.audit.writer import RowWriter
 from remediation.errors import AuditError
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.redact import (
-    MASK,
-    bounded_text,
-    redact,
-    redact_text,
-    serialized_size,
-    truncated,
-)
+from remediation.redact import bounded_text, redact, redact_text, serialized_size, truncated
 
 if TYPE_CHECKING:
     from remediation.settings import Settings
-
-_POOLS: dict[tuple[int, str], ConnectionPool] = {}
-_DOWN_UNTIL: dict[tuple[int, str], float] = {}
-_NEXT_REPLAY: dict[tuple[int, str], float] = {}
-
-DOWN_SECONDS = 1.0
-"""After PostgreSQL failed to answer, writes go straight to the spool for this long."""
-STUCK_RETRY_SECONDS = 5.0
-"""How often a replay is retried for records that failed for a reason other than the network."""
-LOCK_WAIT_SECONDS = 5.0
-"""How long a write waits for another process's replay round before spooling instead."""
-CONNECT_TIMEOUT = 3
-_APP = "remediation-audit"
-
-
-def _conninfo(dsn: str) -> dict[str, Any]:
-    try:
-        return psycopg.conninfo.conninfo_to_dict(dsn)
-    except psycopg.Error:
-        return {}
-
-
-def _where(dsn: str) -> str:
-    """'audit database "NAME" at host H, port P, user U' from a DSN, never its password."""
-    info = _conninfo(dsn)
-    host = info.get("host") or os.environ.get("PGHOST") or "the local socket"
-    port = info.get("port") or os.environ.get("PGPORT") or "5432"
-    name = info.get("dbname") or os.environ.get("PGDATABASE") or info.get("user") or "?"
-    user = f", user {info['user']}" if info.get("user") else ""
-    return redact_text(f'audit database "{name}" at host {host}, port {port}{user}')
-
-
-def connection_failed(dsn: str, exc: BaseException) -> AuditError:
-    """AuditError for a connection the audit database refused or did not answer: one line
-    naming host, port, database and the cause. Never the password: psycopg's message is cut
-    to its cause and redacted, and the DSN's own password is masked in it."""
-    line = (str(exc).strip().splitlines() or [""])[0]
-    cause = line.rpartition(" failed: ")[2]
-    cause = " ".join(re.sub(r"^(FATAL|ERROR):", "", cause).split()) or type(exc).__name__
-    cause = redact_text(cause)
-    password = _conninfo(dsn).get("password")
-    if password:
-        cause = cause.replace(str(password), MASK)
-    missing = cause.startswith("database ") and cause.endswith("does not exist")
-    hint = " (create it, then run `remediation db upgrade`)" if missing else ""
-    return AuditError(f"{_where(dsn)}: {cause}{hint}")
-
-
-def _pool(dsn: str) -> ConnectionPool:
-    key = (os.getpid(), dsn)
-    if key not in _POOLS:
-        # a pool waits its whole timeout for a server that refuses; one plain connect does not
-        psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT, application_name=_APP).close()
-        _POOLS[key] = ConnectionPool(
-            dsn,
-            min_size=0,
-            max_size=4,
-            kwargs={"autocommit": True, "application_name": _APP,
-                    "connect_timeout": CONNECT_TIMEOUT},
-            timeout=5,  # how long a write waits for a connection before AuditError
-            open=True,
-        )  # fmt: skip
-    return _POOLS[key]
-
-
-def _discard_pool(dsn: str) -> None:
-    """Forget a pool whose connections died with the server; the next write opens a new one."""
-    pool = _POOLS.pop((os.getpid(), dsn), None)
-    if pool is not None:  # closing waits for its workers: not on the caller's time
-        threading.Thread(target=pool.close, daemon=True).start()
-
-
-def close_pools() -> None:
-    for key, pool in list(_POOLS.items()):
-        if key[0] == os.getpid():
-            pool.close()
-        del _POOLS[key]
-
-
-def _replay_one(conn: psycopg.Connection[Any], record: dict[str, Any]) -> None:
-    try:
-        run_write(conn, str(record["op"]), dict(record["args"]))
-    except (psycopg.Error, OSError) as exc:
-        if unreachable(exc):
-            raise StopReplay from exc
-        raise
 
 
 def _now() -> str:
@@ -158,6 +64,7 @@ class AuditStore:
         self.dsn = dsn
         self.spool = Spool(spool_dir, spool_max_mb) if spool_dir is not None else None
         self.log = get_logger("remediation.audit")
+        self._writer = RowWriter(dsn, self.spool, self.log)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> AuditStore:
@@ -168,111 +75,32 @@ class AuditStore:
             spool_max_mb=settings.audit.spool_max_mb,
         )
 
-    @property
-    def _key(self) -> tuple[int, str]:
-        return (os.getpid(), self.dsn)
-
-    def _exec(self, op: str, args: dict[str, Any]) -> None:
-        """One direct write; AuditError (cause attached) when it fails."""
-        try:
-            with _pool(self.dsn).connection() as conn:
-                for _ in range(3):
-                    if run_write(conn, op, args):
-                        return
-                    args["id"] = new_id()  # another process took this id: never drop the row
-        except RowMissing:
-            raise
-        except (psycopg.Error, OSError) as exc:
-            if unreachable(exc):
-                _discard_pool(self.dsn)
-            raise AuditError(f"audit write failed: {type(exc).__name__}") from exc
-        raise AuditError("audit write failed: no free id")
-
-    def _write(self, op: str, args: dict[str, Any]) -> None:
-        if self.spool is None:
-            try:
-                self._exec(op, args)
-            except RowMissing:
-                pass  # as before the spool: an update of a missing row changes nothing
-            return
-        if time.monotonic() >= _DOWN_UNTIL.get(self._key, 0.0) and self._drain():
-            try:
-                self._exec(op, args)
-                return
-            except RowMissing:
-                if not self.spool.pending():
-                    return
-            except AuditError as exc:
-                cause = exc.__cause__
-                fk = isinstance(cause, psycopg.errors.ForeignKeyViolation) and self.spool.pending()
-                if not (unreachable(cause) or fk):
-                    raise
-                if unreachable(cause):
-                    _DOWN_UNTIL[self._key] = time.monotonic() + DOWN_SECONDS
-        self.spool.append({"op": op, "args": args})
-        self.log.warning("audit row spooled", op=op, spool=str(self.spool.dir))
-
-    def _drain(self) -> bool:
-        """Replay what waits before writing directly; False means: spool this write too."""
-        assert self.spool is not None
-        if not self.spool.pending():
-            return True
-        stuck_only = not self.spool.own_path().exists()
-        if stuck_only and time.monotonic() < _NEXT_REPLAY.get(self._key, 0.0):
-            return True
-        result = self._replay(LOCK_WAIT_SECONDS)
-        if result is None or result.stopped:
-            return False
-        if result.kept:
-            _NEXT_REPLAY[self._key] = time.monotonic() + STUCK_RETRY_SECONDS
-        return True
-
-    def _replay(self, wait: float) -> ReplayResult | None:
-        assert self.spool is not None
-        try:
-            conn = psycopg.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=_APP
-            )
-        except psycopg.Error:
-            _DOWN_UNTIL[self._key] = time.monotonic() + DOWN_SECONDS
-            return ReplayResult(stopped=True)
-        with conn:
-            result = self.spool.replay(lambda record: _replay_one(conn, record), wait=wait)
-        if result is not None and (result.applied or result.kept or result.dropped):
-            self.log.info("audit spool replayed", rows=result.applied, kept=result.kept,
-                          torn_lines=result.dropped, stopped=result.stopped)  # fmt: skip
-        if result is not None and result.stopped:
-            _DOWN_UNTIL[self._key] = time.monotonic() + DOWN_SECONDS
-        return result
-
     def replay_spool(self, wait: float = 30.0) -> int:
         """Replay the spool now (e.g. from the CLI); returns how many records were applied."""
         if self.spool is None:
             return 0
-        result = self._replay(wait)
+        result = self._writer.replay(wait)
         if result is None:
             raise AuditError(f"another process kept the audit spool locked for {wait:g} s")
         if result.stopped:
-            raise AuditError(
-                f"{_where(self.dsn)} unreachable; {result.kept} record(s) stay spooled"
-            )
+            raise AuditError(f"{where(self.dsn)} unreachable; {result.kept} record(s) stay spooled")
         return result.applied
 
     def query(
         self, query: str, params: tuple[Any, ...] | dict[str, Any] = ()
     ) -> list[dict[str, Any]]:
         try:
-            with _pool(self.dsn).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
+            with pool(self.dsn).connection() as conn, conn.cursor(row_factory=dict_row) as cur:
                 cur.execute(query, params)
                 return cur.fetchall()
         except psycopg.errors.UndefinedTable as exc:
             raise AuditError(
-                f"{_where(self.dsn)} has no audit tables: run `remediation db upgrade`"
+                f"{where(self.dsn)} has no audit tables: run `remediation db upgrade`"
             ) from exc
         except psycopg.Error as exc:
             if not unreachable(exc):
                 raise
-            _discard_pool(self.dsn)
+            discard_pool(self.dsn)
             raise connection_failed(self.dsn, exc) from exc
 
     def upgrade(self) -> list[int]:
@@ -285,47 +113,68 @@ class AuditStore:
 
     # --- writes ---------------------------------------------------------------------------
 
+    def _insert(self, op: str, **values: Any) -> int:
+        """Write a new row with its id and event time from this process; returns its id (a
+        new one when another process had taken the first)."""
+        args: dict[str, Any] = {"id": new_id(), **values, "at": _now()}
+        self._writer.write(op, args)
+        return int(args["id"])
+
     def start_check_run(
         self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
     ) -> int:
-        args: dict[str, Any] = {
-            "id": new_id(),
-            "task_id": task_id,
-            "check": check,
-            "target": target,
-            "purpose": purpose,
-            "params": audit_json(params),
-            "at": _now(),
-        }
-        self._write("check_run", args)
-        return int(args["id"])
+        return self._insert(
+            "check_run",
+            task_id=task_id,
+            check=check,
+            target=target,
+            purpose=purpose,
+            params=audit_json(params),
+        )
 
     def finish_check_run(
         self, run_id: int, status: str, findings: int, duration_ms: float, error: str | None = None
     ) -> None:
-        self._write("finish_check_run", {"id": run_id, "status": status, "findings": findings,
-                    "error": audit_text(error), "duration_ms": duration_ms,
-                    "at": _now()})  # fmt: skip
+        self._writer.write(
+            "finish_check_run",
+            {
+                "id": run_id,
+                "status": status,
+                "findings": findings,
+                "error": audit_text(error),
+                "duration_ms": duration_ms,
+                "at": _now(),
+            },
+        )
 
     def rejected_check(
         self, check: str, raw: dict[str, Any], error: str, task_id: str | None
     ) -> int:
-        args: dict[str, Any] = {"id": new_id(), "task_id": task_id, "check": check,
-                "target": redact_text(str(raw.get("target", "?")))[:64], "params": audit_json(raw),
-                "error": audit_text(error), "at": _now()}  # fmt: skip
-        self._write("rejected_check", args)
-        return int(args["id"])
+        return self._insert(
+            "rejected_check",
+            task_id=task_id,
+            check=check,
+            target=redact_text(str(raw.get("target", "?")))[:64],
+            params=audit_json(raw),
+            error=audit_text(error),
+        )
 
     def add_finding(self, run_id: int, f: Finding, incident_id: str | None) -> int:
-        args: dict[str, Any] = {
-            "id": new_id(), "run_id": run_id, "check": f.check, "target": f.target,
-            "subject": f.subject, "kind": f.kind, "severity": f.severity.value,
-            "observed": audit_text(f.observed), "threshold": audit_text(f.threshold),
-            "summary": audit_text(f.summary), "evidence": audit_json(f.evidence),
-            "fingerprint": f.fingerprint, "incident_id": incident_id, "at": _now(),
-        }  # fmt: skip
-        self._write("finding", args)
-        return int(args["id"])
+        return self._insert(
+            "finding",
+            run_id=run_id,
+            check=f.check,
+            target=f.target,
+            subject=f.subject,
+            kind=f.kind,
+            severity=f.severity.value,
+            observed=audit_text(f.observed),
+            threshold=audit_text(f.threshold),
+            summary=audit_text(f.summary),
+            evidence=audit_json(f.evidence),
+            fingerprint=f.fingerprint,
+            incident_id=incident_id,
+        )
 
     def add_decision(
         self,
@@ -340,14 +189,18 @@ class AuditStore:
         task_id: str | None = None,
         idempotency_key: str | None = None,
     ) -> int:
-        args: dict[str, Any] = {
-            "id": new_id(), "finding_id": finding_id, "task_id": task_id, "action": action,
-            "target": target, "resource": resource, "idempotency_key": idempotency_key,
-            "decision": decision, "guard": guard or None, "reason": audit_text(reason),
-            "at": _now(),
-        }  # fmt: skip
-        self._write("decision", args)
-        return int(args["id"])
+        return self._insert(
+            "decision",
+            finding_id=finding_id,
+            task_id=task_id,
+            action=action,
+            target=target,
+            resource=resource,
+            idempotency_key=idempotency_key,
+            decision=decision,
+            guard=guard or None,
+            reason=audit_text(reason),
+        )
 
     def add_action_run(
         self,
@@ -365,31 +218,36 @@ class AuditStore:
         task_id: str | None = None,
         verification: str | None = None,
     ) -> int:
-        args: dict[str, Any] = {
-            "id": new_id(), "decision_id": decision_id, "finding_id": finding_id,
-            "task_id": task_id, "action": action, "target": target, "resource": resource,
-            "params": audit_json(params), "outcome": outcome, "error": audit_text(error),
-            "result": audit_json(result) if result is not None else None,
-            "duration_ms": duration_ms, "verification": verification, "at": _now(),
-        }  # fmt: skip
-        self._write("action_run", args)
-        return int(args["id"])
+        return self._insert(
+            "action_run",
+            decision_id=decision_id,
+            finding_id=finding_id,
+            task_id=task_id,
+            action=action,
+            target=target,
+            resource=resource,
+            params=audit_json(params),
+            outcome=outcome,
+            error=audit_text(error),
+            result=audit_json(result) if result is not None else None,
+            duration_ms=duration_ms,
+            verification=verification,
+        )
 
     def set_verification(
         self, action_run_id: int, verification: str, check_run_id: int | None
     ) -> None:
-        self._write("verification", {"id": action_run_id, "verification": verification,
-                    "check_run_id": check_run_id, "at": _now()})  # fmt: skip
+        values = {"verification": verification, "check_run_id": check_run_id, "at": _now()}
+        self._writer.write("verification", {"id": action_run_id, **values})
 
     def record_observation(self, check: str, target: str, metric: str, value: float) -> None:
         """A measured value kept for the next run to compare with (e.g. database size)."""
-        self._write("observation", {"id": new_id(), "check": check, "target": target,
-                    "metric": metric, "value": value, "at": _now()})  # fmt: skip
+        self._insert("observation", check=check, target=target, metric=metric, value=value)
 
     def last_observation(self, check: str, target: str, metric: str) -> tuple[float, Any] | None:
         """(value, observed_at) of the newest observation, or None (also while unreachable)."""
         if self.spool is not None:
-            if time.monotonic() < _DOWN_UNTIL.get(self._key, 0.0) or not self._drain():
+            if self._writer.down() or not self._writer.drain():
                 return None
         try:
             rows = self.query(
@@ -398,7 +256,7 @@ class AuditStore:
                 (check, target, metric),
             )
         except AuditError:
-            _DOWN_UNTIL[self._key] = time.monotonic() + DOWN_SECONDS
+            self._writer.mark_down()
             return None
         return (rows[0]["value"], rows[0]["observed_at"]) if rows else None
 
