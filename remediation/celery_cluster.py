@@ -216,7 +216,15 @@ def stuck_tasks(
             limit = w.stuck_factor * w.expected_seconds.get(name, w.default_expected_seconds)
             runtime = now - float(started)
             if runtime > limit:
-                found.append({"id": str(task.get("id")), "name": name, "worker": worker,
-                              "pid": task.get("worker_pid"), "started_at": float(started),
-                              "runtime_seconds": round(runtime, 1), "limit_seconds": limit})  # fmt: skip
+                found.append(
+                    {
+                        "id": str(task.get("id")),
+                        "name": name,
+                        "worker": worker,
+                        "pid": task.get("worker_pid"),
+                        "started_at": float(started),
+                        "runtime_seconds": round(runtime, 1),
+                        "limit_seconds": limit,
+                    }
+                )
     return sorted(active), sorted(found, key=lambda t: float(t["started_at"]))

@@ -46,8 +46,13 @@ def scale_service(settings: Settings, project: str, service: str, replicas: int)
     dc = docker_client.client(settings)
     every = compose_containers(dc, project, service)
     running = _newest_last([c for c in every if c.status == "running"])
-    result: dict[str, Any] = {"project": project, "service": service, "before": len(running),
-                              "created": [], "removed": []}  # fmt: skip
+    result: dict[str, Any] = {
+        "project": project,
+        "service": service,
+        "before": len(running),
+        "created": [],
+        "removed": [],
+    }
     if replicas > len(running):
         template = _template(project, service, running or _newest_last(every))
         taken = {c.name for c in every}

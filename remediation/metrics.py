@@ -79,29 +79,54 @@ class _Metrics:
 
     def __init__(self, registry: CollectorRegistry | None) -> None:
         r = registry
-        self.checks = Counter("remediation_checks", "Check runs by status (ok, error, rejected)",
-                              ["check", "status"], registry=r)  # fmt: skip
-        self.check_duration = Histogram("remediation_check_duration_seconds",
-                                        "Check run duration", ["check"],
-                                        buckets=CHECK_BUCKETS, registry=r)  # fmt: skip
+        self.checks = Counter(
+            "remediation_checks",
+            "Check runs by status (ok, error, rejected)",
+            ["check", "status"],
+            registry=r,
+        )
+        self.check_duration = Histogram(
+            "remediation_check_duration_seconds",
+            "Check run duration",
+            ["check"],
+            buckets=CHECK_BUCKETS,
+            registry=r,
+        )
         self.last_success = Gauge(
             "remediation_check_last_success_timestamp_seconds",
             "Unix time of the check's last successful run (the dead-man's switch)",
-            ["check"], multiprocess_mode="max", registry=r,
-        )  # fmt: skip
-        self.findings = Counter("remediation_findings", "Findings reported by checks",
-                                ["check", "kind", "severity"], registry=r)  # fmt: skip
-        self.decisions = Counter("remediation_guard_decisions",
-                                 "Guard decisions on action calls (admitted, suppressed, ...)",
-                                 ["action", "decision", "guard"], registry=r)  # fmt: skip
-        self.actions = Counter("remediation_actions", "Action calls by outcome",
-                               ["action", "outcome"], registry=r)  # fmt: skip
-        self.action_duration = Histogram("remediation_action_duration_seconds",
-                                         "Duration of actions that ran", ["action"],
-                                         buckets=ACTION_BUCKETS, registry=r)  # fmt: skip
-        self.verifications = Counter("remediation_verifications",
-                                     "Verification verdicts after an action",
-                                     ["action", "verdict"], registry=r)  # fmt: skip
+            ["check"],
+            multiprocess_mode="max",
+            registry=r,
+        )
+        self.findings = Counter(
+            "remediation_findings",
+            "Findings reported by checks",
+            ["check", "kind", "severity"],
+            registry=r,
+        )
+        self.decisions = Counter(
+            "remediation_guard_decisions",
+            "Guard decisions on action calls (admitted, suppressed, ...)",
+            ["action", "decision", "guard"],
+            registry=r,
+        )
+        self.actions = Counter(
+            "remediation_actions", "Action calls by outcome", ["action", "outcome"], registry=r
+        )
+        self.action_duration = Histogram(
+            "remediation_action_duration_seconds",
+            "Duration of actions that ran",
+            ["action"],
+            buckets=ACTION_BUCKETS,
+            registry=r,
+        )
+        self.verifications = Counter(
+            "remediation_verifications",
+            "Verification verdicts after an action",
+            ["action", "verdict"],
+            registry=r,
+        )
 
 
 _STATE = _State()
@@ -208,15 +233,18 @@ def prepare_worker(settings: Settings) -> None:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             lock.close()
-            log.error("metrics directory is used by another running worker; metrics are off"
-                      " for this one (give each worker its own REMEDIATION_METRICS__MULTIPROC_DIR)",
-                      directory=str(directory))  # fmt: skip
+            log.error(
+                "metrics directory is used by another running worker; metrics are off"
+                " for this one (give each worker its own REMEDIATION_METRICS__MULTIPROC_DIR)",
+                directory=str(directory),
+            )
             _set_mode("off")
             return
         removed = wipe(directory)
     except OSError as exc:
-        log.error("metrics directory unusable; metrics are off", directory=str(directory),
-                  error=repr(exc))  # fmt: skip
+        log.error(
+            "metrics directory unusable; metrics are off", directory=str(directory), error=repr(exc)
+        )
         _set_mode("off")
         return
     os.environ[ENV_DIR] = str(directory)  # children inherit it; mark_process_dead reads it
@@ -280,12 +308,14 @@ def start_server(settings: Settings) -> int | None:
     try:
         server, _thread = start_http_server(cfg.port, addr=cfg.host, registry=reg)
     except OSError as exc:
-        log.error("metrics endpoint could not start", host=cfg.host, port=cfg.port,
-                  error=repr(exc))  # fmt: skip
+        log.error("metrics endpoint could not start", host=cfg.host, port=cfg.port, error=repr(exc))
         return None
     _STATE.server, _STATE.port = server, int(server.server_address[1])
-    log.info(f"metrics endpoint listening on http://{cfg.host}:{_STATE.port}/metrics",
-             host=cfg.host, port=_STATE.port)  # fmt: skip
+    log.info(
+        f"metrics endpoint listening on http://{cfg.host}:{_STATE.port}/metrics",
+        host=cfg.host,
+        port=_STATE.port,
+    )
     return _STATE.port
 
 
@@ -333,14 +363,18 @@ class _StateCollector(Collector):
         reap_dead_children(self.directory)
         up = GaugeMetricFamily("remediation_worker_up", "1 while the worker serves metrics")
         up.add_metric([], 1)
-        build = GaugeMetricFamily("remediation_build_info", "Version of the running worker",
-                                  labels=["version", "python"])  # fmt: skip
+        build = GaugeMetricFamily(
+            "remediation_build_info", "Version of the running worker", labels=["version", "python"]
+        )
         build.add_metric([_version(), sys.version.split()[0]], 1)
-        breakers = GaugeMetricFamily("remediation_breaker_state",
-                                     "Circuit breaker state: 0 closed, 1 half_open, 2 open",
-                                     labels=["breaker"])  # fmt: skip
-        state_up = GaugeMetricFamily("remediation_state_redis_up",
-                                     "1 if the state Redis answered this scrape")  # fmt: skip
+        breakers = GaugeMetricFamily(
+            "remediation_breaker_state",
+            "Circuit breaker state: 0 closed, 1 half_open, 2 open",
+            labels=["breaker"],
+        )
+        state_up = GaugeMetricFamily(
+            "remediation_state_redis_up", "1 if the state Redis answered this scrape"
+        )
         try:
             for name, state in read_breakers(self.url):
                 breakers.add_metric([_label(name)], BREAKER_STATES.get(state, 2))

@@ -149,9 +149,16 @@ def action(
         model = _params_model(fn, ActionParams)
         _bounded(name, model)
         spec = ActionSpec(
-            name, fn, model, _doc(fn), resolve, options, resource or (lambda p: p.target),
-            timeout, upfront,
-        )  # fmt: skip
+            name,
+            fn,
+            model,
+            _doc(fn),
+            resolve,
+            guards=options,
+            resource=resource or (lambda p: p.target),
+            timeout=timeout,
+            upfront=upfront,
+        )
         ACTIONS[name] = spec
         return fn
 

@@ -151,12 +151,17 @@ def build(store: AuditStore, window: timedelta) -> dict[str, Any]:
         else:
             runbook, name = proc.runbook, proc.procedure
         median = row["median_fix_s"]
-        rows.append({
-            "procedure": name, "runbook": runbook, "finding": kind or NO_FINDING,
-            "action": action, **{k: int(row[k]) for k in _COUNTS},
-            "suppressed_by": suppressed_by.get((kind, action), {}),
-            "median_fix_seconds": round(float(median), 3) if median is not None else None,
-        })  # fmt: skip
+        rows.append(
+            {
+                "procedure": name,
+                "runbook": runbook,
+                "finding": kind or NO_FINDING,
+                "action": action,
+                **{k: int(row[k]) for k in _COUNTS},
+                "suppressed_by": suppressed_by.get((kind, action), {}),
+                "median_fix_seconds": round(float(median), 3) if median is not None else None,
+            }
+        )
     rows.sort(key=lambda r: (r["finding"] == NO_FINDING, r["procedure"], r["finding"], r["action"]))
     totals = {k: int(v) for k, v in store.query(_TOTALS, params)[0].items()}
     return {
@@ -168,8 +173,18 @@ def build(store: AuditStore, window: timedelta) -> dict[str, Any]:
     }
 
 
-_COUNTS = ("calls", "fired", "acted", "succeeded", "failed", "suppressed", "dry_run",
-           "rejected", "verified", "not_verified")  # fmt: skip
+_COUNTS = (
+    "calls",
+    "fired",
+    "acted",
+    "succeeded",
+    "failed",
+    "suppressed",
+    "dry_run",
+    "rejected",
+    "verified",
+    "not_verified",
+)
 
 
 def render(report: dict[str, Any], window_text: str) -> str:
@@ -192,8 +207,17 @@ def render(report: dict[str, Any], window_text: str) -> str:
         }
         for r in report["procedures"]
     ]
-    cols = ["procedure", "finding", "action", "fired", "succeeded", "failed", "suppressed",
-            "verified", "median_fix"]  # fmt: skip
+    cols = [
+        "procedure",
+        "finding",
+        "action",
+        "fired",
+        "succeeded",
+        "failed",
+        "suppressed",
+        "verified",
+        "median_fix",
+    ]
     notes = [
         "",
         "fired: findings that dispatched the action (calls, without a finding); suppressed: "

@@ -33,8 +33,9 @@ def parse_schedule(value: Any) -> Any:
         if len(fields) != 5:
             raise ValueError(f"crontab {value!r} needs 5 fields: minute hour day month weekday")
         minute, hour, day, month, weekday = fields
-        cron = crontab(minute=minute, hour=hour, day_of_month=day, month_of_year=month,
-                       day_of_week=weekday)  # fmt: skip
+        cron = crontab(
+            minute=minute, hour=hour, day_of_month=day, month_of_year=month, day_of_week=weekday
+        )
         return cron
     raise ValueError(f"schedule must be a crontab string or seconds, not {type(value).__name__}")
 

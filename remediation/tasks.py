@@ -81,9 +81,12 @@ def _register_action(app: Celery, name: str, task_name: str) -> None:
 
 @signals.task_failure.connect
 def _poison(
-    sender: Task | None = None, task_id: str | None = None, exception: BaseException | None = None,
-    kwargs: dict[str, Any] | None = None, **_: Any,
-) -> None:  # fmt: skip
+    sender: Task | None = None,
+    task_id: str | None = None,
+    exception: BaseException | None = None,
+    kwargs: dict[str, Any] | None = None,
+    **_: Any,
+) -> None:
     """In the worker's main process: Celery gave up on an action whose worker died on every
     delivery (task_retry_on_worker_lost exhausted max_retries). Audit and notify it."""
     if not isinstance(exception, WorkerLostError) or sender is None or task_id is None:
@@ -93,8 +96,11 @@ def _poison(
         return
     try:
         runner(sender.app).record_worker_lost(
-            name.removeprefix(registry.ACTION_PREFIX), dict(kwargs or {}), task_id,
-            _header(sender), int(sender.request.retries or 0) + 1,
-        )  # fmt: skip
+            name.removeprefix(registry.ACTION_PREFIX),
+            dict(kwargs or {}),
+            task_id,
+            _header(sender),
+            int(sender.request.retries or 0) + 1,
+        )
     except Exception as exc:  # never break the worker's main process
         structlog.get_logger("remediation").error("could not record a poison task", error=str(exc))

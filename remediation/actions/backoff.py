@@ -152,9 +152,18 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
     banning = max(signal.ban_rate or 0.0, params.observed_rate or 0.0)
     if banning >= cfg.ban_rate_threshold:
         last_ban = repr(now)  # banning right now: never ease off, whatever the timestamps say
-    args = [params.direction, cfg.floor_seconds, cfg.cap_seconds, cfg.increase_factor,
-            cfg.decrease_step_seconds, cfg.default_concurrency, repr(now), last_ban,
-            cfg.healthy_seconds, ctx.idempotency_key]  # fmt: skip
+    args = [
+        params.direction,
+        cfg.floor_seconds,
+        cfg.cap_seconds,
+        cfg.increase_factor,
+        cfg.decrease_step_seconds,
+        cfg.default_concurrency,
+        repr(now),
+        last_ban,
+        cfg.healthy_seconds,
+        ctx.idempotency_key,
+    ]
     reply = ctx.redis(params.target).register_script(_TUNE)(keys=[cfg.config_key], args=args)
     before, after, concurrency, reason, version, created, quiet = (
         redis_clients.text(v) for v in reply
@@ -181,8 +190,12 @@ def tune_backoff(ctx: ActionContext, params: TuneBackoffParams) -> ActionResult:
             )
         except (OSError, ActionFailed) as exc:
             detail["mirror"] = f"failed: {exc}"
-            return ActionResult(ok=False, changed=changed, detail=detail,
-                                summary=f"{summary}; mirror file not written: {exc}")  # fmt: skip
+            return ActionResult(
+                ok=False,
+                changed=changed,
+                detail=detail,
+                summary=f"{summary}; mirror file not written: {exc}",
+            )
     return ActionResult(changed=changed, summary=summary, detail=detail)
 
 

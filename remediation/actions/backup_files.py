@@ -100,9 +100,11 @@ def backup_files(ctx: ActionContext, params: BackupFilesParams) -> ActionResult:
             partial.unlink(missing_ok=True)
             raise
         retention = backups.apply_archive_retention(
-            folder, cfg.keep_file_archives, max_deletions=MAX_DELETIONS_PER_RUN,
+            folder,
+            cfg.keep_file_archives,
+            max_deletions=MAX_DELETIONS_PER_RUN,
             stale_seconds=stale_after(cfg, DUMP_TIMEOUT),
-        )  # fmt: skip
+        )
     notes = [f"missing: {', '.join(report.missing)}"] if report.missing else []
     notes += [f"{len(report.warnings)} warning(s)"] if report.warnings else []
     notes += retention_note(retention)

@@ -175,7 +175,13 @@ def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
     return ActionResult(
         changed=run.total > 0,
         summary=summary,
-        detail={"deleted": run.deleted, "scanned": run.scanned, "capped": capped,
-                "left": run.left, "left_is_lower_bound": run.left >= LEFT_COUNT_MAX,
-                "protected": run.protected, "blast_capped": run.blast_capped},
-    )  # fmt: skip
+        detail={
+            "deleted": run.deleted,
+            "scanned": run.scanned,
+            "capped": capped,
+            "left": run.left,
+            "left_is_lower_bound": run.left >= LEFT_COUNT_MAX,
+            "protected": run.protected,
+            "blast_capped": run.blast_capped,
+        },
+    )

@@ -151,26 +151,49 @@ def _scale_celery(ctx: ActionContext, target: ScaleTarget, direction: str) -> Ac
     sizes = pool_sizes(app, workers) if workers else {}
     sized = {w: n for w, n in sizes.items() if n is not None}
     if not sized:
-        return ActionResult(ok=False, changed=False, detail={"workers": sizes},
-                            summary=f"{target.name}: no worker with a resizable pool answered"
-                                    f" (consuming {target.queues})")  # fmt: skip
+        return ActionResult(
+            ok=False,
+            changed=False,
+            detail={"workers": sizes},
+            summary=(
+                f"{target.name}: no worker with a resizable pool answered"
+                f" (consuming {target.queues})"
+            ),
+        )
     wanted = {w: _clamp(n, direction, target) for w, n in sized.items()}
     moving = {w: n for w, n in wanted.items() if n != sized[w]}
     if not moving:
         return _at_bound(target, direction, sized)
     _blast(ctx, target, sum(n - sized[w] for w, n in moving.items()))
     command = app.control.pool_grow if direction == "up" else app.control.pool_shrink
-    replies = {w: _reply(command(abs(n - sized[w]), destination=[w], reply=True,
-                                 timeout=CONTROL_TIMEOUT), w) for w, n in moving.items()}  # fmt: skip
+    replies = {
+        w: _reply(
+            command(abs(n - sized[w]), destination=[w], reply=True, timeout=CONTROL_TIMEOUT), w
+        )
+        for w, n in moving.items()
+    }
     after = _confirm(app, moving)
     confirmed = sorted(w for w, n in moving.items() if after[w] == n)
-    detail = {"backend": "celery", "direction": direction, "min": target.min, "max": target.max,
-              "workers": {w: {"before": sized[w], "wanted": n, "after": after[w],
-                              "reply": replies[w]} for w, n in moving.items()}}  # fmt: skip
+    detail = {
+        "backend": "celery",
+        "direction": direction,
+        "min": target.min,
+        "max": target.max,
+        "workers": {
+            w: {"before": sized[w], "wanted": n, "after": after[w], "reply": replies[w]}
+            for w, n in moving.items()
+        },
+    }
     changes = ", ".join(f"{w} {sized[w]} -> {after[w]}" for w in sorted(moving))
-    return ActionResult(ok=len(confirmed) == len(moving), changed=bool(confirmed), detail=detail,
-                        summary=f"{target.name}: pool {direction} ({changes} processes);"
-                                f" {len(confirmed)} of {len(moving)} confirmed")  # fmt: skip
+    return ActionResult(
+        ok=len(confirmed) == len(moving),
+        changed=bool(confirmed),
+        detail=detail,
+        summary=(
+            f"{target.name}: pool {direction} ({changes} processes);"
+            f" {len(confirmed)} of {len(moving)} confirmed"
+        ),
+    )
 
 
 def _blast(ctx: ActionContext, target: ScaleTarget, added: int) -> None:
@@ -190,10 +213,17 @@ def _blast(ctx: ActionContext, target: ScaleTarget, added: int) -> None:
 
 def _at_bound(target: ScaleTarget, direction: str, sizes: dict[str, int]) -> ActionResult:
     if direction == "up":  # not ok: the runner escalates, a human decides on more capacity
-        return ActionResult(ok=False, changed=False, detail={"sizes": sizes, "max": target.max},
-                            summary=f"{target.name}: at max ({target.max}); cannot scale up")  # fmt: skip
-    return ActionResult(changed=False, detail={"sizes": sizes, "min": target.min},
-                        summary=f"{target.name}: already at min ({target.min}) or below")  # fmt: skip
+        return ActionResult(
+            ok=False,
+            changed=False,
+            detail={"sizes": sizes, "max": target.max},
+            summary=f"{target.name}: at max ({target.max}); cannot scale up",
+        )
+    return ActionResult(
+        changed=False,
+        detail={"sizes": sizes, "min": target.min},
+        summary=f"{target.name}: already at min ({target.min}) or below",
+    )
 
 
 def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> ActionResult:
@@ -213,11 +243,24 @@ def _scale_compose(ctx: ActionContext, target: ScaleTarget, direction: str) -> A
         if time.monotonic() > deadline:
             break
         time.sleep(_POLL)
-    detail = {"backend": "compose", "direction": direction, "before": before, "wanted": wanted,
-              "after": after, "min": target.min, "max": target.max, "result": result}  # fmt: skip
-    return ActionResult(ok=after == wanted, changed=after != before, detail=detail,
-                        summary=f"{target.name}: {project}/{service} {before} -> {after}"
-                                f" replicas (wanted {wanted})")  # fmt: skip
+    detail = {
+        "backend": "compose",
+        "direction": direction,
+        "before": before,
+        "wanted": wanted,
+        "after": after,
+        "min": target.min,
+        "max": target.max,
+        "result": result,
+    }
+    return ActionResult(
+        ok=after == wanted,
+        changed=after != before,
+        detail=detail,
+        summary=(
+            f"{target.name}: {project}/{service} {before} -> {after} replicas (wanted {wanted})"
+        ),
+    )
 
 
 @action(
@@ -249,9 +292,13 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
         field = "last_up" if params.direction == "up" else "last_down"
         last = state.hget(scale_key(target.name), field)
         if last is not None and float(last) >= ctx.resumed_since:
-            return ActionResult(changed=True, detail={field: float(last)},
-                                summary=f"{target.name}: already scaled {params.direction} by"
-                                        f" the attempt that was lost")  # fmt: skip
+            return ActionResult(
+                changed=True,
+                detail={field: float(last)},
+                summary=(
+                    f"{target.name}: already scaled {params.direction} by the attempt that was lost"
+                ),
+            )
     scale = _scale_celery if target.backend == "celery" else _scale_compose
     result = scale(ctx, target, params.direction)
     if result.changed:
@@ -279,18 +326,26 @@ def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> Ac
     wanted = stuck[: w.max_revokes_per_run]
     chosen = wanted[: ctx.reserve(len(wanted))]  # blast radius: tasks revoked per window
     if wanted and not chosen:
-        return ActionResult(changed=False, summary="blast-radius cap for revoke_stuck_tasks"
-                            " reached; nothing revoked", detail={"stuck": len(stuck)})  # fmt: skip
+        return ActionResult(
+            changed=False,
+            summary="blast-radius cap for revoke_stuck_tasks reached; nothing revoked",
+            detail={"stuck": len(stuck)},
+        )
     if not chosen:
-        return ActionResult(changed=False, summary="no task is stuck any more",
-                            detail={"workers": answered})  # fmt: skip
+        return ActionResult(
+            changed=False, summary="no task is stuck any more", detail={"workers": answered}
+        )
     ids = [t["id"] for t in chosen]
     app.control.revoke(ids, terminate=True, signal="SIGTERM")
     gone = _confirm_gone(app, chosen)
     detail = {"revoked": chosen, "confirmed": gone, "left_stuck": len(stuck) - len(chosen)}
     names = ", ".join(f"{t['name']}[{t['id']}]" for t in chosen)
-    return ActionResult(ok=len(gone) == len(ids), changed=bool(gone), detail=detail,
-                        summary=f"revoked {len(ids)} stuck task(s): {names}; {len(gone)} gone")  # fmt: skip
+    return ActionResult(
+        ok=len(gone) == len(ids),
+        changed=bool(gone),
+        detail=detail,
+        summary=f"revoked {len(ids)} stuck task(s): {names}; {len(gone)} gone",
+    )
 
 
 def _confirm_gone(app: Any, chosen: list[dict[str, Any]]) -> list[str]:

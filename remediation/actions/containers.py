@@ -53,8 +53,8 @@ def _iso(stamp: float) -> str:
 
 def backoff_seconds(cfg: ContainerSettings, restarts: int) -> int:
     """Wait after the n-th restart in the window: base, doubling, capped (CrashLoopBackOff)."""
-    return int(min(cfg.restart_backoff_base_seconds * 2 ** max(restarts - 1, 0),
-                   cfg.restart_backoff_max_seconds))  # fmt: skip
+    doubled = cfg.restart_backoff_base_seconds * 2 ** max(restarts - 1, 0)
+    return int(min(doubled, cfg.restart_backoff_max_seconds))
 
 
 def _saved(ctx: CheckContext, name: str) -> dict[str, str]:
@@ -167,25 +167,40 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
             f"{name} not restarted: the blast-radius cap for restart_container is spent",
             guard="blast",
         )
-    return _restart(ctx, name, container, key, now, history, status=container.status,
-                    health=health)  # fmt: skip
+    return _restart(ctx, name, container, key, now, history, status=container.status, health=health)
 
 
-def _give_up(ctx: ActionContext, name: str, key: str, now: float,
-             history: list[float]) -> ActionResult:  # fmt: skip
+def _give_up(
+    ctx: ActionContext, name: str, key: str, now: float, history: list[float]
+) -> ActionResult:
     cfg = ctx.settings.containers
     ctx.state.hset(key, mapping={"unmonitored_at": now, "history": json.dumps(history)})
     ctx.state.persist(key)  # stays until an operator clears it
-    return ActionResult(ok=False, changed=False,
-                        detail={"restarts_in_window": len(history), "unmonitored_at": _iso(now),
-                                "reset": f"reset_container_restarts or redis-cli DEL {key}"},
-                        summary=f"{name} was restarted {len(history)} times within "
-                                f"{cfg.flap_window_seconds}s and still dies: left alone "
-                                f"(unmonitored) until an operator resets it")  # fmt: skip
+    return ActionResult(
+        ok=False,
+        changed=False,
+        detail={
+            "restarts_in_window": len(history),
+            "unmonitored_at": _iso(now),
+            "reset": f"reset_container_restarts or redis-cli DEL {key}",
+        },
+        summary=(
+            f"{name} was restarted {len(history)} times within "
+            f"{cfg.flap_window_seconds}s and still dies: left alone "
+            f"(unmonitored) until an operator resets it"
+        ),
+    )
 
 
-def _restart(ctx: ActionContext, name: str, container: Any, key: str, now: float,
-             history: list[float], **was: Any) -> ActionResult:  # fmt: skip
+def _restart(
+    ctx: ActionContext,
+    name: str,
+    container: Any,
+    key: str,
+    now: float,
+    history: list[float],
+    **was: Any,
+) -> ActionResult:
     cfg = ctx.settings.containers
     container.restart(timeout=STOP_TIMEOUT_SECONDS)
     history.append(now)
@@ -193,11 +208,20 @@ def _restart(ctx: ActionContext, name: str, container: Any, key: str, now: float
     ctx.state.hset(key, mapping={"history": json.dumps(history), "next_at": now + delay})
     ctx.state.expire(key, cfg.flap_window_seconds + cfg.restart_backoff_max_seconds)
     container.reload()
-    return ActionResult(summary=f"restarted {name} (restart {len(history)} within "
-                                f"{cfg.flap_window_seconds}s); next one allowed after {delay}s",
-                        detail={**was, "id": container.id, "status_after": container.status,
-                                "restarts_in_window": len(history), "backoff_seconds": delay,
-                                "next_allowed_at": _iso(now + delay)})  # fmt: skip
+    return ActionResult(
+        summary=(
+            f"restarted {name} (restart {len(history)} within "
+            f"{cfg.flap_window_seconds}s); next one allowed after {delay}s"
+        ),
+        detail={
+            **was,
+            "id": container.id,
+            "status_after": container.status,
+            "restarts_in_window": len(history),
+            "backoff_seconds": delay,
+            "next_allowed_at": _iso(now + delay),
+        },
+    )
 
 
 class ResetRestartsParams(ActionParams):
@@ -232,9 +256,10 @@ def reset_container_restarts(ctx: ActionContext, params: ResetRestartsParams) ->
     back-off state (rem:restart:<name>) and the guard chain's flap record for
     restart_container on it, so both flap guards start afresh."""
     removed = forget_restarts(ctx, params.container)
-    return ActionResult(changed=bool(removed),
-                        summary=f"restart history of {params.container} "
-                                + ("cleared" if removed else "was already empty"))  # fmt: skip
+    outcome = "cleared" if removed else "was already empty"
+    return ActionResult(
+        changed=bool(removed), summary=f"restart history of {params.container} {outcome}"
+    )
 
 
 def forget_restarts(ctx: CheckContext, *names: str) -> int:

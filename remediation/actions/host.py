@@ -160,8 +160,9 @@ def _walk(run: _Run, root: str) -> list[_Candidate]:
                 run.skipped[why] += 1
                 continue
             rel = os.path.relpath(path, real_root)
-            found.append(_Candidate(st.st_mtime, root, real_root, rel, st.st_size,
-                                    (st.st_dev, st.st_ino)))  # fmt: skip
+            found.append(
+                _Candidate(st.st_mtime, root, real_root, rel, st.st_size, (st.st_dev, st.st_ino))
+            )
     return found
 
 
@@ -283,9 +284,18 @@ def cleanup_disk(ctx: ActionContext, params: CleanupDiskParams) -> ActionResult:
     if run.errors:
         summary += f"; {len(run.errors)} error(s): {run.errors[0]}"
     detail: dict[str, Any] = {
-        "mode": cfg.cleanup_mode, "freed_bytes": run.freed, "touched": run.touched,
-        "files": run.files, "skipped": dict(run.skipped), "errors": run.errors[:MAX_ERRORS_LISTED],
-        "examined": run.examined, "walk_truncated": run.truncated,
-    }  # fmt: skip
-    return ActionResult(ok=not run.errors or run.touched > 0, changed=run.touched > 0,
-                        summary=summary, detail=detail)  # fmt: skip
+        "mode": cfg.cleanup_mode,
+        "freed_bytes": run.freed,
+        "touched": run.touched,
+        "files": run.files,
+        "skipped": dict(run.skipped),
+        "errors": run.errors[:MAX_ERRORS_LISTED],
+        "examined": run.examined,
+        "walk_truncated": run.truncated,
+    }
+    return ActionResult(
+        ok=not run.errors or run.touched > 0,
+        changed=run.touched > 0,
+        summary=summary,
+        detail=detail,
+    )

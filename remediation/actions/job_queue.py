@@ -159,11 +159,18 @@ def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> 
     return ActionResult(
         changed=moved > 0,
         summary=f"moved {moved} stale job(s) from {key} to {cfg.dead_letter_key}",
-        detail={"key": key, "dead_letter_key": cfg.dead_letter_key, "moved": moved,
-                "scanned": scanned},
-    )  # fmt: skip
+        detail={
+            "key": key,
+            "dead_letter_key": cfg.dead_letter_key,
+            "moved": moved,
+            "scanned": scanned,
+        },
+    )
 
 
 def _blast_spent(name: str, key: str) -> ActionResult:
-    return ActionResult(changed=False, detail={"key": key, "blast_radius": "cap reached"},
-                        summary=f"{name}: the blast-radius cap is spent; {key} left as it is")  # fmt: skip
+    return ActionResult(
+        changed=False,
+        detail={"key": key, "blast_radius": "cap reached"},
+        summary=f"{name}: the blast-radius cap is spent; {key} left as it is",
+    )

@@ -142,23 +142,43 @@ def pause_low_priority(ctx: ActionContext, params: PauseLowPriorityParams) -> Ac
     already = json.loads(existing.get("workers", "[]"))
     if not found:
         summary = "still paused" if existing else f"no worker consumes {queue!r}"
-        return ActionResult(changed=False, summary=f"{summary}; nothing to pause",
-                            detail={"queue": queue, "workers": already})  # fmt: skip
+        return ActionResult(
+            changed=False,
+            summary=f"{summary}; nothing to pause",
+            detail={"queue": queue, "workers": already},
+        )
     now = time.time()
     expires = existing.get("expires_at") or repr(now + ctx.settings.rate_limits.pause_seconds)
-    record = {"workers": json.dumps(sorted(set(already) | set(found))), "expires_at": expires,
-              "paused_at": existing.get("paused_at") or repr(now), "by": changed_by(ctx)}  # fmt: skip
+    record = {
+        "workers": json.dumps(sorted(set(already) | set(found))),
+        "expires_at": expires,
+        "paused_at": existing.get("paused_at") or repr(now),
+        "by": changed_by(ctx),
+    }
     state.hset(paused_key(queue), mapping=record)  # first: a crash after the cancel still resumes
     state.sadd(PAUSED_INDEX, queue)
-    replies = app.control.cancel_consumer(queue, destination=found, reply=True,
-                                          timeout=CONTROL_TIMEOUT)  # fmt: skip
+    replies = app.control.cancel_consumer(
+        queue, destination=found, reply=True, timeout=CONTROL_TIMEOUT
+    )
     acked = _acknowledged(replies)
     confirmed = _confirm(app, queue, acked, consuming=False)
-    detail = {"queue": queue, "consumers": found, "acknowledged": acked, "confirmed": confirmed,
-              "missing": sorted(set(found) - set(acked)), "resume_at": iso(expires)}  # fmt: skip
-    return ActionResult(ok=bool(acked), changed=bool(acked), detail=detail,
-                        summary=f"paused {queue!r} on {len(acked)} of {len(found)} worker(s)"
-                                f" until {detail['resume_at']}")  # fmt: skip
+    detail = {
+        "queue": queue,
+        "consumers": found,
+        "acknowledged": acked,
+        "confirmed": confirmed,
+        "missing": sorted(set(found) - set(acked)),
+        "resume_at": iso(expires),
+    }
+    return ActionResult(
+        ok=bool(acked),
+        changed=bool(acked),
+        detail=detail,
+        summary=(
+            f"paused {queue!r} on {len(acked)} of {len(found)} worker(s)"
+            f" until {detail['resume_at']}"
+        ),
+    )
 
 
 @action("resume_low_priority", resolve=resolve_resume, resource=_pause_resource, max_per_hour=30)
@@ -175,24 +195,42 @@ def resume_low_priority(ctx: ActionContext, params: ResumeLowPriorityParams) -> 
     if not record:  # resumed by another call since the resolve step
         raise Refused(f"{queue!r} is not paused by remediation: nothing to resume", notice=False)
     if not params.force and not due(record, time.time()):
-        return ActionResult(changed=False, summary=f"{queue!r} stays paused until"
-                            f" {iso(record['expires_at'])} (use force to resume now)")  # fmt: skip
+        return ActionResult(
+            changed=False,
+            summary=(
+                f"{queue!r} stays paused until"
+                f" {iso(record['expires_at'])} (use force to resume now)"
+            ),
+        )
     workers = json.loads(record.get("workers", "[]"))
     app = own_app(ctx.settings)
-    replies = app.control.add_consumer(queue, destination=workers, reply=True,
-                                       timeout=CONTROL_TIMEOUT) if workers else []  # fmt: skip
+    replies = (
+        app.control.add_consumer(queue, destination=workers, reply=True, timeout=CONTROL_TIMEOUT)
+        if workers
+        else []
+    )
     acked = _acknowledged(replies)
     silent = sorted(set(workers) - set(acked))
-    alive = _acknowledged(app.control.ping(destination=silent, timeout=CONTROL_TIMEOUT)
-                          ) if silent else []  # fmt: skip
+    alive = (
+        _acknowledged(app.control.ping(destination=silent, timeout=CONTROL_TIMEOUT))
+        if silent
+        else []
+    )
     if alive:
         state.hset(paused_key(queue), "workers", json.dumps(alive))
     else:
         state.delete(paused_key(queue))
         state.srem(PAUSED_INDEX, queue)
     confirmed = _confirm(app, queue, acked, consuming=True)
-    detail = {"queue": queue, "workers": workers, "acknowledged": acked, "confirmed": confirmed,
-              "gone": sorted(set(silent) - set(alive)), "retry": alive}  # fmt: skip
-    return ActionResult(ok=not alive, changed=bool(acked), detail=detail,
-                        summary=f"resumed {queue!r} on {len(acked)} of {len(workers)} worker(s)"
-                        + (f"; {len(alive)} answered pings but not the resume" if alive else ""))  # fmt: skip
+    detail = {
+        "queue": queue,
+        "workers": workers,
+        "acknowledged": acked,
+        "confirmed": confirmed,
+        "gone": sorted(set(silent) - set(alive)),
+        "retry": alive,
+    }
+    summary = f"resumed {queue!r} on {len(acked)} of {len(workers)} worker(s)"
+    if alive:
+        summary += f"; {len(alive)} answered pings but not the resume"
+    return ActionResult(ok=not alive, changed=bool(acked), detail=detail, summary=summary)

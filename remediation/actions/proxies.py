@@ -70,18 +70,24 @@ def backoff_seconds(quarantine_count: int, cfg: ProxySettings) -> int:
 
 def _badness(rec: ProxyRecord) -> tuple[int, float, int, float]:
     """Dead is worse than banned; then lower score, more failures, slower."""
-    return (rec.last_status == DEAD, -rec.score, rec.consecutive_failures,
-            rec.last_latency_ms or float("inf"))  # fmt: skip
+    return (
+        rec.last_status == DEAD,
+        -rec.score,
+        rec.consecutive_failures,
+        rec.last_latency_ms or float("inf"),
+    )
 
 
 def _park(rec: ProxyRecord, cfg: ProxySettings, now: float, rotation: Rotation) -> None:
     """Quarantine (back-off doubling) or, after dead_after_failures, mark dead."""
     dead = rec.consecutive_failures >= cfg.dead_after_failures
     seconds = cfg.quarantine_max_seconds if dead else backoff_seconds(rec.quarantine_count, cfg)
-    rotation.fields[rec.id] = {"state": DEAD if dead else QUARANTINED,
-                               "quarantine_until": f"{now + seconds:.3f}",
-                               "quarantined_at": f"{now:.3f}",
-                               "quarantine_count": str(rec.quarantine_count + 1)}  # fmt: skip
+    rotation.fields[rec.id] = {
+        "state": DEAD if dead else QUARANTINED,
+        "quarantine_until": f"{now + seconds:.3f}",
+        "quarantined_at": f"{now:.3f}",
+        "quarantine_count": str(rec.quarantine_count + 1),
+    }
     (rotation.dead if dead else rotation.quarantined).append(rec.brief(seconds=seconds))
 
 
@@ -106,12 +112,16 @@ def plan_rotation(records: dict[str, ProxyRecord], cfg: ProxySettings, now: floa
 
 
 def _summary(rot: Rotation, cfg: ProxySettings) -> str:
-    text = (f"active {rot.active_before} -> {rot.active_after}: {len(rot.quarantined)} quarantined,"
-            f" {len(rot.dead)} dead, {len(rot.promoted)} promoted")  # fmt: skip
+    text = (
+        f"active {rot.active_before} -> {rot.active_after}: {len(rot.quarantined)} quarantined,"
+        f" {len(rot.dead)} dead, {len(rot.promoted)} promoted"
+    )
     if rot.healthy_after < cfg.min_active:
-        text = (f"proxy pool below its minimum: {rot.healthy_after} healthy active proxies,"
-                f" minimum {cfg.min_active}; kept {len(rot.kept_failing)} failing proxies"
-                f" active rather than shrink the set ({text})")  # fmt: skip
+        text = (
+            f"proxy pool below its minimum: {rot.healthy_after} healthy active proxies,"
+            f" minimum {cfg.min_active}; kept {len(rot.kept_failing)} failing proxies"
+            f" active rather than shrink the set ({text})"
+        )
     return text
 
 
@@ -144,12 +154,21 @@ def rotate_proxies(ctx: ActionContext, params: RotateProxiesParams) -> ActionRes
         ok=rot.healthy_after >= cfg.min_active,
         changed=not rot.empty,
         summary=summary,
-        detail={"active_before": rot.active_before, "active_after": rot.active_after,
-                "healthy_after": rot.healthy_after, "min_active": cfg.min_active,
-                "republished": rot.republished,
-                "quarantined": _listed(rot.quarantined), "dead": _listed(rot.dead),
-                "promoted": _listed(rot.promoted), "kept_failing": _listed(rot.kept_failing),
-                "counts": {"quarantined": len(rot.quarantined), "dead": len(rot.dead),
-                           "promoted": len(rot.promoted),
-                           "kept_failing": len(rot.kept_failing)}},
-    )  # fmt: skip
+        detail={
+            "active_before": rot.active_before,
+            "active_after": rot.active_after,
+            "healthy_after": rot.healthy_after,
+            "min_active": cfg.min_active,
+            "republished": rot.republished,
+            "quarantined": _listed(rot.quarantined),
+            "dead": _listed(rot.dead),
+            "promoted": _listed(rot.promoted),
+            "kept_failing": _listed(rot.kept_failing),
+            "counts": {
+                "quarantined": len(rot.quarantined),
+                "dead": len(rot.dead),
+                "promoted": len(rot.promoted),
+                "kept_failing": len(rot.kept_failing),
+            },
+        },
+    )

@@ -197,20 +197,40 @@ def throttle_sync(ctx: ActionContext, params: ThrottleSyncParams) -> ActionResul
     named in REMEDIATION_RATE_LIMITS__ENDPOINTS, only on RATE_LIMITS__REDIS_TARGET."""
     cfg = ctx.settings.rate_limits
     keys = [cfg.sync_interval_key, throttle_key(params.integration), THROTTLE_INDEX]
-    args = [params.integration, cfg.default_sync_interval_seconds, cfg.throttle_factor,
-            repr(time.time()), cfg.throttle_seconds, changed_by(ctx)]  # fmt: skip
+    args = [
+        params.integration,
+        cfg.default_sync_interval_seconds,
+        cfg.throttle_factor,
+        repr(time.time()),
+        cfg.throttle_seconds,
+        changed_by(ctx),
+    ]
     status, original, throttled, expires = lua(ctx.redis(params.target), _THROTTLE, keys, args)
-    detail = {"key": cfg.sync_interval_key, "integration": params.integration,
-              "before": float(original) if status == "throttled" else float(throttled),
-              "after": float(throttled), "original": float(original),
-              "restore_at": iso(expires), "status": status}  # fmt: skip
+    detail = {
+        "key": cfg.sync_interval_key,
+        "integration": params.integration,
+        "before": float(original) if status == "throttled" else float(throttled),
+        "after": float(throttled),
+        "original": float(original),
+        "restore_at": iso(expires),
+        "status": status,
+    }
     if status == "extended":
-        return ActionResult(changed=False, detail=detail,
-                            summary=f"{params.integration} already throttled to {throttled}s;"
-                                    f" restore moved to {detail['restore_at']}")  # fmt: skip
-    return ActionResult(detail=detail,
-                        summary=f"{params.integration} sync interval {original}s -> {throttled}s"
-                                f" until {detail['restore_at']}")  # fmt: skip
+        return ActionResult(
+            changed=False,
+            detail=detail,
+            summary=(
+                f"{params.integration} already throttled to {throttled}s;"
+                f" restore moved to {detail['restore_at']}"
+            ),
+        )
+    return ActionResult(
+        detail=detail,
+        summary=(
+            f"{params.integration} sync interval {original}s -> {throttled}s"
+            f" until {detail['restore_at']}"
+        ),
+    )
 
 
 @action("restore_sync", resolve=resolve_restore, resource=_sync_resource, max_per_hour=60)
@@ -230,14 +250,21 @@ def restore_sync(ctx: ActionContext, params: RestoreSyncParams) -> ActionResult:
     )
     if status == "not_throttled":  # restored by another call since the resolve step
         raise Refused(f"{params.integration} is not throttled: nothing to restore", notice=False)
-    detail = {"key": cfg.sync_interval_key, "integration": params.integration,
-              "status": status, "before": current or None,
-              "original": original or None, "throttled": throttled or None}  # fmt: skip
+    detail = {
+        "key": cfg.sync_interval_key,
+        "integration": params.integration,
+        "status": status,
+        "before": current or None,
+        "original": original or None,
+        "throttled": throttled or None,
+    }
     summaries = {
         "restored": f"{params.integration} sync interval {current}s -> {original}s"
         + (" (field removed: the application's default)" if absent == "1" else ""),
-        "left_alone": f"{params.integration} interval was changed to {current}s since the"
-        f" throttle to {throttled}s; left as it is",
+        "left_alone": (
+            f"{params.integration} interval was changed to {current}s since the"
+            f" throttle to {throttled}s; left as it is"
+        ),
         "not_due": f"{params.integration} throttle has not ended yet (use force to end it)",
     }
     if status == "restored":
@@ -309,13 +336,24 @@ def switch_fallback_model(ctx: ActionContext, params: SwitchFallbackModelParams)
     model = params.model or cfg.fallback_model
     client = ctx.redis(params.target)
     status, previous = lua(client, _FALLBACK, [cfg.fallback_key], [model, cfg.fallback_seconds])
-    detail = {"key": cfg.fallback_key, "model": model, "before": previous or None,
-              "status": status, "expires_in_seconds": cfg.fallback_seconds}  # fmt: skip
+    detail = {
+        "key": cfg.fallback_key,
+        "model": model,
+        "before": previous or None,
+        "status": status,
+        "expires_in_seconds": cfg.fallback_seconds,
+    }
     if status == "other_model":
         detail["expires_in_seconds"] = None
-        return ActionResult(changed=False, detail=detail,
-                            summary=f"{cfg.fallback_key} already names {previous}; left alone")  # fmt: skip
+        return ActionResult(
+            changed=False,
+            detail=detail,
+            summary=f"{cfg.fallback_key} already names {previous}; left alone",
+        )
     detail["after"] = model
     verb = "stays on" if status == "extended" else "switched to"
-    return ActionResult(changed=status == "switched", detail=detail,
-                        summary=f"{verb} {model} for {cfg.fallback_seconds}s ({cfg.fallback_key})")  # fmt: skip
+    return ActionResult(
+        changed=status == "switched",
+        detail=detail,
+        summary=f"{verb} {model} for {cfg.fallback_seconds}s ({cfg.fallback_key})",
+    )

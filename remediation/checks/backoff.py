@@ -56,17 +56,34 @@ def scrape_backoff(ctx: CheckContext, params: ScrapeBackoffParams) -> list[Findi
     }
     # The delay is part of the subject: each AIMD step is a condition of its own (a new
     # incident), so the next step is not refused as a duplicate of the last one.
-    base = {"check": "scrape_backoff", "target": params.target,
-            "subject": f"{cfg.config_key}@{delay:g}s", "evidence": evidence}  # fmt: skip
+    base = {
+        "check": "scrape_backoff",
+        "target": params.target,
+        "subject": f"{cfg.config_key}@{delay:g}s",
+        "evidence": evidence,
+    }
     if signal.ban_rate is not None and signal.ban_rate >= cfg.ban_rate_threshold:
         at_cap = delay >= cfg.cap_seconds
-        return [Finding(**base, kind="scrape_ban_rate_high",
-                        severity=Severity.HIGH if at_cap else Severity.WARNING,
-                        observed=signal.ban_rate, threshold=cfg.ban_rate_threshold,
-                        summary=f"ban rate {signal.ban_rate:.0%} with min_delay {delay}s"
-                        + (" (at the cap)" if at_cap else ""))]  # fmt: skip
+        cap_note = " (at the cap)" if at_cap else ""
+        return [
+            Finding(
+                **base,
+                kind="scrape_ban_rate_high",
+                severity=Severity.HIGH if at_cap else Severity.WARNING,
+                observed=signal.ban_rate,
+                threshold=cfg.ban_rate_threshold,
+                summary=f"ban rate {signal.ban_rate:.0%} with min_delay {delay}s{cap_note}",
+            )
+        ]
     if delay > cfg.floor_seconds and quiet is not None and quiet >= cfg.healthy_seconds:
-        return [Finding(**base, kind="scrape_backoff_relaxable", severity=Severity.INFO,
-                        observed=delay, threshold=cfg.floor_seconds,
-                        summary=f"no ban for {round(quiet)}s; min_delay {delay}s can come down")]  # fmt: skip
+        return [
+            Finding(
+                **base,
+                kind="scrape_backoff_relaxable",
+                severity=Severity.INFO,
+                observed=delay,
+                threshold=cfg.floor_seconds,
+                summary=f"no ban for {round(quiet)}s; min_delay {delay}s can come down",
+            )
+        ]
     return []

@@ -66,8 +66,10 @@ def _quarantined(target: str, found: list[backups.Backup], folder: Any) -> list[
                     "reason": q.reason,
                     "quarantined_at": q.at.isoformat(),
                 },
-                summary=f"{q.path.name} failed verification and was quarantined ({q.reason});"
-                " no newer good backup yet",
+                summary=(
+                    f"{q.path.name} failed verification and was quarantined ({q.reason});"
+                    " no newer good backup yet"
+                ),
             )
         )
     return out
@@ -112,10 +114,15 @@ def _newest_state(target: str, newest: backups.Backup, folder: Any, at: Any) -> 
         return None
     if newest.status == "unverified":
         return Finding(
-            check=CHECK, target=target, subject=newest.name, kind="postgres_backup_unverified",
-            severity=Severity.WARNING, observed=newest.age_hours(at), evidence=evidence,
+            check=CHECK,
+            target=target,
+            subject=newest.name,
+            kind="postgres_backup_unverified",
+            severity=Severity.WARNING,
+            observed=newest.age_hours(at),
+            evidence=evidence,
             summary=f"{newest.name} has not been verified (restore test) yet",
-        )  # fmt: skip
+        )
     verification = newest.verification or {}
     evidence |= {
         "failed_step": verification.get("failed_step", "manifest"),
@@ -123,8 +130,14 @@ def _newest_state(target: str, newest: backups.Backup, folder: Any, at: Any) -> 
         "verified_at": verification.get("verified_at"),
     }
     return Finding(
-        check=CHECK, target=target, subject=newest.name, kind="postgres_backup_failed",
-        severity=Severity.CRITICAL, observed=evidence["failed_step"], evidence=evidence,
-        summary=f"{newest.name} failed verification at {evidence['failed_step']}:"
-        f" {evidence['message']}",
-    )  # fmt: skip
+        check=CHECK,
+        target=target,
+        subject=newest.name,
+        kind="postgres_backup_failed",
+        severity=Severity.CRITICAL,
+        observed=evidence["failed_step"],
+        evidence=evidence,
+        summary=(
+            f"{newest.name} failed verification at {evidence['failed_step']}: {evidence['message']}"
+        ),
+    )

@@ -57,8 +57,10 @@ def _unreachable(params: RedisCacheParams, url: str, exc: BaseException) -> Find
         "redis_unreachable",
         Severity.HIGH,
         evidence={**where, "error": error},
-        summary=f"cannot reach Redis {params.target!r}"
-        f" ({where['host']}:{where['port']}/{where['db']}): {error}",
+        summary=(
+            f"cannot reach Redis {params.target!r}"
+            f" ({where['host']}:{where['port']}/{where['db']}): {error}"
+        ),
     )
 
 
@@ -99,9 +101,17 @@ def since_last(ctx: CheckContext, target: str, metric: str, value: int) -> tuple
 def _latency(params: RedisCacheParams, cfg: CacheSettings, latency_ms: float) -> list[Finding]:
     if latency_ms <= cfg.latency_warning_ms:
         return []
-    return [_finding(params, "redis_latency_high", Severity.WARNING, observed=latency_ms,
-                     threshold=cfg.latency_warning_ms, evidence={"ping_ms": latency_ms},
-                     summary=f"PING took {latency_ms} ms (slow cache: runbook 002 medium)")]  # fmt: skip
+    return [
+        _finding(
+            params,
+            "redis_latency_high",
+            Severity.WARNING,
+            observed=latency_ms,
+            threshold=cfg.latency_warning_ms,
+            evidence={"ping_ms": latency_ms},
+            summary=f"PING took {latency_ms} ms (slow cache: runbook 002 medium)",
+        )
+    ]
 
 
 def _memory(
@@ -115,12 +125,23 @@ def _memory(
         return []
     high = ratio >= cfg.memory_high_ratio
     limit = cfg.memory_high_ratio if high else cfg.memory_warning_ratio
-    evidence = {"used_memory": used, "maxmemory": maxmemory,
-                "maxmemory_policy": memory.get("maxmemory_policy"),
-                "used_memory_rss": memory.get("used_memory_rss")}  # fmt: skip
-    return [_finding(params, "redis_memory_high", Severity.HIGH if high else Severity.WARNING,
-                     observed=round(ratio, 4), threshold=limit, evidence=evidence,
-                     summary=f"Redis uses {ratio:.0%} of maxmemory ({used} of {maxmemory} bytes)")]  # fmt: skip
+    evidence = {
+        "used_memory": used,
+        "maxmemory": maxmemory,
+        "maxmemory_policy": memory.get("maxmemory_policy"),
+        "used_memory_rss": memory.get("used_memory_rss"),
+    }
+    return [
+        _finding(
+            params,
+            "redis_memory_high",
+            Severity.HIGH if high else Severity.WARNING,
+            observed=round(ratio, 4),
+            threshold=limit,
+            evidence=evidence,
+            summary=f"Redis uses {ratio:.0%} of maxmemory ({used} of {maxmemory} bytes)",
+        )
+    ]
 
 
 def _evictions(ctx: CheckContext, params: RedisCacheParams, stats: dict[str, Any]) -> list[Finding]:
@@ -129,9 +150,17 @@ def _evictions(ctx: CheckContext, params: RedisCacheParams, stats: dict[str, Any
     )
     if evicted <= 0:
         return []
-    return [_finding(params, "redis_evictions", Severity.WARNING, observed=evicted, threshold=0,
-                     evidence={"evicted_keys": int(stats.get("evicted_keys", 0)), "basis": basis},
-                     summary=f"{evicted} key(s) evicted ({basis.replace('_', ' ')})")]  # fmt: skip
+    return [
+        _finding(
+            params,
+            "redis_evictions",
+            Severity.WARNING,
+            observed=evicted,
+            threshold=0,
+            evidence={"evicted_keys": int(stats.get("evicted_keys", 0)), "basis": basis},
+            summary=f"{evicted} key(s) evicted ({basis.replace('_', ' ')})",
+        )
+    ]
 
 
 def _miss_ratio(
@@ -149,11 +178,20 @@ def _miss_ratio(
     ratio = misses / lookups
     if ratio <= cfg.miss_ratio_high:
         return []
-    return [_finding(params, "redis_cache_miss_high", Severity.HIGH, observed=round(ratio, 4),
-                     threshold=cfg.miss_ratio_high,
-                     evidence={"hits": hits, "misses": misses, "basis": basis},
-                     summary=f"{ratio:.0%} of {lookups} lookups missed ({basis.replace('_', ' ')};"
-                     " runbook 002: cache misses > 50 % is high)")]  # fmt: skip
+    return [
+        _finding(
+            params,
+            "redis_cache_miss_high",
+            Severity.HIGH,
+            observed=round(ratio, 4),
+            threshold=cfg.miss_ratio_high,
+            evidence={"hits": hits, "misses": misses, "basis": basis},
+            summary=(
+                f"{ratio:.0%} of {lookups} lookups missed ({basis.replace('_', ' ')};"
+                " runbook 002: cache misses > 50 % is high)"
+            ),
+        )
+    ]
 
 
 @check("redis_cache")

@@ -88,19 +88,34 @@ def celery_workers(ctx: CheckContext, params: CeleryWorkersParams) -> list[Findi
             redis_clients.client(broker_url(ctx.settings)).ping()
         workers = answering(monitor_app(ctx.settings))
     except (OperationalError, OSError, redis.RedisError) as exc:
-        return [_finding("celery_workers", "celery_broker_unreachable", Severity.CRITICAL,
-                         observed=type(exc).__name__,
-                         summary=f"the monitored Celery broker is unreachable: {exc}")]  # fmt: skip
+        return [
+            _finding(
+                "celery_workers",
+                "celery_broker_unreachable",
+                Severity.CRITICAL,
+                observed=type(exc).__name__,
+                summary=f"the monitored Celery broker is unreachable: {exc}",
+            )
+        ]
     ctx.log.info("celery workers answering", workers=workers)
     if workers:
         return []
-    return [_finding("celery_workers", "celery_workers_down", Severity.CRITICAL, observed=0,
-                     threshold=1, evidence={"queues": ctx.settings.workers.queues},
-                     summary=f"no Celery worker answered a ping within {CONTROL_TIMEOUT} s")]  # fmt: skip
+    return [
+        _finding(
+            "celery_workers",
+            "celery_workers_down",
+            Severity.CRITICAL,
+            observed=0,
+            threshold=1,
+            evidence={"queues": ctx.settings.workers.queues},
+            summary=f"no Celery worker answered a ping within {CONTROL_TIMEOUT} s",
+        )
+    ]
 
 
-def _depth_finding(settings: Settings, queue: str, by_priority: dict[str, int],
-                   extra: dict[str, Any]) -> Finding | None:  # fmt: skip
+def _depth_finding(
+    settings: Settings, queue: str, by_priority: dict[str, int], extra: dict[str, Any]
+) -> Finding | None:
     w = settings.workers
     depth = sum(by_priority.values())
     if depth > w.backlog_high:
@@ -110,10 +125,16 @@ def _depth_finding(settings: Settings, queue: str, by_priority: dict[str, int],
     else:
         return None
     targets = [t.name for t in w.scale_targets if queue in t.queues]
-    return _finding("celery_queues", "celery_queue_backlog", severity, subject=queue,
-                    observed=depth, threshold=threshold,
-                    evidence={"by_priority": by_priority, "scale_targets": targets, **extra},
-                    summary=f"{depth} messages wait in {queue!r} (runbook {runbook})")  # fmt: skip
+    return _finding(
+        "celery_queues",
+        "celery_queue_backlog",
+        severity,
+        subject=queue,
+        observed=depth,
+        threshold=threshold,
+        evidence={"by_priority": by_priority, "scale_targets": targets, **extra},
+        summary=f"{depth} messages wait in {queue!r} (runbook {runbook})",
+    )
 
 
 def _growth(
@@ -134,10 +155,16 @@ def _growth(
     limit = ctx.settings.workers.growth_warning_per_minute
     if rate <= limit:
         return None
-    return _finding("celery_queues", "celery_queue_growing", Severity.WARNING, subject=queue,
-                    observed=round(rate, 2), threshold=limit,
-                    evidence={"before": int(before), "after": depth, "seconds": round(seconds, 1)},
-                    summary=f"{queue!r} grows by {rate:.1f} messages/min")  # fmt: skip
+    return _finding(
+        "celery_queues",
+        "celery_queue_growing",
+        Severity.WARNING,
+        subject=queue,
+        observed=round(rate, 2),
+        threshold=limit,
+        evidence={"before": int(before), "after": depth, "seconds": round(seconds, 1)},
+        summary=f"{queue!r} grows by {rate:.1f} messages/min",
+    )
 
 
 def _oversized(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -> Finding | None:
@@ -151,12 +178,21 @@ def _oversized(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -
     above = {w: n for w, n in sizes.items() if n is not None and n > target.min}
     if not above:
         return None
-    return _finding("celery_queues", "celery_pool_oversized", Severity.INFO, subject=target.name,
-                    observed=max(above.values()), threshold=target.min,
-                    evidence={"pool": sizes, "min": target.min, "max": target.max,
-                              "queues": {q: depths.get(q, 0) for q in target.queues}},
-                    summary=f"{target.name}: pool above its minimum {target.min} while its"
-                            " queues are drained")  # fmt: skip
+    return _finding(
+        "celery_queues",
+        "celery_pool_oversized",
+        Severity.INFO,
+        subject=target.name,
+        observed=max(above.values()),
+        threshold=target.min,
+        evidence={
+            "pool": sizes,
+            "min": target.min,
+            "max": target.max,
+            "queues": {q: depths.get(q, 0) for q in target.queues},
+        },
+        summary=f"{target.name}: pool above its minimum {target.min} while its queues are drained",
+    )
 
 
 def _at_max(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -> Finding | None:
@@ -164,11 +200,20 @@ def _at_max(ctx: CheckContext, target: ScaleTarget, depths: dict[str, int]) -> F
     sizes = {w: n for w, n in _target_sizes(ctx, target).items() if n is not None}
     if not sizes or min(sizes.values()) < target.max:
         return None
-    return _finding("celery_queues", "celery_pool_at_max", Severity.HIGH, subject=target.name,
-                    observed=min(sizes.values()), threshold=target.max,
-                    evidence={"pool": sizes, "max": target.max,
-                              "queues": {q: depths.get(q, 0) for q in target.queues}},
-                    summary=f"{target.name}: backlog with the pool at its maximum {target.max}")  # fmt: skip
+    return _finding(
+        "celery_queues",
+        "celery_pool_at_max",
+        Severity.HIGH,
+        subject=target.name,
+        observed=min(sizes.values()),
+        threshold=target.max,
+        evidence={
+            "pool": sizes,
+            "max": target.max,
+            "queues": {q: depths.get(q, 0) for q in target.queues},
+        },
+        summary=f"{target.name}: backlog with the pool at its maximum {target.max}",
+    )
 
 
 def _target_sizes(ctx: CheckContext, target: ScaleTarget) -> dict[str, int | None]:
@@ -206,15 +251,26 @@ def celery_queues(ctx: CheckContext, params: CeleryQueuesParams) -> list[Finding
     depths = queue_depths(ctx.settings, queues)
     if depths is None:
         scheme = broker_url(ctx.settings).split(":", 1)[0]
-        return [_finding("celery_queues", "celery_queue_depth_unsupported", Severity.INFO,
-                         observed=scheme, summary="queue depth is read from Redis and"
-                         f" RabbitMQ brokers; this broker is {scheme}://")]  # fmt: skip
+        return [
+            _finding(
+                "celery_queues",
+                "celery_queue_depth_unsupported",
+                Severity.INFO,
+                observed=scheme,
+                summary=(
+                    "queue depth is read from Redis and"
+                    f" RabbitMQ brokers; this broker is {scheme}://"
+                ),
+            )
+        ]
     extra = {"reserved_all_queues": reserved(ctx.settings)}
     findings: list[Finding] = []
     for queue in w.queues:
         depth = sum(depths[queue].values())
-        for found in (_depth_finding(ctx.settings, queue, depths[queue], extra),
-                      _growth(ctx, params, queue, depth)):  # fmt: skip
+        for found in (
+            _depth_finding(ctx.settings, queue, depths[queue], extra),
+            _growth(ctx, params, queue, depth),
+        ):
             if found is not None:
                 findings.append(found)
     totals = {q: sum(d.values()) for q, d in depths.items()}
@@ -237,11 +293,22 @@ def celery_stuck_tasks(ctx: CheckContext, params: CeleryStuckTasksParams) -> lis
     _, stuck = stuck_tasks(monitor_app(ctx.settings), ctx.settings)
     if len(stuck) > MAX_STUCK_FINDINGS:
         ctx.log.warning("more stuck tasks than reported", stuck=len(stuck))
-    return [_finding("celery_stuck_tasks", "celery_task_stuck", Severity.HIGH, subject=t["id"],
-                     observed=t["runtime_seconds"], threshold=t["limit_seconds"], evidence=t,
-                     summary=f"{t['name']} [{t['id']}] has run {t['runtime_seconds']:.0f} s on"
-                             f" {t['worker']} (limit {t['limit_seconds']:.0f} s)")
-            for t in stuck[:MAX_STUCK_FINDINGS]]  # fmt: skip
+    return [
+        _finding(
+            "celery_stuck_tasks",
+            "celery_task_stuck",
+            Severity.HIGH,
+            subject=t["id"],
+            observed=t["runtime_seconds"],
+            threshold=t["limit_seconds"],
+            evidence=t,
+            summary=(
+                f"{t['name']} [{t['id']}] has run {t['runtime_seconds']:.0f} s on"
+                f" {t['worker']} (limit {t['limit_seconds']:.0f} s)"
+            ),
+        )
+        for t in stuck[:MAX_STUCK_FINDINGS]
+    ]
 
 
 class PausedQueuesParams(CheckParams):
@@ -267,18 +334,33 @@ def celery_paused_queues(ctx: CheckContext, params: PausedQueuesParams) -> list[
     now, findings = time.time(), []
     for queue, rec in records(state, PAUSED_INDEX, paused_key):
         base = {"check": "celery_paused_queues", "target": params.target, "subject": queue}
-        evidence = {"workers": json.loads(rec.get("workers", "[]")),
-                    "expires_at": rec.get("expires_at"), "by": rec.get("by")}  # fmt: skip
+        evidence = {
+            "workers": json.loads(rec.get("workers", "[]")),
+            "expires_at": rec.get("expires_at"),
+            "by": rec.get("by"),
+        }
         if due(rec, now):
-            findings.append(Finding(**base, kind="celery_queue_pause_expired",
-                                    severity=Severity.INFO, evidence=evidence,
-                                    summary=f"pause of {queue!r} is due to end"))  # fmt: skip
+            findings.append(
+                Finding(
+                    **base,
+                    kind="celery_queue_pause_expired",
+                    severity=Severity.INFO,
+                    evidence=evidence,
+                    summary=f"pause of {queue!r} is due to end",
+                )
+            )
             continue
         leaking = consumers(own_app(ctx.settings), [queue], timeout=PAUSE_CONTROL_TIMEOUT)
         if leaking:
-            findings.append(Finding(**base, kind="celery_queue_pause_incomplete",
-                                    severity=Severity.WARNING, observed=len(leaking),
-                                    threshold=0, evidence={**evidence, "consuming": leaking},
-                                    summary=f"{queue!r} is paused but {len(leaking)} worker(s)"
-                                            " consume it"))  # fmt: skip
+            findings.append(
+                Finding(
+                    **base,
+                    kind="celery_queue_pause_incomplete",
+                    severity=Severity.WARNING,
+                    observed=len(leaking),
+                    threshold=0,
+                    evidence={**evidence, "consuming": leaking},
+                    summary=f"{queue!r} is paused but {len(leaking)} worker(s) consume it",
+                )
+            )
     return findings

@@ -34,8 +34,9 @@ class DockerContainersParams(CheckParams):
 
 
 def _finding(subject: str, kind: str, severity: Severity, **kw: Any) -> Finding:
-    return Finding(check=CHECK, target="docker", subject=subject, kind=kind, severity=severity,
-                   **kw)  # fmt: skip
+    return Finding(
+        check=CHECK, target="docker", subject=subject, kind=kind, severity=severity, **kw
+    )
 
 
 @check(CHECK)
@@ -53,8 +54,14 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
     cfg = ctx.settings.containers
     project = cfg.project
     if not project:
-        return [_finding("", "docker_containers_unconfigured", Severity.INFO,
-                         summary="no compose project watched: set REMEDIATION_CONTAINERS__PROJECT")]  # fmt: skip
+        return [
+            _finding(
+                "",
+                "docker_containers_unconfigured",
+                Severity.INFO,
+                summary="no compose project watched: set REMEDIATION_CONTAINERS__PROJECT",
+            )
+        ]
     try:
         dc = docker_client.client(ctx.settings)
         containers = compose_containers(dc, project)
@@ -71,10 +78,13 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
 
 def _unreachable(cfg: ContainerSettings, project: str, exc: BaseException) -> Finding:
     error = redact_text(f"{type(exc).__name__}: {exc}")[:500]
-    return _finding("", "docker_unreachable", Severity.HIGH,
-                    evidence={"docker_url": redact_text(cfg.docker_url), "project": project,
-                              "error": error},
-                    summary=f"Docker engine at {redact_text(cfg.docker_url)} does not answer: {error}")  # fmt: skip
+    return _finding(
+        "",
+        "docker_unreachable",
+        Severity.HIGH,
+        evidence={"docker_url": redact_text(cfg.docker_url), "project": project, "error": error},
+        summary=f"Docker engine at {redact_text(cfg.docker_url)} does not answer: {error}",
+    )
 
 
 def _down(c: Any) -> Finding | None:
@@ -83,15 +93,26 @@ def _down(c: Any) -> Finding | None:
     if status not in DOWN_STATES:
         return None
     code = st.get("ExitCode")
-    how = "restarting (its restart policy loops)" if status == "restarting" else (
-        f"{status} with exit code {code}" + (" (OOM-killed)" if st.get("OOMKilled") else ""))  # fmt: skip
+    oom = " (OOM-killed)" if st.get("OOMKilled") else ""
+    how = f"{status} with exit code {code}{oom}"
+    if status == "restarting":
+        how = "restarting (its restart policy loops)"
     clean = status == "exited" and code == 0
-    return _finding(c.name, "container_down", Severity.WARNING if clean else Severity.HIGH,
-                    observed=status, threshold="running",
-                    evidence=_evidence(c, exit_code=code, oom_killed=st.get("OOMKilled"),
-                                       finished_at=st.get("FinishedAt"),
-                                       restart_count=c.attrs.get("RestartCount")),
-                    summary=f"container {c.name} is {how}")  # fmt: skip
+    return _finding(
+        c.name,
+        "container_down",
+        Severity.WARNING if clean else Severity.HIGH,
+        observed=status,
+        threshold="running",
+        evidence=_evidence(
+            c,
+            exit_code=code,
+            oom_killed=st.get("OOMKilled"),
+            finished_at=st.get("FinishedAt"),
+            restart_count=c.attrs.get("RestartCount"),
+        ),
+        summary=f"container {c.name} is {how}",
+    )
 
 
 def _unhealthy(c: Any) -> Finding | None:
@@ -99,13 +120,23 @@ def _unhealthy(c: Any) -> Finding | None:
     if health.get("Status") != "unhealthy":
         return None
     last = (health.get("Log") or [{}])[-1]
-    return _finding(c.name, "container_unhealthy", Severity.HIGH, observed="unhealthy",
-                    threshold="healthy",
-                    evidence=_evidence(c, failing_streak=health.get("FailingStreak"),
-                                       last_exit_code=last.get("ExitCode"),
-                                       last_output=str(last.get("Output", ""))[:300]),
-                    summary=f"container {c.name} fails its healthcheck "
-                            f"({health.get('FailingStreak')} times in a row)")  # fmt: skip
+    return _finding(
+        c.name,
+        "container_unhealthy",
+        Severity.HIGH,
+        observed="unhealthy",
+        threshold="healthy",
+        evidence=_evidence(
+            c,
+            failing_streak=health.get("FailingStreak"),
+            last_exit_code=last.get("ExitCode"),
+            last_output=str(last.get("Output", ""))[:300],
+        ),
+        summary=(
+            f"container {c.name} fails its healthcheck "
+            f"({health.get('FailingStreak')} times in a row)"
+        ),
+    )
 
 
 def _given_up(ctx: CheckContext, found: list[Finding]) -> list[Finding]:
@@ -141,8 +172,10 @@ def _given_up_finding(f: Finding, at: float) -> Finding:
         observed=f.observed,
         threshold=f.threshold,
         evidence={**f.evidence, "finding": f.kind, "given_up_at": when},
-        summary=f"{f.summary}; restart_container gave up on it at {when}: "
-        f"hard reboot (recreate_service) or an operator is next",
+        summary=(
+            f"{f.summary}; restart_container gave up on it at {when}: "
+            f"hard reboot (recreate_service) or an operator is next"
+        ),
     )
 
 
@@ -183,21 +216,35 @@ def memory_percent(stats: dict[str, Any]) -> float:
 
 def _overloaded(cfg: ContainerSettings, c: Any, stats: dict[str, Any]) -> Finding | None:
     cpu, mem = round(cpu_percent(stats), 1), round(memory_percent(stats), 1)
-    over = [n for n, v, t in (("cpu", cpu, cfg.cpu_high_percent),
-                              ("memory", mem, cfg.memory_high_percent)) if v > t]  # fmt: skip
+    over = [
+        n
+        for n, v, t in (
+            ("cpu", cpu, cfg.cpu_high_percent),
+            ("memory", mem, cfg.memory_high_percent),
+        )
+        if v > t
+    ]
     if not over:
         return None
     high = len(over) == 2 or mem >= MEMORY_NEAR_LIMIT_PERCENT
     first = over[0]
-    return _finding(c.name, "container_overloaded", Severity.HIGH if high else Severity.WARNING,
-                    observed=cpu if first == "cpu" else mem,
-                    threshold=cfg.cpu_high_percent if first == "cpu" else cfg.memory_high_percent,
-                    evidence=_evidence(c, cpu_percent=cpu, memory_percent=mem, over=over),
-                    summary=f"container {c.name} is overloaded: cpu {cpu}%, memory {mem}%")  # fmt: skip
+    return _finding(
+        c.name,
+        "container_overloaded",
+        Severity.HIGH if high else Severity.WARNING,
+        observed=cpu if first == "cpu" else mem,
+        threshold=cfg.cpu_high_percent if first == "cpu" else cfg.memory_high_percent,
+        evidence=_evidence(c, cpu_percent=cpu, memory_percent=mem, over=over),
+        summary=f"container {c.name} is overloaded: cpu {cpu}%, memory {mem}%",
+    )
 
 
 def _evidence(c: Any, **extra: Any) -> dict[str, Any]:
     labels = c.labels
-    return {"project": labels.get(docker_client.PROJECT_LABEL),
-            "service": labels.get(docker_client.SERVICE_LABEL),
-            "number": labels.get(docker_client.NUMBER_LABEL), "id": c.id[:12], **extra}  # fmt: skip
+    return {
+        "project": labels.get(docker_client.PROJECT_LABEL),
+        "service": labels.get(docker_client.SERVICE_LABEL),
+        "number": labels.get(docker_client.NUMBER_LABEL),
+        "id": c.id[:12],
+        **extra,
+    }

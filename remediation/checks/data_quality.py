@@ -37,8 +37,14 @@ class DataQualityParams(CheckParams):
 
 
 def _finding(params: DataQualityParams, subject: str, kind: str, sev: str, **kw: Any) -> Finding:
-    return Finding(check="postgres_data_quality", target=params.target, subject=subject,
-                   kind=kind, severity=Severity(sev), **kw)  # fmt: skip
+    return Finding(
+        check="postgres_data_quality",
+        target=params.target,
+        subject=subject,
+        kind=kind,
+        severity=Severity(sev),
+        **kw,
+    )
 
 
 def _breaches(rule: DataQualityRule, rows: list[tuple[Any, ...]]) -> list[tuple[str, float]]:
@@ -98,8 +104,9 @@ def postgres_data_quality(ctx: CheckContext, params: DataQualityParams) -> list[
     cfg = ctx.settings.postgres
     wanted = set(params.rules) if params.rules is not None else None
     findings: list[Finding] = []
-    with pg.connect(ctx.postgres_dsn(params.target), autocommit=False,
-                    timeout=cfg.connect_timeout_seconds) as conn:  # fmt: skip
+    with pg.connect(
+        ctx.postgres_dsn(params.target), autocommit=False, timeout=cfg.connect_timeout_seconds
+    ) as conn:
         for rule in cfg.data_quality:
             if wanted is not None and rule.name not in wanted:
                 continue
@@ -109,14 +116,26 @@ def postgres_data_quality(ctx: CheckContext, params: DataQualityParams) -> list[
                 findings.append(_error(params, rule.name, exc))
                 continue
             for subject, value in _breaches(rule, rows):
-                findings.append(_finding(
-                    params, f"{rule.name}:{subject}", "postgres_data_quality_breach", rule.severity,
-                    observed=round(value, 4), threshold=rule.threshold,
-                    evidence={"rule": rule.name, "direction": rule.direction, "value": value,
-                              "description": rule.description},
-                    summary=f"{rule.name} for {subject}: {value:.4g} is {rule.direction} "
-                            f"{rule.threshold:g}",
-                ))  # fmt: skip
+                findings.append(
+                    _finding(
+                        params,
+                        f"{rule.name}:{subject}",
+                        "postgres_data_quality_breach",
+                        rule.severity,
+                        observed=round(value, 4),
+                        threshold=rule.threshold,
+                        evidence={
+                            "rule": rule.name,
+                            "direction": rule.direction,
+                            "value": value,
+                            "description": rule.description,
+                        },
+                        summary=(
+                            f"{rule.name} for {subject}: {value:.4g} is {rule.direction} "
+                            f"{rule.threshold:g}"
+                        ),
+                    )
+                )
         for fresh in cfg.freshness:
             if wanted is not None and fresh.name not in wanted:
                 continue
@@ -126,20 +145,35 @@ def postgres_data_quality(ctx: CheckContext, params: DataQualityParams) -> list[
                 findings.append(_error(params, fresh.name, exc))
                 continue
             if age is None or age > fresh.max_age_seconds:
-                findings.append(_finding(
-                    params, fresh.name, "postgres_data_stale", fresh.severity,
-                    observed=None if age is None else round(age), threshold=fresh.max_age_seconds,
-                    evidence={"table": fresh.table, "column": fresh.column,
-                              "newest": str(newest) if newest is not None else None},
-                    summary=f"{fresh.table}.{fresh.column}: "
-                            + ("no rows" if age is None else f"newest is {age:.0f}s old")
-                            + f" (expected under {fresh.max_age_seconds}s)",
-                ))  # fmt: skip
+                seen = "no rows" if age is None else f"newest is {age:.0f}s old"
+                summary = f"{fresh.table}.{fresh.column}: {seen}"
+                summary += f" (expected under {fresh.max_age_seconds}s)"
+                findings.append(
+                    _finding(
+                        params,
+                        fresh.name,
+                        "postgres_data_stale",
+                        fresh.severity,
+                        observed=None if age is None else round(age),
+                        threshold=fresh.max_age_seconds,
+                        evidence={
+                            "table": fresh.table,
+                            "column": fresh.column,
+                            "newest": str(newest) if newest is not None else None,
+                        },
+                        summary=summary,
+                    )
+                )
     return findings
 
 
 def _error(params: DataQualityParams, name: str, exc: psycopg.Error) -> Finding:
     message = redact_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-    return _finding(params, name, "postgres_data_quality_error", "info",
-                    evidence={"rule": name, "error": type(exc).__name__},
-                    summary=f"rule {name} could not run: {message}")  # fmt: skip
+    return _finding(
+        params,
+        name,
+        "postgres_data_quality_error",
+        "info",
+        evidence={"rule": name, "error": type(exc).__name__},
+        summary=f"rule {name} could not run: {message}",
+    )

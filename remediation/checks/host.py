@@ -64,10 +64,17 @@ def _mount_findings(params: HostDiskParams, cfg: HostSettings, mount: str) -> li
     try:
         usage = disk_usage(mount)
     except OSError as exc:
-        return [Finding(check="host_disk", target=params.target, subject=mount,
-                        kind="host_disk_unreadable", severity=Severity.WARNING,
-                        evidence={"host": host, "error": f"{type(exc).__name__}: {exc}"},
-                        summary=f"cannot read disk usage of {mount} on {host}: {exc}")]  # fmt: skip
+        return [
+            Finding(
+                check="host_disk",
+                target=params.target,
+                subject=mount,
+                kind="host_disk_unreadable",
+                severity=Severity.WARNING,
+                evidence={"host": host, "error": f"{type(exc).__name__}: {exc}"},
+                summary=f"cannot read disk usage of {mount} on {host}: {exc}",
+            )
+        ]
     findings = []
     for kind, field, what in (
         ("host_disk_full", "used_percent", "space"),
@@ -76,10 +83,19 @@ def _mount_findings(params: HostDiskParams, cfg: HostSettings, mount: str) -> li
         percent = usage[field]
         hit = None if percent is None else disk_band(percent, cfg)
         if hit:
-            findings.append(Finding(check="host_disk", target=params.target, subject=mount,
-                                    kind=kind, severity=hit[0], observed=percent,
-                                    threshold=hit[1], evidence={"host": host, **usage},
-                                    summary=f"{mount} on {host}: {percent:.1f} % of {what} used"))  # fmt: skip
+            findings.append(
+                Finding(
+                    check="host_disk",
+                    target=params.target,
+                    subject=mount,
+                    kind=kind,
+                    severity=hit[0],
+                    observed=percent,
+                    threshold=hit[1],
+                    evidence={"host": host, **usage},
+                    summary=f"{mount} on {host}: {percent:.1f} % of {what} used",
+                )
+            )
     return findings
 
 
@@ -132,8 +148,21 @@ def host_memory(ctx: CheckContext, params: HostMemoryParams) -> list[Finding]:
     if percent <= limit:
         return []
     host = socket.gethostname()
-    evidence = {"host": host, "total_bytes": info["MemTotal"], "available_bytes": available,
-                "swap_free_bytes": info.get("SwapFree")}  # fmt: skip
-    return [Finding(check="host_memory", target=params.target, kind="host_memory_high",
-                    severity=Severity.HIGH, observed=percent, threshold=limit, evidence=evidence,
-                    summary=f"{percent:.1f} % of memory in use on {host}")]  # fmt: skip
+    evidence = {
+        "host": host,
+        "total_bytes": info["MemTotal"],
+        "available_bytes": available,
+        "swap_free_bytes": info.get("SwapFree"),
+    }
+    return [
+        Finding(
+            check="host_memory",
+            target=params.target,
+            kind="host_memory_high",
+            severity=Severity.HIGH,
+            observed=percent,
+            threshold=limit,
+            evidence=evidence,
+            summary=f"{percent:.1f} % of memory in use on {host}",
+        )
+    ]

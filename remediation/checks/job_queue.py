@@ -40,8 +40,9 @@ def job_age(raw: bytes | str, field: str, now: float) -> float | None:
 
 
 def _finding(params: JobQueueParams, key: str, kind: str, sev: Severity, **kw: Any) -> Finding:
-    return Finding(check="redis_job_queue", target=params.target, subject=key, kind=kind,
-                   severity=sev, **kw)  # fmt: skip
+    return Finding(
+        check="redis_job_queue", target=params.target, subject=key, kind=kind, severity=sev, **kw
+    )
 
 
 @check("redis_job_queue")
@@ -70,15 +71,42 @@ def redis_job_queue(ctx: CheckContext, params: JobQueueParams) -> list[Finding]:
     if length > cfg.backlog_warning:
         sev = Severity.HIGH if length > cfg.backlog_high else Severity.WARNING
         limit = cfg.backlog_high if sev is Severity.HIGH else cfg.backlog_warning
-        findings.append(_finding(params, key, "redis_job_queue_backlog", sev, observed=length,
-                                 threshold=limit, evidence=evidence,
-                                 summary=f"{length} jobs pending in {key}"))  # fmt: skip
+        findings.append(
+            _finding(
+                params,
+                key,
+                "redis_job_queue_backlog",
+                sev,
+                observed=length,
+                threshold=limit,
+                evidence=evidence,
+                summary=f"{length} jobs pending in {key}",
+            )
+        )
     if duplicates:
-        findings.append(_finding(params, key, "redis_job_queue_duplicates", Severity.WARNING,
-                                 observed=duplicates, threshold=0, evidence=evidence,
-                                 summary=f"{duplicates} duplicate jobs in {key}"))  # fmt: skip
+        findings.append(
+            _finding(
+                params,
+                key,
+                "redis_job_queue_duplicates",
+                Severity.WARNING,
+                observed=duplicates,
+                threshold=0,
+                evidence=evidence,
+                summary=f"{duplicates} duplicate jobs in {key}",
+            )
+        )
     if stale:
-        findings.append(_finding(params, key, "redis_job_queue_stale", Severity.WARNING,
-                                 observed=stale, threshold=cfg.max_age_seconds, evidence=evidence,
-                                 summary=f"{stale} jobs older than {cfg.max_age_seconds}s in {key}"))  # fmt: skip
+        findings.append(
+            _finding(
+                params,
+                key,
+                "redis_job_queue_stale",
+                Severity.WARNING,
+                observed=stale,
+                threshold=cfg.max_age_seconds,
+                evidence=evidence,
+                summary=f"{stale} jobs older than {cfg.max_age_seconds}s in {key}",
+            )
+        )
     return findings

@@ -54,7 +54,7 @@ def _table_finding(params: DeadTuplesParams, row: dict[str, Any], **kw: Any) -> 
             **{
                 k: _iso(row[k])
                 for k in ("last_vacuum", "last_autovacuum", "last_analyze", "last_autoanalyze")
-            },  # fmt: skip
+            },
         },
         **kw,
     )
@@ -87,21 +87,35 @@ def postgres_dead_tuples(ctx: CheckContext, params: DeadTuplesParams) -> list[Fi
         ratio, dead = row["dead_ratio"], row["n_dead_tup"]
         where = f"{row['schemaname']}.{row['relname']}"
         if dead >= params.min_dead_rows and ratio >= params.min_dead_ratio:
-            findings.append(_table_finding(
-                params, row, kind="postgres_dead_tuples_high",
-                severity=Severity.HIGH if ratio >= params.high_dead_ratio else Severity.WARNING,
-                observed=round(ratio, 4), threshold=params.min_dead_ratio,
-                summary=f"{dead} dead rows ({ratio:.0%}) in {where}",
-            ))  # fmt: skip
+            findings.append(
+                _table_finding(
+                    params,
+                    row,
+                    kind="postgres_dead_tuples_high",
+                    severity=Severity.HIGH if ratio >= params.high_dead_ratio else Severity.WARNING,
+                    observed=round(ratio, 4),
+                    threshold=params.min_dead_ratio,
+                    summary=f"{dead} dead rows ({ratio:.0%}) in {where}",
+                )
+            )
         else:  # VACUUM (ANALYZE) also analyzes: a stale finding only where no vacuum is due
             age = row["analyze_age_s"]
-            findings.append(_table_finding(
-                params, row, kind="postgres_stats_stale", severity=Severity.WARNING,
-                observed=None if age is None else round(float(age) / 86400, 2), threshold=stale,
-                summary=f"{row['n_mod_since_analyze']} rows changed in {where} since "
-                        + ("it was never analyzed" if age is None
-                           else f"the last analyze {float(age) / 86400:.1f} days ago"),
-            ))  # fmt: skip
+            since = (
+                "it was never analyzed"
+                if age is None
+                else f"the last analyze {float(age) / 86400:.1f} days ago"
+            )
+            findings.append(
+                _table_finding(
+                    params,
+                    row,
+                    kind="postgres_stats_stale",
+                    severity=Severity.WARNING,
+                    observed=None if age is None else round(float(age) / 86400, 2),
+                    threshold=stale,
+                    summary=f"{row['n_mod_since_analyze']} rows changed in {where} since {since}",
+                )
+            )
     return findings
 
 

@@ -51,9 +51,14 @@ def probe(proxy_url: str, cfg: ProxySettings) -> ProbeResult:
     with requests.Session() as session:
         session.trust_env = False  # NO_PROXY / HTTP_PROXY must not bypass the proxy under test
         try:
-            with session.get(str(cfg.test_url), proxies=proxies, timeout=cfg.timeout_seconds,
-                             stream=True, allow_redirects=False,
-                             headers={"User-Agent": USER_AGENT}) as resp:  # fmt: skip
+            with session.get(
+                str(cfg.test_url),
+                proxies=proxies,
+                timeout=cfg.timeout_seconds,
+                stream=True,
+                allow_redirects=False,
+                headers={"User-Agent": USER_AGENT},
+            ) as resp:
                 body = _read_head(resp, deadline)
                 code, location = resp.status_code, resp.headers.get("Location", "")
         except requests.RequestException as exc:
@@ -143,8 +148,11 @@ def proxy_pool_health(ctx: CheckContext, params: ProxyPoolParams) -> list[Findin
         ctx.log.info("proxy pool synced", added=len(sync.new), removed=sync.gone)
     # Slowest first (by last latency): long tests overlap the many short ones instead of
     # trailing behind them, so a run takes about the longest test, not a queue plus it.
-    due = sorted((rec for rec in pool.records().values() if rec.due(now)),
-                 key=lambda rec: rec.last_latency_ms or 0.0, reverse=True)  # fmt: skip
+    due = sorted(
+        (rec for rec in pool.records().values() if rec.due(now)),
+        key=lambda rec: rec.last_latency_ms or 0.0,
+        reverse=True,
+    )
     results = probe_all(due, cfg)
     records = _record(pool, results, time.time())
     counts = Counter(res.status for res in results.values())
@@ -160,29 +168,38 @@ def _record(pool: ProxyPool, results: dict[str, ProbeResult], now: float) -> dic
 
     def plan(records: dict[str, ProxyRecord]) -> Changes:
         changes = Changes()
-        changes.fields = {pid: result_fields(records[pid], res, now)
-                          for pid, res in results.items() if pid in records}  # fmt: skip
+        changes.fields = {
+            pid: result_fields(records[pid], res, now)
+            for pid, res in results.items()
+            if pid in records
+        }
         return changes
 
     pool.update(plan)
     return pool.records()
 
 
-def _finding(params: ProxyPoolParams, subject: str, kind: str, sev: Severity,
-             **kw: Any) -> Finding:  # fmt: skip
-    return Finding(check=CHECK, target=params.target, subject=subject, kind=kind, severity=sev,
-                   **kw)  # fmt: skip
+def _finding(params: ProxyPoolParams, subject: str, kind: str, sev: Severity, **kw: Any) -> Finding:
+    return Finding(
+        check=CHECK, target=params.target, subject=subject, kind=kind, severity=sev, **kw
+    )
 
 
 def _listed(records: list[ProxyRecord]) -> dict[str, Any]:
-    return {"proxies": [rec.brief() for rec in records[:MAX_LISTED]],
-            "more": max(0, len(records) - MAX_LISTED)}  # fmt: skip
+    return {
+        "proxies": [rec.brief() for rec in records[:MAX_LISTED]],
+        "more": max(0, len(records) - MAX_LISTED),
+    }
 
 
 def _findings(
-    params: ProxyPoolParams, cfg: ProxySettings, ban_limit: float,
-    records: dict[str, ProxyRecord], results: dict[str, ProbeResult], rate: float,
-) -> list[Finding]:  # fmt: skip
+    params: ProxyPoolParams,
+    cfg: ProxySettings,
+    ban_limit: float,
+    records: dict[str, ProxyRecord],
+    results: dict[str, ProbeResult],
+    rate: float,
+) -> list[Finding]:
     tested = [records[pid] for pid in results if pid in records]
     banned = [rec for rec in tested if rec.last_status == BANNED]
     dead = [rec for rec in tested if rec.last_status == DEAD]
@@ -191,30 +208,69 @@ def _findings(
     out = []
     if banned:
         sev = Severity.HIGH if rate >= ban_limit else Severity.WARNING
-        out.append(_finding(params, POOL, "proxy_banned", sev, observed=rate, threshold=ban_limit,
-                            evidence={"ban_rate": rate, "tested": len(tested),
-                                      "banned": len(banned), **_listed(banned), "pool": pool},
-                            summary=f"{len(banned)} of {len(tested)} proxies banned "
-                                    f"(403/429/CAPTCHA), ban rate {rate:.0%}"))  # fmt: skip
+        out.append(
+            _finding(
+                params,
+                POOL,
+                "proxy_banned",
+                sev,
+                observed=rate,
+                threshold=ban_limit,
+                evidence={
+                    "ban_rate": rate,
+                    "tested": len(tested),
+                    "banned": len(banned),
+                    **_listed(banned),
+                    "pool": pool,
+                },
+                summary=(
+                    f"{len(banned)} of {len(tested)} proxies banned "
+                    f"(403/429/CAPTCHA), ban rate {rate:.0%}"
+                ),
+            )
+        )
     if dead:
-        out.append(_finding(params, POOL, "proxy_dead", Severity.WARNING, observed=len(dead),
-                            threshold=0, evidence={"tested": len(tested), "dead": len(dead),
-                                                   **_listed(dead), "pool": pool},
-                            summary=f"{len(dead)} of {len(tested)} proxies failed "
-                                    "(connection error, timeout or 5xx)"))  # fmt: skip
+        out.append(
+            _finding(
+                params,
+                POOL,
+                "proxy_dead",
+                Severity.WARNING,
+                observed=len(dead),
+                threshold=0,
+                evidence={"tested": len(tested), "dead": len(dead), **_listed(dead), "pool": pool},
+                summary=(
+                    f"{len(dead)} of {len(tested)} proxies failed "
+                    "(connection error, timeout or 5xx)"
+                ),
+            )
+        )
     if recovered:
-        out.append(_finding(params, POOL, "proxy_recovered", Severity.INFO,
-                            observed=len(recovered), threshold=0,
-                            evidence={"recovered": len(recovered), **_listed(recovered)},
-                            summary=f"{len(recovered)} parked proxies passed their re-test"))  # fmt: skip
+        out.append(
+            _finding(
+                params,
+                POOL,
+                "proxy_recovered",
+                Severity.INFO,
+                observed=len(recovered),
+                threshold=0,
+                evidence={"recovered": len(recovered), **_listed(recovered)},
+                summary=f"{len(recovered)} parked proxies passed their re-test",
+            )
+        )
     return out + _pool_low(params, cfg, pool) + _regions(params, cfg, records)
 
 
 def _pool_counts(records: dict[str, ProxyRecord], cfg: ProxySettings) -> dict[str, Any]:
     states = Counter(rec.state for rec in records.values())
-    return {"total": len(records), "healthy_active": sum(r.healthy for r in records.values()),
-            "active": states["active"], "quarantined": states["quarantined"],
-            "dead": states["dead"], "min_active": cfg.min_active}  # fmt: skip
+    return {
+        "total": len(records),
+        "healthy_active": sum(r.healthy for r in records.values()),
+        "active": states["active"],
+        "quarantined": states["quarantined"],
+        "dead": states["dead"],
+        "min_active": cfg.min_active,
+    }
 
 
 def _pool_low(params: ProxyPoolParams, cfg: ProxySettings, pool: dict[str, Any]) -> list[Finding]:
@@ -222,9 +278,18 @@ def _pool_low(params: ProxyPoolParams, cfg: ProxySettings, pool: dict[str, Any])
     if healthy >= cfg.min_active:
         return []
     sev = Severity.CRITICAL if healthy == 0 else Severity.HIGH
-    return [_finding(params, POOL, "proxy_pool_low", sev, observed=healthy,
-                     threshold=cfg.min_active, evidence=pool,
-                     summary=f"{healthy} healthy active proxies, minimum {cfg.min_active}")]  # fmt: skip
+    return [
+        _finding(
+            params,
+            POOL,
+            "proxy_pool_low",
+            sev,
+            observed=healthy,
+            threshold=cfg.min_active,
+            evidence=pool,
+            summary=f"{healthy} healthy active proxies, minimum {cfg.min_active}",
+        )
+    ]
 
 
 def _regions(
@@ -237,26 +302,50 @@ def _regions(
     for region, target in sorted(cfg.region_targets.items()):
         share = round(healthy[region.lower()] / total, 4) if total else 0.0
         if share < target:
-            out.append(_finding(params, region.lower(), "proxy_region_low", Severity.WARNING,
-                                observed=share, threshold=target,
-                                evidence={"region": region.lower(), "healthy": healthy[region.lower()],
-                                          "healthy_total": total, "share": share},
-                                summary=f"region {region}: {share:.0%} of healthy proxies, "
-                                        f"target {target:.0%}"))  # fmt: skip
+            out.append(
+                _finding(
+                    params,
+                    region.lower(),
+                    "proxy_region_low",
+                    Severity.WARNING,
+                    observed=share,
+                    threshold=target,
+                    evidence={
+                        "region": region.lower(),
+                        "healthy": healthy[region.lower()],
+                        "healthy_total": total,
+                        "share": share,
+                    },
+                    summary=f"region {region}: {share:.0%} of healthy proxies, target {target:.0%}",
+                )
+            )
     return out
 
 
 def _config_invalid(params: ProxyPoolParams, errors: list[str]) -> Finding:
-    return _finding(params, "config", "proxy_config_invalid", Severity.WARNING,
-                    observed=len(errors), threshold=0,
-                    evidence={"errors": errors[:MAX_LISTED], "more": max(0, len(errors) - MAX_LISTED)},
-                    summary=f"{len(errors)} proxy entries rejected: {errors[0]}")  # fmt: skip
+    return _finding(
+        params,
+        "config",
+        "proxy_config_invalid",
+        Severity.WARNING,
+        observed=len(errors),
+        threshold=0,
+        evidence={"errors": errors[:MAX_LISTED], "more": max(0, len(errors) - MAX_LISTED)},
+        summary=f"{len(errors)} proxy entries rejected: {errors[0]}",
+    )
 
 
 def _unconfigured(params: ProxyPoolParams, cfg: ProxySettings, has_entries: bool) -> list[Finding]:
     missing = [] if has_entries else ["REMEDIATION_PROXIES__PROXY_LIST or __FILE (no valid entry)"]
     if not cfg.test_url:
         missing.append("REMEDIATION_PROXIES__TEST_URL")
-    return [_finding(params, POOL, "proxy_pool_unconfigured", Severity.INFO,
-                     evidence={"missing": missing},
-                     summary="proxy pool not tested: set " + " and ".join(missing))]  # fmt: skip
+    return [
+        _finding(
+            params,
+            POOL,
+            "proxy_pool_unconfigured",
+            Severity.INFO,
+            evidence={"missing": missing},
+            summary="proxy pool not tested: set " + " and ".join(missing),
+        )
+    ]

@@ -121,8 +121,9 @@ def probe(endpoint: RateLimitEndpoint, timeout: float) -> Probe:
     result = Probe(endpoint.name, safe_url(endpoint.url))
     headers = {k: v.get_secret_value() for k, v in endpoint.headers.items()}
     try:  # redirects could carry the API key headers to another host
-        with requests.get(endpoint.url, headers=headers, timeout=timeout, stream=True,
-                          allow_redirects=False) as resp:  # fmt: skip
+        with requests.get(
+            endpoint.url, headers=headers, timeout=timeout, stream=True, allow_redirects=False
+        ) as resp:
             result.status = resp.status_code
             result.usage = usage_from_headers(resp.headers)
             result.headers_seen = sorted(
@@ -154,17 +155,22 @@ def probe_all(cfg: RateLimitSettings) -> list[Probe]:
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
     return [
-        f.result() if f.done() and not f.cancelled()
+        f.result()
+        if f.done() and not f.cancelled()
         else Probe(e.name, safe_url(e.url), error="timed out")
         for f, e in zip(futures, cfg.endpoints, strict=True)
-    ]  # fmt: skip
+    ]
 
 
 def _evidence(p: Probe) -> dict[str, Any]:
     evidence: dict[str, Any] = {"url": p.url, "status": p.status}
     if p.usage:
-        evidence.update(source=p.usage.source, used=p.usage.used, limit=p.usage.limit,
-                        remaining=p.usage.remaining)  # fmt: skip
+        evidence.update(
+            source=p.usage.source,
+            used=p.usage.used,
+            limit=p.usage.limit,
+            remaining=p.usage.remaining,
+        )
     if p.retry_after_seconds is not None:
         evidence["retry_after_seconds"] = p.retry_after_seconds
     if p.error:
@@ -174,31 +180,57 @@ def _evidence(p: Probe) -> dict[str, Any]:
 
 def finding_for(p: Probe, cfg: RateLimitSettings, target: str) -> Finding | None:
     """What one probe means: high usage, exhausted quota, unreachable, unknown or nothing."""
-    base = {"check": "api_rate_limits", "target": target, "subject": p.endpoint,
-            "evidence": _evidence(p)}  # fmt: skip
+    base = {
+        "check": "api_rate_limits",
+        "target": target,
+        "subject": p.endpoint,
+        "evidence": _evidence(p),
+    }
     if p.error:
-        return Finding(**base, kind="api_rate_limit_unreachable", severity=Severity.WARNING,
-                       summary=f"{p.endpoint}: no answer ({p.error})")  # fmt: skip
+        return Finding(
+            **base,
+            kind="api_rate_limit_unreachable",
+            severity=Severity.WARNING,
+            summary=f"{p.endpoint}: no answer ({p.error})",
+        )
     if p.status == 429:
         kind = "api_quota_exhausted" if p.quota_exhausted else "api_rate_limit_high"
         wait_s = (
             "" if p.retry_after_seconds is None else f", retry after {p.retry_after_seconds:g}s"
         )
-        return Finding(**base, kind=kind, severity=Severity.HIGH, observed=1.0,
-                       threshold=cfg.usage_threshold,
-                       summary=f"{p.endpoint}: HTTP 429{wait_s}")  # fmt: skip
+        return Finding(
+            **base,
+            kind=kind,
+            severity=Severity.HIGH,
+            observed=1.0,
+            threshold=cfg.usage_threshold,
+            summary=f"{p.endpoint}: HTTP 429{wait_s}",
+        )
     if p.usage is not None:
         if p.usage.usage < cfg.usage_threshold:
             return None
         sev = Severity.HIGH if p.usage.usage >= HIGH_USAGE else Severity.WARNING
-        return Finding(**base, kind="api_rate_limit_high", severity=sev,
-                       observed=round(p.usage.usage, 4), threshold=cfg.usage_threshold,
-                       summary=f"{p.endpoint}: {p.usage.usage:.0%} of its rate limit used")  # fmt: skip
+        return Finding(
+            **base,
+            kind="api_rate_limit_high",
+            severity=sev,
+            observed=round(p.usage.usage, 4),
+            threshold=cfg.usage_threshold,
+            summary=f"{p.endpoint}: {p.usage.usage:.0%} of its rate limit used",
+        )
     if p.status is not None and p.status >= 400:
-        return Finding(**base, kind="api_rate_limit_unreachable", severity=Severity.WARNING,
-                       summary=f"{p.endpoint}: HTTP {p.status}, no rate-limit headers")  # fmt: skip
-    return Finding(**base, kind="api_rate_limit_unknown", severity=Severity.INFO,
-                   summary=f"{p.endpoint}: answered without rate-limit headers")  # fmt: skip
+        return Finding(
+            **base,
+            kind="api_rate_limit_unreachable",
+            severity=Severity.WARNING,
+            summary=f"{p.endpoint}: HTTP {p.status}, no rate-limit headers",
+        )
+    return Finding(
+        **base,
+        kind="api_rate_limit_unknown",
+        severity=Severity.INFO,
+        summary=f"{p.endpoint}: answered without rate-limit headers",
+    )
 
 
 def _float(value: str | None) -> float | None:
@@ -228,11 +260,17 @@ def api_rate_limits(ctx: CheckContext, params: RateLimitsParams) -> list[Finding
     now = time.time()
     for name, rec in records(ctx.redis(params.target), THROTTLE_INDEX, throttle_key):
         if due(rec, now):
-            findings.append(Finding(
-                check="api_rate_limits", target=params.target, subject=name,
-                kind="api_sync_throttle_expired", severity=Severity.INFO,
-                observed=_float(rec.get("throttled")), threshold=_float(rec.get("original")),
-                evidence={k: rec.get(k) for k in ("original", "throttled", "expires_at", "by")},
-                summary=f"{name} sync throttle ended; interval back to {rec.get('original')}s",
-            ))  # fmt: skip
+            findings.append(
+                Finding(
+                    check="api_rate_limits",
+                    target=params.target,
+                    subject=name,
+                    kind="api_sync_throttle_expired",
+                    severity=Severity.INFO,
+                    observed=_float(rec.get("throttled")),
+                    threshold=_float(rec.get("original")),
+                    evidence={k: rec.get(k) for k in ("original", "throttled", "expires_at", "by")},
+                    summary=f"{name} sync throttle ended; interval back to {rec.get('original')}s",
+                )
+            )
     return findings
