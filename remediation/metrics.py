@@ -28,32 +28,26 @@ import contextlib
 import fcntl
 import functools
 import os
-import re
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Literal, ParamSpec
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import start_http_server
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from remediation.logging import get_logger
+from remediation.metrics_scrape import OWN_FILE, StateCollector, label
 from remediation.settings import Settings
 
 ENV_DIR = "PROMETHEUS_MULTIPROC_DIR"
-BREAKER_STATES = {"closed": 0, "half_open": 1, "open": 2}
 """remediation_breaker_state values."""
 
 CHECK_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 ACTION_BUCKETS = (0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900, 3600)
 
-_LABEL = re.compile(r"^[A-Za-z0-9_.:\-]{1,80}$")
 # prometheus_client names its files <type>[_<gauge mode>]_<pid>.db: only those are wiped
-_OWN_FILE = re.compile(r"^(counter|histogram|summary|gauge_[a-z]+)_(\d+)\.db$")
 
 Mode = Literal["local", "off", "multiprocess"]
 P = ParamSpec("P")
@@ -149,11 +143,6 @@ def _safe(fn: Callable[P, None]) -> Callable[P, None]:
     return wrapper
 
 
-def _label(value: str) -> str:
-    text = str(value)
-    return text if _LABEL.match(text) else "other"
-
-
 def _m() -> _Metrics:
     if _STATE.metrics is None:
         if _STATE.mode == "multiprocess":
@@ -170,8 +159,8 @@ def _m() -> _Metrics:
 @_safe
 def check_run(check: str, status: str, duration_s: float) -> None:
     """A check finished with status ok | error | rejected."""
-    m, name = _m(), _label(check)
-    m.checks.labels(name, _label(status)).inc()
+    m, name = _m(), label(check)
+    m.checks.labels(name, label(status)).inc()
     m.check_duration.labels(name).observe(max(0.0, duration_s))
     if status == "ok":
         m.last_success.labels(name).set(time.time())
@@ -180,20 +169,20 @@ def check_run(check: str, status: str, duration_s: float) -> None:
 @_safe
 def finding(check: str, kind: str, severity: str) -> None:
     """A check reported a finding."""
-    _m().findings.labels(_label(check), _label(kind), _label(severity)).inc()
+    _m().findings.labels(label(check), label(kind), label(severity)).inc()
 
 
 @_safe
 def guard_decision(action: str, decision: str, guard: str) -> None:
     """The guards decided on an action call."""
-    _m().decisions.labels(_label(action), _label(decision), _label(guard or "none")).inc()
+    _m().decisions.labels(label(action), label(decision), label(guard or "none")).inc()
 
 
 @_safe
 def action_run(action: str, outcome: str, duration_s: float | None) -> None:
     """An action call ended with this outcome."""
-    m, name = _m(), _label(action)
-    m.actions.labels(name, _label(outcome)).inc()
+    m, name = _m(), label(action)
+    m.actions.labels(name, label(outcome)).inc()
     if duration_s is not None:
         m.action_duration.labels(name).observe(max(0.0, duration_s))
 
@@ -201,7 +190,7 @@ def action_run(action: str, outcome: str, duration_s: float | None) -> None:
 @_safe
 def verification(action: str, verdict: str) -> None:
     """An action's fix was verified (recovered | not_recovered | error)."""
-    _m().verifications.labels(_label(action), _label(verdict)).inc()
+    _m().verifications.labels(label(action), label(verdict)).inc()
 
 
 def registry() -> CollectorRegistry:
@@ -266,7 +255,7 @@ def wipe(directory: Path) -> int:
     """Delete prometheus_client's own files (``*_<pid>.db``) in directory; nothing else."""
     removed = 0
     for path in directory.iterdir():
-        if _OWN_FILE.match(path.name) and path.is_file() and not path.is_symlink():
+        if OWN_FILE.match(path.name) and path.is_file() and not path.is_symlink():
             path.unlink()
             removed += 1
     return removed
@@ -301,7 +290,7 @@ def start_server(settings: Settings) -> int | None:
     if _STATE.mode != "multiprocess" or _STATE.directory is None or _STATE.server is not None:
         return None
     reg = CollectorRegistry()
-    reg.register(_StateCollector(settings, _STATE.directory))
+    reg.register(StateCollector(settings, _STATE.directory))
     _mp.MultiProcessCollector(reg, path=str(_STATE.directory))
     _seed_last_success(settings)  # before serving: never expose a switch without its times
     cfg = settings.metrics
@@ -331,7 +320,7 @@ def _seed_last_success(settings: Settings) -> None:
         )
         gauge = _m().last_success
         for row in rows:
-            gauge.labels(_label(row["check_name"])).set(row["at"])
+            gauge.labels(label(row["check_name"])).set(row["at"])
     except Exception as exc:  # the audit database may be down: the gauges fill as checks run
         log.warning("could not seed last-success times from the audit", error=repr(exc))
 
@@ -350,77 +339,3 @@ def stop() -> None:
 def port() -> int | None:
     """The port the endpoint listens on, once started."""
     return _STATE.port
-
-
-class _StateCollector(Collector):
-    """Read at scrape time: breakers from the state Redis, liveness, build info."""
-
-    def __init__(self, settings: Settings, directory: Path) -> None:
-        self.url = settings.state_redis_url.get_secret_value()
-        self.directory = directory
-
-    def collect(self) -> Iterator[Metric]:
-        reap_dead_children(self.directory)
-        up = GaugeMetricFamily("remediation_worker_up", "1 while the worker serves metrics")
-        up.add_metric([], 1)
-        build = GaugeMetricFamily(
-            "remediation_build_info", "Version of the running worker", labels=["version", "python"]
-        )
-        build.add_metric([_version(), sys.version.split()[0]], 1)
-        breakers = GaugeMetricFamily(
-            "remediation_breaker_state",
-            "Circuit breaker state: 0 closed, 1 half_open, 2 open",
-            labels=["breaker"],
-        )
-        state_up = GaugeMetricFamily(
-            "remediation_state_redis_up", "1 if the state Redis answered this scrape"
-        )
-        try:
-            for name, state in read_breakers(self.url):
-                breakers.add_metric([_label(name)], BREAKER_STATES.get(state, 2))
-            state_up.add_metric([], 1)
-        except Exception as exc:
-            log.warning("metrics: breaker states unreadable", error=repr(exc))
-            state_up.add_metric([], 0)
-        yield from (up, build, breakers, state_up)
-
-
-def read_breakers(url: str) -> list[tuple[str, str]]:
-    """(name, state) of every breaker in ``rem:breakers``, as `remediation breakers` shows."""
-    from remediation.clients import redis as redis_clients
-    from remediation.clients.redis import text
-    from remediation.guards import keys
-
-    r = redis_clients.client(url, timeout=2.0)
-    names = sorted(text(n) for n in r.smembers(keys.BREAKER_INDEX))
-    pipe = r.pipeline(transaction=False)
-    for name in names:
-        pipe.hget(keys.breaker(name), "state")
-    states = pipe.execute()
-    return [(n, text(s) if s is not None else "closed") for n, s in zip(names, states, strict=True)]
-
-
-def reap_dead_children(directory: Path) -> None:
-    """Children killed with SIGKILL never ran their exit hook: mark them dead here."""
-    for path in directory.glob("gauge_live*_*.db"):
-        match = _OWN_FILE.match(path.name)
-        if match and not _alive(int(match[2])):
-            with contextlib.suppress(OSError):
-                _mp.mark_process_dead(int(match[2]), str(directory))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@functools.cache
-def _version() -> str:
-    from remediation import __version__
-
-    return __version__
