@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -153,6 +154,36 @@ class GuardChain:
             keys.blast(action),
         ]
 
+    def _admit_args(
+        self, adm: Admission, breaker: str, task_id: str, upfront: int | None
+    ) -> list[Any]:
+        """admit.lua's ARGV, in its order."""
+        b, gs = self.settings.breaker, self.settings.guards
+        budget, flap = self.budget(), self.flap_limit()
+        # The cap is checked (and units reserved) at admission only for an action that always
+        # needs units (it declared upfront units); one that may act without any (the give-up
+        # of restart_container) takes them as it goes (ctx.reserve) and defers when refused.
+        blast = self.blast_cap() if upfront is not None else None
+        return [
+            self.hold_seconds(),
+            adm.lock_token,
+            self.hold_seconds(),
+            "" if budget is None else budget,
+            adm.budget_member,
+            breaker,
+            b.half_open_permits,
+            b.permit_lease_seconds,
+            adm.call_id,
+            "1" if self.dry_run() else "0",
+            task_id or uuid.uuid4().hex,
+            "" if flap is None else flap,
+            gs.flap_window_minutes * 60,
+            gs.flap_suspend_minutes * 60,
+            "" if blast is None else blast[0],
+            blast[1] if blast else 0,
+            "" if upfront is None else max(upfront, 0),
+        ]
+
     def admit(
         self,
         target: str,
@@ -162,12 +193,7 @@ class GuardChain:
         upfront: int | None = None,
     ) -> Admission:
         """Every guard in order, atomically; the first refusal wins."""
-        g, b, gs = self.spec.guards, self.settings.breaker, self.settings.guards
-        budget, flap = self.budget(), self.flap_limit()
-        # The cap is checked (and units reserved) at admission only for an action that always
-        # needs units (it declared upfront units); one that may act without any (the give-up
-        # of restart_container) takes them as it goes (ctx.reserve) and defers when refused.
-        blast = self.blast_cap() if upfront is not None else None
+        g, budget = self.spec.guards, self.budget()
         breaker = self.breaker_name(target) if g.breaker else ""
         adm = Admission(
             False,
@@ -182,25 +208,7 @@ class GuardChain:
                 text(v)
                 for v in script(self.r, "admit")(
                     keys=self._admit_keys(resource, idempotency_key, breaker),
-                    args=[
-                        self.hold_seconds(),
-                        adm.lock_token,
-                        self.hold_seconds(),
-                        "" if budget is None else budget,
-                        adm.budget_member,
-                        breaker,
-                        b.half_open_permits,
-                        b.permit_lease_seconds,
-                        adm.call_id,
-                        "1" if self.dry_run() else "0",
-                        task_id or uuid.uuid4().hex,
-                        "" if flap is None else flap,
-                        gs.flap_window_minutes * 60,
-                        gs.flap_suspend_minutes * 60,
-                        "" if blast is None else blast[0],
-                        blast[1] if blast else 0,
-                        "" if upfront is None else max(upfront, 0),
-                    ],
+                    args=self._admit_args(adm, breaker, task_id, upfront),
                 )
             )
         adm.admitted, adm.decision, adm.guard, adm.breaker_state = (
