@@ -2,7 +2,8 @@
 
 An ActionCall holds the canonical params (after the action's resolve step) and derives from
 them, in one place, every name the guards, the audit and the notices use: target, resource,
-idempotency key, incident. Nothing downstream rebuilds them.
+idempotency key, incident. Nothing downstream rebuilds them. Once the guards admit it, an
+Admitted carries the call with what its admission holds until it completes.
 """
 
 from __future__ import annotations
@@ -16,8 +17,12 @@ from pydantic import ValidationError
 
 from remediation.context import Trigger
 from remediation.findings import Finding
+from remediation.guards.chain import Admission, BlastAccount, GuardChain
+from remediation.outcomes import UNDECIDED, CheckStatus, Outcome, Verification
 from remediation.redact import redact_text, storable
 from remediation.registry import ActionSpec
+
+__all__ = ["UNDECIDED", "ActionCall", "ActionOutcome", "Admitted", "CheckOutcome"]
 
 
 @dataclass
@@ -52,6 +57,20 @@ class ActionCall:
         return self.trigger.incident if self.trigger else f"{self.spec.name}:{self.resource}"
 
     @property
+    def flap_incident(self) -> str:
+        """Notices that this action flaps on this resource (one per suspension)."""
+        return f"flap:{self.spec.name}:{self.resource}"
+
+    @staticmethod
+    def breaker_incident(breaker: str) -> str:
+        """Notices that the call's breaker opened (the breaker is shared by many calls)."""
+        return f"breaker:{breaker}"
+
+    def notice_incident(self, kind: str) -> str:
+        """Notices of one kind about this action (refused, unresolved), whatever the call."""
+        return f"{kind}:{self.spec.name}"
+
+    @property
     def finding_id(self) -> int | None:
         return self.trigger.finding_id if self.trigger else None
 
@@ -68,6 +87,15 @@ class ActionCall:
     def what(self) -> str:
         return f"{self.spec.name} on {self.audit['resource']}"
 
+    def run_columns(self) -> dict[str, Any]:
+        """The columns every action run row of this call shares."""
+        return {
+            **self.audit,
+            "params": self.params.model_dump(mode="json"),
+            "finding_id": self.finding_id,
+            "task_id": self.task_id,
+        }
+
     def decision(self) -> dict[str, Any]:
         """The columns every guard decision row of this call shares."""
         return {
@@ -79,8 +107,33 @@ class ActionCall:
 
 
 @dataclass
+class Admitted:
+    """An admitted call and what its admission holds until the call completes: the chain
+    that admitted it, the admission (claim, lock, budget, permit), its blast-radius units,
+    its decision row and when the action started."""
+
+    call: ActionCall
+    chain: GuardChain
+    adm: Admission
+    decision_id: int
+    blast: BlastAccount
+    started: float = 0.0  # time.monotonic() when the action started
+
+    def complete(self, success: bool) -> str:
+        """Record the outcome and release the holds; the breaker transition or ""."""
+        c = self.call
+        refund = self.blast.settle(self.adm.blast_granted)
+        return self.chain.complete(self.adm, c.target, c.resource, success, refund)
+
+    def give_back(self) -> None:
+        """Everything the admission took, without recording an outcome (the action declined)."""
+        self.blast.settle(self.adm.blast_granted, everything=True)
+        self.chain.abandon(self.adm, self.call.target, self.call.resource)
+
+
+@dataclass
 class CheckOutcome:
-    status: str  # ok | error | rejected
+    status: CheckStatus
     check_run_id: int
     findings: list[Finding] = field(default_factory=list)
     finding_ids: list[int] = field(default_factory=list)
@@ -97,22 +150,13 @@ class CheckOutcome:
         }
 
 
-ACTED = ("succeeded", "failed")
-"""Outcomes after which the action ran; every other outcome means it did not."""
-UNDECIDED = ("failed", "unavailable")
-"""Outcomes `remediation run --act` exits non-zero for: the effect failed, or the call could
-not be decided (guard state or the resolve step's target did not answer)."""
-
-
 @dataclass
 class ActionOutcome:
-    # succeeded | failed | rejected | refused | deferred | dry_run | suppressed | duplicate
-    # | unavailable
-    outcome: str
+    outcome: Outcome
     decision_id: int | None = None
     action_run_id: int | None = None
     reason: str = ""
-    verification: str | None = None
+    verification: Verification | None = None
     result: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:

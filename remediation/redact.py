@@ -55,6 +55,7 @@ def _quoted(m: Any) -> str:
 
 def redact_text(text: str) -> str:
     """Mask passwords in URLs, key=value secrets, quoted secrets and Authorization values."""
+    text = str(text)  # re2 builds its result with type(text)(), which a StrEnum refuses
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + "@", text)
     text = _KV_SECRET.sub(lambda m: m.group("key") + MASK, text)
     text = _QUOTED_SECRET.sub(_quoted, text)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from remediation.audit.store import audit_json, audit_text
 from remediation.errors import AuditError
 from remediation.findings import Finding
+from remediation.outcomes import CheckStatus, Decision, Outcome, Verification
 from remediation.redact import redact_text
 
 if TYPE_CHECKING:
@@ -71,12 +72,17 @@ class MemoryAuditStore:
                 "target": target,
                 "purpose": purpose,
                 "params": audit_json(params),
-                "status": "running",
+                "status": CheckStatus.RUNNING,
             },
         )
 
     def finish_check_run(
-        self, run_id: int, status: str, findings: int, duration_ms: float, error: str | None = None
+        self,
+        run_id: int,
+        status: CheckStatus,
+        findings: int,
+        duration_ms: float,
+        error: str | None = None,
     ) -> None:
         self._update(
             "check_runs",
@@ -98,7 +104,7 @@ class MemoryAuditStore:
                 "target": redact_text(str(raw.get("target", "?")))[:64],
                 "purpose": "detect",
                 "params": audit_json(raw),
-                "status": "rejected",
+                "status": CheckStatus.REJECTED,
                 "error": audit_text(error),
             },
         )
@@ -126,7 +132,7 @@ class MemoryAuditStore:
         action: str,
         target: str,
         resource: str,
-        decision: str,
+        decision: Decision,
         guard: str = "",
         reason: str = "",
         finding_id: int | None = None,
@@ -153,14 +159,14 @@ class MemoryAuditStore:
         target: str,
         resource: str | None,
         params: dict[str, Any],
-        outcome: str,
+        outcome: Outcome,
         error: str | None = None,
         result: dict[str, Any] | None = None,
         duration_ms: float = 0.0,
         decision_id: int | None = None,
         finding_id: int | None = None,
         task_id: str | None = None,
-        verification: str | None = None,
+        verification: Verification | None = None,
     ) -> int:
         row = {
             "decision_id": decision_id,
@@ -185,7 +191,7 @@ class MemoryAuditStore:
         )
 
     def set_verification(
-        self, action_run_id: int, verification: str, check_run_id: int | None
+        self, action_run_id: int, verification: Verification, check_run_id: int | None
     ) -> None:
         self._update(
             "action_runs", action_run_id, verification=verification, check_run_id=check_run_id

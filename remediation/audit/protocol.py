@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from remediation.findings import Finding
+from remediation.outcomes import CheckStatus, Decision, Outcome, Verification
 
 
 class AuditTrail(Protocol):
@@ -21,7 +22,12 @@ class AuditTrail(Protocol):
     ) -> int: ...
 
     def finish_check_run(
-        self, run_id: int, status: str, findings: int, duration_ms: float, error: str | None = None
+        self,
+        run_id: int,
+        status: CheckStatus,
+        findings: int,
+        duration_ms: float,
+        error: str | None = None,
     ) -> None: ...
 
     def rejected_check(
@@ -36,7 +42,7 @@ class AuditTrail(Protocol):
         action: str,
         target: str,
         resource: str,
-        decision: str,
+        decision: Decision,
         guard: str = "",
         reason: str = "",
         finding_id: int | None = None,
@@ -51,18 +57,18 @@ class AuditTrail(Protocol):
         target: str,
         resource: str | None,
         params: dict[str, Any],
-        outcome: str,
+        outcome: Outcome,
         error: str | None = None,
         result: dict[str, Any] | None = None,
         duration_ms: float = 0.0,
         decision_id: int | None = None,
         finding_id: int | None = None,
         task_id: str | None = None,
-        verification: str | None = None,
+        verification: Verification | None = None,
     ) -> int: ...
 
     def set_verification(
-        self, action_run_id: int, verification: str, check_run_id: int | None
+        self, action_run_id: int, verification: Verification, check_run_id: int | None
     ) -> None: ...
 
     def record_observation(self, check: str, target: str, metric: str, value: float) -> None:

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -22,6 +23,7 @@ from remediation.clients.redis import text
 from remediation.errors import GuardUnavailable
 from remediation.guards import keys
 from remediation.guards.lua import script
+from remediation.outcomes import Decision
 from remediation.registry import ActionSpec
 from remediation.settings import Settings
 
@@ -47,7 +49,7 @@ class Admission:
     """The chain's answer for one call, and what it holds until complete()."""
 
     admitted: bool
-    decision: str  # admitted | suppressed | dry_run | duplicate
+    decision: Decision  # admitted, suppressed, dry_run or duplicate
     guard: str = ""
     reason: str = ""
     lock_token: str = ""
@@ -135,49 +137,86 @@ class GuardChain:
         g = self.settings.guards
         return g.dry_run or self.spec.name in g.dry_run_actions
 
-    def admit(
-        self, target: str, resource: str, idempotency_key: str, task_id: str = "",
-        upfront: int | None = None,
-    ) -> Admission:  # fmt: skip
-        """Every guard in order, atomically; the first refusal wins."""
-        g, b, gs = self.spec.guards, self.settings.breaker, self.settings.guards
+    def _admit_keys(self, resource: str, idempotency_key: str, breaker: str) -> list[str]:
+        """admit.lua's KEYS, in its order."""
+        action = self.spec.name
+        return [
+            keys.PAUSE,
+            keys.idempotency(idempotency_key),
+            keys.lock(action, resource),
+            keys.cooldown(action, resource),
+            keys.budget(action),
+            keys.breaker(breaker),
+            keys.breaker_permits(breaker),
+            keys.BREAKER_INDEX,
+            keys.flap(action, resource),
+            keys.flap_suspended(action, resource),
+            keys.blast(action),
+        ]
+
+    def _admit_args(
+        self, adm: Admission, breaker: str, task_id: str, upfront: int | None
+    ) -> list[Any]:
+        """admit.lua's ARGV, in its order."""
+        b, gs = self.settings.breaker, self.settings.guards
         budget, flap = self.budget(), self.flap_limit()
         # The cap is checked (and units reserved) at admission only for an action that always
         # needs units (it declared upfront units); one that may act without any (the give-up
         # of restart_container) takes them as it goes (ctx.reserve) and defers when refused.
         blast = self.blast_cap() if upfront is not None else None
+        return [
+            self.hold_seconds(),
+            adm.lock_token,
+            self.hold_seconds(),
+            "" if budget is None else budget,
+            adm.budget_member,
+            breaker,
+            b.half_open_permits,
+            b.permit_lease_seconds,
+            adm.call_id,
+            "1" if self.dry_run() else "0",
+            task_id or uuid.uuid4().hex,
+            "" if flap is None else flap,
+            gs.flap_window_minutes * 60,
+            gs.flap_suspend_minutes * 60,
+            "" if blast is None else blast[0],
+            blast[1] if blast else 0,
+            "" if upfront is None else max(upfront, 0),
+        ]
+
+    def admit(
+        self,
+        target: str,
+        resource: str,
+        idempotency_key: str,
+        task_id: str = "",
+        upfront: int | None = None,
+    ) -> Admission:
+        """Every guard in order, atomically; the first refusal wins."""
+        g, budget = self.spec.guards, self.budget()
         breaker = self.breaker_name(target) if g.breaker else ""
         adm = Admission(
-            False, "", lock_token=f"{uuid.uuid4().hex}@{_HOLDER}:{os.getpid()}" if g.lock else "",
+            False,
+            Decision.SUPPRESSED,
+            lock_token=f"{uuid.uuid4().hex}@{_HOLDER}:{os.getpid()}" if g.lock else "",
             budget_member=uuid.uuid4().hex if budget is not None else "",
-            call_id=uuid.uuid4().hex, idempotency_key=idempotency_key,
-        )  # fmt: skip
+            call_id=uuid.uuid4().hex,
+            idempotency_key=idempotency_key,
+        )
         with _redis_errors():
             decision, guard, detail, state, *granted = (
                 text(v)
                 for v in script(self.r, "admit")(
-                    keys=[
-                        keys.PAUSE, keys.idempotency(idempotency_key),
-                        keys.lock(self.spec.name, resource),
-                        keys.cooldown(self.spec.name, resource), keys.budget(self.spec.name),
-                        keys.breaker(breaker), keys.breaker_permits(breaker), keys.BREAKER_INDEX,
-                        keys.flap(self.spec.name, resource),
-                        keys.flap_suspended(self.spec.name, resource), keys.blast(self.spec.name),
-                    ],
-                    args=[
-                        self.hold_seconds(), adm.lock_token, self.hold_seconds(),
-                        "" if budget is None else budget, adm.budget_member, breaker,
-                        b.half_open_permits, b.permit_lease_seconds, adm.call_id,
-                        "1" if self.dry_run() else "0", task_id or uuid.uuid4().hex,
-                        "" if flap is None else flap, gs.flap_window_minutes * 60,
-                        gs.flap_suspend_minutes * 60, "" if blast is None else blast[0],
-                        blast[1] if blast else 0, "" if upfront is None else max(upfront, 0),
-                    ],
+                    keys=self._admit_keys(resource, idempotency_key, breaker),
+                    args=self._admit_args(adm, breaker, task_id, upfront),
                 )
-            )  # fmt: skip
+            )
         adm.admitted, adm.decision, adm.guard, adm.breaker_state = (
-            decision == "admitted", decision, guard, state
-        )  # fmt: skip
+            decision == Decision.ADMITTED,
+            Decision(decision),
+            guard,
+            state,
+        )
         if adm.admitted:
             adm.claimed_at, adm.resumed = float(detail), guard == "resume"
             adm.blast_granted = int(granted[0]) if granted else 0
@@ -201,21 +240,32 @@ class GuardChain:
             return text(
                 script(self.r, "complete")(
                     keys=[
-                        keys.breaker(breaker), keys.breaker_calls(breaker),
-                        keys.breaker_failures(breaker), keys.breaker_permits(breaker),
+                        keys.breaker(breaker),
+                        keys.breaker_calls(breaker),
+                        keys.breaker_failures(breaker),
+                        keys.breaker_permits(breaker),
                         keys.cooldown(self.spec.name, resource),
-                        keys.idempotency(adm.idempotency_key), keys.lock(self.spec.name, resource),
+                        keys.idempotency(adm.idempotency_key),
+                        keys.lock(self.spec.name, resource),
                         keys.blast(self.spec.name),
                     ],
                     args=[
-                        "success" if success else "failure", adm.call_id, b.window_seconds,
-                        b.minimum_calls, b.failure_rate_threshold, b.wait_seconds,
-                        b.half_open_permits, "1" if self.spec.guards.breaker else "0",
-                        self.cooldown_seconds() if success else 0, IDEMPOTENCY_TTL,
-                        adm.lock_token, adm.blast_granted, min(refund, adm.blast_granted),
+                        "success" if success else "failure",
+                        adm.call_id,
+                        b.window_seconds,
+                        b.minimum_calls,
+                        b.failure_rate_threshold,
+                        b.wait_seconds,
+                        b.half_open_permits,
+                        "1" if self.spec.guards.breaker else "0",
+                        self.cooldown_seconds() if success else 0,
+                        IDEMPOTENCY_TTL,
+                        adm.lock_token,
+                        adm.blast_granted,
+                        min(refund, adm.blast_granted),
                     ],
                 )
-            )  # fmt: skip
+            )
 
     def give_up(self, adm: Admission, target: str, resource: str, task_id: str) -> str:
         """A poison task (its worker died on every delivery): free its claim if it still
@@ -228,9 +278,13 @@ class GuardChain:
         if not self.spec.guards.breaker:
             return ""
         return self.complete(
-            Admission(True, "admitted", call_id=adm.call_id, idempotency_key=f"poison:{task_id}"),
-            target, resource, success=False,
-        )  # fmt: skip
+            Admission(
+                True, Decision.ADMITTED, call_id=adm.call_id, idempotency_key=f"poison:{task_id}"
+            ),
+            target,
+            resource,
+            success=False,
+        )
 
     def abandon(self, adm: Admission, target: str, resource: str) -> None:
         """Give back everything an admission holds without recording an outcome."""
@@ -240,12 +294,15 @@ class GuardChain:
         with _redis_errors():
             script(self.r, "abandon")(
                 keys=[
-                    keys.idempotency(adm.idempotency_key), keys.lock(self.spec.name, resource),
-                    keys.budget(self.spec.name), keys.breaker_permits(breaker),
-                    keys.flap(self.spec.name, resource), keys.blast(self.spec.name),
+                    keys.idempotency(adm.idempotency_key),
+                    keys.lock(self.spec.name, resource),
+                    keys.budget(self.spec.name),
+                    keys.breaker_permits(breaker),
+                    keys.flap(self.spec.name, resource),
+                    keys.blast(self.spec.name),
                 ],
                 args=[adm.lock_token, adm.budget_member, adm.call_id, adm.blast_granted],
-            )  # fmt: skip
+            )
 
 
 def set_pause(client: redis.Redis, reason: str, seconds: int | None) -> None:
