@@ -14,6 +14,7 @@ import redis
 
 from remediation.clients import redis as redis_clients
 from remediation.settings import get_settings
+from tests.support.docker_compose import ComposeProject, compose_project
 from tests.support.env import IN_CI, missing, service_env
 from tests.support.http_doubles import Origin, ProxyProcess, WebhookReceiver
 from tests.support.pg_cluster import Cluster, private_cluster
@@ -147,3 +148,10 @@ def cluster_fixture() -> Iterator[Cluster]:
             missing("PostgreSQL server binaries (initdb, pg_ctl) and runuser")
         assert c is not None
         yield c
+
+
+@pytest.fixture
+def project() -> Iterator[ComposeProject]:
+    """A fresh compose project on the real Docker engine, its containers removed afterwards."""
+    with compose_project() as p:
+        yield p

@@ -6,7 +6,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -34,12 +33,6 @@ from tests.support.runner import Recorder
 
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 CRASH = ["sh", "-c", "sleep 0.2; exit 1"]
-
-
-@pytest.fixture
-def project() -> Iterator[ComposeProject]:
-    with compose_project() as p:
-        yield p
 
 
 def settings_for(settings_env: Any, project: ComposeProject, **extra: str) -> Any:

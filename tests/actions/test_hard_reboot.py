@@ -5,7 +5,6 @@ the give-up cleared, refused when off, outside the project, or asked to widen it
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,12 +35,6 @@ SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 # keeps and a recreation (fresh writable layer) clears.
 STUCK = ["sh", "-c", "[ -e /stuck ] && exit 1; trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 HEALTHY = {"test": ["CMD", "true"], "interval": 200_000_000, "retries": 1}
-
-
-@pytest.fixture
-def project() -> Iterator[ComposeProject]:
-    with compose_project() as p:
-        yield p
 
 
 def settings_for(settings_env: Any, project: ComposeProject, **extra: str) -> Any:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -14,16 +13,10 @@ from remediation.findings import Finding, Severity
 from remediation.logging import get_logger
 from remediation.restarts import state_key
 from tests.support.base import free_port, wait_for
-from tests.support.docker_compose import ComposeProject, compose_project
+from tests.support.docker_compose import ComposeProject
 
 SERVE = ["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"]
 BUSY = ["sh", "-c", "trap 'exit 0' TERM; while true; do :; done"]
-
-
-@pytest.fixture
-def project() -> Iterator[ComposeProject]:
-    with compose_project() as p:
-        yield p
 
 
 def run_check(settings: Any) -> dict[tuple[str, str], Finding]:

@@ -24,7 +24,7 @@ from celery import Celery
 from psycopg.rows import dict_row
 
 from tests.support.base import wait_for
-from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
 from tests.support.env import process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
@@ -64,12 +64,6 @@ def loop_webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver().start()
     yield receiver
     receiver.stop()
-
-
-@pytest.fixture
-def project() -> Iterator[ComposeProject]:
-    with compose_project() as p:
-        yield p
 
 
 def decisions(audit: str, name: str) -> list[dict[str, Any]]:

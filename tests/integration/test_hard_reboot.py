@@ -20,7 +20,7 @@ from psycopg.rows import dict_row
 
 from remediation.restarts import state_key
 from tests.support.base import wait_for
-from tests.support.docker_compose import DOCKER_URL, ComposeProject, compose_project
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
 from tests.support.env import process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
@@ -50,12 +50,6 @@ def webhook() -> Iterator[WebhookReceiver]:
     receiver = WebhookReceiver().start()
     yield receiver
     receiver.stop()
-
-
-@pytest.fixture
-def project() -> Iterator[ComposeProject]:
-    with compose_project() as p:
-        yield p
 
 
 def make_stuck(project: ComposeProject, container: Any) -> None:
@@ -142,8 +136,8 @@ def test_a_service_stuck_after_its_give_up_is_recreated_once_per_window_and_veri
 ) -> None:
     """Restart, give-up, then one hard reboot that recovers (verified, restart state cleared,
     operators told); stuck and given up again inside the hour, it is not recreated again."""
+    reboot_redis.empty(0)
     state = redis.Redis.from_url(reboot_redis.url(0))
-    state.flushdb()
     env = worker_env(reboot_redis, reboot_audit, project, webhook.url, on=True)
     worker = WorkerProcess(env, "reboot").start()
     sweeps = Sweeps(env, reboot_audit)
@@ -198,8 +192,8 @@ def test_with_the_option_off_only_the_give_up_notice_is_sent(
 ) -> None:
     """Off: after the give-up, sweeps report container_given_up, ask for no hard reboot and no
     further restart; the container stays as it is; the one notice is the give-up's."""
+    reboot_redis.empty(0)
     state = redis.Redis.from_url(reboot_redis.url(0))
-    state.flushdb()
     env = worker_env(reboot_redis, reboot_audit, project, webhook.url, on=False)
     worker = WorkerProcess(env, "reboot-off").start()
     sweeps = Sweeps(env, reboot_audit)
