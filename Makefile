@@ -1,6 +1,8 @@
 # `make` lists the targets. `make run` and `make test` each do their own set-up on a fresh
-# Debian machine: virtualenv, install, Redis and PostgreSQL (configured ones if they answer,
-# else private instances under .data/), audit schema.
+# Debian machine. make run: virtualenv, install, Redis and PostgreSQL (configured ones if they
+# answer, else private instances under .data/, scripts/services.py), audit schema. make test:
+# virtualenv, the server programs; the tests start private PostgreSQL, Redis and RabbitMQ
+# servers themselves (pytest-postgresql, pytest-redis, pytest-rabbitmq executors).
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 PYTHON ?= python3
@@ -23,7 +25,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 services: venv ## make sure Redis and PostgreSQL answer (start private ones if not)
-	@scripts/ensure_services.sh $(SERVICES)
+	@$(VENV)/bin/python scripts/services.py start $(SERVICES)
 
 db: services ## create or upgrade the audit schema
 	@$(WITH_SERVICES) $(VENV)/bin/remediation db upgrade
@@ -31,22 +33,20 @@ db: services ## create or upgrade the audit schema
 run: db ## run a worker with one beat in the foreground, monitoring its own stack
 	$(WITH_SERVICES) exec $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
-test: db ## the whole suite (unit tier included) against real Redis, PostgreSQL, RabbitMQ, workers
+test: venv ## the whole suite (unit tier included) against real Redis, PostgreSQL, RabbitMQ, workers
 	@scripts/ensure_test_tools.sh
-	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
-	$(WITH_SERVICES) $(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
 
 unit: venv ## the unit tier alone (tests/unit): fakeredis and an in-memory audit store, no server
 	env $(foreach v,$(filter REMEDIATION_%,$(.VARIABLES)),-u $(v)) $(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
 
-chaos: db ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz cases per action
+chaos: venv ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fuzz cases per action
 	@scripts/ensure_test_tools.sh
-	@WITH_RABBITMQ=1 scripts/ensure_services.sh $(SERVICES)
-	$(WITH_SERVICES) REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
+	REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check), mypy --strict on the package, the layers' import contracts
-	$(VENV)/bin/ruff check remediation tests bench beat_schedule.py
-	$(VENV)/bin/ruff format --check remediation tests bench beat_schedule.py
+	$(VENV)/bin/ruff check remediation tests bench scripts beat_schedule.py
+	$(VENV)/bin/ruff format --check remediation tests bench scripts beat_schedule.py
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports --no-cache
 
@@ -57,7 +57,7 @@ docker: ## start a Docker engine and the busybox test image (root)
 	@scripts/ensure_docker.sh .data
 
 stop: ## stop private Redis/PostgreSQL (and dockerd) started under .data/
-	@scripts/stop_services.sh
+	@[ ! -x $(VENV)/bin/python ] || $(VENV)/bin/python scripts/services.py stop
 	-@[ -f .data/remediation-dockerd.pid ] && kill $$(cat .data/remediation-dockerd.pid) || true
 
 clean: stop ## remove the virtualenv and private data

@@ -106,23 +106,24 @@ class Acting:
     def _record(self, run: Admitted, result: ActionResult, error: str | None) -> ActionOutcome:
         """Complete the admission, audit the run, follow up, then verify."""
         call, success = run.call, result.ok
-        try:
-            transition = run.complete(success)
-        except GuardUnavailable as exc:
-            transition = ""
-            self.log.error("could not record the outcome in guard state", error=str(exc))
         outcome = Outcome.SUCCEEDED if success else Outcome.FAILED
         verify = success and call.spec.guards.verify and call.trigger
         verification = None if verify else Verification.SKIPPED
-        run_id = self.store.add_action_run(
-            **call.run_columns(),
-            outcome=outcome,
-            error=error or (None if success else result.summary),
-            result=result.model_dump(mode="json"),
-            duration_ms=ms_since(run.started),
-            decision_id=run.decision_id,
-            verification=verification,
-        )
+        # The outcome is on record before the guards learn it: a worker killed in between
+        # leaves the claim to the same task, whose redelivery finds this row and only
+        # completes the guards (resume_recorded), never acting twice nor going unaudited.
+        try:
+            run_id = self.store.add_action_run(
+                **call.run_columns(),
+                outcome=outcome,
+                error=error or (None if success else result.summary),
+                result=result.model_dump(mode="json"),
+                duration_ms=ms_since(run.started),
+                decision_id=run.decision_id,
+                verification=verification,
+            )
+        finally:
+            transition = self._complete(run, success)
         self.log.info("action done", outcome=outcome, summary=result.summary)
         metrics.action_run(call.spec.name, outcome, time.monotonic() - run.started)
         done = ActionOutcome(outcome, run.decision_id, run_id, result.summary, verification)
@@ -131,6 +132,36 @@ class Acting:
         if verification is None and call.trigger is not None:
             done.verification = self.verify(run_id, call)
             metrics.verification(call.spec.name, done.verification)
+        return done
+
+    def _complete(self, run: Admitted, success: bool) -> str:
+        try:
+            return run.complete(success)
+        except GuardUnavailable as exc:
+            self.log.error("could not record the outcome in guard state", error=str(exc))
+            return ""
+
+    def resume_recorded(self, run: Admitted, recorded: dict[str, Any]) -> ActionOutcome:
+        """A redelivered task whose earlier delivery acted and recorded its outcome, then
+        died before completing the guards: complete them now; do not act again."""
+        success = recorded["outcome"] == Outcome.SUCCEEDED
+        self.log.warning(
+            "the task's outcome was recorded by a worker that died; completing its guards",
+            action_run_id=recorded["id"],
+            outcome=recorded["outcome"],
+        )
+        self._complete(run, success)
+        result, verified = recorded.get("result") or {}, recorded.get("verification")
+        done = ActionOutcome(
+            Outcome(recorded["outcome"]),
+            run.decision_id,
+            recorded["id"],
+            str(result.get("summary", "")),
+            Verification(verified) if verified else None,
+        )
+        done.result = result
+        if success and verified is None and run.call.trigger is not None:
+            done.verification = self.verify(recorded["id"], run.call)
         return done
 
     def _follow_up(self, run: Admitted, result: ActionResult, transition: str) -> None:

@@ -326,12 +326,15 @@ class Runner:
             return self._dry_run(call, adm, decision_id)
         if not adm.admitted:
             return self._suppressed(call, adm, decision_id)
+        run = Admitted(call, chain, adm, decision_id, BlastAccount(chain, pool=adm.blast_granted))
         if adm.resumed:
+            recorded = self.store.finished_run(call.task_id) if call.task_id else None
+            if recorded is not None:
+                return self.acting.resume_recorded(run, recorded)
             self.log.warning(
                 "resuming an action whose worker died mid-action", claimed_at=adm.claimed_at
             )
-        blast = BlastAccount(chain, pool=adm.blast_granted)
-        return self.acting.act(Admitted(call, chain, adm, decision_id, blast))
+        return self.acting.act(run)
 
     def _without_state(
         self, call: ActionCall, chain: GuardChain, exc: GuardUnavailable

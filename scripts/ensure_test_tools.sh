@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# Tools the tests start themselves: a private redis-server per test session, real HTTP
-# proxies (tinyproxy) and a real Prometheus, all on 127.0.0.1.
+# Server programs the tests start themselves, all on 127.0.0.1: private PostgreSQL, Redis and
+# RabbitMQ servers (tests/support/servers.py, services.py), real HTTP proxies (tinyproxy) and
+# a real Prometheus.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || need+=(tinyproxy)
 command -v prometheus >/dev/null || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
+compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null || need+=(postgresql)
+[[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need+=(rabbitmq-server)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"

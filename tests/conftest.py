@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import kombu
 import psycopg
 import pytest
 import redis
@@ -18,30 +20,53 @@ from tests.support.docker_compose import ComposeProject, compose_project
 from tests.support.env import IN_CI, missing, service_env
 from tests.support.http_doubles import Origin, ProxyProcess, WebhookReceiver
 from tests.support.pg_cluster import Cluster, private_cluster
+from tests.support.rabbitmq import mask
+from tests.support.servers import Rabbit, private_postgres, private_rabbitmq
 from tests.support.services import RedisServer, as_url, scratch_database
 
 
-def admin_dsn() -> str:
-    """The PostgreSQL server tests create scratch databases on."""
+@pytest.fixture(scope="session")
+def pg_admin() -> Iterator[str]:
+    """The PostgreSQL server tests create scratch databases on: REMEDIATION_TEST_PG_DSN when
+    set, else a private server this session starts (pytest-postgresql's executor)."""
     explicit = os.environ.get("REMEDIATION_TEST_PG_DSN")
     if explicit:
-        return explicit
-    audit = os.environ.get("REMEDIATION_AUDIT_DSN")
-    if audit:
-        info = psycopg.conninfo.conninfo_to_dict(audit)
-        info["dbname"] = "postgres"
-        return psycopg.conninfo.make_conninfo(**info)
-    return "host=127.0.0.1 port=5432 user=postgres dbname=postgres"
+        try:
+            psycopg.connect(explicit, connect_timeout=3).close()
+        except psycopg.OperationalError as exc:
+            missing(f"PostgreSQL at REMEDIATION_TEST_PG_DSN ({as_url(explicit)}: {exc})")
+        yield explicit
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            dsn = stack.enter_context(private_postgres())
+        except Exception as exc:  # any failure to start means: no PostgreSQL for these tests
+            missing(f"a private PostgreSQL ({type(exc).__name__}: {exc})")
+        yield dsn
 
 
 @pytest.fixture(scope="session")
-def pg_admin() -> str:
-    dsn = admin_dsn()
-    try:
-        psycopg.connect(dsn, connect_timeout=3).close()
-    except psycopg.OperationalError:
-        missing(f"PostgreSQL at {as_url(dsn)}")
-    return dsn
+def rabbit() -> Iterator[Rabbit]:
+    """The test RabbitMQ: REMEDIATION_TEST_AMQP_URL (and _NODE, for rabbitmqctl) when set
+    ("off": the RabbitMQ tests skip), else a private node this session starts
+    (pytest-rabbitmq's executor)."""
+    url = os.environ.get("REMEDIATION_TEST_AMQP_URL", "")
+    if url == "off":
+        missing("RabbitMQ (REMEDIATION_TEST_AMQP_URL=off)")
+    if url:
+        try:
+            with kombu.Connection(url, connect_timeout=3) as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0)
+        except Exception as exc:  # any failure to connect means: no broker for these tests
+            missing(f"RabbitMQ at {mask(url)} ({type(exc).__name__}: {exc})")
+        yield Rabbit(url, os.environ.get("REMEDIATION_TEST_AMQP_NODE") or None)
+        return
+    with contextlib.ExitStack() as stack:
+        try:
+            node = stack.enter_context(private_rabbitmq())
+        except Exception as exc:  # any failure to start means: no broker for these tests
+            missing(f"a private RabbitMQ ({type(exc).__name__}: {exc})")
+        yield node
 
 
 @pytest.fixture(scope="session")

@@ -202,6 +202,15 @@ class MemoryAuditStore:
         row = {"check": check, "target": target, "metric": metric, "value": value}
         self._insert("observations", row)
 
+    def finished_run(self, task_id: str) -> dict[str, Any] | None:
+        """The newest succeeded or failed action run of a task, or None."""
+        found = [
+            row
+            for row in self.rows("action_runs", task_id=task_id)
+            if row["outcome"] in (Outcome.SUCCEEDED, Outcome.FAILED)
+        ]
+        return found[-1] if found else None
+
     def last_observation(self, check: str, target: str, metric: str) -> tuple[float, Any] | None:
         """(value, observed_at) of the newest observation, or None."""
         found = self.rows("observations", check=check, target=target, metric=metric)

@@ -71,6 +71,10 @@ class AuditTrail(Protocol):
         self, action_run_id: int, verification: Verification, check_run_id: int | None
     ) -> None: ...
 
+    def finished_run(self, task_id: str) -> dict[str, Any] | None:
+        """The newest succeeded or failed action run of a task (id, outcome, result,
+        verification), or None (also while unreachable)."""
+
     def record_observation(self, check: str, target: str, metric: str, value: float) -> None:
         """A measured value kept for the next run to compare with (e.g. database size)."""
 

@@ -240,6 +240,23 @@ class AuditStore:
         values = {"verification": verification, "check_run_id": check_run_id, "at": _now()}
         self._writer.write("verification", {"id": action_run_id, **values})
 
+    def finished_run(self, task_id: str) -> dict[str, Any] | None:
+        """The newest succeeded or failed action run of a task (id, outcome, result,
+        verification), or None (also while unreachable: the caller acts as if none)."""
+        if self.spool is not None:
+            if self._writer.down() or not self._writer.drain():
+                return None
+        try:
+            rows = self.query(
+                "SELECT id, outcome, result, verification FROM action_runs WHERE task_id = %s"
+                " AND outcome IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1",
+                (task_id,),
+            )
+        except AuditError:
+            self._writer.mark_down()
+            return None
+        return rows[0] if rows else None
+
     def record_observation(self, check: str, target: str, metric: str, value: float) -> None:
         """A measured value kept for the next run to compare with (e.g. database size)."""
         self._insert("observation", check=check, target=target, metric=metric, value=value)

@@ -168,7 +168,10 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     from remediation.guards import breaker, keys
 
     r = _state(s)
-    pings = app.control.inspect(timeout=1.0).ping() or {}
+    # A connection of its own, closed here: a pooled one would stay behind mid-poll, and a
+    # process that forks afterwards (a test session) would hang closing it in the child.
+    with app.connection_for_write() as conn:
+        pings = app.control.inspect(timeout=1.0, connection=conn).ping() or {}
     paused = r.get(keys.PAUSE)
     data: dict[str, Any] = {
         "workers": sorted(pings),

@@ -3,8 +3,6 @@ database per test, worker and beat processes that are always stopped, a RabbitMQ
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -14,15 +12,14 @@ import pytest
 
 from remediation.audit.store import AuditStore
 from tests.support.audit import Audit
-from tests.support.base import listening
 from tests.support.env import missing, process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import BeatProcess, WorkerProcess
+from tests.support.rabbitmq import vhosts_for
+from tests.support.servers import Rabbit
 from tests.support.services import PersistentRedisServer, RedisServer, as_url, scratch_database
 
 R = TypeVar("R", bound=RedisServer)
-
-RABBITMQ_PORT = 5672
 
 
 def _serving(server: R) -> Iterator[R]:
@@ -121,24 +118,12 @@ def start_beat(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], BeatProces
             beat.kill()
 
 
-def _rabbitmqctl(*args: str) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("rabbitmqctl") or "rabbitmqctl"
-    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60, check=False)
-
-
 @pytest.fixture
-def rabbitmq_url() -> Iterator[str]:
-    """amqp:// on a vhost of its own (guest/guest), deleted afterwards: no queue is shared
-    with any other test or worker on the same RabbitMQ."""
-    if not listening(RABBITMQ_PORT) or shutil.which("rabbitmqctl") is None:
-        missing(f"RabbitMQ on 127.0.0.1:{RABBITMQ_PORT} (with rabbitmqctl)")
-    vhost = f"rem_chaos_{uuid.uuid4().hex[:10]}"
-    made = _rabbitmqctl("add_vhost", vhost)
-    if made.returncode != 0:
-        missing(f"a RabbitMQ vhost (rabbitmqctl add_vhost: {made.stderr.strip()[:200]})")
+def rabbitmq_url(rabbit: Rabbit) -> Iterator[str]:
+    """amqp:// on a vhost of its own, deleted afterwards: no queue is shared with any other
+    test or worker on the same RabbitMQ."""
+    vhosts = vhosts_for(rabbit)
     try:
-        granted = _rabbitmqctl("set_permissions", "-p", vhost, "guest", ".*", ".*", ".*")
-        assert granted.returncode == 0, granted.stderr
-        yield f"amqp://guest:guest@127.0.0.1:{RABBITMQ_PORT}/{vhost}"
+        yield vhosts.url(0)
     finally:
-        _rabbitmqctl("delete_vhost", vhost)
+        vhosts.delete_all()

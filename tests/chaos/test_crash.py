@@ -35,6 +35,8 @@ from tests.support.chaos import scale
 from tests.support.env import process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
+from tests.support.rabbitmq import vhosts_for
+from tests.support.servers import Rabbit
 from tests.support.services import RedisServer
 
 ACTION = "remediation.act.vacuum_analyze"
@@ -300,15 +302,13 @@ def worker_of(pid: int, workers: list[WorkerProcess]) -> WorkerProcess:
 
 
 def test_kill_whole_workers_mid_action_rabbitmq_hands_over(
-    redis_server: RedisServer, r: redis.Redis, audit_db: str, app_db: str
+    redis_server: RedisServer, r: redis.Redis, audit_db: str, app_db: str, rabbit: Rabbit
 ) -> None:
     """Two workers on RabbitMQ; the whole worker running the action (main process and
     children) is killed -9 mid-action, some while the VACUUM is in flight. RabbitMQ gives
     the message to the other worker at once; the same task resumes and the table is
     vacuumed exactly once. The killed worker is started again for the next round."""
-    from tests.support.rabbitmq import amqp_test_url, vhosts_for
-
-    vhosts = vhosts_for(amqp_test_url())
+    vhosts = vhosts_for(rabbit)
     try:
         broker = vhosts.url(1)
         env = chaos_env(redis_server, audit_db, app_db, REMEDIATION_BROKER_URL=broker)

@@ -31,7 +31,7 @@ from remediation.logging import get_logger
 from tests.support.base import free_port, wait_for
 from tests.support.celery_workers import LINGER, SECRET, active_ids, sleeping_worker
 from tests.support.processes import WorkerProcess
-from tests.support.rabbitmq import amqp_test_url
+from tests.support.servers import Rabbit
 from tests.support.services import RedisServer
 
 BROKER_DB, EMPTY_DB = 10, 12
@@ -152,9 +152,9 @@ def test_depth_on_an_unmeasurable_broker_is_reported_as_unsupported(monitored: A
 
 
 @pytest.fixture
-def amqp_queue() -> Iterator[tuple[str, str]]:
+def amqp_queue(rabbit: Rabbit) -> Iterator[tuple[str, str]]:
     """(RabbitMQ URL, a queue name of this test's own); the queue is deleted afterwards."""
-    url = amqp_test_url()
+    url = rabbit.url
     name = f"rem-depth-{uuid.uuid4().hex[:10]}"
     yield url, name
     with kombu.Connection(url) as conn:

@@ -1,7 +1,7 @@
 """Real Celery worker processes against the test Redis and PostgreSQL, once per broker.
 
 Every test here that uses the workers runs twice: with Redis as the broker and with
-RabbitMQ (REMEDIATION_TEST_AMQP_URL, written by scripts/ensure_services.sh), except the
+RabbitMQ (the session's private node, or REMEDIATION_TEST_AMQP_URL), except the
 modules in REDIS_ONLY. Guard state and results stay in Redis either way. Each broker's run
 starts from nothing: its own audit and application databases, its own webhook receiver,
 and for RabbitMQ a Redis of its own and a vhost per slot (created with rabbitmqctl,
@@ -21,7 +21,7 @@ from tests.support.audit import Audit
 from tests.support.env import process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
-from tests.support.rabbitmq import MAIN_SLOT, Broker, amqp_test_url, vhosts_for
+from tests.support.rabbitmq import MAIN_SLOT, Broker, vhosts_for
 from tests.support.services import PASSWORD, RedisServer, as_url, scratch_database, with_password
 
 BROKERS = ("redis", "amqp")
@@ -58,7 +58,7 @@ def broker(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterato
     if kind == "redis":
         yield Broker("redis", redis_server)
         return
-    vhosts = vhosts_for(amqp_test_url())
+    vhosts = vhosts_for(request.getfixturevalue("rabbit"))
     state = RedisServer().start()
     try:
         yield Broker("amqp", state, vhosts)

@@ -6,44 +6,61 @@ from __future__ import annotations
 import contextlib
 import shutil
 import signal
-import subprocess
 import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
 
 import psycopg
 import redis
 from psycopg import sql
+from pytest_redis.executor import RedisExecutor
 
 from tests.support.base import free_port, wait_for
 
 
 @dataclass
 class RedisServer:
-    """A private redis-server on a random loopback port, nothing persisted."""
+    """A private redis-server on a random loopback port, nothing persisted; started and
+    stopped by pytest-redis's RedisExecutor."""
 
     port: int = field(default_factory=free_port)
     dir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="rem-redis-"))
-    proc: subprocess.Popen[bytes] | None = None
+    executor: RedisExecutor | None = None
 
     def url(self, db: int = 0) -> str:
         return f"redis://127.0.0.1:{self.port}/{db}"
 
     def start(self) -> RedisServer:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
-        args = [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", self.dir]
-        args += ["--logfile", "", *self.persistence()]
-        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if self.executor is None:
+            binary = shutil.which("redis-server")
+            if binary is None:
+                raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+            self.executor = RedisExecutor(
+                binary,
+                databases=16,
+                redis_timeout=0,
+                loglevel="warning",
+                host="127.0.0.1",
+                port=self.port,
+                startup_timeout=30,
+                appendonly=self.appendonly,
+                datadir=Path(self.dir),
+            )
+            # no RDB snapshots; the executor has no parameter for these two
+            parts = self.executor.command_parts
+            self.executor.command_parts = [*parts, "--save", "", *self.fsync]
+        self.executor.start()
         client = redis.Redis(port=self.port, socket_connect_timeout=0.5)
-        wait_for(lambda: _pings(client), 10, what=f"redis-server on {self.port}")
+        wait_for(lambda: _pings(client), 30, what=f"redis-server on {self.port}")
+        client.close()
         return self
 
-    def persistence(self) -> list[str]:
-        """redis-server options for what survives a restart: nothing, here."""
-        return ["--save", "", "--appendonly", "no"]
+    appendonly: ClassVar[str] = "no"
+    """Nothing survives a restart, here."""
+    fsync: ClassVar[tuple[str, ...]] = ()
 
     def empty(self, db: int) -> None:
         """Delete every key of one database of this private server (SCAN + UNLINK)."""
@@ -59,9 +76,8 @@ class RedisServer:
         client.close()
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(10)
+        if self.executor is not None and self.executor.running():
+            self.executor.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
@@ -70,14 +86,13 @@ class PersistentRedisServer(RedisServer):
     """A private redis-server whose data survives a crash: every write in the append-only
     file, fsync'd before the reply (as production guard state should be)."""
 
-    def persistence(self) -> list[str]:
-        return ["--save", "", "--appendonly", "yes", "--appendfsync", "always"]
+    appendonly: ClassVar[str] = "yes"
+    fsync: ClassVar[tuple[str, ...]] = ("--appendfsync", "always")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         """Stop the server abruptly (SIGKILL: no shutdown save), keeping its files."""
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(10)
+        if self.executor is not None and self.executor.running():
+            self.executor.kill(sig=sig)
 
     def restart(self) -> PersistentRedisServer:
         """Start it again on the same port and directory: it replays its append-only file."""

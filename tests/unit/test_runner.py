@@ -334,3 +334,40 @@ def test_state_is_in_memory(state: fakeredis.FakeRedis) -> None:
     """The unit tier's state Redis is fakeredis, served for the configured URL."""
     url = get_settings().state_redis_url.get_secret_value()
     assert redis_clients.client(url) is state
+
+
+def test_a_redelivered_task_whose_outcome_is_on_record_completes_without_acting(
+    runner: Make, probe: Probe, state: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker records the run, then dies before completing the guards (simulated: the
+    completion raises SystemExit, as a kill -9 would stop it). The same task delivered again
+    resumes its claim, finds the recorded outcome and only completes the guards: the action
+    runs once, one succeeded run is on record, the claim is done and the lock is free."""
+    from remediation.calls import Admitted
+
+    r = runner()
+    real_complete = Admitted.complete
+    deaths = iter([True])
+
+    def complete_or_die(self: Admitted, success: bool) -> str:
+        if next(deaths, False):
+            raise SystemExit("killed after recording")
+        return real_complete(self, success)
+
+    monkeypatch.setattr(Admitted, "complete", complete_or_die)
+    with pytest.raises(SystemExit):
+        r.run_action("poke_thing", {"target": "app", "thing": "x"}, task_id="task-1")
+    assert len(probe.acted) == 1
+    assert state.keys(keys.lock("poke_thing", "*")) != []  # the dead worker still holds it
+    again = r.run_action("poke_thing", {"target": "app", "thing": "x"}, task_id="task-1")
+    assert again.outcome == "succeeded"
+    assert len(probe.acted) == 1
+    store = r.store
+    assert isinstance(store, MemoryAuditStore)
+    runs = store.rows("action_runs", task_id="task-1")
+    assert [row["outcome"] for row in runs] == ["succeeded"] and again.action_run_id == runs[0][
+        "id"
+    ]
+    assert state.keys(keys.lock("poke_thing", "*")) == []
+    (claim,) = state.keys(keys.idempotency("*"))
+    assert state.get(claim) == b"done"
