@@ -243,18 +243,11 @@ class AuditStore:
     def finished_run(self, task_id: str) -> dict[str, Any] | None:
         """The newest succeeded or failed action run of a task (id, outcome, result,
         verification), or None (also while unreachable: the caller acts as if none)."""
-        if self.spool is not None:
-            if self._writer.down() or not self._writer.drain():
-                return None
-        try:
-            rows = self.query(
-                "SELECT id, outcome, result, verification FROM action_runs WHERE task_id = %s"
-                " AND outcome IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1",
-                (task_id,),
-            )
-        except AuditError:
-            self._writer.mark_down()
-            return None
+        rows = self._newest(
+            "SELECT id, outcome, result, verification FROM action_runs WHERE task_id = %s"
+            " AND outcome IN ('succeeded', 'failed') ORDER BY id DESC LIMIT 1",
+            (task_id,),
+        )
         return rows[0] if rows else None
 
     def record_observation(self, check: str, target: str, metric: str, value: float) -> None:
@@ -263,19 +256,24 @@ class AuditStore:
 
     def last_observation(self, check: str, target: str, metric: str) -> tuple[float, Any] | None:
         """(value, observed_at) of the newest observation, or None (also while unreachable)."""
+        rows = self._newest(
+            "SELECT value, observed_at FROM observations WHERE check_name = %s"
+            " AND target = %s AND metric = %s ORDER BY observed_at DESC, id DESC LIMIT 1",
+            (check, target, metric),
+        )
+        return (rows[0]["value"], rows[0]["observed_at"]) if rows else None
+
+    def _newest(self, query: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
+        """A read a worker decides on: after the spool is drained (a spooled row would be
+        missed otherwise); nothing while the audit is down."""
         if self.spool is not None:
             if self._writer.down() or not self._writer.drain():
-                return None
+                return []
         try:
-            rows = self.query(
-                "SELECT value, observed_at FROM observations WHERE check_name = %s"
-                " AND target = %s AND metric = %s ORDER BY observed_at DESC, id DESC LIMIT 1",
-                (check, target, metric),
-            )
+            return self.query(query, params)
         except AuditError:
             self._writer.mark_down()
-            return None
-        return (rows[0]["value"], rows[0]["observed_at"]) if rows else None
+            return []
 
     # --- reads ----------------------------------------------------------------------------
 

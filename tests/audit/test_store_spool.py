@@ -311,3 +311,25 @@ def test_checks_reads_degrade_and_cli_queries_raise_while_down(
     past_down_window()
     latest = store.last_observation("chk", "app", "m")
     assert latest is not None and latest[0] == 2.0
+
+
+def test_finished_run_reads_the_newest_outcome_of_a_task_and_nothing_while_down(
+    db: str, cluster: Cluster, spool_dir: Path
+) -> None:
+    """What a resumed task looks up: its newest succeeded or failed run (a refused or
+    deferred one does not count), none for another task, and none while the audit is down
+    (the resume then acts as before rather than wait on a dead server)."""
+    store = AuditStore(db, spool_dir=spool_dir)
+    run = {"action": "vacuum_analyze", "target": "app", "resource": "app/t", "params": {}}
+    store.add_action_run(**run, outcome="deferred", task_id="t1")
+    assert store.finished_run("t1") is None
+    first = store.add_action_run(**run, outcome="failed", task_id="t1")
+    last = store.add_action_run(
+        **run, outcome="succeeded", task_id="t1", result={"summary": "vacuumed 1 table(s)"}
+    )
+    found = store.finished_run("t1")
+    assert found is not None and found["id"] == last != first
+    assert found["outcome"] == "succeeded" and found["result"]["summary"] == "vacuumed 1 table(s)"
+    assert store.finished_run("t2") is None
+    with outage(cluster):
+        assert store.finished_run("t1") is None
