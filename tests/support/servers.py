@@ -70,7 +70,7 @@ def private_postgres() -> Iterator[str]:
         logfile=str(base / "postgresql.log"),
         startparams="-w -t 60",
         dbname="postgres",
-        postgres_options="-c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300",
+        postgres_options="-c listen_addresses=127.0.0.1 -c fsync=off",
     )
     try:
         executor.start()
