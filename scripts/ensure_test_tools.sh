@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Server programs the tests start themselves, all on 127.0.0.1: private PostgreSQL, Redis and
 # RabbitMQ servers (tests/support/servers.py, services.py), real HTTP proxies (tinyproxy) and
-# a real Prometheus.
+# a real Prometheus; nftables, iproute2 and fail2ban-regex for the security runbooks.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
@@ -9,11 +9,16 @@ command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || need+=(tinypro
 command -v prometheus >/dev/null || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null || need+=(postgresql)
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need+=(rabbitmq-server)
+# bans in nftables sets, tested between network namespaces; fail2ban-regex is the benchmark's
+# baseline for the access-log review
+command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need+=(nftables)
+command -v ip >/dev/null || [[ -x /usr/sbin/ip || -x /sbin/ip ]] || need+=(iproute2)
+command -v fail2ban-regex >/dev/null || [[ -x /usr/bin/fail2ban-regex ]] || need+=(fail2ban)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"
     # the Debian packages start system services we do not use; stop them quietly
-    for svc in tinyproxy prometheus; do
+    for svc in tinyproxy prometheus fail2ban-server; do
       pkill -x "$svc" 2>/dev/null || true
     done
   else

@@ -9,7 +9,7 @@ build an action's params from a finding live in `rule`.
 from __future__ import annotations
 
 from remediation.findings import Finding
-from remediation.playbook import backups, database, host, traffic, workers
+from remediation.playbook import backups, database, host, security, traffic, workers
 from remediation.playbook.rule import Rule, notify_params
 
 __all__ = ["RULES", "Rule", "notify_params", "rules_for"]
@@ -28,6 +28,13 @@ RULES: list[Rule] = [
     *host.HOST,
     *workers.CELERY,
     *workers.JOB_QUEUE,
+    *security.SECRETS,
+    *security.CLIENTS,
+    *security.MONITORING,
+    *security.KEYS,
+    *security.DEPENDENCIES,
+    *security.CERTIFICATES,
+    *security.IMAGES,
 ]
 
 

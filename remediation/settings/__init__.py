@@ -25,8 +25,11 @@ from pydantic import (
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from remediation.errors import ConfigError, TargetError
+from remediation.settings.access import AccessSettings
+from remediation.settings.api_keys import ApiKeySettings
 from remediation.settings.backups import BackupSettings
 from remediation.settings.base import ENV_PREFIX, MIN_SIGNING_KEY, NESTED
+from remediation.settings.certificates import CertificateSettings
 from remediation.settings.core import (
     AuditSettings,
     CelerySettings,
@@ -34,6 +37,7 @@ from remediation.settings.core import (
     NotifySettings,
     VerifySettings,
 )
+from remediation.settings.dependencies import DependencySettings
 from remediation.settings.guards import (
     DEFAULT_BLAST_RADIUS,
     BlastCap,
@@ -41,6 +45,9 @@ from remediation.settings.guards import (
     GuardSettings,
 )
 from remediation.settings.host import CacheSettings, HostSettings
+from remediation.settings.images import ImageSettings
+from remediation.settings.log_secrets import LogSecretsSettings
+from remediation.settings.monitoring import MonitoringSettings
 from remediation.settings.postgres import (
     DEFAULT_DATA_QUALITY,
     DataQualityRule,
@@ -79,6 +86,8 @@ __all__ = [
     "HEADER_BROWSERS",
     "MIN_SIGNING_KEY",
     "NESTED",
+    "AccessSettings",
+    "ApiKeySettings",
     "AuditSettings",
     "BackoffSettings",
     "BackupSettings",
@@ -86,8 +95,10 @@ __all__ = [
     "BreakerSettings",
     "CacheSettings",
     "CelerySettings",
+    "CertificateSettings",
     "ContainerSettings",
     "DataQualityRule",
+    "DependencySettings",
     "FreshnessRule",
     "GuardSettings",
     "HeaderBrowser",
@@ -96,8 +107,11 @@ __all__ = [
     "HostSettings",
     "HttpEndpoint",
     "HttpSettings",
+    "ImageSettings",
     "JobQueueSettings",
+    "LogSecretsSettings",
     "MetricsSettings",
+    "MonitoringSettings",
     "NotifySettings",
     "PostgresSettings",
     "PrometheusRule",
@@ -162,6 +176,20 @@ class Settings(BaseSettings):
     containers: ContainerSettings = ContainerSettings()
     cache: CacheSettings = CacheSettings()
     host: HostSettings = HostSettings()
+    # security runbooks (issue 13)
+    secrets: LogSecretsSettings = LogSecretsSettings()
+
+    access: AccessSettings = AccessSettings()
+
+    monitoring: MonitoringSettings = MonitoringSettings()
+
+    api_keys: ApiKeySettings = ApiKeySettings()
+
+    dependencies: DependencySettings = DependencySettings()
+
+    certificates: CertificateSettings = CertificateSettings()
+
+    images: ImageSettings = ImageSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod
