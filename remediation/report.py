@@ -90,6 +90,16 @@ _TOTALS = """
         WHERE seen_at >= %(since)s) AS incidents
 """
 
+_INCIDENTS = """
+    SELECT incident_id AS incident, min(kind) AS kind, min(target) AS target,
+           min(subject) AS subject, count(*) AS findings, min(seen_at) AS first_seen,
+           max(seen_at) AS last_seen
+    FROM findings WHERE seen_at >= %(since)s AND incident_id IS NOT NULL
+    GROUP BY incident_id ORDER BY max(seen_at) DESC, incident_id LIMIT %(limit)s
+"""
+RECENT_INCIDENTS = 20
+"""Incidents listed under the report (newest first); `--incident ID` shows one whole."""
+
 
 def parse_window(value: str) -> timedelta:
     """'30m', '12h', '7d' or '2w' -> timedelta; anything else is a usage error."""
@@ -170,6 +180,7 @@ def build(store: AuditStore, window: timedelta) -> dict[str, Any]:
         "window_seconds": int(window.total_seconds()),
         "totals": totals,
         "procedures": rows,
+        "recent_incidents": store.query(_INCIDENTS, {**params, "limit": RECENT_INCIDENTS}),
     }
 
 
@@ -224,7 +235,23 @@ def render(report: dict[str, Any], window_text: str) -> str:
         "refused by a guard (by guard); verified: the check no longer saw the condition; "
         "median_fix: finding -> verified fix.",
     ]
-    return "\n".join(head + [table(cells, cols)] + (notes if cells else []))
+    incidents = [
+        {
+            **i,
+            "where": i["target"] + (f"/{i['subject']}" if i["subject"] else ""),
+            "last_seen": _when(i["last_seen"]),
+        }
+        for i in report["recent_incidents"]
+    ]
+    listed = [
+        "",
+        f"recent incidents (newest first, at most {RECENT_INCIDENTS};"
+        " `remediation report --incident ID` shows one):",
+        table(incidents, ["incident", "kind", "where", "findings", "last_seen"]),
+    ]
+    return "\n".join(
+        head + [table(cells, cols)] + (notes if cells else []) + (listed if incidents else [])
+    )
 
 
 def _suppressed(row: dict[str, Any]) -> str:

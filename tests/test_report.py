@@ -183,6 +183,80 @@ def test_empty_window(report_env: Settings, capsys: pytest.CaptureFixture[str]) 
     assert "(none)" in capsys.readouterr().out
 
 
+def incident_of(s: Settings, key: str) -> list[str]:
+    """The incidents of the findings on one job list, oldest first."""
+    with psycopg.connect(s.audit_dsn.get_secret_value()) as conn:
+        rows = conn.execute(
+            "SELECT incident_id FROM findings WHERE subject = %s"
+            " GROUP BY incident_id ORDER BY min(id)",
+            (key,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+def test_incident_timeline_from_finding_to_verified_fix(
+    report_env: Settings, r: redis.Redis, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One incident's findings, guard decision, action and verification in time order, as
+    JSON and text; a recurrence is a new incident whose action the cooldown suppressed."""
+    runner = in_process(report_env)
+    r.rpush("jobs_x", *DUPLICATES)
+    assert runner.run_check("redis_job_queue", {"key": "jobs_x"}).dispatched == 1
+    r.rpush("jobs_x", *DUPLICATES)  # back within the cooldown: a new incident, suppressed
+    assert runner.run_check("redis_job_queue", {"key": "jobs_x"}).dispatched == 1
+    fixed, suppressed = incident_of(report_env, "jobs_x")
+
+    code, text = run_report(capsys, "--incident", fixed)
+    assert code == 0
+    data = json.loads(text)
+    assert data["state"] == "recovered" and data["truncated"] is False
+    assert data["condition"]["kind"] == "redis_job_queue_duplicates"
+    assert data["counts"] == {"findings": 1, "decisions": 1, "actions": 1, "verified": 1}
+    events = [
+        (e["type"], e.get("decision") or e.get("outcome") or e.get("verification"))
+        for e in data["timeline"]
+    ]
+    assert events == [
+        ("finding", None),
+        ("decision", "admitted"),
+        ("action", "succeeded"),
+        ("verification", "recovered"),
+    ]
+    assert [e["at"] for e in data["timeline"]] == sorted(e["at"] for e in data["timeline"])
+
+    code, text = run_report(capsys, "--incident", suppressed)
+    again = json.loads(text)
+    assert (again["state"], again["counts"]["actions"]) == ("open", 0)
+    assert [(e["type"], e.get("guard")) for e in again["timeline"]] == [
+        ("finding", None),
+        ("decision", "cooldown"),
+    ]
+
+    assert cli.main(["report", "--incident", fixed]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"incident {fixed}: redis_job_queue_duplicates on ")
+    assert "state: recovered" in lines[1]
+    kinds = [line.split()[2] for line in lines[4:]]
+    assert kinds == ["finding", "decision", "action", "verification"]
+
+    code, text = run_report(capsys, "--since", "1h")
+    listed = [i["incident"] for i in json.loads(text)["recent_incidents"]]
+    assert listed == [suppressed, fixed]
+
+
+def test_unknown_or_malformed_incident(
+    report_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An id nothing joined exits 1 saying so; one no incident can have exits 2 (usage)."""
+    assert cli.main(["report", "--incident", "nope-0000"]) == 1
+    assert (
+        "no finding in the audit trail belongs to incident 'nope-0000'" in capsys.readouterr().err
+    )
+    for bad in ("", "x" * 201, "a b", "id;drop", "\x00"):
+        assert cli.main(["report", "--incident", bad]) == 2
+        assert capsys.readouterr().err.startswith("remediation report: --incident ")
+
+
 @pytest.mark.parametrize("bad", ["7", "7x", "d", "-1d", "0m", "1.5h", "7 days", "", "9999w"])
 def test_bad_since_is_a_usage_error(bad: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Anything but <number><m|h|d|w> within ten years exits 2 with a message naming --since."""

@@ -72,6 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
     h.add_argument("--limit", type=int, default=50)
     rp = sub.add_parser("report", help="per runbook procedure: fired, acted, suppressed, fixed")
     rp.add_argument("--since", default="7d", help="window: 30m, 12h, 7d, 2w (default 7d)")
+    rp.add_argument(
+        "--incident", help="the timeline of one incident instead (findings' incident_id)"
+    )
     b = sub.add_parser("breakers", help="circuit breakers; `breakers reset NAME` closes one")
     b.add_argument("verb", nargs="?", choices=["reset"])
     b.add_argument("name", nargs="?")
@@ -115,12 +118,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         args.reset = args.name if args.verb == "reset" else None
     if args.command == "report":
+        from remediation.incident_report import valid_id
         from remediation.report import parse_window
 
         try:
             args.since_text, args.since = args.since, parse_window(args.since)
-        except argparse.ArgumentTypeError as exc:
-            print(f"remediation report: --since {exc}", file=sys.stderr)
+            if args.incident is not None:
+                valid_id(args.incident)
+        except (argparse.ArgumentTypeError, ValueError) as exc:
+            flag = "--incident" if isinstance(exc, ValueError) else "--since"
+            print(f"remediation report: {flag} {exc}", file=sys.stderr)
             return 2
     try:
         settings = get_settings()

@@ -138,10 +138,19 @@ def cmd_history(args: argparse.Namespace, s: Settings) -> int:
 
 
 def cmd_report(args: argparse.Namespace, s: Settings) -> int:
-    from remediation import report
+    from remediation import incident_report, report
     from remediation.audit.store import AuditStore
 
-    data = report.build(AuditStore(s.audit_dsn.get_secret_value()), args.since)
+    store = AuditStore(s.audit_dsn.get_secret_value())
+    if args.incident is not None:
+        try:
+            timeline = incident_report.build(store, args.incident)
+        except incident_report.IncidentNotFound as exc:
+            print(f"remediation report: {exc}", file=sys.stderr)
+            return 1
+        emit(args, timeline, incident_report.render(timeline))
+        return 0
+    data = report.build(store, args.since)
     emit(args, data, report.render(data, args.since_text))
     return 0
 
