@@ -26,8 +26,8 @@ from remediation.findings import ActionResult
 from remediation.logging import get_logger
 from remediation.security.image_update import tag_name
 from remediation.security.images import read_record, record_key, registry_answers
-from tests.support.docker_compose import DOCKER_URL, ComposeProject
 from tests.support import images as img
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
 
 WINDOW = "20"
 
@@ -240,7 +240,7 @@ def test_calls_outside_the_configuration_are_refused(
 
 
 class _Registry(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 - the http.server API
+    def do_GET(self) -> None:
         self.send_response(401)
         self.end_headers()
 

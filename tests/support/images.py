@@ -4,10 +4,13 @@ cleaning up removes only what these tests made."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+
+import docker
 
 from remediation.clients.docker import NUMBER_LABEL, PROJECT_LABEL, SERVICE_LABEL
 from remediation.security.image_update import tag_name
@@ -81,13 +84,9 @@ def remove_images(dc: Any, project: str, refs: list[str], services: list[str]) -
         names += [f"{repo}:previous", f"{repo}:rejected"]
     ids = set()
     for name in names:
-        try:
+        with contextlib.suppress(docker.errors.DockerException):  # absent already
             ids.add(dc.images.get(name).id)
             dc.images.remove(name)
-        except Exception:  # noqa: BLE001 - absent already
-            pass
     for image_id in ids:
-        try:
+        with contextlib.suppress(docker.errors.DockerException):  # gone with its last tag
             dc.images.remove(image_id)
-        except Exception:  # noqa: BLE001 - still tagged elsewhere or gone
-            pass
