@@ -21,10 +21,12 @@ from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
 from remediation.clients import docker as docker_client
+from remediation.guards import keys
 from remediation.settings import ImageSettings
 from remediation.settings.images import ImageService
 
-RECORD_PREFIX = "rem:images:"
+RECORD_PREFIX = keys.PREFIX + "images:"
+"""Followed by <project>:<service>: the last successful update of that service."""
 RECORD_TTL_SECONDS = 400 * 86400
 """A record outlives any update interval (at most 366 days), and still expires."""
 CONFIG_FILES_LABEL = "com.docker.compose.project.config_files"
