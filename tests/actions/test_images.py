@@ -18,6 +18,7 @@ import pytest
 import redis
 from pydantic import ValidationError
 
+from remediation import cli
 from remediation.actions.images import UpdateImagesParams, resolve_update, update_images
 from remediation.clients.docker import PROJECT_LABEL
 from remediation.context import ActionContext
@@ -140,6 +141,36 @@ def test_a_healthy_update_recreates_the_service_on_the_new_image_keeping_its_con
     assert isinstance(again, ActionResult)
     assert again.detail["services"]["app"]["result"] == "current", again.detail
     assert dc.containers.get(old.name).id == new.id and again.changed is False
+
+
+def test_the_images_command_lists_services_their_images_and_updates(
+    settings_env: Any,
+    r: redis.Redis,
+    project: ComposeProject,
+    refs: list[str],
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    """`remediation images --json`: per configured service, its containers' health and
+    image, the recorded update and the :previous tag; a service never updated is due."""
+    dc = project.dc
+    ref = service_ref(project, "app")
+    refs.append(ref)
+    img.build(dc, ref, "v1", "/ok")
+    wait_healthy(project, img.run_service(project, "app", ref))
+    settings_for(settings_env, project, [{"service": "app", "pull": False}, {"service": "web"}])
+    assert cli.main(["images", "--json"]) == 0
+    before = {row["service"]: row for row in json.loads(capsys.readouterr().out)}
+    assert before["app"]["due"] == "never updated by update_images"
+    assert (before["app"]["health"], before["web"]["due"]) == ("healthy", "no container")
+
+    context = img.context(tmp_path / "v2", "v2", "/ok")
+    s = settings_for(settings_env, project, [{"service": "app", "build_context": str(context)}])
+    assert isinstance(update(s), ActionResult)
+    assert cli.main(["images", "--json"]) == 0
+    (after,) = json.loads(capsys.readouterr().out)
+    assert (after["how"], after["due"], after["recorded"]) == ("built", "", after["image"])
+    assert after["previous"].endswith(":previous")
 
 
 def test_an_unhealthy_update_is_rolled_back_and_stops_the_update(
