@@ -5,6 +5,9 @@ service (and one container) at a time, each verified healthy or rolled back."""
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
@@ -14,6 +17,7 @@ from remediation.clients import docker as docker_client
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult, FollowUp
+from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
 from remediation.registry import action
 from remediation.resolve import canonical
@@ -118,6 +122,15 @@ def _update_service(ctx: ActionContext, dc: Any, project: str, svc: ImageService
     ref = image_ref(svc, containers)
     if ref is None:
         return {"result": "no_image", "reason": "its containers run a bare image ID: set image"}
+    with _holding(ctx, svc.service, containers) as busy:
+        if busy:
+            return {"result": "skipped", "reason": f"{busy} is held by another action"}
+        return _fetch_and_recreate(ctx, dc, project, svc, ref, containers)
+
+
+def _fetch_and_recreate(
+    ctx: ActionContext, dc: Any, project: str, svc: ImageService, ref: str, containers: list[Any]
+) -> dict[str, Any]:
     fetched = image_update.fetch(ctx.settings, dc, svc, ref, containers)
     out: dict[str, Any] = {"ref": ref, "notes": fetched.notes}
     if fetched.image is None:
@@ -134,6 +147,34 @@ def _update_service(ctx: ActionContext, dc: Any, project: str, svc: ImageService
         record = {"image_id": new_id, "ref": ref, "how": fetched.how, "updated_at": now(ctx.state)}
         write_record(ctx.state, project, svc.service, {**record, "previous_image_id": old_id})
     return out
+
+
+@contextmanager
+def _holding(ctx: ActionContext, service: str, containers: list[Any]) -> Iterator[str | None]:
+    """Hold restart_container's locks on the service's containers (under their names and the
+    names they have while set aside) and recreate_service's on the service, for as long as
+    it is updated: a stopped old container or a new one still starting is not restarted or
+    recreated under the update's feet (those calls are suppressed by the lock, audited).
+    Yields None, or the lock someone else holds (then nothing is held or touched)."""
+    names = [c.name for c in containers] + [f"{c.id[:12]}_{c.name}" for c in containers]
+    wanted = [guard_keys.lock("restart_container", f"docker/{n}") for n in names]
+    wanted += [
+        guard_keys.lock("recreate_service", f"docker/service/{service}"),
+        guard_keys.lock("recreate_service", "docker/project"),
+    ]
+    token, held = f"update_images:{uuid.uuid4().hex}", []
+    ttl = int(TIMEOUT.total_seconds()) + 120  # released below; expires if the worker dies
+    try:
+        for key in wanted:
+            if not ctx.state.set(key, token, nx=True, ex=ttl):
+                yield key
+                return
+            held.append(key)
+        yield None
+    finally:
+        for key in held:
+            if ctx.state.get(key) in (token, token.encode()):
+                ctx.state.delete(key)
 
 
 def _result(ctx: ActionContext, project: str, report: dict[str, Any]) -> ActionResult:

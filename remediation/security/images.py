@@ -11,6 +11,8 @@ name, a configured build context, or its compose file's build section) live here
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +113,33 @@ def split_ref(ref: str) -> tuple[str, str]:
 
 def registry_answers(ref: str, timeout: float) -> tuple[bool, str]:
     """Whether the registry of the image answers its /v2/ endpoint within timeout (any HTTP
-    status counts: 401 is the usual answer), and a note saying which registry and how."""
+    status counts: 401 is the usual answer), and a note saying which registry and how.
+
+    The probe runs in a thread waited on for a bounded time: a name lookup is not covered
+    by the HTTP timeout and may hang on a broken resolver."""
     repo, _ = split_ref(ref)
     index, _ = resolve_repository_name(repo)
     host = "registry-1.docker.io" if index in ("docker.io", "index.docker.io") else index
     schemes = ("https", "http") if _loopback(host) else ("https",)
+    pool = ThreadPoolExecutor(1, thread_name_prefix="registry-probe")
+    try:
+        return pool.submit(_probe, host, schemes, timeout).result(timeout * len(schemes) + 1)
+    except FutureTimeout:
+        return False, f"registry {host} did not answer within {timeout:g}s (no answer)"
+    finally:
+        pool.shutdown(wait=False)
+
+
+def _probe(host: str, schemes: tuple[str, ...], timeout: float) -> tuple[bool, str]:
     last = ""
     for scheme in schemes:
-        url = f"{scheme}://{host}/v2/"
         try:
+            url = f"{scheme}://{host}/v2/"
             answer = requests.get(url, timeout=timeout, allow_redirects=False, stream=True)
             answer.close()
             return True, f"registry {host} answered ({answer.status_code})"
         except requests.RequestException as exc:
-            last = f"{type(exc).__name__}"
+            last = type(exc).__name__
     return False, f"registry {host} did not answer within {timeout:g}s ({last})"
 
 

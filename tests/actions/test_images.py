@@ -24,6 +24,7 @@ from remediation.clients.docker import PROJECT_LABEL
 from remediation.context import ActionContext
 from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
+from remediation.guards import keys as guard_keys
 from remediation.logging import get_logger
 from remediation.security.image_update import tag_name
 from remediation.security.images import read_record, record_key, registry_answers
@@ -136,6 +137,7 @@ def test_a_healthy_update_recreates_the_service_on_the_new_image_keeping_its_con
     assert record is not None and record["image_id"] == app["image_id"]
     assert record["previous_image_id"] == v1.id
     assert [(f.action, f.params["kind"]) for f in result.follow_up] == [("notify", "image_update")]
+    assert list(r.scan_iter("rem:lock:*")) == []  # the locks held during the update are released
 
     again = update(s)  # the same context builds the same image: nothing to recreate
     assert isinstance(again, ActionResult)
@@ -247,6 +249,32 @@ def test_a_service_that_is_not_healthy_beforehand_is_skipped(
     assert isinstance(result, ActionResult)
     assert (result.ok, result.detail["services"]["app"]["result"]) == (False, "skipped")
     assert dc.containers.get(old.name).id == old.id
+
+
+def test_a_service_another_action_is_working_on_is_skipped_untouched(
+    settings_env: Any, r: redis.Redis, project: ComposeProject, refs: list[str], tmp_path: Path
+) -> None:
+    """restart_container holding its lock on the service's container: the service is
+    skipped (nothing built, nothing recreated), and the other action's lock is left as is."""
+    dc = project.dc
+    ref = service_ref(project, "app")
+    refs.append(ref)
+    v1 = img.build(dc, ref, "v1", "/ok")
+    old = img.run_service(project, "app", ref)
+    wait_healthy(project, old)
+    theirs = guard_keys.lock("restart_container", f"docker/{old.name}")
+    r.set(theirs, "their-token", ex=60)
+    context = img.context(tmp_path / "v2", "v2", "/ok")
+    s = settings_for(settings_env, project, [{"service": "app", "build_context": str(context)}])
+
+    result = update(s)
+
+    assert isinstance(result, ActionResult)
+    app = result.detail["services"]["app"]
+    assert (result.ok, app["result"]) == (False, "skipped") and theirs in app["reason"]
+    assert dc.containers.get(old.name).id == old.id and dc.images.get(ref).id == v1.id
+    assert [k.decode() for k in r.scan_iter("rem:lock:*")] == [theirs]
+    assert r.get(theirs) == b"their-token"
 
 
 def test_calls_outside_the_configuration_are_refused(
