@@ -93,7 +93,9 @@ def update_images(ctx: ActionContext, params: UpdateImagesParams) -> ActionResul
     whole service is healthy; one that is not puts the old containers back on the old image
     (its name tagged back onto it) and stops the update: the remaining services are left
     untouched and operators are told. The previous image keeps a `:previous` tag. Services
-    that are not running healthy beforehand are skipped. The update is recorded per service
+    that are not running healthy beforehand, or that restart_container or recreate_service
+    is working on, are skipped; while a service is updated their locks on it are held, so
+    neither acts on its containers mid-update. The update is recorded per service
     (image ID, time) for the image_updates check, which verifies it. Lock and a 7-day
     cooldown per project, 2 per hour."""
     cfg = ctx.settings.images
