@@ -123,6 +123,7 @@ def test_monthly_update_then_a_rollback_through_a_real_worker(
         "app": img.build(dc, app_ref, "app-v1", "/ok"),
         "web": img.build(dc, web_ref, "web-v1", "/ok"),
     }
+    refs.extend(image.id for image in v1.values())  # untagged once :previous moves on
     app = img.run_service(project, "app", app_ref)
     web = img.run_service(project, "web", web_ref)
     healthy(project, app.name)

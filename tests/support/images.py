@@ -77,7 +77,8 @@ def run_service(project: ComposeProject, service: str, image: str, **kw: Any) ->
 
 
 def remove_images(dc: Any, project: str, refs: list[str], services: list[str]) -> None:
-    """Remove the images these tests tagged (by name), after the containers are gone."""
+    """Remove the images these tests made, by name or ID (one whose :previous tag moved on
+    has only its ID left), after the containers are gone."""
     names = list(refs)
     for service in services:
         repo = tag_name(ROLLBACK_REPOSITORY, project, service)
