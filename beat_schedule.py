@@ -185,4 +185,12 @@ SCHEDULE = {
         "schedule": "0 5 1 * *",
         "kwargs": {"target": "self", "min_dead_ratio": 0.1, "min_dead_rows": 100},
     },
+    # --- issue 13: images ---
+    # Monthly: runbook 001 "Monthly Operations 1. Security Updates" (docker-compose pull,
+    # up -d --build): the 1st at 04:30 UTC; services updated 25+ days ago are due.
+    "monthly-image-updates": {
+        "task": "remediation.check.image_updates",
+        "schedule": "30 4 1 * *",
+        "kwargs": {"target": "docker"},
+    },
 }

@@ -26,6 +26,7 @@ from remediation.cli.commands import (
     cmd_status,
     queue_depths,
 )
+from remediation.cli.images import cmd_images
 from remediation.cli.output import describe, emit, parse_since, shown, table
 from remediation.errors import AuditError, ConfigError, RemediationError
 from remediation.settings import Settings, get_settings
@@ -91,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
+    sub.add_parser("images", help="compose services update_images looks after, their images")
     return p
 
 
@@ -105,6 +107,7 @@ COMMANDS = {
     "db": cmd_db,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "images": cmd_images,
 }
 
 

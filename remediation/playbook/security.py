@@ -6,7 +6,10 @@ One list per procedure, in the order RULES takes them.
 
 from __future__ import annotations
 
-from remediation.playbook.rule import Rule
+from typing import Any
+
+from remediation.findings import Finding, Severity
+from remediation.playbook.rule import Rule, notify_params
 
 SECRETS: list[Rule] = []
 """Secrets in log files (runbook 004 "Security Check Failures")."""
@@ -32,5 +35,25 @@ CERTIFICATES: list[Rule] = []
 """TLS certificates (runbook 001 "Monthly Operations 1. Security Updates": certbot renew)."""
 
 
-IMAGES: list[Rule] = []
+def due_services(f: Finding) -> dict[str, Any]:
+    """update_images for the services the image_updates check found due."""
+    return {"target": "docker", "services": list(f.evidence.get("services") or {})[:32]}
+
+
+IMAGES: list[Rule] = [
+    Rule(
+        "image_update_due",
+        "update_images",
+        due_services,
+        "001 Monthly Operations 1. Security Updates: docker-compose pull; docker-compose up -d"
+        " --build",
+        min_severity=Severity.INFO,
+    ),
+    Rule(
+        "image_service_missing",
+        "notify",
+        notify_params,
+        "001 Monthly Operations 1. Security Updates: a configured service has no container",
+    ),
+]
 """Image updates (runbook 001 "Monthly Operations 1. Security Updates": pull, rebuild)."""
