@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
     cmd_db,
@@ -88,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
+    ub = sub.add_parser("unblock", help="lift a client ban (Redis and nft), audited")
+    ub.add_argument("ip")
+    ub.add_argument("--reason", default="by hand")
     return p
 
 
@@ -102,6 +106,7 @@ COMMANDS = {
     "db": cmd_db,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "unblock": cmd_unblock,
 }
 
 
