@@ -5,13 +5,14 @@ an nftables set with timeouts on this host."""
 from __future__ import annotations
 
 import math
+import time
 from datetime import timedelta
 from typing import Any
 
 from pydantic import Field, field_validator
 
 from remediation.context import ActionContext, CheckContext, Resolved
-from remediation.errors import Refused
+from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
 from remediation.registry import action
@@ -96,6 +97,10 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
     cfg = ctx.settings.access
     params = resolve_ban(ctx, params).params
     ip = params.ip
+    if ctx.reserve(1) < 1:  # the unit the admission reserved (blast radius)
+        raise Deferred(
+            f"blast-radius cap for block_ip spent ({CAP_VAR})", time.time() + 60, "blast"
+        )
     placed = bans.ban(
         ctx.state,
         ip,
