@@ -19,7 +19,7 @@ import uuid
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import redis
@@ -180,6 +180,8 @@ def json_time(raw: Any, now: float) -> float:
             parsed = datetime.fromisoformat(raw)
         except ValueError:
             return now
+        if parsed.tzinfo is None:  # a time without a zone is UTC
+            parsed = parsed.replace(tzinfo=UTC)
         return parsed.timestamp()
     return now
 
