@@ -21,15 +21,23 @@ from remediation.security import access_logs as al
 from remediation.security import bans
 
 CAP_VAR = "REMEDIATION_GUARDS__BLAST_RADIUS"
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_ADDRESS = rf"^(?:{_OCTET}(?:\.{_OCTET}){{3}}|[0-9A-Fa-f:.]{{2,45}})$"
+"""The characters an address may have (IPv4 dotted, or IPv6); ipaddress decides the rest."""
 
 
 class BlockIpParams(ActionParams):
-    ip: str = Field(min_length=2, max_length=64, description="one IPv4 or IPv6 host address")
+    ip: str = Field(
+        min_length=2,
+        max_length=45,
+        pattern=_ADDRESS,
+        description="one IPv4 or IPv6 host address (read by ipaddress)",
+    )
 
     @field_validator("ip")
     @classmethod
     def _ip(cls, value: str) -> str:
-        ip = al.parse_ip(value.strip())
+        ip = al.parse_ip(value)
         if ip is None:
             raise ValueError("not a client address (one IPv4 or IPv6 host, no zone, no network)")
         return str(ip)

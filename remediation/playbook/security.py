@@ -10,9 +10,15 @@ from typing import Any
 
 from remediation.findings import Finding, Severity
 from remediation.playbook.rule import Rule, notify_params
+from remediation.security.access_logs import parse_ip
 
 SECRETS: list[Rule] = []
 """Secrets in log files (runbook 004 "Security Check Failures")."""
+
+
+def names_an_address(f: Finding) -> bool:
+    """The finding's subject is one client address (the only thing block_ip bans)."""
+    return parse_ip(f.subject) is not None
 
 
 def ban_params(f: Finding) -> dict[str, Any]:
@@ -27,6 +33,7 @@ CLIENTS: list[Rule] = [
         ban_params,
         "001 Security Incident Response: 1. block suspicious IPs, update firewall rules"
         " (003 Security Procedures: review access logs, 401/403/429)",
+        when=names_an_address,
     ),
     Rule(
         "access_log_unreadable",

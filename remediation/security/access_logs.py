@@ -24,9 +24,11 @@ from typing import Any
 
 import redis
 
+from remediation.guards import keys
+
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-PREFIX = "rem:access:"
+PREFIX = keys.ACCESS
 BATCH = 5000
 
 

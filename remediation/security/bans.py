@@ -27,9 +27,10 @@ from typing import Any
 import redis
 
 from remediation.errors import RemediationError
+from remediation.guards import keys
 from remediation.settings import AccessSettings
 
-PREFIX = "rem:ban:"
+PREFIX = keys.BAN
 INDEX = PREFIX + "index"
 MAX_STDERR = 500
 
