@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -138,13 +137,6 @@ def ended(r: redis.Redis, ips: list[str]) -> dict[str, float]:
     for ip in ips:
         pipe.hget(history_key(ip), "until")
     return {ip: float(u) for ip, u in zip(ips, pipe.execute(), strict=True) if u is not None}
-
-
-def listing(r: redis.Redis, limit: int = 1000) -> list[dict[str, Any]]:
-    """The bans in force, soonest to end first."""
-    found: list[Any] = r.zrangebyscore(INDEX, time.time(), "+inf", start=0, num=limit)
-    raws = r.mget([ban_key(i.decode()) for i in found]) if found else []
-    return [json.loads(raw) for raw in raws if raw is not None]
 
 
 class Nft:
