@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -80,7 +81,9 @@ def test_a_banned_client_is_refused_then_served_again_after_expiry(
     wait_for(lambda: hosts.get() == 200, 20, 0.3, "the client served again after expiry")
     assert not r.exists(bans.ban_key(hosts.client_ip))
     assert hosts.client_ip not in hosts.nft("list", "set", "inet", "remediation", "banned_v4")
-    assert ban(s, "10.213.250.9").detail["nft_made"] == []  # made once, reused
+    six = ban(s, "2001:db8::5")  # IPv6 goes to its own set; the table is made once
+    assert six.detail["nft_made"] == [] and six.detail["nft_set"].endswith("banned_v6")
+    assert "2001:db8::5" in hosts.nft("list", "set", "inet", "remediation", "banned_v6")
 
 
 def test_unblock_lifts_the_ban_in_redis_and_nft_and_is_audited(
@@ -204,3 +207,43 @@ def test_a_flood_of_offenders_bans_only_the_caps_worth_and_never_the_allow_list(
     assert outcomes.count("succeeded") == 25
     assert outcomes.count("refused") == len(allowed)
     assert outcomes.count("suppressed") == 500 - 25 - len(allowed)
+
+
+def test_nft_that_fails_or_hangs_is_a_failed_ban_and_the_check_still_reports_it(
+    settings_env: Any, r: redis.Redis, tmp_path: Any
+) -> None:
+    """An nft command that does not exist, or hangs past NFT_TIMEOUT_SECONDS, makes the ban
+    fail (the Redis part stays); the check keeps reporting the client, saying why, so the
+    verification cannot pass for a ban that is not in force."""
+    log = tmp_path / "access.log"
+    log.write_text("")
+    hang = ["python3", "-c", "import time; time.sleep(30)"]
+    for command, why in ((["/nonexistent/nft"], "FileNotFoundError"), (hang, "TimeoutExpired")):
+        s = settings_env(
+            REMEDIATION_ACCESS__LOGS=json.dumps([{"name": "api", "path": str(log)}]),
+            REMEDIATION_ACCESS__NFT="true",
+            REMEDIATION_ACCESS__NFT_COMMAND=json.dumps(command),
+            REMEDIATION_ACCESS__NFT_TIMEOUT_SECONDS="1",
+        )
+        bans.unban(r, "203.0.113.50")
+        result = ban(s, "203.0.113.50")
+        assert not result.ok and why in result.summary, result
+        assert r.exists(bans.ban_key("203.0.113.50"))
+    from remediation.checks.access import AccessLogClientsParams, access_log_clients
+
+    ctx = ActionContext(s, get_logger())
+    access_log_clients(ctx, AccessLogClientsParams())
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+    log.write_text(f'203.0.113.60 - - [{stamp}] "GET / HTTP/1.1" 401 0 "-" "x"\n' * 5)
+    bans.ban(r, "203.0.113.60", base=60, factor=2, most=60, repeat_window=60, log="api", reason="t")
+    found = access_log_clients(ctx, AccessLogClientsParams())
+    assert [f.subject for f in found] == []  # hits before the ban's end do not count
+    bans.unban(r, "203.0.113.60")
+    r.delete(bans.history_key("203.0.113.60"))
+    found = access_log_clients(ctx, AccessLogClientsParams())
+    assert [f.subject for f in found] == ["203.0.113.60"]
+    bans.ban(r, "203.0.113.60", base=60, factor=2, most=60, repeat_window=60, log="api", reason="t")
+    r.hset(bans.history_key("203.0.113.60"), "until", "0")  # as if banned before the hits
+    found = access_log_clients(ctx, AccessLogClientsParams())
+    assert [f.subject for f in found] == ["203.0.113.60"]  # in Redis, but not in the set
+    assert "cannot read the nft sets" in found[0].evidence["nft"]

@@ -15,6 +15,7 @@ from remediation.checks.access import AccessLogClientsParams, access_log_clients
 from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
+from remediation.security import access_logs as al
 from remediation.security import bans
 
 
@@ -182,3 +183,21 @@ def test_unreadable_log_is_a_finding(settings_env: Any, r: redis.Redis, tmp_path
     s = setup(settings_env, tmp_path / "missing.log")
     found = run(s)
     assert [f.kind for f in found] == ["access_log_unreadable"]
+
+
+def test_a_run_that_finds_the_log_being_read_leaves_it_to_that_run(
+    settings_env: Any, r: redis.Redis, tmp_path: Path
+) -> None:
+    """While another run holds the log's lock (a verification next to a scheduled run), a
+    run reads nothing and counts nothing; the lines wait for the next run, counted once."""
+    log = tmp_path / "access.log"
+    log.write_text("")
+    s = setup(settings_env, log)
+    run(s)
+    append(log, *[clf("203.0.113.77")] * 5)
+    r.set(al.lock_key("api"), "someone-else", ex=60)
+    found = run(s)
+    assert hostile(found) == {}
+    r.delete(al.lock_key("api"))
+    assert hostile(run(s)) == {"203.0.113.77": 5}
+    assert hostile(run(s)) == {"203.0.113.77": 5}
