@@ -27,7 +27,7 @@ from tests.support.rabbitmq import Broker
 from tests.support.services import RedisServer
 
 BROKER_SLOT = 13  # a vhost of its own on RabbitMQ
-BANTIME = 4
+BANTIME = 10  # long enough to see the refusal on a slow machine, short enough to wait out
 
 
 @pytest.fixture(scope="module")
