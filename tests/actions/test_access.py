@@ -247,3 +247,43 @@ def test_nft_that_fails_or_hangs_is_a_failed_ban_and_the_check_still_reports_it(
     found = access_log_clients(ctx, AccessLogClientsParams())
     assert [f.subject for f in found] == ["203.0.113.60"]  # in Redis, but not in the set
     assert "cannot read the nft sets" in found[0].evidence["nft"]
+
+
+def test_a_flood_in_the_log_through_check_playbook_and_guards(
+    settings_env: Any, r: redis.Redis, tmp_path: Any, audit_db: str
+) -> None:
+    """500 clients over MAXRETRY in the log (40 allow-listed, 10 loopback): the check
+    proposes only the 450 others (plus one surge), the playbook sends block_ip for each,
+    the blast guard lets 25 through; each of those 25 is verified recovered."""
+    log = tmp_path / "access.log"
+    log.write_text("")
+    s = settings_env(
+        REMEDIATION_ACCESS__LOGS=json.dumps([{"name": "api", "path": str(log)}]),
+        REMEDIATION_ACCESS__ALLOW_NETWORKS='["198.18.0.0/15"]',
+        REMEDIATION_ACCESS__MAXRETRY="3",
+        REMEDIATION_GUARDS__BLAST_RADIUS='{"block_ip": {"units": 25, "window_seconds": 600}}',
+        REMEDIATION_VERIFY__ATTEMPTS="1",
+    )
+    sent = Recorder()
+    runner = Runner(s, sent)
+    runner.run_check("access_log_clients", {"target": "self"})
+    allowed = [f"198.18.0.{i}" for i in range(1, 41)] + [f"127.0.{i}.1" for i in range(10)]
+    hostile = [f"203.0.{i // 200}.{i % 200 + 1}" for i in range(450)]
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+    with log.open("a") as fh:
+        for ip in allowed + hostile:
+            fh.write(f'{ip} - - [{stamp}] "POST /login HTTP/1.1" 401 0 "-" "x"\n' * 3)
+    out = runner.run_check("access_log_clients", {"target": "self"})
+    kinds = [f.kind for f in out.findings]
+    assert kinds.count("access_client_hostile") == 450 and kinds.count("access_hostile_surge") == 1
+    calls = [(t, k, tr) for t, k, tr in sent.sent if t == "remediation.act.block_ip"]
+    assert sorted(k["ip"] for _, k, _ in calls) == sorted(hostile)
+    outcomes = [
+        runner.run_action(t, k, trigger=tr, task_id=f"flood-{n}")
+        for n, (t, k, tr) in enumerate(calls)
+    ]
+    done = [o for o in outcomes if o.outcome == "succeeded"]
+    assert len(done) == 25 and all(o.verification == "recovered" for o in done)
+    assert [o.outcome for o in outcomes].count("suppressed") == 425
+    banned = {k.decode().removeprefix("rem:ban:ip:") for k in r.scan_iter(match="rem:ban:ip:*")}
+    assert len(banned) == 25 and banned <= set(hostile)
