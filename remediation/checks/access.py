@@ -110,7 +110,8 @@ def _log_findings(ctx: CheckContext, cfg: AccessSettings, log: AccessLog) -> lis
         _hostile(cfg, log, ip, hostile[ip], read, problem) for ip in todo[: cfg.max_findings]
     ]
     if len(offenders) >= cfg.surge_offenders:
-        findings.append(_surge(cfg, log, len(offenders), len(enforced), read))
+        banned_now = len(bans.banned(r, list(offenders)))
+        findings.append(_surge(cfg, log, len(offenders), banned_now, read))
     return findings
 
 
