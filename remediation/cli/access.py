@@ -27,7 +27,7 @@ def cmd_unblock(args: argparse.Namespace, s: Settings) -> int:
     if ip is None:
         print(f"remediation unblock: {args.ip[:64]!r} is not a client address", file=sys.stderr)
         return 2
-    who = f"{getpass.getuser()}: {args.reason}"[:300]
+    who = f"{_user()}: {args.reason}"[:300]
     store = AuditStore(s.audit_dsn.get_secret_value())
     resource = f"ip:{ip}"
     decision = store.add_decision(
@@ -66,3 +66,11 @@ def cmd_unblock(args: argparse.Namespace, s: Settings) -> int:
     human = f"unblocked {ip} ({was})" + (f"; nft: {error}" if error else "")
     emit(args, {**result, "error": error}, human)
     return 1 if error else 0
+
+
+def _user() -> str:
+    """Who ran the command, as far as the system knows (for the audit row)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry and no LOGNAME/USER (a bare container)
+        return "unknown"
