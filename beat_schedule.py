@@ -185,6 +185,15 @@ SCHEDULE = {
         "schedule": "0 5 1 * *",
         "kwargs": {"target": "self", "min_dead_ratio": 0.1, "min_dead_rows": 100},
     },
+    # --- issue 13: access ---
+    # Runbook 003 "Security Procedures: review access logs" (401/403/429 per client, like
+    # fail2ban's findtime / maxretry) -> runbook 001 "Block suspicious IPs" (block_ip).
+    # Reads REMEDIATION_ACCESS__LOGS; with none configured it finds nothing.
+    "sweep-access-logs": {
+        "task": "remediation.check.access_log_clients",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
     # --- issue 13: images ---
     # Monthly: runbook 001 "Monthly Operations 1. Security Updates" (docker-compose pull,
     # up -d --build): the 1st at 04:30 UTC; services updated 25+ days ago are due.

@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, headers, pipeline, proxies, redaction, spool
+from bench import access_log, backups, dead_tuples, headers, pipeline, proxies, redaction, spool
 
 
 def main() -> int:
@@ -24,6 +24,7 @@ def main() -> int:
         "redaction": redaction.run(),
         "pipeline": pipeline.run(),
         "spool": spool.run(),
+        "access_log": access_log.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)

@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
     cmd_db,
@@ -93,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
     sub.add_parser("images", help="compose services update_images looks after, their images")
+    ub = sub.add_parser("unblock", help="lift a client ban (Redis and nft), audited")
+    ub.add_argument("ip")
+    ub.add_argument("--reason", default="by hand")
     return p
 
 
@@ -108,6 +112,7 @@ COMMANDS = {
     "pause": cmd_pause,
     "resume": cmd_resume,
     "images": cmd_images,
+    "unblock": cmd_unblock,
 }
 
 

@@ -19,6 +19,10 @@ RESTART = PREFIX + "restart:"
 """Prefix of restart_container's per-container hash (remediation.restarts)."""
 REDBEAT = PREFIX + "redbeat:"
 """celery-redbeat's key prefix for the beat schedule."""
+BAN = PREFIX + "ban:"
+"""Prefix of the client blocklist applications read (remediation.security.bans, README)."""
+ACCESS = PREFIX + "access:"
+"""Prefix of access_log_clients' window state (remediation.security.access_logs)."""
 
 
 def breaker(name: str) -> str:

@@ -10,12 +10,45 @@ from typing import Any
 
 from remediation.findings import Finding, Severity
 from remediation.playbook.rule import Rule, notify_params
+from remediation.security.access_logs import parse_ip
 
 SECRETS: list[Rule] = []
 """Secrets in log files (runbook 004 "Security Check Failures")."""
 
 
-CLIENTS: list[Rule] = []
+def names_an_address(f: Finding) -> bool:
+    """The finding's subject is one client address (the only thing block_ip bans)."""
+    return parse_ip(f.subject) is not None
+
+
+def ban_params(f: Finding) -> dict[str, Any]:
+    """block_ip for the finding's client address, on behalf of the log that saw it."""
+    return {"target": f.target, "ip": f.subject}
+
+
+CLIENTS: list[Rule] = [
+    Rule(
+        "access_client_hostile",
+        "block_ip",
+        ban_params,
+        "001 Security Incident Response: 1. block suspicious IPs, update firewall rules"
+        " (003 Security Procedures: review access logs, 401/403/429)",
+        when=names_an_address,
+    ),
+    Rule(
+        "access_log_unreadable",
+        "notify",
+        notify_params,
+        "003 Security Procedures: review access logs (the log cannot be read)",
+    ),
+    Rule(
+        "access_hostile_surge",
+        "notify",
+        notify_params,
+        "001 Security Incident Response: many hostile clients at once (investigate, document)",
+        min_severity=Severity.HIGH,
+    ),
+]
 """Hostile clients in access logs (runbooks 003 "Review access logs", 001 "Block suspicious IPs")."""
 
 

@@ -36,6 +36,7 @@ DEFAULT_BLAST_RADIUS = {
     "revoke_stuck_tasks": BlastCap(units=20, window_seconds=600),
     "dead_letter_stale_jobs": BlastCap(units=50_000, window_seconds=3600),
     "dedupe_job_queue": BlastCap(units=50_000, window_seconds=3600),
+    "block_ip": BlastCap(units=50, window_seconds=600),  # new bans (issue 13)
 }
 
 
