@@ -39,6 +39,7 @@ class OsvServer:
 
     records: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     fail_status: int | None = None
+    stall: threading.Event | None = None  # set: every answer waits for it (at most 60 s)
     queries: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -49,6 +50,8 @@ class OsvServer:
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
                 query = json.loads(body or b"{}")
                 owner.queries.append(query)
+                if owner.stall is not None:
+                    owner.stall.wait(60)
                 if owner.fail_status is not None or self.path != "/v1/query":
                     self._answer(owner.fail_status or 404, {})
                     return

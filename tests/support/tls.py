@@ -40,6 +40,7 @@ class TlsServer:
         self.port = self.sock.getsockname()[1]
         self.handshakes = 0
         self.refused = 0
+        self.server_names: list[str] = []
         self._stop = threading.Event()
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
@@ -47,6 +48,7 @@ class TlsServer:
     def _context(self) -> ssl.SSLContext:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(str(self.cert_file))
+        context.sni_callback = lambda sock, name, ctx: self.server_names.append(name or "")
         return context
 
     def _serve(self) -> None:
