@@ -108,7 +108,9 @@ def _dns_names(cert: x509.Certificate) -> list[str]:
 
 
 def _handshake(target: CertificateTarget, context: ssl.SSLContext, timeout: float) -> bytes:
-    """The peer's certificate (DER) after a handshake with SNI; raises on any failure."""
+    """The peer's certificate (DER) after a handshake with SNI; raises on any failure.
+    ``timeout`` bounds the connect, and the whole handshake (CPython's ssl module runs the
+    handshake against one deadline, so a server trickling bytes cannot stretch it)."""
     sni = target.expected_name
     with socket.create_connection((target.host, target.port), timeout=timeout) as raw:
         raw.settimeout(timeout)

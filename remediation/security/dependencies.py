@@ -124,9 +124,7 @@ def audit_argv(
     argv = [sys.executable, "-m", "pip_audit", "--format", "json", "--output", out]
     argv += ["--progress-spinner", "off", "--cache-dir", cache, "--desc", "on"]
     argv += ["--aliases", "on", "--timeout", str(cfg.request_timeout_seconds)]
-    argv += ["--vulnerability-service", cfg.service]
-    if cfg.service == "osv":
-        argv += ["--osv-url", cfg.osv_url]
+    argv += ["--vulnerability-service", cfg.service]  # the OSV URL goes in its environment
     for vuln in cfg.ignore_ids:
         argv += ["--ignore-vuln", vuln]
     if source.requirements:
@@ -210,7 +208,14 @@ def scan_source(source: DependencySource, cfg: DependencySettings, timeout: floa
     with tempfile.TemporaryDirectory(prefix="rem-pip-audit-") as tmp:
         out = os.path.join(tmp, "report.json")
         argv = audit_argv(source, cfg, out, os.path.join(tmp, "cache"))
-        env = child_env({"PIP_NO_INPUT": "1", "PIP_DISABLE_PIP_VERSION_CHECK": "1"})
+        env = child_env(
+            {
+                "PIP_NO_INPUT": "1",
+                "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+                # pip-audit's own variable for --osv-url: a mirror's credentials stay out of argv
+                "PIP_AUDIT_OSV_URL": cfg.osv_url.get_secret_value(),
+            }
+        )
         try:
             ran = run_bounded(argv, timeout, output_limit=4096, env=env, cwd=tmp)
         except OSError as exc:

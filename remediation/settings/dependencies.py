@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from remediation.settings.base import Section, unique_names
 
@@ -41,7 +41,10 @@ class DependencySettings(Section):
     service: Literal["pypi", "osv"] = Field(
         "pypi", description="pip-audit's advisory service (its -s); osv honours OSV_URL"
     )
-    osv_url: str = Field(OSV_QUERY_URL, min_length=1, description="an OSV-compatible /v1/query")
+    osv_url: SecretStr = Field(
+        SecretStr(OSV_QUERY_URL),
+        description="an OSV-compatible /v1/query (a mirror's credentials may be in it)",
+    )
     timeout_seconds: float = Field(
         240, gt=0, le=3600, description="one whole scan; keep below CELERY__SOFT_TIME_LIMIT"
     )
@@ -54,6 +57,13 @@ class DependencySettings(Section):
         default_factory=list, description="advisory ids accepted as risks (pip-audit --ignore-vuln)"
     )
     max_output_bytes: int = Field(8 << 20, ge=4096, description="pip-audit JSON read at most")
+
+    @field_validator("osv_url")
+    @classmethod
+    def _http(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
 
     @field_validator("sources")
     @classmethod

@@ -3,6 +3,8 @@ CA made here: expiry bands, expired, wrong name, untrusted, unreachable, SNI."""
 
 from __future__ import annotations
 
+import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,3 +135,43 @@ def test_names_narrow_the_run_and_unknown_names_are_info(server: TlsServer, ca_f
     found = run([shop(server, ca_file), gone], names=["SHOP", "nope"])
     assert [(f.kind, f.subject) for f in found] == [("certificate_unconfigured", "nope")]
     assert [f.kind for f in run([])] == ["certificate_unconfigured"]
+
+
+class _Trickler:
+    """Accepts one connection and starts a large ServerHello, then one byte every 50 ms (at
+    most 1,200): a server that would hold a client forever on a per-read timeout."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sent = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self.sock.accept()
+        with conn:
+            try:
+                conn.sendall(b"\x16\x03\x03\x40\x00\x02\x00\x3f\xfc")  # a 16 KiB ServerHello
+                while self.sent < 1200 and not self.stop.wait(0.05):
+                    conn.sendall(b"\x00")
+                    self.sent += 1
+            except OSError:
+                return
+
+
+def test_a_trickling_server_cannot_stretch_the_deadline() -> None:
+    """One deadline covers connect and handshake: a server sending a byte every 50 ms is
+    cut off at TIMEOUT_SECONDS (1 s here), not after its 60 s of bytes."""
+    trickler = _Trickler()
+    try:
+        found = run(
+            [{"name": "slow", "host": "127.0.0.1", "port": trickler.port}], timeout_seconds=1
+        )
+    finally:
+        trickler.stop.set()
+        trickler.thread.join(5)
+        trickler.sock.close()
+    assert [f.kind for f in found] == ["certificate_unreachable"]
+    assert trickler.sent < 600  # cut long before the server ran out of bytes
