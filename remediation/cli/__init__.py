@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from remediation.cli import certificates
 from remediation.cli.commands import (
     cmd_breakers,
     cmd_db,
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
+    certificates.add_parser(sub)
     return p
 
 
@@ -102,6 +104,7 @@ COMMANDS = {
     "db": cmd_db,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    **certificates.COMMANDS,
 }
 
 
