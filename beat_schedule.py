@@ -202,4 +202,21 @@ SCHEDULE = {
         "schedule": "30 4 1 * *",
         "kwargs": {"target": "docker"},
     },
+    # --- issue 13: dependencies ---
+    # Runbook 004 "Dependency Vulnerabilities" (pip-audit) / 003 "Update Dependencies":
+    # daily at 06:15 UTC; vulnerable packages are notified, never upgraded.
+    "daily-python-dependencies": {
+        "task": "remediation.check.python_dependencies",
+        "schedule": "15 6 * * *",
+        "kwargs": {"target": "dependencies"},
+    },
+    # --- issue 13: certificates ---
+    # Runbook 001 "Monthly Operations 1. Security Updates" (certbot renew): certificates read
+    # daily at 06:45 UTC; the renewal runs when this finds one within 30 days of expiry, so the
+    # monthly renewal happens when it is due (and never a month late).
+    "daily-tls-certificates": {
+        "task": "remediation.check.tls_certificates",
+        "schedule": "45 6 * * *",
+        "kwargs": {"target": "certificates"},
+    },
 }

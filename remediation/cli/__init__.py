@@ -13,6 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from remediation.cli import certificates
 from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
@@ -97,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     ub = sub.add_parser("unblock", help="lift a client ban (Redis and nft), audited")
     ub.add_argument("ip")
     ub.add_argument("--reason", default="by hand")
+    certificates.add_parser(sub)
     return p
 
 
@@ -113,6 +115,7 @@ COMMANDS = {
     "resume": cmd_resume,
     "images": cmd_images,
     "unblock": cmd_unblock,
+    **certificates.COMMANDS,
 }
 
 
