@@ -26,6 +26,7 @@ from remediation.cli.commands import (
     cmd_status,
     queue_depths,
 )
+from remediation.cli.keys import add_keys_parser, cmd_keys
 from remediation.cli.output import describe, emit, parse_since, shown, table
 from remediation.errors import AuditError, ConfigError, RemediationError
 from remediation.settings import Settings, get_settings
@@ -88,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
+    add_keys_parser(sub)
     return p
 
 
@@ -102,6 +104,7 @@ COMMANDS = {
     "db": cmd_db,
     "pause": cmd_pause,
     "resume": cmd_resume,
+    "keys": cmd_keys,
 }
 
 
