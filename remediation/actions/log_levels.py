@@ -35,7 +35,7 @@ class RaiseLogLevelParams(ActionParams):
     """target: the application's name in REMEDIATION_MONITORING__APPS."""
 
     seconds: int | None = Field(
-        None, ge=60, le=7 * 86400, description=f"shorter than {DURATION_VAR}, never longer"
+        None, ge=1, le=7 * 86400, description=f"shorter than {DURATION_VAR}, never longer"
     )
 
 

@@ -41,7 +41,7 @@ class MonitoringSettings(Section):
 
     apps: list[LogLevelApp] = Field(default_factory=list, max_length=100)
     duration_seconds: int = Field(
-        3600, ge=60, le=7 * 86400, description="how long a raise lasts at most (and by default)"
+        3600, ge=1, le=7 * 86400, description="how long a raise lasts at most (and by default)"
     )
     state_prefix: str = Field(
         "rem:loglevel:", min_length=1, max_length=100, description="records in the state Redis"
