@@ -185,4 +185,20 @@ SCHEDULE = {
         "schedule": "0 5 1 * *",
         "kwargs": {"target": "self", "min_dead_ratio": 0.1, "min_dead_rows": 100},
     },
+    # --- issue 13: monitoring ---
+    # Runbook 001 "Security Incident Response 3. Enable enhanced monitoring": a log level raised
+    # in an application's file is put back once its time is up (a Redis key expires by itself).
+    "log-level-expiry": {
+        "task": "remediation.check.log_level_expiry",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # --- issue 13: api_keys ---
+    # Runbooks 004 "API Key Validation Failure" (which keys are missing or refused) and 003
+    # "Monthly: review and rotate API keys" (rotation due past max_age_days): hourly.
+    "api-keys": {
+        "task": "remediation.check.api_keys",
+        "schedule": 3600,
+        "kwargs": {"target": "self"},
+    },
 }
