@@ -110,7 +110,7 @@ def rotate_api_key(ctx: ActionContext, params: RotateApiKeyParams) -> ActionResu
         return _failed(detail, "write", keys.scrub(f"{type(exc).__name__}: {exc}", old))
     detail["steps"].append("written")
     try:  # the file's mtime tells the age too: a state Redis down must not stop the revoke
-        keys.record_rotation(ctx.state, cfg.rotations_key, key.name, time.time())
+        keys.record_rotation(ctx.state, key.name, time.time())
     except Exception as exc:
         ctx.log.warning("could not record the rotation", key=key.name, error=str(exc))
     try:

@@ -72,13 +72,12 @@ def resolve_raise(ctx: CheckContext, params: RaiseLogLevelParams) -> Resolved:
 def resolve_restore(ctx: CheckContext, params: RestoreLogLevelParams) -> Resolved:
     """The application as its raise was recorded (configured or not any more). Refused when
     there is no record; quietly when it is not due yet (unless force)."""
-    prefix = ctx.settings.monitoring.state_prefix
-    recorded = {a.lower(): a for a in ll.recorded_apps(ctx.state, prefix)}
+    recorded = {a.lower(): a for a in ll.recorded_apps(ctx.state)}
     name = recorded.get(params.target.lower())
     if name is None:
         _app(ctx, params.target)  # a clear refusal for a name not configured at all
         raise Refused(f"{params.target}: no raised log level on record", notice=False)
-    record = ll.read_record(ctx.state, prefix, name)
+    record = ll.read_record(ctx.state, name)
     if not params.force and float(record.get("expires_at") or 0) > time.time():
         raise Refused(f"{name}: raised until {iso(record['expires_at'])}", notice=False)
     return canonical(params, target=name)
@@ -100,12 +99,12 @@ def _raise_key(ctx: ActionContext, app: LogLevelApp, seconds: int) -> dict[str, 
 def _raise_file(ctx: ActionContext, app: LogLevelApp, seconds: int) -> dict[str, Any]:
     """Record first, then write: a worker dying in between leaves a record whose restore
     finds the file unchanged and leaves it alone, never a raise nobody will undo."""
-    prefix, state = ctx.settings.monitoring.state_prefix, ctx.state
-    record, now = ll.read_record(state, prefix, app.name), time.time()
+    state = ctx.state
+    record, now = ll.read_record(state, app.name), time.time()
     out: dict[str, Any] = {"file": app.file, "file_key": app.file_key}
     if record:
         expires = max(float(record.get("expires_at") or 0), now + seconds)
-        state.hset(ll.record_key(prefix, app.name), "expires_at", repr(expires))
+        state.hset(ll.record_key(app.name), "expires_at", repr(expires))
         return {**out, "status": "extended", "restore_at": iso(expires)}
     current = ll.current_level(app)
     if ll.same_level(current, app.level):
@@ -121,7 +120,7 @@ def _raise_file(ctx: ActionContext, app: LogLevelApp, seconds: int) -> dict[str,
         "expires_at": repr(now + seconds),
         "by": changed_by(ctx),
     }
-    ll.write_record(state, prefix, app.name, fields)
+    ll.write_record(state, app.name, fields)
     ll.set_level(app, app.level)
     return {
         **out,
@@ -178,8 +177,7 @@ def restore_log_level(ctx: ActionContext, params: RestoreLogLevelParams) -> Acti
     is up (or force): the previous value, or no key at all if there was none. A value
     someone changed since is theirs: left alone (the record is dropped either way).
     Verified by log_level_expiry no longer reporting it."""
-    prefix = ctx.settings.monitoring.state_prefix
-    record = ll.read_record(ctx.state, prefix, params.target)
+    record = ll.read_record(ctx.state, params.target)
     if not record:
         raise Refused(f"{params.target}: no raised log level on record", notice=False)
     app = LogLevelApp(
@@ -200,7 +198,7 @@ def restore_log_level(ctx: ActionContext, params: RestoreLogLevelParams) -> Acti
     except ll.LevelFileError as exc:
         detail["error"] = str(exc)
         return ActionResult(ok=False, changed=False, summary=str(exc), detail=detail)
-    ll.drop_record(ctx.state, prefix, app.name)
+    ll.drop_record(ctx.state, app.name)
     detail.update(status=status, before=current)
     summary = {
         "restored": f"{app.name} log level {current} -> {previous or '(key removed)'}",

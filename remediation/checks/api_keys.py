@@ -137,5 +137,5 @@ def api_keys(ctx: CheckContext, params: ApiKeysParams) -> list[Finding]:
     cfg = ctx.settings.api_keys
     wanted = None if params.keys is None else {n.lower() for n in params.keys}
     chosen = [k for k in cfg.keys if wanted is None or k.name.lower() in wanted]
-    recorded = keys.recorded_rotations(ctx.state, cfg.rotations_key) if chosen else {}
+    recorded = keys.recorded_rotations(ctx.state) if chosen else {}
     return [f for key in chosen for f in key_findings(key, cfg, recorded)]

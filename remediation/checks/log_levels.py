@@ -18,7 +18,7 @@ from remediation.security import log_levels
 
 
 class LogLevelExpiryParams(CheckParams):
-    """Records come from the state Redis (REMEDIATION_MONITORING__STATE_PREFIX)."""
+    """Records come from the state Redis (rem:loglevel:*, written by raise_log_level)."""
 
 
 def _due(record: dict[str, str], now: float) -> bool:
@@ -36,10 +36,9 @@ def log_level_expiry(ctx: CheckContext, params: LogLevelExpiryParams) -> list[Fi
     One log_level_expired (info) per application whose record in the state Redis is past
     its expires_at; restore_log_level puts the file's previous value back. A level raised
     through the application's Redis key needs nothing: the key expires by itself."""
-    cfg = ctx.settings.monitoring
     now, findings = time.time(), []
-    for app in log_levels.recorded_apps(ctx.state, cfg.state_prefix):
-        record = log_levels.read_record(ctx.state, cfg.state_prefix, app)
+    for app in log_levels.recorded_apps(ctx.state):
+        record = log_levels.read_record(ctx.state, app)
         if not record or not _due(record, now):
             continue
         findings.append(

@@ -61,7 +61,7 @@ def cmd_keys(args: argparse.Namespace, s: Settings) -> int:
     if args.name:
         print("usage: remediation keys [rotated NAME]", file=sys.stderr)
         return 2
-    recorded = keys.recorded_rotations(state, s.api_keys.rotations_key)
+    recorded = keys.recorded_rotations(state)
     rows = key_rows(s, recorded, time.time())
     cols = ["name", "source", "present", "age_days", "max_age_days", "due", "age_from"]
     emit(args, rows, table(rows, [*cols, "rotatable"]))
@@ -90,6 +90,6 @@ def _record(args: argparse.Namespace, s: Settings, state: Any) -> int:
         reason=f"rotation done by hand, recorded by {who}",
     )
     now = time.time()
-    keys.record_rotation(state, s.api_keys.rotations_key, key.name, now)
+    keys.record_rotation(state, key.name, now)
     emit(args, {"rotated": key.name, "at": now, "by": who}, f"{key.name}: rotation recorded")
     return 0

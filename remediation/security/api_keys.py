@@ -25,6 +25,7 @@ from typing import Any, Literal
 import redis
 import requests
 
+from remediation.guards.keys import API_KEY_ROTATIONS
 from remediation.redact import MASK, redact_text
 from remediation.settings.api_keys import ApiKey
 
@@ -84,17 +85,17 @@ def read_key(key: ApiKey, max_bytes: int) -> tuple[str | None, str]:
     return (value, "") if value else (None, f"file {key.file} is empty")
 
 
-def recorded_rotations(state: redis.Redis, hash_key: str) -> dict[str, float]:
+def recorded_rotations(state: redis.Redis) -> dict[str, float]:
     """name -> epoch of the last rotation recorded (by rotate_api_key or by hand)."""
     out: dict[str, float] = {}
-    for name, when in state.hgetall(hash_key).items():
+    for name, when in state.hgetall(API_KEY_ROTATIONS).items():
         with contextlib.suppress(ValueError):
             out[name.decode() if isinstance(name, bytes) else str(name)] = float(when)
     return out
 
 
-def record_rotation(state: redis.Redis, hash_key: str, name: str, when: float) -> None:
-    state.hset(hash_key, name, repr(when))
+def record_rotation(state: redis.Redis, name: str, when: float) -> None:
+    state.hset(API_KEY_ROTATIONS, name, repr(when))
 
 
 def changed_at(key: ApiKey, recorded: dict[str, float]) -> tuple[float | None, str]:

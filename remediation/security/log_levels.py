@@ -23,6 +23,7 @@ import redis
 from ruamel.yaml import YAML
 from ruamel.yaml.error import YAMLError
 
+from remediation.guards.keys import LOG_LEVEL
 from remediation.settings.monitoring import LogLevelApp
 
 MAX_FILE_BYTES = 1 << 20
@@ -47,12 +48,12 @@ class LevelFileError(Exception):
     """The configuration file cannot be read or edited as configured."""
 
 
-def record_key(prefix: str, app: str) -> str:
-    return f"{prefix}app:{app}"
+def record_key(app: str) -> str:
+    return f"{LOG_LEVEL}app:{app}"
 
 
-def index_key(prefix: str) -> str:
-    return f"{prefix}index"
+INDEX_KEY = LOG_LEVEL + "index"
+"""Set of the applications with a raise on record."""
 
 
 # --- reading and editing the value ----------------------------------------------------------
@@ -209,8 +210,8 @@ def same_level(a: str | None, b: str | None) -> bool:
 # --- the record of a raise ------------------------------------------------------------------
 
 
-def read_record(state: redis.Redis, prefix: str, app: str) -> dict[str, str]:
-    raw = state.hgetall(record_key(prefix, app))
+def read_record(state: redis.Redis, app: str) -> dict[str, str]:
+    raw = state.hgetall(record_key(app))
     return {
         (k.decode() if isinstance(k, bytes) else str(k)): (
             v.decode() if isinstance(v, bytes) else str(v)
@@ -219,26 +220,26 @@ def read_record(state: redis.Redis, prefix: str, app: str) -> dict[str, str]:
     }
 
 
-def recorded_apps(state: redis.Redis, prefix: str, limit: int = 1000) -> list[str]:
+def recorded_apps(state: redis.Redis, limit: int = 1000) -> list[str]:
     """Apps with a file raise on record (at most limit), sorted."""
     names = []
-    for i, member in enumerate(state.sscan_iter(index_key(prefix), count=100)):
+    for i, member in enumerate(state.sscan_iter(INDEX_KEY, count=100)):
         if i >= limit:
             break
         names.append(member.decode() if isinstance(member, bytes) else str(member))
     return sorted(names)
 
 
-def write_record(state: redis.Redis, prefix: str, app: str, fields: dict[str, str]) -> None:
+def write_record(state: redis.Redis, app: str, fields: dict[str, str]) -> None:
     mapping: dict[Any, Any] = dict(fields)  # redis-py's Mapping is invariant in its types
     pipe = state.pipeline(transaction=True)
-    pipe.hset(record_key(prefix, app), mapping=mapping)
-    pipe.sadd(index_key(prefix), app)
+    pipe.hset(record_key(app), mapping=mapping)
+    pipe.sadd(INDEX_KEY, app)
     pipe.execute()
 
 
-def drop_record(state: redis.Redis, prefix: str, app: str) -> None:
+def drop_record(state: redis.Redis, app: str) -> None:
     pipe = state.pipeline(transaction=True)
-    pipe.delete(record_key(prefix, app))
-    pipe.srem(index_key(prefix), app)
+    pipe.delete(record_key(app))
+    pipe.srem(INDEX_KEY, app)
     pipe.execute()

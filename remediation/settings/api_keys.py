@@ -108,9 +108,6 @@ class ApiKeySettings(Section):
         60.0, gt=0, le=300, description="generate and revoke commands or calls, each"
     )
     max_key_bytes: int = Field(8192, ge=16, le=65536, description="a longer key is refused")
-    rotations_key: str = Field(
-        "rem:apikeys:rotated", min_length=1, max_length=200, description="hash in the state Redis"
-    )
 
     @field_validator("keys")
     @classmethod

@@ -43,9 +43,6 @@ class MonitoringSettings(Section):
     duration_seconds: int = Field(
         3600, ge=1, le=7 * 86400, description="how long a raise lasts at most (and by default)"
     )
-    state_prefix: str = Field(
-        "rem:loglevel:", min_length=1, max_length=100, description="records in the state Redis"
-    )
 
     @field_validator("apps")
     @classmethod

@@ -19,6 +19,7 @@ from remediation.actions.api_keys import RotateApiKeyParams, resolve_key, rotate
 from remediation.context import ActionContext, CheckContext
 from remediation.errors import Refused
 from remediation.findings import ActionResult
+from remediation.guards.keys import API_KEY_ROTATIONS
 from remediation.logging import get_logger
 from tests.support.key_api import KeyApi
 
@@ -90,7 +91,7 @@ def test_rotation_runs_generate_validate_write_revoke_in_that_order(
     assert not Path(str(key_file) + ".previous").exists()
     assert sorted(os.listdir(key_file.parent)) == ["shop.key"]  # no temporary file left
     state = redis.Redis.from_url(s.state_redis_url.get_secret_value())
-    assert state.hexists(s.api_keys.rotations_key, "shop")
+    assert state.hexists(API_KEY_ROTATIONS, "shop")
     text = json.dumps(result.model_dump(mode="json"))
     assert OLD not in text and new not in text
 

@@ -70,7 +70,7 @@ def do_restore(s: Any, name: str, force: bool = False) -> ActionResult:
 def expire_now(s: Any, app: str) -> None:
     """Move the record's end into the past (the wait itself is the integration test's)."""
     state = redis.Redis.from_url(s.state_redis_url.get_secret_value())
-    state.hset(ll.record_key(s.monitoring.state_prefix, app), "expires_at", time.time() - 1)
+    state.hset(ll.record_key(app), "expires_at", time.time() - 1)
 
 
 def expired(s: Any) -> list[str]:
@@ -183,6 +183,6 @@ def test_raising_again_extends_but_never_past_the_duration(
     do_raise(s, "shop", seconds=60)
     again = do_raise(s, "shop")
     assert again.detail["config_file"]["status"] == "extended"
-    record = ll.read_record(r, s.monitoring.state_prefix, "shop")
+    record = ll.read_record(r, "shop")
     assert record["previous"] == "INFO"
     assert time.time() + 290 <= float(record["expires_at"]) <= time.time() + 300

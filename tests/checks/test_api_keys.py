@@ -16,6 +16,7 @@ import redis
 from remediation.checks.api_keys import ApiKeysParams, api_keys
 from remediation.context import CheckContext
 from remediation.findings import Finding
+from remediation.guards.keys import API_KEY_ROTATIONS
 from remediation.logging import get_logger
 from tests.support.key_api import KeyApi
 
@@ -109,5 +110,5 @@ def test_rotation_due_from_the_file_age_and_a_recorded_rotation(
     due = next(f for f in found if f.target == "filed")
     assert 39.9 < float(due.observed or 0) < 40.1 and due.threshold == 30
     state = redis.Redis.from_url(s.state_redis_url.get_secret_value())
-    state.hset(s.api_keys.rotations_key, mapping={"filed": time.time(), "env": time.time()})
+    state.hset(API_KEY_ROTATIONS, mapping={"filed": time.time(), "env": time.time()})
     assert run(s) == []
