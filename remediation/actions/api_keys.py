@@ -98,6 +98,9 @@ def rotate_api_key(ctx: ActionContext, params: RotateApiKeyParams) -> ActionResu
     key = cfg.key(params.target)
     assert key is not None and key.file is not None  # resolve_key made sure
     detail: dict[str, Any] = {"key": key.name, "file": key.file, "steps": []}
+    previous = key.file + keys.PREVIOUS_SUFFIX
+    if os.path.lexists(previous):
+        return _unrevoked(ctx, key, previous, detail)
     old, missing = keys.read_key(key, cfg.max_key_bytes)
     if old is None:
         return _failed(detail, "read", f"{missing}: nothing to rotate from")
@@ -113,8 +116,15 @@ def rotate_api_key(ctx: ActionContext, params: RotateApiKeyParams) -> ActionResu
         keys.record_rotation(ctx.state, key.name, time.time())
     except Exception as exc:
         ctx.log.warning("could not record the rotation", key=key.name, error=str(exc))
+    return _revoke(ctx, key, old, previous, detail, new)
+
+
+def _revoke(
+    ctx: ActionContext, key: ApiKey, old: str, previous: str, detail: dict[str, Any], new: str
+) -> ActionResult:
+    """Step 4, once the new key is on disk: revoke the old one, then drop its copy."""
     try:
-        keys.revoke(key, old, cfg.command_timeout_seconds)
+        keys.revoke(key, old, ctx.settings.api_keys.command_timeout_seconds)
     except keys.RotationError as exc:
         detail.update(failed_step="revoke", error=keys.scrub(exc.message, old, new), kept=previous)
         return ActionResult(
@@ -129,8 +139,34 @@ def rotate_api_key(ctx: ActionContext, params: RotateApiKeyParams) -> ActionResu
         )
     detail["steps"].append("revoked")
     keys.drop_previous(previous)
+    assert key.file is not None
     detail["mode"] = oct(os.stat(key.file).st_mode & 0o777)
-    return ActionResult(
-        summary=f"API key {key.name} rotated: generated, validated, written, old one revoked",
-        detail=detail,
+    done = ", ".join(detail["steps"])
+    return ActionResult(summary=f"API key {key.name} rotated ({done})", detail=detail)
+
+
+def _unrevoked(
+    ctx: ActionContext, key: ApiKey, previous: str, detail: dict[str, Any]
+) -> ActionResult:
+    """FILE.previous exists: a rotation wrote the new key and did not revoke the old one.
+    The same task delivered again after its worker died (the copy written since its claim)
+    finishes with the revoke; otherwise nothing is rotated over it (that would overwrite
+    the only copy of a key still valid): the operator revokes it and deletes the file."""
+    cfg = ctx.settings.api_keys
+    written_since = (
+        ctx.resumed_since is not None and os.stat(previous).st_mtime >= ctx.resumed_since - 1
     )
+    if not written_since:
+        return _failed(
+            detail,
+            "previous",
+            f"{previous} holds an earlier key that was never revoked: revoke it by hand,"
+            " delete the file, then rotate",
+        )
+    old = keys.read_key(key.model_copy(update={"file": previous}), cfg.max_key_bytes)[0]
+    new = keys.read_key(key, cfg.max_key_bytes)[0]
+    if old is None or new is None:
+        return _failed(detail, "previous", f"{previous} or {key.file} cannot be read")
+    detail["steps"] += ["generated", "validated", "written"]  # by the delivery that died
+    detail["resumed"] = True
+    return _revoke(ctx, key, old, previous, detail, new)

@@ -8,6 +8,7 @@ validation request answered.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -21,6 +22,8 @@ from remediation.settings import ApiKeySettings
 from remediation.settings.api_keys import ApiKey
 
 KEYS_VAR = "REMEDIATION_API_KEYS__KEYS"
+MAX_CONCURRENT = 8
+"""Validation requests in flight at once (each bounded by TIMEOUT_SECONDS)."""
 
 
 class ApiKeysParams(CheckParams):
@@ -133,9 +136,14 @@ def api_keys(ctx: CheckContext, params: ApiKeysParams) -> list[Finding]:
     to be invalid. api_key_rotation_due: older than max_age_days, the age being the newer of
     the secret file's mtime and the rotation recorded in the state Redis (by rotate_api_key
     or `remediation keys rotated NAME`); api_key_age_unknown: a variable with no rotation on
-    record. The finding's target is the key's name; the key itself is never reported."""
+    record. Up to 8 keys are validated at once. The finding's target is the key's name; the
+    key itself is never reported."""
     cfg = ctx.settings.api_keys
     wanted = None if params.keys is None else {n.lower() for n in params.keys}
     chosen = [k for k in cfg.keys if wanted is None or k.name.lower() in wanted]
-    recorded = keys.recorded_rotations(ctx.state) if chosen else {}
-    return [f for key in chosen for f in key_findings(key, cfg, recorded)]
+    if not chosen:
+        return []
+    recorded = keys.recorded_rotations(ctx.state)
+    with ThreadPoolExecutor(min(MAX_CONCURRENT, len(chosen))) as pool:
+        found = pool.map(lambda key: key_findings(key, cfg, recorded), chosen)
+        return [f for per_key in found for f in per_key]

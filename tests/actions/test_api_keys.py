@@ -8,6 +8,7 @@ import json
 import os
 import stat
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -178,3 +179,36 @@ def test_resolve_refuses_unknown_and_not_rotatable_keys(
     s = configure(settings_env, api, key_file, rotatable=False)
     with pytest.raises(Refused, match="not configured rotatable"):
         resolve_key(CheckContext(s, get_logger()), RotateApiKeyParams(target="shop"))
+
+
+def test_a_key_left_unrevoked_is_never_rotated_over(
+    settings_env: Any, api: KeyApi, key_file: Path
+) -> None:
+    """FILE.previous from an earlier failed revoke holds the only copy of a valid key: a new
+    rotation stops before generating anything and leaves both files as they are."""
+    s = configure(settings_env, api, key_file)
+    previous = Path(str(key_file) + ".previous")
+    previous.write_text("older-key-still-valid-0123\n")
+    before = (snapshot(key_file), snapshot(previous))
+    result = rotate(s)
+    assert (result.ok, result.detail["failed_step"]) == (False, "previous")
+    assert (snapshot(key_file), snapshot(previous)) == before and api.log == []
+    assert "older-key-still-valid-0123" not in json.dumps(result.model_dump(mode="json"))
+
+
+def test_a_delivery_that_died_after_the_write_is_finished_by_its_redelivery(
+    settings_env: Any, api: KeyApi, key_file: Path
+) -> None:
+    """Redelivered after its worker died between write and revoke (FILE.previous written
+    since the claim): no second key is generated; the old key is revoked, its copy removed."""
+    s = configure(settings_env, api, key_file)
+    claimed_at = time.time() - 5
+    previous = Path(str(key_file) + ".previous")
+    previous.write_text(OLD + "\n")
+    key_file.write_text("new-key-from-the-dead-delivery\n")
+    api.valid.add("new-key-from-the-dead-delivery")
+    ctx = ActionContext(s, get_logger(), resumed_since=claimed_at)
+    result = rotate_api_key(ctx, RotateApiKeyParams(target="shop"))
+    assert result.ok and result.detail["resumed"] is True, result.summary
+    assert api.log == [("revoke", OLD)]
+    assert api.valid == {"new-key-from-the-dead-delivery"} and not previous.exists()
