@@ -78,7 +78,7 @@ def resolve_restore(ctx: CheckContext, params: RestoreLogLevelParams) -> Resolve
         _app(ctx, params.target)  # a clear refusal for a name not configured at all
         raise Refused(f"{params.target}: no raised log level on record", notice=False)
     record = ll.read_record(ctx.state, name)
-    if not params.force and float(record.get("expires_at") or 0) > time.time():
+    if not params.force and ll.expires_at(record) > time.time():
         raise Refused(f"{name}: raised until {iso(record['expires_at'])}", notice=False)
     return canonical(params, target=name)
 
@@ -103,7 +103,7 @@ def _raise_file(ctx: ActionContext, app: LogLevelApp, seconds: int) -> dict[str,
     record, now = ll.read_record(state, app.name), time.time()
     out: dict[str, Any] = {"file": app.file, "file_key": app.file_key}
     if record:
-        expires = max(float(record.get("expires_at") or 0), now + seconds)
+        expires = max(ll.expires_at(record), now + seconds)
         state.hset(ll.record_key(app.name), "expires_at", repr(expires))
         return {**out, "status": "extended", "restore_at": iso(expires)}
     current = ll.current_level(app)

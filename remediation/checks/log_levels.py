@@ -21,13 +21,6 @@ class LogLevelExpiryParams(CheckParams):
     """Records come from the state Redis (rem:loglevel:*, written by raise_log_level)."""
 
 
-def _due(record: dict[str, str], now: float) -> bool:
-    try:
-        return float(record.get("expires_at", "0")) <= now
-    except ValueError:
-        return True  # a record nobody can read is past any time: put the file back
-
-
 @check("log_level_expiry")
 def log_level_expiry(ctx: CheckContext, params: LogLevelExpiryParams) -> list[Finding]:
     """Log levels raise_log_level raised in an application's file whose time is up
@@ -39,7 +32,7 @@ def log_level_expiry(ctx: CheckContext, params: LogLevelExpiryParams) -> list[Fi
     now, findings = time.time(), []
     for app in log_levels.recorded_apps(ctx.state):
         record = log_levels.read_record(ctx.state, app)
-        if not record or not _due(record, now):
+        if not record or log_levels.expires_at(record) > now:
             continue
         findings.append(
             Finding(

@@ -220,6 +220,14 @@ def read_record(state: redis.Redis, app: str) -> dict[str, str]:
     }
 
 
+def expires_at(record: dict[str, str]) -> float:
+    """When a recorded raise ends; 0 (long past) when the record cannot tell."""
+    try:
+        return float(record.get("expires_at") or 0)
+    except ValueError:
+        return 0.0
+
+
 def recorded_apps(state: redis.Redis, limit: int = 1000) -> list[str]:
     """Apps with a file raise on record (at most limit), sorted."""
     names = []
