@@ -18,9 +18,10 @@ import signal
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import IO, Any, Literal
 
 import redis
 import requests
@@ -176,54 +177,79 @@ def child_env() -> dict[str, str]:
 def run_command(step: str, argv: list[str], secret: str, timeout: float, max_bytes: int) -> str:
     """Run argv (no shell) with ``secret`` and a newline on stdin, in its own process group
     killed at the timeout; its stdout (at most max_bytes) as text. RotationError on a timeout,
-    a non-zero exit or a start failure, with stderr scrubbed of the secret."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        try:
-            proc = subprocess.Popen(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=out,
-                stderr=err,
-                env=child_env(),
-                start_new_session=True,
-                close_fds=True,
-            )
-        except OSError as exc:
-            raise RotationError(step, f"{argv[0]} cannot start: {exc.strerror}") from None
-        try:
-            _feed(proc, secret)
-            code = proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            _kill(proc)
-            raise RotationError(step, f"{argv[0]} timed out after {timeout:.0f}s") from None
-        finally:
-            _kill(proc)
-        out.seek(0)
-        data = out.read(max_bytes + 1)
-        err.seek(0)
-        stderr = err.read(4096).decode("utf-8", "replace").strip()
-    text = data.decode("utf-8", "replace")
+    a non-zero exit or a start failure, with stderr scrubbed of the secret. Output goes
+    through pipes into memory, capped (never a temporary file: the new key is on stdout)."""
+    try:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            env=child_env(),
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:
+        raise RotationError(step, f"{argv[0]} cannot start: {exc.strerror}") from None
+    out, err = bytearray(), bytearray()
+    threads = [
+        threading.Thread(target=_feed, args=(proc, secret), daemon=True),
+        threading.Thread(
+            target=_capture, args=(proc.stdout, out, max_bytes + 1, proc), daemon=True
+        ),
+        threading.Thread(target=_capture, args=(proc.stderr, err, 4096), daemon=True),
+    ]
+    for t in threads:
+        t.start()
+    try:
+        code = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        raise RotationError(step, f"{argv[0]} timed out after {timeout:.0f}s") from None
+    finally:
+        _kill(proc)
+        for t in threads:
+            t.join(5)
+    text = bytes(out).decode("utf-8", "replace")
+    if len(out) > max_bytes:  # killed as soon as it passed the limit
+        raise RotationError(step, f"{argv[0]} printed more than {max_bytes} bytes")
     if code != 0:
+        stderr = bytes(err).decode("utf-8", "replace").strip()
         why = scrub(stderr, secret, text.strip()) or "(no message)"
         raise RotationError(step, f"{argv[0]} exited with {code}: {why}")
-    if len(data) > max_bytes:
-        raise RotationError(step, f"{argv[0]} printed more than {max_bytes} bytes")
     return text
 
 
 def _feed(proc: subprocess.Popen[bytes], secret: str) -> None:
     assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError):  # a command that does not read its stdin
+    with contextlib.suppress(OSError):  # a command that does not read its stdin
         proc.stdin.write(secret.encode() + b"\n")
-    with contextlib.suppress(BrokenPipeError):
+    with contextlib.suppress(OSError):
         proc.stdin.close()
 
 
-def _kill(proc: subprocess.Popen[bytes]) -> None:
+def _capture(
+    stream: IO[bytes] | None,
+    into: bytearray,
+    cap: int,
+    proc: subprocess.Popen[bytes] | None = None,
+) -> None:
+    """Read stream to its end, keeping at most cap bytes (the rest is drained, not kept);
+    with proc, kill its process group as soon as cap bytes arrived."""
+    assert stream is not None
+    with stream:
+        while chunk := os.read(stream.fileno(), 65536):
+            if len(into) < cap:
+                into += chunk[: cap - len(into)]
+            if proc is not None and len(into) >= cap:
+                _kill(proc, wait=False)
+
+
+def _kill(proc: subprocess.Popen[bytes], wait: bool = True) -> None:
     if proc.poll() is None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        if wait:
+            proc.wait()
 
 
 def _checked_key(step: str, raw: str, old: str, max_bytes: int) -> str:

@@ -212,3 +212,34 @@ def test_a_delivery_that_died_after_the_write_is_finished_by_its_redelivery(
     assert result.ok and result.detail["resumed"] is True, result.summary
     assert api.log == [("revoke", OLD)]
     assert api.valid == {"new-key-from-the-dead-delivery"} and not previous.exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "timeout", "why"),
+    [
+        ("import time; time.sleep(60)", "1", "timed out after 1s"),
+        (
+            "import sys\nwhile True: sys.stdout.write('k' * 65536)",
+            "120",  # killed on its 8,193rd byte, long before this
+            "printed more than 8192 bytes",
+        ),
+    ],
+    ids=["hangs", "floods"],
+)
+def test_a_provider_command_is_bounded_in_time_and_output(
+    settings_env: Any,
+    api: KeyApi,
+    key_file: Path,
+    code: str,
+    timeout: str,
+    why: str,
+    monkeypatch: Any,
+) -> None:
+    """A command that hangs is killed at COMMAND_TIMEOUT_SECONDS, one that prints without end
+    is cut at MAX_KEY_BYTES (and killed); either way the old file is untouched."""
+    monkeypatch.setenv("REMEDIATION_API_KEYS__COMMAND_TIMEOUT_SECONDS", timeout)
+    s = configure(settings_env, api, key_file, generate_command=[sys.executable, "-c", code])
+    before = snapshot(key_file)
+    result = rotate(s)
+    assert (result.ok, result.detail["failed_step"]) == (False, "generate")
+    assert why in result.summary and snapshot(key_file) == before
