@@ -2,7 +2,7 @@
 through a real worker and a real key API on 127.0.0.1: one sweep of api_keys finds a key
 past its age and a missing one; the first is rotated in the runbook's order (generate,
 validate, write, revoke) and verified by the check, the second is notified; no key value in
-any audit row or notification. Then `remediation keys` lists ages without values and
+any audit row, notification or worker log line. Then `remediation keys` lists ages without values and
 `remediation keys rotated NAME` records a manual rotation, audited."""
 
 from __future__ import annotations
@@ -113,7 +113,7 @@ def test_a_key_past_its_age_is_rotated_in_order_and_verified_a_missing_one_notif
         0.2,
         "the missing key notified",
     )
-    everything = audit.everything_as_text() + json.dumps(webhook.bodies)
+    everything = audit.everything_as_text() + json.dumps(webhook.bodies) + keyed.worker.log()
     assert OLD not in everything and new not in everything
 
 
