@@ -52,6 +52,8 @@ def key_rows(s: Settings, recorded: dict[str, float], now: float) -> list[dict[s
 
 
 def cmd_keys(args: argparse.Namespace, s: Settings) -> int:
+    import redis
+
     from remediation.clients import redis as redis_clients
     from remediation.security import api_keys as keys
 
@@ -61,7 +63,11 @@ def cmd_keys(args: argparse.Namespace, s: Settings) -> int:
     if args.name:
         print("usage: remediation keys [rotated NAME]", file=sys.stderr)
         return 2
-    recorded = keys.recorded_rotations(state)
+    try:
+        recorded = keys.recorded_rotations(state)
+    except redis.RedisError as exc:  # the files' ages are still worth showing
+        print(f"remediation: rotations on record unavailable: {exc}", file=sys.stderr)
+        recorded = {}
     rows = key_rows(s, recorded, time.time())
     cols = ["name", "source", "present", "age_days", "max_age_days", "due", "age_from"]
     emit(args, rows, table(rows, [*cols, "rotatable"]))
@@ -69,6 +75,8 @@ def cmd_keys(args: argparse.Namespace, s: Settings) -> int:
 
 
 def _record(args: argparse.Namespace, s: Settings, state: Any) -> int:
+    import redis
+
     from remediation.audit.store import AuditStore
     from remediation.security import api_keys as keys
 
@@ -90,6 +98,10 @@ def _record(args: argparse.Namespace, s: Settings, state: Any) -> int:
         reason=f"rotation done by hand, recorded by {who}",
     )
     now = time.time()
-    keys.record_rotation(state, key.name, now)
+    try:
+        keys.record_rotation(state, key.name, now)
+    except redis.RedisError as exc:
+        print(f"remediation: audited, but not recorded in the state Redis: {exc}", file=sys.stderr)
+        return 1
     emit(args, {"rotated": key.name, "at": now, "by": who}, f"{key.name}: rotation recorded")
     return 0
