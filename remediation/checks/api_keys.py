@@ -11,6 +11,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Annotated, Any
 
+import redis
 from pydantic import Field
 
 from remediation.context import CheckContext
@@ -109,8 +110,11 @@ def _age(key: ApiKey, recorded: dict[str, float], now: float) -> list[Finding]:
     ]
 
 
-def key_findings(key: ApiKey, cfg: ApiKeySettings, recorded: dict[str, float]) -> list[Finding]:
-    """One key: missing (nothing else then), else invalid / unverifiable, and rotation due."""
+def key_findings(
+    key: ApiKey, cfg: ApiKeySettings, recorded: dict[str, float] | None
+) -> list[Finding]:
+    """One key: missing (nothing else then), else invalid / unverifiable, and rotation due
+    (not judged when the rotations on record could not be read: ``recorded`` None)."""
     value, missing = keys.read_key(key, cfg.max_key_bytes)
     if value is None:
         return [
@@ -122,7 +126,8 @@ def key_findings(key: ApiKey, cfg: ApiKeySettings, recorded: dict[str, float]) -
                 ev={"reason": missing},
             )
         ]
-    return _validity(key, value, cfg) + _age(key, recorded, time.time())
+    ages = [] if recorded is None else _age(key, recorded, time.time())
+    return _validity(key, value, cfg) + ages
 
 
 @check("api_keys")
@@ -136,14 +141,20 @@ def api_keys(ctx: CheckContext, params: ApiKeysParams) -> list[Finding]:
     to be invalid. api_key_rotation_due: older than max_age_days, the age being the newer of
     the secret file's mtime and the rotation recorded in the state Redis (by rotate_api_key
     or `remediation keys rotated NAME`); api_key_age_unknown: a variable with no rotation on
-    record. Up to 8 keys are validated at once. The finding's target is the key's name; the
-    key itself is never reported."""
+    record (ages are not judged while the state Redis does not answer). Up to 8 keys are
+    validated at once. The finding's target is the key's name; the key itself is never
+    reported."""
     cfg = ctx.settings.api_keys
     wanted = None if params.keys is None else {n.lower() for n in params.keys}
     chosen = [k for k in cfg.keys if wanted is None or k.name.lower() in wanted]
     if not chosen:
         return []
-    recorded = keys.recorded_rotations(ctx.state)
+    recorded: dict[str, float] | None
+    try:
+        recorded = keys.recorded_rotations(ctx.state)
+    except redis.RedisError as exc:  # missing and refused keys matter more than their age
+        ctx.log.warning("rotations on record unavailable; ages not judged", error=str(exc))
+        recorded = None
     with ThreadPoolExecutor(min(MAX_CONCURRENT, len(chosen))) as pool:
         found = pool.map(lambda key: key_findings(key, cfg, recorded), chosen)
         return [f for per_key in found for f in per_key]

@@ -112,3 +112,20 @@ def test_rotation_due_from_the_file_age_and_a_recorded_rotation(
     state = redis.Redis.from_url(s.state_redis_url.get_secret_value())
     state.hset(API_KEY_ROTATIONS, mapping={"filed": time.time(), "env": time.time()})
     assert run(s) == []
+
+
+def test_missing_keys_are_still_reported_while_the_state_redis_is_down(
+    settings_env: Any, tmp_path: Path
+) -> None:
+    """With the state Redis on a closed port, a missing key is still api_key_missing and no
+    age is judged (no false api_key_age_unknown or rotation_due)."""
+    old = tmp_path / "old"
+    old.write_text(GOOD)
+    os.utime(old, (0, 0))
+    s = settings_env(
+        REMEDIATION_API_KEYS__KEYS=json.dumps(
+            [{"name": "gone", "file": str(tmp_path / "absent")}, {"name": "old", "file": str(old)}]
+        ),
+        REMEDIATION_STATE_REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    assert kinds(run(s)) == {"gone": "api_key_missing"}
