@@ -25,6 +25,7 @@ from typing import IO, Any, Literal
 
 import redis
 import requests
+import urllib3
 
 from remediation.guards.keys import API_KEY_ROTATIONS
 from remediation.redact import MASK, redact_text
@@ -149,7 +150,7 @@ def validate(key: ApiKey, value: str, timeout: float) -> Validation:
                 stream=True,
             )
             resp.close()
-    except (requests.RequestException, OSError, ValueError) as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         return Validation("unverifiable", None, scrub(f"{type(exc).__name__}: {exc}", value))
     if resp.status_code in key.expected_status:
         return Validation("valid", resp.status_code)
@@ -314,7 +315,7 @@ def _call(
             )
             with resp:
                 body = resp.raw.read(max_bytes + 1, decode_content=True)
-    except (requests.RequestException, OSError, ValueError) as exc:
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
         raise RotationError(step, scrub(f"{type(exc).__name__}: {exc}", old)) from None
     if not 200 <= resp.status_code < 300:
         raise RotationError(step, f"{method} {url} answered {resp.status_code}")
