@@ -83,8 +83,10 @@ def yaml_edit(text: str, dotted: str, value: str | None, file: str) -> tuple[str
         doc = y.load(text)
     except YAMLError as exc:
         raise LevelFileError(f"{file} is not YAML: {str(exc)[:200]}") from None
+    if doc is None:  # an empty file: nothing to hold a level (and "null" must not appear)
+        raise LevelFileError(f"{file} is empty: no {dotted} to set")
     path = dotted.split(".")
-    parent = _yaml_parent(doc if doc is not None else {}, path, file)
+    parent = _yaml_parent(doc, path, file)
     before = parent.get(path[-1])
     if value is None:
         parent.pop(path[-1], None)

@@ -96,3 +96,5 @@ def test_yaml_edit_keeps_comments_and_refuses_a_missing_parent() -> None:
     assert before == "INFO" and after == "# top\napp:\n  # the level\n  level: DEBUG\n"
     with pytest.raises(log_levels.LevelFileError, match="no mapping at"):
         log_levels.yaml_edit(text, "logging.root.level", "DEBUG", "f.yaml")
+    with pytest.raises(log_levels.LevelFileError, match="is empty"):
+        log_levels.yaml_edit("# nothing yet\n", "level", "DEBUG", "f.yaml")
