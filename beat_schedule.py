@@ -219,4 +219,20 @@ SCHEDULE = {
         "schedule": "45 6 * * *",
         "kwargs": {"target": "certificates"},
     },
+    # --- issue 13: monitoring ---
+    # Runbook 001 "Security Incident Response 3. Enable enhanced monitoring": a log level raised
+    # in an application's file is put back once its time is up (a Redis key expires by itself).
+    "log-level-expiry": {
+        "task": "remediation.check.log_level_expiry",
+        "schedule": 60,
+        "kwargs": {"target": "self"},
+    },
+    # --- issue 13: api_keys ---
+    # Runbooks 004 "API Key Validation Failure" (which keys are missing or refused) and 003
+    # "Monthly: review and rotate API keys" (rotation due past max_age_days): hourly.
+    "api-keys": {
+        "task": "remediation.check.api_keys",
+        "schedule": 3600,
+        "kwargs": {"target": "self"},
+    },
 }

@@ -29,6 +29,7 @@ from remediation.cli.commands import (
     queue_depths,
 )
 from remediation.cli.images import cmd_images
+from remediation.cli.keys import add_keys_parser, cmd_keys
 from remediation.cli.output import describe, emit, parse_since, shown, table
 from remediation.errors import AuditError, ConfigError, RemediationError
 from remediation.settings import Settings, get_settings
@@ -99,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     ub.add_argument("ip")
     ub.add_argument("--reason", default="by hand")
     certificates.add_parser(sub)
+    add_keys_parser(sub)
     return p
 
 
@@ -116,6 +118,7 @@ COMMANDS = {
     "images": cmd_images,
     "unblock": cmd_unblock,
     **certificates.COMMANDS,
+    "keys": cmd_keys,
 }
 
 

@@ -100,3 +100,10 @@ def throttle(integration: str) -> str:
 def paused_queue(queue: str) -> str:
     """Hash of a paused Celery queue (remediation.throttles)."""
     return f"{PREFIX}paused_queue:{queue}"
+
+
+API_KEY_ROTATIONS = PREFIX + "apikeys:rotated"
+"""Hash: API key name -> epoch of its last rotation (rotate_api_key, `remediation keys
+rotated`; remediation.security.api_keys)."""
+LOG_LEVEL = PREFIX + "loglevel:"
+"""Prefix of raise_log_level's records of raises in files (remediation.security.log_levels)."""
