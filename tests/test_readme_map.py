@@ -40,3 +40,9 @@ def test_every_acting_rule_is_in_the_map_with_its_files() -> None:
         emitted = (PACKAGE / check_file.group(1)).read_text()
         configured = "PROMETHEUS__RULES" in check and check_file.group(1) == "checks/prometheus.py"
         assert configured or f'"{rule.kind}"' in emitted, (rule.kind, check)
+
+
+def test_the_count_of_notify_rules_is_true() -> None:
+    """The sentence under the map counts the rules that only notify, as the playbook has them."""
+    notify = sum(rule.action == "notify" for rule in playbook.RULES)
+    assert f"the other {notify} rules notify" in (ROOT / "README.md").read_text()
