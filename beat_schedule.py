@@ -185,4 +185,12 @@ SCHEDULE = {
         "schedule": "0 5 1 * *",
         "kwargs": {"target": "self", "min_dead_ratio": 0.1, "min_dead_rows": 100},
     },
+    # --- issue 13: secrets ---
+    # Runbook 004 "Security Check Failures": grep -i "fa=" in the logs, every 5 minutes
+    # (incremental: only what was written since the last run is read).
+    "log-secrets": {
+        "task": "remediation.check.log_secrets",
+        "schedule": 300,
+        "kwargs": {"target": "self"},
+    },
 }
