@@ -90,7 +90,7 @@ def quarantine_log(ctx: ActionContext, params: QuarantineLogParams) -> ActionRes
         "sha256": done.sha256,
         "masked_lines": done.masked_lines,
         "lines": done.lines,
-        "patterns": done.patterns,
+        "patterns": sorted(done.patterns.items()),  # pairs: audit masks a "*_token" key
         "changed_meanwhile": done.changed_meanwhile,
     }
     if not done.copy:

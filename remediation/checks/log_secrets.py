@@ -46,7 +46,7 @@ def _leak(params: LogSecretsParams, scan: log_scan.FileScan, cut: bool) -> Findi
             "lines": lines[:MAX_LINES_LISTED],
             "leaking_lines": total,
             "new_lines": len(scan.new),
-            "patterns": counts,
+            "patterns": sorted(counts.items()),  # pairs: a dict key "url_password" is masked
             "scanned_from": scan.start,
             "scanned_to": scan.offset,
             "bytes_behind": scan.behind,

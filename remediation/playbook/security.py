@@ -31,8 +31,7 @@ SECRETS: list[Rule] = [
         "log_secret_leaked",
         "quarantine_log",
         _log_file,
-        "004 Security Check Failures, IBKR FA Scrubbing Failure: if found, rotate logs"
-        " immediately",
+        "004 Security Check Failures, IBKR FA Scrubbing Failure: if found, rotate logs immediately",
         min_severity=Severity.HIGH,
     ),
     Rule(

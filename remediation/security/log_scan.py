@@ -150,7 +150,7 @@ def _leaks(view: bytes, pset: PatternSet, base: int, line: int) -> list[Leak]:
 
 def _still(fd: int, pset: PatternSet, leaks: list[Leak]) -> list[Leak]:
     """The known leaks whose bytes still hold a secret."""
-    return [k for k in leaks if pset.combined.search(os.pread(fd, k.end - k.start, k.start))]
+    return [k for k in leaks if pset.secrets(os.pread(fd, k.end - k.start, k.start))]
 
 
 def scan_file(

@@ -63,7 +63,11 @@ def test_secret_is_named_by_file_line_and_pattern_never_by_value(
     found = leaks(run(settings(settings_env, tmp_path)))
     leak = found[str(log)]
     assert leak.evidence["lines"] == [2, 4]
-    assert set(leak.evidence["patterns"]) == {"ibkr_fa_field", "ibkr_account", "aws_access_key"}
+    assert {name for name, _ in leak.evidence["patterns"]} == {
+        "ibkr_fa_field",
+        "ibkr_account",
+        "aws_access_key",
+    }
     assert (leak.severity.value, leak.observed) == ("critical", 2)
     stored = json.dumps(leak.model_dump(mode="json"))
     assert FA not in stored and AWS not in stored
@@ -75,7 +79,7 @@ def test_second_run_reads_only_new_lines_and_leaks_stay_until_gone(
     """The second run starts where the first stopped (no line read twice) and still reports
     the leak, which is still in the file; masking it ends the finding (not vacuous)."""
     s = settings(settings_env, tmp_path)
-    log = write(tmp_path / "logs" / "app.log", NORMAL, f"x fa={FA}\n")
+    log = write(tmp_path / "logs" / "app.log", NORMAL, f"x fa={FA} db=redis://u:pw-{FA}@h\n")
     first = leaks(run(s))[str(log)]
     write(log, NORMAL)
     second = leaks(run(s))[str(log)]
@@ -178,7 +182,7 @@ def test_operator_patterns_are_used_and_must_be_linear(settings_env: Any, tmp_pa
         settings_env, tmp_path, patterns=json.dumps({"order_token": "otk=(?P<secret>[A-Z0-9]{12})"})
     )
     log = write(tmp_path / "logs" / "app.log", NORMAL, "ok otk=ABCDEF123456 sent\n")
-    assert leaks(run(s))[str(log)].evidence["patterns"] == {"order_token": 1}
+    assert leaks(run(s))[str(log)].evidence["patterns"] == [("order_token", 1)]
     with pytest.raises(ConfigError, match="REMEDIATION_SECRETS__PATTERNS"):
         settings(settings_env, tmp_path, patterns=json.dumps({"bad": r"(a+)\1"}))
     with pytest.raises(ConfigError, match="REMEDIATION_SECRETS"):
