@@ -7,7 +7,7 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import backups, dead_tuples, headers, pipeline, proxies, redaction, spool
+from bench import backups, dead_tuples, headers, log_secrets, pipeline, proxies, redaction, spool
 
 
 def main() -> int:
@@ -24,6 +24,7 @@ def main() -> int:
         "redaction": redaction.run(),
         "pipeline": pipeline.run(),
         "spool": spool.run(),
+        "log_secrets": log_secrets.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
