@@ -4,6 +4,7 @@ application's YAML changed atomically with its comments and a backup."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import stat
@@ -14,6 +15,7 @@ from typing import Any
 import pytest
 
 from remediation import restarts
+from remediation.actions.containers import ContainerParams, resolve_container, restart_container
 from remediation.actions.log_secrets import (
     EnableScrubbingParams,
     QuarantineLogParams,
@@ -27,6 +29,7 @@ from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.logging import get_logger
 from remediation.quarantine import NOTE_SUFFIX
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
 
 FA = "F7654321"
 GH = "ghp_" + "Zq8" * 12
@@ -198,3 +201,34 @@ def test_without_a_container_a_human_is_asked_to_restart(settings_env: Any, tmp_
     result = enable_log_scrubbing(ActionContext(s, get_logger()), EnableScrubbingParams())
     assert [f.action for f in result.follow_up] == ["notify"]
     assert "by hand" in result.follow_up[0].params["text"]
+
+
+def test_restart_container_honours_the_restart_asked_for(
+    settings_env: Any, tmp_path: Path, project: ComposeProject
+) -> None:
+    """A running container (refused on its own) is restarted once enable_log_scrubbing
+    asked for it; the request is then cleared and the next call is refused again."""
+    app = project.run(["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"])
+    config = tmp_path / "security.yaml"
+    config.write_text("ibkr_fa_scrubbing: false\n")
+    s = settings(
+        settings_env,
+        tmp_path,
+        app_config=str(config),
+        app_container=app.name,
+    )
+    s = settings_env(
+        REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
+        REMEDIATION_CONTAINERS__PROJECT=project.name,
+    )
+    ctx = ActionContext(s, get_logger())
+    with pytest.raises(Refused, match="is running"):
+        resolve_container(ctx, ContainerParams(container=app.name))
+    started = project.started_at(app)
+    enable_log_scrubbing(ctx, EnableScrubbingParams())
+    resolved = resolve_container(ctx, ContainerParams(container=app.name))
+    result = restart_container(dataclasses.replace(ctx, facts=resolved.facts), resolved.params)
+    assert result.ok and project.started_at(app) != started
+    assert project.status(app) == "running" and not restarts.requested(ctx.state, app.name)
+    with pytest.raises(Refused, match="is running"):
+        resolve_container(ctx, ContainerParams(container=app.name))
