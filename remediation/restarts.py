@@ -40,8 +40,9 @@ def given_up(state: Any, names: list[str]) -> dict[str, float]:
 def request(state: Any, name: str, at: float) -> None:
     """Ask restart_container to restart the container although it runs (a changed config)."""
     key = state_key(name)
+    ttl = state.ttl(key)  # -2: no state yet; -1: kept for good (given up): left so
     state.hset(key, REQUESTED_FIELD, at)
-    if state.ttl(key) < REQUEST_SECONDS:
+    if ttl == -2 or 0 <= ttl < REQUEST_SECONDS:
         state.expire(key, REQUEST_SECONDS)
 
 

@@ -126,15 +126,32 @@ def _scrubbing(
     return found
 
 
-def scan_all(ctx: CheckContext, cfg: LogSecretsSettings) -> list[log_scan.FileScan]:
-    """One run over the configured files: each gets an equal share of the byte budget."""
+def _skipped(params: LogSecretsParams, paths: list[str]) -> Finding:
+    return Finding(
+        check="log_secrets",
+        target=params.target,
+        kind="log_scan_skipped",
+        severity=Severity.WARNING,
+        observed=len(paths),
+        evidence={"paths": paths[:MAX_LINES_LISTED]},
+        summary=f"{len(paths)} path(s) matched by REMEDIATION_SECRETS__FILES not scanned"
+        " (a symlink, reached through one, not a regular file, or in the quarantine folder)",
+    )
+
+
+def scan_all(
+    ctx: CheckContext, cfg: LogSecretsSettings
+) -> tuple[list[log_scan.FileScan], list[str]]:
+    """One run over the configured files (each gets an equal share of the byte budget), and
+    the paths the globs matched that are not scanned."""
     pset = pattern_set(cfg.patterns, cfg.disabled_patterns)
-    files, _ = log_scan.matched_files(cfg.files, cfg.max_files, cfg.quarantine_dir)
+    files, skipped = log_scan.matched_files(cfg.files, cfg.max_files, cfg.quarantine_dir)
     share = max(cfg.max_bytes_per_run // max(len(files), 1), cfg.max_line_bytes)
     ttl = int(cfg.state_ttl_days * 86400)
-    return [
+    scans = [
         log_scan.scan_file(ctx.state, pset, path, share, cfg.max_line_bytes, ttl) for path in files
     ]
+    return scans, skipped
 
 
 @check("log_secrets")
@@ -150,9 +167,10 @@ def log_secrets(ctx: CheckContext, params: LogSecretsParams) -> list[Finding]:
     until they are gone from it; quarantine_log copies it aside and masks them. While a
     leak was seen in the last 7 days and APP_CONFIG's SCRUB_KEY is not true:
     log_scrubbing_off (enable_log_scrubbing); then log_scrubbing_restart_due until
-    APP_CONTAINER restarted. A cut-short scan is log_scan_incomplete (info)."""
+    APP_CONTAINER restarted. A cut-short scan is log_scan_incomplete (info); paths not
+    scanned (symlinks: never followed) are log_scan_skipped."""
     cfg = ctx.settings.secrets
-    scans = scan_all(ctx, cfg)
+    scans, skipped = scan_all(ctx, cfg)
     cut = any(s.behind for s in scans)
     findings: list[Finding] = []
     for scan in scans:
@@ -162,4 +180,6 @@ def log_secrets(ctx: CheckContext, params: LogSecretsParams) -> list[Finding]:
             findings.append(_leak(params, scan, cut))
     if cut:
         findings.append(_behind(params, scans))
+    if skipped:
+        findings.append(_skipped(params, skipped))
     return findings + _scrubbing(ctx, params, cfg)

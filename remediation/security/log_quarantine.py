@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,8 +61,9 @@ def quarantine_and_mask(
         if st.st_size > max_bytes:
             raise TooBig(f"{path} is {st.st_size} bytes, over the bound of {max_bytes}")
         done = Masked(path, size=st.st_size)
-        _, _, leaks = scan_lines(fd, pset, 0, 0, st.st_size, max_line)
-        if not leaks:
+        first: list[int] = []
+        count = _pieces(fd, pset, st.st_size, max_line, lambda k: first.append(k.line))
+        if not count:
             return done
         folder = Path(into_dir)
         into = quarantine.folder(folder.parent, folder.name)
@@ -70,12 +72,12 @@ def quarantine_and_mask(
             "inode": st.st_ino,
             "bytes": st.st_size,
             "sha256": done.sha256,
-            "lines": [k.line for k in leaks[:MAX_LINES_LISTED]],
-            "leaking_lines": len(leaks),
+            "lines": first[:MAX_LINES_LISTED],
+            "leaking_lines": count,
         }
         moved = quarantine.move_aside([staged], into, reason, source=path, **note)
-        done.copy = str(moved[0])
-        _mask(fd, pset, leaks, done)
+        done.copy = str(moved[0])  # the original is safe: only now is anything changed
+        _pieces(fd, pset, st.st_size, max_line, lambda k: _mask(fd, pset, k, done))
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -105,20 +107,37 @@ def _copy(fd: int, st: os.stat_result, staging: Path, done: Masked) -> Path:
     return target
 
 
-def _mask(fd: int, pset: PatternSet, leaks: list[Leak], done: Masked) -> None:
-    """Overwrite each secret with '*' of its length; a line no longer as it was is left."""
-    for leak in leaks:
-        line = os.pread(fd, leak.end - leak.start, leak.start)
-        spans = pset.secrets(line)
-        if not spans or len(line) != leak.end - leak.start:
-            done.changed_meanwhile += 1
-            continue
-        os.pwrite(fd, mask(line, spans), leak.start)
-        done.masked_lines += 1
-        if len(done.lines) < MAX_LINES_LISTED:
-            done.lines.append(leak.line)
-        for name, _, _ in spans:
-            done.patterns[name] = done.patterns.get(name, 0) + 1
+def _pieces(
+    fd: int, pset: PatternSet, size: int, max_line: int, each: Callable[[Leak], object]
+) -> int:
+    """Every leaking line of the first size bytes, handed to ``each`` a piece at a time
+    (memory stays bounded however many lines leak); how many there were."""
+    pos, line, count, piece = 0, 0, 0, max(CHUNK, max_line)
+    while pos < size:
+        end, line, leaks = scan_lines(fd, pset, pos, line, min(piece, size - pos), max_line)
+        for leak in leaks:
+            each(leak)
+        count += len(leaks)
+        if end == pos:
+            break  # an incomplete last line: the next scan reports it once complete
+        pos = end
+    return count
+
+
+def _mask(fd: int, pset: PatternSet, leak: Leak, done: Masked) -> None:
+    """Overwrite each secret of the line with '*' of its length; a line no longer as it
+    was is left (the next scan reads it again)."""
+    line = os.pread(fd, leak.end - leak.start, leak.start)
+    spans = pset.secrets(line)
+    if not spans or len(line) != leak.end - leak.start:
+        done.changed_meanwhile += 1
+        return
+    os.pwrite(fd, mask(line, spans), leak.start)
+    done.masked_lines += 1
+    if len(done.lines) < MAX_LINES_LISTED:
+        done.lines.append(leak.line)
+    for name, _, _ in spans:
+        done.patterns[name] = done.patterns.get(name, 0) + 1
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -19,6 +19,7 @@ incremental offset alone would call any run after the first "clean").
 from __future__ import annotations
 
 import glob
+import itertools
 import json
 import os
 import stat
@@ -37,6 +38,8 @@ LEAK_SEEN_SECONDS = 7 * 86400
 MAX_KEPT = 50
 """Leaking lines remembered (and re-read every run) per file."""
 CHUNK = 4 << 20
+EXAMINED_PER_FILE = 10
+"""A glob yields at most MAX_FILES times this many names (a folder of a million files)."""
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -91,7 +94,8 @@ def matched_files(
     skipped: list[str] = []
     real_skip = os.path.realpath(skip_under) if skip_under else ""
     for pattern in patterns:
-        for path in sorted(glob.glob(pattern)) if glob.has_magic(pattern) else [pattern]:
+        names = glob.iglob(pattern) if glob.has_magic(pattern) else iter([pattern])
+        for path in itertools.islice(names, limit * EXAMINED_PER_FILE):
             path = os.path.normpath(path)
             try:
                 st = os.lstat(path)

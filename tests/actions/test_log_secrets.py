@@ -232,3 +232,17 @@ def test_restart_container_honours_the_restart_asked_for(
     assert project.status(app) == "running" and not restarts.requested(ctx.state, app.name)
     with pytest.raises(Refused, match="is running"):
         resolve_container(ctx, ContainerParams(container=app.name))
+
+
+def test_a_restart_request_never_revives_a_container_given_up_on(
+    settings_env: Any, tmp_path: Path
+) -> None:
+    """A container restart_container gave up on (its state kept for good) stays kept for
+    good when a restart is asked for; a fresh request expires within a day."""
+    ctx = CheckContext(settings(settings_env, tmp_path), get_logger())
+    given_up = restarts.state_key("gone-app")
+    ctx.state.hset(given_up, restarts.GIVEN_UP_FIELD, 1.0)
+    restarts.request(ctx.state, "gone-app", 2.0)
+    assert ctx.state.ttl(given_up) == -1
+    restarts.request(ctx.state, "fresh-app", 2.0)
+    assert 0 < ctx.state.ttl(restarts.state_key("fresh-app")) <= restarts.REQUEST_SECONDS

@@ -15,7 +15,7 @@ from remediation.context import CheckContext
 from remediation.errors import ConfigError
 from remediation.findings import Finding
 from remediation.logging import get_logger
-from remediation.security import log_scan
+from remediation.security import log_quarantine, log_scan
 from remediation.security.log_patterns import pattern_set
 from remediation.security.log_quarantine import quarantine_and_mask
 
@@ -172,7 +172,13 @@ def test_symlinks_are_never_followed(settings_env: Any, tmp_path: Path) -> None:
     s = settings(
         settings_env, tmp_path, str(tmp_path / "logs" / "*.log"), str(tmp_path / "linked" / "*")
     )
-    assert leaks(run(s)) == {}
+    found = run(s)
+    assert leaks(found) == {}
+    (skipped,) = [f for f in found if f.kind == "log_scan_skipped"]
+    assert sorted(skipped.evidence["paths"]) == [
+        str(tmp_path / "linked" / "secret.log"),
+        str(tmp_path / "logs" / "link.log"),
+    ]
 
 
 def test_operator_patterns_are_used_and_must_be_linear(settings_env: Any, tmp_path: Path) -> None:
@@ -199,3 +205,23 @@ def test_scrubbing_flag_required_after_a_leak(settings_env: Any, tmp_path: Path)
     assert "log_scrubbing_off" in kinds
     config.write_text("ibkr_fa_scrubbing: true\n")
     assert "log_scrubbing_off" not in [f.kind for f in run(s)]
+
+
+def test_many_leaking_lines_are_counted_listed_briefly_and_all_masked(
+    settings_env: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """120 leaking lines: all counted, 20 listed, 50 remembered; masking the file (in
+    pieces smaller than it) clears them all, and the next run reports nothing."""
+    s = settings(settings_env, tmp_path)
+    log = write(
+        tmp_path / "logs" / "app.log", *[f"{NORMAL.strip()} fa=F{i:07d}\n" for i in range(120)]
+    )
+    leak = leaks(run(s))[str(log)]
+    assert (leak.observed, len(leak.evidence["lines"])) == (120, 20)
+    key = log_scan.state_key(log.stat().st_dev, log.stat().st_ino)
+    assert len(json.loads(s_state(s).hget(key, "leaks"))) == log_scan.MAX_KEPT
+    monkeypatch.setattr(log_quarantine, "CHUNK", 1024)  # 11 KB file, masked 1 KB at a time
+    monkeypatch.setattr(log_scan, "CHUNK", 1024)
+    done = quarantine_and_mask(str(log), pattern_set({}), str(tmp_path / "q"), 1 << 20, 256, "t")
+    assert done.masked_lines == 120 and "F0000119" not in log.read_text()
+    assert leaks(run(s)) == {}
