@@ -9,6 +9,8 @@ playbook hands to restart_container (or, with no container configured, to a huma
 from __future__ import annotations
 
 import os
+import shlex
+import subprocess
 import time
 from datetime import timedelta
 from typing import Any
@@ -21,6 +23,7 @@ from remediation.errors import Refused
 from remediation.findings import ActionResult, FollowUp
 from remediation.params import ActionParams
 from remediation.quarantine import QuarantineError
+from remediation.redact import bounded_text, redact_text
 from remediation.registry import action
 from remediation.resolve import canonical, self_target
 from remediation.security import app_config, log_scan
@@ -69,7 +72,9 @@ def quarantine_log(ctx: ActionContext, params: QuarantineLogParams) -> ActionRes
     overwritten with '*' of the same length: the application keeps writing to the same
     file, no line it appends meanwhile is lost, and the log stays readable. Only a file
     REMEDIATION_SECRETS__FILES matches (never through a symlink); a file over
-    QUARANTINE_MAX_BYTES is refused. Verification re-reads the lines that leaked."""
+    QUARANTINE_MAX_BYTES is refused. With ROTATE_COMMAND (e.g. logrotate -f CONFIG: no
+    shell, ROTATE_TIMEOUT_SECONDS) the masked log is rotated too; a failed rotation fails
+    the action (the secrets stay masked). Verification re-reads the lines that leaked."""
     cfg = ctx.settings.secrets
     path: str = resolve_log(ctx, params).params.file  # again: it may have changed since
     pset = pattern_set(cfg.patterns, cfg.disabled_patterns)
@@ -95,11 +100,37 @@ def quarantine_log(ctx: ActionContext, params: QuarantineLogParams) -> ActionRes
     }
     if not done.copy:
         return ActionResult(changed=False, summary=f"{path} holds no secret", detail=detail)
-    return ActionResult(
-        summary=f"{path}: original kept in {done.copy}; {done.masked_lines} line(s) masked"
-        f" ({', '.join(sorted(done.patterns))})",
-        detail=detail,
+    summary = (
+        f"{path}: original kept in {done.copy}; {done.masked_lines} line(s) masked"
+        f" ({', '.join(sorted(done.patterns))})"
     )
+    argv = shlex.split(cfg.rotate_command)
+    rotated = _rotate(argv, cfg.rotate_timeout_seconds) if argv else ""
+    detail["rotate"] = rotated or None
+    if rotated and rotated != "ok":
+        return ActionResult(
+            ok=False, summary=f"{summary}; rotation failed: {rotated}", detail=detail
+        )
+    return ActionResult(summary=summary + ("; rotated" if rotated else ""), detail=detail)
+
+
+def _rotate(argv: list[str], timeout: float) -> str:
+    """Run the configured rotation (runbook 004: logrotate -f /etc/logrotate.d/autotrader):
+    an argv, no shell, bounded in time, with only PATH and LANG in its environment (never
+    the worker's secrets). "ok" or what went wrong (redacted, bounded)."""
+    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
+    try:
+        done = subprocess.run(  # an argv from configuration: no shell
+            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return f"{argv[0]} did not finish within {timeout:g}s"
+    except OSError as exc:
+        return f"{argv[0]}: {exc.strerror or exc}"
+    if done.returncode == 0:
+        return "ok"
+    err = redact_text(done.stderr[-2000:].decode("utf-8", "replace").strip())
+    return bounded_text(f"{argv[0]} exited {done.returncode}: {err}", 500)
 
 
 def resolve_config(ctx: CheckContext, params: EnableScrubbingParams) -> Resolved:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 from typing import Annotated
 
 import re2
@@ -52,6 +53,13 @@ class LogSecretsSettings(Section):
     quarantine_max_bytes: int = Field(
         256 << 20, ge=1, description="quarantine_log refuses a bigger file"
     )
+    rotate_command: str = Field(
+        "",
+        max_length=4096,
+        description="run after quarantine_log masked a file (shlex-split, no shell), e.g."
+        " logrotate -f /etc/logrotate.d/autotrader; empty: none",
+    )
+    rotate_timeout_seconds: float = Field(60, gt=0, le=3600)
     app_config: _PATH | None = Field(None, description="the application's YAML (security.yaml)")
     scrub_key: str = Field(
         "ibkr_fa_scrubbing",
@@ -86,6 +94,15 @@ class LogSecretsSettings(Section):
                 raise ValueError(f"pattern {name!r} is not RE2 (linear-time): {exc}") from None
             if compiled.search(b"") is not None:
                 raise ValueError(f"pattern {name!r} matches the empty string")
+        return value
+
+    @field_validator("rotate_command")
+    @classmethod
+    def _argv(cls, value: str) -> str:
+        try:
+            shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot be split into arguments: {exc}") from None
         return value
 
     @field_validator("app_config")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import stat
 import threading
 from pathlib import Path
@@ -30,6 +31,7 @@ from remediation.findings import ActionResult
 from remediation.logging import get_logger
 from remediation.quarantine import NOTE_SUFFIX
 from tests.support.docker_compose import DOCKER_URL, ComposeProject
+from tests.support.env import missing
 
 FA = "F7654321"
 GH = "ghp_" + "Zq8" * 12
@@ -246,3 +248,41 @@ def test_a_restart_request_never_revives_a_container_given_up_on(
     assert ctx.state.ttl(given_up) == -1
     restarts.request(ctx.state, "fresh-app", 2.0)
     assert 0 < ctx.state.ttl(restarts.state_key("fresh-app")) <= restarts.REQUEST_SECONDS
+
+
+def _logrotate() -> str:
+    found = shutil.which("logrotate") or (
+        "/usr/sbin/logrotate" if Path("/usr/sbin/logrotate").exists() else None
+    )
+    if found is None:
+        missing("logrotate")
+    assert found is not None
+    return found
+
+
+def test_masked_log_rotated_by_a_real_logrotate(settings_env: Any, tmp_path: Path) -> None:
+    """With ROTATE_COMMAND = logrotate -f: the masked file becomes app.log.1 (no secret in
+    it), a new empty app.log takes its place, and the original is in quarantine."""
+    log = plant(tmp_path)
+    conf, state = tmp_path / "logrotate.conf", tmp_path / "logrotate.state"
+    conf.write_text(f"{log} {{\n  rotate 3\n  missingok\n  create 0640\n}}\n")
+    s = settings(settings_env, tmp_path, rotate_command=f"{_logrotate()} -f -s {state} {conf}")
+    result = quarantine(s, log)
+    assert (result.ok, result.detail["rotate"]) == (True, "ok"), result.summary
+    rotated = tmp_path / "logs" / "app.log.1"
+    assert FA not in rotated.read_text() and "fa=********" in rotated.read_text()
+    assert log.exists() and log.read_text() == ""
+    assert FA in Path(result.detail["quarantined_copy"]).read_text()
+
+
+def test_a_failing_or_hanging_rotation_fails_the_action_secrets_stay_masked(
+    settings_env: Any, tmp_path: Path
+) -> None:
+    """A rotation command that exits 1, or outlives ROTATE_TIMEOUT_SECONDS, fails the action
+    (a human is told); the masking it followed stands."""
+    for command, why in (("false", "exited 1"), ("sleep 30", "did not finish within 0.5s")):
+        log = plant(tmp_path)
+        s = settings(settings_env, tmp_path, rotate_command=command, rotate_timeout_seconds="0.5")
+        result = quarantine(s, log)
+        assert not result.ok and why in result.summary
+        assert FA not in log.read_text()
