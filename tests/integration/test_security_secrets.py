@@ -40,8 +40,9 @@ CONFIG = "# autotrader security\nibkr_fa_scrubbing: false  # the runbook turns t
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("secrets_e2e")
+def home(tmp_path_factory: pytest.TempPathFactory, broker: Broker) -> Path:
+    """A folder of this broker's run: logs, quarantine and the application's YAML."""
+    return tmp_path_factory.mktemp(f"secrets_e2e_{broker.kind}")
 
 
 @pytest.fixture(scope="module")
