@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")
     sub.add_parser("resume", help="end a maintenance pause")
+    from remediation.cli import secrets  # issue 13: `remediation secrets` (runbook 004)
+
+    secrets.register(sub, COMMANDS)
     return p
 
 

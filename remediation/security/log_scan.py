@@ -234,3 +234,32 @@ def forget(state: redis.Redis, path: str) -> None:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def status(state: redis.Redis, paths: list[str]) -> list[dict[str, Any]]:
+    """Where the scan stands in each file (read-only): size, offset reached, bytes behind,
+    leaking lines remembered. Never a line of the file."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except OSError as exc:
+            rows.append({"file": path, "error": exc.strerror or str(exc)})
+            continue
+        saved = {
+            _text(k): _text(v) for k, v in state.hgetall(state_key(st.st_dev, st.st_ino)).items()
+        }
+        offset = int(saved.get("offset", 0))
+        leaks = json.loads(saved.get("leaks", "[]"))
+        rows.append(
+            {
+                "file": path,
+                "inode": st.st_ino,
+                "size": st.st_size,
+                "offset": offset if saved else None,
+                "behind": max(st.st_size - offset, 0),
+                "leaking_lines": len(leaks) + int(saved.get("overflow", 0)),
+                "lines": [int(k[0]) for k in leaks[:10]],
+            }
+        )
+    return rows

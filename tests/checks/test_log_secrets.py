@@ -225,3 +225,29 @@ def test_many_leaking_lines_are_counted_listed_briefly_and_all_masked(
     done = quarantine_and_mask(str(log), pattern_set({}), str(tmp_path / "q"), 1 << 20, 256, "t")
     assert done.masked_lines == 120 and "F0000119" not in log.read_text()
     assert leaks(run(s)) == {}
+
+
+def test_cli_shows_offsets_leaking_lines_and_quarantine_never_a_line(
+    settings_env: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`remediation secrets --json`: the file with its offset and leaking line numbers, the
+    quarantined original with its source; no secret in the output."""
+    from remediation.cli import main
+
+    s = settings(settings_env, tmp_path)
+    log = write(tmp_path / "logs" / "app.log", NORMAL, f"fa={FA}\n")
+    run(s)
+    quarantine_and_mask(str(log), pattern_set({}), str(tmp_path / "quarantine"), 1 << 20, 4096, "t")
+    assert main(["secrets", "--json"]) == 0
+    out = capsys.readouterr().out
+    data = json.loads(out)
+    (row,) = data["files"]
+    assert (row["file"], row["offset"], row["behind"], row["lines"]) == (
+        str(log),
+        log.stat().st_size,
+        0,
+        [2],
+    )
+    assert [q["from"] for q in data["quarantined"]] == [str(log)]
+    assert FA not in out
+    assert main(["secrets"]) == 0 and FA not in capsys.readouterr().out
