@@ -134,8 +134,8 @@ def _skipped(params: LogSecretsParams, paths: list[str]) -> Finding:
         severity=Severity.WARNING,
         observed=len(paths),
         evidence={"paths": paths[:MAX_LINES_LISTED]},
-        summary=f"{len(paths)} path(s) matched by REMEDIATION_SECRETS__FILES not scanned"
-        " (a symlink, reached through one, not a regular file, or in the quarantine folder)",
+        summary=f"{len(paths)} path(s) matched by REMEDIATION_SECRETS__FILES not scanned:"
+        " symlinks (or reached through one) are never followed",
     )
 
 

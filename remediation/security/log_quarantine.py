@@ -58,6 +58,9 @@ def quarantine_and_mask(
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise quarantine.QuarantineError(f"{path} is not a regular file")
+        named = os.stat(path, follow_symlinks=False)
+        if (named.st_dev, named.st_ino) != (st.st_dev, st.st_ino) or os.path.realpath(path) != path:
+            raise quarantine.QuarantineError(f"{path} changed or became a link: not touched")
         if st.st_size > max_bytes:
             raise TooBig(f"{path} is {st.st_size} bytes, over the bound of {max_bytes}")
         done = Masked(path, size=st.st_size)

@@ -88,8 +88,9 @@ def state_key(dev: int, ino: int) -> str:
 def matched_files(
     patterns: list[str], limit: int, skip_under: str = ""
 ) -> tuple[list[str], list[str]]:
-    """(regular files the globs match, sorted, at most ``limit``; paths skipped: symlinks,
-    paths through a symlinked folder, anything not a regular file, the quarantine folder)."""
+    """(regular files the globs match, sorted, at most ``limit``; the symlinks and paths
+    through a symlinked folder they match, which are never followed). Folders and the
+    quarantine folder's content are left out without a word."""
     found: set[str] = set()
     skipped: list[str] = []
     real_skip = os.path.realpath(skip_under) if skip_under else ""
@@ -101,9 +102,10 @@ def matched_files(
                 st = os.lstat(path)
             except OSError:
                 continue
-            linked = os.path.realpath(path) != path
             inside = bool(real_skip) and os.path.commonpath([path, real_skip]) == real_skip
-            if not stat.S_ISREG(st.st_mode) or linked or inside:
+            if stat.S_ISDIR(st.st_mode) or inside:
+                continue
+            if not stat.S_ISREG(st.st_mode) or os.path.realpath(path) != path:
                 skipped.append(path)
                 continue
             found.add(path)

@@ -105,7 +105,7 @@ class LogSecretsSettings(Section):
             raise ValueError(f"cannot be split into arguments: {exc}") from None
         return value
 
-    @field_validator("app_config")
+    @field_validator("app_config", "quarantine_dir")
     @classmethod
     def _config_absolute(cls, value: str | None) -> str | None:
         if value is not None and not os.path.isabs(value):
