@@ -142,8 +142,9 @@ def _skipped(params: LogSecretsParams, paths: list[str]) -> Finding:
 def scan_all(
     ctx: CheckContext, cfg: LogSecretsSettings
 ) -> tuple[list[log_scan.FileScan], list[str]]:
-    """One run over the configured files (each gets an equal share of the byte budget), and
-    the paths the globs matched that are not scanned."""
+    """One run over the configured files, and the paths the globs matched that are not
+    scanned. Each file gets an equal share of the byte budget; what the files that were
+    caught up left over goes to those still behind, in order."""
     pset = pattern_set(cfg.patterns, cfg.disabled_patterns)
     files, skipped = log_scan.matched_files(cfg.files, cfg.max_files, cfg.quarantine_dir)
     share = max(cfg.max_bytes_per_run // max(len(files), 1), cfg.max_line_bytes)
@@ -151,6 +152,17 @@ def scan_all(
     scans = [
         log_scan.scan_file(ctx.state, pset, path, share, cfg.max_line_bytes, ttl) for path in files
     ]
+    left = cfg.max_bytes_per_run - sum(s.offset - s.start for s in scans)
+    for i, first in enumerate(scans):
+        if left < cfg.max_line_bytes:
+            break
+        if first.behind and not first.error:
+            more = log_scan.scan_file(ctx.state, pset, first.path, left, cfg.max_line_bytes, ttl)
+            if more.ident == first.ident:  # still the same file: one result for the run
+                left -= more.offset - more.start
+                more.new = first.new + more.new
+                more.start, more.restarted = first.start, first.restarted
+                scans[i] = more
     return scans, skipped
 
 

@@ -251,3 +251,18 @@ def test_cli_shows_offsets_leaking_lines_and_quarantine_never_a_line(
     assert [q["from"] for q in data["quarantined"]] == [str(log)]
     assert FA not in out
     assert main(["secrets"]) == 0 and FA not in capsys.readouterr().out
+
+
+def test_budget_left_by_a_caught_up_file_goes_to_one_behind(
+    settings_env: Any, tmp_path: Path
+) -> None:
+    """Two files, 16 KiB per run: the small one takes 1 KiB of its 8 KiB share, and the big
+    one reads on into what it left (more than its share), finding the secret past it."""
+    s = settings(settings_env, tmp_path, max_bytes_per_run="16384", max_line_bytes="1024")
+    write(tmp_path / "logs" / "a.log", *[NORMAL] * 10)
+    big = write(tmp_path / "logs" / "b.log", *[NORMAL] * 130, f"fa={FA}\n", *[NORMAL] * 100)
+    found = run(s)
+    leak = leaks(found)[str(big)]
+    assert leak.evidence["lines"] == [131]
+    assert 8192 < leak.evidence["scanned_to"] <= 16384 and leak.evidence["scanned_from"] == 0
+    assert leak.evidence["new_lines"] == 1
