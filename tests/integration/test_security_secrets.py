@@ -5,7 +5,8 @@ place by quarantine_log (verified: the check re-reads the leaking lines and they
 the application's scrubbing flag is turned on by enable_log_scrubbing (comments kept,
 backup kept) and, with no container configured, a human is asked to restart it. After
 rotation nothing is reported again. No audit row, worker log line or notification holds
-the secret.
+the secret. With APP_CONTAINER set (a real Docker engine), the next sweep hands the restart
+to restart_container, which restarts the running container and is verified.
 """
 
 from __future__ import annotations
@@ -21,12 +22,14 @@ from celery import Celery
 
 from tests.support.audit import Audit
 from tests.support.base import wait_for
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
 from tests.support.env import process_env
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
 from tests.support.rabbitmq import Broker
 
 STATE_DB, BROKER_SLOT = 14, 15  # apart from the other integration workers' databases / vhost
+RESTART_STATE_DB, RESTART_BROKER_SLOT = 12, 13  # the worker that may restart a container
 SECRETS = (
     "F7654321",
     "U2345678",
@@ -153,3 +156,63 @@ def test_a_planted_secret_is_found_once_quarantined_masked_and_never_shown(
     shown = audit.everything_as_text() + secrets_worker.log() + json.dumps(webhook.bodies)
     assert [s for s in SECRETS if s in shown] == []
     client.close()
+
+
+def test_scrubbing_turned_on_then_the_running_app_container_restarted_by_the_playbook(
+    broker: Broker, audit_db: str, webhook: WebhookReceiver, tmp_path: Path, project: ComposeProject
+) -> None:
+    """With APP_CONTAINER set: a leak turns scrubbing on, the next sweep finds the restart
+    due and restart_container restarts the running container (verified 'recovered': the
+    request is done); the container runs again, started anew."""
+    app = project.run(["sh", "-c", "trap 'exit 0' TERM; while true; do sleep 0.1; done"])
+    before = project.started_at(app)
+    broker.redis.empty(RESTART_STATE_DB)
+    if broker.kind == "redis":
+        broker.redis.empty(RESTART_BROKER_SLOT)
+    (tmp_path / "security.yaml").write_text(CONFIG)
+    log = tmp_path / "logs" / "app.log"
+    log.parent.mkdir()
+    log.write_text(NORMAL + f"INFO ibkr allocation fa={SECRETS[0]}\n")
+    env = process_env(
+        broker.redis,
+        audit_db,
+        REMEDIATION_STATE_REDIS_URL=broker.redis.url(RESTART_STATE_DB),
+        REMEDIATION_BROKER_URL=broker.url(RESTART_BROKER_SLOT),
+        REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
+        REMEDIATION_VERIFY__ATTEMPTS="5",
+        REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
+        REMEDIATION_CONTAINERS__PROJECT=project.name,
+        REMEDIATION_SECRETS__FILES=json.dumps([str(log)]),
+        REMEDIATION_SECRETS__QUARANTINE_DIR=str(tmp_path / "quarantine"),
+        REMEDIATION_SECRETS__APP_CONFIG=str(tmp_path / "security.yaml"),
+        REMEDIATION_SECRETS__APP_CONTAINER=app.name,
+    )
+    worker = WorkerProcess(env, "secrets-restart").start()
+    client = Celery(broker=env["REMEDIATION_BROKER_URL"], backend=env["REMEDIATION_RESULT_BACKEND"])
+    audit = Audit(audit_db)
+    try:
+        sweep(client)
+        audit.wait_rows(
+            "SELECT 1 FROM action_runs WHERE action = 'enable_log_scrubbing'"
+            " AND result->'detail'->>'file' = %s AND verification = 'recovered'",
+            str(tmp_path / "security.yaml"),
+        )
+        sweep(client)
+        (run,) = audit.wait_rows(
+            "SELECT a.outcome, a.verification, f.kind, d.decision FROM action_runs a"
+            " JOIN findings f ON f.id = a.finding_id JOIN guard_decisions d ON d.id = a.decision_id"
+            " WHERE a.action = 'restart_container' AND a.resource = %s AND a.verification IS NOT NULL"
+            " AND a.verification <> 'skipped'",
+            f"docker/{app.name}",
+        )
+        assert run == {
+            "outcome": "succeeded",
+            "verification": "recovered",
+            "kind": "log_scrubbing_restart_due",
+            "decision": "admitted",
+        }
+        assert project.status(app) == "running" and project.started_at(app) != before
+        assert SECRETS[0] not in audit.everything_as_text() + worker.log()
+    finally:
+        client.close()
+        worker.stop()
