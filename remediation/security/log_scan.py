@@ -38,6 +38,8 @@ LEAK_SEEN_SECONDS = 7 * 86400
 MAX_KEPT = 50
 """Leaking lines remembered (and re-read every run) per file."""
 CHUNK = 4 << 20
+LONG_LINE_LEAD = 256
+"""Bytes before a secret kept in the window of a line longer than MAX_LINE_BYTES."""
 EXAMINED_PER_FILE = 10
 """A glob yields at most MAX_FILES times this many names (a folder of a million files)."""
 _OPEN = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -128,23 +130,28 @@ def scan_lines(
                 break  # an incomplete line (or a budget too small for it): next run
             cut = len(block)
         view = block[:cut] if cut < len(block) else block
-        leaks += _leaks(view, pset, pos, line)
+        leaks += _leaks(view, pset, pos, line, max_line)
         line += view.count(b"\n")
         pos += cut
     return pos, line, leaks
 
 
-def _leaks(view: bytes, pset: PatternSet, base: int, line: int) -> list[Leak]:
+def _leaks(view: bytes, pset: PatternSet, base: int, line: int, max_line: int) -> list[Leak]:
     """The leaking lines of a block of complete lines: one pass of the alternation finds
-    them, the patterns are run one by one on those lines only."""
+    them, the patterns are run one by one on those lines only. Of a line longer than
+    max_line, a window of at most max_line bytes around each secret is what is kept (and
+    re-read every run), so a run re-reads at most MAX_KEPT * max_line bytes."""
     found, line_end, counted, count = [], -1, 0, 0
     for m in pset.combined.finditer(view):
         s = m.start()
         if s < line_end:
-            continue  # a second secret on a line already taken
+            continue  # a second secret in a line (or window) already taken
         ls = view.rfind(b"\n", 0, s) + 1
         le = view.find(b"\n", s)
         le = len(view) if le < 0 else le
+        if le - ls > max_line:
+            ls = max(ls, s - LONG_LINE_LEAD)
+            le = min(le, ls + max_line)
         count += view.count(b"\n", counted, ls)
         counted = ls
         names = pset.names(view[ls:le])

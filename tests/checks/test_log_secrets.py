@@ -266,3 +266,21 @@ def test_budget_left_by_a_caught_up_file_goes_to_one_behind(
     assert leak.evidence["lines"] == [131]
     assert 8192 < leak.evidence["scanned_to"] <= 16384 and leak.evidence["scanned_from"] == 0
     assert leak.evidence["new_lines"] == 1
+
+
+def test_secrets_in_an_overlong_line_are_each_kept_in_a_bounded_window(
+    settings_env: Any, tmp_path: Path
+) -> None:
+    """A 40 KB line (MAX_LINE_BYTES 4 KB) with secrets near its start and end: both are
+    found on line 2, each remembered as a window of at most 4 KB, and masking clears both."""
+    s = settings(settings_env, tmp_path, max_line_bytes="4096")
+    long_line = f"start fa={FA} " + "x" * 40_000 + f" end key {AWS}\n"
+    log = write(tmp_path / "logs" / "app.log", NORMAL, long_line, NORMAL)
+    leak = leaks(run(s))[str(log)]
+    assert leak.evidence["lines"] == [2, 2]
+    key = log_scan.state_key(log.stat().st_dev, log.stat().st_ino)
+    windows = json.loads(s_state(s).hget(key, "leaks"))
+    assert all(end - start <= 4096 for _, start, end, _ in windows)
+    quarantine_and_mask(str(log), pattern_set({}), str(tmp_path / "q"), 1 << 20, 4096, "t")
+    assert FA not in log.read_text() and AWS not in log.read_text()
+    assert leaks(run(s)) == {}
