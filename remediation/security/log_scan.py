@@ -119,42 +119,45 @@ def scan_lines(
 ) -> tuple[int, int, list[Leak]]:
     """Read complete lines from ``start`` (line number ``line`` before it), at most ``limit``
     bytes: (offset reached, lines counted, every leaking line). A line longer than
-    ``max_line`` bytes is read in pieces; an incomplete last line waits for the next run."""
+    ``max_line`` bytes is read in pieces; an incomplete last line waits for the next run.
+    One buffer is read into again and again (no new 4 MiB object per block)."""
     pos, leaks = start, []
+    buf = bytearray(min(max(CHUNK, max_line), max(limit, 0)))
     while pos - start < limit:
-        want = min(max(CHUNK, max_line), limit - (pos - start))
-        block = os.pread(fd, want, pos)
-        cut = block.rfind(b"\n") + 1
+        want = min(len(buf), limit - (pos - start))
+        got = os.preadv(fd, [memoryview(buf)[:want]], pos)
+        cut = buf.rfind(b"\n", 0, got) + 1
         if cut == 0:
-            if len(block) < max_line:
+            if got < max_line:
                 break  # an incomplete line (or a budget too small for it): next run
-            cut = len(block)
-        view = block[:cut] if cut < len(block) else block
-        leaks += _leaks(view, pset, pos, line, max_line)
-        line += view.count(b"\n")
+            cut = got
+        leaks += _leaks(buf, cut, pset, pos, line, max_line)
+        line += buf.count(b"\n", 0, cut)
         pos += cut
     return pos, line, leaks
 
 
-def _leaks(view: bytes, pset: PatternSet, base: int, line: int, max_line: int) -> list[Leak]:
-    """The leaking lines of a block of complete lines: one pass of the alternation finds
-    them, the patterns are run one by one on those lines only. Of a line longer than
+def _leaks(
+    buf: bytearray, cut: int, pset: PatternSet, base: int, line: int, max_line: int
+) -> list[Leak]:
+    """The leaking lines among the complete lines buf[:cut]: one pass of the alternation
+    finds them, the patterns are run one by one on those lines only. Of a line longer than
     max_line, a window of at most max_line bytes around each secret is what is kept (and
     re-read every run), so a run re-reads at most MAX_KEPT * max_line bytes."""
     found, line_end, counted, count = [], -1, 0, 0
-    for m in pset.combined.finditer(view):
+    for m in pset.combined.finditer(buf, 0, cut):
         s = m.start()
         if s < line_end:
             continue  # a second secret in a line (or window) already taken
-        ls = view.rfind(b"\n", 0, s) + 1
-        le = view.find(b"\n", s)
-        le = len(view) if le < 0 else le
+        ls = buf.rfind(b"\n", 0, s) + 1
+        le = buf.find(b"\n", s, cut)
+        le = cut if le < 0 else le
         if le - ls > max_line:
             ls = max(ls, s - LONG_LINE_LEAD)
             le = min(le, ls + max_line)
-        count += view.count(b"\n", counted, ls)
+        count += buf.count(b"\n", counted, ls)
         counted = ls
-        names = pset.names(view[ls:le])
+        names = pset.names(bytes(buf[ls:le]))
         if names:
             found.append(Leak(line + count + 1, base + ls, base + le, tuple(names)))
         line_end = le
