@@ -28,8 +28,18 @@ from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WorkerProcess
 from tests.support.rabbitmq import Broker
 
-STATE_DB, BROKER_SLOT = 14, 15  # apart from the other integration workers' databases / vhost
+# Redis databases of the session's server (apart from the other integration workers'), and
+# on RabbitMQ vhosts numbered apart from the other modules' (access 13, images 14, ...).
+STATE_DB, BROKER_SLOT = 14, 15
 RESTART_STATE_DB, RESTART_BROKER_SLOT = 12, 13  # the worker that may restart a container
+VHOST_OFFSET = 1300
+
+
+def slot(broker: Broker, number: int) -> str:
+    """The broker URL of this module's slot: a Redis db, or a vhost of its own."""
+    return broker.url(number if broker.kind == "redis" else VHOST_OFFSET + number)
+
+
 SECRETS = (
     "F7654321",
     "U2345678",
@@ -60,7 +70,7 @@ def secrets_env(
         broker.redis,
         audit_db,
         REMEDIATION_STATE_REDIS_URL=broker.redis.url(STATE_DB),
-        REMEDIATION_BROKER_URL=broker.url(BROKER_SLOT),
+        REMEDIATION_BROKER_URL=slot(broker, BROKER_SLOT),
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
         REMEDIATION_VERIFY__ATTEMPTS="5",
         REMEDIATION_SECRETS__FILES=json.dumps([str(home / "logs" / "app.log*")]),
@@ -177,7 +187,7 @@ def test_scrubbing_turned_on_then_the_running_app_container_restarted_by_the_pla
         broker.redis,
         audit_db,
         REMEDIATION_STATE_REDIS_URL=broker.redis.url(RESTART_STATE_DB),
-        REMEDIATION_BROKER_URL=broker.url(RESTART_BROKER_SLOT),
+        REMEDIATION_BROKER_URL=slot(broker, RESTART_BROKER_SLOT),
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
         REMEDIATION_VERIFY__ATTEMPTS="5",
         REMEDIATION_CONTAINERS__DOCKER_URL=DOCKER_URL,
