@@ -66,7 +66,7 @@ ERE_PATTERNS: dict[str, str] = {
     "bearer_token": rf"\b(Bearer|Basic|Token){_T}+[A-Za-z0-9._~+/=-]{{6,}}",
     "url_password": r"[a-zA-Z][a-zA-Z0-9+.-]{0,31}://[^:/@[:space:]]*:[^[:space:]]*@",
     "generic_secret": (
-        rf"\b[a-zA-Z0-9_]*{_WORDS}[a-zA-Z0-9_]*{_T}*[=:]{_T}*[\"']?[^[:space:]&,;'\"}}]{{8,}}"
+        rf"\b[a-zA-Z0-9_]*{_WORDS}[a-zA-Z0-9_]*[\"']?{_T}*[=:]{_T}*[\"']?[^[:space:]&,;'\"}}]{{8,}}"
     ),
 }
 """Every built-in pattern of remediation.security.log_patterns, as POSIX ERE."""

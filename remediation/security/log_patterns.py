@@ -41,9 +41,10 @@ BUILTIN: dict[str, str] = {
     "private_key": r"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----",
     "bearer_token": _from_redact("auth_header", "val"),
     "url_password": _from_redact("url_password", "pw"),
-    # generic key=value secrets (password=, api_key=, x_token=) with a value of 8+ characters
+    # generic key=value secrets (password=, api_key=, x_token=, "api_key": "..." in JSON)
+    # with a value of 8+ characters
     "generic_secret": (
-        r"(?i:\b[a-z0-9_]*" + _WORDS + r"[a-z0-9_]*[ \t]*[=:][ \t]*)"
+        r"(?i:\b[a-z0-9_]*" + _WORDS + r"[a-z0-9_]*[\"']?[ \t]*[=:][ \t]*)"
         r"[\"']?(?P<secret>[^\s&,;'\"}]{8,})"
     ),
 }
