@@ -235,4 +235,12 @@ SCHEDULE = {
         "schedule": 3600,
         "kwargs": {"target": "self"},
     },
+    # --- issue 13: secrets ---
+    # Runbook 004 "Security Check Failures": grep -i "fa=" in the logs, every 5 minutes
+    # (incremental: only what was written since the last run is read).
+    "log-secrets": {
+        "task": "remediation.check.log_secrets",
+        "schedule": 300,
+        "kwargs": {"target": "self"},
+    },
 }

@@ -7,7 +7,17 @@ import platform
 import sys
 from pathlib import Path
 
-from bench import access_log, backups, dead_tuples, headers, pipeline, proxies, redaction, spool
+from bench import (
+    access_log,
+    backups,
+    dead_tuples,
+    headers,
+    log_secrets,
+    pipeline,
+    proxies,
+    redaction,
+    spool,
+)
 
 
 def main() -> int:
@@ -25,6 +35,7 @@ def main() -> int:
         "pipeline": pipeline.run(),
         "spool": spool.run(),
         "access_log": access_log.run(),
+        "log_secrets": log_secrets.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)

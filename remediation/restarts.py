@@ -15,6 +15,11 @@ from remediation.guards import keys as guard_keys
 
 KEY_PREFIX = guard_keys.RESTART
 GIVEN_UP_FIELD = "unmonitored_at"
+REQUESTED_FIELD = "requested_at"
+"""Set by the worker itself (enable_log_scrubbing) when a running container must restart to
+read a changed configuration; restart_container then restarts it although it is running,
+and clears the field. No kwarg can set it."""
+REQUEST_SECONDS = 86400
 
 
 def state_key(container: str) -> str:
@@ -30,3 +35,17 @@ def given_up(state: Any, names: list[str]) -> dict[str, float]:
     for name in names:
         pipe.hget(state_key(name), GIVEN_UP_FIELD)
     return {n: float(v) for n, v in zip(names, pipe.execute(), strict=True) if v is not None}
+
+
+def request(state: Any, name: str, at: float) -> None:
+    """Ask restart_container to restart the container although it runs (a changed config)."""
+    key = state_key(name)
+    ttl = state.ttl(key)  # -2: no state yet; -1: kept for good (given up): left so
+    state.hset(key, REQUESTED_FIELD, at)
+    if ttl == -2 or 0 <= ttl < REQUEST_SECONDS:
+        state.expire(key, REQUEST_SECONDS)
+
+
+def requested(state: Any, name: str) -> bool:
+    """Whether a restart of the running container was asked for and not done yet."""
+    return bool(state.hexists(state_key(name), REQUESTED_FIELD))

@@ -14,6 +14,8 @@ compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/
 command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need+=(nftables)
 command -v ip >/dev/null || [[ -x /usr/sbin/ip || -x /sbin/ip ]] || need+=(iproute2)
 command -v fail2ban-regex >/dev/null || [[ -x /usr/bin/fail2ban-regex ]] || need+=(fail2ban)
+# quarantine_log's rotation is tested with a real logrotate
+command -v logrotate >/dev/null || [[ -x /usr/sbin/logrotate ]] || need+=(logrotate)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"

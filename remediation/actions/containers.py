@@ -25,7 +25,7 @@ from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
 from remediation.registry import action
 from remediation.resolve import canonical
-from remediation.restarts import state_key
+from remediation.restarts import REQUESTED_FIELD, state_key
 from remediation.settings import ContainerSettings
 
 STOP_TIMEOUT_SECONDS = 10
@@ -115,7 +115,7 @@ def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
     if "unmonitored_at" in saved:
         raise _left_alone(name, saved)
     health = (docker_client.state(container).get("Health") or {}).get("Status")
-    if container.status == "running" and health != "unhealthy":
+    if container.status == "running" and health != "unhealthy" and REQUESTED_FIELD not in saved:
         raise Refused(f"{name} is running", notice=False)
     if len(_history(ctx, saved)) < ctx.settings.containers.flap_max_restarts:
         _due(ctx, name, saved)  # at the flap limit the action gives up now, not after the wait
@@ -141,7 +141,8 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
     after the wait restarts). After FLAP_MAX_RESTARTS restarts within FLAP_WINDOW_SECONDS
     the container is left alone and the action fails once (the operator is told); later
     requests are refused until an operator runs reset_container_restarts (or `redis-cli DEL
-    rem:restart:<name>`). A container that is running and not unhealthy is left as it is.
+    rem:restart:<name>`). A container that is running and not unhealthy is left as it is,
+    unless the worker itself asked for its restart (enable_log_scrubbing changed its config).
     Only containers labelled with REMEDIATION_CONTAINERS__PROJECT are touched; a name, full
     ID or ID prefix all mean the same container and share one back-off."""
     cfg = ctx.settings.containers
@@ -155,7 +156,7 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
         raise Deferred(f"{name} was replaced since the call was resolved", retry_at=None)
     st = docker_client.state(container)
     health = (st.get("Health") or {}).get("Status")
-    if container.status == "running" and health != "unhealthy":
+    if container.status == "running" and health != "unhealthy" and REQUESTED_FIELD not in saved:
         raise Refused(f"{name} is running", notice=False)
     now = _now(ctx)
     history = _history(ctx, saved, now)
@@ -206,6 +207,7 @@ def _restart(
     history.append(now)
     delay = backoff_seconds(cfg, len(history))
     ctx.state.hset(key, mapping={"history": json.dumps(history), "next_at": now + delay})
+    ctx.state.hdel(key, REQUESTED_FIELD)  # the restart asked for (a changed config) is done
     ctx.state.expire(key, cfg.flap_window_seconds + cfg.restart_backoff_max_seconds)
     container.reload()
     return ActionResult(

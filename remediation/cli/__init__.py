@@ -31,6 +31,7 @@ from remediation.cli.commands import (
 from remediation.cli.images import cmd_images
 from remediation.cli.keys import add_keys_parser, cmd_keys
 from remediation.cli.output import describe, emit, parse_since, shown, table
+from remediation.cli.secrets import add_secrets_parser, cmd_secrets
 from remediation.errors import AuditError, ConfigError, RemediationError
 from remediation.settings import Settings, get_settings
 
@@ -101,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     ub.add_argument("--reason", default="by hand")
     certificates.add_parser(sub)
     add_keys_parser(sub)
+    add_secrets_parser(sub)
     return p
 
 
@@ -119,6 +121,7 @@ COMMANDS = {
     "unblock": cmd_unblock,
     **certificates.COMMANDS,
     "keys": cmd_keys,
+    "secrets": cmd_secrets,
 }
 
 

@@ -9,11 +9,55 @@ from __future__ import annotations
 from typing import Any
 
 from remediation.findings import Finding, Severity
-from remediation.playbook.rule import Rule, notify_params, target
+from remediation.playbook.rule import Rule, notify_params, state_self, target
 from remediation.security.access_logs import parse_ip
 from remediation.settings import get_settings
 
-SECRETS: list[Rule] = []
+
+def _log_file(f: Finding) -> dict[str, Any]:
+    return {"target": "self", "file": f.subject}
+
+
+def _app_container(f: Finding) -> dict[str, Any]:
+    return {"target": "docker", "container": f.subject}
+
+
+def _has_app_container(f: Finding) -> bool:
+    """REMEDIATION_SECRETS__APP_CONTAINER names the application's container."""
+    return bool(get_settings().secrets.app_container)
+
+
+SECRETS: list[Rule] = [
+    Rule(
+        "log_secret_leaked",
+        "quarantine_log",
+        _log_file,
+        "004 Security Check Failures, IBKR FA Scrubbing Failure: if found, rotate logs immediately",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "log_secret_leaked",
+        "notify",
+        notify_params,
+        "004 Security Check Failures: IBKR FA credentials potentially exposed",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "log_scrubbing_off",
+        "enable_log_scrubbing",
+        state_self,
+        "004 Security Check Failures: enable FA scrubbing in configs/security.yaml",
+        min_severity=Severity.HIGH,
+    ),
+    Rule(
+        "log_scrubbing_restart_due",
+        "restart_container",
+        _app_container,
+        "004 Security Check Failures: restart services (after enabling FA scrubbing)",
+        min_severity=Severity.HIGH,
+        when=_has_app_container,
+    ),
+]
 """Secrets in log files (runbook 004 "Security Check Failures")."""
 
 
