@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import subprocess
 import time
 from datetime import timedelta
 from typing import Any
@@ -23,10 +22,11 @@ from remediation.errors import Refused
 from remediation.findings import ActionResult, FollowUp
 from remediation.params import ActionParams
 from remediation.quarantine import QuarantineError
-from remediation.redact import bounded_text, redact_text
+from remediation.redact import bounded_text
 from remediation.registry import action
 from remediation.resolve import canonical, self_target
 from remediation.security import app_config, log_scan
+from remediation.security.bounded_run import run_bounded
 from remediation.security.log_patterns import pattern_set
 from remediation.security.log_quarantine import TooBig, quarantine_and_mask
 
@@ -116,21 +116,17 @@ def quarantine_log(ctx: ActionContext, params: QuarantineLogParams) -> ActionRes
 
 def _rotate(argv: list[str], timeout: float) -> str:
     """Run the configured rotation (runbook 004: logrotate -f /etc/logrotate.d/autotrader):
-    an argv, no shell, bounded in time, with only PATH and LANG in its environment (never
-    the worker's secrets). "ok" or what went wrong (redacted, bounded)."""
-    env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "LANG": "C"}
+    an argv, no shell, its process group killed at the deadline, output bounded and redacted,
+    in an environment built for it (never the worker's secrets). "ok" or what went wrong."""
     try:
-        done = subprocess.run(  # an argv from configuration: no shell
-            argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
-        )
-    except subprocess.TimeoutExpired:
-        return f"{argv[0]} did not finish within {timeout:g}s"
+        done = run_bounded(argv, timeout, output_limit=2000)
     except OSError as exc:
         return f"{argv[0]}: {exc.strerror or exc}"
-    if done.returncode == 0:
+    if done.timed_out:
+        return f"{argv[0]} did not finish within {timeout:g}s"
+    if done.ok:
         return "ok"
-    err = redact_text(done.stderr[-2000:].decode("utf-8", "replace").strip())
-    return bounded_text(f"{argv[0]} exited {done.returncode}: {err}", 500)
+    return bounded_text(f"{argv[0]} exited {done.code}: {done.output.strip()}", 500)
 
 
 def resolve_config(ctx: CheckContext, params: EnableScrubbingParams) -> Resolved:
