@@ -21,7 +21,7 @@ from tests.support.audit import Audit
 from tests.support.base import ROOT, wait_for
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.key_api import KeyApi
-from tests.support.own_worker import OwnWorker, own_worker
+from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
 SLOT = 1302  # a RabbitMQ vhost of this module's own
@@ -43,8 +43,13 @@ def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def keyed(
-    broker: Broker, audit_db: str, api: KeyApi, key_file: Path, webhook: WebhookReceiver
-) -> Iterator[OwnWorker]:
+    broker: Broker,
+    pg_admin: str,
+    audit_db: str,
+    api: KeyApi,
+    key_file: Path,
+    webhook: WebhookReceiver,
+) -> Iterator[OwnStack]:
     keys = [
         {
             "name": "shop",
@@ -57,11 +62,12 @@ def keyed(
         },
         {"name": "groq", "env": "REM_TEST_GROQ_API_KEY", "max_age_days": 30},
     ]
-    with own_worker(
+    with own_stack(
         broker,
-        audit_db,
+        pg_admin,
         "keys",
         SLOT,
+        audit_dsn=audit_db,
         REMEDIATION_API_KEYS__KEYS=json.dumps(keys),
         REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
         REMEDIATION_VERIFY__ATTEMPTS="5",
@@ -70,7 +76,7 @@ def keyed(
 
 
 def test_a_key_past_its_age_is_rotated_in_order_and_verified_a_missing_one_notified(
-    keyed: OwnWorker, api: KeyApi, key_file: Path, audit_db: str, webhook: WebhookReceiver
+    keyed: OwnStack, api: KeyApi, key_file: Path, audit_db: str, webhook: WebhookReceiver
 ) -> None:
     """Sweep -> api_key_rotation_due -> rotate_api_key (generate, validate, write, revoke)
     -> verification recovered; api_key_missing -> a notification naming the variable."""
@@ -118,7 +124,7 @@ def test_a_key_past_its_age_is_rotated_in_order_and_verified_a_missing_one_notif
 
 
 def test_keys_lists_ages_without_values_and_records_a_manual_rotation(
-    keyed: OwnWorker, key_file: Path, audit_db: str
+    keyed: OwnStack, key_file: Path, audit_db: str
 ) -> None:
     """`remediation keys --json` shows source, age and due, never a value; `keys rotated
     groq` is audited as rotated_by_hand and makes the variable's age known."""

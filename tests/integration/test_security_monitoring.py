@@ -27,7 +27,7 @@ from remediation.tasks import TRIGGER_HEADER
 from tests.support.audit import Audit
 from tests.support.base import wait_for
 from tests.support.env import TEST_SIGNING_KEY
-from tests.support.own_worker import OwnWorker, own_worker
+from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
 SLOT = 1301  # a RabbitMQ vhost of this module's own
@@ -47,18 +47,19 @@ def app_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def monitored(broker: Broker, audit_db: str, app_config: Path) -> Iterator[OwnWorker]:
+def monitored(broker: Broker, pg_admin: str, audit_db: str, app_config: Path) -> Iterator[OwnStack]:
     app = {
         "name": "shop",
         "redis_key": "shop:log_level",
         "file": str(app_config),
         "file_key": "logging.level",
     }
-    with own_worker(
+    with own_stack(
         broker,
-        audit_db,
+        pg_admin,
         "monitoring",
         SLOT,
+        audit_dsn=audit_db,
         REMEDIATION_MONITORING__APPS=json.dumps([app]),
         REMEDIATION_MONITORING__DURATION_SECONDS=str(DURATION),
         REMEDIATION_VERIFY__ATTEMPTS="5",
@@ -85,7 +86,7 @@ def surge_finding(audit_db: str) -> tuple[Finding, int]:
 
 
 def test_a_surge_raises_the_level_which_reverts_by_itself_and_is_restored(
-    monitored: OwnWorker, audit_db: str, app_config: Path
+    monitored: OwnStack, audit_db: str, app_config: Path
 ) -> None:
     """Raised in the key (TTL) and the file, audited from the surge's finding; the key expires
     by itself; the file is restored to its exact text by the verified expiry sweep."""

@@ -36,25 +36,25 @@ class OwnStack:
 
 @contextlib.contextmanager
 def own_stack(
-    broker: Broker, pg_admin: str, name: str, slot: int, **env: str
+    broker: Broker, pg_admin: str, name: str, slot: int, audit_dsn: str | None = None, **env: str
 ) -> Iterator[OwnStack]:
-    """A started worker named ``name`` with ``env`` added to its environment."""
+    """A started worker named ``name`` with ``env`` added to (or overriding) its environment;
+    ``audit_dsn`` shares an audit database instead of making one."""
     with contextlib.ExitStack() as stack:
         redis = RedisServer().start()
         stack.callback(redis.stop)
         webhook = WebhookReceiver().start()
         stack.callback(webhook.stop)
-        audit_dsn = as_url(
-            stack.enter_context(scratch_database(pg_admin, f"rem_audit_{name}_{broker.kind}"))
-        )
+        if audit_dsn is None:
+            audit_dsn = as_url(
+                stack.enter_context(scratch_database(pg_admin, f"rem_audit_{name}_{broker.kind}"))
+            )
         broker_url = redis.url(1) if broker.kind == "redis" else broker.url(slot)
-        full = process_env(
-            redis,
-            audit_dsn,
-            REMEDIATION_BROKER_URL=broker_url,
-            REMEDIATION_NOTIFY__WEBHOOK_URL=webhook.url,
-            **env,
-        )
+        ours = {
+            "REMEDIATION_BROKER_URL": broker_url,
+            "REMEDIATION_NOTIFY__WEBHOOK_URL": webhook.url,
+        }
+        full = process_env(redis, audit_dsn, **{**ours, **env})
         worker = WorkerProcess(full, name).start()
         stack.callback(worker.stop)
         client = Celery(broker=broker_url, backend=full["REMEDIATION_RESULT_BACKEND"])
