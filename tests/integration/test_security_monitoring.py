@@ -1,11 +1,9 @@
 """Enhanced monitoring (runbook 001 "Security Incident Response 3") end to end through a
-real worker: a surge of hostile clients raises the application's log level (its Redis key
-and its YAML file), the audit chain links it to the surge's finding, the key expires by
-itself and, once due, log_level_expiry and restore_log_level put the file back, verified.
-
-The surge's finding is recorded as the access check (access_log_clients, another part of
-issue 13) records it, and the action is sent as the worker's own dispatcher sends it: with
-the params of the playbook's rule and a trigger header signed with the worker's key.
+real worker: hostile clients in the application's access log make the access check
+(access_log_clients) report a surge; the playbook raises the application's log level (its
+Redis key and its YAML file) from that finding, the audit chain links the two, the key
+expires by itself and, once due, log_level_expiry and restore_log_level put the file back,
+verified.
 """
 
 from __future__ import annotations
@@ -13,20 +11,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import redis
 
-from remediation.audit.store import AuditStore
-from remediation.context import Trigger
-from remediation.findings import Finding
-from remediation.playbook import security
-from remediation.tasks import TRIGGER_HEADER
 from tests.support.audit import Audit
 from tests.support.base import wait_for
-from tests.support.env import TEST_SIGNING_KEY
 from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
@@ -38,6 +31,7 @@ logging:
   format: json
 """
 RAISE = "remediation.act.raise_log_level"
+OFFENDERS = 3
 DURATION = 10  # seconds: ample for the checks made while raised, short for the wait after
 
 
@@ -48,6 +42,8 @@ def app_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def monitored(broker: Broker, pg_admin: str, audit_db: str, app_config: Path) -> Iterator[OwnStack]:
+    access_log = app_config.parent / "access.log"
+    access_log.write_text("")
     app = {
         "name": "shop",
         "redis_key": "shop:log_level",
@@ -62,27 +58,22 @@ def monitored(broker: Broker, pg_admin: str, audit_db: str, app_config: Path) ->
         audit_dsn=audit_db,
         REMEDIATION_MONITORING__APPS=json.dumps([app]),
         REMEDIATION_MONITORING__DURATION_SECONDS=str(DURATION),
+        # the access log of the same application: three offenders make a surge
+        REMEDIATION_ACCESS__LOGS=json.dumps([{"name": "shop", "path": str(access_log)}]),
+        REMEDIATION_ACCESS__MAXRETRY="2",
+        REMEDIATION_ACCESS__SURGE_OFFENDERS=str(OFFENDERS),
         REMEDIATION_VERIFY__ATTEMPTS="5",
     ) as own:
         yield own
 
 
-def surge_finding(audit_db: str) -> tuple[Finding, int]:
-    """The access check's finding of a surge on the access log named "shop", on record."""
-    found = Finding(
-        check="access_log_clients",
-        target="shop",
-        kind="access_hostile_surge",
-        severity="high",
-        observed=12,
-        threshold=10,
-        summary="12 hostile clients in shop within 600s",
-    )
-    store = AuditStore(audit_db)
-    run = store.start_check_run("access_log_clients", "shop", {"target": "shop"}, "detect", None)
-    finding_id = store.add_finding(run, found, found.fingerprint + "-0badcafe")
-    store.finish_check_run(run, "ok", 1, 1.0)
-    return found, finding_id
+def refusals(log: Path, clients: int, each: int) -> None:
+    """``each`` refused logins (401) just now from each of ``clients`` documentation addresses."""
+    stamp = time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime())
+    with log.open("a") as fh:
+        for n in range(1, clients + 1):
+            line = f'198.51.100.{n} - - [{stamp}] "POST /login HTTP/1.1" 401 0 "-" "bot"\n'
+            fh.write(line * each)
 
 
 def test_a_surge_raises_the_level_which_reverts_by_itself_and_is_restored(
@@ -93,37 +84,28 @@ def test_a_surge_raises_the_level_which_reverts_by_itself_and_is_restored(
     app_config.write_text(CONFIG)
     state = redis.Redis.from_url(monitored.env["REMEDIATION_STATE_REDIS_URL"])
     audit = Audit(audit_db)
-    found, finding_id = surge_finding(audit_db)
-    (rule,) = [r for r in security.MONITORING if r.kind == found.kind]
-    kwargs = rule.params(found)
-    trigger = Trigger(
-        finding_id=finding_id,
-        check="log_level_expiry",  # any registered check: raise_log_level is not verified
-        check_params={"target": "self"},
-        fingerprint=found.fingerprint,
-        incident=found.fingerprint + "-0badcafe",
-    )
-    header = trigger.to_header(TEST_SIGNING_KEY.encode(), RAISE, kwargs)
-    out = monitored.client.send_task(RAISE, kwargs=kwargs, headers={TRIGGER_HEADER: header})
-    assert out.get(timeout=60)["outcome"] == "succeeded"
-    assert state.get("shop:log_level") == b"DEBUG" and 0 < state.ttl("shop:log_level") <= DURATION
-    assert re.search(r"level: DEBUG +# normal operation", app_config.read_text())
-    (chain,) = audit.rows(
-        "SELECT c.check_name AS check, f.kind, f.target, d.decision, a.outcome, a.verification"
-        " FROM action_runs a JOIN guard_decisions d ON d.id = a.decision_id"
+    refusals(app_config.parent / "access.log", OFFENDERS, 2)
+    out = monitored.run_check("access_log_clients", target="self")
+    assert out["dispatched"] == OFFENDERS + 2  # a ban each, the surge's notice and its raise
+    (chain,) = audit.wait_rows(
+        "SELECT c.check_name AS check, c.purpose, f.kind, f.target, d.decision, a.outcome,"
+        " a.verification FROM action_runs a JOIN guard_decisions d ON d.id = a.decision_id"
         " JOIN findings f ON f.id = a.finding_id AND f.id = d.finding_id"
         " JOIN check_runs c ON c.id = f.check_run_id WHERE a.action = 'raise_log_level'"
-        " AND f.id = %s",
-        finding_id,
+        " AND a.verification IS NOT NULL",
+        timeout=60,
     )
     assert chain == {
         "check": "access_log_clients",
+        "purpose": "detect",
         "kind": "access_hostile_surge",
         "target": "shop",
         "decision": "admitted",
         "outcome": "succeeded",
-        "verification": "skipped",
+        "verification": "skipped",  # a louder log does not end a surge; its undo is verified
     }
+    assert state.get("shop:log_level") == b"DEBUG" and 0 < state.ttl("shop:log_level") <= DURATION
+    assert re.search(r"level: DEBUG +# normal operation", app_config.read_text())
 
     wait_for(lambda: state.get("shop:log_level") is None, 30, 0.2, "the key expired by itself")
 
