@@ -115,6 +115,19 @@ class _Metrics:
             buckets=ACTION_BUCKETS,
             registry=r,
         )
+        self.alerts = Counter(
+            "remediation_alerts",
+            "Alertmanager alerts by intake outcome (received, mapped, duplicate, unmapped,"
+            " refused, resolved)",
+            ["outcome"],
+            registry=r,
+        )
+        self.intake_rejected = Counter(
+            "remediation_intake_rejected",
+            "HTTP requests refused before anything ran (unauthorized, too_large, invalid)",
+            ["reason"],
+            registry=r,
+        )
         self.verifications = Counter(
             "remediation_verifications",
             "Verification verdicts after an action",
@@ -191,6 +204,18 @@ def action_run(action: str, outcome: str, duration_s: float | None) -> None:
 def verification(action: str, verdict: str) -> None:
     """An action's fix was verified (recovered | not_recovered | error)."""
     _m().verifications.labels(label(action), label(verdict)).inc()
+
+
+@_safe
+def alert(outcome: str) -> None:
+    """An Alertmanager alert was received, or what became of it."""
+    _m().alerts.labels(label(outcome)).inc()
+
+
+@_safe
+def intake_rejected(reason: str) -> None:
+    """`remediation serve` refused a request (unauthorized | too_large | invalid)."""
+    _m().intake_rejected.labels(label(reason)).inc()
 
 
 def registry() -> CollectorRegistry:

@@ -170,6 +170,16 @@ class Runner:
             self.log.error("incident state unavailable", error=str(exc))
             return candidate
 
+    def record_external(self, run_id: int, finding: Finding, params: Any) -> tuple[int, str, int]:
+        """A finding seen outside a check (an Alertmanager alert), audited under ``run_id``:
+        its incident opened or joined and the playbook fanned out, as a check's finding is.
+        ``params`` are the verifying check's (finding.check) validated params.
+        Returns (finding id, incident, tasks dispatched)."""
+        incident = self._incident(finding)
+        finding_id = self.store.add_finding(run_id, finding, incident)
+        metrics.finding(finding.check, finding.kind, str(finding.severity))
+        return finding_id, incident, self._fan_out(finding, finding_id, incident, params)
+
     def _fan_out(self, finding: Finding, finding_id: int, incident: str, params: Any) -> int:
         trigger = Trigger(
             finding_id=finding_id,

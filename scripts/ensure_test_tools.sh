@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Server programs the tests start themselves, all on 127.0.0.1: private PostgreSQL, Redis and
 # RabbitMQ servers (tests/support/servers.py, services.py), real HTTP proxies (tinyproxy) and
-# a real Prometheus; nftables, iproute2 and fail2ban-regex for the security runbooks.
+# a real Prometheus and Alertmanager; nftables, iproute2 and fail2ban-regex for the security runbooks.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v tinyproxy >/dev/null || [[ -x /usr/bin/tinyproxy ]] || need+=(tinyproxy)
 command -v prometheus >/dev/null || [[ -x /usr/bin/prometheus ]] || need+=(prometheus)
+# the Alertmanager intake's tests: a real Alertmanager posting to `remediation serve`
+command -v prometheus-alertmanager >/dev/null || [[ -x /usr/bin/prometheus-alertmanager ]] || need+=(prometheus-alertmanager)
 compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/dev/null || need+=(postgresql)
 [[ -x /usr/lib/rabbitmq/bin/rabbitmq-server ]] || need+=(rabbitmq-server)
 # bans in nftables sets, tested between network namespaces; fail2ban-regex is the benchmark's

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from remediation.cli import certificates
+from remediation.cli import certificates, serve
 from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
@@ -103,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     certificates.add_parser(sub)
     add_keys_parser(sub)
     add_secrets_parser(sub)
+    serve.add_parser(sub)
     return p
 
 
@@ -122,6 +123,7 @@ COMMANDS = {
     **certificates.COMMANDS,
     "keys": cmd_keys,
     "secrets": cmd_secrets,
+    **serve.COMMANDS,
 }
 
 

@@ -107,3 +107,9 @@ API_KEY_ROTATIONS = PREFIX + "apikeys:rotated"
 rotated`; remediation.security.api_keys)."""
 LOG_LEVEL = PREFIX + "loglevel:"
 """Prefix of raise_log_level's records of raises in files (remediation.security.log_levels)."""
+
+
+def alert_seen(fingerprint: str, starts_at: str) -> str:
+    """Set once per Alertmanager alert occurrence (its fingerprint and startsAt): the intake's
+    dedupe across retries, repeats and HA Alertmanager pairs (remediation.serve.intake)."""
+    return f"{PREFIX}alert:{fingerprint}:{starts_at}"

@@ -48,6 +48,7 @@ from remediation.settings.host import CacheSettings, HostSettings
 from remediation.settings.images import ImageSettings
 from remediation.settings.log_secrets import LogSecretsSettings
 from remediation.settings.monitoring import MonitoringSettings
+from remediation.settings.serve import AlertRule, AlertSettings, LabelOrFixed, ServeSettings
 from remediation.settings.postgres import (
     DEFAULT_DATA_QUALITY,
     DataQualityRule,
@@ -87,6 +88,8 @@ __all__ = [
     "MIN_SIGNING_KEY",
     "NESTED",
     "AccessSettings",
+    "AlertRule",
+    "AlertSettings",
     "ApiKeySettings",
     "AuditSettings",
     "BackoffSettings",
@@ -109,6 +112,7 @@ __all__ = [
     "HttpSettings",
     "ImageSettings",
     "JobQueueSettings",
+    "LabelOrFixed",
     "LogSecretsSettings",
     "MetricsSettings",
     "MonitoringSettings",
@@ -120,6 +124,7 @@ __all__ = [
     "RateLimitEndpoint",
     "RateLimitSettings",
     "ScaleTarget",
+    "ServeSettings",
     "Settings",
     "VerifySettings",
     "WorkersSettings",
@@ -190,6 +195,10 @@ class Settings(BaseSettings):
     certificates: CertificateSettings = CertificateSettings()
 
     images: ImageSettings = ImageSettings()
+
+    # alerts in (issue 14)
+    serve: ServeSettings = ServeSettings()
+    alerts: AlertSettings = AlertSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod

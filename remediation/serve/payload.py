@@ -1,0 +1,84 @@
+"""Alertmanager's webhook payload, version 4, as a validated model (every field bounded).
+
+https://prometheus.io/docs/alerting/latest/configuration/#webhook_config documents it.
+Unknown top-level or per-alert fields are ignored (a newer Alertmanager may add some);
+everything the intake reads is checked for type and size here."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")]
+LabelValue = Annotated[str, StringConstraints(max_length=4096)]
+Labels = Annotated[dict[LabelName, LabelValue], Field(max_length=64)]
+Text = Annotated[str, StringConstraints(max_length=8192)]
+
+
+def _no_nul_labels(value: dict[str, str]) -> dict[str, str]:
+    if any("\x00" in v for v in value.values()):
+        raise ValueError("label values cannot hold NUL characters")
+    return value
+
+
+class Alert(BaseModel):
+    """One alert of a notification."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: Literal["firing", "resolved"]
+    labels: Annotated[Labels, AfterValidator(_no_nul_labels)]
+    annotations: Labels = Field(default_factory=dict)
+    startsAt: datetime  # noqa: N815 - Alertmanager's own field names
+    endsAt: datetime | None = None  # noqa: N815
+    generatorURL: Text = ""  # noqa: N815
+    fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,32}$")]
+
+    @property
+    def alertname(self) -> str:
+        return self.labels.get("alertname", "")
+
+    @property
+    def occurrence(self) -> str:
+        """startsAt in one spelling (UTC, microseconds), so copies of one alert compare equal."""
+        when = self.startsAt
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class WebhookPayload(BaseModel):
+    """What Alertmanager POSTs to a webhook receiver (version 4)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: Literal["4"]
+    groupKey: Text  # noqa: N815
+    truncatedAlerts: int = Field(0, ge=0)  # noqa: N815
+    status: Literal["firing", "resolved"]
+    receiver: Annotated[str, StringConstraints(max_length=256)]
+    groupLabels: Labels = Field(default_factory=dict)  # noqa: N815
+    commonLabels: Labels = Field(default_factory=dict)  # noqa: N815
+    commonAnnotations: Labels = Field(default_factory=dict)  # noqa: N815
+    externalURL: Text = ""  # noqa: N815
+    alerts: list[Alert] = Field(max_length=10_000)
+
+
+class IntakeReply(BaseModel):
+    """What the intake did with one notification: counts, and the audit run that records it."""
+
+    received: int
+    mapped: int = Field(description="firing alerts turned into findings (playbook run)")
+    duplicates: int = Field(description="already seen (fingerprint + startsAt): nothing run")
+    unmapped: int = Field(description="no rule matched: audited only")
+    refused: int = Field(description="a rule matched but its target is not configured")
+    resolved: int = Field(description="resolved alerts (their incident closed)")
+    check_run_id: int | None = Field(description="the audit's check run of check 'alertmanager'")
+
+
+class Problem(BaseModel):
+    """Every 4xx/5xx body."""
+
+    detail: str

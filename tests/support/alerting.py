@@ -1,0 +1,187 @@
+"""Real Prometheus and Alertmanager processes (Debian's packages) and a real
+`remediation serve` process, on loopback ports with configs in a temp dir; and a tiny
+exporter whose metric the test's fault drives."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import requests
+
+from tests.support.base import ROOT, free_port, wait_for
+
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
+
+
+@dataclass
+class Process:
+    """A server process with a log file; ready when ``ready_url`` answers 200."""
+
+    cmd: list[str]
+    log_path: Path
+    ready_url: str
+    env: dict[str, str] | None = None
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60) -> Process:
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env, cwd=ROOT
+        )
+        try:
+            wait_for(self._ready, timeout, 0.1, f"{self.cmd[0]} ready")
+        except TimeoutError:
+            self.stop()
+            raise RuntimeError(self.log()[-3000:]) from None
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise RuntimeError(f"{self.cmd[0]} exited:\n{self.log()[-3000:]}")
+        try:
+            return requests.get(self.ready_url, timeout=0.5).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        if getattr(self, "_log", None):
+            self._log.close()
+
+
+def alertmanager(folder: Path, webhook_url: str, token: str) -> Process:
+    """An Alertmanager (no cluster) that posts every alert to ``webhook_url`` at once (group
+    wait 0 s, group interval 1 s), resolved ones too, with a bearer token."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    config = {
+        "route": {
+            "receiver": "remediation",
+            "group_by": ["alertname"],
+            "group_wait": "0s",
+            "group_interval": "1s",
+            "repeat_interval": "1h",
+        },
+        "receivers": [
+            {
+                "name": "remediation",
+                "webhook_configs": [
+                    {
+                        "url": webhook_url,
+                        "send_resolved": True,
+                        "http_config": {"authorization": {"type": "Bearer", "credentials": token}},
+                    }
+                ],
+            }
+        ],
+    }
+    (folder / "alertmanager.yml").write_text(json.dumps(config))  # JSON is YAML
+    cmd = [
+        ALERTMANAGER,
+        f"--config.file={folder / 'alertmanager.yml'}",
+        f"--storage.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--cluster.listen-address=",
+        "--log.level=warn",
+    ]
+    process = Process(cmd, folder / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready")
+    process.port = port  # type: ignore[attr-defined]
+    return process
+
+
+def prometheus(folder: Path, target: str, rules: list[dict[str, Any]], managers: list[int]) -> Process:
+    """A Prometheus scraping ``target`` and evaluating ``rules`` every second, sending its
+    alerts to the Alertmanagers on ``managers`` (ports) without delay."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    (folder / "rules.yml").write_text(json.dumps({"groups": [{"name": "test", "rules": rules}]}))
+    config = {
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(folder / "rules.yml")],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [f"127.0.0.1:{p}" for p in managers]}]}
+            ]
+        },
+        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": [target]}]}],
+    }
+    (folder / "prometheus.yml").write_text(json.dumps(config))
+    cmd = [
+        PROMETHEUS,
+        f"--config.file={folder / 'prometheus.yml'}",
+        f"--storage.tsdb.path={folder / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}",
+        "--rules.alert.resend-delay=1s",
+        "--log.level=warn",
+    ]
+    process = Process(cmd, folder / "prometheus.log", f"http://127.0.0.1:{port}/-/ready")
+    process.port = port  # type: ignore[attr-defined]
+    return process
+
+
+def serve(env: dict[str, str], folder: Path) -> tuple[Process, str]:
+    """`remediation serve` of this checkout on a free port; (process, base URL)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    binary = str(Path(ROOT) / ".venv" / "bin" / "remediation")
+    if not Path(binary).exists():
+        binary = shutil.which("remediation") or binary
+    cmd = [binary, "serve", "--host", "127.0.0.1", "--port", str(port)]
+    url = f"http://127.0.0.1:{port}"
+    return Process(cmd, folder / "serve.log", url + "/healthz", env=env), url
+
+
+@dataclass
+class GaugeExporter:
+    """Serves one gauge in the Prometheus text format; its value is read at every scrape."""
+
+    name: str
+    labels: dict[str, str]
+    value: Any  # () -> float
+    port: int = field(default_factory=free_port)
+
+    def start(self) -> GaugeExporter:
+        exporter = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                labels = ",".join(f'{k}="{v}"' for k, v in exporter.labels.items())
+                body = f"# TYPE {exporter.name} gauge\n{exporter.name}{{{labels}}} {exporter.value()}\n"
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "text/plain; version=0.0.4")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
