@@ -10,7 +10,7 @@ VENV ?= .venv
 SERVICES := .data/services.env
 WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
 
-.PHONY: help venv services db run test unit chaos lint bench docker stop clean
+.PHONY: help venv services db run serve test unit chaos lint bench docker stop clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -30,8 +30,13 @@ services: venv ## make sure Redis and PostgreSQL answer (start private ones if n
 db: services ## create or upgrade the audit schema
 	@$(WITH_SERVICES) $(VENV)/bin/remediation db upgrade
 
-run: db ## run a worker with one beat in the foreground, monitoring its own stack
-	$(WITH_SERVICES) exec $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
+run: db ## run a worker with one beat in the foreground and `remediation serve` beside them
+	$(WITH_SERVICES) { $(VENV)/bin/remediation serve & serve=$$!; }; \
+	  trap 'kill $$serve 2>/dev/null' EXIT; \
+	  $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
+
+serve: db ## `remediation serve` alone in the foreground (HTTP: Alertmanager's webhook)
+	$(WITH_SERVICES) exec $(VENV)/bin/remediation serve
 
 test: venv ## the whole suite (unit tier included) against real Redis, PostgreSQL, RabbitMQ, workers
 	@scripts/ensure_test_tools.sh

@@ -69,12 +69,12 @@ def strings(value: Any) -> list[str]:
 
 
 def test_compose_services_healthchecks_and_env_names() -> None:
-    """redis, postgres, worker, beat; all healthchecked; env names are real settings."""
+    """redis, postgres, worker, beat, serve; all healthchecked; env names are real settings."""
     services = compose()["services"]
-    assert set(services) == {"redis", "postgres", "worker", "beat"}
+    assert set(services) == {"redis", "postgres", "worker", "beat", "serve"}
     assert all("healthcheck" in s for s in services.values())
     known = set(env_names())
-    for name in ("worker", "beat"):
+    for name in ("worker", "beat", "serve"):
         assert services[name]["env_file"] == ".env"
         used = set(services[name]["environment"])
         assert used <= known, used - known
