@@ -14,7 +14,7 @@ __all__ = ["build", "run"]
 
 def build(settings: Settings, runner: Runner | None = None) -> TokenAuth:
     """The application, its runner sending action tasks through the broker (trigger headers
-    signed as the worker's are). ValueError/ConfigError when the alert rules are wrong."""
+    signed as the worker's are). ConfigError when the alert rules are wrong."""
     from remediation.registry import load_all
 
     load_all()

@@ -53,7 +53,9 @@ def alerts_router(intake: Intake) -> APIRouter:
 
 class TooMany(Exception):
     def __init__(self, given: int, limit: int) -> None:
-        super().__init__(f"{given} alerts in one call; the limit is {limit} (REMEDIATION_ALERTS__MAX_ALERTS)")
+        super().__init__(
+            f"{given} alerts in one call; the limit is {limit} (REMEDIATION_ALERTS__MAX_ALERTS)"
+        )
 
 
 def create_app(settings: Settings, intake: Intake, routers: Sequence[APIRouter] = ()) -> TokenAuth:
@@ -81,7 +83,10 @@ def create_app(settings: Settings, intake: Intake, routers: Sequence[APIRouter] 
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        parts = [".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg")) for e in exc.errors()[:20]]
+        parts = [
+            ".".join(str(p) for p in e.get("loc", ())) + ": " + str(e.get("msg"))
+            for e in exc.errors()[:20]
+        ]
         detail = bounded_text(str(storable("; ".join(parts))), 2000)
         metrics.intake_rejected("invalid")
         try:  # an authenticated caller's bad payload is audited; the audit failing is no 5xx

@@ -24,7 +24,9 @@ PUBLIC = frozenset({"/openapi.json", "/docs", "/healthz"})
 """Paths that need no token: the API description and a liveness probe (nothing secret)."""
 
 
-async def problem(send: Send, status: int, detail: str, headers: dict[str, str] | None = None) -> None:
+async def problem(
+    send: Send, status: int, detail: str, headers: dict[str, str] | None = None
+) -> None:
     body = json.dumps({"detail": detail}).encode()
     raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     raw += [(k.encode(), v.encode()) for k, v in (headers or {}).items()]
@@ -57,7 +59,9 @@ class TokenAuth:
         auth = dict(scope.get("headers") or []).get(b"authorization")
         if not token_ok(auth, self.tokens):
             metrics.intake_rejected("unauthorized")
-            await problem(send, 401, "a valid bearer token is required", {"www-authenticate": "Bearer"})
+            await problem(
+                send, 401, "a valid bearer token is required", {"www-authenticate": "Bearer"}
+            )
             return
         await self.app(scope, receive, send)
 

@@ -21,7 +21,7 @@ from typing import Any
 import redis
 
 from remediation import metrics
-from remediation.errors import TargetError
+from remediation.errors import ConfigError, TargetError, UnknownTaskError
 from remediation.findings import Finding, Severity
 from remediation.guards import keys
 from remediation.outcomes import CheckStatus
@@ -54,16 +54,30 @@ class Batch:
 
     def note(self, alert: Alert, outcome: str, **extra: Any) -> None:
         self.counts[outcome] = self.counts.get(outcome, 0) + 1
-        row = {"fingerprint": alert.fingerprint, "startsAt": alert.occurrence, "status": alert.status}
-        self.alerts.append({**row, "alertname": bounded_text(alert.alertname, 200), "outcome": outcome, **extra})
+        row = {
+            "fingerprint": alert.fingerprint,
+            "startsAt": alert.occurrence,
+            "status": alert.status,
+        }
+        self.alerts.append(
+            {**row, "alertname": bounded_text(alert.alertname, 200), "outcome": outcome, **extra}
+        )
         metrics.alert(outcome)
 
 
 def check_rules(settings: Settings) -> None:
-    """ValueError unless every rule names a known check whose params its own accept."""
-    for rule in settings.alerts.rules:
-        spec = get_check(rule.check)
-        spec.params_model.model_validate({**rule.check_params, "target": "self"})
+    """ConfigError naming the variable unless every rule names a known check whose params
+    model accepts the rule's fixed params."""
+    for n, rule in enumerate(settings.alerts.rules):
+        where = f"REMEDIATION_ALERTS__RULES[{n}] ({rule.name})"
+        try:
+            spec = get_check(rule.check)
+        except UnknownTaskError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        try:
+            spec.params_model.model_validate({**rule.check_params, "target": "self"})
+        except ValueError as exc:
+            raise ConfigError(f"{where}: check_params: {exc}") from None
 
 
 def rule_for(rules: list[AlertRule], alert: Alert) -> AlertRule | None:
@@ -162,7 +176,9 @@ class Intake:
                 self.runner.record_external(run_id, m.finding, m.params)
             except Exception:
                 self._give_back(taken[n:])
-                store.finish_check_run(run_id, CheckStatus.ERROR, n, ms_since(started), "intake failed")
+                store.finish_check_run(
+                    run_id, CheckStatus.ERROR, n, ms_since(started), "intake failed"
+                )
                 raise
         store.finish_check_run(run_id, CheckStatus.OK, len(todo), ms_since(started))
         c = batch.counts

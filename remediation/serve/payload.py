@@ -31,9 +31,9 @@ class Alert(BaseModel):
     status: Literal["firing", "resolved"]
     labels: Annotated[Labels, AfterValidator(_no_nul_labels)]
     annotations: Labels = Field(default_factory=dict)
-    startsAt: datetime  # noqa: N815 - Alertmanager's own field names
-    endsAt: datetime | None = None  # noqa: N815
-    generatorURL: Text = ""  # noqa: N815
+    startsAt: datetime
+    endsAt: datetime | None = None
+    generatorURL: Text = ""
     fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,32}$")]
 
     @property
@@ -55,14 +55,14 @@ class WebhookPayload(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     version: Literal["4"]
-    groupKey: Text  # noqa: N815
-    truncatedAlerts: int = Field(0, ge=0)  # noqa: N815
+    groupKey: Text
+    truncatedAlerts: int = Field(0, ge=0)
     status: Literal["firing", "resolved"]
     receiver: Annotated[str, StringConstraints(max_length=256)]
-    groupLabels: Labels = Field(default_factory=dict)  # noqa: N815
-    commonLabels: Labels = Field(default_factory=dict)  # noqa: N815
-    commonAnnotations: Labels = Field(default_factory=dict)  # noqa: N815
-    externalURL: Text = ""  # noqa: N815
+    groupLabels: Labels = Field(default_factory=dict)
+    commonLabels: Labels = Field(default_factory=dict)
+    commonAnnotations: Labels = Field(default_factory=dict)
+    externalURL: Text = ""
     alerts: list[Alert] = Field(max_length=10_000)
 
 

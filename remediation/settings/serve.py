@@ -106,7 +106,10 @@ class AlertSettings(Section):
 
     rules: list[AlertRule] = Field(default_factory=list, max_length=200)
     dedupe_ttl_seconds: int = Field(
-        7 * 86400, ge=60, le=30 * 86400, description="how long a (fingerprint, startsAt) is remembered"
+        7 * 86400,
+        ge=60,
+        le=30 * 86400,
+        description="how long a (fingerprint, startsAt) is remembered",
     )
     max_alerts: int = Field(1000, ge=1, le=10_000, description="alerts in one webhook call")
 

@@ -23,9 +23,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from remediation.guards import keys
-from tests.support.alerting import ALERTMANAGER, PROMETHEUS, GaugeExporter, Process, alertmanager, prometheus, serve
-from tests.support.audit import Audit
-from tests.support.base import wait_for
+from tests.support.alerting import (
+    ALERTMANAGER,
+    PROMETHEUS,
+    GaugeExporter,
+    Process,
+    alertmanager,
+    prometheus,
+    serve,
+)
 from tests.support.env import missing
 from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
@@ -133,7 +139,9 @@ def test_alert_fires_acts_once_verifies_and_resolves(intake: Intake, tmp_path: P
         assert finding["evidence"]["alertname"] == "JobQueueDuplicates"
         decision = audit.rows("SELECT * FROM guard_decisions WHERE id = %s", runs[0]["decision_id"])
         assert decision[0]["decision"] == "admitted"
-        verify = audit.rows("SELECT * FROM check_runs WHERE id = %s", runs[0]["verify_check_run_id"])
+        verify = audit.rows(
+            "SELECT * FROM check_runs WHERE id = %s", runs[0]["verify_check_run_id"]
+        )
         assert verify[0]["check_name"] == "redis_job_queue" and verify[0]["purpose"] == "verify"
         everything = audit.rows("SELECT * FROM action_runs WHERE action = 'dedupe_job_queue'")
         assert len(everything) == 1, everything
@@ -143,7 +151,9 @@ def test_alert_fires_acts_once_verifies_and_resolves(intake: Intake, tmp_path: P
             for a in r["params"].get("alerts", [])
             if a["status"] == "firing"
         ]
-        assert outcomes.count("mapped") == 1 and len(outcomes) >= 2, outcomes  # the other: duplicate
+        assert outcomes.count("mapped") == 1 and len(outcomes) >= 2, (
+            outcomes
+        )  # the other: duplicate
         assert not state.exists(keys.incident(finding["fingerprint"]))
     finally:
         for p in started:
@@ -236,7 +246,9 @@ def test_oversize_body_is_413(intake: Intake) -> None:
 
 hostile = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
     max_leaves=20,
 )
 
@@ -244,7 +256,9 @@ hostile = st.recursive(
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     mutation=st.sampled_from(["replace", "alert_field", "top_field", "raw"]),
-    field=st.sampled_from(["status", "labels", "startsAt", "fingerprint", "annotations", "version", "alerts"]),
+    field=st.sampled_from(
+        ["status", "labels", "startsAt", "fingerprint", "annotations", "version", "alerts"]
+    ),
     value=hostile,
     raw=st.binary(max_size=200),
 )

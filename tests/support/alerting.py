@@ -106,7 +106,9 @@ def alertmanager(folder: Path, webhook_url: str, token: str) -> Process:
     return process
 
 
-def prometheus(folder: Path, target: str, rules: list[dict[str, Any]], managers: list[int]) -> Process:
+def prometheus(
+    folder: Path, target: str, rules: list[dict[str, Any]], managers: list[int]
+) -> Process:
     """A Prometheus scraping ``target`` and evaluating ``rules`` every second, sending its
     alerts to the Alertmanagers on ``managers`` (ports) without delay."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -161,7 +163,7 @@ class GaugeExporter:
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            def do_GET(self) -> None:
                 labels = ",".join(f'{k}="{v}"' for k, v in exporter.labels.items())
                 body = f"# TYPE {exporter.name} gauge\n{exporter.name}{{{labels}}} {exporter.value()}\n"
                 data = body.encode()
