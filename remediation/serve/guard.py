@@ -20,7 +20,7 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-PUBLIC = frozenset({"/openapi.json", "/docs", "/healthz"})
+PUBLIC = frozenset({"/openapi.json", "/healthz"})
 """Paths that need no token: the API description and a liveness probe (nothing secret)."""
 
 

@@ -155,7 +155,9 @@ class Intake:
         """Classify every alert (dedupe first), audit the notification as one run of
         ``alertmanager`` with what became of each alert, then record and act on the new
         firing ones. Raises on a state or audit failure, with the dedupe keys given back."""
-        started, batch, todo, taken = time.monotonic(), Batch(), [], []
+        started, batch = time.monotonic(), Batch()
+        todo: list[tuple[Mapped, str]] = []
+        taken: list[str] = []
         store = self.runner.store
         try:
             for alert in payload.alerts:
@@ -214,7 +216,7 @@ class Intake:
         if not self.state.set(key, "1", nx=True, ex=self.settings.alerts.dedupe_ttl_seconds):
             batch.note(alert, "duplicate", rule=m.rule.name)
             return None
-        batch.note(alert, "mapped", rule=m.rule.name, fingerprint_of_finding=m.finding.fingerprint)
+        batch.note(alert, "mapped", rule=m.rule.name, finding_fingerprint=m.finding.fingerprint)
         return m, key
 
     def _resolved(self, alert: Alert, batch: Batch) -> None:

@@ -9,7 +9,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+)
 
 LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]{0,127}$")]
 LabelValue = Annotated[str, StringConstraints(max_length=4096)]
@@ -36,6 +43,15 @@ class Alert(BaseModel):
     generatorURL: Text = ""
     fingerprint: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{1,32}$")]
 
+    @field_validator("startsAt")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        """In UTC (a naive time is taken as UTC); a time UTC cannot hold is refused."""
+        try:
+            return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+        except OverflowError:
+            raise ValueError("startsAt is out of range") from None
+
     @property
     def alertname(self) -> str:
         return self.labels.get("alertname", "")
@@ -43,10 +59,7 @@ class Alert(BaseModel):
     @property
     def occurrence(self) -> str:
         """startsAt in one spelling (UTC, microseconds), so copies of one alert compare equal."""
-        when = self.startsAt
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return self.startsAt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class WebhookPayload(BaseModel):

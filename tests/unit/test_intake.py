@@ -32,7 +32,9 @@ RULE = {
 }
 
 
-def payload(status: str = "firing", **labels: str) -> WebhookPayload:
+def payload(
+    status: str = "firing", starts: str = "2026-11-28T03:00:00.5+01:00", **labels: str
+) -> WebhookPayload:
     alert = {
         "status": status,
         "labels": {
@@ -43,7 +45,7 @@ def payload(status: str = "firing", **labels: str) -> WebhookPayload:
             **labels,
         },
         "annotations": {"summary": "duplicates"},
-        "startsAt": "2026-11-28T03:00:00.5+01:00",
+        "startsAt": starts,
         "fingerprint": "0123456789abcdef",
     }
     return WebhookPayload.model_validate(
@@ -81,10 +83,13 @@ def test_payload_rejects_a_wrong_version_and_bad_fingerprints() -> None:
 
 
 def test_occurrence_is_one_spelling_of_starts_at() -> None:
-    """The same instant in two time zones is the same occurrence (dedupe key)."""
+    """The same instant in two time zones is the same occurrence (dedupe key); a time UTC
+    cannot hold is refused, not a server error."""
     a = payload().alerts[0]
-    b = a.model_copy(update={"startsAt": a.startsAt.astimezone()})
+    b = payload(starts="2026-11-28T02:00:00.500Z").alerts[0]
     assert a.occurrence == b.occurrence == "2026-11-28T02:00:00.500000Z"
+    with pytest.raises(ValidationError):
+        payload(starts="0001-01-01T00:00:00+05:00")
 
 
 def test_firing_alert_is_a_finding_that_runs_the_playbook_once(
