@@ -39,9 +39,7 @@ def alerts_router(intake: Intake) -> APIRouter:
     router = APIRouter(tags=["alerts"])
 
     @router.post("/alerts", response_model=IntakeReply, responses=ERRORS)
-    def post_alerts(
-        payload: WebhookPayload, _: Annotated[Any, Depends(bearer)] = None
-    ) -> IntakeReply:
+    def post_alerts(payload: WebhookPayload, _: Annotated[Any, Depends(bearer)]) -> IntakeReply:
         """Alertmanager's webhook (payload version 4). Mapped firing alerts run the playbook
         once per occurrence; unmapped ones are audited; resolved ones close their incident."""
         if len(payload.alerts) > intake.settings.alerts.max_alerts:

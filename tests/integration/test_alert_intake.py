@@ -287,3 +287,28 @@ def test_fuzzed_webhook_is_2xx_or_4xx_and_runs_nothing(
     if reply.status_code == 200:
         assert reply.json()["mapped"] == 0
     assert intake.state.lrange(key, 0, -1) == [b"f", b"f"]
+
+
+def test_openapi_describes_the_webhook_without_a_token(intake: Intake) -> None:
+    """/openapi.json needs no token and documents POST /alerts with its bearer scheme."""
+    spec = requests.get(intake.url + "/openapi.json", timeout=10).json()
+    post = spec["paths"]["/alerts"]["post"]
+    assert {"401", "413", "422"} <= set(post["responses"])
+    assert post["security"] and "WebhookPayload" in json.dumps(spec["components"])
+
+
+def test_metrics_count_the_intake_outcomes(intake: Intake) -> None:
+    """/metrics (with the token) counts duplicates, unmapped alerts and refused requests."""
+    assert requests.get(intake.url + "/metrics", timeout=10).status_code == 401
+    text = requests.get(
+        intake.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    ).text
+
+    def value(line_start: str) -> float:
+        found = [ln for ln in text.splitlines() if ln.startswith(line_start)]
+        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
+
+    assert value('remediation_alerts_total{outcome="duplicate"}') >= 8
+    assert value('remediation_alerts_total{outcome="unmapped"}') >= 1
+    assert value('remediation_intake_rejected_total{reason="unauthorized"}') >= 4
+    assert value('remediation_intake_rejected_total{reason="too_large"}') >= 2
