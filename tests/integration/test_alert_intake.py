@@ -62,7 +62,7 @@ class Intake:
 
     def post(self, body: Any, token: str | None = TOKEN, **kw: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
-        data = body if isinstance(body, bytes | str) else json.dumps(body)
+        data = json.dumps(body) if isinstance(body, dict | list) else body
         headers["Content-Type"] = "application/json"
         return requests.post(self.url + "/alerts", data=data, headers=headers, timeout=30, **kw)
 
