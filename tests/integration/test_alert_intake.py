@@ -126,11 +126,12 @@ def test_alert_fires_acts_once_verifies_and_resolves(intake: Intake, tmp_path: P
         assert runs[0]["outcome"] == "succeeded" and runs[0]["verification"] == "recovered"
         assert sorted(state.lrange(QUEUE, 0, -1)) == [b"job-a", b"job-b"]
         # resolved: posted by both Alertmanagers once Prometheus sees the fix
-        audit.wait_rows(
+        resolved = audit.wait_rows(
             "SELECT * FROM check_runs WHERE check_name = 'alertmanager'"
             " AND params->>'status' = 'resolved'",
             timeout=60,
         )
+        assert resolved[0]["params"]["alerts"][0]["outcome"] == "resolved"
         time.sleep(3)  # let the second Alertmanager's copies arrive: still one action
         finding = audit.rows("SELECT * FROM findings WHERE id = %s", runs[0]["finding_id"])[0]
         batch = audit.rows("SELECT * FROM check_runs WHERE id = %s", finding["check_run_id"])[0]
