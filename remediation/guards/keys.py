@@ -113,3 +113,9 @@ def alert_seen(fingerprint: str, starts_at: str) -> str:
     """Set once per Alertmanager alert occurrence (its fingerprint and startsAt): the intake's
     dedupe across retries, repeats and HA Alertmanager pairs (remediation.serve.intake)."""
     return f"{PREFIX}alert:{fingerprint}:{starts_at}"
+
+
+def alert_firing(fingerprint: str) -> str:
+    """Set while Alertmanager reports an alert firing (deleted when it posts it resolved):
+    what the alertmanager_alert check reads to verify a fix by the alert resolving."""
+    return f"{PREFIX}alert:firing:{fingerprint}"

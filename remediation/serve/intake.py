@@ -33,6 +33,8 @@ from remediation.settings import AlertRule, LabelOrFixed, Settings
 from remediation.timing import ms_since
 
 CHECK = "alertmanager"
+ALERT_CHECK = "alertmanager_alert"
+"""Verifies by the alert resolving (remediation.checks.alertmanager) when a rule names no check."""
 """The pseudo-check a notification is audited as (it has no task: Alertmanager runs it)."""
 
 
@@ -70,6 +72,8 @@ def check_rules(settings: Settings) -> None:
     model accepts the rule's fixed params."""
     for n, rule in enumerate(settings.alerts.rules):
         where = f"REMEDIATION_ALERTS__RULES[{n}] ({rule.name})"
+        if rule.check is None:
+            continue
         try:
             spec = get_check(rule.check)
         except UnknownTaskError as exc:
@@ -115,16 +119,26 @@ def mapped(settings: Settings, rule: AlertRule, alert: Alert) -> Mapped:
     """The finding a firing alert stands for. TargetError/ValueError when it names nothing
     the configuration allows."""
     target = _target(settings, rule, alert)
-    from_labels = {k: alert.labels[v] for k, v in rule.check_labels.items() if v in alert.labels}
-    params = get_check(rule.check).params_model.model_validate(
-        {**rule.check_params, **from_labels, "target": target}
-    )
-    subject = _value(rule.subject, alert) if rule.subject else ""
+    named = _value(rule.subject, alert) if rule.subject else None
+    subject = bounded_text(named or "", 512)
+    if rule.check is None:  # verified by the alert resolving
+        check_name = ALERT_CHECK
+        kwargs: dict[str, Any] = {
+            "target": target,
+            "fingerprint": alert.fingerprint,
+            "kind": rule.kind,
+            "subject": subject,
+        }
+    else:
+        check_name = rule.check
+        labels = {k: alert.labels[v] for k, v in rule.check_labels.items() if v in alert.labels}
+        kwargs = {**rule.check_params, **labels, "target": target}
+    params = get_check(check_name).params_model.model_validate(kwargs)
     summary = alert.annotations.get("summary") or alert.annotations.get("description") or ""
     finding = Finding(
-        check=rule.check,
+        check=check_name,
         target=target,
-        subject=bounded_text(subject or "", 512),
+        subject=subject,
         kind=rule.kind,
         severity=_severity(rule, alert),
         evidence={
@@ -212,6 +226,8 @@ class Intake:
         m = self._matched(alert, batch)
         if m is None:
             return None
+        ttl = self.settings.alerts.dedupe_ttl_seconds
+        self.state.set(keys.alert_firing(alert.fingerprint), alert.occurrence, ex=ttl)
         key = keys.alert_seen(alert.fingerprint, alert.occurrence)
         if not self.state.set(key, "1", nx=True, ex=self.settings.alerts.dedupe_ttl_seconds):
             batch.note(alert, "duplicate", rule=m.rule.name)
@@ -224,6 +240,7 @@ class Intake:
         m = self._matched(alert, batch)
         if m is None:
             return
+        self.state.delete(keys.alert_firing(alert.fingerprint))
         closed = bool(self.state.delete(keys.incident(m.finding.fingerprint)))
         batch.note(alert, "resolved", rule=m.rule.name, incident_closed=closed)
 

@@ -65,9 +65,11 @@ class AlertRule(Section):
     )
     subject: LabelOrFixed | None = Field(None, description="resource inside the target")
     severity: LabelOrFixed = LabelOrFixed(value="warning")
-    check: str = Field(
+    check: str | None = Field(
+        None,
         pattern=r"^[a-z][a-z0-9_]{0,63}$",
-        description="the check re-run to verify a fix; its findings must share the kind",
+        description="the check re-run to verify a fix (its findings share the kind); none:"
+        " verified by the alert resolving (check alertmanager_alert)",
     )
     check_params: dict[str, str | int | float | bool] = Field(
         default_factory=dict, max_length=20, description="its kwargs (target is added)"

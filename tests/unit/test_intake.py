@@ -147,7 +147,8 @@ def test_a_failed_audit_gives_the_dedupe_key_back(
     monkeypatch.setattr(intake.runner.store, "start_check_run", broken)
     with pytest.raises(RuntimeError):
         intake.receive(payload())
-    assert not state.keys(keys.alert_seen("*", "*"))
+    alert = payload().alerts[0]
+    assert not state.exists(keys.alert_seen(alert.fingerprint, alert.occurrence))
 
 
 def test_rules_must_match_something_and_name_a_known_check(
@@ -159,3 +160,21 @@ def test_rules_must_match_something_and_name_a_known_check(
     made = runner(REMEDIATION_ALERTS__RULES=json.dumps([{**RULE, "check": "no_such_check"}]))
     with pytest.raises(Exception, match="no_such_check"):
         check_rules(made.settings)
+
+
+def test_rule_without_check_is_verified_by_the_alert_resolving(
+    runner: Callable[..., Runner], sent: Recorder
+) -> None:
+    """No check in the rule: the trigger names alertmanager_alert, which reports the alert
+    while it fires and nothing once Alertmanager posted it resolved."""
+    rule = {k: v for k, v in RULE.items() if k not in ("check", "check_labels")}
+    made = runner(REMEDIATION_ALERTS__RULES=json.dumps([rule]))
+    intake = Intake(made.settings, made)
+    intake.receive(payload())
+    trigger = sent.sent[0][2]
+    assert trigger is not None and trigger.check == "alertmanager_alert"
+    firing = made.run_check(trigger.check, trigger.check_params, purpose="verify", act=False)
+    assert [f.fingerprint for f in firing.findings] == [trigger.fingerprint]
+    intake.receive(payload("resolved"))
+    resolved = made.run_check(trigger.check, trigger.check_params, purpose="verify", act=False)
+    assert resolved.findings == []
