@@ -8,7 +8,6 @@ wrong token, oversize, fuzzed payloads) run nothing."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -41,6 +40,13 @@ TOKEN = "intake-test-token-" + "0123456789abcdef" * 2
 QUEUE = "job_queue"
 RULES = [
     {
+        "name": "queue-duplicates-by-resolve",
+        "alertname": "JobQueueDuplicatesNoCheck",
+        "kind": "redis_job_queue_duplicates",
+        "target": {"value": "self"},
+        "subject": {"label": "queue"},
+    },
+    {
         "name": "queue-duplicates",
         "alertname": "JobQueueDuplicates",
         "kind": "redis_job_queue_duplicates",
@@ -49,7 +55,7 @@ RULES = [
         "severity": {"label": "severity"},
         "check": "redis_job_queue",
         "check_labels": {"key": "queue"},
-    }
+    },
 ]
 
 
@@ -81,6 +87,8 @@ def intake(
         "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
         "REMEDIATION_SERVE__MAX_BODY_BYTES": "65536",
         "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
+        # verification by the alert resolving waits up to 30 x 0.5 s
+        "REMEDIATION_VERIFY__ATTEMPTS": "30",
     }
     with own_stack(broker, pg_admin, "intake", SLOT, **env) as stack:
         process, url = serve(stack.env, tmp_path_factory.mktemp("serve"))
@@ -98,37 +106,52 @@ def _duplicates(state: redis.Redis, key: str) -> int:
     return len(jobs) - len(set(jobs))
 
 
-def test_alert_fires_acts_once_verifies_and_resolves(intake: Intake, tmp_path: Path) -> None:
-    """Prometheus fires, two Alertmanagers post, one dedupe runs, verified; resolved closes."""
+@pytest.mark.parametrize(
+    ("alertname", "queue", "verifier"),
+    [
+        ("JobQueueDuplicates", QUEUE, "redis_job_queue"),
+        ("JobQueueDuplicatesNoCheck", "jobs:by-resolve", "alertmanager_alert"),
+    ],
+    ids=["mapped-check", "alert-resolves"],
+)
+def test_alert_fires_acts_once_verifies_and_resolves(
+    intake: Intake, tmp_path: Path, alertname: str, queue: str, verifier: str
+) -> None:
+    """Prometheus fires, two Alertmanagers post, one dedupe runs and is verified (by the
+    mapped check, or by the alert resolving); the resolved alert is audited."""
     state, audit = intake.state, intake.stack.audit
     exporter = GaugeExporter(
-        "app_job_queue_duplicates", {"queue": QUEUE}, lambda: _duplicates(state, QUEUE)
+        "app_job_queue_duplicates", {"queue": queue}, lambda: _duplicates(state, queue)
     ).start()
     managers = [alertmanager(tmp_path / f"am{n}", intake.url + "/alerts", TOKEN) for n in (1, 2)]
     rule = {
-        "alert": "JobQueueDuplicates",
+        "alert": alertname,
         "expr": "app_job_queue_duplicates > 0",
         "labels": {"severity": "warning"},
         "annotations": {"summary": "duplicate jobs in {{ $labels.queue }}"},
     }
-    prom = prometheus(tmp_path / "prom", exporter.target, [rule], [m.port for m in managers])  # type: ignore[attr-defined]
+    ports = [m.port for m in managers]  # type: ignore[attr-defined]
+    prom = prometheus(tmp_path / "prom", exporter.target, [rule], ports)
+    resource = f"self/{queue}"
     started: list[Process] = []
     try:
         for p in [*managers, prom]:
             started.append(p.start())
-        state.delete(QUEUE)
-        state.rpush(QUEUE, "job-a", "job-a", "job-a", "job-b")  # the fault: two duplicates
+        state.delete(queue)
+        state.rpush(queue, "job-a", "job-a", "job-a", "job-b")  # the fault: two duplicates
         runs = audit.wait_rows(
-            "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue'"
+            "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
             " AND verification IS NOT NULL AND verification <> 'skipped'",
+            resource,
             timeout=90,
         )
         assert runs[0]["outcome"] == "succeeded" and runs[0]["verification"] == "recovered"
-        assert sorted(state.lrange(QUEUE, 0, -1)) == [b"job-a", b"job-b"]
+        assert sorted(state.lrange(queue, 0, -1)) == [b"job-a", b"job-b"]
         # resolved: posted by both Alertmanagers once Prometheus sees the fix
         resolved = audit.wait_rows(
             "SELECT * FROM check_runs WHERE check_name = 'alertmanager'"
-            " AND params->>'status' = 'resolved'",
+            " AND params->>'status' = 'resolved' AND params->'alerts'->0->>'alertname' = %s",
+            alertname,
             timeout=60,
         )
         assert resolved[0]["params"]["alerts"][0]["outcome"] == "resolved"
@@ -136,32 +159,32 @@ def test_alert_fires_acts_once_verifies_and_resolves(intake: Intake, tmp_path: P
         finding = audit.rows("SELECT * FROM findings WHERE id = %s", runs[0]["finding_id"])[0]
         batch = audit.rows("SELECT * FROM check_runs WHERE id = %s", finding["check_run_id"])[0]
         assert batch["check_name"] == "alertmanager" and batch["purpose"] == "detect"
-        assert finding["check_name"] == "redis_job_queue" and finding["subject"] == QUEUE
-        assert finding["evidence"]["alertname"] == "JobQueueDuplicates"
+        assert finding["check_name"] == verifier and finding["subject"] == queue
+        assert finding["evidence"]["alertname"] == alertname
         decision = audit.rows("SELECT * FROM guard_decisions WHERE id = %s", runs[0]["decision_id"])
         assert decision[0]["decision"] == "admitted"
         verify = audit.rows(
             "SELECT * FROM check_runs WHERE id = %s", runs[0]["verify_check_run_id"]
         )
-        assert verify[0]["check_name"] == "redis_job_queue" and verify[0]["purpose"] == "verify"
-        everything = audit.rows("SELECT * FROM action_runs WHERE action = 'dedupe_job_queue'")
+        assert verify[0]["check_name"] == verifier and verify[0]["purpose"] == "verify"
+        everything = audit.rows(
+            "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s",
+            resource,
+        )
         assert len(everything) == 1, everything
         outcomes = [
             a["outcome"]
             for r in audit.rows("SELECT params FROM check_runs WHERE check_name = 'alertmanager'")
             for a in r["params"].get("alerts", [])
-            if a["status"] == "firing"
+            if a["status"] == "firing" and a["alertname"] == alertname
         ]
-        assert outcomes.count("mapped") == 1 and len(outcomes) >= 2, (
-            outcomes
-        )  # the other: duplicate
+        # one mapped; the other Alertmanager's copy a duplicate
+        assert outcomes.count("mapped") == 1 and len(outcomes) >= 2, outcomes
         assert not state.exists(keys.incident(finding["fingerprint"]))
     finally:
         for p in started:
             p.stop()
         exporter.stop()
-        if os.environ.get("REMEDIATION_TEST_KEEP"):
-            print(intake.serve.log()[-3000:])
 
 
 def _payload(fingerprint: str, key: str, status: str = "firing") -> dict[str, Any]:
