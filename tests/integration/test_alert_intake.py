@@ -86,6 +86,7 @@ def intake(
         "REMEDIATION_ALERTS__RULES": json.dumps(RULES),
         "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
         "REMEDIATION_SERVE__MAX_BODY_BYTES": "65536",
+        "REMEDIATION_ALERTS__MAX_ALERTS": "50",
         "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
         # verification by the alert resolving waits up to 30 x 0.5 s
         "REMEDIATION_VERIFY__ATTEMPTS": "30",
@@ -268,6 +269,19 @@ def test_oversize_body_is_413(intake: Intake) -> None:
     assert intake.post(chunks).status_code == 413  # chunked: no Content-Length
 
 
+def test_too_many_alerts_in_one_call_is_413_and_runs_nothing(intake: Intake) -> None:
+    """More alerts than REMEDIATION_ALERTS__MAX_ALERTS in one call: 413, nothing audited."""
+    body = _payload("00000000000000cc", QUEUE)
+    body["alerts"] = [
+        {**body["alerts"][0], "fingerprint": f"{n:016x}", "labels": {"alertname": "Many"}}
+        for n in range(51)
+    ]
+    before = len(intake.stack.audit.rows("SELECT id FROM check_runs"))
+    reply = intake.post(body)
+    assert reply.status_code == 413 and "MAX_ALERTS" in reply.json()["detail"]
+    assert len(intake.stack.audit.rows("SELECT id FROM check_runs")) == before
+
+
 hostile = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
     lambda inner: (
@@ -321,18 +335,34 @@ def test_openapi_describes_the_webhook_without_a_token(intake: Intake) -> None:
     assert post["security"] and "WebhookPayload" in json.dumps(spec["components"])
 
 
-def test_metrics_count_the_intake_outcomes(intake: Intake) -> None:
-    """/metrics (with the token) counts duplicates, unmapped alerts and refused requests."""
-    assert requests.get(intake.url + "/metrics", timeout=10).status_code == 401
+def _metrics(intake: Intake) -> dict[str, float]:
     text = requests.get(
         intake.url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
     ).text
+    pairs = (ln.rsplit(" ", 1) for ln in text.splitlines() if ln and not ln.startswith("#"))
+    return {name: float(value) for name, value in pairs}
 
-    def value(line_start: str) -> float:
-        found = [ln for ln in text.splitlines() if ln.startswith(line_start)]
-        return float(found[0].rsplit(" ", 1)[1]) if found else 0.0
 
-    assert value('remediation_alerts_total{outcome="duplicate"}') >= 8
-    assert value('remediation_alerts_total{outcome="unmapped"}') >= 1
-    assert value('remediation_intake_rejected_total{reason="unauthorized"}') >= 4
-    assert value('remediation_intake_rejected_total{reason="too_large"}') >= 2
+def test_metrics_count_the_intake_outcomes(intake: Intake) -> None:
+    """/metrics (with the token) counts received, mapped, duplicate and unmapped alerts and
+    refused requests."""
+    assert requests.get(intake.url + "/metrics", timeout=10).status_code == 401
+    before = _metrics(intake)
+    mapped = _payload("00000000000000dd", "jobs:metrics")
+    unmapped = _payload("00000000000000de", QUEUE)
+    unmapped["alerts"][0]["labels"]["alertname"] = "NotMapped"
+    for body in (mapped, mapped, unmapped):
+        assert intake.post(body).status_code == 200
+    assert intake.post(mapped, token=None).status_code == 401
+    assert intake.post(b"x" * 70_000).status_code == 413
+    after = _metrics(intake)
+
+    def delta(name: str) -> float:
+        return after.get(name, 0.0) - before.get(name, 0.0)
+
+    assert delta('remediation_alerts_total{outcome="received"}') == 3
+    assert delta('remediation_alerts_total{outcome="mapped"}') == 1
+    assert delta('remediation_alerts_total{outcome="duplicate"}') == 1
+    assert delta('remediation_alerts_total{outcome="unmapped"}') == 1
+    assert delta('remediation_intake_rejected_total{reason="unauthorized"}') == 1
+    assert delta('remediation_intake_rejected_total{reason="too_large"}') == 1
