@@ -1,0 +1,179 @@
+"""Alertmanager intake: webhook received -> verified fix, against the polled path's check
+sent -> verified fix; same run, same broker, same worker.
+
+A private redis-server, a scratch audit database on the configured PostgreSQL, one
+`celery worker -c 2` and one `remediation serve` process (as tests/support/alerting.py
+starts it), all on this machine.
+
+* intake: for each sample a fresh job list holding one duplicate and a distinct alert
+  (own fingerprint, `queue` label naming the list) mapped to `redis_job_queue_duplicates`
+  with the `redis_job_queue` check as verifier; POST /alerts (Alertmanager's v4 payload),
+  then poll (5 ms) the audit database until the action run on that list has
+  `verification = recovered`. Timed from just before the POST is sent.
+* polled (baseline): a fresh list with one duplicate, `send_task` of the
+  `redis_job_queue` check as beat would, the same poll. Timed from just before send_task.
+
+Samples alternate (intake, polled, intake, ...) so drift in the machine hits both alike.
+Fault -> fix with a real Prometheus and Alertmanager is not measured here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import redis
+import requests
+from celery import Celery
+
+from bench.pipeline import admin_dsn
+from tests.support.alerting import serve
+from tests.support.base import wait_for
+from tests.support.processes import WorkerProcess
+from tests.support.services import RedisServer, as_url, scratch_database
+
+SAMPLES = int(os.environ.get("REMEDIATION_BENCH_INTAKE_N", "50"))
+TOKEN = "bench-intake-token-" + "0123456789abcdef" * 2
+RULES = [
+    {
+        "name": "queue-duplicates",
+        "alertname": "JobQueueDuplicates",
+        "kind": "redis_job_queue_duplicates",
+        "target": {"value": "self"},
+        "subject": {"label": "queue"},
+        "severity": {"label": "severity"},
+        "check": "redis_job_queue",
+        "check_labels": {"key": "queue"},
+    },
+]
+
+
+def payload(fingerprint: str, key: str) -> dict[str, Any]:
+    alert = {
+        "status": "firing",
+        "labels": {"alertname": "JobQueueDuplicates", "queue": key, "severity": "warning"},
+        "annotations": {},
+        "startsAt": "2026-11-28T03:00:00.123Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://127.0.0.1/graph",
+        "fingerprint": fingerprint,
+    }
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="JobQueueDuplicates"}',
+        "truncatedAlerts": 0,
+        "status": "firing",
+        "receiver": "remediation",
+        "groupLabels": {"alertname": "JobQueueDuplicates"},
+        "commonLabels": alert["labels"],
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [alert],
+    }
+
+
+def wait_verified(audit_dsn: str, key: str) -> None:
+    def verified() -> bool:
+        with psycopg.connect(audit_dsn) as conn:
+            row = conn.execute(
+                "SELECT verification FROM action_runs WHERE resource = %s"
+                " AND verification IS NOT NULL",
+                (f"self/{key}",),
+            ).fetchone()
+        return bool(row and row[0] == "recovered")
+
+    wait_for(verified, 60, 0.005, f"verified fix of {key}")
+
+
+def summary(lat: list[float]) -> dict[str, Any]:
+    lat = sorted(lat)
+    return {
+        "n": len(lat),
+        "p50": round(statistics.median(lat), 3),
+        "p95": round(lat[int(0.95 * (len(lat) - 1))], 3),
+        "max": round(lat[-1], 3),
+    }
+
+
+def run() -> dict[str, Any]:
+    server = RedisServer().start()
+    try:
+        with scratch_database(admin_dsn(), "rem_bench_intake") as dsn:
+            audit = as_url(dsn)
+            from remediation.audit.store import AuditStore
+
+            AuditStore(audit).upgrade()
+            env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+            env.update(
+                REMEDIATION_STATE_REDIS_URL=server.url(0),
+                REMEDIATION_BROKER_URL=server.url(1),
+                REMEDIATION_RESULT_BACKEND=server.url(2),
+                REMEDIATION_AUDIT_DSN=audit,
+                REMEDIATION_LOG_LEVEL="INFO",
+                REMEDIATION_LOG_FORMAT="json",
+                REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
+                REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
+                REMEDIATION_JOB_QUEUE__KEYS='["alert_*", "poll_*"]',
+                REMEDIATION_SIGNING_KEY="bench-signing-key-" + "0" * 32,
+                REMEDIATION_METRICS__PORT="0",
+                REMEDIATION_METRICS__MULTIPROC_DIR=tempfile.mkdtemp(prefix="rem-bench-metrics-"),
+                REMEDIATION_AUDIT__SPOOL_DIR=tempfile.mkdtemp(prefix="rem-bench-spool-"),
+                REMEDIATION_ALERTS__RULES=json.dumps(RULES),
+                REMEDIATION_SERVE__TOKENS=json.dumps([TOKEN]),
+            )
+            worker = WorkerProcess(env, "bench", concurrency=2).start()
+            process, url = serve(env, Path(tempfile.mkdtemp(prefix="rem-bench-serve-")))
+            process.start()
+            app = Celery(broker=server.url(1), backend=server.url(2))
+            state = redis.Redis.from_url(server.url(0))
+            http = requests.Session()
+            http.headers.update(
+                {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
+            )
+            intake: list[float] = []
+            polled: list[float] = []
+            try:
+                for i in range(SAMPLES + 3):  # the first 3 pairs are warm-up
+                    tag = uuid.uuid4().hex[:8]
+                    key = f"alert_{i}_{tag}"
+                    state.rpush(key, '{"id": 1}', '{"id": 1}')
+                    body = json.dumps(payload(uuid.uuid4().hex[:16], key))
+                    start = time.perf_counter()
+                    reply = http.post(url + "/alerts", data=body, timeout=30)
+                    reply.raise_for_status()
+                    wait_verified(audit, key)
+                    if i >= 3:
+                        intake.append(time.perf_counter() - start)
+
+                    key = f"poll_{i}_{tag}"
+                    state.rpush(key, '{"id": 1}', '{"id": 1}')
+                    start = time.perf_counter()
+                    app.send_task(
+                        "remediation.check.redis_job_queue", kwargs={"target": "self", "key": key}
+                    )
+                    wait_verified(audit, key)
+                    if i >= 3:
+                        polled.append(time.perf_counter() - start)
+            finally:
+                http.close()
+                process.stop()
+                worker.stop()
+                app.close()
+                state.close()
+    finally:
+        server.stop()
+    a, b = summary(intake), summary(polled)
+    return {
+        "samples": SAMPLES,
+        "webhook_to_verified_fix_s": a,
+        "check_sent_to_verified_fix_s": b,
+        "ratio_p50_intake_to_polled": round(a["p50"] / b["p50"], 2),
+        "ratio_p95_intake_to_polled": round(a["p95"] / b["p95"], 2),
+    }
