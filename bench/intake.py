@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import statistics
 import tempfile
 import threading
@@ -150,7 +151,8 @@ def end_to_end(url: str, state: redis.Redis, audit: str) -> list[float]:
             key = f"alert_e2e_{i}_{uuid.uuid4().hex[:6]}"
             state.sadd("e2e_keys", key)
             state.rpush(key, "job-a")
-            time.sleep(2.5)  # the series exists at 0 before the fault
+            # the series exists at 0 before the fault; a random phase against the 1 s scrape
+            time.sleep(2.5 + random.random())
             start = time.perf_counter()
             state.rpush(key, "job-a")  # the fault: one duplicate
             wait_verified(audit, key)
