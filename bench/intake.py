@@ -165,6 +165,30 @@ def end_to_end(url: str, state: redis.Redis, audit: str) -> list[float]:
     return latencies
 
 
+def from_audit(audit: str, sent: dict[str, tuple[str, float]]) -> dict[str, list[float]]:
+    """The same latencies from the audit's own verified_at (no poll granularity), and a
+    check that every sample ran exactly one action, verified by the redis_job_queue check."""
+    out: dict[str, list[float]] = {"intake": [], "polled": []}
+    with psycopg.connect(audit) as conn:
+        rows = conn.execute(
+            "SELECT a.resource, count(*), max(a.verified_at), min(c.check_name),"
+            " max(c.check_name) FROM action_runs a"
+            " LEFT JOIN check_runs c ON c.id = a.verify_check_run_id"
+            " WHERE a.action = 'dedupe_job_queue' GROUP BY a.resource"
+        ).fetchall()
+    for resource, count, verified_at, low, high in rows:
+        key = resource.removeprefix("self/")
+        if key not in sent:
+            continue
+        if count != 1 or low != high or low != "redis_job_queue":
+            raise RuntimeError(f"{key}: {count} action runs, verified by {low}/{high}")
+        side, at = sent[key]
+        out[side].append(verified_at.timestamp() - at)
+    if sum(map(len, out.values())) != len(sent):
+        raise RuntimeError("a sample has no action run")
+    return out
+
+
 def summary(lat: list[float]) -> dict[str, Any]:
     lat = sorted(lat)
     return {
@@ -212,6 +236,7 @@ def run() -> dict[str, Any]:
             )
             intake: list[float] = []
             polled: list[float] = []
+            sent: dict[str, tuple[str, float]] = {}  # key -> (side, wall clock at send)
             try:
                 for i in range(SAMPLES + 3):  # the first 3 pairs are warm-up
                     tag = uuid.uuid4().hex[:8]
@@ -219,6 +244,8 @@ def run() -> dict[str, Any]:
                     state.rpush(key, '{"id": 1}', '{"id": 1}')
                     body = json.dumps(payload(uuid.uuid4().hex[:16], key))
                     start = time.perf_counter()
+                    if i >= 3:
+                        sent[key] = ("intake", time.time())
                     reply = http.post(url + "/alerts", data=body, timeout=30)
                     reply.raise_for_status()
                     wait_verified(audit, key)
@@ -228,6 +255,8 @@ def run() -> dict[str, Any]:
                     key = f"poll_{i}_{tag}"
                     state.rpush(key, '{"id": 1}', '{"id": 1}')
                     start = time.perf_counter()
+                    if i >= 3:
+                        sent[key] = ("polled", time.time())
                     app.send_task(
                         "remediation.check.redis_job_queue", kwargs={"target": "self", "key": key}
                     )
@@ -235,6 +264,7 @@ def run() -> dict[str, Any]:
                     if i >= 3:
                         polled.append(time.perf_counter() - start)
                 e2e = end_to_end(url, state, audit) if E2E else []
+                by_audit = from_audit(audit, sent)
             finally:
                 http.close()
                 process.stop()
@@ -250,6 +280,7 @@ def run() -> dict[str, Any]:
         "check_sent_to_verified_fix_s": b,
         "ratio_p50_intake_to_polled": round(a["p50"] / b["p50"], 2),
         "ratio_p95_intake_to_polled": round(a["p95"] / b["p95"], 2),
+        "by_audit_verified_at_s": {k: summary(v) for k, v in by_audit.items()},
         "fault_to_verified_fix_via_alertmanager_s": summary(e2e) if e2e else None,
         "polled_sweep_wait_s_analytic": {"mean": 30, "worst": 60},
     }
