@@ -139,9 +139,7 @@ class Console:
         return response
 
     def refused(self, request: Request, exc: Refused) -> HTMLResponse:
-        return self.page(
-            request, "error.html", self.session(request), exc.status, message=str(exc)
-        )
+        return self.page(request, "error.html", self.session(request), exc.status, message=str(exc))
 
     # --- the stores ----------------------------------------------------------------------
 
@@ -323,9 +321,7 @@ def console_router(settings: Settings) -> APIRouter:
         return view(request, "control.html", load)
 
     def done(what: str) -> Response:
-        return RedirectResponse(
-            f"{CONSOLE}/control?done={what}", status_code=303, headers=_HEADERS
-        )
+        return RedirectResponse(f"{CONSOLE}/control?done={what}", status_code=303, headers=_HEADERS)
 
     @router.post("/breakers/reset")
     async def breaker_reset(request: Request) -> Response:
