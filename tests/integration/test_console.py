@@ -257,7 +257,9 @@ def test_console_without_session_refuses_posts(served: Served) -> None:
     page = requests.get(base + "/", timeout=10, allow_redirects=False)
     assert page.status_code == 303 and page.headers["location"] == "/console/login"
     forged = requests.get(
-        base + "/", cookies={"remediation_console": "eyJ1c2VyIjoieCJ9.forged"}, timeout=10,
+        base + "/",
+        cookies={"remediation_console": "eyJ1c2VyIjoieCJ9.forged"},
+        timeout=10,
         allow_redirects=False,
     )
     assert forged.status_code == 303
