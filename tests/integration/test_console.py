@@ -3,11 +3,12 @@ against a real `remediation serve` (private Redis, audit database and worker). A
 posted to the intake opens an incident the worker acts on and verifies; the console logs in
 through its form, lists the incident, shows its timeline, resets a breaker (audited), pauses
 and resumes; a POST without the CSRF token is a 403 that does nothing; a wrong token does
-not log in; no secret appears on any page. Screenshots go to docs/console/."""
+not log in; no secret appears on any page. Screenshots go to docs/console/ with REMEDIATION_TEST_SCREENSHOTS=1."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +29,7 @@ from tests.support.rabbitmq import Broker
 SLOT = 1402
 TOKEN = "console-test-token-" + "fedcba9876543210" * 2
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
+DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 QUEUE = "jobs:console"
 SECRET_PW = "s3cr3t-console-pw"
 RULES = [
@@ -108,8 +109,13 @@ def _secrets(s: Served) -> list[str]:
     return found
 
 
-def test_console_in_chromium(served: Served) -> None:
+def test_console_in_chromium(served: Served, tmp_path: Path) -> None:
+    """The README's screenshots are refreshed with REMEDIATION_TEST_SCREENSHOTS=1 (else they
+    go to a temporary folder, so a test run leaves the checkout as it was)."""
     from playwright.sync_api import sync_playwright
+
+    refresh = os.environ.get("REMEDIATION_TEST_SCREENSHOTS", "") == "1"
+    shots = DOCS_SHOTS if refresh else tmp_path
 
     s, audit = served, served.stack.audit
     s.state.delete(QUEUE)
@@ -134,7 +140,7 @@ def test_console_in_chromium(served: Served) -> None:
     s.state.hset(keys.breaker(BREAKER), mapping={"state": "open", "times_opened": 1})
     secrets = _secrets(s)
     pages: list[str] = []
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots.mkdir(parents=True, exist_ok=True)
 
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
@@ -151,7 +157,7 @@ def test_console_in_chromium(served: Served) -> None:
             assert page.locator("#login-error").is_visible()
             page.goto(base + "/")
             assert page.url.endswith("/console/login")
-            page.screenshot(path=str(SHOTS / "login.png"))
+            page.screenshot(path=str(shots / "login.png"))
             pages.append(page.content())
 
             page.fill("input[name=token]", TOKEN)
@@ -159,7 +165,7 @@ def test_console_in_chromium(served: Served) -> None:
             page.wait_for_url(base + "/")
             rows = page.locator("#incidents").inner_text()
             assert incident_id in rows and "redis_job_queue_duplicates" in rows
-            page.screenshot(path=str(SHOTS / "incidents.png"), full_page=True)
+            page.screenshot(path=str(shots / "incidents.png"), full_page=True)
             pages.append(page.content())
 
             page.click(f"#incidents a:text-is('{incident_id}')")
@@ -169,18 +175,18 @@ def test_console_in_chromium(served: Served) -> None:
                 assert event in timeline, timeline
             assert "dedupe_job_queue" in timeline
             assert page.locator("#state").inner_text() == "recovered"
-            page.screenshot(path=str(SHOTS / "incident.png"), full_page=True)
+            page.screenshot(path=str(shots / "incident.png"), full_page=True)
             pages.append(page.content())
 
             page.goto(base + "/checks")
             assert "redis_job_queue" in page.locator("#check-runs").inner_text()
-            page.screenshot(path=str(SHOTS / "checks.png"), full_page=True)
+            page.screenshot(path=str(shots / "checks.png"), full_page=True)
             pages.append(page.content())
 
             # breaker reset, audited first
             page.goto(base + "/control")
             assert BREAKER in page.locator("#breakers").inner_text()
-            page.screenshot(path=str(SHOTS / "control.png"), full_page=True)
+            page.screenshot(path=str(shots / "control.png"), full_page=True)
             pages.append(page.content())
             page.locator("#breakers tr", has_text=BREAKER).locator("button").click()
             page.wait_for_url(re.compile(r".*/console/control\?done=reset"))
