@@ -3,7 +3,9 @@
 Both answer before the application reads anything: a request without a valid token is a
 401 whatever its body, a body over REMEDIATION_SERVE__MAX_BODY_BYTES a 413 (by its
 Content-Length, or while it streams). Neither is audited (a stranger must not be able to
-fill the audit database); both are counted (remediation_intake_rejected)."""
+fill the audit database); both are counted (remediation_intake_rejected). The web console's
+paths (/console...) skip the bearer check only: they authenticate by session cookie in
+remediation.serve.console; the body limit applies to them too."""
 
 from __future__ import annotations
 
