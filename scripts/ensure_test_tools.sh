@@ -18,6 +18,8 @@ command -v ip >/dev/null || [[ -x /usr/sbin/ip || -x /sbin/ip ]] || need+=(iprou
 command -v fail2ban-regex >/dev/null || [[ -x /usr/bin/fail2ban-regex ]] || need+=(fail2ban)
 # quarantine_log's rotation is tested with a real logrotate
 command -v logrotate >/dev/null || [[ -x /usr/sbin/logrotate ]] || need+=(logrotate)
+# the web console's browser tests drive Debian's chromium through Playwright
+[[ -x /usr/bin/chromium ]] || need+=(chromium)
 if ((${#need[@]})); then
   if [[ $(id -u) -eq 0 ]]; then
     apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need[@]}"

@@ -1,5 +1,6 @@
 """`remediation serve`: one HTTP service (FastAPI on uvicorn) for what comes from outside:
-Alertmanager's webhook today (remediation.serve.intake); approvals and the console later."""
+Alertmanager's webhook (remediation.serve.intake) and the web console
+(remediation.serve.console, under /console); approvals later."""
 
 from __future__ import annotations
 
@@ -25,7 +26,9 @@ def build(settings: Settings, runner: Runner | None = None) -> TokenAuth:
         from remediation.tasks import dispatch_via
 
         runner = Runner(settings, dispatch_via(get_app(), signing.key_of(settings)))
-    return create_app(settings, Intake(settings, runner))
+    from remediation.serve.console import console_router
+
+    return create_app(settings, Intake(settings, runner), routers=[console_router(settings)])
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None) -> None:

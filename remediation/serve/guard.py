@@ -3,7 +3,9 @@
 Both answer before the application reads anything: a request without a valid token is a
 401 whatever its body, a body over REMEDIATION_SERVE__MAX_BODY_BYTES a 413 (by its
 Content-Length, or while it streams). Neither is audited (a stranger must not be able to
-fill the audit database); both are counted (remediation_intake_rejected)."""
+fill the audit database); both are counted (remediation_intake_rejected). The web console's
+paths (/console...) skip the bearer check only: they authenticate by session cookie in
+remediation.serve.console; the body limit applies to them too."""
 
 from __future__ import annotations
 
@@ -22,6 +24,15 @@ App = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC = frozenset({"/openapi.json", "/healthz"})
 """Paths that need no token: the API description and a liveness probe (nothing secret)."""
+CONSOLE = "/console"
+"""The web console's paths (``/console`` and under it) need no bearer token: the browser has
+none. The console authenticates them itself (remediation.serve.console: a signed session
+cookie from a login with one of the same tokens, CSRF on every POST). Every other path,
+the API, still needs the bearer token."""
+
+
+def is_console(path: str) -> bool:
+    return path == CONSOLE or path.startswith(CONSOLE + "/")
 
 
 async def problem(
@@ -38,7 +49,11 @@ def token_ok(header: bytes | None, tokens: list[bytes]) -> bool:
     """Constant-time: every configured token is compared, whatever matched earlier."""
     if header is None or not header[:7].lower() == b"bearer ":
         return False
-    given = header[7:].strip()
+    return known_token(header[7:].strip(), tokens)
+
+
+def known_token(given: bytes, tokens: list[bytes]) -> bool:
+    """Constant-time: every configured token is compared, whatever matched earlier."""
     matched = False
     for token in tokens:
         matched |= hmac.compare_digest(given, token)
@@ -53,7 +68,7 @@ class TokenAuth:
         self.api: Any = None  # the FastAPI app inside, for whoever adds routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC:
+        if scope["type"] != "http" or scope["path"] in PUBLIC or is_console(scope["path"]):
             await self.app(scope, receive, send)
             return
         auth = dict(scope.get("headers") or []).get(b"authorization")

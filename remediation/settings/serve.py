@@ -27,6 +27,12 @@ class ServeSettings(Section):
     max_body_bytes: int = Field(
         1_048_576, ge=1024, le=64 * 1_048_576, description="a bigger request body is a 413"
     )
+    console_session_seconds: int = Field(
+        8 * 3600,
+        ge=60,
+        le=7 * 86400,
+        description="a web console login lasts this long (signed session cookie)",
+    )
 
     @field_validator("tokens")
     @classmethod
