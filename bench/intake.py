@@ -42,9 +42,9 @@ import redis
 import requests
 from celery import Celery
 
-from bench.pipeline import admin_dsn
+from bench.pipeline import admin_dsn, wait_verified, worker_env
 from tests.support.alerting import alertmanager, prometheus, serve
-from tests.support.base import free_port, wait_for
+from tests.support.base import free_port
 from tests.support.processes import WorkerProcess
 from tests.support.services import RedisServer, as_url, scratch_database
 
@@ -87,19 +87,6 @@ def payload(fingerprint: str, key: str) -> dict[str, Any]:
         "externalURL": "http://127.0.0.1:9093",
         "alerts": [alert],
     }
-
-
-def wait_verified(audit_dsn: str, key: str) -> None:
-    def verified() -> bool:
-        with psycopg.connect(audit_dsn) as conn:
-            row = conn.execute(
-                "SELECT verification FROM action_runs WHERE resource = %s"
-                " AND verification IS NOT NULL",
-                (f"self/{key}",),
-            ).fetchone()
-        return bool(row and row[0] == "recovered")
-
-    wait_for(verified, 60, 0.005, f"verified fix of {key}")
 
 
 def exporter(state: redis.Redis) -> ThreadingHTTPServer:
@@ -207,21 +194,10 @@ def run() -> dict[str, Any]:
             from remediation.audit.store import AuditStore
 
             AuditStore(audit).upgrade()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-            env.update(
-                REMEDIATION_STATE_REDIS_URL=server.url(0),
-                REMEDIATION_BROKER_URL=server.url(1),
-                REMEDIATION_RESULT_BACKEND=server.url(2),
-                REMEDIATION_AUDIT_DSN=audit,
-                REMEDIATION_LOG_LEVEL="INFO",
-                REMEDIATION_LOG_FORMAT="json",
-                REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
-                REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
-                REMEDIATION_JOB_QUEUE__KEYS='["alert_*", "poll_*"]',
-                REMEDIATION_SIGNING_KEY="bench-signing-key-" + "0" * 32,
-                REMEDIATION_METRICS__PORT="0",
-                REMEDIATION_METRICS__MULTIPROC_DIR=tempfile.mkdtemp(prefix="rem-bench-metrics-"),
-                REMEDIATION_AUDIT__SPOOL_DIR=tempfile.mkdtemp(prefix="rem-bench-spool-"),
+            env = worker_env(
+                server,
+                audit,
+                ["alert_*", "poll_*"],
                 REMEDIATION_ALERTS__RULES=json.dumps(RULES),
                 REMEDIATION_SERVE__TOKENS=json.dumps([TOKEN]),
             )

@@ -52,6 +52,47 @@ def timed_batch(app: Celery, task: str, kwargs_list: list[dict[str, Any]]) -> fl
     return time.perf_counter() - start
 
 
+def wait_verified(audit_dsn: str, key: str) -> None:
+    """Until the dedupe of job list ``key`` is on record as verified recovered (60 s at most)."""
+
+    def verified() -> bool:
+        with psycopg.connect(audit_dsn) as conn:
+            row = conn.execute(
+                "SELECT verification FROM action_runs WHERE resource = %s"
+                " AND verification IS NOT NULL",
+                (f"self/{key}",),
+            ).fetchone()
+        return bool(row and row[0] == "recovered")
+
+    wait_for(verified, 60, 0.005, f"verified fix of {key}")
+
+
+def worker_env(
+    server: RedisServer, audit: str, job_keys: list[str], **extra: str
+) -> dict[str, str]:
+    """A benchmark worker's environment: this process's without REMEDIATION_*, the private
+    redis-server for state, broker and results, the scratch audit database, the job lists
+    ``job_keys`` configured, budgets that do not limit, metrics on (as in production)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
+    env.update(
+        REMEDIATION_STATE_REDIS_URL=server.url(0),
+        REMEDIATION_BROKER_URL=server.url(1),
+        REMEDIATION_RESULT_BACKEND=server.url(2),
+        REMEDIATION_AUDIT_DSN=audit,
+        REMEDIATION_LOG_LEVEL="INFO",
+        REMEDIATION_LOG_FORMAT="json",
+        REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
+        REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
+        REMEDIATION_JOB_QUEUE__KEYS=json.dumps(job_keys),
+        REMEDIATION_SIGNING_KEY="bench-signing-key-" + "0" * 32,
+        REMEDIATION_METRICS__PORT="0",  # metrics on, as in production
+        REMEDIATION_METRICS__MULTIPROC_DIR=tempfile.mkdtemp(prefix="rem-bench-metrics-"),
+        REMEDIATION_AUDIT__SPOOL_DIR=tempfile.mkdtemp(prefix="rem-bench-spool-"),
+        **extra,
+    )
+    return env
+
+
 def fault_to_fix(app: Celery, r: redis.Redis, audit_dsn: str) -> list[float]:
     latencies = []
     for i in range(FAULTS):
@@ -59,17 +100,7 @@ def fault_to_fix(app: Celery, r: redis.Redis, audit_dsn: str) -> list[float]:
         r.rpush(key, json.dumps({"id": 1}), json.dumps({"id": 1}))
         start = time.perf_counter()
         app.send_task("remediation.check.redis_job_queue", kwargs={"target": "self", "key": key})
-
-        def verified(key: str = key) -> bool:
-            with psycopg.connect(audit_dsn) as conn:
-                row = conn.execute(
-                    "SELECT verification FROM action_runs WHERE resource = %s"
-                    " AND verification IS NOT NULL",
-                    (f"self/{key}",),
-                ).fetchone()
-            return bool(row and row[0] == "recovered")
-
-        wait_for(verified, 60, 0.005, f"verified fix of {key}")
+        wait_verified(audit_dsn, key)
         latencies.append(time.perf_counter() - start)
     return latencies
 
@@ -82,22 +113,7 @@ def run() -> dict[str, Any]:
             from remediation.audit.store import AuditStore
 
             AuditStore(audit).upgrade()
-            env = {k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")}
-            env.update(
-                REMEDIATION_STATE_REDIS_URL=server.url(0),
-                REMEDIATION_BROKER_URL=server.url(1),
-                REMEDIATION_RESULT_BACKEND=server.url(2),
-                REMEDIATION_AUDIT_DSN=audit,
-                REMEDIATION_LOG_LEVEL="INFO",
-                REMEDIATION_LOG_FORMAT="json",
-                REMEDIATION_VERIFY__DELAY_SECONDS="0.05",
-                REMEDIATION_GUARDS__BUDGET_OVERRIDES='{"dedupe_job_queue": 1000000}',
-                REMEDIATION_JOB_QUEUE__KEYS='["bench_*", "fault_*"]',
-                REMEDIATION_SIGNING_KEY="bench-signing-key-" + "0" * 32,
-                REMEDIATION_METRICS__PORT="0",  # metrics on, as in production
-                REMEDIATION_METRICS__MULTIPROC_DIR=tempfile.mkdtemp(prefix="rem-bench-metrics-"),
-                REMEDIATION_AUDIT__SPOOL_DIR=tempfile.mkdtemp(prefix="rem-bench-spool-"),
-            )
+            env = worker_env(server, audit, ["bench_*", "fault_*"])
             worker = WorkerProcess(env, "bench", concurrency=2).start()
             app = Celery(broker=server.url(1), backend=server.url(2))
             try:
