@@ -43,7 +43,7 @@ import requests
 from celery import Celery
 
 from bench.pipeline import admin_dsn, wait_verified, worker_env
-from tests.support.alerting import alertmanager, prometheus, serve
+from tests.support.alerting import alertmanager, prometheus, serve, webhook_payload
 from tests.support.base import free_port
 from tests.support.processes import WorkerProcess
 from tests.support.services import RedisServer, as_url, scratch_database
@@ -63,30 +63,6 @@ RULES = [
         "check_labels": {"key": "queue"},
     },
 ]
-
-
-def payload(fingerprint: str, key: str) -> dict[str, Any]:
-    alert = {
-        "status": "firing",
-        "labels": {"alertname": "JobQueueDuplicates", "queue": key, "severity": "warning"},
-        "annotations": {},
-        "startsAt": "2026-11-28T03:00:00.123Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://127.0.0.1/graph",
-        "fingerprint": fingerprint,
-    }
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="JobQueueDuplicates"}',
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "remediation",
-        "groupLabels": {"alertname": "JobQueueDuplicates"},
-        "commonLabels": alert["labels"],
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [alert],
-    }
 
 
 def exporter(state: redis.Redis) -> ThreadingHTTPServer:
@@ -218,7 +194,7 @@ def run() -> dict[str, Any]:
                     tag = uuid.uuid4().hex[:8]
                     key = f"alert_{i}_{tag}"
                     state.rpush(key, '{"id": 1}', '{"id": 1}')
-                    body = json.dumps(payload(uuid.uuid4().hex[:16], key))
+                    body = json.dumps(webhook_payload(uuid.uuid4().hex[:16], key))
                     start = time.perf_counter()
                     if i >= 3:
                         sent[key] = ("intake", time.time())

@@ -30,6 +30,7 @@ from tests.support.alerting import (
     alertmanager,
     prometheus,
     serve,
+    webhook_payload,
 )
 from tests.support.env import missing
 from tests.support.own_stack import OwnStack, own_stack
@@ -188,36 +189,12 @@ def test_alert_fires_acts_once_verifies_and_resolves(
         exporter.stop()
 
 
-def _payload(fingerprint: str, key: str, status: str = "firing") -> dict[str, Any]:
-    alert = {
-        "status": status,
-        "labels": {"alertname": "JobQueueDuplicates", "queue": key, "severity": "warning"},
-        "annotations": {},
-        "startsAt": "2026-11-28T03:00:00.123Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://127.0.0.1/graph",
-        "fingerprint": fingerprint,
-    }
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="JobQueueDuplicates"}',
-        "truncatedAlerts": 0,
-        "status": status,
-        "receiver": "remediation",
-        "groupLabels": {"alertname": "JobQueueDuplicates"},
-        "commonLabels": alert["labels"],
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [alert],
-    }
-
-
 def test_same_alert_concurrently_and_retried_runs_one_action(intake: Intake) -> None:
     """Eight concurrent copies and a later retry of one alert give one action run."""
     key = "jobs:concurrent"
     intake.state.delete(key)
     intake.state.rpush(key, "x", "x", "y")
-    body = _payload("a1b2c3d4e5f60718", key)
+    body = webhook_payload("a1b2c3d4e5f60718", key)
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda _: intake.post(body), range(8)))
     assert [r.status_code for r in replies] == [200] * 8
@@ -234,7 +211,7 @@ def test_same_alert_concurrently_and_retried_runs_one_action(intake: Intake) -> 
 
 def test_unmapped_and_unknown_target_are_audited_and_answered_2xx(intake: Intake) -> None:
     """An alert no rule maps is audited as unmapped; nothing is dispatched; the reply is 200."""
-    body = _payload("00000000000000aa", QUEUE)
+    body = webhook_payload("00000000000000aa", QUEUE)
     body["alerts"][0]["labels"]["alertname"] = "SomethingElse"
     reply = intake.post(body)
     assert reply.status_code == 200 and reply.json()["unmapped"] == 1
@@ -250,7 +227,7 @@ def test_no_or_wrong_token_is_401_and_nothing_runs(intake: Intake) -> None:
     intake.state.delete(key)
     intake.state.rpush(key, "z", "z")
     before = len(intake.stack.audit.rows("SELECT id FROM check_runs"))
-    body = _payload("0000000000000bad", key)
+    body = webhook_payload("0000000000000bad", key)
     for token in (None, "wrong" + TOKEN[5:], ""):
         reply = intake.post(body, token=token)
         assert reply.status_code == 401, reply.text
@@ -271,7 +248,7 @@ def test_oversize_body_is_413(intake: Intake) -> None:
 
 def test_too_many_alerts_in_one_call_is_413_and_runs_nothing(intake: Intake) -> None:
     """More alerts than REMEDIATION_ALERTS__MAX_ALERTS in one call: 413, nothing audited."""
-    body = _payload("00000000000000cc", QUEUE)
+    body = webhook_payload("00000000000000cc", QUEUE)
     body["alerts"] = [
         {**body["alerts"][0], "fingerprint": f"{n:016x}", "labels": {"alertname": "Many"}}
         for n in range(51)
@@ -308,7 +285,7 @@ def test_fuzzed_webhook_is_2xx_or_4xx_and_runs_nothing(
     key = "jobs:fuzz"
     if not intake.state.exists(key):
         intake.state.rpush(key, "f", "f")
-    body: Any = _payload("00000000000f0220", key)
+    body: Any = webhook_payload("00000000000f0220", key)
     body["alerts"][0]["labels"]["alertname"] = "Fuzzed"  # no rule maps it if it stays valid
     if mutation == "replace":
         body = value
@@ -348,8 +325,8 @@ def test_metrics_count_the_intake_outcomes(intake: Intake) -> None:
     refused requests."""
     assert requests.get(intake.url + "/metrics", timeout=10).status_code == 401
     before = _metrics(intake)
-    mapped = _payload("00000000000000dd", "jobs:metrics")
-    unmapped = _payload("00000000000000de", QUEUE)
+    mapped = webhook_payload("00000000000000dd", "jobs:metrics")
+    unmapped = webhook_payload("00000000000000de", QUEUE)
     unmapped["alerts"][0]["labels"]["alertname"] = "NotMapped"
     for body in (mapped, mapped, unmapped):
         assert intake.post(body).status_code == 200

@@ -13,7 +13,6 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -21,7 +20,7 @@ import redis
 import requests
 
 from remediation.guards import keys
-from tests.support.alerting import Process, serve
+from tests.support.alerting import Process, serve, webhook_payload
 from tests.support.env import missing
 from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
@@ -44,6 +43,12 @@ RULES = [
     }
 ]
 BREAKER = "dedupe_job_queue:console-test"
+# the alert the test posts; its annotation carries a password no page may show
+ALERT = webhook_payload(
+    "c0501e0000000001",
+    QUEUE,
+    annotations={"summary": f"see redis://admin:{SECRET_PW}@cache.internal:6379/0"},
+)
 
 
 @dataclass
@@ -76,30 +81,6 @@ def served(
             state.close()
 
 
-def _alert(key: str) -> dict[str, Any]:
-    alert = {
-        "status": "firing",
-        "labels": {"alertname": "JobQueueDuplicates", "queue": key, "severity": "warning"},
-        "annotations": {"summary": f"see redis://admin:{SECRET_PW}@cache.internal:6379/0"},
-        "startsAt": "2026-11-28T03:00:00.123Z",
-        "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://127.0.0.1/graph",
-        "fingerprint": "c0501e0000000001",
-    }
-    return {
-        "version": "4",
-        "groupKey": '{}:{alertname="JobQueueDuplicates"}',
-        "truncatedAlerts": 0,
-        "status": "firing",
-        "receiver": "remediation",
-        "groupLabels": {"alertname": "JobQueueDuplicates"},
-        "commonLabels": alert["labels"],
-        "commonAnnotations": {},
-        "externalURL": "http://127.0.0.1:9093",
-        "alerts": [alert],
-    }
-
-
 def _secrets(s: Served) -> list[str]:
     found = [TOKEN, SECRET_PW, s.stack.env["REMEDIATION_SIGNING_KEY"]]
     for name in ("REMEDIATION_AUDIT_DSN", "REMEDIATION_STATE_REDIS_URL"):
@@ -122,7 +103,7 @@ def test_console_in_chromium(served: Served, tmp_path: Path) -> None:
     s.state.rpush(QUEUE, "a", "a", "b")
     reply = requests.post(
         s.url + "/alerts",
-        json=_alert(QUEUE),
+        json=ALERT,
         headers={"Authorization": f"Bearer {TOKEN}"},
         timeout=30,
     )
@@ -248,7 +229,14 @@ def test_console_in_chromium(served: Served, tmp_path: Path) -> None:
         for secret in secrets:
             assert secret not in html
     # the API still needs the bearer token, whatever cookie the browser had
-    assert requests.post(s.url + "/alerts", json=_alert(QUEUE), timeout=10).status_code == 401
+    assert (
+        requests.post(
+            s.url + "/alerts",
+            json=ALERT,
+            timeout=10,
+        ).status_code
+        == 401
+    )
 
 
 def test_console_without_session_refuses_posts(served: Served) -> None:

@@ -150,6 +150,37 @@ def serve(env: dict[str, str], folder: Path) -> tuple[Process, str]:
     return Process(cmd, folder / "serve.log", url + "/healthz", env=env), url
 
 
+def webhook_payload(
+    fingerprint: str,
+    queue: str,
+    status: str = "firing",
+    annotations: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """Alertmanager's webhook body (version 4) for one JobQueueDuplicates alert on ``queue``,
+    as Alertmanager posts it."""
+    alert = {
+        "status": status,
+        "labels": {"alertname": "JobQueueDuplicates", "queue": queue, "severity": "warning"},
+        "annotations": annotations or {},
+        "startsAt": "2026-11-28T03:00:00.123Z",
+        "endsAt": "0001-01-01T00:00:00Z",
+        "generatorURL": "http://127.0.0.1/graph",
+        "fingerprint": fingerprint,
+    }
+    return {
+        "version": "4",
+        "groupKey": '{}:{alertname="JobQueueDuplicates"}',
+        "truncatedAlerts": 0,
+        "status": status,
+        "receiver": "remediation",
+        "groupLabels": {"alertname": "JobQueueDuplicates"},
+        "commonLabels": alert["labels"],
+        "commonAnnotations": {},
+        "externalURL": "http://127.0.0.1:9093",
+        "alerts": [alert],
+    }
+
+
 @dataclass
 class GaugeExporter:
     """Serves one gauge in the Prometheus text format; its value is read at every scrape."""
