@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 from remediation import metrics
+from remediation.approving import Gate
 from remediation.audit.protocol import AuditTrail
 from remediation.calls import ActionCall, ActionOutcome, Admitted, CheckOutcome
 from remediation.clients import redis as redis_clients
@@ -41,7 +42,9 @@ class Acting:
         notices: Notices,
         dispatch: Dispatch,
         check: RunCheck,
+        gate: Gate,
     ) -> None:
+        self.gate = gate
         self.settings = settings
         self.store = store
         self.log = log
@@ -64,8 +67,13 @@ class Acting:
         )
         run.started = time.monotonic()
         error: str | None = None
+        note: dict[str, Any] | None = None
         try:
+            if call.approval is not None:  # only what was approved and is still true
+                ctx.approved, note = self.gate.still_approved(call, call.approval)
             result = call.spec.fn(ctx, call.params)
+            if note is not None:
+                result = result.model_copy(update={"detail": {**result.detail, "approval": note}})
         except (Refused, Deferred) as exc:  # decided at run time: free, like a refusal
             return self._declined(run, exc)
         except (KeyboardInterrupt, SystemExit):

@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from remediation.approvals.state import Approval
 from remediation.context import Trigger
 from remediation.findings import Finding
 from remediation.guards.chain import Admission, BlastAccount, GuardChain
@@ -34,6 +35,7 @@ class ActionCall:
     task_id: str | None = None
     trigger: Trigger | None = None
     facts: dict[str, Any] = field(default_factory=dict)
+    approval: Approval | None = None  # the approval it runs on (remediation.approving)
     _call: str = field(default_factory=lambda: uuid.uuid4().hex)
 
     @property

@@ -72,7 +72,7 @@ def visibility_timeout(s: Settings) -> int:
 def get_app() -> Celery:
     """Build the app once: settings validated, tasks registered, schedule validated."""
     from remediation.schedule import load_schedule
-    from remediation.tasks import register_tasks
+    from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK, register_tasks
 
     settings = get_settings()
     signing.key_of(settings)  # workers sign and verify trigger headers: no key, no start
@@ -89,6 +89,8 @@ def get_app() -> Celery:
     }
     register_tasks(app)
     app.conf.beat_schedule = load_schedule(settings.schedule_module)
+    # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
+    app.conf.beat_schedule[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": EXPIRE_EVERY_SECONDS}
     return app
 
 

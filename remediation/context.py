@@ -131,7 +131,10 @@ class ActionContext(CheckContext):
     died mid-action: the epoch time its claim was first written. An action whose effect is
     not naturally idempotent checks whether the effect already happened since then.
     ``reserve(n)`` takes up to n units of the action's blast radius (shared by all workers)
-    before touching that many things; it returns what may be touched."""
+    before touching that many things; it returns what may be touched.
+    ``approved`` is set when the call runs on an approval: the keys of the plan items that
+    were approved and are still true (remediation.plans); the action touches nothing else
+    (``approves(key)``)."""
 
     trigger: Trigger | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # what the resolve step found
@@ -139,6 +142,11 @@ class ActionContext(CheckContext):
     resumed_since: float | None = None
     idempotency_key: str = ""
     reserve_units: Callable[[int], int] | None = None
+    approved: frozenset[str] | None = None
+
+    def approves(self, key: str) -> bool:
+        """Whether the call may touch the plan item ``key`` (always, without an approval)."""
+        return self.approved is None or key in self.approved
 
     def reserve(self, units: int) -> int:
         if units <= 0:

@@ -33,14 +33,25 @@ class Notices:
         self.dispatch = dispatch
         self.log = log
 
-    def notify(self, kind: str, incident: str, text: str, severity: str = "high") -> None:
-        """Send a notification through the notify action (deduplicated per incident + kind)."""
-        kwargs = {
+    def notify(
+        self,
+        kind: str,
+        incident: str,
+        text: str,
+        severity: str = "high",
+        approval: str | None = None,
+    ) -> None:
+        """Send a notification through the notify action (deduplicated per incident + kind).
+        With ``approval``, the notify action adds that approval's signed links when it sends
+        (the links never travel as task arguments)."""
+        kwargs: dict[str, Any] = {
             "text": bounded_text(text, NOTIFY_TEXT_MAX),
             "incident": incident[:200],
             "kind": kind,
             "severity": severity,
         }
+        if approval is not None:
+            kwargs["approval"] = approval
         self.dispatch(ACTION_PREFIX + "notify", kwargs, None)
 
     def once(self, kind: str, call: ActionCall, text: str) -> None:

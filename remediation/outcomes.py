@@ -31,6 +31,13 @@ class Decision(StrEnum):
     DEFERRED = "deferred"  # not now: the action says when it may act
     UNAVAILABLE = "unavailable"  # guard state or the resolve step's target did not answer
     BREAKER_RESET = "breaker_reset"  # an operator reset a breaker (`remediation breakers`)
+    # approvals (issue 14): the call waits for a human, who approves or denies it; a pending
+    # approval expires (= denied) or is withdrawn when its condition resolves
+    PENDING_APPROVAL = "pending_approval"
+    APPROVED = "approved"
+    DENIED = "denied"
+    EXPIRED = "expired"
+    WITHDRAWN = "withdrawn"
 
 
 class Outcome(StrEnum):
@@ -46,6 +53,8 @@ class Outcome(StrEnum):
     SUPPRESSED = "suppressed"
     DUPLICATE = "duplicate"
     UNAVAILABLE = "unavailable"
+    PENDING_APPROVAL = "pending_approval"  # waits for a human (remediation approvals)
+    DENIED = "denied"  # its approval was denied or expired: not asked again, nothing ran
 
 
 class Verification(StrEnum):

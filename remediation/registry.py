@@ -75,6 +75,8 @@ class ActionSpec:
     timeout: timedelta | None = None  # soft time limit; None = REMEDIATION_CELERY__SOFT_TIME_LIMIT
     # blast-radius units reserved in the admitting call: (settings, params) -> units
     upfront: Callable[[Any, Any], int] | None = None
+    # (read-only context, canonical params) -> remediation.plans.Plan; None: plans.generic
+    plan: Callable[[Any, Any], Any] | None = None
 
     @property
     def task_name(self) -> str:
@@ -123,6 +125,7 @@ def action(
     resource: Callable[[Any], str] | None = None,
     timeout: timedelta | None = None,
     upfront: Callable[[Any, Any], int] | None = None,
+    plan: Callable[[Any, Any], Any] | None = None,
     **guards: Any,
 ) -> Callable[[Callable[..., ActionResult]], Callable[..., ActionResult]]:
     """Declare an idempotent action: (ctx, params) -> ActionResult, with its guard options.
@@ -134,7 +137,10 @@ def action(
     idempotency keys are scoped to, from the canonical params (default: the target);
     ``timeout`` overrides the soft time limit for long actions (backups);
     ``upfront(settings, params)`` is how many blast-radius units the admitting Lua call
-    reserves (saving a round trip; unused ones are given back at completion)."""
+    reserves (saving a round trip; unused ones are given back at completion);
+    ``plan(ctx, params)`` computes, read-only, what the call would do (remediation.plans:
+    shown for approval and in dry-run; once approved, the action acts only on the items of
+    ``ctx.approved``)."""
     if timeout is not None and timeout <= timedelta(0):
         raise RegistryError(f"{name}: timeout must be positive")
     if resolve is None:  # every call names its canonical resource before any guard
@@ -158,6 +164,7 @@ def action(
             resource=resource or (lambda p: p.target),
             timeout=timeout,
             upfront=upfront,
+            plan=plan,
         )
         ACTIONS[name] = spec
         return fn

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from remediation import metrics, playbook, signing
 from remediation.acting import Acting, reason_of
+from remediation.approving import Gate
 from remediation.audit.protocol import AuditTrail
 from remediation.audit.store import AuditStore
 from remediation.calls import (
@@ -64,8 +65,9 @@ class Runner:
         self.store: AuditTrail = store or AuditStore.from_settings(settings)
         self.log = get_logger("remediation.runner")
         self.notices = Notices(settings, self._dispatch, self.log)
+        self.gate = Gate(settings, self.store, self.log, self.notices)
         self.acting = Acting(
-            settings, self.store, self.log, self.notices, self._dispatch, self.run_check
+            settings, self.store, self.log, self.notices, self._dispatch, self.run_check, self.gate
         )
 
     @property
@@ -205,11 +207,14 @@ class Runner:
         task_id: str | None = None,
         trigger: Trigger | None = None,
         header: Any = None,
+        approval: Any = None,
     ) -> ActionOutcome:
-        """Bound, validate, verify the trigger, resolve, guard, act, record, verify, notify.
+        """Bound, validate, verify the trigger, resolve, [ask for approval], guard, act,
+        record, verify, notify.
 
         ``trigger`` comes from an in-process dispatcher; ``header`` is a Celery message's raw
-        trigger header, verified here (signature, shape, age) before anything else runs.
+        trigger header, verified here (signature, shape, age) before anything else runs;
+        ``approval`` is the raw approval header of an approved call (remediation.approving).
         Never raises on purpose."""
         spec = get_action(name)
         params, problem = self._validated(spec.params_model, kwargs)
@@ -230,7 +235,19 @@ class Runner:
         structlog.contextvars.bind_contextvars(
             action=spec.name, target=call.target, resource=call.resource
         )
-        return self._guard(call)
+        try:
+            if approval is not None:  # an approved call: its approval, claimed by this task
+                call = dataclasses.replace(call, approval=self.gate.admit(call, approval))
+            elif self.gate.needed(call, GuardChain(self.state, self.settings, spec).dry_run()):
+                return self.gate.ask(call)
+        except (Refused, Deferred) as exc:
+            return self._declined_early(call, exc)
+        except Exception as exc:  # its plan or the approval state could not be read
+            return self._unresolved(call, exc)
+        outcome = self._guard(call)
+        if call.approval is not None:
+            self.gate.finish(call.approval, outcome)
+        return outcome
 
     def _trigger(
         self, spec: ActionSpec, kwargs: dict[str, Any], trigger: Trigger | None, header: Any
@@ -366,13 +383,21 @@ class Runner:
         return ActionOutcome(Outcome.UNAVAILABLE, decision_id, reason=str(exc))
 
     def _dry_run(self, call: ActionCall, adm: Admission, decision_id: int) -> ActionOutcome:
+        """Audited with the plan the call would have (the one an approver would see)."""
         columns = call.run_columns()
+        result: dict[str, Any]
+        try:
+            result = {"plan": self.gate.plan(call).model_dump(mode="json")}
+        except Exception as exc:  # the plan is information: its failure is recorded
+            result = {"plan_error": redact_text(f"{type(exc).__name__}: {exc}")[:1000]}
         run_id = self.store.add_action_run(
-            **columns, outcome=Outcome.DRY_RUN, decision_id=decision_id
+            **columns, outcome=Outcome.DRY_RUN, decision_id=decision_id, result=result
         )
         self.log.info("dry-run: would act", params=columns["params"])
         metrics.action_run(call.spec.name, Outcome.DRY_RUN, None)
-        return ActionOutcome(Outcome.DRY_RUN, decision_id, run_id, adm.reason)
+        done = ActionOutcome(Outcome.DRY_RUN, decision_id, run_id, adm.reason)
+        done.result = result
+        return done
 
     def _suppressed(self, call: ActionCall, adm: Admission, decision_id: int) -> ActionOutcome:
         self.log.info("action suppressed", guard=adm.guard, reason=adm.reason)

@@ -10,19 +10,32 @@ from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
 from remediation import registry, signing
+from remediation.approvals import APPROVAL_HEADER, Approvals
+from remediation.approvals import header as approval_header
 from remediation.context import Trigger
 from remediation.runner import Runner
 from remediation.settings import get_settings
 
 TRIGGER_HEADER = "remediation_trigger"
+EXPIRE_TASK = "remediation.approvals.expire"
+"""Beat runs it every EXPIRE_EVERY_SECONDS: pending approvals past their time expire."""
+EXPIRE_EVERY_SECONDS = 30
 
 
 def dispatch_via(app: Celery, key: bytes) -> Any:
     """A Runner dispatcher that sends action tasks through the broker, each trigger header
-    signed with the key (REMEDIATION_SIGNING_KEY) together with the task and its kwargs."""
+    signed with the key (REMEDIATION_SIGNING_KEY) together with the task and its kwargs, and
+    an approved call's approval header signed with the task."""
 
-    def dispatch(task_name: str, kwargs: dict[str, Any], trigger: Trigger | None) -> None:
+    def dispatch(
+        task_name: str,
+        kwargs: dict[str, Any],
+        trigger: Trigger | None,
+        approval: str | None = None,
+    ) -> None:
         headers = {TRIGGER_HEADER: trigger.to_header(key, task_name, kwargs)} if trigger else {}
+        if approval is not None:
+            headers[APPROVAL_HEADER] = approval_header(key, approval, task_name)
         app.send_task(task_name, kwargs=kwargs, headers=headers)
 
     return dispatch
@@ -34,12 +47,12 @@ def runner(app: Celery) -> Runner:
     return Runner(settings, dispatch_via(app, signing.key_of(settings)))
 
 
-def _header(task: Task) -> Any:
-    """The raw trigger header of the message being run (None: a call by hand); the runner
-    verifies it before anything runs."""
-    value = getattr(task.request, TRIGGER_HEADER, None)
+def _header(task: Task, name: str = TRIGGER_HEADER) -> Any:
+    """A raw header of the message being run (the trigger's; None: a call by hand); the
+    runner verifies it before anything runs."""
+    value = getattr(task.request, name, None)
     if value is None and isinstance(task.request.headers, dict):
-        value = task.request.headers.get(TRIGGER_HEADER)
+        value = task.request.headers.get(name)
     return value
 
 
@@ -50,6 +63,13 @@ def register_tasks(app: Celery) -> None:
         _register_check(app, check_spec.name, check_spec.task_name)
     for action_spec in registry.ACTIONS.values():
         _register_action(app, action_spec.name, action_spec.task_name)
+
+    @app.task(name=EXPIRE_TASK)
+    def expire_approvals() -> int:
+        """Expire pending approvals past REMEDIATION_APPROVALS__TTL_SECONDS (= denied,
+        audited); run by beat every EXPIRE_EVERY_SECONDS."""
+        r = runner(app)
+        return Approvals(r.settings, r.store).expire_due()
 
 
 def _register_check(app: Celery, name: str, task_name: str) -> None:
@@ -72,7 +92,11 @@ def _register_action(app: Celery, name: str, task_name: str) -> None:
     def run_action(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(action=name)
         outcome = runner(app).run_action(
-            name, kwargs, task_id=self.request.id, header=_header(self)
+            name,
+            kwargs,
+            task_id=self.request.id,
+            header=_header(self),
+            approval=_header(self, APPROVAL_HEADER),
         )
         return outcome.as_dict()
 

@@ -21,6 +21,9 @@ from typing import Literal
 
 from pydantic import Field
 
+from remediation import signing
+from remediation.approvals import links as approval_links
+from remediation.approvals import state as approval_state
 from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.findings import ActionResult
 from remediation.guards import keys
@@ -38,6 +41,14 @@ class NotifyParams(ActionParams):
     incident: str = Field(min_length=1, max_length=200, description="dedupe key")
     kind: str = Field("notice", min_length=1, max_length=64)
     severity: Literal["info", "warning", "high", "critical"] = "high"
+    approval: str | None = Field(
+        None,
+        min_length=16,
+        max_length=16,
+        pattern=r"^[0-9a-f]{16}$",
+        description="an approval the text asks for: its signed approve/deny links are added"
+        " when sent (REMEDIATION_APPROVALS__LINK_BASE_URL), never stored",
+    )
 
 
 def _resource(params: NotifyParams) -> str:
@@ -186,7 +197,11 @@ def notify(ctx: ActionContext, params: NotifyParams) -> ActionResult:
         first = True
     if not first:
         return ActionResult(changed=False, summary="already sent within the window")
-    body = json.dumps(params.model_dump(mode="json", exclude={"target"})).encode()
+    message = params.model_dump(mode="json", exclude={"target"})
+    if params.approval is not None and (links := _links(ctx, params.approval)):
+        message.update(links)  # and in the text, which is what a chat shows
+        message["text"] += f"\nApprove: {links['approve_url']}\nDeny: {links['deny_url']}"
+    body = json.dumps(message).encode()
     answer: Answer | None = None
     error: str | None
     try:
@@ -202,6 +217,23 @@ def notify(ctx: ActionContext, params: NotifyParams) -> ActionResult:
             ctx.state.delete(dedupe)
         return ActionResult(ok=False, changed=False, summary=f"webhook failed: {error}")
     return ActionResult(summary=_sent(answer, cfg.timeout_seconds), detail=_detail(answer))
+
+
+def _links(ctx: ActionContext, approval_id: str) -> dict[str, str]:
+    """The approval's signed approve/deny links, added to the text sent (made here, at
+    sending, so no task argument, audit row or log line ever holds one); none while the
+    approval is not pending or no REMEDIATION_APPROVALS__LINK_BASE_URL is set."""
+    base = ctx.settings.approvals.link_base_url
+    if base is None:
+        return {}
+    found = approval_state.get(ctx.state, approval_id)
+    if found is None or found.state != approval_state.PENDING:
+        return {}
+    key = signing.key_of(ctx.settings)
+    expires = int(found.expires_at)
+    approve = approval_links.make(key, base, approval_id, "approve", expires)
+    deny = approval_links.make(key, base, approval_id, "deny", expires)
+    return {"approve_url": approve, "deny_url": deny}
 
 
 def _sent(answer: Answer, timeout: float) -> str:

@@ -138,6 +138,7 @@ class MemoryAuditStore:
         finding_id: int | None = None,
         task_id: str | None = None,
         idempotency_key: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int:
         row = {
             "finding_id": finding_id,
@@ -149,6 +150,7 @@ class MemoryAuditStore:
             "decision": decision,
             "guard": guard or None,
             "reason": audit_text(reason),
+            "detail": audit_json(detail) if detail is not None else None,
         }
         return self._insert("guard_decisions", row, finding_id=("findings", finding_id))
 

@@ -48,6 +48,7 @@ class AuditTrail(Protocol):
         finding_id: int | None = None,
         task_id: str | None = None,
         idempotency_key: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int: ...
 
     def add_action_run(

@@ -106,6 +106,17 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        3,
+        """
+        -- approvals (issue 14): a decision row may carry what was decided on (the plan, the
+        -- approval id, who decided)
+        ALTER TABLE guard_decisions ADD COLUMN detail jsonb;
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 
@@ -190,9 +201,9 @@ _INSERTS = {
     " %(observed)s, %(threshold)s, %(summary)s, %(evidence)s, %(fingerprint)s,"
     " %(incident_id)s, %(at)s::timestamptz)",
     "decision": "INSERT INTO guard_decisions (id, finding_id, task_id, action, target, resource,"
-    " idempotency_key, decision, guard, reason, decided_at) VALUES (%(id)s, %(finding_id)s,"
-    " %(task_id)s, %(action)s, %(target)s, %(resource)s, %(idempotency_key)s, %(decision)s,"
-    " %(guard)s, %(reason)s, %(at)s::timestamptz)",
+    " idempotency_key, decision, guard, reason, detail, decided_at) VALUES (%(id)s,"
+    " %(finding_id)s, %(task_id)s, %(action)s, %(target)s, %(resource)s, %(idempotency_key)s,"
+    " %(decision)s, %(guard)s, %(reason)s, %(detail)s, %(at)s::timestamptz)",
     "action_run": "INSERT INTO action_runs (id, decision_id, finding_id, task_id, action, target,"
     " resource, params, outcome, error, result, duration_ms, verification, started_at)"
     " VALUES (%(id)s, %(decision_id)s, %(finding_id)s, %(task_id)s, %(action)s, %(target)s,"
@@ -210,7 +221,9 @@ _UPDATES = {
     " verify_check_run_id = %(check_run_id)s, verified_at = %(at)s::timestamptz"
     " WHERE id = %(id)s",
 }
-_JSON_ARGS = frozenset({"params", "evidence", "result"})
+_JSON_ARGS = frozenset({"params", "evidence", "result", "detail"})
+_DEFAULTS = {"decision": {"detail": None}}
+"""Arguments added after a release: a record spooled by an older version has none."""
 
 
 class RowMissing(Exception):
@@ -226,6 +239,7 @@ def unreachable(exc: BaseException | None) -> bool:
 
 def run_write(conn: psycopg.Connection[Any], op: str, args: dict[str, Any]) -> bool:
     """Apply one write; False when an insert met an existing id (already there)."""
+    args = {**_DEFAULTS.get(op, {}), **args}
     bound = {k: Jsonb(v) if k in _JSON_ARGS and v is not None else v for k, v in args.items()}
     if op in _INSERTS:
         cur = conn.execute(_INSERTS[op] + " ON CONFLICT (id) DO NOTHING RETURNING id", bound)

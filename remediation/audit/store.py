@@ -188,6 +188,7 @@ class AuditStore:
         finding_id: int | None = None,
         task_id: str | None = None,
         idempotency_key: str | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> int:
         return self._insert(
             "decision",
@@ -200,6 +201,7 @@ class AuditStore:
             decision=decision,
             guard=guard or None,
             reason=audit_text(reason),
+            detail=audit_json(detail) if detail is not None else None,
         )
 
     def add_action_run(

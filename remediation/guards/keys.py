@@ -119,3 +119,26 @@ def alert_firing(fingerprint: str) -> str:
     """Set while Alertmanager reports an alert firing (deleted when it posts it resolved):
     what the alertmanager_alert check reads to verify a fix by the alert resolving."""
     return f"{PREFIX}alert:firing:{fingerprint}"
+
+
+APPROVALS_PENDING = PREFIX + "approvals:pending"
+"""Sorted set: pending approval id -> its expiry (epoch) (remediation.approvals)."""
+APPROVALS_RECENT = PREFIX + "approvals:recent"
+"""Sorted set: approval id -> when it was requested, the newest APPROVALS_KEPT kept."""
+APPROVALS_STATS = PREFIX + "approvals:stats"
+"""Hash: counts of approval events and decision-time buckets, read at scrape time."""
+
+
+def approval(approval_id: str) -> str:
+    """Hash: one approval (what the call is, its plan, its state and who decided)."""
+    return f"{PREFIX}approval:{approval_id}"
+
+
+def approval_call(idempotency_key: str) -> str:
+    """The approval asked for one call (action, resource, incident): one per call."""
+    return f"{PREFIX}approval:call:{idempotency_key}"
+
+
+def approvals_of(fingerprint: str) -> str:
+    """Set: approvals asked for on a condition (withdrawn when it resolves)."""
+    return f"{PREFIX}approvals:fp:{fingerprint}"

@@ -27,6 +27,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from remediation.errors import ConfigError, TargetError
 from remediation.settings.access import AccessSettings
 from remediation.settings.api_keys import ApiKeySettings
+from remediation.settings.approvals import DEFAULT_REQUIRE, ApprovalSettings
 from remediation.settings.backups import BackupSettings
 from remediation.settings.base import ENV_PREFIX, MIN_SIGNING_KEY, NESTED
 from remediation.settings.certificates import CertificateSettings
@@ -82,6 +83,7 @@ __all__ = [
     "DEFAULT_BLAST_RADIUS",
     "DEFAULT_DATA_QUALITY",
     "DEFAULT_PROMETHEUS_RULES",
+    "DEFAULT_REQUIRE",
     "DESKTOP_OS",
     "ENV_PREFIX",
     "HEADER_BROWSERS",
@@ -91,6 +93,7 @@ __all__ = [
     "AlertRule",
     "AlertSettings",
     "ApiKeySettings",
+    "ApprovalSettings",
     "AuditSettings",
     "BackoffSettings",
     "BackupSettings",
@@ -199,6 +202,7 @@ class Settings(BaseSettings):
     # alerts in (issue 14)
     serve: ServeSettings = ServeSettings()
     alerts: AlertSettings = AlertSettings()
+    approvals: ApprovalSettings = ApprovalSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod

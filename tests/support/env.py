@@ -36,6 +36,8 @@ def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict
         # each test worker serves metrics on a free port from a directory of its own
         "REMEDIATION_METRICS__PORT": "0",
         "REMEDIATION_METRICS__MULTIPROC_DIR": tempfile.mkdtemp(prefix="rem-metrics-"),
+        # actions run when called unless a test asks for approvals (tests/.../test_approvals*)
+        "REMEDIATION_APPROVALS__REQUIRE": "[]",
     }
     env.update(extra)
     return env
