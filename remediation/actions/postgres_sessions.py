@@ -20,7 +20,15 @@ from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
-from remediation.pg_activity import ACTIVE, IDLE, SESSION_STATES, connect, list_sessions
+from remediation.pg_activity import (
+    ACTIVE,
+    IDLE,
+    SESSION_STATES,
+    connect,
+    list_sessions,
+    safe_query,
+)
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical, postgres_target
 from remediation.settings import PostgresSettings
@@ -105,6 +113,60 @@ def _signal(conn: psycopg.Connection[Any], kind: str, verb: str, s: dict[str, An
     return "done" if row[0] else f"failed: pg_{verb}_backend returned false"
 
 
+def session_key(s: dict[str, Any]) -> str:
+    """A session as a plan names it: the same pid with another backend_start is another
+    session (pids are reused)."""
+    return f"session:{s['pid']}:{s['backend_start'].isoformat()}"
+
+
+def _chosen_now(
+    ctx: CheckContext, target: str, kind: str, bound: int
+) -> tuple[list[Any], int, int]:
+    """(sessions it would signal, how many are not allow-listed, how many over the cap)."""
+    cfg = ctx.settings.postgres
+    with connect(ctx, target) as conn:
+        sessions = list_sessions(conn, kind, bound)
+    allowed = [s for s in sessions if _allowed(s, cfg)]
+    return allowed[: cfg.max_sessions_per_run], len(sessions) - len(allowed), len(allowed)
+
+
+def sessions_plan(ctx: CheckContext, target: str, kind: str, verb: str, bound: int) -> Plan:
+    """Which sessions a run would end now (read-only): user, application, age and the
+    query with its literals masked."""
+    wanted, not_allowed, allowed = _chosen_now(ctx, target, kind, bound)
+    cap = ctx.settings.postgres.max_sessions_per_run
+    what = "idle in transaction" if kind == IDLE else "running a query"
+    items = [
+        item(
+            session_key(s),
+            f"{verb} pid {s['pid']} ({s['usename']}, {s['application_name'] or '-'}),"
+            f" {what} for {s['age_s']:.0f}s: {safe_query(s['query'])}",
+            pid=s["pid"],
+            user=s["usename"],
+            application=s["application_name"],
+            age_s=round(s["age_s"], 1),
+            query=safe_query(s["query"]),
+        )
+        for s in wanted
+    ]
+    summary = (
+        f"{verb} {len(items)} session(s) {what} for more than {bound}s on {target}"
+        f" ({not_allowed} not allow-listed and {max(0, allowed - cap)} over the cap of"
+        f" {cap} left alone)"
+    )
+    return plan_of(summary, items)
+
+
+def plan_terminate(ctx: CheckContext, params: TerminateIdleTransactionsParams) -> Plan:
+    bound = ctx.settings.postgres.idle_in_transaction_seconds
+    return sessions_plan(ctx, params.target, IDLE, "terminate", bound)
+
+
+def plan_cancel(ctx: CheckContext, params: CancelLongQueriesParams) -> Plan:
+    bound = ctx.settings.postgres.long_query_seconds
+    return sessions_plan(ctx, params.target, ACTIVE, "cancel", bound)
+
+
 def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: int) -> ActionResult:
     """Signal the oldest allow-listed sessions in ``kind`` longer than bound, up to the cap."""
     cfg = ctx.settings.postgres
@@ -116,7 +178,9 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
     failed: list[dict[str, Any]] = []
     with connect(ctx, target) as conn:
         sessions = list_sessions(conn, kind, bound)
-        allowed = [s for s in sessions if _allowed(s, cfg)]
+        # on an approval, only the sessions approved that are still there (none new)
+        listed = [s for s in sessions if _allowed(s, cfg)]
+        allowed = [s for s in listed if ctx.approves(session_key(s))]
         wanted = allowed[: cfg.max_sessions_per_run]
         granted = ctx.reserve(len(wanted))  # blast radius: sessions per window, all workers
         chosen = wanted[:granted]
@@ -131,11 +195,13 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
             else:
                 failed.append({**who, "error": outcome.removeprefix("failed: ")})
     ctx.give_back(len(chosen) - len(done))  # a session that moved on or failed was not ended
-    not_allowed, over_cap = len(sessions) - len(allowed), len(allowed) - len(wanted)
+    not_allowed, over_cap = len(sessions) - len(listed), len(allowed) - len(wanted)
+    not_approved = len(listed) - len(allowed)
     over_blast = len(wanted) - len(chosen)
     summary = (
         f"{past} {len(done)} session(s) {what} for more than {bound}s;"
         f" {not_allowed} not allow-listed, {over_cap} over the cap of {cfg.max_sessions_per_run}"
+        + (f", {not_approved} not approved (new since the approval)" if not_approved else "")
         + (f", {len(gone)} moved on" if gone else "")
         + (f", {over_blast} left at the blast-radius cap" if over_blast else "")
         + (f", {len(failed)} failed: {failed[0]['error']}" if failed else "")
@@ -144,6 +210,7 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
         past: done,
         "skipped_not_allowed": not_allowed,
         "skipped_over_cap": over_cap,
+        "skipped_not_approved": not_approved,
         "skipped_blast_radius": over_blast,
         "moved_on": gone,
         "failed": failed,
@@ -155,6 +222,7 @@ def end_sessions(ctx: ActionContext, target: str, kind: str, verb: str, bound: i
 @action(
     "terminate_idle_transactions",
     resolve=resolve_terminate,
+    plan=plan_terminate,
     cooldown=timedelta(minutes=5),
     max_per_hour=6,
 )
@@ -176,7 +244,11 @@ def terminate_idle_transactions(
 
 
 @action(
-    "cancel_long_queries", resolve=resolve_cancel, cooldown=timedelta(minutes=5), max_per_hour=6
+    "cancel_long_queries",
+    resolve=resolve_cancel,
+    plan=plan_cancel,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=6,
 )
 def cancel_long_queries(ctx: ActionContext, params: CancelLongQueriesParams) -> ActionResult:
     """Cancel queries running too long (runbook 002 "Slow Queries"); opt-in.
