@@ -15,7 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from prometheus_client import multiprocess
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
 
 from remediation.clients import redis as redis_clients
@@ -69,6 +74,51 @@ class StateCollector(Collector):
             log.warning("metrics: breaker states unreadable", error=repr(exc))
             state_up.add_metric([], 0)
         yield from (up, build, breakers, state_up)
+        yield from ApprovalCollector(self.url).collect()
+
+
+APPROVAL_EVENTS = ("requested", "approved", "denied", "expired", "withdrawn")
+DECISION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400, 604800)
+"""Seconds from request to decision (remediation.approvals.record_event counts them)."""
+
+
+class ApprovalCollector(Collector):
+    """Approval metrics, read at scrape time from the state Redis, where every process that
+    decides (worker, `remediation serve`, the CLI) counts: pending now, events so far, time
+    to a decision."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            r = redis_clients.client(self.url, timeout=2.0)
+            pending = int(r.zcard(keys.APPROVALS_PENDING))
+            stats = {text(k): float(v) for k, v in r.hgetall(keys.APPROVALS_STATS).items()}
+        except Exception as exc:
+            log.warning("metrics: approvals unreadable", error=repr(exc))
+            return
+        gauge = GaugeMetricFamily(
+            "remediation_approvals_pending", "Approvals waiting for a decision now"
+        )
+        gauge.add_metric([], pending)
+        events = CounterMetricFamily(
+            "remediation_approvals",
+            "Approval events: requested, approved, denied, expired, withdrawn",
+            labels=["event"],
+        )
+        for event in APPROVAL_EVENTS:
+            events.add_metric([event], stats.get(f"event:{event}", 0.0))
+        buckets = [(str(b), stats.get(f"le:{b}", 0.0)) for b in DECISION_BUCKETS]
+        count = stats.get("count", 0.0)
+        waited = HistogramMetricFamily(
+            "remediation_approval_decision_seconds",
+            "Time from an approval's request to its decision (approved, denied, expired,"
+            " withdrawn)",
+            buckets=[*buckets, ("+Inf", count)],
+            sum_value=stats.get("sum", 0.0),
+        )
+        yield from (gauge, events, waited)
 
 
 def read_breakers(url: str) -> list[tuple[str, str]]:

@@ -32,6 +32,7 @@ from remediation.clients import redis as redis_clients
 from remediation.context import Trigger
 from remediation.guards import keys
 from remediation.logging import get_logger
+from remediation.metrics_scrape import DECISION_BUCKETS
 from remediation.outcomes import Decision
 from remediation.redact import bounded_text, redact_text
 from remediation.registry import ACTION_PREFIX
@@ -39,13 +40,19 @@ from remediation.settings import Settings
 
 APPROVAL_HEADER = "remediation_approval"
 """The message header of an approved call: the approval id, signed with the task name."""
-DECISION_BUCKETS = (10, 30, 60, 300, 900, 1800, 3600, 7200, 21600, 86400, 604800)
-"""Seconds from request to decision: the buckets of remediation_approval_decision_seconds."""
 REASON_MAX = 500
 BY_MAX = 200
 log = get_logger("remediation.approvals")
 
-__all__ = ["APPROVAL_HEADER", "Approval", "Approvals", "Decided", "header", "verify_header"]
+__all__ = [
+    "APPROVAL_HEADER",
+    "Approval",
+    "Approvals",
+    "Decided",
+    "SendApproved",
+    "header",
+    "verify_header",
+]
 
 
 class SendApproved(Protocol):

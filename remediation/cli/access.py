@@ -27,7 +27,7 @@ def cmd_unblock(args: argparse.Namespace, s: Settings) -> int:
     if ip is None:
         print(f"remediation unblock: {args.ip[:64]!r} is not a client address", file=sys.stderr)
         return 2
-    who = f"{_user()}: {args.reason}"[:300]
+    who = f"{user()}: {args.reason}"[:300]
     store = AuditStore(s.audit_dsn.get_secret_value())
     resource = f"ip:{ip}"
     decision = store.add_decision(
@@ -68,7 +68,7 @@ def cmd_unblock(args: argparse.Namespace, s: Settings) -> int:
     return 1 if error else 0
 
 
-def _user() -> str:
+def user() -> str:
     """Who ran the command, as far as the system knows (for the audit row)."""
     try:
         return getpass.getuser()

@@ -1,8 +1,11 @@
 """`remediation serve`: one HTTP service (FastAPI on uvicorn) for what comes from outside:
 Alertmanager's webhook (remediation.serve.intake) and the web console
-(remediation.serve.console, under /console); approvals later."""
+(remediation.serve.console, under /console); approvals (remediation.serve.approvals_api:
+the API and the signed links)."""
 
 from __future__ import annotations
+
+from typing import cast
 
 from remediation.runner import Runner
 from remediation.serve.app import create_app
@@ -26,9 +29,14 @@ def build(settings: Settings, runner: Runner | None = None) -> TokenAuth:
         from remediation.tasks import dispatch_via
 
         runner = Runner(settings, dispatch_via(get_app(), signing.key_of(settings)))
+    from remediation.approvals import Approvals, SendApproved
+    from remediation.serve.app import bearer
+    from remediation.serve.approvals_api import approvals_router
     from remediation.serve.console import console_router
 
-    return create_app(settings, Intake(settings, runner), routers=[console_router(settings)])
+    approvals = Approvals(settings, runner.store, cast(SendApproved, runner.dispatch))
+    routers = [approvals_router(approvals, bearer), console_router(settings, approvals)]
+    return create_app(settings, Intake(settings, runner, approvals), routers=routers)
 
 
 def run(settings: Settings, host: str | None = None, port: int | None = None) -> None:

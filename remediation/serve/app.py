@@ -1,8 +1,8 @@
 """The `remediation serve` application: FastAPI routes behind token and body-size middleware.
 
 ``create_app`` is the one factory: routers are added with ``app.include_router`` (the
-Alertmanager intake here; the approval endpoints and the console of issue 14 are meant to
-be further routers on the same app, behind the same middleware)."""
+Alertmanager intake here; the approvals API and the console are further routers on the
+same app, behind the same middleware)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,12 @@ from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.concurrency import run_in_threadpool
 
 from remediation import metrics
 from remediation.logging import get_logger
+from remediation.metrics_scrape import ApprovalCollector
 from remediation.redact import bounded_text, storable, truncated
 from remediation.serve.guard import BodyLimit, TokenAuth
 from remediation.serve.intake import CHECK, Intake
@@ -63,7 +64,7 @@ def create_app(settings: Settings, intake: Intake, routers: Sequence[APIRouter] 
     api = FastAPI(
         title="remediation",
         version="0.1.0",
-        description="Alertmanager intake of the remediation worker (issue 14).",
+        description="Alertmanager intake and approvals of the remediation worker (issue 14).",
         docs_url=None,
         redoc_url=None,
     )
@@ -75,9 +76,14 @@ def create_app(settings: Settings, intake: Intake, routers: Sequence[APIRouter] 
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    approval_metrics = CollectorRegistry()
+    approval_metrics.register(ApprovalCollector(settings.state_redis_url.get_secret_value()))
+
     @api.get("/metrics", include_in_schema=False)
     def metrics_text() -> Response:
-        return Response(generate_latest(metrics.registry()), media_type=CONTENT_TYPE_LATEST)
+        """This process's intake metrics and the approval metrics every process counts."""
+        text = generate_latest(metrics.registry()) + generate_latest(approval_metrics)
+        return Response(text, media_type=CONTENT_TYPE_LATEST)
 
     @api.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

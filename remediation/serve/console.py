@@ -32,9 +32,10 @@ from itsdangerous import BadSignature, URLSafeTimedSerializer
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from remediation import incident_report, report
+from remediation.approvals import Approvals
 from remediation.logging import get_logger
 from remediation.redact import redact, redact_text
-from remediation.serve.guard import CONSOLE, known_token
+from remediation.serve.guard import CONSOLE, known_token, token_id
 from remediation.settings import Settings
 
 log = get_logger("remediation.serve.console")
@@ -69,7 +70,7 @@ def _finalize(value: Any) -> Any:
     return redact_text(str(value))
 
 
-def _environment() -> Environment:
+def environment() -> Environment:
     env = Environment(
         loader=FileSystemLoader(Path(__file__).parent / "templates"),
         autoescape=select_autoescape(default=True, default_for_string=True),
@@ -87,7 +88,7 @@ class Console:
         self.tokens = [t.get_secret_value().encode() for t in settings.serve.tokens]
         self.signer = URLSafeTimedSerializer(secrets.token_bytes(32), salt="console-session")
         self.max_age = settings.serve.console_session_seconds
-        self.env = _environment()
+        self.env = environment()
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Console:
             base=CONSOLE,
             **redact(context),
         )
-        response = HTMLResponse(html, status_code=status, headers=_HEADERS)
+        response = HTMLResponse(html, status_code=status, headers=HEADERS)
         if fresh:
             self.set_session(request, response, session)
         return response
@@ -154,7 +155,7 @@ class Console:
         return redis_clients.state(self.settings)
 
 
-_HEADERS = {
+HEADERS = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
     "form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
@@ -164,7 +165,7 @@ _HEADERS = {
 }
 
 
-async def _form(request: Request) -> dict[str, str]:
+async def read_form(request: Request) -> dict[str, str]:
     """The urlencoded form (the body limit already applies); 400 for anything else."""
     kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if kind != "application/x-www-form-urlencoded":
@@ -189,8 +190,9 @@ def _csrf_ok(session: dict[str, Any] | None, form: dict[str, str]) -> bool:
     return bool(given) and hmac.compare_digest(given.encode(), str(session["csrf"]).encode())
 
 
-def console_router(settings: Settings) -> APIRouter:
-    """The console's routes (not in the OpenAPI description: they are pages, not the API)."""
+def console_router(settings: Settings, approvals: Approvals | None = None) -> APIRouter:
+    """The console's routes (not in the OpenAPI description: they are pages, not the API).
+    ``approvals`` decides approvals (sending approved calls to the worker)."""
     console = Console(settings)
     router = APIRouter(prefix=CONSOLE, include_in_schema=False)
 
@@ -204,7 +206,7 @@ def console_router(settings: Settings) -> APIRouter:
         """The form of a POST: 403 (nothing done) without the session's CSRF token, 401
         without a login."""
         session = console.session(request)
-        form = await _form(request)
+        form = await read_form(request)
         if not _csrf_ok(session, form):
             raise Refused(403, "missing or wrong CSRF token; reload the page and try again")
         if need_login and not (session and session.get("user")):
@@ -233,8 +235,8 @@ def console_router(settings: Settings) -> APIRouter:
                 error="that token is not one of REMEDIATION_SERVE__TOKENS",
             )
         # a new session (new CSRF token) at login: nothing from before the login carries over
-        user = "token-" + hmac.new(b"console", token, "sha256").hexdigest()[:8]
-        response = RedirectResponse(CONSOLE + "/", status_code=303, headers=_HEADERS)
+        user = token_id(token)
+        response = RedirectResponse(CONSOLE + "/", status_code=303, headers=HEADERS)
         console.set_session(request, response, {"csrf": secrets.token_urlsafe(32), "user": user})
         log.info("console login", user=user)
         return response
@@ -245,7 +247,7 @@ def console_router(settings: Settings) -> APIRouter:
             await posted(request)
         except Refused as exc:
             return console.refused(request, exc)
-        response = RedirectResponse(CONSOLE + "/login", status_code=303, headers=_HEADERS)
+        response = RedirectResponse(CONSOLE + "/login", status_code=303, headers=HEADERS)
         response.delete_cookie(COOKIE, path=CONSOLE)
         return response
 
@@ -255,7 +257,7 @@ def console_router(settings: Settings) -> APIRouter:
         try:
             session = logged_in(request)
         except Refused:
-            return RedirectResponse(CONSOLE + "/login", status_code=303, headers=_HEADERS)
+            return RedirectResponse(CONSOLE + "/login", status_code=303, headers=HEADERS)
         try:
             return console.page(request, template, session, **load())
         except Refused as exc:
@@ -263,7 +265,7 @@ def console_router(settings: Settings) -> APIRouter:
 
     @router.get("")
     def root(request: Request) -> Response:
-        return RedirectResponse(CONSOLE + "/", status_code=303, headers=_HEADERS)
+        return RedirectResponse(CONSOLE + "/", status_code=303, headers=HEADERS)
 
     @router.get("/")
     def incidents(request: Request) -> Response:
@@ -321,7 +323,7 @@ def console_router(settings: Settings) -> APIRouter:
         return view(request, "control.html", load)
 
     def done(what: str) -> Response:
-        return RedirectResponse(f"{CONSOLE}/control?done={what}", status_code=303, headers=_HEADERS)
+        return RedirectResponse(f"{CONSOLE}/control?done={what}", status_code=303, headers=HEADERS)
 
     @router.post("/breakers/reset")
     async def breaker_reset(request: Request) -> Response:
@@ -403,7 +405,7 @@ def console_router(settings: Settings) -> APIRouter:
     # approver's identity ``session["user"]``). Approvals do not exist in the worker yet;
     # until they do the page says so.
     @router.get("/approvals")
-    def approvals(request: Request) -> Response:
+    def approvals_page(request: Request) -> Response:
         return view(request, "approvals.html", lambda: {"page_name": "approvals"})
 
     return router

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
@@ -31,8 +32,22 @@ cookie from a login with one of the same tokens, CSRF on every POST). Every othe
 the API, still needs the bearer token."""
 
 
+LINK = re.compile(r"^/approvals/[0-9a-f]{16}/link$")
+"""An approval's signed link: no bearer token (a notification's reader has none); the
+signature checked by remediation.serve.approvals_api is its credential."""
+
+
 def is_console(path: str) -> bool:
     return path == CONSOLE or path.startswith(CONSOLE + "/")
+
+
+def is_link(path: str) -> bool:
+    return bool(LINK.match(path))
+
+
+def token_id(token: bytes) -> str:
+    """Who a token is in the audit and the logs: a short hash, never the token."""
+    return "token-" + hmac.new(b"console", token, "sha256").hexdigest()[:8]
 
 
 async def problem(
@@ -68,7 +83,8 @@ class TokenAuth:
         self.api: Any = None  # the FastAPI app inside, for whoever adds routes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in PUBLIC or is_console(scope["path"]):
+        path = scope["path"] if scope["type"] == "http" else ""
+        if scope["type"] != "http" or path in PUBLIC or is_console(path) or is_link(path):
             await self.app(scope, receive, send)
             return
         auth = dict(scope.get("headers") or []).get(b"authorization")

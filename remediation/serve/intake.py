@@ -21,6 +21,7 @@ from typing import Any
 import redis
 
 from remediation import metrics
+from remediation.approvals import Approvals
 from remediation.errors import ConfigError, TargetError, UnknownTaskError
 from remediation.findings import Finding, Severity
 from remediation.guards import keys
@@ -157,9 +158,10 @@ def mapped(settings: Settings, rule: AlertRule, alert: Alert) -> Mapped:
 class Intake:
     """Processes notifications for one `remediation serve` process."""
 
-    def __init__(self, settings: Settings, runner: Runner) -> None:
+    def __init__(self, settings: Settings, runner: Runner, approvals: Approvals | None = None):
         self.settings = settings
         self.runner = runner
+        self.approvals = approvals or Approvals(settings, runner.store)
 
     @property
     def state(self) -> redis.Redis:
@@ -242,7 +244,14 @@ class Intake:
             return
         self.state.delete(keys.alert_firing(alert.fingerprint))
         closed = bool(self.state.delete(keys.incident(m.finding.fingerprint)))
-        batch.note(alert, "resolved", rule=m.rule.name, incident_closed=closed)
+        withdrawn = self.approvals.withdraw(m.finding.fingerprint, "the alert resolved")
+        batch.note(
+            alert,
+            "resolved",
+            rule=m.rule.name,
+            incident_closed=closed,
+            approvals_withdrawn=withdrawn,
+        )
 
     def _give_back(self, taken: list[str]) -> None:
         try:
