@@ -30,12 +30,11 @@ def build(settings: Settings, runner: Runner | None = None) -> TokenAuth:
 
         runner = Runner(settings, dispatch_via(get_app(), signing.key_of(settings)))
     from remediation.approvals import Approvals, SendApproved
-    from remediation.serve.app import bearer
     from remediation.serve.approvals_api import approvals_router
     from remediation.serve.console import console_router
 
     approvals = Approvals(settings, runner.store, cast(SendApproved, runner.dispatch))
-    routers = [approvals_router(approvals, bearer), console_router(settings, approvals)]
+    routers = [approvals_router(approvals), console_router(settings, approvals)]
     return create_app(settings, Intake(settings, runner, approvals), routers=routers)
 
 

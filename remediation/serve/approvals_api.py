@@ -24,6 +24,7 @@ from remediation import signing
 from remediation.approvals import Approvals, Decided, links
 from remediation.approvals.state import Approval
 from remediation.logging import get_logger
+from remediation.serve.app import bearer
 from remediation.serve.console import HEADERS, Refused, environment, read_form
 from remediation.serve.guard import token_id
 
@@ -87,7 +88,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 }
 
 
-def approvals_router(approvals: Approvals, bearer: Any) -> APIRouter:
+def approvals_router(approvals: Approvals) -> APIRouter:
     """The approval API and link pages, deciding through ``approvals``."""
     router = APIRouter(tags=["approvals"])
     env = environment()

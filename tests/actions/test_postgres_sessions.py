@@ -31,6 +31,7 @@ from remediation.guards import keys
 from remediation.logging import get_logger
 from remediation.pg_activity import ACTIVE, IDLE
 from remediation.runner import Runner
+from remediation.settings import DEFAULT_REQUIRE
 from tests.support.base import wait_for
 from tests.support.postgres import FAST, running, session, wait_for_sessions
 from tests.support.runner import Recorder
@@ -260,3 +261,36 @@ def test_invalid_params_are_rejected(kwargs: dict[str, Any]) -> None:
     for model in (TerminateIdleTransactionsParams, CancelLongQueriesParams):
         with pytest.raises(ValidationError):
             model.model_validate(kwargs)
+
+
+def test_by_default_ending_sessions_waits_for_approval_and_dry_run_shows_the_same_plan(
+    settings_env: Any, target_db: str, r: redis.Redis
+) -> None:
+    """With the default REMEDIATION_APPROVALS__REQUIRE a call waits for approval with its
+    plan (nothing ended, nothing guarded); in dry-run the audited plan names the same
+    sessions."""
+    env = {
+        "REMEDIATION_POSTGRES_TARGETS__APP": target_db,
+        "REMEDIATION_POSTGRES__SESSION_ALLOW_APPLICATIONS": '["shop"]',
+        "REMEDIATION_APPROVALS__REQUIRE": json.dumps(DEFAULT_REQUIRE),
+        **FAST,
+    }
+    s = settings_env(**env)
+    with session(target_db, app="shop") as one, session(target_db, app="shop") as two:
+        pids = {one.info.backend_pid, two.info.backend_pid}
+        wait_for_sessions(target_db, IDLE, pids)
+        asked = Runner(s, Recorder()).run_action("terminate_idle_transactions", {"target": "app"})
+        assert asked.outcome == "pending_approval"
+        assert asked.result is not None
+        plan = asked.result["plan"]
+        assert {i["detail"]["pid"] for i in plan["items"]} == pids
+        assert answers(one) and answers(two)
+        assert r.zcard(keys.budget("terminate_idle_transactions")) == 0  # nothing guarded
+        dry = settings_env(**env, REMEDIATION_GUARDS__DRY_RUN="true")
+        wait_for_sessions(target_db, IDLE, pids)  # answers() ran a query in each
+        shown = Runner(dry, Recorder()).run_action("terminate_idle_transactions", {"target": "app"})
+        assert shown.outcome == "dry_run" and shown.result is not None, shown
+        assert {i["key"] for i in shown.result["plan"]["items"]} == {
+            i["key"] for i in plan["items"]
+        }
+        assert answers(one) and answers(two)

@@ -138,10 +138,11 @@ def prometheus(
     return process
 
 
-def serve(env: dict[str, str], folder: Path) -> tuple[Process, str]:
-    """`remediation serve` of this checkout on a free port; (process, base URL)."""
+def serve(env: dict[str, str], folder: Path, port: int | None = None) -> tuple[Process, str]:
+    """`remediation serve` of this checkout on ``port`` (a free one by default); (process,
+    base URL)."""
     folder.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     binary = str(Path(ROOT) / ".venv" / "bin" / "remediation")
     if not Path(binary).exists():
         binary = shutil.which("remediation") or binary

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from remediation.serve.console import _csrf_ok, _environment, _finalize
+from remediation.serve.console import _csrf_ok, _finalize, environment
 from remediation.serve.guard import is_console, known_token
 
 
@@ -32,7 +32,7 @@ def test_templates_escape_and_redact_everything_printed() -> None:
     assert _finalize(None) == ""
     assert _finalize(datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)) == "2026-01-02 03:04:05"
     page = (
-        _environment()
+        environment()
         .from_string("{{ v }}")
         .render(v="<script>x</script> postgresql://u:hunter2pw@db/x password=abc123")
     )
