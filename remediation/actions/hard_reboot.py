@@ -25,9 +25,6 @@ from remediation.registry import action
 from remediation.resolve import canonical
 from remediation.settings import Settings
 
-REQUIRES_APPROVAL = True
-"""When approvals exist (issue 14), recreate_service asks for one by default: it removes and
-recreates containers, the one remediation here that throws a writable layer away."""
 COOLDOWN = timedelta(hours=1)
 """One hard reboot per service (or project) per hour, however often it is asked for."""
 POLL_SECONDS = 0.5
@@ -126,7 +123,7 @@ def recreate_service(ctx: ActionContext, params: RecreateServiceParams) -> Actio
     Verified: the recreated containers run (and are healthy, with a healthcheck) within
     HARD_REBOOT_WAIT_SECONDS; then restart_container's give-up on them is cleared so it looks
     after the new ones; the check then confirms. Operators are told either way.
-    Will require an approval by default once approvals exist (REQUIRES_APPROVAL)."""
+    Waits for an approval by default (REMEDIATION_APPROVALS__REQUIRE), with its plan."""
     cfg = ctx.settings.containers
     if not cfg.hard_reboot:  # the configuration may have changed since the call was resolved
         raise Refused(_OFF, notice=False)

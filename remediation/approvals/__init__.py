@@ -166,9 +166,13 @@ class Approvals:
             self._audit(approval, Decision.EXPIRED, "expiry", "not decided in time")
             return Decided("expired", approval, f"approval {approval_id} had expired")
         self._audit(approval, Decision(to), by, reason)
-        if approve:
-            self._send(approval)
         verb = "approved: the call is sent to the worker" if approve else "denied"
+        if approve:
+            try:
+                self._send(approval)
+            except Exception as exc:  # the decision stands (audited); say the send failed
+                log.error("could not send an approved call", approval=approval_id, error=str(exc))
+                verb = f"approved, but sending the call to the worker failed ({type(exc).__name__})"
         return Decided(to, approval, f"approval {approval_id} {verb}")
 
     def expire_due(self) -> int:

@@ -11,9 +11,10 @@ DEFAULT_REQUIRE = [
     "cancel_long_queries",  # cancels queries
     "revoke_stuck_tasks",  # terminates tasks
     "block_ip",  # bans clients
+    "recreate_service",  # removes containers and their writable layers (opt-in besides)
 ]
 """Actions that wait for approval unless REMEDIATION_APPROVALS__REQUIRE says otherwise: the
-session-ending, query-cancelling, task-revoking and IP-blocking ones."""
+session-ending, query-cancelling, task-revoking and IP-blocking ones, and the hard reboot."""
 _ENTRY = r"^[a-z][a-z0-9_]{0,63}(@[A-Za-z0-9_.:\-]{1,128})?$"
 
 

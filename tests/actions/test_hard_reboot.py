@@ -14,7 +14,6 @@ from pydantic import ValidationError
 
 from remediation import playbook
 from remediation.actions.hard_reboot import (
-    REQUIRES_APPROVAL,
     RecreateServiceParams,
     recreate_service,
     resolve_recreate,
@@ -26,6 +25,7 @@ from remediation.findings import ActionResult, Finding, Severity
 from remediation.logging import get_logger
 from remediation.restarts import state_key
 from remediation.runner import Runner
+from remediation.settings import DEFAULT_REQUIRE
 from tests.support.base import wait_for
 from tests.support.docker_compose import DOCKER_URL, IMAGE, ComposeProject, compose_project
 from tests.support.runner import Recorder
@@ -252,7 +252,7 @@ def test_through_the_runner_once_per_window(
         "SELECT resource FROM guard_decisions WHERE task_id IN ('reboot-1', 'reboot-2')"
     )
     assert {row["resource"] for row in rows} == {f"docker/service/{project.service}"}
-    assert REQUIRES_APPROVAL is True
+    assert "recreate_service" in DEFAULT_REQUIRE  # by default it waits for a human
 
 
 def test_a_service_that_does_not_come_up_keeps_its_give_up(
