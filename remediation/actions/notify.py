@@ -197,7 +197,7 @@ def notify(ctx: ActionContext, params: NotifyParams) -> ActionResult:
         first = True
     if not first:
         return ActionResult(changed=False, summary="already sent within the window")
-    message = params.model_dump(mode="json", exclude={"target"})
+    message = params.model_dump(mode="json", exclude={"target"}, exclude_none=True)
     if params.approval is not None and (links := _links(ctx, params.approval)):
         message.update(links)  # and in the text, which is what a chat shows
         message["text"] += f"\nApprove: {links['approve_url']}\nDeny: {links['deny_url']}"
