@@ -474,17 +474,6 @@ def _shown(approval: dict[str, Any], now: float) -> dict[str, Any]:
     for name in ("requested_at", "expires_at", "decided_at"):
         if shown.get(name) is not None:
             shown[name] = datetime.fromtimestamp(shown[name], UTC)
-    shown["expires_in"] = _duration(approval["expires_at"] - now)
+    left = approval["expires_at"] - now
+    shown["expires_in"] = report.duration(left) if left > 0 else "now"
     return shown
-
-
-def _duration(seconds: float) -> str:
-    """A short human duration: '45 s', '12 min', '3 h 5 min'; 'now' when past."""
-    s = int(seconds)
-    if s <= 0:
-        return "now"
-    if s < 60:
-        return f"{s} s"
-    if s < 3600:
-        return f"{s // 60} min"
-    return f"{s // 3600} h {s % 3600 // 60} min"

@@ -11,18 +11,15 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import requests
 
 from remediation.guards import keys
-from tests.support.alerting import Process, serve, webhook_payload
+from tests.support.alerting import QUEUE_RULE, Served, served_stack, webhook_payload
 from tests.support.env import missing
-from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
 SLOT = 1402
@@ -31,17 +28,7 @@ CHROMIUM = "/usr/bin/chromium"
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 QUEUE = "jobs:console"
 SECRET_PW = "s3cr3t-console-pw"
-RULES = [
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    }
-]
+RULES = [QUEUE_RULE]
 BREAKER = "dedupe_job_queue:console-test"
 # the alert the test posts; its annotation carries a password no page may show
 ALERT = webhook_payload(
@@ -49,14 +36,6 @@ ALERT = webhook_payload(
     QUEUE,
     annotations={"summary": f"see redis://admin:{SECRET_PW}@cache.internal:6379/0"},
 )
-
-
-@dataclass
-class Served:
-    stack: OwnStack
-    url: str
-    serve: Process
-    state: redis.Redis
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +49,10 @@ def served(
         "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
         "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
     }
-    with own_stack(broker, pg_admin, "console", SLOT, **env) as stack:
-        process, url = serve(stack.env, tmp_path_factory.mktemp("serve"))
-        process.start()
-        state = redis.Redis.from_url(stack.env["REMEDIATION_STATE_REDIS_URL"])
-        try:
-            yield Served(stack, url, process, state)
-        finally:
-            process.stop()
-            state.close()
+    with served_stack(
+        broker, pg_admin, "console", SLOT, tmp_path_factory.mktemp("serve"), **env
+    ) as served:
+        yield served
 
 
 def _secrets(s: Served) -> list[str]:

@@ -13,18 +13,15 @@ import json
 import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 import requests
 
 from remediation.approvals import state as approval_state
-from tests.support.alerting import Process, serve, webhook_payload
+from tests.support.alerting import QUEUE_RULE, Served, served_stack, webhook_payload
 from tests.support.env import missing
-from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
 SLOT = 1403
@@ -33,25 +30,7 @@ CHROMIUM = "/usr/bin/chromium"
 DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 APPROVE_QUEUE = "jobs:approve-me"
 DENY_QUEUE = "jobs:deny-me"
-RULES = [
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    }
-]
-
-
-@dataclass
-class Served:
-    stack: OwnStack
-    url: str
-    serve: Process
-    state: redis.Redis
+RULES = [QUEUE_RULE]
 
 
 @pytest.fixture(scope="module")
@@ -66,15 +45,10 @@ def served(
         "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
         "REMEDIATION_APPROVALS__REQUIRE": json.dumps(["dedupe_job_queue"]),
     }
-    with own_stack(broker, pg_admin, "console_approvals", SLOT, **env) as stack:
-        process, url = serve(stack.env, tmp_path_factory.mktemp("serve"))
-        process.start()
-        state = redis.Redis.from_url(stack.env["REMEDIATION_STATE_REDIS_URL"])
-        try:
-            yield Served(stack, url, process, state)
-        finally:
-            process.stop()
-            state.close()
+    with served_stack(
+        broker, pg_admin, "console_approvals", SLOT, tmp_path_factory.mktemp("serve"), **env
+    ) as served:
+        yield served
 
 
 def _asked(s: Served, queue: str, fingerprint: str) -> dict[str, Any]:
@@ -149,7 +123,7 @@ def test_console_approvals_in_chromium(served: Served, tmp_path: Path) -> None:
             for item in approval.plan["items"]:
                 assert item["what"] in shown
             assert pending.locator(f"a[href='/console/incidents/{incident_id}']").count() == 1
-            assert "min" in pending.locator(".expires-in").inner_text()
+            assert re.match(r"^\d+m \d+s", pending.locator(".expires-in").inner_text())
             assert page.locator(f"#approval-{deny_id}").count() == 1
             page.screenshot(path=str(shots / "approvals.png"), full_page=True)
             csrf = page.locator("input[name=csrf]").first.get_attribute("value")
