@@ -10,7 +10,6 @@ REMEDIATION_TEST_SCREENSHOTS=1."""
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,33 +19,29 @@ import pytest
 import requests
 
 from remediation.approvals import state as approval_state
-from tests.support.alerting import QUEUE_RULE, Served, served_stack, webhook_payload
-from tests.support.env import missing
+from tests.support.alerting import Served, webhook_payload
+from tests.support.console import chromium_page, console_stack, shots_folder
 from tests.support.rabbitmq import Broker
 
 SLOT = 1403
 TOKEN = "approvals-test-token-" + "0123456789abcdef" * 2
-CHROMIUM = "/usr/bin/chromium"
-DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 APPROVE_QUEUE = "jobs:approve-me"
 DENY_QUEUE = "jobs:deny-me"
-RULES = [QUEUE_RULE]
 
 
 @pytest.fixture(scope="module")
 def served(
     broker: Broker, pg_admin: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    if not Path(CHROMIUM).exists():
-        missing("chromium (scripts/ensure_test_tools.sh)")
-    env = {
-        "REMEDIATION_ALERTS__RULES": json.dumps(RULES),
-        "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
-        "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
-        "REMEDIATION_APPROVALS__REQUIRE": json.dumps(["dedupe_job_queue"]),
-    }
-    with served_stack(
-        broker, pg_admin, "console_approvals", SLOT, tmp_path_factory.mktemp("serve"), **env
+    folder = tmp_path_factory.mktemp("serve")
+    with console_stack(
+        broker,
+        pg_admin,
+        "console_approvals",
+        SLOT,
+        folder,
+        TOKEN,
+        REMEDIATION_APPROVALS__REQUIRE=json.dumps(["dedupe_job_queue"]),
     ) as served:
         yield served
 
@@ -83,11 +78,7 @@ def _decisions(s: Served, approval_id: str) -> list[str]:
 def test_console_approvals_in_chromium(served: Served, tmp_path: Path) -> None:
     """Two pending approvals seen with their plan in the console: one approved (the worker
     dedupes and verifies), one denied with a reason (nothing runs), forged posts refused."""
-    from playwright.sync_api import sync_playwright
-
-    refresh = os.environ.get("REMEDIATION_TEST_SCREENSHOTS", "") == "1"
-    shots = DOCS_SHOTS if refresh else tmp_path
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = shots_folder(tmp_path)
     s, audit = served, served.stack.audit
 
     asked = _asked(s, APPROVE_QUEUE, "a9900e0000000001")
@@ -101,106 +92,101 @@ def test_console_approvals_in_chromium(served: Served, tmp_path: Path) -> None:
     assert s.state.lrange(APPROVE_QUEUE, 0, -1) == [b"a", b"a", b"b"]
     assert not audit.rows("SELECT id FROM action_runs WHERE action = 'dedupe_job_queue'")
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            base = s.url + "/console"
-            page.goto(base + "/login")
-            page.fill("input[name=token]", TOKEN)
-            page.click("button[type=submit]")
-            page.wait_for_url(base + "/")
+    with chromium_page(900) as page:
+        base = s.url + "/console"
+        page.goto(base + "/login")
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/")
 
-            page.click("header a:text-is('Approvals')")
-            page.wait_for_url(base + "/approvals")
-            pending = page.locator(f"#approval-{approve_id}")
-            text = pending.inner_text()
-            assert "dedupe_job_queue" in text and f"self/{APPROVE_QUEUE}" in text
-            approval = approval_state.get(s.state, approve_id)
-            assert approval is not None and approval.plan["items"]
-            assert approval.plan["summary"] in pending.locator(".summary").inner_text()
-            shown = pending.locator(".plan li").all_inner_texts()
-            for item in approval.plan["items"]:
-                assert item["what"] in shown
-            assert pending.locator(f"a[href='/console/incidents/{incident_id}']").count() == 1
-            assert re.match(r"^\d+m \d+s", pending.locator(".expires-in").inner_text())
-            assert page.locator(f"#approval-{deny_id}").count() == 1
-            page.screenshot(path=str(shots / "approvals.png"), full_page=True)
-            csrf = page.locator("input[name=csrf]").first.get_attribute("value")
-            assert csrf
+        page.click("header a:text-is('Approvals')")
+        page.wait_for_url(base + "/approvals")
+        pending = page.locator(f"#approval-{approve_id}")
+        text = pending.inner_text()
+        assert "dedupe_job_queue" in text and f"self/{APPROVE_QUEUE}" in text
+        approval = approval_state.get(s.state, approve_id)
+        assert approval is not None and approval.plan["items"]
+        assert approval.plan["summary"] in pending.locator(".summary").inner_text()
+        shown = pending.locator(".plan li").all_inner_texts()
+        for item in approval.plan["items"]:
+            assert item["what"] in shown
+        assert pending.locator(f"a[href='/console/incidents/{incident_id}']").count() == 1
+        assert re.match(r"^\d+m \d+s", pending.locator(".expires-in").inner_text())
+        assert page.locator(f"#approval-{deny_id}").count() == 1
+        page.screenshot(path=str(shots / "approvals.png"), full_page=True)
+        csrf = page.locator("input[name=csrf]").first.get_attribute("value")
+        assert csrf
 
-            # a POST without (or with a wrong) CSRF token is refused and decides nothing
-            forged: list[dict[str, str | float | bool]] = [{}, {"csrf": "x" * 43}]
-            for form in forged:
-                answer = page.request.post(
-                    f"{base}/approvals/{deny_id}/approve", form=form, max_redirects=0
-                )
-                assert answer.status == 403, answer.status
-            # bad ids are 404 before anything; a deny needs a reason
-            for bad, status in [
-                ("nothex0000000000", 404),
-                ("0123", 404),
-                ("0123456789abcdef", 404),
-            ]:
-                answer = page.request.post(
-                    f"{base}/approvals/{bad}/approve", form={"csrf": csrf}, max_redirects=0
-                )
-                assert answer.status == status, (bad, answer.status)
+        # a POST without (or with a wrong) CSRF token is refused and decides nothing
+        forged: list[dict[str, str | float | bool]] = [{}, {"csrf": "x" * 43}]
+        for form in forged:
             answer = page.request.post(
-                f"{base}/approvals/{deny_id}/deny", form={"csrf": csrf, "reason": " "}
+                f"{base}/approvals/{deny_id}/approve", form=form, max_redirects=0
             )
-            assert answer.status == 400, answer.status
-            assert approval_state.get(s.state, deny_id).state == "pending"  # type: ignore[union-attr]
-            assert _decisions(s, deny_id) == ["pending_approval"]
-
-            # approve: the worker runs the dedupe and verifies it
-            pending.locator("form.approve input[name=reason]").fill("looks right")
-            pending.locator("form.approve button").click()
-            page.wait_for_url(re.compile(r".*/console/approvals\?done=approved"))
-            assert "approved" in page.locator("#done").inner_text()
-            run = audit.wait_rows(
-                "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
-                " AND verification IS NOT NULL",
-                f"self/{APPROVE_QUEUE}",
-                timeout=90,
-            )[0]
-            assert run["outcome"] == "succeeded" and run["verification"] == "recovered", run
-            assert s.state.lrange(APPROVE_QUEUE, 0, -1) == [b"a", b"b"]
-            assert _decisions(s, approve_id)[:2] == ["pending_approval", "approved"]
-            by = audit.rows(
-                "SELECT detail FROM guard_decisions WHERE decision = 'approved'"
-                " AND detail->>'approval' = %s",
-                approve_id,
-            )[0]["detail"]
-            assert by["by"].startswith("console:") and by["reason"] == "looks right"
-
-            # deciding it again is refused (409) and changes nothing
+            assert answer.status == 403, answer.status
+        # bad ids are 404 before anything; a deny needs a reason
+        for bad, status in [
+            ("nothex0000000000", 404),
+            ("0123", 404),
+            ("0123456789abcdef", 404),
+        ]:
             answer = page.request.post(
-                f"{base}/approvals/{approve_id}/deny", form={"csrf": csrf, "reason": "late"}
+                f"{base}/approvals/{bad}/approve", form={"csrf": csrf}, max_redirects=0
             )
-            assert answer.status == 409, answer.status
+            assert answer.status == status, (bad, answer.status)
+        answer = page.request.post(
+            f"{base}/approvals/{deny_id}/deny", form={"csrf": csrf, "reason": " "}
+        )
+        assert answer.status == 400, answer.status
+        assert approval_state.get(s.state, deny_id).state == "pending"  # type: ignore[union-attr]
+        assert _decisions(s, deny_id) == ["pending_approval"]
 
-            # deny the other one, with a reason: nothing runs
-            page.goto(base + "/approvals")
-            other = page.locator(f"#approval-{deny_id}")
-            other.locator("form.deny input[name=reason]").fill("not during the sale")
-            other.locator("form.deny button").click()
-            page.wait_for_url(re.compile(r".*/console/approvals\?done=denied"))
-            assert page.locator(f"#approval-{deny_id}").count() == 0
-            recent = page.locator("#recent").inner_text()
-            assert "not during the sale" in recent and "denied" in recent
-            assert "console:" in recent and "looks right" in recent
-            assert _decisions(s, deny_id) == ["pending_approval", "denied"]
-            assert approval_state.get(s.state, deny_id).state == "denied"  # type: ignore[union-attr]
+        # approve: the worker runs the dedupe and verifies it
+        pending.locator("form.approve input[name=reason]").fill("looks right")
+        pending.locator("form.approve button").click()
+        page.wait_for_url(re.compile(r".*/console/approvals\?done=approved"))
+        assert "approved" in page.locator("#done").inner_text()
+        run = audit.wait_rows(
+            "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
+            " AND verification IS NOT NULL",
+            f"self/{APPROVE_QUEUE}",
+            timeout=90,
+        )[0]
+        assert run["outcome"] == "succeeded" and run["verification"] == "recovered", run
+        assert s.state.lrange(APPROVE_QUEUE, 0, -1) == [b"a", b"b"]
+        assert _decisions(s, approve_id)[:2] == ["pending_approval", "approved"]
+        by = audit.rows(
+            "SELECT detail FROM guard_decisions WHERE decision = 'approved'"
+            " AND detail->>'approval' = %s",
+            approve_id,
+        )[0]["detail"]
+        assert by["by"].startswith("console:") and by["reason"] == "looks right"
 
-            # the incident's timeline shows the approval decisions
-            page.click(f"#recent a:text-is('{incident_id}')")
-            page.wait_for_url(re.compile(rf".*/console/incidents/{incident_id}"))
-            timeline = page.locator("#timeline").inner_text()
-            for event in ("pending_approval", "approved", "verification"):
-                assert event in timeline, timeline
-        finally:
-            browser.close()
+        # deciding it again is refused (409) and changes nothing
+        answer = page.request.post(
+            f"{base}/approvals/{approve_id}/deny", form={"csrf": csrf, "reason": "late"}
+        )
+        assert answer.status == 409, answer.status
+
+        # deny the other one, with a reason: nothing runs
+        page.goto(base + "/approvals")
+        other = page.locator(f"#approval-{deny_id}")
+        other.locator("form.deny input[name=reason]").fill("not during the sale")
+        other.locator("form.deny button").click()
+        page.wait_for_url(re.compile(r".*/console/approvals\?done=denied"))
+        assert page.locator(f"#approval-{deny_id}").count() == 0
+        recent = page.locator("#recent").inner_text()
+        assert "not during the sale" in recent and "denied" in recent
+        assert "console:" in recent and "looks right" in recent
+        assert _decisions(s, deny_id) == ["pending_approval", "denied"]
+        assert approval_state.get(s.state, deny_id).state == "denied"  # type: ignore[union-attr]
+
+        # the incident's timeline shows the approval decisions
+        page.click(f"#recent a:text-is('{incident_id}')")
+        page.wait_for_url(re.compile(rf".*/console/incidents/{incident_id}"))
+        timeline = page.locator("#timeline").inner_text()
+        for event in ("pending_approval", "approved", "verification"):
+            assert event in timeline, timeline
 
     # the denied call never ran: its queue keeps its duplicate
     assert s.state.lrange(DENY_QUEUE, 0, -1) == [b"a", b"a", b"b"]
