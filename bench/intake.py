@@ -43,7 +43,7 @@ import requests
 from celery import Celery
 
 from bench.pipeline import admin_dsn, wait_verified, worker_env
-from tests.support.alerting import alertmanager, prometheus, serve, webhook_payload
+from tests.support.alerting import QUEUE_RULE, alertmanager, prometheus, serve, webhook_payload
 from tests.support.base import free_port
 from tests.support.processes import WorkerProcess
 from tests.support.services import RedisServer, as_url, scratch_database
@@ -51,18 +51,7 @@ from tests.support.services import RedisServer, as_url, scratch_database
 SAMPLES = int(os.environ.get("REMEDIATION_BENCH_INTAKE_N", "50"))
 E2E = int(os.environ.get("REMEDIATION_BENCH_INTAKE_E2E", "5"))
 TOKEN = "bench-intake-token-" + "0123456789abcdef" * 2
-RULES = [
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "severity": {"label": "severity"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    },
-]
+RULES = [QUEUE_RULE]
 
 
 def exporter(state: redis.Redis) -> ThreadingHTTPServer:

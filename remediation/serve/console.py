@@ -1,7 +1,11 @@
 """The web console of `remediation serve` (issue 14), under /console: server-rendered pages.
 
 Incidents (recent, and one incident's timeline), breakers with reset, pause/resume, recent
-check runs. Approvals are not built yet: see ``approvals`` below, the one place they go.
+check runs, and approvals: the pending ones with their plan and Approve/Deny forms (a deny
+needs a reason), and the recent decided ones. A decision goes through Approvals.decide like
+the CLI's, the API's and the signed links', audited as ``console:<user>`` (the user is the
+hash of the token that logged in); 404 for an unknown approval, 409 for one decided already
+or expired.
 
 Authentication: the API's bearer token does not reach a browser, so TokenAuth lets /console
 through (guard.is_console) and every route here checks a session cookie instead. The cookie
@@ -21,9 +25,10 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs
 
 from fastapi import APIRouter, Request
@@ -33,18 +38,21 @@ from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from remediation import incident_report, report
 from remediation.approvals import Approvals
+from remediation.approvals.state import valid_id as valid_approval_id
 from remediation.logging import get_logger
 from remediation.redact import redact, redact_text
 from remediation.serve.guard import CONSOLE, known_token, token_id
 from remediation.settings import Settings
 
 log = get_logger("remediation.serve.console")
+T = TypeVar("T")
 COOKIE = "remediation_console"
 RECENT_CHECK_RUNS = 50
 INCIDENT_WINDOW = timedelta(days=7)
 MAX_FIELD = 500
 """Characters a form field may have; longer is a 400."""
 MAX_PAUSE_SECONDS = 7 * 86400
+RECENT_APPROVALS = 50
 
 _CHECK_RUNS = """
     SELECT id, check_name, target, purpose, status, error, findings_count, started_at,
@@ -322,8 +330,8 @@ def console_router(settings: Settings, approvals: Approvals | None = None) -> AP
 
         return view(request, "control.html", load)
 
-    def done(what: str) -> Response:
-        return RedirectResponse(f"{CONSOLE}/control?done={what}", status_code=303, headers=HEADERS)
+    def done(what: str, where: str = "control") -> Response:
+        return RedirectResponse(f"{CONSOLE}/{where}?done={what}", status_code=303, headers=HEADERS)
 
     @router.post("/breakers/reset")
     async def breaker_reset(request: Request) -> Response:
@@ -398,21 +406,74 @@ def console_router(settings: Settings, approvals: Approvals | None = None) -> AP
         log.info("console resume")
         return done("resumed")
 
-    # --- approvals: NOT BUILT YET ---------------------------------------------------------
-    # Issue 14's "pending approvals with their plan and Approve/Deny" belong here: a GET
-    # /approvals page listing pending calls with their plan, and POST /approvals/{id}/approve
-    # and /deny forms (CSRF-checked by ``posted`` like every other form, audited with the
-    # approver's identity ``session["user"]``). Approvals do not exist in the worker yet;
-    # until they do the page says so.
+    # --- approvals ----------------------------------------------------------------------
+
     @router.get("/approvals")
     def approvals_page(request: Request) -> Response:
-        return view(request, "approvals.html", lambda: {"page_name": "approvals"})
+        def load() -> dict[str, Any]:
+            decider = _approvals()
+            now = time.time()
+            pending = [_shown(a.as_dict(), now) for a in decider.pending()]
+            recent = [_shown(a.as_dict(), now) for a in decider.recent(RECENT_APPROVALS)]
+            return {
+                "pending": pending,
+                "recent": [a for a in recent if a["state"] != "pending"],
+                "page_name": "approvals",
+                "done": request.query_params.get("done", "")[:100],
+            }
+
+        return view(request, "approvals.html", load)
+
+    def _approvals() -> Approvals:
+        if approvals is None:
+            raise Refused(503, "this console cannot decide approvals (no approvals service)")
+        return approvals
+
+    @router.post("/approvals/{approval_id}/approve")
+    async def approve(request: Request, approval_id: str) -> Response:
+        return await _decide(request, approval_id, True)
+
+    @router.post("/approvals/{approval_id}/deny")
+    async def deny(request: Request, approval_id: str) -> Response:
+        return await _decide(request, approval_id, False)
+
+    async def _decide(request: Request, approval_id: str, approve: bool) -> Response:
+        """Approve or deny from the console: the id is checked first, then the form (CSRF,
+        login); a deny needs a reason. Audited by Approvals.decide as console:<user>."""
+        try:
+            if not valid_approval_id(approval_id):
+                raise Refused(404, "not an approval id")
+            form = await posted(request)
+            reason = form.get("reason", "").strip()
+            if not approve and not reason:
+                raise Refused(400, "give a reason to deny")
+            decider = _approvals()
+            by = f"console:{logged_in(request)['user']}"
+            result = await _in_thread(lambda: decider.decide(approval_id, approve, by, reason))
+        except Refused as exc:
+            return console.refused(request, exc)
+        if result.result == "missing":
+            return console.refused(request, Refused(404, "no such approval"))
+        if not result.ok:
+            return console.refused(request, Refused(409, result.message))
+        log.info("console approval decided", approval=approval_id, result=result.result, by=by)
+        return done(result.result, "approvals")
 
     return router
 
 
-async def _in_thread(work: Any) -> Response:
+async def _in_thread(work: Callable[[], T]) -> T:
     from starlette.concurrency import run_in_threadpool
 
-    result: Response = await run_in_threadpool(work)
-    return result
+    return await run_in_threadpool(work)
+
+
+def _shown(approval: dict[str, Any], now: float) -> dict[str, Any]:
+    """An approval as the page shows it: times as datetimes, and how long until it expires."""
+    shown = dict(approval)
+    for name in ("requested_at", "expires_at", "decided_at"):
+        if shown.get(name) is not None:
+            shown[name] = datetime.fromtimestamp(shown[name], UTC)
+    left = approval["expires_at"] - now
+    shown["expires_in"] = report.duration(left) if left > 0 else "now"
+    return shown

@@ -11,7 +11,6 @@ import json
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +24,16 @@ from remediation.guards import keys
 from tests.support.alerting import (
     ALERTMANAGER,
     PROMETHEUS,
+    QUEUE_RULE,
     GaugeExporter,
     Process,
+    Served,
     alertmanager,
     prometheus,
-    serve,
+    served_stack,
     webhook_payload,
 )
 from tests.support.env import missing
-from tests.support.own_stack import OwnStack, own_stack
 from tests.support.rabbitmq import Broker
 
 SLOT = 1401  # a RabbitMQ vhost of this module's own
@@ -47,25 +47,12 @@ RULES = [
         "target": {"value": "self"},
         "subject": {"label": "queue"},
     },
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "severity": {"label": "severity"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    },
+    QUEUE_RULE,
 ]
 
 
-@dataclass
-class Intake:
-    stack: OwnStack
-    url: str
-    serve: Process
-    state: redis.Redis
+class Intake(Served):
+    """The intake's stack, with helpers to post alerts and read the action runs."""
 
     def post(self, body: Any, token: str | None = TOKEN, **kw: Any) -> requests.Response:
         headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
@@ -92,15 +79,10 @@ def intake(
         # verification by the alert resolving waits up to 30 x 0.5 s
         "REMEDIATION_VERIFY__ATTEMPTS": "30",
     }
-    with own_stack(broker, pg_admin, "intake", SLOT, **env) as stack:
-        process, url = serve(stack.env, tmp_path_factory.mktemp("serve"))
-        process.start()
-        state = redis.Redis.from_url(stack.env["REMEDIATION_STATE_REDIS_URL"])
-        try:
-            yield Intake(stack, url, process, state)
-        finally:
-            process.stop()
-            state.close()
+    with served_stack(
+        broker, pg_admin, "intake", SLOT, tmp_path_factory.mktemp("serve"), **env
+    ) as s:
+        yield Intake(s.stack, s.url, s.serve, s.state)
 
 
 def _duplicates(state: redis.Redis, key: str) -> int:

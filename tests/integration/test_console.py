@@ -7,41 +7,23 @@ not log in; no secret appears on any page. Screenshots go to docs/console/ with 
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import requests
 
 from remediation.guards import keys
-from tests.support.alerting import Process, serve, webhook_payload
-from tests.support.env import missing
-from tests.support.own_stack import OwnStack, own_stack
+from tests.support.alerting import Served, webhook_payload
+from tests.support.console import chromium_page, console_stack, shots_folder
 from tests.support.rabbitmq import Broker
 
 SLOT = 1402
 TOKEN = "console-test-token-" + "fedcba9876543210" * 2
-CHROMIUM = "/usr/bin/chromium"
-DOCS_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "console"
 QUEUE = "jobs:console"
 SECRET_PW = "s3cr3t-console-pw"
-RULES = [
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    }
-]
 BREAKER = "dedupe_job_queue:console-test"
 # the alert the test posts; its annotation carries a password no page may show
 ALERT = webhook_payload(
@@ -51,34 +33,13 @@ ALERT = webhook_payload(
 )
 
 
-@dataclass
-class Served:
-    stack: OwnStack
-    url: str
-    serve: Process
-    state: redis.Redis
-
-
 @pytest.fixture(scope="module")
 def served(
     broker: Broker, pg_admin: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Served]:
-    if not Path(CHROMIUM).exists():
-        missing("chromium (scripts/ensure_test_tools.sh)")
-    env = {
-        "REMEDIATION_ALERTS__RULES": json.dumps(RULES),
-        "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
-        "REMEDIATION_JOB_QUEUE__KEYS": json.dumps(["jobs:*"]),
-    }
-    with own_stack(broker, pg_admin, "console", SLOT, **env) as stack:
-        process, url = serve(stack.env, tmp_path_factory.mktemp("serve"))
-        process.start()
-        state = redis.Redis.from_url(stack.env["REMEDIATION_STATE_REDIS_URL"])
-        try:
-            yield Served(stack, url, process, state)
-        finally:
-            process.stop()
-            state.close()
+    folder = tmp_path_factory.mktemp("serve")
+    with console_stack(broker, pg_admin, "console", SLOT, folder, TOKEN) as served:
+        yield served
 
 
 def _secrets(s: Served) -> list[str]:
@@ -93,10 +54,7 @@ def _secrets(s: Served) -> list[str]:
 def test_console_in_chromium(served: Served, tmp_path: Path) -> None:
     """The README's screenshots are refreshed with REMEDIATION_TEST_SCREENSHOTS=1 (else they
     go to a temporary folder, so a test run leaves the checkout as it was)."""
-    from playwright.sync_api import sync_playwright
-
-    refresh = os.environ.get("REMEDIATION_TEST_SCREENSHOTS", "") == "1"
-    shots = DOCS_SHOTS if refresh else tmp_path
+    shots = shots_folder(tmp_path)
 
     s, audit = served, served.stack.audit
     s.state.delete(QUEUE)
@@ -121,109 +79,103 @@ def test_console_in_chromium(served: Served, tmp_path: Path) -> None:
     s.state.hset(keys.breaker(BREAKER), mapping={"state": "open", "times_opened": 1})
     secrets = _secrets(s)
     pages: list[str] = []
-    shots.mkdir(parents=True, exist_ok=True)
 
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 700})
-            base = s.url + "/console"
+    with chromium_page() as page:
+        base = s.url + "/console"
 
-            # not logged in: the login page
-            page.goto(base + "/")
-            assert page.url.endswith("/console/login")
-            # a wrong token does not log in
-            page.fill("input[name=token]", "wrong" + TOKEN[5:])
-            page.click("button[type=submit]")
-            assert page.locator("#login-error").is_visible()
-            page.goto(base + "/")
-            assert page.url.endswith("/console/login")
-            page.screenshot(path=str(shots / "login.png"))
-            pages.append(page.content())
+        # not logged in: the login page
+        page.goto(base + "/")
+        assert page.url.endswith("/console/login")
+        # a wrong token does not log in
+        page.fill("input[name=token]", "wrong" + TOKEN[5:])
+        page.click("button[type=submit]")
+        assert page.locator("#login-error").is_visible()
+        page.goto(base + "/")
+        assert page.url.endswith("/console/login")
+        page.screenshot(path=str(shots / "login.png"))
+        pages.append(page.content())
 
-            page.fill("input[name=token]", TOKEN)
-            page.click("button[type=submit]")
-            page.wait_for_url(base + "/")
-            rows = page.locator("#incidents").inner_text()
-            assert incident_id in rows and "redis_job_queue_duplicates" in rows
-            page.screenshot(path=str(shots / "incidents.png"), full_page=True)
-            pages.append(page.content())
+        page.fill("input[name=token]", TOKEN)
+        page.click("button[type=submit]")
+        page.wait_for_url(base + "/")
+        rows = page.locator("#incidents").inner_text()
+        assert incident_id in rows and "redis_job_queue_duplicates" in rows
+        page.screenshot(path=str(shots / "incidents.png"), full_page=True)
+        pages.append(page.content())
 
-            page.click(f"#incidents a:text-is('{incident_id}')")
-            page.wait_for_url(re.compile(r".*/console/incidents/.*"))
-            timeline = page.locator("#timeline").inner_text()
-            for event in ("finding", "decision", "action", "verification"):
-                assert event in timeline, timeline
-            assert "dedupe_job_queue" in timeline
-            assert page.locator("#state").inner_text() == "recovered"
-            page.screenshot(path=str(shots / "incident.png"), full_page=True)
-            pages.append(page.content())
+        page.click(f"#incidents a:text-is('{incident_id}')")
+        page.wait_for_url(re.compile(r".*/console/incidents/.*"))
+        timeline = page.locator("#timeline").inner_text()
+        for event in ("finding", "decision", "action", "verification"):
+            assert event in timeline, timeline
+        assert "dedupe_job_queue" in timeline
+        assert page.locator("#state").inner_text() == "recovered"
+        page.screenshot(path=str(shots / "incident.png"), full_page=True)
+        pages.append(page.content())
 
-            page.goto(base + "/checks")
-            assert "redis_job_queue" in page.locator("#check-runs").inner_text()
-            page.screenshot(path=str(shots / "checks.png"), full_page=True)
-            pages.append(page.content())
+        page.goto(base + "/checks")
+        assert "redis_job_queue" in page.locator("#check-runs").inner_text()
+        page.screenshot(path=str(shots / "checks.png"), full_page=True)
+        pages.append(page.content())
 
-            # breaker reset, audited first
-            page.goto(base + "/control")
-            assert BREAKER in page.locator("#breakers").inner_text()
-            page.screenshot(path=str(shots / "control.png"), full_page=True)
-            pages.append(page.content())
-            page.locator("#breakers tr", has_text=BREAKER).locator("button").click()
-            page.wait_for_url(re.compile(r".*/console/control\?done=reset"))
-            assert not s.state.exists(keys.breaker(BREAKER))
-            reset = audit.rows(
-                "SELECT * FROM guard_decisions WHERE decision = 'breaker_reset' AND action = %s",
-                "dedupe_job_queue",
-            )
-            assert len(reset) == 1 and reset[0]["resource"] == "console-test"
-            assert "web console" in reset[0]["reason"]
+        # breaker reset, audited first
+        page.goto(base + "/control")
+        assert BREAKER in page.locator("#breakers").inner_text()
+        page.screenshot(path=str(shots / "control.png"), full_page=True)
+        pages.append(page.content())
+        page.locator("#breakers tr", has_text=BREAKER).locator("button").click()
+        page.wait_for_url(re.compile(r".*/console/control\?done=reset"))
+        assert not s.state.exists(keys.breaker(BREAKER))
+        reset = audit.rows(
+            "SELECT * FROM guard_decisions WHERE decision = 'breaker_reset' AND action = %s",
+            "dedupe_job_queue",
+        )
+        assert len(reset) == 1 and reset[0]["resource"] == "console-test"
+        assert "web console" in reset[0]["reason"]
 
-            # pause, then resume
-            page.fill("input[name=reason]", "maintenance window")
-            page.fill("input[name=seconds]", "600")
-            page.click("#pause")
-            page.wait_for_url(re.compile(r".*done=paused"))
-            assert s.state.get(keys.PAUSE) is not None
-            assert b"maintenance window" in s.state.get(keys.PAUSE)  # type: ignore[operator]
-            assert 0 < s.state.ttl(keys.PAUSE) <= 600
-            assert "maintenance window" in page.locator("#pause-state").inner_text()
-            pages.append(page.content())
-            page.click("#resume")
-            page.wait_for_url(re.compile(r".*done=resumed"))
-            assert not s.state.exists(keys.PAUSE)
+        # pause, then resume
+        page.fill("input[name=reason]", "maintenance window")
+        page.fill("input[name=seconds]", "600")
+        page.click("#pause")
+        page.wait_for_url(re.compile(r".*done=paused"))
+        assert s.state.get(keys.PAUSE) is not None
+        assert b"maintenance window" in s.state.get(keys.PAUSE)  # type: ignore[operator]
+        assert 0 < s.state.ttl(keys.PAUSE) <= 600
+        assert "maintenance window" in page.locator("#pause-state").inner_text()
+        pages.append(page.content())
+        page.click("#resume")
+        page.wait_for_url(re.compile(r".*done=resumed"))
+        assert not s.state.exists(keys.PAUSE)
 
-            # a POST without the CSRF token (same session cookie) is refused and does nothing
-            s.state.sadd(keys.BREAKER_INDEX, BREAKER)
-            s.state.hset(keys.breaker(BREAKER), mapping={"state": "open"})
-            for path, form in [
-                ("/pause", {"reason": "no csrf"}),
-                ("/breakers/reset", {"name": BREAKER}),
-                ("/pause", {"reason": "wrong csrf", "csrf": "x" * 43}),
-            ]:
-                answer = page.request.post(base + path, form=form, max_redirects=0)
-                assert answer.status == 403, (path, answer.status)
-            assert not s.state.exists(keys.PAUSE)
-            assert s.state.exists(keys.breaker(BREAKER))
+        # a POST without the CSRF token (same session cookie) is refused and does nothing
+        s.state.sadd(keys.BREAKER_INDEX, BREAKER)
+        s.state.hset(keys.breaker(BREAKER), mapping={"state": "open"})
+        for path, form in [
+            ("/pause", {"reason": "no csrf"}),
+            ("/breakers/reset", {"name": BREAKER}),
+            ("/pause", {"reason": "wrong csrf", "csrf": "x" * 43}),
+        ]:
+            answer = page.request.post(base + path, form=form, max_redirects=0)
+            assert answer.status == 403, (path, answer.status)
+        assert not s.state.exists(keys.PAUSE)
+        assert s.state.exists(keys.breaker(BREAKER))
 
-            page.goto(base + "/approvals")
-            assert "Not built yet" in page.locator("#approvals-missing").inner_text()
+        page.goto(base + "/approvals")
+        assert page.locator("#no-pending").is_visible()  # no action waits for approval here
 
-            # bad client input is a 4xx page, never a 500
-            for bad in ("/incidents/%00%01", "/incidents/" + "x" * 300, "/incidents/nope"):
-                answer = page.request.get(base + bad)
-                assert answer.status == 404, (bad, answer.status)
+        # bad client input is a 4xx page, never a 500
+        for bad in ("/incidents/%00%01", "/incidents/" + "x" * 300, "/incidents/nope"):
+            answer = page.request.get(base + bad)
+            assert answer.status == 404, (bad, answer.status)
 
-            # logging out ends the session
-            page.goto(base + "/control")
-            page.click("header button")
-            page.wait_for_url(base + "/login")
-            page.goto(base + "/checks")
-            assert page.url.endswith("/console/login")
-            cookies = [c for c in page.context.cookies() if c["name"] == "remediation_console"]
-            assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
-        finally:
-            browser.close()
+        # logging out ends the session
+        page.goto(base + "/control")
+        page.click("header button")
+        page.wait_for_url(base + "/login")
+        page.goto(base + "/checks")
+        assert page.url.endswith("/console/login")
+        cookies = [c for c in page.context.cookies() if c["name"] == "remediation_console"]
+        assert all(c["httpOnly"] and c["sameSite"] == "Strict" for c in cookies)
 
     for html in pages:
         for secret in secrets:

@@ -4,19 +4,36 @@ exporter whose metric the test's fault drives."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import redis
 import requests
 
 from tests.support.base import ROOT, free_port, wait_for
+from tests.support.own_stack import OwnStack, own_stack
+from tests.support.rabbitmq import Broker
 
+QUEUE_RULE: dict[str, Any] = {
+    "name": "queue-duplicates",
+    "alertname": "JobQueueDuplicates",
+    "kind": "redis_job_queue_duplicates",
+    "target": {"value": "self"},
+    "subject": {"label": "queue"},
+    "severity": {"label": "severity"},
+    "check": "redis_job_queue",
+    "check_labels": {"key": "queue"},
+}
+"""The alert rule of webhook_payload's JobQueueDuplicates: a check of the queue named by
+the alert's ``queue`` label (REMEDIATION_ALERTS__RULES)."""
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 ALERTMANAGER = shutil.which("prometheus-alertmanager") or "/usr/bin/prometheus-alertmanager"
 
@@ -149,6 +166,33 @@ def serve(env: dict[str, str], folder: Path, port: int | None = None) -> tuple[P
     cmd = [binary, "serve", "--host", "127.0.0.1", "--port", str(port)]
     url = f"http://127.0.0.1:{port}"
     return Process(cmd, folder / "serve.log", url + "/healthz", env=env), url
+
+
+@dataclass
+class Served:
+    """A worker stack with `remediation serve` in front of it, and its state Redis."""
+
+    stack: OwnStack
+    url: str
+    serve: Process
+    state: redis.Redis
+
+
+@contextlib.contextmanager
+def served_stack(
+    broker: Broker, pg_admin: str, name: str, slot: int, folder: Path, **env: str
+) -> Iterator[Served]:
+    """own_stack(broker, pg_admin, name, slot, **env) and `remediation serve` of it (its
+    log in ``folder``), started; both stopped at the end."""
+    with own_stack(broker, pg_admin, name, slot, **env) as stack:
+        process, url = serve(stack.env, folder)
+        process.start()
+        state = redis.Redis.from_url(stack.env["REMEDIATION_STATE_REDIS_URL"])
+        try:
+            yield Served(stack, url, process, state)
+        finally:
+            process.stop()
+            state.close()
 
 
 def webhook_payload(
