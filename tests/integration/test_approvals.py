@@ -318,3 +318,38 @@ def test_forged_or_replayed_approval_headers_run_nothing(stack: Stack) -> None:
     assert result["outcome"] == "refused" and "signature" in result["reason"]
     assert approval_state.get(stack.state, pending.id).state == "pending"  # type: ignore[union-attr]
     assert stack.state.llen(key) == 3
+
+
+def test_approve_by_http_runs_and_the_metrics_count_it(stack: Stack) -> None:
+    """Approved over HTTP (audited as the token's id and the name given): the worker runs
+    and verifies the fix; the approval metrics every process counts show it."""
+    key, pending = _pending_dedupe(stack, "http")
+    listed = stack.api("GET", "/approvals").json()["approvals"]
+    assert pending.id in [a["id"] for a in listed]
+    shown = stack.api("GET", f"/approvals/{pending.id}").json()
+    assert shown["plan"] == pending.plan and shown["state"] == "pending"
+    reply = stack.api(
+        "POST", f"/approvals/{pending.id}/approve", json={"reason": "ok", "by": "alice"}
+    )
+    assert reply.status_code == 200, reply.text
+    (run,) = stack.own.audit.wait_rows(
+        "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
+        " AND verification IS NOT NULL",
+        f"self/{key}",
+        timeout=90,
+    )
+    assert run["outcome"] == "succeeded" and run["verification"] == "recovered"
+    (approved,) = [d for d in stack.decisions(pending.id) if d["decision"] == "approved"]
+    assert (
+        approved["detail"]["by"].startswith("api:token-") and "(alice)" in approved["detail"]["by"]
+    )
+    assert TOKEN not in json.dumps(approved, default=str)
+    text = stack.api("GET", "/metrics").text
+    approved_total = [
+        line
+        for line in text.splitlines()
+        if line.startswith('remediation_approvals_total{event="approved"}')
+    ]
+    assert approved_total and float(approved_total[0].split()[-1]) >= 1
+    assert "remediation_approvals_pending " in text
+    assert "remediation_approval_decision_seconds_count" in text
