@@ -182,28 +182,21 @@ class Approvals:
         except Exception as exc:
             log.warning("could not read approvals to expire", error=str(exc))
             return 0
-        n = 0
-        for approval_id in ids:
-            reason = "not decided in time"
-            moved = state.transition(
-                self.state, approval_id, state.EXPIRED, "expiry", reason, "expire"
-            )
-            approval = state.get(self.state, approval_id)
-            if moved.result == "ok" and approval is not None:
-                self._audit(approval, Decision.EXPIRED, "expiry", reason)
-                n += 1
-        return n
+        return self._close(ids, Decision.EXPIRED, "expiry", "not decided in time", "expire")
 
     def withdraw(self, fingerprint: str, reason: str) -> int:
         """Withdraw the pending approvals asked for on a condition that went away."""
+        ids = state.of_condition(self.state, fingerprint)
+        return self._close(ids, Decision.WITHDRAWN, "intake", reason, "withdraw")
+
+    def _close(self, ids: list[str], to: Decision, by: str, reason: str, mode: str) -> int:
+        """Move each pending approval of ``ids`` to ``to`` (audited); how many moved."""
         n = 0
-        for approval_id in state.of_condition(self.state, fingerprint):
-            moved = state.transition(
-                self.state, approval_id, state.WITHDRAWN, "intake", reason, "withdraw"
-            )
+        for approval_id in ids:
+            moved = state.transition(self.state, approval_id, str(to), by, reason, mode)
             approval = state.get(self.state, approval_id)
             if moved.result == "ok" and approval is not None:
-                self._audit(approval, Decision.WITHDRAWN, "intake", reason)
+                self._audit(approval, to, by, reason)
                 n += 1
         return n
 

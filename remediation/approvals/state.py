@@ -158,7 +158,7 @@ def ask(
             keys.APPROVALS_RECENT,
             keys.approvals_of(fingerprint or "-"),
         ],
-        args=[new_id, repr(now + ttl_seconds), keep, repr(now), KEPT, *flat],
+        args=[new_id, repr(now + ttl_seconds), keep, repr(now), KEPT, keys.approval(""), *flat],
     )
     approval = get(r, got_id.decode())
     if approval is None:  # the existing one's record is gone between the two calls

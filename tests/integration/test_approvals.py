@@ -26,7 +26,7 @@ import requests
 from remediation.approvals import state as approval_state
 from remediation.guards import keys
 from remediation.pg_activity import IDLE
-from tests.support.alerting import Process, serve, webhook_payload
+from tests.support.alerting import QUEUE_RULE, Process, serve, webhook_payload
 from tests.support.base import ROOT, free_port, wait_for
 from tests.support.own_stack import OwnStack, own_stack
 from tests.support.postgres import session, wait_for_sessions
@@ -36,17 +36,6 @@ from tests.support.services import as_url, scratch_database, with_password
 SLOT = 1404
 TOKEN = "approvals-test-token-" + "0123456789abcdef" * 2
 APP = "leaky-approvals"
-RULES = [
-    {
-        "name": "queue-duplicates",
-        "alertname": "JobQueueDuplicates",
-        "kind": "redis_job_queue_duplicates",
-        "target": {"value": "self"},
-        "subject": {"label": "queue"},
-        "check": "redis_job_queue",
-        "check_labels": {"key": "queue"},
-    }
-]
 
 
 @dataclass
@@ -91,6 +80,16 @@ class Stack:
             approval_id,
         )
 
+    def verified_dedupe(self, key: str) -> dict[str, Any]:
+        """The dedupe run of ``key``'s list once its verification is recorded (waits)."""
+        (run,) = self.own.audit.wait_rows(
+            "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
+            " AND verification IS NOT NULL",
+            f"self/{key}",
+            timeout=90,
+        )
+        return run
+
     def duplicated_queue(self, name: str) -> str:
         key = f"jobs:{name}"
         self.state.delete(key)
@@ -117,7 +116,7 @@ def stack(
             ),
             "REMEDIATION_APPROVALS__LINK_BASE_URL": f"http://127.0.0.1:{port}",
             "REMEDIATION_SERVE__TOKENS": json.dumps([TOKEN]),
-            "REMEDIATION_ALERTS__RULES": json.dumps(RULES),
+            "REMEDIATION_ALERTS__RULES": json.dumps([QUEUE_RULE]),
         }
         own = ex.enter_context(own_stack(broker, pg_admin, "approvals", SLOT, **env))
         process, url = serve(own.env, tmp_path_factory.mktemp("serve"), port)
@@ -237,12 +236,7 @@ def test_approve_by_signed_link_runs_and_verifies(stack: Stack) -> None:
     assert approval_state.get(stack.state, pending.id).state == "pending"  # type: ignore[union-attr]
     done = requests.post(stack.url + url.path, data=query, timeout=30)
     assert done.status_code == 200 and "approved" in done.text
-    (run,) = stack.own.audit.wait_rows(
-        "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
-        " AND verification IS NOT NULL",
-        f"self/{key}",
-        timeout=90,
-    )
+    run = stack.verified_dedupe(key)
     assert run["outcome"] == "succeeded" and run["verification"] == "recovered"
     assert stack.state.llen(key) == 2
     (approved,) = [d for d in stack.decisions(pending.id) if d["decision"] == "approved"]
@@ -279,12 +273,7 @@ def test_two_concurrent_approvals_give_one_run(stack: Stack) -> None:
     with ThreadPoolExecutor(8) as pool:
         codes = sorted(pool.map(approve, range(8)))
     assert codes == [200] + [409] * 7
-    stack.own.audit.wait_rows(
-        "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
-        " AND verification IS NOT NULL",
-        f"self/{key}",
-        timeout=90,
-    )
+    stack.verified_dedupe(key)
     approved = [d for d in stack.decisions(pending.id) if d["decision"] == "approved"]
     assert len(approved) == 1
     assert len(stack.runs("dedupe_job_queue", f"self/{key}")) == 1
@@ -332,12 +321,7 @@ def test_approve_by_http_runs_and_the_metrics_count_it(stack: Stack) -> None:
         "POST", f"/approvals/{pending.id}/approve", json={"reason": "ok", "by": "alice"}
     )
     assert reply.status_code == 200, reply.text
-    (run,) = stack.own.audit.wait_rows(
-        "SELECT * FROM action_runs WHERE action = 'dedupe_job_queue' AND resource = %s"
-        " AND verification IS NOT NULL",
-        f"self/{key}",
-        timeout=90,
-    )
+    run = stack.verified_dedupe(key)
     assert run["outcome"] == "succeeded" and run["verification"] == "recovered"
     (approved,) = [d for d in stack.decisions(pending.id) if d["decision"] == "approved"]
     assert (
