@@ -15,6 +15,7 @@ from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical
 from remediation.security import access_logs as al
@@ -80,10 +81,41 @@ def _one(settings: Any, params: BlockIpParams) -> int:
     return 1
 
 
+def ip_key(ip: str) -> str:
+    """An address as a plan names it."""
+    return f"ip:{ip}"
+
+
+def plan_ban(ctx: CheckContext, params: BlockIpParams) -> Plan:
+    """The ban the address would get now (read-only): its duration after earlier offences
+    (BANTIME_SECONDS x BANTIME_FACTOR per offence, capped), or the ban it already has, and
+    the nft set it would go in."""
+    cfg = ctx.settings.access
+    params = resolve_ban(ctx, params).params
+    ip = params.ip
+    pending = bans.would_ban(
+        ctx.state,
+        ip,
+        base=cfg.bantime_seconds,
+        factor=cfg.bantime_factor,
+        most=cfg.bantime_max_seconds,
+    )
+    seconds = math.ceil(pending.seconds)
+    nft_set = f"inet {cfg.nft_table} {bans.Nft(cfg).set_for(ip)}" if cfg.nft else None
+    if pending.new:
+        what = f"ban {ip} for {seconds}s (offence {pending.offence})"
+    else:
+        what = f"{ip} is banned already ({seconds}s left): kept as it is"
+    what += f", in Redis and {nft_set}" if nft_set else ", in Redis"
+    detail = {"ip": ip, "new": pending.new, "seconds": seconds, "offence": pending.offence}
+    return plan_of(what, [item(ip_key(ip), what, **detail, nft_set=nft_set, log=params.target)])
+
+
 @action(
     "block_ip",
     resolve=resolve_ban,
     resource=_resource,
+    plan=plan_ban,
     upfront=_one,
     cooldown=timedelta(0),
     max_per_hour=None,
@@ -105,6 +137,8 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
     cfg = ctx.settings.access
     params = resolve_ban(ctx, params).params
     ip = params.ip
+    if not ctx.approves(ip_key(ip)):  # an approval names one address: never another
+        raise Refused(f"{ip} is not the address approved", notice=False)
     if ctx.reserve(1) < 1:  # the unit the admission reserved (blast radius)
         raise Deferred(
             f"blast-radius cap for block_ip spent ({CAP_VAR})", time.time() + 60, "blast"
