@@ -86,6 +86,19 @@ def ip_key(ip: str) -> str:
     return f"ip:{ip}"
 
 
+def _terms(cfg: Any) -> dict[str, Any]:
+    """A ban's length terms: the same for the plan and the ban it then places."""
+    return {
+        "base": cfg.bantime_seconds,
+        "factor": cfg.bantime_factor,
+        "most": cfg.bantime_max_seconds,
+    }
+
+
+def _nft_set(cfg: Any, ip: str) -> str:
+    return f"inet {cfg.nft_table} {bans.Nft(cfg).set_for(ip)}"
+
+
 def plan_ban(ctx: CheckContext, params: BlockIpParams) -> Plan:
     """The ban the address would get now (read-only): its duration after earlier offences
     (BANTIME_SECONDS x BANTIME_FACTOR per offence, capped), or the ban it already has, and
@@ -93,15 +106,9 @@ def plan_ban(ctx: CheckContext, params: BlockIpParams) -> Plan:
     cfg = ctx.settings.access
     params = resolve_ban(ctx, params).params
     ip = params.ip
-    pending = bans.would_ban(
-        ctx.state,
-        ip,
-        base=cfg.bantime_seconds,
-        factor=cfg.bantime_factor,
-        most=cfg.bantime_max_seconds,
-    )
+    pending = bans.would_ban(ctx.state, ip, **_terms(cfg))
     seconds = math.ceil(pending.seconds)
-    nft_set = f"inet {cfg.nft_table} {bans.Nft(cfg).set_for(ip)}" if cfg.nft else None
+    nft_set = _nft_set(cfg, ip) if cfg.nft else None
     if pending.new:
         what = f"ban {ip} for {seconds}s (offence {pending.offence})"
     else:
@@ -146,9 +153,7 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
     placed = bans.ban(
         ctx.state,
         ip,
-        base=cfg.bantime_seconds,
-        factor=cfg.bantime_factor,
-        most=cfg.bantime_max_seconds,
+        **_terms(cfg),
         repeat_window=cfg.repeat_window_seconds,
         log=params.target,
         reason=ctx.trigger.incident if ctx.trigger else "by hand",
@@ -177,6 +182,6 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
             return ActionResult(
                 ok=False, changed=placed.new, summary=f"{verb} in Redis; nft: {exc}", detail=detail
             )
-        detail["nft_set"] = f"inet {cfg.nft_table} {nft.set_for(ip)}"
+        detail["nft_set"] = _nft_set(cfg, ip)
         verb += f", in Redis and {detail['nft_set']}"
     return ActionResult(ok=True, changed=placed.new or cfg.nft, summary=verb, detail=detail)

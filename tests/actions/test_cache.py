@@ -198,7 +198,10 @@ def test_flush_plan_counts_keys_per_pattern_and_deletes_nothing(
     fill(r, "sess", 5)
     fill(r, "keep", 10)
     plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
-    assert {i.key: i.detail["keys"] for i in plan.items} == {"pattern:cache:*": 30, "pattern:sess:*": 5}
+    assert {i.key: i.detail["keys"] for i in plan.items} == {
+        "pattern:cache:*": 30,
+        "pattern:sess:*": 5,
+    }
     assert not any(i.detail["more_match"] for i in plan.items)
     s = settings_env(REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="20")
     plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
