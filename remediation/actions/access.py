@@ -15,6 +15,7 @@ from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical
 from remediation.security import access_logs as al
@@ -80,10 +81,48 @@ def _one(settings: Any, params: BlockIpParams) -> int:
     return 1
 
 
+def ip_key(ip: str) -> str:
+    """An address as a plan names it."""
+    return f"ip:{ip}"
+
+
+def _terms(cfg: Any) -> dict[str, Any]:
+    """A ban's length terms: the same for the plan and the ban it then places."""
+    return {
+        "base": cfg.bantime_seconds,
+        "factor": cfg.bantime_factor,
+        "most": cfg.bantime_max_seconds,
+    }
+
+
+def _nft_set(cfg: Any, ip: str) -> str:
+    return f"inet {cfg.nft_table} {bans.Nft(cfg).set_for(ip)}"
+
+
+def plan_ban(ctx: CheckContext, params: BlockIpParams) -> Plan:
+    """The ban the address would get now (read-only): its duration after earlier offences
+    (BANTIME_SECONDS x BANTIME_FACTOR per offence, capped), or the ban it already has, and
+    the nft set it would go in."""
+    cfg = ctx.settings.access
+    params = resolve_ban(ctx, params).params
+    ip = params.ip
+    pending = bans.would_ban(ctx.state, ip, **_terms(cfg))
+    seconds = math.ceil(pending.seconds)
+    nft_set = _nft_set(cfg, ip) if cfg.nft else None
+    if pending.new:
+        what = f"ban {ip} for {seconds}s (offence {pending.offence})"
+    else:
+        what = f"{ip} is banned already ({seconds}s left): kept as it is"
+    what += f", in Redis and {nft_set}" if nft_set else ", in Redis"
+    detail = {"ip": ip, "new": pending.new, "seconds": seconds, "offence": pending.offence}
+    return plan_of(what, [item(ip_key(ip), what, **detail, nft_set=nft_set, log=params.target)])
+
+
 @action(
     "block_ip",
     resolve=resolve_ban,
     resource=_resource,
+    plan=plan_ban,
     upfront=_one,
     cooldown=timedelta(0),
     max_per_hour=None,
@@ -105,6 +144,8 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
     cfg = ctx.settings.access
     params = resolve_ban(ctx, params).params
     ip = params.ip
+    if not ctx.approves(ip_key(ip)):  # an approval names one address: never another
+        raise Refused(f"{ip} is not the address approved", notice=False)
     if ctx.reserve(1) < 1:  # the unit the admission reserved (blast radius)
         raise Deferred(
             f"blast-radius cap for block_ip spent ({CAP_VAR})", time.time() + 60, "blast"
@@ -112,9 +153,7 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
     placed = bans.ban(
         ctx.state,
         ip,
-        base=cfg.bantime_seconds,
-        factor=cfg.bantime_factor,
-        most=cfg.bantime_max_seconds,
+        **_terms(cfg),
         repeat_window=cfg.repeat_window_seconds,
         log=params.target,
         reason=ctx.trigger.incident if ctx.trigger else "by hand",
@@ -143,6 +182,6 @@ def block_ip(ctx: ActionContext, params: BlockIpParams) -> ActionResult:
             return ActionResult(
                 ok=False, changed=placed.new, summary=f"{verb} in Redis; nft: {exc}", detail=detail
             )
-        detail["nft_set"] = f"inet {cfg.nft_table} {nft.set_for(ip)}"
+        detail["nft_set"] = _nft_set(cfg, ip)
         verb += f", in Redis and {detail['nft_set']}"
     return ActionResult(ok=True, changed=placed.new or cfg.nft, summary=verb, detail=detail)

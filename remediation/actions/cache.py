@@ -14,6 +14,7 @@ from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical, redis_target
 
@@ -123,7 +124,9 @@ class _Flush:
     def total(self) -> int:
         return sum(self.deleted.values())
 
-    def pattern(self, pattern: str) -> None:
+    def pattern(self, pattern: str, most: int | None = None) -> None:
+        """Delete keys matching pattern, up to the run's cap and ``most`` for this pattern
+        (an approval's bound)."""
         self.deleted[pattern] = 0
         cursor: Any = 0
         while True:
@@ -131,6 +134,8 @@ class _Flush:
             self.scanned += len(keys)
             keys = self._unprotected(keys)
             room = self.cap - self.total
+            if most is not None:
+                room = min(room, most - self.deleted[pattern])
             if keys and room > 0:
                 granted = self.ctx.reserve(len(keys[:room]))
                 self.blast_capped |= granted < len(keys[:room])
@@ -143,13 +148,71 @@ class _Flush:
                 return
 
     def _unprotected(self, keys: list[Any]) -> list[Any]:
-        """Guard state (rem:*) lives in the "self" Redis; no pattern may reach it."""
-        kept = [k for k in keys if not text(k, "replace").startswith(guard_keys.PREFIX)]
+        kept = unprotected(keys)
         self.protected += len(keys) - len(kept)
         return kept
 
 
-@action("flush_cache", resolve=resolve_patterns, cooldown=timedelta(minutes=5), max_per_hour=6)
+def unprotected(keys: list[Any]) -> list[Any]:
+    """Guard state (rem:*) lives in the "self" Redis; no pattern may reach it."""
+    return [k for k in keys if not text(k, "replace").startswith(guard_keys.PREFIX)]
+
+
+def pattern_key(pattern: str) -> str:
+    """A pattern as a plan names it."""
+    return f"pattern:{pattern}"
+
+
+def would_delete(
+    ctx: CheckContext, target: str, patterns: list[str]
+) -> dict[str, tuple[int, bool]]:
+    """Per pattern, (keys a run would delete now, whether there are more than that): SCAN
+    only, counting distinct unprotected keys until the run's cap is reached (bounded)."""
+    cfg = ctx.settings.cache
+    r = ctx.redis(target)
+    room = cfg.flush_max_keys_per_run
+    out: dict[str, tuple[int, bool]] = {}
+    for pattern in patterns:
+        seen: set[Any] = set()
+        cursor: Any = 0
+        while len(seen) <= room:  # one more than fits tells "at least"
+            cursor, keys = r.scan(cursor, match=pattern, count=cfg.flush_batch)
+            seen.update(unprotected(keys))
+            if int(cursor) == 0:
+                break
+        n = min(len(seen), room)
+        out[pattern] = (n, len(seen) > n)
+        room -= n
+    return out
+
+
+def plan_flush(ctx: CheckContext, params: FlushCacheParams) -> Plan:
+    """Per pattern, how many keys a run would delete now (keys are not listed: a number
+    is what an approver can judge); "at least" where the per-run cap cuts it."""
+    resolved = resolve_patterns(ctx, params).params
+    counts = would_delete(ctx, resolved.target, resolved.patterns)
+    items = [
+        item(
+            pattern_key(p),
+            f"delete {n} key(s) matching {p!r}" + (" (more match: capped)" if more else ""),
+            pattern=p,
+            keys=n,
+            more_match=more,
+        )
+        for p, (n, more) in counts.items()
+        if n  # a pattern with nothing to delete is nothing to approve
+    ]
+    total = sum(n for n, _ in counts.values())
+    return plan_of(f"delete {total} cache key(s) on {resolved.target}", items)
+
+
+@action(
+    "flush_cache",
+    resolve=resolve_patterns,
+    plan=plan_flush,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=6,
+)
 def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
     """Delete the cache keys matching the configured patterns (runbook 003 "Clear Cache").
 
@@ -163,9 +226,10 @@ def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
     resolved = resolve_patterns(ctx, params).params  # no I/O: a direct call is held to it too
     patterns: list[str] = resolved.patterns
     run = _Flush(ctx.redis(resolved.target), cfg.flush_batch, cfg.flush_max_keys_per_run, ctx)
+    bounds = _approved_bounds(ctx, resolved.target, patterns)
     for pattern in patterns:
-        if not run.blast_capped:
-            run.pattern(pattern)
+        if not run.blast_capped and ctx.approves(pattern_key(pattern)):
+            run.pattern(pattern, bounds.get(pattern))
     capped = run.left > 0
     summary = f"deleted {run.total} key(s) matching {list(run.deleted)}"
     if capped:
@@ -183,5 +247,16 @@ def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
             "left_is_lower_bound": run.left >= LEFT_COUNT_MAX,
             "protected": run.protected,
             "blast_capped": run.blast_capped,
+            "approved_bounds": bounds or None,
+            "not_approved": [p for p in patterns if not ctx.approves(pattern_key(p))],
         },
     )
+
+
+def _approved_bounds(ctx: ActionContext, target: str, patterns: list[str]) -> dict[str, int]:
+    """On an approval, each approved pattern's bound: the count its plan shows now (the
+    plan the runner checked the approval against), so keys written since are left."""
+    if ctx.approved is None:
+        return {}
+    wanted = [p for p in patterns if ctx.approves(pattern_key(p))]
+    return {p: n for p, (n, _) in would_delete(ctx, target, wanted).items()}

@@ -32,6 +32,7 @@ from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Deferred, Refused, TargetError
 from remediation.findings import ActionResult
 from remediation.params import ActionParams, TargetName
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical
 from remediation.settings import ScaleTarget, Settings
@@ -307,7 +308,46 @@ def scale_workers(ctx: ActionContext, params: ScaleWorkersParams) -> ActionResul
     return result
 
 
-@action("revoke_stuck_tasks", resolve=resolve_revoke, cooldown=timedelta(minutes=5), max_per_hour=6)
+def task_key(task: dict[str, Any]) -> str:
+    """A task as a plan names it: its id (unique per run of a task)."""
+    return f"task:{task['id']}"
+
+
+def _to_revoke(ctx: CheckContext, app: Any) -> tuple[list[str], list[dict[str, Any]], int]:
+    """(workers that answered, the stuck tasks a run would revoke now, how many stuck ones
+    are left over the per-run cap): the plan and the action share this choice."""
+    answered, stuck = stuck_tasks(app, ctx.settings, timeout=INSPECT_TIMEOUT)
+    most = ctx.settings.workers.max_revokes_per_run
+    return answered, stuck[:most], max(0, len(stuck) - most)
+
+
+def plan_revoke(ctx: CheckContext, params: RevokeStuckTasksParams) -> Plan:
+    """The stuck tasks a run would revoke now (read-only inspect): name, id, worker and
+    runtime; never their arguments."""
+    _may_revoke(ctx.settings)
+    answered, wanted, over = _to_revoke(ctx, monitor_app(ctx.settings))
+    items = [
+        item(
+            task_key(t),
+            f"revoke {t['name']}[{t['id']}] on {t['worker']}, running {t['runtime_seconds']:.0f}s"
+            f" (limit {t['limit_seconds']:.0f}s)",
+            **{k: t[k] for k in ("id", "name", "worker", "runtime_seconds", "limit_seconds")},
+        )
+        for t in wanted
+    ]
+    summary = f"revoke {len(items)} stuck task(s) ({len(answered)} worker(s) answered" + (
+        f", {over} more over the per-run cap left)" if over else ")"
+    )
+    return plan_of(summary, items)
+
+
+@action(
+    "revoke_stuck_tasks",
+    resolve=resolve_revoke,
+    plan=plan_revoke,
+    cooldown=timedelta(minutes=5),
+    max_per_hour=6,
+)
 def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> ActionResult:
     """Terminate tasks that celery_stuck_tasks reports (runbook 002 "stuck jobs"); opt-in with
     REMEDIATION_WORKERS__REVOKE_STUCK=true (otherwise calls are refused, quietly).
@@ -317,19 +357,20 @@ def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> Ac
     and confirmed gone from the workers' active lists. The remediator's own tasks
     (remediation.check.*, remediation.act.*) are never candidates. Their arguments are
     never logged."""
-    w = ctx.settings.workers
     _may_revoke(ctx.settings)  # the resolve step refused already; a direct call is refused too
     app = monitor_app(ctx.settings)
-    answered, stuck = stuck_tasks(app, ctx.settings, timeout=INSPECT_TIMEOUT)
+    answered, listed, over = _to_revoke(ctx, app)
     if not answered:  # not the same as "nothing stuck": let the incident escalate
         return ActionResult(ok=False, changed=False, summary="no worker answered inspect")
-    wanted = stuck[: w.max_revokes_per_run]
+    # on an approval, only the approved tasks still stuck (none stuck since)
+    wanted = [t for t in listed if ctx.approves(task_key(t))]
+    not_approved = len(listed) - len(wanted)
     chosen = wanted[: ctx.reserve(len(wanted))]  # blast radius: tasks revoked per window
     if wanted and not chosen:
         return ActionResult(
             changed=False,
             summary="blast-radius cap for revoke_stuck_tasks reached; nothing revoked",
-            detail={"stuck": len(stuck)},
+            detail={"stuck": len(listed) + over},
         )
     if not chosen:
         return ActionResult(
@@ -338,7 +379,13 @@ def revoke_stuck_tasks(ctx: ActionContext, params: RevokeStuckTasksParams) -> Ac
     ids = [t["id"] for t in chosen]
     app.control.revoke(ids, terminate=True, signal="SIGTERM")
     gone = _confirm_gone(app, chosen)
-    detail = {"revoked": chosen, "confirmed": gone, "left_stuck": len(stuck) - len(chosen)}
+    left = len(listed) + over - len(chosen)
+    detail = {
+        "revoked": chosen,
+        "confirmed": gone,
+        "left_stuck": left,
+        "not_approved": not_approved,
+    }
     names = ", ".join(f"{t['name']}[{t['id']}]" for t in chosen)
     return ActionResult(
         ok=len(gone) == len(ids),

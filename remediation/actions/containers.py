@@ -23,6 +23,7 @@ from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys as guard_keys
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical
 from remediation.restarts import REQUESTED_FIELD, state_key
@@ -123,10 +124,40 @@ def resolve_container(ctx: CheckContext, params: ContainerParams) -> Resolved:
     return canonical(params, facts, container=name)
 
 
+def container_key(container: Any) -> str:
+    """A container as a plan names it: its full ID, which a restart keeps (a container
+    re-created under the same name is another one, and not approved)."""
+    return f"container:{container.id}"
+
+
+def plan_restart(ctx: CheckContext, params: ContainerParams) -> Plan:
+    """The container a restart would hit (read-only): name, short ID, state, health, the
+    engine's restart count and this worker's restarts within the flap window."""
+    container = find_container(ctx, params.container)
+    st = docker_client.state(container)
+    health = (st.get("Health") or {}).get("Status")
+    in_window = len(_history(ctx, _saved(ctx, container.name)))
+    what = (
+        f"restart {container.name} ({container.short_id}), {container.status}"
+        + (f" and {health}" if health else "")
+        + f"; restarted {in_window} time(s) within the flap window"
+    )
+    detail = {
+        "name": container.name,
+        "short_id": container.short_id,
+        "status": container.status,
+        "health": health,
+        "engine_restart_count": container.attrs.get("RestartCount"),
+        "restarts_in_window": in_window,
+    }
+    return plan_of(what, [item(container_key(container), what, **detail)])
+
+
 @action(
     "restart_container",
     resolve=resolve_container,
     resource=_resource,
+    plan=plan_restart,
     cooldown=timedelta(0),
     max_per_hour=60,
     escalate_unverified=False,
@@ -154,6 +185,8 @@ def restart_container(ctx: ActionContext, params: ContainerParams) -> ActionResu
     container = find_container(ctx, ctx.facts.get("id") or name)
     if container.name != name:  # replaced under the same name since resolve: look again
         raise Deferred(f"{name} was replaced since the call was resolved", retry_at=None)
+    if not ctx.approves(container_key(container)):  # re-created since it was approved
+        raise Refused(f"{name} ({container.short_id}) is not the container approved", notice=False)
     st = docker_client.state(container)
     health = (st.get("Health") or {}).get("Status")
     if container.status == "running" and health != "unhealthy" and REQUESTED_FIELD not in saved:

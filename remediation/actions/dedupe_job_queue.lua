@@ -1,7 +1,9 @@
 -- Remove later duplicates from a job list, keeping the first occurrence and the order.
 -- KEYS: 1 list; ARGV: 1 scan limit, 2 max removals, 3 id field ('' = whole payload),
---       4 tombstone (random per call, so it cannot equal a real job)
+--       4 tombstone (random per call, so it cannot equal a real job),
+--       5 '1' to only count what would be removed (a plan: writes nothing)
 -- Returns {removed, scanned}. Atomic: producers and consumers see before or after.
+local dry = ARGV[5] == '1'
 local items = redis.call('LRANGE', KEYS[1], 0, tonumber(ARGV[1]) - 1)
 local seen, removed, cap = {}, 0, tonumber(ARGV[2])
 for i, item in ipairs(items) do
@@ -16,7 +18,7 @@ for i, item in ipairs(items) do
   if id ~= nil then  -- a job without an id is never called a duplicate
     if seen[id] then
       if removed < cap then
-        redis.call('LSET', KEYS[1], i - 1, ARGV[4])
+        if not dry then redis.call('LSET', KEYS[1], i - 1, ARGV[4]) end
         removed = removed + 1
       end
     else
@@ -24,7 +26,7 @@ for i, item in ipairs(items) do
     end
   end
 end
-if removed > 0 then
+if removed > 0 and not dry then
   redis.call('LREM', KEYS[1], 0, ARGV[4])
 end
 return {removed, #items}

@@ -15,6 +15,7 @@ from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards.lua import script
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical, redis_target
 
@@ -101,6 +102,63 @@ def _per_run(settings: Any, params: Any) -> int:
     return int(settings.job_queue.max_changes_per_run)
 
 
+def queue_key(key: str) -> str:
+    """A job list as a plan names it."""
+    return f"queue:{key}"
+
+
+def _dedupe(ctx: CheckContext, target: str, key: str, cap: int, dry: bool) -> tuple[int, int]:
+    """(duplicates removed, or counted when dry, jobs examined): one Lua call, so a plan
+    counts with the very loop the action removes with."""
+    cfg = ctx.settings.job_queue
+    args = [cfg.scan_limit, cap, cfg.id_field or "", _tombstone(), "1" if dry else "0"]
+    removed, scanned = _run(ctx.redis(target), "dedupe_job_queue", [key], args)
+    return int(removed), int(scanned)
+
+
+def _dead_letter(ctx: CheckContext, target: str, key: str, cap: int, dry: bool) -> tuple[int, int]:
+    """(stale jobs moved, or counted when dry, jobs examined): one Lua call, as _dedupe."""
+    cfg = ctx.settings.job_queue
+    reason = f"older than {cfg.max_age_seconds}s"
+    args = [cfg.scan_limit, cap, cfg.enqueued_at_field, cfg.max_age_seconds, _tombstone()]
+    keys = [key, cfg.dead_letter_key]
+    moved, scanned = _run(
+        ctx.redis(target), "dead_letter_stale", keys, [*args, reason, "1" if dry else "0"]
+    )
+    return int(moved), int(scanned)
+
+
+def _counted_plan(ctx: CheckContext, params: JobQueueActionParams, count: Any, verb: str) -> Plan:
+    """One item: how many jobs of the list a run would change now (counted, not changed)."""
+    key = params.key or ctx.settings.job_queue.key
+    n, scanned = count(ctx, params.target, key, ctx.settings.job_queue.max_changes_per_run, True)
+    what = f"{verb} {n} job(s) of {key} ({scanned} examined)"
+    items = [item(queue_key(key), what, list=key, jobs=n, examined=scanned)] if n else []
+    return plan_of(what, items)  # nothing to change: no item, nothing to approve
+
+
+def plan_dedupe(ctx: CheckContext, params: JobQueueActionParams) -> Plan:
+    return _counted_plan(ctx, params, _dedupe, "remove duplicates:")
+
+
+def plan_dead_letter(ctx: CheckContext, params: JobQueueActionParams) -> Plan:
+    dead = ctx.settings.job_queue.dead_letter_key
+    return _counted_plan(ctx, params, _dead_letter, f"move to {dead} as stale:")
+
+
+def _cap(ctx: ActionContext, target: str, key: str, count: Any) -> int:
+    """Units reserved for this run: the per-run cap, and on an approval no more than the
+    list's plan counts now (the plan the runner checked the approval against)."""
+    cap = ctx.settings.job_queue.max_changes_per_run
+    if not ctx.approves(queue_key(key)):
+        raise Refused(f"{_shown(key)} is not the job list approved", notice=False)
+    if ctx.approved is not None:
+        cap = count(ctx, target, key, cap, True)[0]
+        if cap == 0:
+            raise Refused(f"{_shown(key)}: nothing approved is left to change", notice=False)
+    return ctx.reserve(cap)
+
+
 @action(
     "dedupe_job_queue",
     resolve=resolve_job_list,
@@ -108,6 +166,7 @@ def _per_run(settings: Any, params: Any) -> int:
     cooldown=timedelta(minutes=5),
     max_per_hour=30,
     upfront=_per_run,
+    plan=plan_dedupe,
 )
 def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Remove duplicate jobs from the job list, keeping the first of each and the order.
@@ -118,16 +177,15 @@ def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> Action
     most __MAX_CHANGES_PER_RUN. Never FLUSHALL."""
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
-    cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs removed per window
+    cap = _cap(ctx, params.target, key, _dedupe)  # blast radius: jobs removed per window
     if cap == 0:
         return _blast_spent("dedupe_job_queue", key)
-    args = [cfg.scan_limit, cap, cfg.id_field or "", _tombstone()]
-    removed, scanned = _run(ctx.redis(params.target), "dedupe_job_queue", [key], args)
-    ctx.give_back(cap - int(removed))
+    removed, scanned = _dedupe(ctx, params.target, key, cap, False)
+    ctx.give_back(cap - removed)
     return ActionResult(
         changed=removed > 0,
         summary=f"removed {removed} duplicate job(s) from {key}",
-        detail={"key": key, "removed": removed, "scanned": scanned},
+        detail={"key": key, "removed": removed, "scanned": scanned, "bound": cap},
     )
 
 
@@ -138,6 +196,7 @@ def dedupe_job_queue(ctx: ActionContext, params: JobQueueActionParams) -> Action
     cooldown=timedelta(minutes=5),
     max_per_hour=30,
     upfront=_per_run,
+    plan=plan_dead_letter,
 )
 def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> ActionResult:
     """Move jobs older than the bound to the dead-letter list, with a reason; delete nothing.
@@ -148,14 +207,11 @@ def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> 
     seconds); jobs without it stay. Capped per run."""
     cfg = ctx.settings.job_queue
     key = params.key or cfg.key
-    reason = f"older than {cfg.max_age_seconds}s"
-    cap = ctx.reserve(cfg.max_changes_per_run)  # blast radius: jobs moved per window
+    cap = _cap(ctx, params.target, key, _dead_letter)  # blast radius: jobs moved per window
     if cap == 0:
         return _blast_spent("dead_letter_stale_jobs", key)
-    args = [cfg.scan_limit, cap, cfg.enqueued_at_field, cfg.max_age_seconds, _tombstone(), reason]
-    keys = [key, cfg.dead_letter_key]
-    moved, scanned = _run(ctx.redis(params.target), "dead_letter_stale", keys, args)
-    ctx.give_back(cap - int(moved))
+    moved, scanned = _dead_letter(ctx, params.target, key, cap, False)
+    ctx.give_back(cap - moved)
     return ActionResult(
         changed=moved > 0,
         summary=f"moved {moved} stale job(s) from {key} to {cfg.dead_letter_key}",
@@ -164,6 +220,7 @@ def dead_letter_stale_jobs(ctx: ActionContext, params: JobQueueActionParams) -> 
             "dead_letter_key": cfg.dead_letter_key,
             "moved": moved,
             "scanned": scanned,
+            "bound": cap,
         },
     )
 

@@ -15,6 +15,7 @@ from remediation.context import ActionContext, CheckContext, Resolved
 from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.params import ActionParams
+from remediation.plans import Plan, item, plan_of
 from remediation.registry import action
 from remediation.resolve import canonical, postgres_target
 from remediation.tables import TableRef
@@ -41,6 +42,15 @@ SELECT greatest(s.last_vacuum, s.last_autovacuum) >= to_timestamp(%(since)s) AS 
        EXISTS (SELECT 1 FROM pg_locks l WHERE l.relation = s.relid
                AND l.mode = 'ShareUpdateExclusiveLock' AND l.pid <> pg_backend_pid()) AS running
 FROM pg_stat_user_tables s WHERE s.schemaname = %(schema)s AND s.relname = %(name)s
+"""
+# A plan's facts per table: dead rows and size, from the statistics views (no lock taken).
+TABLE_FACTS_SQL = """
+SELECT n.nspname, c.relname, s.n_dead_tup, pg_total_relation_size(c.oid)
+FROM unnest(%s::text[], %s::text[]) AS w(nspname, relname)
+JOIN pg_namespace n ON n.nspname = w.nspname
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = w.relname
+LEFT JOIN pg_stat_all_tables s ON s.relid = c.oid
+WHERE c.relkind IN ('r', 'm', 'p')
 """
 RESUME_WAIT_SECONDS = 120
 RESOLVE_TIMEOUT_MS = 10_000
@@ -96,10 +106,49 @@ def _match(table: TableRef, candidates: list[TableRef]) -> TableRef | None:
     return candidates[0] if len(candidates) == 1 else None
 
 
+def table_key(table: TableRef) -> str:
+    """A table as a plan names it."""
+    return f"table:{table.schema_}.{table.name}"
+
+
+def _tables_plan(ctx: CheckContext, params: VacuumParams, verb: str) -> Plan:
+    """The named tables that exist now (the ones the action would run on), with dead rows
+    and total size; read-only, one catalog query in a READ ONLY transaction."""
+    tables = params.tables
+    dsn = ctx.postgres_dsn(params.target)
+    with pg.connect(dsn, autocommit=False, statement_timeout_ms=RESOLVE_TIMEOUT_MS) as conn:
+        conn.read_only = True
+        rows = conn.execute(
+            TABLE_FACTS_SQL, ([t.schema_ for t in tables], [t.name for t in tables])
+        ).fetchall()
+    facts = {(schema, name): (dead, size) for schema, name, dead, size in rows}
+    items = []
+    for t in tables:
+        if (t.schema_, t.name) not in facts:
+            continue  # the action skips it as missing
+        dead, size = facts[(t.schema_, t.name)]
+        what = f"{verb} {t} ({dead if dead is not None else '?'} dead rows, {size} bytes)"
+        items.append(item(table_key(t), what, table=str(t), dead_rows=dead, size_bytes=size))
+    missing = len(tables) - len(items)
+    summary = f"{verb} {len(items)} table(s) on {params.target}" + (
+        f" ({missing} missing, skipped)" if missing else ""
+    )
+    return plan_of(summary, items)
+
+
+def plan_vacuum(ctx: CheckContext, params: VacuumParams) -> Plan:
+    return _tables_plan(ctx, params, "VACUUM (ANALYZE)")
+
+
+def plan_analyze(ctx: CheckContext, params: AnalyzeParams) -> Plan:
+    return _tables_plan(ctx, params, "ANALYZE")
+
+
 @action(
     "vacuum_analyze",
     resolve=resolve_tables,
     resource=_tables_resource,
+    plan=plan_vacuum,
     cooldown=timedelta(hours=1),
     max_per_hour=12,
 )
@@ -117,6 +166,7 @@ def vacuum_analyze(ctx: ActionContext, params: VacuumParams) -> ActionResult:
     "analyze_tables",
     resolve=resolve_tables,
     resource=_tables_resource,
+    plan=plan_analyze,
     cooldown=timedelta(hours=1),
     max_per_hour=30,
 )
@@ -143,8 +193,11 @@ def _each_table(
     done: list[str] = []
     missing: list[str] = list(ctx.facts.get("missing", []))
     already: list[str] = []
+    # on an approval, only the approved tables (a table added to the call is not approved)
+    tables = [t for t in params.tables if ctx.approves(table_key(t))]
+    not_approved = [str(t) for t in params.tables if not ctx.approves(table_key(t))]
     with pg.connect(ctx.postgres_dsn(params.target), autocommit=True) as conn:
-        for table in params.tables:
+        for table in tables:
             if conn.execute(TABLE_EXISTS_SQL, (table.schema_, table.name)).fetchone() is None:
                 missing.append(str(table))
                 continue
@@ -160,11 +213,13 @@ def _each_table(
     summary = f"{verb} {len(done)} table(s)" + (f", {len(missing)} missing" if missing else "")
     if already:
         summary += f", {len(already)} already {verb} by the lost attempt"
+    if not_approved:
+        summary += f", {len(not_approved)} not approved"
     return ActionResult(
         ok=True,
         changed=bool(done or already),
         summary=summary,
-        detail={verb: done, "missing": missing, "already": already},
+        detail={verb: done, "missing": missing, "already": already, "not_approved": not_approved},
     )
 
 

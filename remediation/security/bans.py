@@ -118,6 +118,25 @@ def ban(
     return Placed(bool(new), float(secs), int(offence), float(now))
 
 
+@dataclass(frozen=True)
+class Pending:
+    """What ban() would do now, read without writing: a new ban or the one in force."""
+
+    new: bool
+    seconds: float
+    offence: int
+
+
+def would_ban(r: redis.Redis, ip: str, *, base: int, factor: float, most: int) -> Pending:
+    """Read-only: the ban ip would get now (the formula of _BAN: base * factor ** earlier
+    offences, capped, whole seconds), or the time left of the ban it has."""
+    left_ms = int(r.pttl(ban_key(ip)))
+    offences = int(r.hget(history_key(ip), "offences") or 0)
+    if left_ms > 0:
+        return Pending(False, left_ms / 1000, offences)
+    return Pending(True, float(int(min(base * factor**offences, most))), offences + 1)
+
+
 def unban(r: redis.Redis, ip: str) -> bool:
     """Lift ip's ban in Redis (its history says it ended now). True if it was banned."""
     return bool(r.eval(_UNBAN, 3, ban_key(ip), INDEX, history_key(ip), ip))

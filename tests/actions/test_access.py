@@ -14,9 +14,10 @@ import pytest
 import redis
 from psycopg.rows import dict_row
 
-from remediation.actions.access import BlockIpParams, block_ip
+from remediation.actions.access import BlockIpParams, block_ip, plan_ban
 from remediation.cli import main
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext
+from remediation.errors import Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys
 from remediation.logging import get_logger
@@ -287,3 +288,48 @@ def test_a_flood_in_the_log_through_check_playbook_and_guards(
     assert [o.outcome for o in outcomes].count("suppressed") == 425
     banned = {k.decode().removeprefix("rem:ban:ip:") for k in r.scan_iter(match="rem:ban:ip:*")}
     assert len(banned) == 25 and banned <= set(hostile)
+
+
+def plan_of_ban(settings: Any, ip: str) -> Any:
+    return plan_ban(CheckContext(settings, get_logger()), BlockIpParams(target="api", ip=ip))
+
+
+def test_the_ban_plan_tells_the_ban_a_call_then_places_and_writes_nothing(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """For each repeat offence the plan's duration is the one the ban then gets, with the
+    nft set named; planning writes no key (no ban, no history, no index)."""
+    s = settings_env(
+        REMEDIATION_ACCESS__LOGS=LOGS,
+        REMEDIATION_ACCESS__BANTIME_SECONDS="100",
+        REMEDIATION_ACCESS__BANTIME_MAX_SECONDS="350",
+        REMEDIATION_ACCESS__NFT="true",
+        REMEDIATION_ACCESS__NFT_COMMAND=json.dumps(["/nonexistent/nft"]),
+    )
+    ip = "203.0.113.8"
+    (first,) = plan_of_ban(s, ip).items
+    assert first.key == f"ip:{ip}" and first.detail["nft_set"] == "inet remediation banned_v4"
+    assert not r.exists(bans.ban_key(ip), bans.history_key(ip), bans.INDEX)
+    for _ in range(3):
+        (planned,) = plan_of_ban(s, ip).items
+        placed = ban(s, ip).detail  # the nft part fails here: the Redis ban is what counts
+        assert (planned.detail["seconds"], planned.detail["offence"], planned.detail["new"]) == (
+            placed["seconds"],
+            placed["offence"],
+            True,
+        )
+        (held,) = plan_of_ban(s, ip).items
+        assert held.detail["new"] is False and "banned already" in held.what
+        bans.unban(r, ip)
+
+
+def test_an_approval_bans_only_the_approved_address(settings_env: Any, r: redis.Redis) -> None:
+    """A call whose address is not the one approved is refused and bans nothing."""
+    s = settings_env(REMEDIATION_ACCESS__LOGS=LOGS)
+    params = BlockIpParams(target="api", ip="203.0.113.9")
+    other = ActionContext(s, get_logger(), approved=frozenset({"ip:203.0.113.10"}))
+    with pytest.raises(Refused, match="not the address approved"):
+        block_ip(other, params)
+    assert not r.exists(bans.ban_key("203.0.113.9"), bans.INDEX)
+    ours = ActionContext(s, get_logger(), approved=frozenset({"ip:203.0.113.9"}))
+    assert block_ip(ours, params).detail["new"] is True

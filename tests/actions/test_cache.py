@@ -15,6 +15,7 @@ from remediation.actions.cache import (
     FlushCacheParams,
     flush_cache,
     matches_everything,
+    plan_flush,
     resolve_patterns,
 )
 from remediation.context import ActionContext, CheckContext
@@ -181,3 +182,47 @@ def test_matches_everything_is_linear_on_hostile_patterns(hostile: str) -> None:
     """1 MB of '[' (which kept the former regex retrying to the end from every '[') is
     answered in one pass; the quadratic form would not finish within the test's limit."""
     assert matches_everything(hostile) is (hostile == "\\" * 1_000_000)
+
+
+def test_flush_plan_counts_keys_per_pattern_and_deletes_nothing(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """The plan counts each pattern's keys (cut at the per-run cap: "more match"), leaves
+    out a pattern with nothing to delete, and every key is still there."""
+    s = settings_env(
+        REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*", "sess:*", "none:*"),
+        REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="100",
+        REMEDIATION_CACHE__FLUSH_BATCH="7",
+    )
+    fill(r, "cache", 30)
+    fill(r, "sess", 5)
+    fill(r, "keep", 10)
+    plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
+    assert {i.key: i.detail["keys"] for i in plan.items} == {
+        "pattern:cache:*": 30,
+        "pattern:sess:*": 5,
+    }
+    assert not any(i.detail["more_match"] for i in plan.items)
+    s = settings_env(REMEDIATION_CACHE__FLUSH_MAX_KEYS_PER_RUN="20")
+    plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
+    assert [(i.key, i.detail["keys"], i.detail["more_match"]) for i in plan.items] == [
+        ("pattern:cache:*", 20, True)
+    ]  # the run would stop at its cap: sess:* would not be reached
+    assert r.dbsize() == 45
+
+
+def test_an_approval_flushes_only_approved_patterns(settings_env: Any, r: redis.Redis) -> None:
+    """Only the approved pattern's keys go, up to its count; a pattern not approved and
+    one configured after the approval are left whole."""
+    s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*", "sess:*"))
+    fill(r, "cache", 30)
+    fill(r, "sess", 5)
+    plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
+    approved = frozenset({"pattern:cache:*"}) & plan.keys()
+    fill(r, "new", 4)
+    s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*", "sess:*", "new:*"))
+    result = flush_cache(ActionContext(s, get_logger(), approved=approved), FlushCacheParams())
+    assert result.detail["deleted"] == {"cache:*": 30}
+    assert result.detail["approved_bounds"] == {"cache:*": 30}
+    assert result.detail["not_approved"] == ["sess:*", "new:*"]
+    assert (count(r, "cache:*"), count(r, "sess:*"), count(r, "new:*")) == (0, 5, 4)

@@ -17,6 +17,7 @@ from remediation import celery_cluster as cw
 from remediation.actions.celery_workers import (
     RevokeStuckTasksParams,
     ScaleWorkersParams,
+    plan_revoke,
     resolve_revoke,
     resolve_scale,
     revoke_stuck_tasks,
@@ -316,3 +317,39 @@ def test_revoke_off_is_refused_for_free_and_never_touches_the_remediators_own_ta
     finally:
         app.control.revoke([own.id, stuck.id], terminate=True, signal="SIGTERM")
         wait_for(lambda: not {own.id, stuck.id} & active_ids(app), 15, 0.2, "tasks ended")
+
+
+def test_revoke_plan_lists_the_stuck_tasks_and_an_approval_revokes_only_those_approved(
+    settings_env: Any, redis_server: RedisServer, sleeper: WorkerProcess
+) -> None:
+    """The plan lists both stuck tasks (name, id, worker, runtime; no argument) and revokes
+    nothing; approved the first and one that is gone, only the first is revoked."""
+    s = settings_env(
+        REMEDIATION_WORKERS__BROKER_URL=redis_server.url(SLEEPER_DB),
+        REMEDIATION_WORKERS__EXPECTED_SECONDS='{"test.sleep_for": 0.1}',
+        REMEDIATION_WORKERS__STUCK_FACTOR="1",
+        REMEDIATION_WORKERS__REVOKE_STUCK="true",
+    )
+    app = monitor_app(s)
+    first = app.send_task("test.sleep_for", args=[20], kwargs={"password": SECRET})
+    second = app.send_task("test.sleep_for", args=[20], kwargs={"password": SECRET})
+    try:
+        wait_for(lambda: {first.id, second.id} <= active_ids(app), 15, 0.2, "both tasks active")
+        time.sleep(0.3)  # both past their expected 0.1 s
+        plan = plan_revoke(CheckContext(s, get_logger()), RevokeStuckTasksParams())
+        assert plan.keys() == {f"task:{first.id}", f"task:{second.id}"}
+        assert {i.detail["worker"] for i in plan.items} == {node("sleeper")}
+        assert all(i.detail["name"] == "test.sleep_for" for i in plan.items)
+        assert SECRET not in plan.model_dump_json()
+        time.sleep(0.5)
+        assert {first.id, second.id} <= active_ids(app)  # planning revoked nothing
+        approved = frozenset({f"task:{first.id}", "task:gone-since"})
+        ctx = ActionContext(s, get_logger(), approved=approved)
+        done = revoke_stuck_tasks(ctx, RevokeStuckTasksParams())
+        assert [t["id"] for t in done.detail["revoked"]] == [first.id]
+        assert done.detail["not_approved"] == 1
+        time.sleep(0.5)
+        assert first.id not in active_ids(app) and second.id in active_ids(app)
+    finally:
+        app.control.revoke([first.id, second.id], terminate=True, signal="SIGTERM")
+        wait_for(lambda: not {first.id, second.id} & active_ids(app), 15, 0.2, "tasks ended")

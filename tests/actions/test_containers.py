@@ -15,13 +15,14 @@ from pydantic import ValidationError
 from remediation.actions.containers import (
     ContainerParams,
     ResetRestartsParams,
+    plan_restart,
     reset_container_restarts,
     resolve_container,
     resolve_reset,
     restart_container,
     state_key,
 )
-from remediation.context import ActionContext
+from remediation.context import ActionContext, CheckContext
 from remediation.errors import Deferred, Refused
 from remediation.findings import ActionResult
 from remediation.guards import keys
@@ -233,3 +234,50 @@ def test_containers_outside_the_project_are_refused(
         assert isinstance(refused, Refused) and refused.notice
         assert "not part of compose project" in refused.reason
         assert other.status(stranger) == "exited"
+
+
+def restart_approved(settings: Any, ref: str, approved: frozenset[str]) -> ActionResult:
+    """As restart(), on an approval of ``approved``."""
+    ctx = ActionContext(settings, get_logger(), approved=approved)
+    resolved = resolve_container(ctx, ContainerParams(container=ref))
+    return restart_container(dataclasses.replace(ctx, facts=resolved.facts), resolved.params)
+
+
+def test_restart_plan_names_the_container_by_id_and_restarts_nothing(
+    settings_env: Any, r: redis.Redis, project: ComposeProject
+) -> None:
+    """The plan's one item is the container by full ID, with name, short ID and state; the
+    container stays exited and no restart state is written."""
+    s = settings_for(settings_env, project)
+    app = project.run(SERVE)
+    app.stop(timeout=5)
+    project.wait_status(app, "exited")
+    started = project.started_at(app)
+    plan = plan_restart(CheckContext(s, get_logger()), ContainerParams(container=app.name))
+    (one,) = plan.items
+    assert one.key == f"container:{app.id}"
+    assert (one.detail["name"], one.detail["short_id"]) == (app.name, app.short_id)
+    assert (one.detail["status"], one.detail["restarts_in_window"]) == ("exited", 0)
+    assert project.status(app) == "exited" and project.started_at(app) == started
+    assert not r.exists(state_key(app.name))
+
+
+def test_an_approval_restarts_only_the_container_approved(
+    settings_env: Any, r: redis.Redis, project: ComposeProject
+) -> None:
+    """Re-created under the same name since the approval, the container is another one
+    and is refused; the approved container itself is restarted."""
+    s = settings_for(settings_env, project)
+    old = project.run(SERVE)
+    old.stop(timeout=5)
+    project.wait_status(old, "exited")
+    plan = plan_restart(CheckContext(s, get_logger()), ContainerParams(container=old.name))
+    old.remove()
+    project.numbers -= 1  # the next replica takes the same name
+    new = project.run(CRASH)
+    project.wait_status(new, "exited")
+    with pytest.raises(Refused, match="not the container approved"):
+        restart_approved(s, new.name, plan.keys())
+    assert project.status(new) == "exited"
+    ok = restart_approved(s, new.name, frozenset({f"container:{new.id}"}))
+    assert (ok.ok, ok.changed, ok.detail["id"]) == (True, True, new.id)

@@ -200,3 +200,54 @@ def test_prefix_entries_admit_lists_under_them_only() -> None:
     assert configured_job_list("job_queue", keys, "exact")
     for name in ("jobs:", "jobs", "jobsX:1", "exactly", "payments"):
         assert not configured_job_list("job_queue", keys, name), name
+
+
+def stale_list(r: redis.Redis, stale: int, fresh: int) -> None:
+    now = time.time()
+    old = [json.dumps({"id": i, "enqueued_at": now - 3600}) for i in range(stale)]
+    new = [json.dumps({"id": -i, "enqueued_at": now}) for i in range(1, fresh + 1)]
+    r.rpush("job_queue", *old, *new)
+
+
+def test_job_list_plans_count_what_would_change_and_change_nothing(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """Each plan counts the jobs its action would remove or move (capped per run), and the
+    job list and the dead-letter list are byte for byte as they were."""
+    s = settings_env(
+        REMEDIATION_JOB_QUEUE__MAX_AGE_SECONDS="60", REMEDIATION_JOB_QUEUE__MAX_CHANGES_PER_RUN="3"
+    )
+    stale_list(r, stale=5, fresh=2)
+    r.rpush("job_queue", r.lindex("job_queue", 0), r.lindex("job_queue", 1))  # 2 duplicates
+    before = r.lrange("job_queue", 0, -1)
+    ctx = CheckContext(s, get_logger())
+    dedupe = get_action("dedupe_job_queue").plan(ctx, JobQueueActionParams())
+    assert [(i.key, i.detail["jobs"]) for i in dedupe.items] == [("queue:job_queue", 2)]
+    stale = get_action("dead_letter_stale_jobs").plan(ctx, JobQueueActionParams())
+    assert [(i.key, i.detail["jobs"]) for i in stale.items] == [("queue:job_queue", 3)]  # cap
+    assert r.lrange("job_queue", 0, -1) == before
+    assert not r.exists("job_queue:dead_letter")
+    r.delete("job_queue")
+    stale_list(r, stale=0, fresh=2)
+    assert get_action("dedupe_job_queue").plan(ctx, JobQueueActionParams()).items == []
+
+
+def test_an_approval_changes_only_the_approved_list_within_its_count(
+    settings_env: Any, r: redis.Redis
+) -> None:
+    """Another list's approval changes nothing; an approved list loses at most what its plan
+    counts; an approved list with nothing left to change is refused."""
+    s = settings_env(REMEDIATION_JOB_QUEUE__MAX_AGE_SECONDS="60")
+    stale_list(r, stale=2, fresh=1)
+    before = r.lrange("job_queue", 0, -1)
+    other = ActionContext(s, get_logger(), approved=frozenset({"queue:jobs:other"}))
+    with pytest.raises(Refused, match="not the job list approved"):
+        dead_letter_stale_jobs(other, JobQueueActionParams())
+    assert r.lrange("job_queue", 0, -1) == before
+    ours = ActionContext(s, get_logger(), approved=frozenset({"queue:job_queue"}))
+    result = dead_letter_stale_jobs(ours, JobQueueActionParams())
+    assert (result.detail["moved"], result.detail["bound"]) == (2, 2)
+    assert [j["id"] for j in jobs(r)] == [-1]
+    with pytest.raises(Refused, match="nothing approved is left"):
+        dedupe_job_queue(ours, JobQueueActionParams())
+    assert [j["id"] for j in jobs(r)] == [-1]

@@ -15,6 +15,8 @@ from remediation.actions.postgres import (
     AnalyzeParams,
     VacuumParams,
     analyze_tables,
+    plan_analyze,
+    plan_vacuum,
     resolve_tables,
     vacuum_analyze,
 )
@@ -204,3 +206,45 @@ def test_string_table_refs_split_at_first_dot() -> None:
     """'schema.table' strings become a schema and a name; bare names are in public."""
     p = VacuumParams(tables=["s.t", "plain"])
     assert [(t.schema_, t.name) for t in p.tables] == [("s", "t"), ("public", "plain")]
+
+
+def test_vacuum_plan_lists_the_existing_tables_and_changes_nothing(
+    settings_env: Any, target_db: str
+) -> None:
+    """The plan names each existing table once with its size, skips a missing one, and
+    vacuums or analyzes nothing."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    bloat(target_db, "pa")
+    bloat(target_db, "pb")
+    params = VacuumParams(target="app", tables=["pa", "pb", "gone"])
+    before = (last_vacuum(target_db), analyze_count(target_db, "pa"))
+    plan = plan_vacuum(CheckContext(s, get_logger()), params)
+    assert plan.keys() == {"table:public.pa", "table:public.pb"}
+    assert all(i.detail["size_bytes"] > 0 and "dead_rows" in i.detail for i in plan.items)
+    assert "1 missing" in plan.summary
+    analyze = plan_analyze(CheckContext(s, get_logger()), AnalyzeParams(**params.model_dump()))
+    assert analyze.keys() == plan.keys()
+    assert (last_vacuum(target_db), analyze_count(target_db, "pa")) == before
+
+
+def test_an_approval_vacuums_only_approved_tables_still_there(
+    settings_env: Any, target_db: str
+) -> None:
+    """Approved pa and pc, pc dropped since, pb never approved: only pa is vacuumed."""
+    s = settings_env(REMEDIATION_POSTGRES_TARGETS__APP=target_db)
+    create(target_db, "pa", "pb", "pc")
+    params = VacuumParams(target="app", tables=["pa", "pb", "pc"])
+    with psycopg.connect(target_db, autocommit=True) as conn:
+        conn.execute("DROP TABLE public.pc")
+    ctx = ActionContext(s, get_logger(), approved=frozenset({"table:public.pa", "table:public.pc"}))
+    result = vacuum_analyze(ctx, params)
+    assert result.detail["vacuumed"] == ["public.pa"]
+    assert result.detail["missing"] == ["public.pc"]
+    assert result.detail["not_approved"] == ["public.pb"]
+    assert {k for k, v in last_vacuum(target_db).items() if v is not None} == {"pa"}
+    ctx = ActionContext(s, get_logger(), approved=frozenset({"table:public.pb"}))
+    assert analyze_tables(ctx, AnalyzeParams(**params.model_dump())).detail["analyzed"] == [
+        "public.pb"
+    ]
+    # pa: once, by its VACUUM (ANALYZE); pb: once, by the approved ANALYZE alone
+    assert (analyze_count(target_db, "pa"), analyze_count(target_db, "pb")) == (1, 1)
