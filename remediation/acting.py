@@ -70,7 +70,7 @@ class Acting:
         note: dict[str, Any] | None = None
         try:
             if call.approval is not None:  # only what was approved and is still true
-                ctx.approved, note = self.gate.still_approved(call, call.approval)
+                note = self.gate.still_approved(call, call.approval, ctx)
             result = call.spec.fn(ctx, call.params)
             if note is not None:
                 result = result.model_copy(update={"detail": {**result.detail, "approval": note}})

@@ -21,7 +21,7 @@ from remediation.approvals.state import Approval
 from remediation.audit.protocol import AuditTrail
 from remediation.calls import ActionCall, ActionOutcome
 from remediation.clients import redis as redis_clients
-from remediation.context import CheckContext
+from remediation.context import ActionContext, CheckContext
 from remediation.errors import ConfigError, Refused
 from remediation.metrics import guard_decision
 from remediation.notices import Notices
@@ -162,10 +162,12 @@ class Gate:
             self.log.error("could not record an approved call's outcome", error=str(exc))
 
     def still_approved(
-        self, call: ActionCall, approval: Approval
-    ) -> tuple[frozenset[str], dict[str, Any]]:
-        """The keys the action may touch: approved and still in the plan re-computed now.
-        Refused when none is (the condition went away, or changed entirely)."""
+        self, call: ActionCall, approval: Approval, ctx: ActionContext
+    ) -> dict[str, Any]:
+        """Hand the action (``ctx.approved``, ``ctx.approved_detail``) the items it may
+        touch: approved and still in the plan re-computed now; what became of the approved
+        plan, for the run's result. Refused when nothing approved is still true (the
+        condition went away, or changed entirely)."""
         approved = plans.Plan.model_validate(approval.plan)
         now = self.plan(call)
         keep = approved.keys() & now.keys()
@@ -184,4 +186,6 @@ class Gate:
                 f" ({len(gone)} item(s) gone); nothing done",
                 notice=False,
             )
-        return frozenset(keep), note
+        ctx.approved = frozenset(keep)
+        ctx.approved_detail = {i.key: dict(i.detail) for i in approved.items if i.key in keep}
+        return note

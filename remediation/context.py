@@ -134,7 +134,8 @@ class ActionContext(CheckContext):
     before touching that many things; it returns what may be touched.
     ``approved`` is set when the call runs on an approval: the keys of the plan items that
     were approved and are still true (remediation.plans); the action touches nothing else
-    (``approves(key)``)."""
+    (``approves(key)``); ``approved_detail`` holds those items' details as the approver saw
+    them (a count there bounds what the action may do: nothing new)."""
 
     trigger: Trigger | None = None
     facts: dict[str, Any] = field(default_factory=dict)  # what the resolve step found
@@ -143,10 +144,19 @@ class ActionContext(CheckContext):
     idempotency_key: str = ""
     reserve_units: Callable[[int], int] | None = None
     approved: frozenset[str] | None = None
+    approved_detail: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def approves(self, key: str) -> bool:
         """Whether the call may touch the plan item ``key`` (always, without an approval)."""
         return self.approved is None or key in self.approved
+
+    def approved_count(self, key: str, field_name: str, now: int) -> int:
+        """``now``, bounded on an approval by the count the approver saw for the item
+        ``key`` (its detail ``field_name``): things that appeared since are not approved."""
+        seen = self.approved_detail.get(key, {}).get(field_name)
+        if self.approved is None or not isinstance(seen, int):
+            return now
+        return min(now, seen)
 
     def reserve(self, units: int) -> int:
         if units <= 0:

@@ -254,9 +254,10 @@ def flush_cache(ctx: ActionContext, params: FlushCacheParams) -> ActionResult:
 
 
 def _approved_bounds(ctx: ActionContext, target: str, patterns: list[str]) -> dict[str, int]:
-    """On an approval, each approved pattern's bound: the count its plan shows now (the
-    plan the runner checked the approval against), so keys written since are left."""
+    """On an approval, each approved pattern's bound: the count its plan shows now and no
+    more than the approved plan counted, so keys written since are left."""
     if ctx.approved is None:
         return {}
     wanted = [p for p in patterns if ctx.approves(pattern_key(p))]
-    return {p: n for p, (n, _) in would_delete(ctx, target, wanted).items()}
+    now = would_delete(ctx, target, wanted)
+    return {p: ctx.approved_count(pattern_key(p), "keys", n) for p, (n, _) in now.items()}

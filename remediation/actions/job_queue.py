@@ -148,12 +148,13 @@ def plan_dead_letter(ctx: CheckContext, params: JobQueueActionParams) -> Plan:
 
 def _cap(ctx: ActionContext, target: str, key: str, count: Any) -> int:
     """Units reserved for this run: the per-run cap, and on an approval no more than the
-    list's plan counts now (the plan the runner checked the approval against)."""
+    list's plan counts now nor than the approved plan counted."""
     cap = ctx.settings.job_queue.max_changes_per_run
     if not ctx.approves(queue_key(key)):
         raise Refused(f"{_shown(key)} is not the job list approved", notice=False)
-    if ctx.approved is not None:
-        cap = count(ctx, target, key, cap, True)[0]
+    if ctx.approved is not None:  # what is there now, and no more than the approver saw
+        now = count(ctx, target, key, cap, True)[0]
+        cap = ctx.approved_count(queue_key(key), "jobs", now)
         if cap == 0:
             raise Refused(f"{_shown(key)}: nothing approved is left to change", notice=False)
     return ctx.reserve(cap)

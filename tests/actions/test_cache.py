@@ -226,3 +226,20 @@ def test_an_approval_flushes_only_approved_patterns(settings_env: Any, r: redis.
     assert result.detail["approved_bounds"] == {"cache:*": 30}
     assert result.detail["not_approved"] == ["sess:*", "new:*"]
     assert (count(r, "cache:*"), count(r, "sess:*"), count(r, "new:*")) == (0, 5, 4)
+
+
+def test_keys_written_after_the_approval_are_not_flushed(settings_env: Any, r: redis.Redis) -> None:
+    """The approver saw 10 keys; 5 more matching keys written since are left (nothing new)."""
+    s = settings_env(REMEDIATION_CACHE__FLUSH_PATTERNS=patterns("cache:*"))
+    fill(r, "cache", 10)
+    plan = plan_flush(CheckContext(s, get_logger()), FlushCacheParams())
+    (seen,) = plan.items
+    for n in range(5):
+        r.set(f"cache:late:{n}", "x")
+    ctx = ActionContext(
+        s, get_logger(), approved=plan.keys(), approved_detail={seen.key: dict(seen.detail)}
+    )
+    result = flush_cache(ctx, FlushCacheParams())
+    assert result.detail["approved_bounds"] == {"cache:*": 10}
+    assert result.detail["deleted"] == {"cache:*": 10}
+    assert count(r, "cache:*") == 5

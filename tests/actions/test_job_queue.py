@@ -251,3 +251,18 @@ def test_an_approval_changes_only_the_approved_list_within_its_count(
     with pytest.raises(Refused, match="nothing approved is left"):
         dedupe_job_queue(ours, JobQueueActionParams())
     assert [j["id"] for j in jobs(r)] == [-1]
+
+
+def test_jobs_that_went_stale_after_the_approval_stay(settings_env: Any, r: redis.Redis) -> None:
+    """The approver saw 1 stale job; with 2 stale now, the approved run moves only 1."""
+    s = settings_env(REMEDIATION_JOB_QUEUE__MAX_AGE_SECONDS="60")
+    stale_list(r, stale=2, fresh=1)
+    ctx = ActionContext(
+        s,
+        get_logger(),
+        approved=frozenset({"queue:job_queue"}),
+        approved_detail={"queue:job_queue": {"jobs": 1}},
+    )
+    result = dead_letter_stale_jobs(ctx, JobQueueActionParams())
+    assert (result.detail["moved"], result.detail["bound"]) == (1, 1)
+    assert r.llen("job_queue:dead_letter") == 1
