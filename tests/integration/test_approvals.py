@@ -228,7 +228,8 @@ def test_approve_by_signed_link_runs_and_verifies(stack: Stack) -> None:
     url = urlsplit(body["approve_url"])
     query = {k: v[0] for k, v in parse_qs(url.query).items()}
     page = requests.get(body["approve_url"], timeout=30)
-    assert page.status_code == 200 and f"dedupe_job_queue on self/{key}" in page.text
+    assert page.status_code == 200 and pending.plan["items"][0]["what"] in page.text
+    assert "remove duplicates: 1 job(s)" in page.text  # the plan: one duplicate to go
     forged = {**query, "sig": "0" * 64}
     assert requests.post(stack.url + url.path, data=forged, timeout=30).status_code == 403
     deny_as_approve = {**query, "d": "deny"}  # the approve link's signature does not deny
