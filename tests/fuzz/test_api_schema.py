@@ -69,8 +69,8 @@ class Api:
     schema: Any
     untouchable: list[str]
     """Pending approvals no case may decide (ids schemathesis cannot guess)."""
-    pool: list[str]
-    """Pending approvals the deciding operations are aimed at: a 200 may decide each once."""
+    pools: dict[str, list[str]]
+    """Pending approvals each deciding operation is aimed at: a 200 may decide each once."""
     decided: dict[str, str] = field(default_factory=dict)
     """Approval id -> the result of the one case that decided it."""
 
@@ -148,7 +148,7 @@ def api(pg_admin: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api
                     Audit(as_url(dsn)),
                     schema,
                     untouchable=_seed(state, 5, "keep"),
-                    pool=_seed(state, 12, "pool"),
+                    pools={label: _seed(state, 12, f"pool{n}") for n, label in enumerate(DECIDING)},
                 )
             finally:
                 process.stop()
@@ -193,7 +193,9 @@ def _check_authorized(api: Api, label: str, case: Any, aimed: bool) -> None:
             assert reply.json()["mapped"] == 0
     approval_id = (case.path_parameters or {}).get("approval_id")
     if label in DECIDING and status == 200:
-        assert aimed and approval_id in api.pool and approval_id not in api.decided, reply.text
+        assert aimed and approval_id in api.pools[label] and approval_id not in api.decided, (
+            reply.text
+        )
         api.decided[approval_id] = reply.json()["result"]
         approved = api.decided[approval_id] == "approved"
         assert api.queued() == queued + approved  # an approval sends its one call, a denial none
@@ -230,7 +232,7 @@ def test_deciding_cases_aimed_at_real_approvals_decide_each_at_most_once(
         api.schema[path]["POST"].as_strategy(
             generation_mode=mode, path_parameters={"approval_id": approval_id}
         )
-        for approval_id in api.pool
+        for approval_id in api.pools[label]
     ]
 
     @_examples(EXAMPLES)
@@ -247,12 +249,14 @@ def test_after_the_fuzz_only_validly_decided_approvals_moved(api: Api) -> None:
     their 200 said; nothing ran."""
     for approval_id in api.untouchable:
         assert approval_state.get(api.state, approval_id).state == "pending"  # type: ignore[union-attr]
-    for approval_id in api.pool:
+    for approval_id in [i for pool in api.pools.values() for i in pool]:
         found = approval_state.get(api.state, approval_id)
         assert found is not None
         assert found.state == api.decided.get(approval_id, "pending"), approval_id
     assert api.count(RAN) == 0
-    assert api.queued() == Counter(api.decided.values())["approved"]
+    results = Counter(api.decided.values())
+    assert results["approved"] > 0 and results["denied"] > 0  # both ways were exercised
+    assert api.queued() == results["approved"]
 
 
 WRONG = [None, "", "wrong" + TOKEN[5:], TOKEN[:-1], TOKEN + "x", "Basic " + TOKEN]
@@ -365,6 +369,12 @@ def test_link_pages_refuse_forged_expired_and_altered_signatures_with_403(api: A
     shown = requests.get(path, params=query, timeout=10)
     assert shown.status_code == 200 and "jobs:keep0" in shown.text
     counts, keys, queued = api.audit_counts(), api.snapshot(), api.queued()
+    url = f"{api.url}/approvals/{keep}/link"
+    # found by this fuzz: a non-ASCII signature was a 503 (signing.valid raised), an
+    # over-long field a 422 audited as a rejected webhook (a stranger writing to the audit)
+    assert requests.get(url, params={**query, "sig": "é" * 64}, timeout=10).status_code == 403
+    assert requests.post(url, data={**query, "sig": "é" * 64}, timeout=10).status_code == 403
+    assert requests.get(url, params={**query, "d": "x" * 11}, timeout=10).status_code == 422
 
     @_examples(max(EXAMPLES * 2, 40))
     @given(forgery=_forgeries(api), reason=st.text(max_size=40))
