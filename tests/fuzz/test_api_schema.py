@@ -247,6 +247,8 @@ def test_deciding_cases_aimed_at_real_approvals_decide_each_at_most_once(
 def test_after_the_fuzz_only_validly_decided_approvals_moved(api: Api) -> None:
     """The seeded approvals no 200 decided are all still pending; the decided ones are as
     their 200 said; nothing ran."""
+    if not any(" (seeded id)" in name for name in CASES):
+        pytest.skip("checks what the fuzz tests above did: run the module")
     for approval_id in api.untouchable:
         assert approval_state.get(api.state, approval_id).state == "pending"  # type: ignore[union-attr]
     for approval_id in [i for pool in api.pools.values() for i in pool]:
@@ -409,6 +411,8 @@ def test_a_genuine_link_post_decides_its_approval_once(api: Api) -> None:
 
 def test_report_cases_per_operation(api: Api, capsys: pytest.CaptureFixture[str]) -> None:
     """Every operation got generated cases (the counts are printed for the report)."""
+    if not CASES:
+        pytest.skip("counts what the fuzz tests above did: run the module")
     with capsys.disabled():
         print("\nschema fuzz cases per operation and mode:")
         for name, n in sorted(CASES.items()):
