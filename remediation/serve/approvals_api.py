@@ -92,26 +92,18 @@ def approvals_router(approvals: Approvals) -> APIRouter:
     """The approval API and link pages, deciding through ``approvals``."""
     router = APIRouter(tags=["approvals"])
     env = environment()
-    # In each route's dependencies, not as an annotated parameter: under postponed
-    # annotations a parameter's ``Depends(bearer)`` names this function's local, which FastAPI
-    # cannot resolve (/openapi.json was a 503). Documents the scheme; TokenAuth enforces it.
-    token = [Depends(bearer)]
 
-    @router.get("/approvals", response_model=ApprovalList, responses=ERRORS, dependencies=token)
+    @router.get("/approvals", response_model=ApprovalList, responses=ERRORS)
     def list_approvals(
+        _: Annotated[Any, Depends(bearer)],
         state: Annotated[Literal["pending", "all"], Query()] = "pending",
     ) -> ApprovalList:
         """Pending approvals (soonest to expire first), or the recent ones in any state."""
         found = approvals.pending() if state == "pending" else approvals.recent()
         return ApprovalList(approvals=[view(a) for a in found])
 
-    @router.get(
-        "/approvals/{approval_id}",
-        response_model=ApprovalView,
-        responses=ERRORS,
-        dependencies=token,
-    )
-    def get_approval(approval_id: ApprovalId) -> Any:
+    @router.get("/approvals/{approval_id}", response_model=ApprovalView, responses=ERRORS)
+    def get_approval(approval_id: ApprovalId, _: Annotated[Any, Depends(bearer)]) -> Any:
         """One approval with its plan."""
         approvals.expire_due()
         found = approvals.get(approval_id)
@@ -134,31 +126,23 @@ def approvals_router(approvals: Approvals) -> APIRouter:
         auth = request.headers.get("authorization", "")[7:].strip().encode()
         return f"api:{token_id(auth)}" + (f" ({body.by})" if body.by else "")
 
-    @router.post(
-        "/approvals/{approval_id}/approve",
-        response_model=DecisionReply,
-        responses=ERRORS,
-        dependencies=token,
-    )
+    @router.post("/approvals/{approval_id}/approve", response_model=DecisionReply, responses=ERRORS)
     def approve(
         approval_id: ApprovalId,
         body: DecisionBody,
         request: Request,
+        _: Annotated[Any, Depends(bearer)],
     ) -> Any:
         """Approve: the call is sent to the worker, which re-computes the plan and acts
         only on what was approved and is still true (the guards still apply)."""
         return decided(approvals.decide(approval_id, True, who(request, body), body.reason))
 
-    @router.post(
-        "/approvals/{approval_id}/deny",
-        response_model=DecisionReply,
-        responses=ERRORS,
-        dependencies=token,
-    )
+    @router.post("/approvals/{approval_id}/deny", response_model=DecisionReply, responses=ERRORS)
     def deny(
         approval_id: ApprovalId,
         body: DenyBody,
         request: Request,
+        _: Annotated[Any, Depends(bearer)],
     ) -> Any:
         """Deny, with a reason: nothing runs; the same call is not asked again for this
         incident."""
