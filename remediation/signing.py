@@ -42,6 +42,6 @@ def sign(key: bytes, domain: str, payload: Any) -> str:
 
 def valid(key: bytes, domain: str, payload: Any, signature: Any) -> bool:
     """Constant-time comparison of signature with the payload's."""
-    if not isinstance(signature, str):
-        return False
+    if not isinstance(signature, str) or not signature.isascii():
+        return False  # compare_digest raises TypeError on non-ASCII str (a forged link: 503)
     return hmac.compare_digest(sign(key, domain, payload), signature)

@@ -93,6 +93,8 @@ def create_app(settings: Settings, intake: Intake, routers: Sequence[APIRouter] 
         ]
         detail = bounded_text(str(storable("; ".join(parts))), 2000)
         metrics.intake_rejected("invalid")
+        if request.url.path != "/alerts":  # only webhook bodies are audited, as the webhook's:
+            return JSONResponse({"detail": detail}, status_code=422)  # a link needs no token
         try:  # an authenticated caller's bad payload is audited; the audit failing is no 5xx
             await run_in_threadpool(
                 intake.runner.store.rejected_check, CHECK, truncated(_body_of(exc)), detail, None
