@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import (
     access_log,
+    approvals,
     backups,
     dead_tuples,
     headers,
@@ -35,6 +36,7 @@ def main() -> int:
         "redaction": redaction.run(),
         "pipeline": pipeline.run(),
         "intake": intake.run(),
+        "approvals": approvals.run(),
         "spool": spool.run(),
         "access_log": access_log.run(),
         "log_secrets": log_secrets.run(),
