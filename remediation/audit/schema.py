@@ -117,6 +117,28 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        4,
+        """
+        -- retention (issue 15): the foreign keys a delete of a parent checks (without an index
+        -- every deleted row scans the child table), what the reports and the prune filter on.
+        -- On a large existing audit this takes a while (minutes for millions of rows) and
+        -- blocks writes meanwhile: workers spool their rows until it is done.
+        CREATE INDEX IF NOT EXISTS findings_check_run ON findings (check_run_id);
+        CREATE INDEX IF NOT EXISTS findings_seen ON findings (seen_at);
+        CREATE INDEX IF NOT EXISTS findings_incident ON findings (incident_id)
+            WHERE incident_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS guard_decisions_finding ON guard_decisions (finding_id);
+        CREATE INDEX IF NOT EXISTS action_runs_finding ON action_runs (finding_id);
+        CREATE INDEX IF NOT EXISTS action_runs_decision ON action_runs (decision_id);
+        CREATE INDEX IF NOT EXISTS action_runs_verify_check_run
+            ON action_runs (verify_check_run_id) WHERE verify_check_run_id IS NOT NULL;
+        CREATE INDEX IF NOT EXISTS observations_at ON observations (observed_at);
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 

@@ -49,6 +49,7 @@ from remediation.settings.host import CacheSettings, HostSettings
 from remediation.settings.images import ImageSettings
 from remediation.settings.log_secrets import LogSecretsSettings
 from remediation.settings.monitoring import MonitoringSettings
+from remediation.settings.retention import RetentionSettings
 from remediation.settings.postgres import (
     DEFAULT_DATA_QUALITY,
     DataQualityRule,
@@ -203,6 +204,8 @@ class Settings(BaseSettings):
     serve: ServeSettings = ServeSettings()
     alerts: AlertSettings = AlertSettings()
     approvals: ApprovalSettings = ApprovalSettings()
+    # audit retention (issue 15)
+    retention: RetentionSettings = RetentionSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod
