@@ -90,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--kwargs", default="{}", help='JSON, e.g. \'{"target": "self"}\'')
     r.add_argument("--act", action="store_true", help="run the playbook's actions in-process")
     d = sub.add_parser("db", help="audit database")
-    verbs = "upgrade: create/upgrade the schema; replay: write spooled rows now"
-    d.add_argument("verb", choices=["upgrade", "replay"], help=verbs)
+    verbs = (
+        "upgrade: create/upgrade the schema; replay: write spooled rows now; prune: count"
+        " (--apply: delete) audit rows older than REMEDIATION_RETENTION__*"
+    )
+    d.add_argument("verb", choices=["upgrade", "replay", "prune"], help=verbs)
+    d.add_argument("--apply", action="store_true", help="prune: delete (default: count only)")
     pa = sub.add_parser("pause", help="maintenance: suppress every action")
     pa.add_argument("--reason", default="maintenance")
     pa.add_argument("--seconds", type=int, default=None, help="resume by itself after this")

@@ -255,10 +255,37 @@ def cmd_db(args: argparse.Namespace, s: Settings) -> int:
         human = f"replayed {replayed} spooled audit row(s) from {s.audit.spool_dir}"
         emit(args, {"replayed": replayed, "spool_dir": s.audit.spool_dir}, human)
         return 0
+    if args.verb == "prune":
+        return _prune(args, s, AuditStore.from_settings(s))
     applied = AuditStore(s.audit_dsn.get_secret_value()).upgrade()
     human = f"applied migrations {applied}" if applied else "audit schema is up to date"
     emit(args, {"applied": applied}, human)
     return 0
+
+
+def _prune(args: argparse.Namespace, s: Settings, store: Any) -> int:
+    from remediation.audit import retention
+
+    result = retention.prune(store, s.retention, _state(s), apply=args.apply)
+    verb = "deleted" if args.apply else "would delete"
+    rows = [{"table": t, verb.replace(" ", "_"): n} for t, n in result.counts.items()]
+    cut = result.cutoffs
+    human = [
+        f"cutoffs: audit {cut['audit']}, check runs without findings {cut['check_runs']},"
+        f" observations {cut['observations']}",
+        f"kept whatever their age: {result.kept_incidents} open incident(s),"
+        f" {result.kept_findings} finding(s) of live approvals",
+        table(rows, ["table", verb.replace(" ", "_")]),
+    ]
+    if result.skipped:
+        human.insert(0, f"nothing pruned: {result.skipped}")
+    elif args.apply:
+        human.append(f"{result.batches} batch(es) of at most {s.retention.batch_size} rows,")
+        human[-1] += f" {result.seconds:.1f} s; audited as check run {retention.CHECK_NAME!r}"
+    else:
+        human.append("(dry run: add --apply to delete)")
+    emit(args, result.as_dict(), "\n".join(human))
+    return 1 if result.skipped else 0
 
 
 def cmd_pause(args: argparse.Namespace, s: Settings) -> int:

@@ -49,13 +49,13 @@ from remediation.settings.host import CacheSettings, HostSettings
 from remediation.settings.images import ImageSettings
 from remediation.settings.log_secrets import LogSecretsSettings
 from remediation.settings.monitoring import MonitoringSettings
-from remediation.settings.retention import RetentionSettings
 from remediation.settings.postgres import (
     DEFAULT_DATA_QUALITY,
     DataQualityRule,
     FreshnessRule,
     PostgresSettings,
 )
+from remediation.settings.retention import RetentionSettings
 from remediation.settings.serve import AlertRule, AlertSettings, LabelOrFixed, ServeSettings
 from remediation.settings.traffic import (
     DEFAULT_PROMETHEUS_RULES,

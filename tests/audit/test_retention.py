@@ -1,0 +1,308 @@
+"""Audit retention (remediation.audit.retention, `remediation db prune`) against a real
+PostgreSQL and Redis: what goes, what stays, in bounded batches, while a writer writes."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+import redis
+
+from remediation.approvals import state as approvals
+from remediation.audit import retention
+from remediation.audit import store as store_module
+from remediation.audit.schema import new_id
+from remediation.audit.store import AuditStore
+from remediation.cli import main
+from remediation.guards import keys
+from remediation.settings.retention import RetentionSettings
+from tests.support.services import as_url, scratch_database
+from tests.support.trail import TABLES, counts, write_trail
+
+NOW = datetime.now(UTC)
+SETTINGS = RetentionSettings(check_runs_days=14, audit_days=400, observations_days=400)
+
+
+@pytest.fixture
+def dsn(pg_admin: str) -> Iterator[str]:
+    """An empty audit database (schema applied), dropped afterwards."""
+    with scratch_database(pg_admin, "rem_retention") as raw:
+        url = as_url(raw)
+        AuditStore(url).upgrade()
+        try:
+            yield url
+        finally:
+            store_module.close_pools()
+
+
+def _insert(conn: psycopg.Connection[Any], table: str, **values: Any) -> int:
+    values = {"id": new_id(), **values}
+    cols = ", ".join(values)
+    marks = ", ".join(f"%({c})s" for c in values)
+    conn.execute(f"INSERT INTO {table} ({cols}) VALUES ({marks})", values)
+    return int(values["id"])
+
+
+def quiet_run(conn: psycopg.Connection[Any], days: float, purpose: str = "detect") -> int:
+    """A check run that found nothing, `days` old."""
+    at = NOW - timedelta(days=days)
+    return _insert(
+        conn, "check_runs", check_name="c", target="t", purpose=purpose, status="ok", started_at=at
+    )
+
+
+def trail(
+    conn: psycopg.Connection[Any], days: float, incident: str | None = None
+) -> dict[str, int]:
+    """A check run -> finding -> decision -> action run verified by a later check run, `days`
+    old, and an observation."""
+    at = NOW - timedelta(days=days)
+    run = _insert(
+        conn, "check_runs", check_name="c", target="t", status="ok", findings_count=1, started_at=at
+    )
+    fid = _insert(
+        conn,
+        "findings",
+        check_run_id=run,
+        check_name="c",
+        target="t",
+        kind="k",
+        severity="high",
+        fingerprint="fp",
+        incident_id=incident,
+        seen_at=at,
+    )
+    did = _insert(
+        conn,
+        "guard_decisions",
+        finding_id=fid,
+        action="a",
+        target="t",
+        resource="t",
+        decision="admitted",
+        decided_at=at,
+    )
+    verify = _insert(
+        conn, "check_runs", check_name="c", target="t", purpose="verify", status="ok", started_at=at
+    )
+    aid = _insert(
+        conn,
+        "action_runs",
+        decision_id=did,
+        finding_id=fid,
+        action="a",
+        target="t",
+        outcome="succeeded",
+        verification="recovered",
+        verify_check_run_id=verify,
+        started_at=at,
+    )
+    obs = _insert(
+        conn, "observations", check_name="c", target="t", metric="m", value=1.0, observed_at=at
+    )
+    return {
+        "run": run,
+        "finding": fid,
+        "decision": did,
+        "verify": verify,
+        "action": aid,
+        "obs": obs,
+    }
+
+
+def ids(dsn: str) -> dict[str, set[int]]:
+    with psycopg.connect(dsn) as conn:
+        return {t: {r[0] for r in conn.execute(f"SELECT id FROM {t}")} for t in TABLES}
+
+
+def orphans(dsn: str) -> int:
+    """Rows whose reference points at no row (the foreign keys forbid them; counted anyway)."""
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM findings f WHERE NOT EXISTS"
+            "  (SELECT 1 FROM check_runs c WHERE c.id = f.check_run_id))"
+            " + (SELECT count(*) FROM guard_decisions d WHERE d.finding_id IS NOT NULL"
+            "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
+            " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
+            "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
+            "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
+            "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id)))"
+        ).fetchone()
+    return int(row[0]) if row else -1
+
+
+def ages(dsn: str) -> dict[str, Any]:
+    """Rows of every kind at 1, 20 and 500 days; returns their ids by age."""
+    made: dict[str, Any] = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for days in (1, 20, 500):
+            made[f"quiet{days}"] = quiet_run(conn, days)
+            made[f"trail{days}"] = trail(conn, days)
+    return made
+
+
+def test_dry_run_counts_what_apply_deletes_and_recent_rows_stay(dsn: str, r: redis.Redis) -> None:
+    """A dry run's counts are exactly what --apply then deletes; rows inside their retention stay."""
+    made = ages(dsn)
+    store = AuditStore(dsn)
+    dry = retention.prune(store, SETTINGS, r, apply=False, now=NOW)
+    assert ids(dsn) == ids(dsn) and sum(counts(dsn).values()) == 21  # nothing deleted
+    before = counts(dsn)
+    done = retention.prune(store, SETTINGS, r, apply=True, now=NOW)
+    after = counts(dsn)
+    deleted = {t: before[t] - after[t] for t in TABLES}
+    deleted["check_runs"] += 1  # the prune's own audit row
+    assert dry.counts == done.counts == deleted
+    assert dry.counts == {
+        "action_runs": 1,
+        "guard_decisions": 1,
+        "findings": 1,
+        "check_runs": 4,  # quiet 20 d and 500 d, the 500 d trail's run and verification
+        "observations": 1,
+    }
+    left = ids(dsn)
+    for days in (1, 20):
+        assert set(made[f"trail{days}"].values()) <= set().union(*left.values())
+    assert made["quiet1"] in left["check_runs"] and made["quiet20"] not in left["check_runs"]
+    assert orphans(dsn) == 0
+
+
+def test_open_incident_and_live_approval_rows_stay(dsn: str, r: redis.Redis) -> None:
+    """Old rows of an open incident or of a pending approval's finding stay; others go."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        open_trail = trail(conn, 500, incident="fp-open1")
+        closed_trail = trail(conn, 500, incident="fp-closed")
+        asked_trail = trail(conn, 500)
+        approved_trail = trail(conn, 500)
+    r.set(keys.incident("fp"), "fp-open1")
+    for key, made in (("k-asked", asked_trail), ("k-approved", approved_trail)):
+        asked = approvals.ask(
+            r,
+            action="a",
+            target="t",
+            resource="t",
+            params={},
+            plan={},
+            idempotency_key=key,
+            trigger={"finding_id": made["finding"], "incident": None},
+            fingerprint="fp2",
+            ttl_seconds=3600,
+        )
+    moved = approvals.transition(r, asked.approval.id, approvals.APPROVED, "op", "ok", "decide")
+    assert moved.result == "ok"
+    keep = retention.kept(r)
+    assert keep.incidents == ["fp-open1"]
+    assert sorted(keep.findings) == sorted([asked_trail["finding"], approved_trail["finding"]])
+    dry = retention.prune(AuditStore(dsn), SETTINGS, r, apply=False, now=NOW)
+    done = retention.prune(AuditStore(dsn), SETTINGS, r, apply=True, now=NOW)
+    assert dry.counts == done.counts
+    left = set().union(*ids(dsn).values())
+    for made in (open_trail, asked_trail, approved_trail):
+        assert set(made.values()) - {made["obs"]} <= left  # observations are no trail's
+    assert not set(closed_trail.values()) & left
+    assert orphans(dsn) == 0
+
+
+def test_batches_are_bounded(dsn: str, r: redis.Redis) -> None:
+    """No DELETE removes more than batch_size rows; the rest take further batches."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO check_runs (id, check_name, target, status, started_at)"
+            " SELECT g, 'c', 't', 'ok', now() - interval '30 days' - g * interval '1 second'"
+            " FROM generate_series(1, 350) g"
+        )
+    small = RetentionSettings(batch_size=100)
+    result = retention.prune(AuditStore(dsn), small, r, apply=True, now=NOW)
+    assert result.counts["check_runs"] == 350 and result.batches == 4
+    assert result.largest_batch == 100
+
+
+def test_nothing_is_pruned_while_the_spool_holds_records(
+    dsn: str, r: redis.Redis, tmp_path: Path
+) -> None:
+    """A spool that still holds records stops the prune before it deletes anything."""
+    spool = tmp_path / "spool"
+    spool.mkdir(mode=0o700)
+    (spool / "host-1.jsonl").write_text('{"op": "observation"}\n')
+    ages(dsn)
+    before = counts(dsn)
+    result = retention.prune(AuditStore(dsn, spool_dir=spool), SETTINGS, r, apply=True)
+    assert result.skipped and "spool" in result.skipped
+    assert counts(dsn) == before
+
+
+def test_a_prune_that_deletes_is_audited(dsn: str, r: redis.Redis) -> None:
+    """An applied prune leaves one 'maintenance' check run with its counts in params."""
+    ages(dsn)
+    retention.prune(AuditStore(dsn), SETTINGS, r, apply=True, now=NOW)
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT purpose, status, params FROM check_runs WHERE check_name = 'audit_prune'"
+        ).fetchall()
+    assert len(rows) == 1
+    purpose, status, params = rows[0]
+    assert (purpose, status) == ("maintenance", "ok")
+    assert params["counts"]["findings"] == 1 and params["cutoffs"]["audit"]
+
+
+def test_pruning_while_a_writer_writes_loses_nothing_that_should_stay(
+    dsn: str, r: redis.Redis
+) -> None:
+    """Trails written through AuditStore during a prune of thousands of old rows all stay."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(30):
+            trail(conn, 500)
+        conn.execute(
+            "INSERT INTO check_runs (id, check_name, target, status, started_at)"
+            " SELECT g, 'c', 't', 'ok', now() - interval '30 days' - g * interval '1 second'"
+            " FROM generate_series(1, 6000) g"
+        )
+    store = AuditStore(dsn)
+    written: list[dict[str, int]] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        n = 0
+        while not stop.is_set() or n < 20:
+            written.append(write_trail(store, f"w-{n}"))
+            n += 1
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        result = retention.prune(
+            store, RetentionSettings(batch_size=100), r, apply=True, now=datetime.now(UTC)
+        )
+    finally:
+        stop.set()
+        thread.join(60)
+    assert result.counts["check_runs"] == 6000 + 60 and result.counts["findings"] == 30
+    left = ids(dsn)
+    for made in written:
+        assert made["run"] in left["check_runs"] and made["finding"] in left["findings"]
+        assert made["decision"] in left["guard_decisions"]
+        assert made["action"] in left["action_runs"]
+    assert len(left["observations"]) == len(written)
+    assert orphans(dsn) == 0
+
+
+def test_cli_db_prune_dry_run_then_apply(
+    settings_env: Any, dsn: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`remediation db prune` counts and deletes nothing; with --apply it deletes as counted."""
+    settings_env(REMEDIATION_AUDIT_DSN=dsn, REMEDIATION_AUDIT__SPOOL_DIR=str(tmp_path / "spool"))
+    ages(dsn)
+    before = counts(dsn)
+    assert main(["--json", "db", "prune"]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert counts(dsn) == before and dry["applied"] is False and dry["counts"]["findings"] == 1
+    assert main(["db", "prune", "--apply"]) == 0
+    out = capsys.readouterr().out
+    assert "audit_prune" in out and "DELETED" in out.upper()
+    assert before["findings"] - counts(dsn)["findings"] == 1
