@@ -72,7 +72,13 @@ def visibility_timeout(s: Settings) -> int:
 def get_app() -> Celery:
     """Build the app once: settings validated, tasks registered, schedule validated."""
     from remediation.schedule import load_schedule
-    from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK, register_tasks
+    from remediation.tasks import (
+        EXPIRE_EVERY_SECONDS,
+        EXPIRE_TASK,
+        PRUNE_EVERY_SECONDS,
+        PRUNE_TASK,
+        register_tasks,
+    )
 
     settings = get_settings()
     signing.key_of(settings)  # workers sign and verify trigger headers: no key, no start
@@ -91,6 +97,8 @@ def get_app() -> Celery:
     app.conf.beat_schedule = load_schedule(settings.schedule_module)
     # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
     app.conf.beat_schedule[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": EXPIRE_EVERY_SECONDS}
+    if settings.retention.enabled:  # the audit does not grow forever (issue 15)
+        app.conf.beat_schedule[PRUNE_TASK] = {"task": PRUNE_TASK, "schedule": PRUNE_EVERY_SECONDS}
     return app
 
 

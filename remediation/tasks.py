@@ -12,6 +12,7 @@ from celery import Celery, Task, signals
 from remediation import registry, signing
 from remediation.approvals import APPROVAL_HEADER, Approvals
 from remediation.approvals import header as approval_header
+from remediation.audit.store import AuditStore
 from remediation.context import Trigger
 from remediation.runner import Runner
 from remediation.settings import get_settings
@@ -20,6 +21,10 @@ TRIGGER_HEADER = "remediation_trigger"
 EXPIRE_TASK = "remediation.approvals.expire"
 """Beat runs it every EXPIRE_EVERY_SECONDS: pending approvals past their time expire."""
 EXPIRE_EVERY_SECONDS = 30
+PRUNE_TASK = "remediation.audit.prune"
+"""Beat runs it every PRUNE_EVERY_SECONDS when REMEDIATION_RETENTION__ENABLED: audit rows past
+their retention are deleted (remediation.audit.retention)."""
+PRUNE_EVERY_SECONDS = 86400
 
 
 def dispatch_via(app: Celery, key: bytes) -> Any:
@@ -70,6 +75,23 @@ def register_tasks(app: Celery) -> None:
         audited); run by beat every EXPIRE_EVERY_SECONDS."""
         r = runner(app)
         return Approvals(r.settings, r.store).expire_due()
+
+    @app.task(name=PRUNE_TASK)
+    def prune_audit() -> dict[str, Any]:
+        """Delete audit rows past REMEDIATION_RETENTION__* (bounded batches, audited as a
+        check run 'audit_prune'); run by beat daily when REMEDIATION_RETENTION__ENABLED."""
+        from remediation.audit import retention
+
+        settings = get_settings()
+        if not settings.retention.enabled:
+            return {"skipped": "REMEDIATION_RETENTION__ENABLED is false"}
+        r = runner(app)
+        result = retention.prune(
+            AuditStore.from_settings(settings), settings.retention, r.state, apply=True
+        )
+        if result.skipped:
+            structlog.get_logger("remediation").warning("audit prune skipped", why=result.skipped)
+        return result.as_dict()
 
 
 def _register_check(app: Celery, name: str, task_name: str) -> None:

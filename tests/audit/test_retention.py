@@ -306,3 +306,47 @@ def test_cli_db_prune_dry_run_then_apply(
     out = capsys.readouterr().out
     assert "audit_prune" in out and "DELETED" in out.upper()
     assert before["findings"] - counts(dsn)["findings"] == 1
+
+
+def test_beat_prunes_daily_only_when_enabled(settings_env: Any, dsn: str, tmp_path: Path) -> None:
+    """The app puts remediation.audit.prune on beat daily when enabled, not when disabled;
+    the task deletes what the retention lets go."""
+    from remediation.celery_app import get_app
+    from remediation.tasks import PRUNE_EVERY_SECONDS, PRUNE_TASK
+
+    spool = str(tmp_path / "spool")
+    settings_env(REMEDIATION_AUDIT_DSN=dsn, REMEDIATION_AUDIT__SPOOL_DIR=spool)
+    get_app.cache_clear()
+    try:
+        app = get_app()
+        assert app.conf.beat_schedule[PRUNE_TASK]["schedule"] == PRUNE_EVERY_SECONDS == 86400
+        ages(dsn)
+        result = app.tasks[PRUNE_TASK]()
+        assert result["applied"] and result["counts"]["findings"] == 1 and not result["skipped"]
+        settings_env(
+            REMEDIATION_AUDIT_DSN=dsn,
+            REMEDIATION_AUDIT__SPOOL_DIR=spool,
+            REMEDIATION_RETENTION__ENABLED="false",
+        )
+        get_app.cache_clear()
+        assert PRUNE_TASK not in get_app().conf.beat_schedule
+    finally:
+        get_app.cache_clear()
+
+
+def test_every_foreign_key_has_an_index_led_by_it(dsn: str) -> None:
+    """Each audit foreign key column leads an index, so deleting a parent never scans a child."""
+    with psycopg.connect(dsn) as conn:
+        fks = conn.execute(
+            "SELECT c.conrelid::regclass::text, a.attname FROM pg_constraint c"
+            " JOIN pg_attribute a ON a.attrelid = c.conrelid AND a.attnum = c.conkey[1]"
+            " WHERE c.contype = 'f'"
+        ).fetchall()
+        led = set(
+            conn.execute(
+                "SELECT i.indrelid::regclass::text, a.attname FROM pg_index i"
+                " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            ).fetchall()
+        )
+    assert len(fks) == 5
+    assert set(fks) <= led
