@@ -18,6 +18,7 @@ from bench import (
     pipeline,
     proxies,
     redaction,
+    retention,
     spool,
 )
 
@@ -40,6 +41,7 @@ def main() -> int:
         "spool": spool.run(),
         "access_log": access_log.run(),
         "log_secrets": log_secrets.run(),
+        "retention": retention.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)
