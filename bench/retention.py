@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
@@ -187,10 +187,11 @@ def run() -> dict[str, Any]:
         state = redis.Redis.from_url(
             os.environ.get("REMEDIATION_STATE_REDIS_URL", "redis://127.0.0.1:6379/0")
         )
+        now = datetime.now(UTC)  # one set of cutoffs for the dry run and the apply
         dry_start = time.perf_counter()
-        dry = retention.prune(store, settings, state, apply=False)
+        dry = retention.prune(store, settings, state, apply=False, now=now)
         out["dry_run_s"] = round(time.perf_counter() - dry_start, 1)
-        result = retention.prune(store, settings, state, apply=True)
+        result = retention.prune(store, settings, state, apply=True, now=now)
         out["prune"] = {
             "settings": settings.model_dump(),
             "deleted": result.counts,
