@@ -341,6 +341,7 @@ def _seed_last_success(settings: Settings) -> None:
         rows = AuditStore(settings.audit_dsn.get_secret_value()).query(
             "SELECT check_name, extract(epoch FROM max(finished_at))::float8 AS at"
             " FROM check_runs WHERE status = 'ok' AND finished_at IS NOT NULL"
+            " AND purpose <> 'maintenance'"  # the audit prune's own rows are no check
             " GROUP BY check_name"
         )
         gauge = _m().last_success

@@ -15,7 +15,8 @@ What goes (cutoffs fixed once, at the start of a prune):
 Never deleted: a finding of an open incident (the incident ids under `rem:incident:*` in the
 state Redis) or one a pending, approved or running approval refers to (its trigger's finding
 and incident), nor any row hanging off one (decisions, action runs, their check runs); and
-nothing at all while this host's audit spool still holds records (they may point at rows the
+each check's newest successful run (the dead-man's switch seeds from it); and nothing at
+all while this host's audit spool still holds records (they may point at rows the
 prune would take). Other hosts' spools are not visible from here: a record they replay that
 points at a row pruned meanwhile fails its foreign key; with a retention of days and spools
 drained within minutes of PostgreSQL answering again, that needs an outage longer than the
@@ -100,6 +101,7 @@ def _check_run(alias: str) -> str:
     return (
         f"({alias}.started_at < CASE WHEN {alias}.purpose = '{PURPOSE}' THEN %(audit_cut)s"  # noqa: S608
         " ELSE %(check_cut)s END"
+        f" AND {alias}.id <> ALL(%(last_ok)s)"
         f" AND NOT EXISTS (SELECT 1 FROM findings cf WHERE cf.check_run_id = {alias}.id"
         f" AND NOT {_finding('cf')})"
         f" AND NOT EXISTS (SELECT 1 FROM action_runs ca3"
@@ -138,6 +140,18 @@ class Kept:
 
     incidents: list[str] = field(default_factory=list)
     findings: list[int] = field(default_factory=list)
+    last_ok: list[int] = field(default_factory=list)  # the newest ok run of each check
+
+
+_LAST_OK = (
+    "SELECT c.id FROM check_runs c JOIN (SELECT check_name, max(finished_at) AS at"
+    " FROM check_runs WHERE status = 'ok' AND purpose <> 'maintenance' GROUP BY check_name) n"
+    " ON c.check_name = n.check_name AND c.finished_at = n.at"
+    " WHERE c.status = 'ok' AND c.purpose <> 'maintenance'"
+)
+"""Each check's newest successful run: the dead-man's switch (metrics.py) seeds its
+last-success gauge from it after a restart, so a check failing for longer than the retention
+keeps its old time rather than losing the series."""
 
 
 @dataclass
@@ -188,6 +202,7 @@ def _params(cut: Cutoffs, keep: Kept) -> dict[str, Any]:
         "obs_cut": cut.observations,
         "incidents": keep.incidents,
         "findings": keep.findings,
+        "last_ok": keep.last_ok,
     }
 
 
@@ -245,6 +260,7 @@ def prune(
     except psycopg.OperationalError as exc:
         raise connection_failed(store.dsn, exc) from exc
     with conn:
+        keep.last_ok = [row[0] for row in conn.execute(_LAST_OK)]
         if not apply or result.skipped:
             if not result.skipped:
                 result.counts = count(conn, cut, keep)

@@ -49,11 +49,17 @@ def _insert(conn: psycopg.Connection[Any], table: str, **values: Any) -> int:
     return int(values["id"])
 
 
-def quiet_run(conn: psycopg.Connection[Any], days: float, purpose: str = "detect") -> int:
+def quiet_run(conn: psycopg.Connection[Any], days: float, check: str = "c") -> int:
     """A check run that found nothing, `days` old."""
     at = NOW - timedelta(days=days)
     return _insert(
-        conn, "check_runs", check_name="c", target="t", purpose=purpose, status="ok", started_at=at
+        conn,
+        "check_runs",
+        check_name=check,
+        target="t",
+        status="ok",
+        started_at=at,
+        finished_at=at,
     )
 
 
@@ -209,12 +215,23 @@ def test_open_incident_and_live_approval_rows_stay(dsn: str, r: redis.Redis) -> 
     assert orphans(dsn) == 0
 
 
+def test_each_checks_newest_success_stays(dsn: str, r: redis.Redis) -> None:
+    """A check's newest ok run stays however old (the dead-man's switch seeds from it)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        older = quiet_run(conn, 600, check="rare")
+        newest = quiet_run(conn, 500, check="rare")
+    result = retention.prune(AuditStore(dsn), SETTINGS, r, apply=True, now=NOW)
+    assert result.counts["check_runs"] == 1
+    left = ids(dsn)["check_runs"]
+    assert newest in left and older not in left
+
+
 def test_batches_are_bounded(dsn: str, r: redis.Redis) -> None:
     """No DELETE removes more than batch_size rows; the rest take further batches."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "INSERT INTO check_runs (id, check_name, target, status, started_at)"
-            " SELECT g, 'c', 't', 'ok', now() - interval '30 days' - g * interval '1 second'"
+            " SELECT g, 'c', 't', 'error', now() - interval '30 days' - g * interval '1 second'"
             " FROM generate_series(1, 350) g"
         )
     small = RetentionSettings(batch_size=100)
@@ -260,7 +277,7 @@ def test_pruning_while_a_writer_writes_loses_nothing_that_should_stay(
             trail(conn, 500)
         conn.execute(
             "INSERT INTO check_runs (id, check_name, target, status, started_at)"
-            " SELECT g, 'c', 't', 'ok', now() - interval '30 days' - g * interval '1 second'"
+            " SELECT g, 'c', 't', 'error', now() - interval '30 days' - g * interval '1 second'"
             " FROM generate_series(1, 6000) g"
         )
     store = AuditStore(dsn)
