@@ -31,6 +31,7 @@ cutoffs and the counts per table in params.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
@@ -78,34 +79,38 @@ def _action(alias: str) -> str:
     return _ACTION.format(a=alias)
 
 
+def _all_go(table: str, column: str, parent: str, child: str, goes: Callable[[str], str]) -> str:
+    """Every row of `table` pointing at the parent (by `column`) goes too."""
+    return (
+        f" AND NOT EXISTS (SELECT 1 FROM {table} {child}"  # noqa: S608
+        f" WHERE {child}.{column} = {parent}.id AND NOT {goes(child)})"
+    )
+
+
 def _decision(alias: str) -> str:
     return (
-        f"({alias}.decided_at < %(audit_cut)s"  # noqa: S608
-        f" AND NOT {_held(alias, 'finding_id')}"
-        f" AND NOT EXISTS (SELECT 1 FROM action_runs ca WHERE ca.decision_id = {alias}.id"
-        f" AND NOT {_action('ca')}))"
+        f"({alias}.decided_at < %(audit_cut)s AND NOT {_held(alias, 'finding_id')}"
+        + _all_go("action_runs", "decision_id", alias, "ca", _action)
+        + ")"
     )
 
 
 def _finding(alias: str) -> str:
     return (
-        f"({alias}.seen_at < %(audit_cut)s AND NOT {_PROTECTED.format(f=alias)}"  # noqa: S608
-        f" AND NOT EXISTS (SELECT 1 FROM guard_decisions cd WHERE cd.finding_id = {alias}.id"
-        f" AND NOT {_decision('cd')})"
-        f" AND NOT EXISTS (SELECT 1 FROM action_runs ca2 WHERE ca2.finding_id = {alias}.id"
-        f" AND NOT {_action('ca2')}))"
+        f"({alias}.seen_at < %(audit_cut)s AND NOT {_PROTECTED.format(f=alias)}"
+        + _all_go("guard_decisions", "finding_id", alias, "cd", _decision)
+        + _all_go("action_runs", "finding_id", alias, "ca2", _action)
+        + ")"
     )
 
 
 def _check_run(alias: str) -> str:
     return (
-        f"({alias}.started_at < CASE WHEN {alias}.purpose = '{PURPOSE}' THEN %(audit_cut)s"  # noqa: S608
-        " ELSE %(check_cut)s END"
-        f" AND {alias}.id <> ALL(%(last_ok)s)"
-        f" AND NOT EXISTS (SELECT 1 FROM findings cf WHERE cf.check_run_id = {alias}.id"
-        f" AND NOT {_finding('cf')})"
-        f" AND NOT EXISTS (SELECT 1 FROM action_runs ca3"
-        f" WHERE ca3.verify_check_run_id = {alias}.id AND NOT {_action('ca3')}))"
+        f"({alias}.started_at < CASE WHEN {alias}.purpose = '{PURPOSE}' THEN %(audit_cut)s"
+        f" ELSE %(check_cut)s END AND {alias}.id <> ALL(%(last_ok)s)"
+        + _all_go("findings", "check_run_id", alias, "cf", _finding)
+        + _all_go("action_runs", "verify_check_run_id", alias, "ca3", _action)
+        + ")"
     )
 
 
