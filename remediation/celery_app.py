@@ -45,7 +45,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_concurrency": c.concurrency,
         "timezone": "UTC",
         "enable_utc": True,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "remediation.beat:SlotScheduler",  # redbeat + slots (README)
         "redbeat_redis_url": s.state_redis_url.get_secret_value(),
         "redbeat_key_prefix": guard_keys.REDBEAT,
         "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
@@ -71,7 +71,8 @@ def visibility_timeout(s: Settings) -> int:
 @functools.cache
 def get_app() -> Celery:
     """Build the app once: settings validated, tasks registered, schedule validated."""
-    from remediation.schedule import load_schedule
+    from remediation.schedule import load_schedule_and_pins, parse_schedule
+    from remediation.slots import spread_offsets
     from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK, register_tasks
 
     settings = get_settings()
@@ -88,9 +89,12 @@ def get_app() -> Celery:
         }
     }
     register_tasks(app)
-    app.conf.beat_schedule = load_schedule(settings.schedule_module)
+    entries, pinned = load_schedule_and_pins(settings.schedule_module)
     # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
-    app.conf.beat_schedule[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": EXPIRE_EVERY_SECONDS}
+    entries[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": parse_schedule(EXPIRE_EVERY_SECONDS)}
+    app.conf.beat_schedule = entries
+    # interval entries with the same interval spread over it (remediation.beat, README)
+    app.conf.remediation_slot_offsets = spread_offsets(entries, pinned)
     return app
 
 
