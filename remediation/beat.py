@@ -21,6 +21,11 @@ OFFSETS_CONF = "remediation_slot_offsets"
 """app.conf key: {entry name: offset in seconds} for interval entries (celery_app)."""
 
 
+def now() -> float:
+    """The clock the grid is read with (a function, so a test can move it)."""
+    return time.time()
+
+
 class SlotEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
     """An entry whose interval schedule fires on ``offset + k * every`` (epoch seconds)."""
 
@@ -38,9 +43,9 @@ class SlotEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         offset = self._offset()
         if offset is None or not self.enabled:
             return super().is_due()
-        every, now = self._every(), time.time()
-        slot = slots.grid_slot(now, every, offset)
-        next_in = slot + every - now
+        every, at = self._every(), now()
+        slot = slots.grid_slot(at, every, offset)
+        next_in = slot + every - at
         last = self.last_run_at.timestamp() if self.last_run_at else None
         # missed slots (an outage) collapse into one run at once, named by the latest slot
         return schedstate(last is None or last < slot, next_in)
@@ -60,10 +65,10 @@ class SlotEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
         """The due time this firing is for (call before the entry is advanced)."""
         offset = self._offset()
         if offset is not None:
-            return slots.grid_slot(time.time(), self._every(), offset)
+            return slots.grid_slot(now(), self._every(), offset)
         if isinstance(self.schedule, crontab) and self.last_run_at is not None:
             return slots.crontab_slot(self.schedule, self.last_run_at)
-        return time.time()  # never run before: the slot is now
+        return now()  # never run before: the slot is now
 
 
 class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
