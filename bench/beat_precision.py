@@ -22,6 +22,7 @@ every entry on the same second).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -158,7 +159,7 @@ def measure(pinned: bool) -> dict[str, Any]:
         for t in times:
             seconds[int(t)] = seconds.get(int(t), 0) + 1
         busiest.append(max(seconds.values()))
-        closest.extend(b - a for a, b in zip(times, times[1:], strict=False))
+        closest.extend(b - a for a, b in itertools.pairwise(times))
     return {
         "firings": len(send_lag),
         "sent_minus_due_s": summary(send_lag),
