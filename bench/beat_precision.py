@@ -139,6 +139,8 @@ def measure(pinned: bool) -> dict[str, Any]:
     send_lag: list[float] = []
     per_slot: dict[float, list[float]] = {}
     for entry, at in sent:
+        if entry not in offs:  # the internal approvals.expire entry
+            continue
         due = slots.grid_slot(at, INTERVAL, offs[entry])
         if due < warm:
             continue

@@ -68,12 +68,23 @@ def visibility_timeout(s: Settings) -> int:
     return max(3600, longest + 600)
 
 
+def beat_schedule(module: str) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """The validated schedule with the internal entries, and each interval entry's offset on
+    its grid (same-interval entries spread over it, pinned ones at 0: remediation.beat)."""
+    from remediation.schedule import load_schedule_and_pins, parse_schedule
+    from remediation.slots import spread_offsets
+    from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK
+
+    entries, pinned = load_schedule_and_pins(module)
+    # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
+    entries[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": parse_schedule(EXPIRE_EVERY_SECONDS)}
+    return entries, spread_offsets(entries, pinned)
+
+
 @functools.cache
 def get_app() -> Celery:
     """Build the app once: settings validated, tasks registered, schedule validated."""
-    from remediation.schedule import load_schedule_and_pins, parse_schedule
-    from remediation.slots import spread_offsets
-    from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK, register_tasks
+    from remediation.tasks import register_tasks
 
     settings = get_settings()
     signing.key_of(settings)  # workers sign and verify trigger headers: no key, no start
@@ -89,12 +100,9 @@ def get_app() -> Celery:
         }
     }
     register_tasks(app)
-    entries, pinned = load_schedule_and_pins(settings.schedule_module)
-    # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
-    entries[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": parse_schedule(EXPIRE_EVERY_SECONDS)}
-    app.conf.beat_schedule = entries
-    # interval entries with the same interval spread over it (remediation.beat, README)
-    app.conf.remediation_slot_offsets = spread_offsets(entries, pinned)
+    app.conf.beat_schedule, app.conf.remediation_slot_offsets = beat_schedule(
+        settings.schedule_module
+    )
     return app
 
 

@@ -204,3 +204,29 @@ def test_calls_by_hand_redeliveries_and_forged_headers_always_run(app: Celery) -
     ]
     assert statuses == ["ok", "ok", "ok", "ok", "duplicate", "ok", "ok"]
     assert counts(store).get("duplicate", {}).get(f"{KEY}hand") == 1
+
+
+def test_missed_slots_after_an_outage_run_once_at_once(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After five intervals with no beat, each entry fires once at the next tick, for the
+    latest slot, and the check runs once (audited); then it is back on its grid."""
+    clock, sent = Clock(app, monkeypatch), Sent(app, monkeypatch)
+    active = scheduler(app, lock=True)
+    clock.now += 5 * INTERVAL + 1
+    active.tick()
+    assert sorted(h[slots.SLOT_HEADER]["entry"] for _, _, h in sent.messages) == [
+        f"slot{i}" for i in range(ENTRIES)
+    ]
+    offsets = app.conf.remediation_slot_offsets
+    for _, _, h in sent.messages:
+        mark = h[slots.SLOT_HEADER]
+        assert mark["slot"] == round(slots.grid_slot(clock.now, INTERVAL, offsets[mark["entry"]]))
+    statuses = []
+    for name, kwargs, headers in sent.messages:
+        result = app.tasks[name].apply(kwargs=kwargs, headers=headers, task_id=str(uuid.uuid4()))
+        statuses.append(result.get()["status"])
+    assert statuses == ["ok"] * ENTRIES
+    sent.messages.clear()
+    active.tick()  # the same instant again: nothing more is due
+    assert sent.messages == []
