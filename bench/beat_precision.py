@@ -31,7 +31,6 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -109,18 +108,9 @@ def running(pinned: bool) -> Iterator[tuple[BeatProcess, Audit, str, float]]:
 
 
 def sends(beat: BeatProcess) -> list[tuple[str, float]]:
-    """(entry, epoch) of each "Sending due task" line of the beat's JSON log."""
-    out = []
-    for line in beat.log().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        text = str(event.get("event", ""))
-        if "Sending due task" in text:
-            entry = text.split("Sending due task ", 1)[1].split(" ", 1)[0]
-            out.append((entry, datetime.fromisoformat(event["timestamp"]).timestamp()))
-    return out
+    """(entry, epoch) of each "Sending due task <entry> (<task>)" line of the beat's log."""
+    marker = "Sending due task "
+    return [(e.split(marker, 1)[1].split(" ", 1)[0], at) for e, at in beat.events(marker)]
 
 
 def measure(pinned: bool) -> dict[str, Any]:

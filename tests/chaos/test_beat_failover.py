@@ -10,12 +10,10 @@ being the same slot."""
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 
 import redis
@@ -101,15 +99,7 @@ class Firings:
 
 def log_events(beat: BeatProcess, text: str) -> list[float]:
     """Epoch times of the beat's JSON log lines whose event contains text."""
-    times = []
-    for line in beat.log().splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if text in str(event.get("event", "")):
-            times.append(datetime.fromisoformat(event["timestamp"]).timestamp())
-    return times
+    return [at for _, at in beat.events(text)]
 
 
 def the_active(beats: list[BeatProcess]) -> BeatProcess:
