@@ -26,6 +26,8 @@ KEY = f"slot_probe_{uuid.uuid4().hex[:8]}_"  # this session's rows only
 
 
 _APPS: list[Celery] = []
+# a second Celery app in a process that already built one registers the same task names
+pytestmark = pytest.mark.filterwarnings("ignore::celery.exceptions.DuplicateTaskNameWarning")
 
 
 def schedule_module(entries: int) -> str:
