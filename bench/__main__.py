@@ -11,6 +11,7 @@ from bench import (
     access_log,
     approvals,
     backups,
+    beat_precision,
     dead_tuples,
     headers,
     intake,
@@ -42,6 +43,7 @@ def main() -> int:
         "access_log": access_log.run(),
         "log_secrets": log_secrets.run(),
         "retention": retention.run(),
+        "beat_precision": beat_precision.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)

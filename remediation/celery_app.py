@@ -45,7 +45,7 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "worker_concurrency": c.concurrency,
         "timezone": "UTC",
         "enable_utc": True,
-        "beat_scheduler": "redbeat.RedBeatScheduler",
+        "beat_scheduler": "remediation.beat:SlotScheduler",  # redbeat + slots (README)
         "redbeat_redis_url": s.state_redis_url.get_secret_value(),
         "redbeat_key_prefix": guard_keys.REDBEAT,
         "redbeat_redis_options": {"socket_timeout": 10, "socket_connect_timeout": 5},
@@ -68,17 +68,28 @@ def visibility_timeout(s: Settings) -> int:
     return max(3600, longest + 600)
 
 
+def beat_schedule(
+    module: str, prune: bool = False
+) -> tuple[dict[str, dict[str, Any]], dict[str, int]]:
+    """The validated schedule with the internal entries (the approvals' expiry; the daily
+    audit prune when ``prune``), and each interval entry's offset on its grid (same-interval
+    entries spread over it, pinned ones at 0: remediation.beat)."""
+    from remediation.schedule import load_schedule_and_pins, parse_schedule
+    from remediation.slots import spread_offsets
+    from remediation.tasks import EXPIRE_EVERY_SECONDS, EXPIRE_TASK, PRUNE_EVERY_SECONDS, PRUNE_TASK
+
+    entries, pinned = load_schedule_and_pins(module)
+    # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
+    entries[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": parse_schedule(EXPIRE_EVERY_SECONDS)}
+    if prune:  # the audit does not grow forever (issue 15)
+        entries[PRUNE_TASK] = {"task": PRUNE_TASK, "schedule": parse_schedule(PRUNE_EVERY_SECONDS)}
+    return entries, spread_offsets(entries, pinned)
+
+
 @functools.cache
 def get_app() -> Celery:
     """Build the app once: settings validated, tasks registered, schedule validated."""
-    from remediation.schedule import load_schedule
-    from remediation.tasks import (
-        EXPIRE_EVERY_SECONDS,
-        EXPIRE_TASK,
-        PRUNE_EVERY_SECONDS,
-        PRUNE_TASK,
-        register_tasks,
-    )
+    from remediation.tasks import register_tasks
 
     settings = get_settings()
     signing.key_of(settings)  # workers sign and verify trigger headers: no key, no start
@@ -94,11 +105,9 @@ def get_app() -> Celery:
         }
     }
     register_tasks(app)
-    app.conf.beat_schedule = load_schedule(settings.schedule_module)
-    # not an operator's entry: approvals must expire (= denied, audited) whatever they edit
-    app.conf.beat_schedule[EXPIRE_TASK] = {"task": EXPIRE_TASK, "schedule": EXPIRE_EVERY_SECONDS}
-    if settings.retention.enabled:  # the audit does not grow forever (issue 15)
-        app.conf.beat_schedule[PRUNE_TASK] = {"task": PRUNE_TASK, "schedule": PRUNE_EVERY_SECONDS}
+    app.conf.beat_schedule, app.conf.remediation_slot_offsets = beat_schedule(
+        settings.schedule_module, prune=settings.retention.enabled
+    )
     return app
 
 

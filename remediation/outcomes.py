@@ -18,6 +18,7 @@ class CheckStatus(StrEnum):
     OK = "ok"
     ERROR = "error"
     REJECTED = "rejected"  # its kwargs were refused: nothing ran
+    DUPLICATE = "duplicate"  # a beat slot already run by another message: nothing ran
 
 
 class Decision(StrEnum):

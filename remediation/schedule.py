@@ -14,7 +14,7 @@ from remediation.calls import validation_message
 from remediation.errors import ScheduleError, UnknownTaskError
 
 SCHEDULE_MODULE = "beat_schedule"
-_ENTRY_KEYS = {"task", "schedule", "kwargs", "options"}
+_ENTRY_KEYS = {"task", "schedule", "kwargs", "options", "pin"}
 
 
 def parse_schedule(value: Any) -> Any:
@@ -69,6 +69,14 @@ def validate_entry(name: str, entry: Any) -> dict[str, Any]:
         ) from None
     except (ValueError, TypeError) as exc:
         raise ScheduleError(f"beat_schedule.py entry {name!r}: bad schedule: {exc}") from None
+    pin = entry.get("pin", False)
+    if not isinstance(pin, bool):
+        raise ScheduleError(f"beat_schedule.py entry {name!r}: 'pin' must be True or False")
+    if pin and type(beat_schedule) is not schedule:
+        raise ScheduleError(
+            f"beat_schedule.py entry {name!r}: 'pin' applies to interval schedules only"
+            " (crontab entries are never spread)"
+        )
     return {
         "task": spec.task_name,
         "schedule": beat_schedule,
@@ -79,6 +87,14 @@ def validate_entry(name: str, entry: Any) -> dict[str, Any]:
 
 def load_schedule(module: str = SCHEDULE_MODULE) -> dict[str, dict[str, Any]]:
     """Import the schedule module and validate every entry."""
+    return load_schedule_and_pins(module)[0]
+
+
+def load_schedule_and_pins(
+    module: str = SCHEDULE_MODULE,
+) -> tuple[dict[str, dict[str, Any]], set[str]]:
+    """The validated entries, and the names of the interval entries pinned to their
+    interval's boundary ("pin": True: not spread, remediation.slots)."""
     try:
         mod = importlib.import_module(module)
     except ImportError as exc:
@@ -88,4 +104,5 @@ def load_schedule(module: str = SCHEDULE_MODULE) -> dict[str, dict[str, Any]]:
     entries = getattr(mod, "SCHEDULE", None)
     if not isinstance(entries, dict):
         raise ScheduleError(f"{module}.py must define SCHEDULE = {{name: entry}}")
-    return {name: validate_entry(name, entry) for name, entry in entries.items()}
+    validated = {name: validate_entry(name, entry) for name, entry in entries.items()}
+    return validated, {name for name, entry in entries.items() if entry.get("pin") is True}

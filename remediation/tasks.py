@@ -9,11 +9,15 @@ import structlog
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
-from remediation import registry, signing
+from remediation import metrics, registry, signing, slots
 from remediation.approvals import APPROVAL_HEADER, Approvals
 from remediation.approvals import header as approval_header
 from remediation.audit.store import AuditStore
+from remediation.calls import CheckOutcome
 from remediation.context import Trigger
+from remediation.guards import keys as guard_keys
+from remediation.outcomes import CheckStatus
+from remediation.redact import redact_text, serialized_size, storable, truncated
 from remediation.runner import Runner
 from remediation.settings import get_settings
 
@@ -98,9 +102,49 @@ def _register_check(app: Celery, name: str, task_name: str) -> None:
     @app.task(name=task_name, bind=True)
     def run_check(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(check=name)
-        return runner(app).run_check(name, kwargs, task_id=self.request.id).as_dict()
+        r = runner(app)
+        duplicate = _slot_taken(r, name, kwargs, self.request.id, _header(self, slots.SLOT_HEADER))
+        if duplicate is not None:
+            return duplicate.as_dict()
+        return r.run_check(name, kwargs, task_id=self.request.id).as_dict()
 
     run_check.__doc__ = registry.CHECKS[name].doc
+
+
+def _slot_taken(
+    r: Runner, name: str, kwargs: dict[str, Any], task_id: str | None, raw: Any
+) -> CheckOutcome | None:
+    """A beat firing whose (entry, slot) another message already ran: audited as a check run
+    with status 'duplicate', nothing run. None (run the check) for a call by hand, a header
+    that is malformed or not ours (remediation.slots), the first message of the slot, the
+    same message delivered again (its worker died), or when the state Redis does not answer
+    (a check only looks; the actions it triggers have their own guards)."""
+    if raw is None:
+        return None
+    log = structlog.get_logger("remediation")
+    parsed = slots.parse(signing.key_of(r.settings), raw)
+    if parsed is None:
+        log.warning("slot header ignored: malformed, out of bounds or not signed", check=name)
+        return None
+    entry, slot, every = parsed
+    key = guard_keys.slot(entry, slot)
+    ttl = slots.claim_ttl(every, r.settings.celery.redbeat_lock_timeout)
+    mine = task_id or "-"
+    try:
+        if r.state.set(key, mine, nx=True, ex=ttl) or r.state.get(key) in (mine, mine.encode()):
+            return None
+    except Exception as exc:
+        log.error("slot state unavailable; running the check", error=str(exc))
+        return None
+    error = slots.describe(entry, slot)
+    big = serialized_size(kwargs) > r.settings.guards.max_kwargs_bytes
+    target = redact_text(str(kwargs.get("target", "?")))[:64]
+    params = truncated(kwargs) if big else storable(kwargs)
+    run_id = r.store.start_check_run(name, target, params, "detect", task_id)
+    r.store.finish_check_run(run_id, CheckStatus.DUPLICATE, 0, 0.0, error)
+    metrics.check_run(name, CheckStatus.DUPLICATE, 0.0)
+    log.warning("duplicate slot: not run", check=name, entry=entry, slot=slot)
+    return CheckOutcome(CheckStatus.DUPLICATE, run_id, error=error)
 
 
 def _register_action(app: Celery, name: str, task_name: str) -> None:

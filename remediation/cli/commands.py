@@ -63,14 +63,25 @@ def _rule_row(rule: playbook.Rule, task_name: str, guards: str, doc: str) -> dic
 
 
 def cmd_schedule(args: argparse.Namespace, s: Settings) -> int:
-    from remediation.schedule import load_schedule
+    from remediation.celery_app import beat_schedule
+    from remediation.slots import grid_slot, is_interval
+    from remediation.tasks import EXPIRE_TASK, PRUNE_TASK
 
     now = datetime.now(UTC)
     rows = []
-    for name, entry in load_schedule(s.schedule_module).items():
+    entries, offsets = beat_schedule(s.schedule_module, prune=s.retention.enabled)
+    for name, entry in entries.items():
+        if name in (EXPIRE_TASK, PRUNE_TASK):  # internal entries, not the operator's
+            continue
         sched = entry["schedule"]
-        due_in = sched.remaining_estimate(now) if hasattr(sched, "remaining_estimate") else None
-        next_run = to_second(now + due_in) if due_in is not None else None
+        next_run: datetime | None
+        if is_interval(sched):  # on its grid (remediation.beat)
+            every = sched.run_every.total_seconds()
+            due = grid_slot(now.timestamp(), every, offsets[name]) + every
+            next_run = to_second(datetime.fromtimestamp(due, UTC))
+        else:
+            due_in = sched.remaining_estimate(now)
+            next_run = to_second(now + due_in) if due_in is not None else None
         rows.append(
             {
                 "entry": name,

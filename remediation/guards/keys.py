@@ -129,6 +129,12 @@ APPROVALS_STATS = PREFIX + "approvals:stats"
 """Hash: counts of approval events and decision-time buckets, read at scrape time."""
 
 
+def slot(entry: str, slot: int) -> str:
+    """Set by the first check run of one beat entry's slot (remediation.slots): a second
+    firing of the same slot (two beats both believing they hold the lock) runs nothing."""
+    return f"{PREFIX}slot:{entry}:{slot}"
+
+
 def approval(approval_id: str) -> str:
     """Hash: one approval (what the call is, its plan, its state and who decided)."""
     return f"{PREFIX}approval:{approval_id}"

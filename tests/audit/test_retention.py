@@ -336,7 +336,8 @@ def test_beat_prunes_daily_only_when_enabled(settings_env: Any, dsn: str, tmp_pa
     get_app.cache_clear()
     try:
         app = get_app()
-        assert app.conf.beat_schedule[PRUNE_TASK]["schedule"] == PRUNE_EVERY_SECONDS == 86400
+        every = app.conf.beat_schedule[PRUNE_TASK]["schedule"].run_every.total_seconds()
+        assert every == PRUNE_EVERY_SECONDS == 86400
         ages(dsn)
         result = app.tasks[PRUNE_TASK]()
         assert result["applied"] and result["counts"]["findings"] == 1 and not result["skipped"]

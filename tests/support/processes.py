@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
 from tests.support.base import ROOT, wait_for
@@ -105,6 +107,19 @@ class BeatProcess:
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def events(self, text: str) -> list[tuple[str, float]]:
+        """(event, epoch) of the JSON log lines whose event contains text."""
+        found = []
+        for line in self.log().splitlines():
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            if text in str(event.get("event", "")):
+                at = datetime.fromisoformat(event["timestamp"]).timestamp()
+                found.append((str(event["event"]), at))
+        return found
 
     def active(self) -> bool:
         """Alive and holding the redbeat lock (redbeat logs when it acquires it)."""
