@@ -80,6 +80,14 @@ class Decided:
     def ok(self) -> bool:
         return self.result in ("approved", "denied")
 
+    @property
+    def status(self) -> int:
+        """How the HTTP faces (API, links, console) answer it: 200 decided now, 404 no such
+        approval, 409 decided already or expired."""
+        if self.ok:
+            return 200
+        return 404 if self.result == "missing" or self.approval is None else 409
+
 
 def header(key: bytes, approval_id: str, task_name: str) -> dict[str, str]:
     """The approval header of an approved call's message."""

@@ -112,10 +112,8 @@ def approvals_router(approvals: Approvals) -> APIRouter:
         return view(found)
 
     def decided(result: Decided) -> Any:
-        if result.result == "missing" or result.approval is None:
-            return JSONResponse({"detail": result.message}, status_code=404)
-        if not result.ok:
-            return JSONResponse({"detail": result.message}, status_code=409)
+        if result.status != 200 or result.approval is None:
+            return JSONResponse({"detail": result.message}, status_code=result.status)
         return DecisionReply(
             result=result.result,
             message=result.message,
@@ -189,7 +187,6 @@ def approvals_router(approvals: Approvals) -> APIRouter:
             approvals.decide, approval_id, d == "approve", "link", reason or f"{d} by link"
         )
         log.info("approval decided by link", approval=approval_id, result=result.result)
-        status = 200 if result.ok else (404 if result.result == "missing" else 409)
-        return page(status, done=result.message, approval=found.as_dict())
+        return page(result.status, done=result.message, approval=found.as_dict())
 
     return router

@@ -452,10 +452,9 @@ def console_router(settings: Settings, approvals: Approvals | None = None) -> AP
             result = await _in_thread(lambda: decider.decide(approval_id, approve, by, reason))
         except Refused as exc:
             return console.refused(request, exc)
-        if result.result == "missing":
-            return console.refused(request, Refused(404, "no such approval"))
-        if not result.ok:
-            return console.refused(request, Refused(409, result.message))
+        if result.status != 200:
+            message = "no such approval" if result.status == 404 else result.message
+            return console.refused(request, Refused(result.status, message))
         log.info("console approval decided", approval=approval_id, result=result.result, by=by)
         return done(result.result, "approvals")
 
