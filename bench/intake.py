@@ -30,10 +30,8 @@ import os
 import random
 import statistics
 import tempfile
-import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +41,14 @@ import requests
 from celery import Celery
 
 from bench.pipeline import admin_dsn, wait_verified, worker_env
-from tests.support.alerting import QUEUE_RULE, alertmanager, prometheus, serve, webhook_payload
-from tests.support.base import free_port
+from tests.support.alerting import (
+    QUEUE_RULE,
+    TextExporter,
+    alertmanager,
+    prometheus,
+    serve,
+    webhook_payload,
+)
 from tests.support.processes import WorkerProcess
 from tests.support.services import RedisServer, as_url, scratch_database
 
@@ -54,31 +58,18 @@ TOKEN = "bench-intake-token-" + "0123456789abcdef" * 2
 RULES = [QUEUE_RULE]
 
 
-def exporter(state: redis.Redis) -> ThreadingHTTPServer:
+def exporter(state: redis.Redis) -> TextExporter:
     """Serves app_job_queue_duplicates{queue=K} for every list K named in the set e2e_keys."""
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            lines = ["# TYPE app_job_queue_duplicates gauge"]
-            for raw in sorted(state.smembers("e2e_keys")):
-                key = raw.decode()
-                jobs = state.lrange(key, 0, -1)
-                lines.append(
-                    f'app_job_queue_duplicates{{queue="{key}"}} {len(jobs) - len(set(jobs))}'
-                )
-            data = ("\n".join(lines) + "\n").encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "text/plain; version=0.0.4")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def render() -> str:
+        lines = ["# TYPE app_job_queue_duplicates gauge"]
+        for raw in sorted(state.smembers("e2e_keys")):
+            key = raw.decode()
+            jobs = state.lrange(key, 0, -1)
+            lines.append(f'app_job_queue_duplicates{{queue="{key}"}} {len(jobs) - len(set(jobs))}')
+        return "\n".join(lines) + "\n"
 
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", free_port()), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    return server
+    return TextExporter(render).start()
 
 
 def end_to_end(url: str, state: redis.Redis, audit: str) -> list[float]:
@@ -91,8 +82,7 @@ def end_to_end(url: str, state: redis.Redis, audit: str) -> list[float]:
         "expr": "app_job_queue_duplicates > 0",
         "labels": {"severity": "warning"},
     }
-    target = f"127.0.0.1:{metrics.server_address[1]}"
-    prom = prometheus(folder / "prom", target, [rule], [manager.port])  # type: ignore[attr-defined]
+    prom = prometheus(folder / "prom", [metrics.target], [rule], [manager.port])
     started = []
     latencies = []
     try:
@@ -112,8 +102,7 @@ def end_to_end(url: str, state: redis.Redis, audit: str) -> list[float]:
     finally:
         for p in started:
             p.stop()
-        metrics.shutdown()
-        metrics.server_close()
+        metrics.stop()
     return latencies
 
 

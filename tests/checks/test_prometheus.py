@@ -6,14 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import shutil
 import socket
 import socketserver
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,72 +32,12 @@ from remediation.context import CheckContext
 from remediation.findings import Finding
 from remediation.logging import get_logger
 from remediation.settings import DEFAULT_PROMETHEUS_RULES
+from tests.support.alerting import PROMETHEUS, Process, prometheus
 from tests.support.base import free_port, wait_for
 from tests.support.env import missing
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 SCRAPE_WAIT = 20
 """Seconds a test waits for a change to be scraped (1 s interval) and show in a query."""
-
-
-@dataclass
-class PrometheusServer:
-    """A private Prometheus on a free loopback port, scraping ``targets`` every second."""
-
-    dir: Path
-    targets: list[str]
-    port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self) -> PrometheusServer:
-        self.dir.mkdir(parents=True, exist_ok=True)
-        config = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": self.targets}]}],
-        }
-        (self.dir / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
-        self._log = open(self.dir / "prometheus.log", "wb")
-        self.proc = subprocess.Popen(
-            [
-                PROMETHEUS,
-                f"--config.file={self.dir / 'prometheus.yml'}",
-                f"--storage.tsdb.path={self.dir / 'data'}",
-                f"--web.listen-address=127.0.0.1:{self.port}",
-                "--log.level=warn",
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            wait_for(self._ready, 30, 0.1, f"prometheus on {self.port}")
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError((self.dir / "prometheus.log").read_text()[-2000:]) from None
-        return self
-
-    def _ready(self) -> bool:
-        if self.proc is not None and self.proc.poll() is not None:
-            raise RuntimeError((self.dir / "prometheus.log").read_text()[-2000:])
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
-                sock.sendall(b"GET /-/ready HTTP/1.0\r\n\r\n")
-                return sock.recv(64).startswith(b"HTTP/1.0 200")
-        except OSError:
-            return False
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._log.close()
 
 
 class Exporter:
@@ -138,7 +76,7 @@ class Exporter:
 
 @dataclass
 class Stack:
-    prometheus: PrometheusServer
+    prometheus: Process
     exporter: Exporter
 
     @property
@@ -168,7 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     if not Path(PROMETHEUS).exists():
         missing("prometheus (apt-get install prometheus)")
     exporter = Exporter()
-    server = PrometheusServer(tmp_path_factory.mktemp("prometheus"), [exporter.target])
+    server = prometheus(tmp_path_factory.mktemp("prometheus"), [exporter.target])
     try:
         server.start()
         query = f'up{{job="app",instance="{exporter.target}"}}'
@@ -416,7 +354,7 @@ def test_stopped_prometheus_is_one_unreachable_finding(settings_env: Any, tmp_pa
     and the URL's password is masked."""
     if not Path(PROMETHEUS).exists():
         missing("prometheus (apt-get install prometheus)")
-    server = PrometheusServer(tmp_path, []).start()
+    server = prometheus(tmp_path, []).start()
     url = server.url.replace("http://", "http://ops:pw-HUNTER2@")
     try:
         s = configure(settings_env, url, None)

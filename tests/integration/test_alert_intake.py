@@ -25,10 +25,10 @@ from tests.support.alerting import (
     ALERTMANAGER,
     PROMETHEUS,
     QUEUE_RULE,
-    GaugeExporter,
     Process,
     Served,
     alertmanager,
+    gauge_exporter,
     prometheus,
     served_stack,
     webhook_payload,
@@ -104,7 +104,7 @@ def test_alert_fires_acts_once_verifies_and_resolves(
     """Prometheus fires, two Alertmanagers post, one dedupe runs and is verified (by the
     mapped check, or by the alert resolving); the resolved alert is audited."""
     state, audit = intake.state, intake.stack.audit
-    exporter = GaugeExporter(
+    exporter = gauge_exporter(
         "app_job_queue_duplicates", {"queue": queue}, lambda: _duplicates(state, queue)
     ).start()
     managers = [alertmanager(tmp_path / f"am{n}", intake.url + "/alerts", TOKEN) for n in (1, 2)]
@@ -114,8 +114,7 @@ def test_alert_fires_acts_once_verifies_and_resolves(
         "labels": {"severity": "warning"},
         "annotations": {"summary": "duplicate jobs in {{ $labels.queue }}"},
     }
-    ports = [m.port for m in managers]  # type: ignore[attr-defined]
-    prom = prometheus(tmp_path / "prom", exporter.target, [rule], ports)
+    prom = prometheus(tmp_path / "prom", [exporter.target], [rule], [m.port for m in managers])
     resource = f"self/{queue}"
     started: list[Process] = []
     try:

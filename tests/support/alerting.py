@@ -47,6 +47,11 @@ class Process:
     ready_url: str
     env: dict[str, str] | None = None
     proc: subprocess.Popen[bytes] | None = None
+    port: int = 0  # the loopback port it listens on
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 60) -> Process:
         self._log = open(self.log_path, "ab")
@@ -118,30 +123,32 @@ def alertmanager(folder: Path, webhook_url: str, token: str) -> Process:
         "--cluster.listen-address=",
         "--log.level=warn",
     ]
-    process = Process(cmd, folder / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready")
-    process.port = port  # type: ignore[attr-defined]
-    return process
+    return Process(cmd, folder / "alertmanager.log", f"http://127.0.0.1:{port}/-/ready", port=port)
 
 
 def prometheus(
-    folder: Path, target: str, rules: list[dict[str, Any]], managers: list[int]
+    folder: Path,
+    targets: list[str],
+    rules: list[dict[str, Any]] | None = None,
+    managers: list[int] | None = None,
 ) -> Process:
-    """A Prometheus scraping ``target`` and evaluating ``rules`` every second, sending its
+    """A Prometheus scraping ``targets`` and evaluating ``rules`` every second, sending its
     alerts to the Alertmanagers on ``managers`` (ports) without delay."""
     folder.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    (folder / "rules.yml").write_text(json.dumps({"groups": [{"name": "test", "rules": rules}]}))
-    config = {
+    config: dict[str, Any] = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(folder / "rules.yml")],
-        "alerting": {
-            "alertmanagers": [
-                {"static_configs": [{"targets": [f"127.0.0.1:{p}" for p in managers]}]}
-            ]
-        },
-        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": [target]}]}],
+        "scrape_configs": [{"job_name": "app", "static_configs": [{"targets": targets}]}],
     }
-    (folder / "prometheus.yml").write_text(json.dumps(config))
+    if rules:
+        (folder / "rules.yml").write_text(
+            json.dumps({"groups": [{"name": "test", "rules": rules}]})
+        )
+        config["rule_files"] = [str(folder / "rules.yml")]
+    if managers:
+        targets_am = [f"127.0.0.1:{p}" for p in managers]
+        config["alerting"] = {"alertmanagers": [{"static_configs": [{"targets": targets_am}]}]}
+    (folder / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
     cmd = [
         PROMETHEUS,
         f"--config.file={folder / 'prometheus.yml'}",
@@ -150,9 +157,7 @@ def prometheus(
         "--rules.alert.resend-delay=1s",
         "--log.level=warn",
     ]
-    process = Process(cmd, folder / "prometheus.log", f"http://127.0.0.1:{port}/-/ready")
-    process.port = port  # type: ignore[attr-defined]
-    return process
+    return Process(cmd, folder / "prometheus.log", f"http://127.0.0.1:{port}/-/ready", port=port)
 
 
 def serve(env: dict[str, str], folder: Path, port: int | None = None) -> tuple[Process, str]:
@@ -227,22 +232,18 @@ def webhook_payload(
 
 
 @dataclass
-class GaugeExporter:
-    """Serves one gauge in the Prometheus text format; its value is read at every scrape."""
+class TextExporter:
+    """Serves what ``render()`` returns, in the Prometheus text format, at every scrape."""
 
-    name: str
-    labels: dict[str, str]
-    value: Any  # () -> float
+    render: Any  # () -> str
     port: int = field(default_factory=free_port)
 
-    def start(self) -> GaugeExporter:
+    def start(self) -> TextExporter:
         exporter = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                labels = ",".join(f'{k}="{v}"' for k, v in exporter.labels.items())
-                body = f"# TYPE {exporter.name} gauge\n{exporter.name}{{{labels}}} {exporter.value()}\n"
-                data = body.encode()
+                data = exporter.render().encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "text/plain; version=0.0.4")
                 self.send_header("Content-Length", str(len(data)))
@@ -263,3 +264,9 @@ class GaugeExporter:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def gauge_exporter(name: str, labels: dict[str, str], value: Any) -> TextExporter:
+    """One gauge ``name{labels}`` whose value (``value()``) is read at every scrape."""
+    shown = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    return TextExporter(lambda: f"# TYPE {name} gauge\n{name}{{{shown}}} {value()}\n")
