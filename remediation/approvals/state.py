@@ -196,10 +196,6 @@ def due(r: redis.Redis, now: float, limit: int = 100) -> list[str]:
     return [i.decode() for i in ids]  # type: ignore[union-attr]
 
 
-def count_pending(r: redis.Redis) -> int:
-    return int(r.zcard(keys.APPROVALS_PENDING))
-
-
 @dataclass
 class Moved:
     """What a transition gave: result (ok, expired, already, missing, not_due), the state
