@@ -24,11 +24,13 @@ class WorkerProcess:
     concurrency: int = 2
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
     extra_args: list[str] = field(default_factory=list)
+    prefix: list[str] = field(default_factory=list)
+    """Run under this command, e.g. ``["ip", "netns", "exec", NS]`` (another host)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 60) -> WorkerProcess:
         celery = str(Path(_venv_bin()) / "celery")
-        cmd = [celery, "-A", "remediation", "worker", "-n", f"{self.name}@%h"]
+        cmd = [*self.prefix, celery, "-A", "remediation", "worker", "-n", f"{self.name}@%h"]
         cmd += ["-c", str(self.concurrency), "--loglevel", "INFO"]
         cmd += ["--without-gossip", "--without-mingle", *self.extra_args]
         self._log = open(self.log_path, "ab")
@@ -84,12 +86,14 @@ class BeatProcess:
     env: dict[str, str]
     name: str
     log_path: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".log")[1]))
+    prefix: list[str] = field(default_factory=list)
+    """Run under this command, e.g. ``["ip", "netns", "exec", NS]`` (another host)."""
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> BeatProcess:
         """Start it without waiting: a standby says nothing until it becomes active."""
         celery = str(Path(_venv_bin()) / "celery")
-        cmd = [celery, *"-A remediation beat --loglevel INFO".split()]
+        cmd = [*self.prefix, celery, *"-A remediation beat --loglevel INFO".split()]
         cmd += ["-s", str(self.log_path.with_suffix(".schedule"))]
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
