@@ -10,7 +10,12 @@ from typing import Any
 from celery.beat import ScheduleEntry
 from celery.schedules import crontab, schedstate
 from celery.utils.log import get_logger
-from redbeat.schedulers import RedBeatScheduler, RedBeatSchedulerEntry
+from redbeat.schedulers import (
+    LUA_EXTEND_TO_SCRIPT,
+    RedBeatScheduler,
+    RedBeatSchedulerEntry,
+    get_redis,
+)
 from redis.exceptions import LockError, RedisError
 
 from remediation import signing, slots
@@ -73,7 +78,13 @@ class SlotEntry(RedBeatSchedulerEntry):  # type: ignore[misc]
 
 class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
     """RedBeatScheduler that signs a slot header onto each firing and confirms it still
-    holds the lock before each send (a beat whose lock was taken sends nothing)."""
+    holds the lock before each send (a beat whose lock was taken sends nothing).
+
+    Redis not answering (a beat cut off from the network) is not fatal: the beat sends
+    nothing until Redis answers again, then goes on if its lock is still its own, or waits
+    as a standby. redbeat alone lets the beat process die there: a RedisError from the lock
+    extension ends the loop, and a standby whose blocking acquire at start failed is left
+    with no lock at all (redbeat then crashes on ``None.extend``)."""
 
     Entry = SlotEntry
 
@@ -81,6 +92,7 @@ class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
         super().__init__(app, *args, **kwargs)
         self._key = signing.key_of(get_settings())
         self.lost = False
+        self.unreachable = False
 
     def _owned(self) -> bool:
         try:
@@ -89,16 +101,45 @@ class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
             logger.error("beat: cannot confirm the lock (%s): not sending", exc)
             return False
 
+    def _unreachable(self, doing: str, exc: Exception) -> None:
+        """Log once per outage that Redis does not answer; nothing is sent meanwhile."""
+        if not self.unreachable:
+            logger.error("beat: Redis does not answer (%s: %s): sending nothing", doing, exc)
+        self.unreachable = True
+
+    def _take(self) -> bool:
+        """No lock yet (the blocking acquire at start failed: Redis did not answer): make
+        one as redbeat does and try, without waiting, to take it."""
+        try:
+            client = get_redis(self.app)
+            lock = client.lock(self.lock_key, timeout=self.lock_timeout, sleep=self.max_interval)
+            lock.lua_extend = client.register_script(LUA_EXTEND_TO_SCRIPT)
+            taken = bool(lock.acquire(blocking=False))
+        except RedisError as exc:
+            self._unreachable("taking the lock", exc)
+            return False
+        self.unreachable = False
+        if taken:
+            logger.info("beat: Acquired lock")
+            self.lock, self.lost = lock, False
+        return taken
+
     def _hold(self) -> bool:
         """Extend the lock; if it is gone, try once to take it again (a standby's poll)."""
+        if self.lock is None:
+            return self._take()
         try:
             self.lock.extend(int(self.lock_timeout))
-            if self.lost:
+            if self.lost or self.unreachable:
                 logger.warning("beat: holds the lock again")
-            self.lost = False
+            self.lost = self.unreachable = False
             return True
         except LockError:
             pass
+        except RedisError as exc:
+            self._unreachable("extending the lock", exc)
+            return False
+        self.unreachable = False
         if not self.lost:
             logger.error("beat: lost the lock (another beat holds it): sending nothing")
         self.lost = True
@@ -112,19 +153,28 @@ class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
         return False
 
     def tick(self, min: Any = min, **kwargs: Any) -> Any:
-        if self.lock_key and self.lock is not None:
-            if not self._hold():
-                return self.max_interval
-            remaining = []
-            try:
-                for entry in self.schedule.values():
-                    next_time_to_run = self.maybe_due(entry, **self._maybe_due_kwargs)
-                    if next_time_to_run:
-                        remaining.append(next_time_to_run)
-            except RuntimeError:
-                logger.debug("beat: RuntimeError", exc_info=True)
-            return min([*remaining, self.max_interval])
-        return super().tick(min=min, **kwargs)
+        if not self.lock_key:
+            return super().tick(min=min, **kwargs)
+        if not self._hold():
+            return self.max_interval
+        remaining = []
+        try:
+            for entry in self.schedule.values():
+                next_time_to_run = self.maybe_due(entry, **self._maybe_due_kwargs)
+                if next_time_to_run:
+                    remaining.append(next_time_to_run)
+        except RuntimeError:
+            logger.debug("beat: RuntimeError", exc_info=True)
+        except RedisError as exc:  # reading the schedule: the next tick tries again
+            self._unreachable("reading the schedule", exc)
+            return self.max_interval
+        return min([*remaining, self.max_interval])
+
+    def close(self) -> None:
+        try:
+            super().close()
+        except RedisError as exc:  # the lock expires on its own
+            logger.error("beat: could not release the lock: %s", exc)
 
     def maybe_due(self, entry: ScheduleEntry, **kwargs: Any) -> Any:
         if self.lost:
@@ -132,7 +182,7 @@ class SlotScheduler(RedBeatScheduler):  # type: ignore[misc]
         is_due, next_time_to_run = entry.is_due()
         if not is_due:
             return next_time_to_run
-        if self.lock_key and self.lock is not None and not self._owned():
+        if self.lock_key and (self.lock is None or not self._owned()):
             self.lost = True
             logger.error(
                 "beat: lost the lock mid-tick: not sending %s or anything else", entry.name

@@ -232,3 +232,58 @@ def test_missed_slots_after_an_outage_run_once_at_once(
     sent.messages.clear()
     active.tick()  # the same instant again: nothing more is due
     assert sent.messages == []
+
+
+def test_a_beat_cut_off_from_redis_sends_nothing_and_carries_on(
+    app: Celery, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Redis stops answering the active beat (its lock extension times out): the tick sends
+    nothing and returns instead of ending the beat; once Redis answers, it fires again."""
+    clock, sent = Clock(app, monkeypatch), Sent(app, monkeypatch)
+    active = scheduler(app, lock=True)
+    extend = active.lock.extend
+    cut = [True]
+
+    def cut_off(*args: Any, **kwargs: Any) -> Any:
+        if cut[0]:
+            raise redis.TimeoutError("Timeout reading from socket")
+        return extend(*args, **kwargs)
+
+    monkeypatch.setattr(active.lock, "extend", cut_off)
+    clock.now += INTERVAL
+    assert active.tick() == active.max_interval
+    assert sent.messages == [] and active.unreachable
+    cut[0] = False
+    active.tick()
+    assert not active.unreachable and not active.lost
+    assert len(sent.messages) == ENTRIES
+
+
+def test_a_standby_whose_first_acquire_failed_waits_then_takes_the_lock(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """A beat whose blocking acquire at start failed (Redis did not answer: redbeat leaves
+    it no lock) sends nothing while another beat holds the lock or Redis is unreachable,
+    and takes the lock once it is free."""
+    clock, sent = Clock(app, monkeypatch), Sent(app, monkeypatch)
+    standby = SlotScheduler(app, lazy=False)
+    standby.__dict__["_maybe_due_kwargs"] = {"producer": None}
+    assert standby.lock is None and standby.lock_key
+    clock.now += INTERVAL
+
+    def unreachable(app: Celery) -> Any:
+        raise redis.ConnectionError("Timeout connecting to server")
+
+    with monkeypatch.context() as m:
+        m.setattr(beat, "get_redis", unreachable)
+        assert standby.tick() == standby.max_interval
+    assert sent.messages == [] and standby.lock is None and standby.unreachable
+    r.set(standby.lock_key, "another-beat", px=60_000)
+    standby.tick()
+    assert sent.messages == [] and standby.lock is None
+    fire(standby, loaded(app))  # never sends without a lock
+    assert sent.messages == []
+    r.delete(standby.lock_key)
+    standby.tick()
+    assert standby.lock is not None and r.get(standby.lock_key) is not None
+    assert len(sent.messages) == ENTRIES
