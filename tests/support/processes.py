@@ -62,6 +62,10 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def events(self, text: str) -> list[tuple[str, float]]:
+        """(event, epoch) of the JSON log lines whose event contains text."""
+        return json_events(self.log(), text)
+
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
             os.killpg(self.proc.pid, 15)
@@ -114,16 +118,7 @@ class BeatProcess:
 
     def events(self, text: str) -> list[tuple[str, float]]:
         """(event, epoch) of the JSON log lines whose event contains text."""
-        found = []
-        for line in self.log().splitlines():
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if text in str(event.get("event", "")):
-                at = datetime.fromisoformat(event["timestamp"]).timestamp()
-                found.append((str(event["event"]), at))
-        return found
+        return json_events(self.log(), text)
 
     def active(self) -> bool:
         """Alive and holding the redbeat lock (redbeat logs when it acquires it)."""
@@ -143,6 +138,20 @@ class BeatProcess:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+
+def json_events(log: str, text: str) -> list[tuple[str, float]]:
+    """(event, epoch) of the JSON lines of a log whose event contains text."""
+    found = []
+    for line in log.splitlines():
+        try:
+            event = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(event, dict) and text in str(event.get("event", "")):
+            at = datetime.fromisoformat(event["timestamp"]).timestamp()
+            found.append((str(event["event"]), at))
+    return found
 
 
 def _venv_bin() -> str:

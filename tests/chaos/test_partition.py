@@ -1,0 +1,468 @@
+"""Partition chaos across hosts: two or three hosts as network namespaces on a bridge, each
+with a worker and a beat; Redis, PostgreSQL and the webhook stay on the test's side (behind
+a TCP relay on the bridge address). One host at a time loses its link, mid-action or while
+its beat holds the lock, for longer than the lock timeout, and gets it back.
+
+Counted from the audit afterwards: each (entry, grid slot) ran once (a second message of a
+slot is audited 'duplicate', never run), none skipped beyond the handover policy (as in
+test_beat_failover), each injected fault acted on exactly once, the lock of a cut-off beat
+taken over by a standby, and every task a worker says it finished has its audit rows (the
+cut host's spool drained after healing)."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import redis
+from celery.schedules import schedule
+
+from remediation import slots
+from remediation.audit.spool import ACTIVE, CLAIMED
+from remediation.guards import lua
+from tests.support.audit import Audit
+from tests.support.base import wait_for
+from tests.support.chaos import scale
+from tests.support.netns import Host, Network, Relay, bridged_hosts
+from tests.support.processes import BeatProcess, WorkerProcess
+from tests.support.services import RedisServer
+
+HOSTS = scale(2, 3)
+CUTS = scale(2, 6)
+ENTRIES = scale(6, 10)  # schedule entries probing an empty list: slots only
+INTERVAL = 3  # seconds between two firings of one entry
+LOCK_TIMEOUT = 10  # REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT's minimum
+LOOP = 1  # REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL
+HANDOVER_BOUND = LOCK_TIMEOUT + LOOP + 2  # cut -> a standby holds the lock, with slack
+CUT_SECONDS = LOCK_TIMEOUT + 5  # longer than the lock: a cut-off beat's lock expires
+STEADY = 6  # seconds of normal running before each cut and after the last heal
+STEADY_GAP = INTERVAL + LOOP + 1  # the longest gap between two firings of one entry
+PAUSE_MS = 20_000  # the longest the side Redis holds writes (CLIENT PAUSE) for a cut
+CONCURRENCY = 2  # worker processes per host
+SETTLE = 90  # seconds for spools to drain and every task to be audited after the last heal
+SLOT = "chaos:slot:"
+FAULT = "chaos:fault:"
+JOBS = ["a", "b", "a", "c", "b"]  # a fault: a job list with two duplicates
+DEDUPED = ["a", "b", "c"]
+_TASK = re.compile(r"Task (remediation\.[\w.]+)\[([0-9a-f-]{36})\] (received|succeeded|failed)")
+
+
+def entries() -> dict[str, str]:
+    """Schedule entry name -> the job list it probes: the slot entries, then one entry per
+    cut watching the list that cut's fault goes into."""
+    names = {f"slot{i:02d}": f"{SLOT}{i:02d}" for i in range(ENTRIES)}
+    return names | {f"fault{i:02d}": f"{FAULT}{i:02d}" for i in range(CUTS)}
+
+
+OFFSETS = slots.spread_offsets({n: {"schedule": schedule(INTERVAL)} for n in entries()}, set())
+ENTRY_OF = {key: name for name, key in entries().items()}
+
+
+def schedule_module() -> str:
+    return (
+        "SCHEDULE = {\n"
+        + "".join(
+            f"    {name!r}: {{'task': 'remediation.check.redis_job_queue', "
+            f"'schedule': {INTERVAL}, 'kwargs': {{'target': 'app', 'key': {key!r}}}}},\n"
+            for name, key in entries().items()
+        )
+        + "}\n"
+    )
+
+
+@dataclass
+class Node:
+    """One host and what runs on it."""
+
+    host: Host
+    worker: WorkerProcess
+    beat: BeatProcess
+    spool: Path
+
+    def spooled(self) -> list[Path]:
+        if not self.spool.exists():
+            return []
+        return [p for p in self.spool.iterdir() if p.name.endswith((ACTIVE, CLAIMED))]
+
+    def tasks(self) -> list[tuple[str, str, str, float]]:
+        """(task name, task id, received|succeeded|failed, epoch) from the worker's log."""
+        out = []
+        for event, at in self.worker.events("Task remediation."):
+            match = _TASK.search(event)
+            if match:
+                out.append((match.group(1), match.group(2), match.group(3), at))
+        return out
+
+
+@dataclass
+class Cut:
+    """One cut of a host's link and what followed."""
+
+    kind: str  # "mid-action" or "lock hold"
+    host: str
+    at: float
+    healed: float = 0.0
+    held_lock: bool = False  # the cut host's beat was the one firing
+    in_flight: int = 0  # actions received on the cut host and not finished at the cut
+    lock_taken_after: float | None = None  # cut -> another beat "Acquired lock"
+    first_firing_after: float | None = None  # cut -> the next firing by another beat
+
+
+@dataclass
+class Runs:
+    """Check runs of the schedule's entries, from the audit."""
+
+    times: dict[str, list[float]] = field(default_factory=dict)  # entry -> run start times
+    statuses: Counter[str] = field(default_factory=Counter)
+    duplicates: Counter[tuple[str, float]] = field(default_factory=Counter)
+    task_ids: dict[tuple[str, float], str] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, audit: Audit) -> Runs:
+        rows = audit.rows(
+            "SELECT params->>'key' AS key, status, task_id, extract(epoch FROM started_at) AS t"
+            " FROM check_runs WHERE purpose = 'detect' AND params->>'key' LIKE 'chaos:%%'"
+            " ORDER BY started_at"
+        )
+        out = cls()
+        for row in rows:
+            name, at = ENTRY_OF[row["key"]], float(row["t"])
+            out.statuses[row["status"]] += 1
+            if row["status"] == "duplicate":
+                out.duplicates[(name, slot_of(name, at))] += 1
+            elif row["status"] != "running":
+                out.times.setdefault(name, []).append(at)
+                out.task_ids[(name, at)] = row["task_id"]
+        return out
+
+    @property
+    def total(self) -> int:
+        return sum(len(t) for t in self.times.values())
+
+    def twice(self) -> list[tuple[str, float]]:
+        """(entry, slot) run more than once."""
+        return [
+            (name, slot)
+            for name, ts in self.times.items()
+            for slot, n in Counter(slot_of(name, t) for t in ts).items()
+            if n > 1
+        ]
+
+
+def slot_of(name: str, started: float) -> float:
+    return slots.grid_slot(started, INTERVAL, OFFSETS[name])
+
+
+@pytest.fixture
+def network() -> Iterator[Network]:
+    """HOSTS namespaces on a bridge (skip locally without root or ip; fail in CI)."""
+    with bridged_hosts(HOSTS) as net:
+        yield net
+
+
+@pytest.fixture
+def relay(network: Network) -> Iterator[Relay]:
+    relay = Relay(network.bridge_ip)
+    try:
+        yield relay
+    finally:
+        relay.close()
+
+
+def host_env(base: dict[str, str], relay: Relay, host: Host, tmp_path: Path) -> dict[str, str]:
+    """The chaos environment as a process on host sees it: every service through the relay,
+    a spool and a metrics folder of its own."""
+    env = {k: relay.rewrite(v) if k.startswith("REMEDIATION_") else v for k, v in base.items()}
+    env["REMEDIATION_AUDIT__SPOOL_DIR"] = str(tmp_path / f"spool-{host.name}")
+    env["REMEDIATION_METRICS__MULTIPROC_DIR"] = str(tmp_path / f"metrics-{host.name}")
+    leaks = [k for k, v in env.items() if k.startswith("REMEDIATION_") and "127.0.0.1" in v]
+    assert leaks == [], f"not reachable from {host.name}: {leaks}"
+    return env
+
+
+def firing(nodes: list[Node], since: float) -> list[Node]:
+    """The nodes whose beat sent something since then and has not said it lost the lock."""
+    out = []
+    for node in nodes:
+        sent = [at for _, at in node.beat.events("Sending due task") if at >= since]
+        lost = [at for _, at in node.beat.events("lost the lock") if at >= since]
+        if sent and (not lost or max(lost) < max(sent)):
+            out.append(node)
+    return out
+
+
+def the_holder(nodes: list[Node]) -> Node:
+    """The one node whose beat is firing now."""
+
+    def one() -> Node | None:
+        now = firing(nodes, time.time() - INTERVAL)
+        return now[0] if len(now) == 1 else None
+
+    found: Node = wait_for(one, 4 * INTERVAL, 0.2, "exactly one beat firing")
+    return found
+
+
+def received_dedupe(nodes: list[Node], since: float) -> Node | None:
+    """The node whose worker received a dedupe_job_queue task after since."""
+    for node in nodes:
+        for name, _, what, at in node.tasks():
+            if name.endswith("dedupe_job_queue") and what == "received" and at >= since:
+                return node
+    return None
+
+
+def cut_and_heal(
+    network: Network, nodes: list[Node], n: int, jobs: redis.Redis
+) -> tuple[Cut, Node]:
+    """Inject fault n, cut a host (even n: the one acting on it; odd n: the one whose beat
+    fires), hold the cut past the lock timeout, heal it."""
+    injected = time.time()
+    jobs.rpush(f"{FAULT}{n:02d}", *JOBS)
+    holder = the_holder(nodes)
+    mid_action = n % 2 == 0
+    try:
+        if mid_action:  # the action's script waits in Redis until after the cut
+            jobs.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+            victim = wait_for(
+                lambda: received_dedupe(nodes, injected), 4 * INTERVAL, 0.05, f"fault {n} taken"
+            )
+            wait_for(lambda: held_script(jobs), 10, 0.02, "its script held by the pause")
+        else:
+            victim = holder
+        cut = Cut("mid-action" if mid_action else "lock hold", victim.host.name, time.time())
+        network.cut(victim.host)
+    finally:
+        if mid_action:
+            time.sleep(0.5)
+            jobs.execute_command("CLIENT", "UNPAUSE")  # the effect happens, its reply is lost
+    try:
+        cut.held_lock = victim is holder
+        time.sleep(CUT_SECONDS)
+    finally:
+        network.heal(victim.host)
+    cut.healed = time.time()
+    others = [node for node in nodes if node is not victim]
+    if cut.held_lock:
+        taken = [at for o in others for _, at in o.beat.events("Acquired lock") if at > cut.at]
+        cut.lock_taken_after = min(taken) - cut.at if taken else None
+        sent = [at for o in others for _, at in o.beat.events("Sending due task") if at > cut.at]
+        cut.first_firing_after = min(sent) - cut.at if sent else None
+    return cut, victim
+
+
+def held_script(jobs: redis.Redis) -> bool:
+    """A client's script waits in the paused Redis (CLIENT LIST flag b: the action sent it)."""
+    return any(
+        "b" in str(c.get("flags")) and str(c.get("cmd", "")).startswith("eval")
+        for c in jobs.client_list()
+    )
+
+
+def effects(jobs: redis.Redis) -> int:
+    """Dedupes that changed a list, counted by Redis itself: the script's LREM runs only
+    when it removes something (remediation/actions/dedupe_job_queue.lua)."""
+    stats = jobs.info("commandstats").get("cmdstat_lrem", {})
+    return int(stats.get("calls", 0)) if isinstance(stats, dict) else 0
+
+
+def in_flight(node: Node, cut: Cut) -> int:
+    """Action tasks the cut host's worker received before the cut and finished after it."""
+    received = {tid for name, tid, w, at in node.tasks() if ".act." in name and w == "received"}
+    done_before = {tid for _, tid, w, at in node.tasks() if w != "received" and at < cut.at}
+    started_before = {tid for _, tid, w, at in node.tasks() if w == "received" and at < cut.at}
+    return len((received & started_before) - done_before)
+
+
+def finished_task_ids(nodes: list[Node]) -> set[str]:
+    """Checks and actions a worker says it finished (each writes audit rows)."""
+    return {
+        tid
+        for node in nodes
+        for name, tid, what, _ in node.tasks()
+        if what != "received" and name.startswith(("remediation.check.", "remediation.act."))
+    }
+
+
+def audited_task_ids(audit: Audit, ids: set[str]) -> set[str]:
+    rows = audit.rows(
+        "SELECT task_id FROM check_runs WHERE task_id = ANY(%s) AND status <> 'running'"
+        " UNION SELECT task_id FROM guard_decisions WHERE task_id = ANY(%s)",
+        list(ids),
+        list(ids),
+    )
+    return {str(r["task_id"]) for r in rows}
+
+
+def test_hosts_cut_off_mid_action_and_holding_the_lock(
+    chaos_env: dict[str, str],
+    network: Network,
+    relay: Relay,
+    chaos_audit: Audit,
+    side_redis: RedisServer,
+    tmp_path: Path,
+) -> None:
+    """Hosts cut off mid-action and while their beat holds the lock, then healed: each slot
+    runs once, none is skipped beyond the handover, each fault is acted on once, the lock
+    is taken over, and every finished task's audit rows arrive (spools drained)."""
+    (tmp_path / "partition_schedule.py").write_text(schedule_module())
+    base = {
+        **chaos_env,
+        "REMEDIATION_SCHEDULE_MODULE": "partition_schedule",
+        "PYTHONPATH": str(tmp_path),
+        "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
+        "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": str(LOOP),
+    }
+    nodes: list[Node] = []
+    jobs = redis.Redis.from_url(side_redis.url(0), decode_responses=True)
+    # loaded as on a Redis that ran it before: the held EVALSHA is the dedupe, not NOSCRIPT
+    jobs.script_load(lua.source("dedupe_job_queue", "remediation.actions"))
+    started = time.time()
+    try:
+        for i, host in enumerate(network.hosts):
+            env = host_env(base, relay, host, tmp_path)
+            worker = WorkerProcess(
+                env,
+                f"part{i}",
+                CONCURRENCY,
+                log_path=tmp_path / f"worker{i}.log",
+                prefix=host.prefix(),
+            )
+            beat = BeatProcess(env, f"beat{i}", tmp_path / f"beat{i}.log", prefix=host.prefix())
+            nodes.append(Node(host, worker, beat, Path(env["REMEDIATION_AUDIT__SPOOL_DIR"])))
+            worker.start()
+            beat.start()
+        wait_for(lambda: len(Runs.read(chaos_audit).times) == len(OFFSETS), 60, 0.3, "all fire")
+        cuts = []
+        for n in range(CUTS):
+            time.sleep(STEADY)
+            cut, victim = cut_and_heal(network, nodes, n, jobs)
+            cut.in_flight = in_flight(victim, cut)
+            cuts.append(cut)
+        time.sleep(STEADY)
+        wait_for(lambda: not any(n.spooled() for n in nodes), SETTLE, 0.5, "spools drained")
+        for node in nodes:
+            node.beat.kill()
+        ended = time.time()
+        wait_for(
+            lambda: Runs.read(chaos_audit).statuses["running"] == 0, SETTLE, 0.5, "checks done"
+        )
+        report(chaos_audit, nodes, cuts, jobs, started, ended)
+    finally:
+        for node in nodes:
+            node.beat.kill()
+            node.worker.stop()
+        jobs.close()
+
+
+def in_transit(
+    nodes: list[Node], gaps: list[tuple[str, float, float]], cuts: list[Cut]
+) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """Split the firings missing from the gaps: (lost in transit to a cut worker, the rest).
+
+    The Redis broker hands a message over with BRPOP, which removes it from the queue; kombu
+    records it as unacknowledged only once the worker has read it. A message Redis sends to
+    a worker whose host has just been cut never arrives and is in no queue: its slot does
+    not run (kombu's Redis transport is at most once there; RabbitMQ keeps it unacked)."""
+    lost, other = [], []
+    for name, a, b in gaps:
+        for node in nodes:
+            for _, at in node.beat.events(f"Sending due task {name} "):
+                if a + 0.5 < at < b - 0.5:
+                    during = any(c.at - 0.5 <= at <= c.healed for c in cuts)
+                    (lost if during else other).append((name, round(at, 1)))
+    return lost, other
+
+
+def report(
+    audit: Audit,
+    nodes: list[Node],
+    cuts: list[Cut],
+    jobs: redis.Redis,
+    started: float,
+    ended: float,
+) -> None:
+    """The counts, printed (pytest -s shows them) and asserted."""
+    runs = Runs.read(audit)
+    twice = runs.twice()
+    gaps = [
+        (name, a, b)
+        for name, ts in runs.times.items()
+        for a, b in itertools.pairwise(ts)
+        if b - a > allowed(a, b, cuts)
+    ]
+    lost_in_transit, unsent = in_transit(nodes, gaps, cuts)
+    skipped = [
+        (name, round(a, 1), round(b - a, 1), runs.task_ids[(name, a)], runs.task_ids[(name, b)])
+        for name, a, b in gaps
+    ]
+    late = [name for name, ts in runs.times.items() if ts[-1] < ended - STEADY_GAP - INTERVAL]
+    faults = [f"{FAULT}{n:02d}" for n in range(CUTS)]
+    acted = acting_runs(audit)
+    lists = {key: jobs.lrange(key, 0, -1) for key in faults}
+    done = effects(jobs)
+    removing = {k: sum(1 for o, n, _ in v if o == "succeeded" and n) for k, v in acted.items()}
+    finished = finished_task_ids(nodes)
+    lost = finished - audited_task_ids(audit, finished)
+    sent = sum(len(n.beat.events("Sending due task")) for n in nodes)
+    both = [slot for slot in runs.duplicates if slot[0] in runs.times]
+    print(
+        f"\npartition: {len(nodes)} hosts, {len(cuts)} cuts of {CUT_SECONDS}s"
+        f" ({sum(c.held_lock for c in cuts)} during a lock hold,"
+        f" {sum(c.in_flight > 0 for c in cuts)} mid-action); {runs.total} slots run of"
+        f" {len(runs.times)} entries ({sent} sent by the beats, {dict(runs.statuses)});"
+        f" slots run twice {len(twice)}, skipped {len(skipped)} ({len(lost_in_transit)} lost"
+        f" in transit to a cut worker); second messages of a slot"
+        f" (audited duplicate, not run) {sum(runs.duplicates.values())} in {len(both)} slots;"
+        f" {len(faults)} faults, {done} effects (Redis' count), {sum(map(len, acted.values()))}"
+        f" acting runs ({sum(removing.values())} reported removing, "
+        f"{sum(o == 'failed' for v in acted.values() for o, _, _ in v)} failed: cut off);"
+        f" {len(finished)} tasks finished, lost audit rows {len(lost)};"
+        f" lock taken after {[round(c.lock_taken_after or -1, 1) for c in cuts if c.held_lock]} s,"
+        f" first firing after"
+        f" {[round(c.first_firing_after or -1, 1) for c in cuts if c.held_lock]} s;"
+        f" {round(time.time() - started)}s"
+    )
+    assert len(runs.times) == len(OFFSETS), "an entry never ran"
+    assert twice == [], f"slots run twice: {twice}"
+    assert len(skipped) == len(lost_in_transit), f"slots skipped: {skipped}\n{unsent}\n{cuts}"
+    assert len(lost_in_transit) <= CONCURRENCY * len(cuts), lost_in_transit
+    assert late == [], f"entries that stopped before the end: {late}"
+    assert lists == dict.fromkeys(faults, DEDUPED), "a fault not fixed"
+    assert done == len(faults), f"{done} effects for {len(faults)} faults: {acted}"
+    assert all(n <= 1 for n in removing.values()), acted
+    assert lost == set(), f"finished tasks with no audit row: {sorted(lost)[:5]}"
+    assert sum(c.held_lock for c in cuts) >= CUTS // 2, cuts
+    for cut in cuts:
+        if cut.held_lock:
+            assert cut.lock_taken_after is not None, cut
+            assert cut.lock_taken_after <= HANDOVER_BOUND, cut
+
+
+def acting_runs(audit: Audit) -> dict[str, list[tuple[str, int | None, str | None]]]:
+    """Fault list -> (outcome, jobs removed, error) of each dedupe_job_queue run that acted
+    (admitted and run: succeeded, or failed in the act; not refused or suppressed)."""
+    rows = audit.rows(
+        "SELECT params->>'key' AS key, outcome, (result->'detail'->>'removed')::int AS removed,"
+        " error FROM action_runs WHERE action = 'dedupe_job_queue'"
+        " AND outcome IN ('succeeded', 'failed') ORDER BY started_at"
+    )
+    out: dict[str, list[tuple[str, int | None, str | None]]] = {}
+    for row in rows:
+        out.setdefault(row["key"], []).append((row["outcome"], row["removed"], row["error"]))
+    return out
+
+
+def allowed(previous: float, following: float, cuts: list[Cut]) -> float:
+    """The longest acceptable gap between two runs of one entry: an interval, or across the
+    cut of the firing beat, the handover as well (test_beat_failover's policy)."""
+    for cut in cuts:
+        if cut.held_lock and cut.first_firing_after is not None:
+            if previous < cut.at + cut.first_firing_after <= following + 0.5:
+                return INTERVAL + HANDOVER_BOUND
+    return STEADY_GAP
