@@ -246,7 +246,7 @@ def cut_and_heal(
     mid_action = n % 2 == 0
     try:
         if mid_action:  # the action's script waits in Redis until after the cut
-            jobs.execute_command("CLIENT", "PAUSE", str(PAUSE_MS), "WRITE")
+            jobs.client_pause(PAUSE_MS, all=False)  # writes only: checks still read
             victim = wait_for(
                 lambda: received_dedupe(nodes, injected), 4 * INTERVAL, 0.05, f"fault {n} taken"
             )
@@ -258,7 +258,7 @@ def cut_and_heal(
     finally:
         if mid_action:
             time.sleep(0.5)
-            jobs.execute_command("CLIENT", "UNPAUSE")  # the effect happens, its reply is lost
+            jobs.client_unpause()  # the effect happens, its reply is lost
     try:
         cut.held_lock = victim is holder
         time.sleep(CUT_SECONDS)

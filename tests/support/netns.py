@@ -242,7 +242,7 @@ def free_subnet(rng: random.Random) -> ipaddress.IPv4Network:
         for m in re.findall(r"\b(\d+\.\d+\.\d+\.\d+(?:/\d+)?)", used)
     ]
     for _ in range(200):
-        net = ipaddress.ip_network(f"10.{rng.randint(1, 254)}.{rng.randint(1, 254)}.0/24")
+        net = ipaddress.IPv4Network(f"10.{rng.randint(1, 254)}.{rng.randint(1, 254)}.0/24")
         if not any(net.overlaps(t) for t in taken if t.prefixlen > 0):
             return net
     raise RuntimeError("no free 10.x.y.0/24 on this machine")
