@@ -315,9 +315,18 @@ def audited_task_ids(audit: Audit, ids: set[str]) -> set[str]:
     return {str(r["task_id"]) for r in rows}
 
 
+@pytest.fixture(params=["redis", "rabbitmq"])
+def broker(request: pytest.FixtureRequest, chaos_env: dict[str, str]) -> str:
+    """The broker URL: the state Redis's db 1, or a RabbitMQ vhost of this test's own."""
+    if request.param == "rabbitmq":
+        return str(request.getfixturevalue("rabbitmq_url"))
+    return chaos_env["REMEDIATION_BROKER_URL"]
+
+
 @pytest.mark.timeout(scale(300, 900))
 def test_hosts_cut_off_mid_action_and_holding_the_lock(
     chaos_env: dict[str, str],
+    broker: str,
     network: Network,
     relay: Relay,
     chaos_audit: Audit,
@@ -330,6 +339,7 @@ def test_hosts_cut_off_mid_action_and_holding_the_lock(
     (tmp_path / "partition_schedule.py").write_text(schedule_module())
     base = {
         **chaos_env,
+        "REMEDIATION_BROKER_URL": broker,
         "REMEDIATION_SCHEDULE_MODULE": "partition_schedule",
         "PYTHONPATH": str(tmp_path),
         "REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT": str(LOCK_TIMEOUT),
