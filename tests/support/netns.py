@@ -277,8 +277,11 @@ def bridged_hosts(count: int) -> Iterator[Network]:
             _ip("link", "set", host.link, "up")
             _ip("-n", host.name, "addr", "add", f"{host.ip}/24", "dev", "eth0")
             _ip("-n", host.name, "link", "set", "eth0", "up")
-            _pin_neighbours(network, host)
             network.hosts.append(host)
+        # a bridge takes the lowest MAC of its ports unless given one: fix it, then pin it
+        _ip("link", "set", network.bridge, "address", _mac("link", "show", network.bridge))
+        for host in network.hosts:
+            _pin_neighbours(network, host)
         yield network
     finally:
         for kind, name in reversed(made):
