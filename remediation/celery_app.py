@@ -40,6 +40,12 @@ def celery_config(s: Settings) -> dict[str, Any]:
         "result_serializer": "json",
         "accept_content": ["json"],
         "worker_send_task_events": True,
+        # A worker cut off from RabbitMQ reconnects while the broker still holds its old
+        # connection (until that one's heartbeat times out) and with it the worker's
+        # remote-control queue: exclusive (Celery's default), redeclaring it fails with
+        # RESOURCE_LOCKED and the worker exits ("Unrecoverable error"). Not exclusive, it
+        # is still removed once unused (control_queue_expires).
+        "control_queue_exclusive": False,
         "task_send_sent_event": False,
         "worker_hijack_root_logger": False,
         "worker_concurrency": c.concurrency,

@@ -3,6 +3,7 @@ resuming a queue's consumers (Celery remote control) works there as on Redis."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from typing import Any
 
@@ -26,6 +27,8 @@ from tests.support.rabbitmq import MAIN_SLOT, Broker
 
 LOWPRIO_SLOT = 5
 """A vhost of its own for the worker that consumes celery and low_priority."""
+LINGER_SLOT = 6
+"""A vhost of its own for the worker whose old connection lingers."""
 
 
 def consumers_of(url: str, queue: str) -> int:
@@ -99,4 +102,35 @@ def test_pause_and_resume_low_priority_on_rabbitmq(
         assert queues_of(app, name) == {name: ["celery", "low_priority"]}
         assert amqp_depths(app, ["low_priority"]) == {"low_priority": 0}
     finally:
+        get_app.cache_clear()
+
+
+def test_a_worker_whose_old_connection_lingers_reconnects_and_stays_up(
+    settings_env: Any, broker: Broker, audit_db: str
+) -> None:
+    """A worker back from a partition finds RabbitMQ still holding its old connection (until
+    that one's heartbeat times out) and on it the worker's remote-control queue: it declares
+    the queue again, starts and answers remote control (an exclusive queue: the worker
+    exited with RESOURCE_LOCKED)."""
+    url = broker.url(LINGER_SLOT)
+    settings_env(
+        REMEDIATION_STATE_REDIS_URL=broker.redis.url(0),
+        REMEDIATION_BROKER_URL=url,
+        REMEDIATION_RESULT_BACKEND=broker.redis.url(2),
+    )
+    get_app.cache_clear()
+    app = get_app()
+    name = f"linger@{socket.gethostname()}"
+    env = process_env(broker.redis, audit_db, REMEDIATION_BROKER_URL=url)
+    worker = WorkerProcess(env, "linger", concurrency=1)
+    try:
+        with kombu.Connection(url) as old:  # the connection the partition left behind
+            app.control.mailbox(old).Node(name, channel=old.default_channel).listen()
+            worker.start()
+            answers = wait_for(lambda: app.control.ping([name], timeout=1), 20, 0.3, "ping")
+            assert worker.proc is not None and worker.proc.poll() is None, worker.log()[-2000:]
+        assert "RESOURCE_LOCKED" not in worker.log()
+        assert [next(iter(a)) for a in answers] == [name]
+    finally:
+        worker.stop()
         get_app.cache_clear()
