@@ -1,13 +1,16 @@
-"""Partition chaos across hosts: two or three hosts as network namespaces on a bridge, each
-with a worker and a beat; Redis, PostgreSQL and the webhook stay on the test's side (behind
-a TCP relay on the bridge address). One host at a time loses its link, mid-action or while
-its beat holds the lock, for longer than the lock timeout, and gets it back.
+"""Partition chaos across hosts: two (three) hosts as network namespaces on a bridge, each
+with a worker and a beat; Redis, PostgreSQL, RabbitMQ and the webhook stay on the test's
+side, behind a TCP relay on the bridge address. One host at a time loses its link for
+longer than the beat lock's timeout, mid-action or while its beat holds the lock, and gets
+it back; on the Redis broker and on RabbitMQ.
 
-Counted from the audit afterwards: each (entry, grid slot) ran once (a second message of a
-slot is audited 'duplicate', never run), none skipped beyond the handover policy (as in
-test_beat_failover), each injected fault acted on exactly once, the lock of a cut-off beat
-taken over by a standby, and every task a worker says it finished has its audit rows (the
-cut host's spool drained after healing)."""
+Counted per message (each beat message's task id from the beat's debug log, its run from
+the audit): no (entry, slot) run twice (a second message of a slot is audited 'duplicate'
+and runs nothing), no slot skipped beyond the handover policy, no message lost except one
+Redis handed to a worker just as its host was cut (kombu's Redis transport: README
+"Brokers"); each injected fault's effect exactly once (Redis' own count of the dedupe's
+writes); the lock of a cut-off beat taken over within the lock timeout; every task a worker
+finished has its audit rows (the cut host's spool drained after healing)."""
 
 from __future__ import annotations
 
@@ -50,7 +53,7 @@ SLOT = "chaos:slot:"
 FAULT = "chaos:fault:"
 JOBS = ["a", "b", "a", "c", "b"]  # a fault: a job list with two duplicates
 DEDUPED = ["a", "b", "c"]
-_TASK = re.compile(r"Task (remediation\.[\w.]+)\[([0-9a-f-]{36})\] (received|succeeded|failed)")
+_TASK = re.compile(r"Task (remediation\.[\w.]+)\[([0-9a-f-]{36})\] (received|succeeded|raised)")
 
 
 def entries() -> dict[str, str]:
@@ -91,7 +94,7 @@ class Node:
         return [p for p in self.spool.iterdir() if p.name.endswith((ACTIVE, CLAIMED))]
 
     def tasks(self) -> list[tuple[str, str, str, float]]:
-        """(task name, task id, received|succeeded|failed, epoch) from the worker's log."""
+        """(task name, task id, received|succeeded|raised, epoch) from the worker's log."""
         out = []
         for event, at in self.worker.events("Task remediation."):
             match = _TASK.search(event)
