@@ -483,6 +483,9 @@ def report(
     removing = {k: sum(1 for o, n, _ in v if o == "succeeded" and n) for k, v in acted.items()}
     finished = finished_task_ids(nodes)
     lost = finished - audited_task_ids(audit, finished)
+    exited = [
+        n.host.name for n in nodes if n.worker.proc is None or n.worker.proc.poll() is not None
+    ]
     print(
         f"\npartition: {len(nodes)} hosts, {len(cuts)} cuts of {CUT_SECONDS}s"
         f" ({sum(c.held_lock for c in cuts)} during a lock hold,"
@@ -494,12 +497,14 @@ def report(
         f" {len(faults)} faults, {done} effects (Redis' count), {sum(map(len, acted.values()))}"
         f" acting runs ({sum(removing.values())} reported removing, "
         f"{sum(o == 'failed' for v in acted.values() for o, _, _ in v)} failed: cut off);"
-        f" {len(finished)} tasks finished, lost audit rows {len(lost)};"
+        f" {len(finished)} tasks finished, lost audit rows {len(lost)}; workers exited"
+        f" {len(exited)};"
         f" lock taken after {[round(c.lock_taken_after or -1, 1) for c in cuts if c.held_lock]} s,"
         f" first firing after"
         f" {[round(c.first_firing_after or -1, 1) for c in cuts if c.held_lock]} s;"
         f" {round(time.time() - started)}s"
     )
+    assert exited == [], [n.worker.log()[-3000:] for n in nodes if n.host.name in exited]
     assert len(fired) == len(OFFSETS), "an entry never ran"
     assert unknown == [], f"check runs no beat sent: {unknown[:5]}"
     assert twice == [], f"slots run twice: {twice}"
