@@ -260,7 +260,10 @@ def bridged_hosts(count: int) -> Iterator[Network]:
     network = Network(f"{tag}-br", addr[1])
     made: list[tuple[str, str]] = []
     try:
-        _ip("link", "add", network.bridge, "type", "bridge")
+        try:
+            _ip("link", "add", network.bridge, "type", "bridge")
+        except subprocess.CalledProcessError as exc:  # root without CAP_NET_ADMIN
+            missing(f"a bridge of our own ({exc.stderr.decode(errors='replace').strip()})")
         made.append(("link", network.bridge))
         _ip("addr", "add", f"{network.bridge_ip}/24", "dev", network.bridge)
         _ip("link", "set", network.bridge, "up")
