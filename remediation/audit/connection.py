@@ -22,6 +22,17 @@ _POOLS: dict[tuple[int, str], ConnectionPool] = {}
 CONNECT_TIMEOUT = 3
 APP = "remediation-audit"
 """application_name of every audit connection."""
+SILENCE = {
+    "tcp_user_timeout": 10_000,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 2,
+}
+"""libpq options for a server gone silent (a network partition, not a refusal): a write
+the server's TCP has not acknowledged within 10 s, or an idle connection unanswered for
+about 20 s, fails (and the row goes to the spool) instead of waiting out TCP's
+retransmissions, some 15 minutes, with the task stuck in the write."""
 
 
 def _conninfo(dsn: str) -> dict[str, Any]:
@@ -57,15 +68,24 @@ def connection_failed(dsn: str, exc: BaseException) -> AuditError:
     return AuditError(f"{where(dsn)}: {cause}{hint}")
 
 
+def with_silence(dsn: str) -> str:
+    """dsn with the SILENCE options (a URL or key=value DSN; its own settings win)."""
+    return psycopg.conninfo.make_conninfo(
+        "", **{**{k: str(v) for k, v in SILENCE.items()}, **_conninfo(dsn)}
+    )
+
+
 def pool(dsn: str) -> ConnectionPool:
     """This process's pool for dsn, opened on first use (AuditError-worthy psycopg errors
     surface at once when the server refuses)."""
     key = (os.getpid(), dsn)
     if key not in _POOLS:
         # a pool waits its whole timeout for a server that refuses; one plain connect does not
-        psycopg.connect(dsn, connect_timeout=CONNECT_TIMEOUT, application_name=APP).close()
+        psycopg.connect(
+            with_silence(dsn), connect_timeout=CONNECT_TIMEOUT, application_name=APP
+        ).close()
         _POOLS[key] = ConnectionPool(
-            dsn,
+            with_silence(dsn),
             min_size=0,
             max_size=4,
             kwargs={

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 
-from remediation.audit.connection import APP, CONNECT_TIMEOUT, discard_pool, pool
+from remediation.audit.connection import APP, CONNECT_TIMEOUT, discard_pool, pool, with_silence
 from remediation.audit.schema import RowMissing, new_id, run_write, unreachable
 from remediation.audit.spool import ReplayResult, Spool, StopReplay
 from remediation.errors import AuditError
@@ -123,7 +123,10 @@ class RowWriter:
         assert self.spool is not None
         try:
             conn = psycopg.connect(
-                self.dsn, autocommit=True, connect_timeout=CONNECT_TIMEOUT, application_name=APP
+                with_silence(self.dsn),
+                autocommit=True,
+                connect_timeout=CONNECT_TIMEOUT,
+                application_name=APP,
             )
         except psycopg.Error:
             self.mark_down()
