@@ -15,6 +15,7 @@ finished has its audit rows (the cut host's spool drained after healing)."""
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from collections import Counter
@@ -43,7 +44,7 @@ INTERVAL = 3  # seconds between two firings of one entry
 LOCK_TIMEOUT = 10  # REMEDIATION_CELERY__REDBEAT_LOCK_TIMEOUT's minimum
 LOOP = 1  # REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL
 HANDOVER_BOUND = LOCK_TIMEOUT + LOOP + 2  # cut -> a standby holds the lock, with slack
-CUT_SECONDS = LOCK_TIMEOUT + 5  # longer than the lock: a cut-off beat's lock expires
+CUT_SECONDS = LOCK_TIMEOUT + 10  # past the lock's timeout and an audit write's (10 s)
 STEADY = 6  # seconds of normal running before each cut and after the last heal
 STEADY_GAP = INTERVAL + LOOP + 1  # the longest gap between two firings of one entry
 PAUSE_MS = 20_000  # the longest the side Redis holds writes (CLIENT PAUSE) for a cut
@@ -92,6 +93,16 @@ class Node:
         if not self.spool.exists():
             return []
         return [p for p in self.spool.iterdir() if p.name.endswith((ACTIVE, CLAIMED))]
+
+    def spool_counts(self) -> tuple[int, int]:
+        """(audit rows this host's worker spooled, rows it replayed) from its log."""
+        spooled = replayed = 0
+        for line in self.worker.log().splitlines():
+            if '"audit row spooled"' in line:
+                spooled += 1
+            elif '"audit spool replayed"' in line:
+                replayed += int(json.loads(line).get("rows", 0))
+        return spooled, replayed
 
     def tasks(self) -> list[tuple[str, str, str, float]]:
         """(task name, task id, received|succeeded|raised, epoch) from the worker's log."""
@@ -298,6 +309,14 @@ def in_flight(node: Node, cut: Cut) -> int:
     return len({t for t, w in tasks if w == "received"} - {t for t, w in tasks if w != "received"})
 
 
+def back_at_work(nodes: list[Node], since: float) -> bool:
+    """Every worker has finished a task a second or more after since."""
+    return all(
+        any(what != "received" and at > since + 1 for _, _, what, at in node.tasks())
+        for node in nodes
+    )
+
+
 def finished_task_ids(nodes: list[Node]) -> set[str]:
     """Checks and actions a worker says it finished (each writes audit rows)."""
     return {
@@ -388,6 +407,10 @@ def test_hosts_cut_off_mid_action_and_holding_the_lock(
             cut.in_flight = in_flight(victim, cut)
             cuts.append(cut)
         time.sleep(STEADY)
+        # a spool drains on its process's next audit write: keep the beats firing until
+        # every worker is back at work (a RabbitMQ reconnect backs off: seconds after the
+        # heal) and every spool is empty
+        wait_for(lambda: back_at_work(nodes, cuts[-1].healed), SETTLE, 0.5, "workers back")
         wait_for(lambda: not any(n.spooled() for n in nodes), SETTLE, 0.5, "spools drained")
         for node in nodes:
             node.beat.kill()
@@ -483,6 +506,8 @@ def report(
     removing = {k: sum(1 for o, n, _ in v if o == "succeeded" and n) for k, v in acted.items()}
     finished = finished_task_ids(nodes)
     lost = finished - audited_task_ids(audit, finished)
+    spooled = sum(n.spool_counts()[0] for n in nodes)
+    replayed = sum(n.spool_counts()[1] for n in nodes)
     exited = [
         n.host.name for n in nodes if n.worker.proc is None or n.worker.proc.poll() is not None
     ]
@@ -497,6 +522,7 @@ def report(
         f" {len(faults)} faults, {done} effects (Redis' count), {sum(map(len, acted.values()))}"
         f" acting runs ({sum(removing.values())} reported removing, "
         f"{sum(o == 'failed' for v in acted.values() for o, _, _ in v)} failed: cut off);"
+        f" audit rows spooled on cut hosts {spooled}, replayed after healing {replayed};"
         f" {len(finished)} tasks finished, lost audit rows {len(lost)}; workers exited"
         f" {len(exited)};"
         f" lock taken after {[round(c.lock_taken_after or -1, 1) for c in cuts if c.held_lock]} s,"
@@ -515,6 +541,7 @@ def report(
     assert done == len(faults), f"{done} effects for {len(faults)} faults: {acted}"
     assert all(n <= 1 for n in removing.values()), acted
     assert lost == set(), f"finished tasks with no audit row: {sorted(lost)[:5]}"
+    assert spooled > 0 and replayed == spooled, (spooled, replayed)
     assert sum(c.held_lock for c in cuts) >= CUTS // 2, cuts
     assert sum(c.in_flight > 0 for c in cuts) >= CUTS // 2, cuts
     for cut in cuts:
