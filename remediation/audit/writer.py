@@ -94,7 +94,10 @@ class RowWriter:
                     return
             except AuditError as exc:
                 cause = exc.__cause__
-                fk = isinstance(cause, psycopg.errors.ForeignKeyViolation) and self.spool.pending()
+                # a parent row not there yet: in this process's spool, or in another host's
+                # (a host cut off the network spooled a finding whose action another host
+                # runs); the row waits in the spool until its parent is replayed
+                fk = isinstance(cause, psycopg.errors.ForeignKeyViolation)
                 if not (unreachable(cause) or fk):
                     raise
                 if unreachable(cause):

@@ -239,6 +239,33 @@ def test_parent_spooled_on_another_host_is_waited_for(
     assert d["finding_id"] == fid
 
 
+def test_a_child_written_while_its_parent_waits_in_another_hosts_spool_is_spooled(
+    db: str, cluster: Cluster, tmp_path: Path
+) -> None:
+    """The database is back, host A has not replayed yet (it was cut off: its finding waits
+    in its spool) and host B, whose own spool is empty, writes the decision of the action
+    it runs for that finding: spooled, not an error, and it lands once A has replayed."""
+    host_a = AuditStore(db, spool_dir=tmp_path / "a")
+    host_b = AuditStore(db, spool_dir=tmp_path / "b")
+    with outage(cluster):
+        run = host_a.start_check_run("c", "app", {}, "detect", "t-a")
+        fid = host_a.add_finding(run, finding(), "inc")
+    past_down_window()
+    did = host_b.add_decision(
+        action="notify",
+        target="app",
+        resource="r",
+        decision="admitted",
+        finding_id=fid,
+        task_id="t-b",
+    )
+    assert len(spooled(tmp_path / "b")) == 1
+    assert host_a.replay_spool() == 2
+    assert host_b.replay_spool() == 1
+    (d,) = rows(db, "SELECT finding_id FROM guard_decisions WHERE id = %s", did)
+    assert d["finding_id"] == fid
+
+
 def test_hostile_content_round_trips_unchanged(db: str, cluster: Cluster, spool_dir: Path) -> None:
     """Quotes, newlines, SQL, unicode separators and a 3 MB evidence value (stored in its
     truncated form) come back from the spool exactly as a direct write stores them."""
