@@ -54,6 +54,7 @@ SLOT = "chaos:slot:"
 FAULT = "chaos:fault:"
 JOBS = ["a", "b", "a", "c", "b"]  # a fault: a job list with two duplicates
 DEDUPED = ["a", "b", "c"]
+DEDUPE_TASK = "remediation.act.dedupe_job_queue"
 _TASK = re.compile(r"Task (remediation\.[\w.]+)\[([0-9a-f-]{36})\] (received|succeeded|raised)")
 
 
@@ -240,12 +241,14 @@ def the_holder(nodes: list[Node]) -> Node:
     return found
 
 
-def received_dedupe(nodes: list[Node], since: float) -> Node | None:
-    """The node whose worker received a dedupe_job_queue task after since."""
+def acting(nodes: list[Node], since: float) -> Node | None:
+    """The node whose worker received a dedupe_job_queue task after since and has not
+    finished it (others may have received one and let the guards suppress it)."""
     for node in nodes:
-        for name, _, what, at in node.tasks():
-            if name.endswith("dedupe_job_queue") and what == "received" and at >= since:
-                return node
+        dedupes = [(t, w, at) for name, t, w, at in node.tasks() if name == DEDUPE_TASK]
+        received = {t for t, w, at in dedupes if w == "received" and at >= since}
+        if received - {t for t, w, _ in dedupes if w != "received"}:
+            return node
     return None
 
 
@@ -261,10 +264,8 @@ def cut_and_heal(
     try:
         if mid_action:  # the action's script waits in Redis until after the cut
             jobs.client_pause(PAUSE_MS, all=False)  # writes only: checks still read
-            victim = wait_for(
-                lambda: received_dedupe(nodes, injected), 4 * INTERVAL, 0.05, f"fault {n} taken"
-            )
-            wait_for(lambda: held_script(jobs), 10, 0.02, "its script held by the pause")
+            wait_for(lambda: held_script(jobs), 4 * INTERVAL, 0.02, f"fault {n}'s script held")
+            victim = wait_for(lambda: acting(nodes, injected), 10, 0.05, "the host acting")
         else:
             victim = holder
         cut = Cut("mid-action" if mid_action else "lock hold", victim.host.name, time.time())
