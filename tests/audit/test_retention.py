@@ -137,6 +137,8 @@ def orphans(dsn: str) -> int:
             "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
             " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
             "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
+            "  OR (a.finding_id IS NOT NULL AND NOT EXISTS"
+            "  (SELECT 1 FROM findings f WHERE f.id = a.finding_id))"
             "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
             "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id)))"
         ).fetchone()
@@ -224,6 +226,32 @@ def test_each_checks_newest_success_stays(dsn: str, r: redis.Redis) -> None:
     assert result.counts["check_runs"] == 1
     left = ids(dsn)["check_runs"]
     assert newest in left and older not in left
+
+
+def test_a_finding_a_queued_trigger_may_still_name_stays(dsn: str, r: redis.Redis) -> None:
+    """With audit_days shorter than a trigger header's lifetime (7 days), a finding younger
+    than that lifetime stays: an action queued when it was found may still be delivered and
+    must be able to audit its decision against it."""
+    short = RetentionSettings(audit_days=2, check_runs_days=1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        queued = trail(conn, 3)  # found 3 days ago; its action still waits in the broker
+        gone = trail(conn, 9)  # older than any header the worker would still accept
+    store = AuditStore(dsn)
+    dry = retention.prune(store, short, r, apply=False, now=NOW)
+    done = retention.prune(store, short, r, apply=True, now=NOW)
+    assert dry.counts == done.counts
+    left = ids(dsn)
+    assert queued["finding"] in left["findings"] and queued["run"] in left["check_runs"]
+    assert gone["finding"] not in left["findings"] and gone["run"] not in left["check_runs"]
+    store.add_decision(  # the queued action, delivered now
+        action="a",
+        target="t",
+        resource="t",
+        decision="admitted",
+        finding_id=queued["finding"],
+        task_id="late",
+    )
+    assert orphans(dsn) == 0
 
 
 def test_batches_are_bounded(dsn: str, r: redis.Redis) -> None:
