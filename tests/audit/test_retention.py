@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -334,6 +335,53 @@ def test_pruning_while_a_writer_writes_loses_nothing_that_should_stay(
         assert made["decision"] in left["guard_decisions"]
         assert made["action"] in left["action_runs"]
     assert len(left["observations"]) == len(written)
+    assert orphans(dsn) == 0
+
+
+def test_a_row_naming_a_batch_row_written_during_its_delete_keeps_that_row(
+    dsn: str, r: redis.Redis
+) -> None:
+    """A decision naming an old finding, committed while the prune's DELETE waits for that
+    finding (the decision's insert holds it), neither fails the prune nor loses the finding:
+    the batch runs again and its predicate sees the decision."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        named = trail(conn, 500)
+        other = trail(conn, 500)
+    writer = psycopg.connect(dsn)  # e.g. another host replaying its spool
+    late = _insert(
+        writer,
+        "guard_decisions",
+        finding_id=named["finding"],
+        action="a",
+        target="t",
+        resource="t",
+        decision="admitted",
+    )
+    done: dict[str, Any] = {}
+
+    def prune() -> None:
+        try:
+            done["result"] = retention.prune(AuditStore(dsn), SETTINGS, r, apply=True, now=NOW)
+        except Exception as exc:  # what the test is about: reported, not raised in a thread
+            done["error"] = exc
+
+    thread = threading.Thread(target=prune)
+    thread.start()
+    with psycopg.connect(dsn) as watch:  # the DELETE of findings waits for the writer's lock
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )
+        deadline = time.monotonic() + 20
+        while watch.execute(waiting).fetchone() == (0,) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    writer.commit()
+    writer.close()
+    thread.join(60)
+    assert "error" not in done, done
+    left = ids(dsn)
+    assert named["finding"] in left["findings"] and late in left["guard_decisions"]
+    assert other["finding"] not in left["findings"]
     assert orphans(dsn) == 0
 
 
