@@ -25,6 +25,10 @@ points at a row pruned meanwhile fails its foreign key; with a retention of days
 drained within minutes of PostgreSQL answering again, that needs an outage longer than the
 retention.
 
+A row written while a batch runs that names one of the batch's rows (e.g. another host
+replaying its spool) fails that batch's foreign key check: the batch rolls back and runs again,
+and its predicate then sees the row and keeps what it names.
+
 Every predicate is one row-level SQL expression (the nested NOT EXISTS say "every child goes
 too"), so a dry run counts exactly what an apply deletes. A prune that deletes is itself
 audited: one check_runs row, check_name 'audit_prune', purpose 'maintenance', with the
@@ -56,6 +60,8 @@ CHECK_NAME = "audit_prune"
 PURPOSE = "maintenance"
 _LOCK_ID = 727_002
 """Session advisory lock: one prune at a time per audit database."""
+BATCH_RETRIES = 5
+"""Times one batch is run again after a row written meanwhile made it fail its foreign key."""
 TRIGGER_REACH = timedelta(seconds=HEADER_MAX_AGE_SECONDS, days=1)
 """How old a finding an action being delivered now may name: a worker accepts a trigger
 header for HEADER_MAX_AGE_SECONDS (7 days) after the finding's check signed it, plus a day
@@ -240,17 +246,29 @@ def delete_batches(
     conn: psycopg.Connection[Any], table: str, cut: Cutoffs, keep: Kept, batch: int
 ) -> list[int]:
     """Delete what goes from one table, at most `batch` rows a statement, each statement its
-    own transaction (autocommit), walking the ids upwards; returns the size of each batch."""
+    own transaction (autocommit), walking the ids upwards; returns the size of each batch.
+    A batch that fails its foreign keys (a row naming one of its rows was written meanwhile)
+    runs again, up to BATCH_RETRIES times in a row."""
     query = (
         f"DELETE FROM {table} WHERE id IN (SELECT t.id FROM {table} t"  # noqa: S608
         f" WHERE t.id > %(after)s AND {WHAT_GOES[table]} ORDER BY t.id LIMIT %(batch)s)"
         " RETURNING id"
     )
     sizes: list[int] = []
-    after = -(2**63)
+    after, retries = -(2**63), 0
     while True:
         params = {**_params(cut, keep), "after": after, "batch": batch}
-        ids = [row[0] for row in conn.execute(query, params)]
+        try:
+            ids = [row[0] for row in conn.execute(query, params)]
+        except psycopg.errors.ForeignKeyViolation:
+            # A row naming one of the batch's rows was committed after the statement's
+            # snapshot (it held that row, so the DELETE waited for it): the batch rolled
+            # back; run it again, its predicate now sees that row and keeps its parent.
+            retries += 1
+            if retries > BATCH_RETRIES:
+                raise
+            continue
+        retries = 0
         if ids:
             sizes.append(len(ids))
             after = max(ids)
