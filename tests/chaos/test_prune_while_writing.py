@@ -4,7 +4,9 @@ Redis broker into a real PostgreSQL audit while its own beat task remediation.au
 deletes a seeded backlog of old rows in batches of 100. The races it provokes: new findings
 joining an old open incident, actions naming an old finding of that incident (their
 verification check runs written mid-prune), actions queued three days ago naming findings
-older than REMEDIATION_RETENTION__AUDIT_DAYS, and the prune's own audit row."""
+older than REMEDIATION_RETENTION__AUDIT_DAYS (2: those findings stay, within the trigger
+reach; before that rule the worker's decisions failed their foreign key), and the prune's
+own audit row."""
 
 from __future__ import annotations
 
