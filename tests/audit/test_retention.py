@@ -23,6 +23,7 @@ from remediation.audit.store import AuditStore
 from remediation.cli import main
 from remediation.guards import keys
 from remediation.settings.retention import RetentionSettings
+from tests.support.audit import ORPHANS_SQL
 from tests.support.services import as_url, scratch_database
 from tests.support.trail import TABLES, counts, write_trail
 
@@ -129,20 +130,9 @@ def ids(dsn: str) -> dict[str, set[int]]:
 
 
 def orphans(dsn: str) -> int:
-    """Rows whose reference points at no row (the foreign keys forbid them; counted anyway)."""
+    """Rows whose reference points at no row (tests.support.audit.ORPHANS_SQL)."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM findings f WHERE NOT EXISTS"
-            "  (SELECT 1 FROM check_runs c WHERE c.id = f.check_run_id))"
-            " + (SELECT count(*) FROM guard_decisions d WHERE d.finding_id IS NOT NULL"
-            "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
-            " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
-            "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
-            "  OR (a.finding_id IS NOT NULL AND NOT EXISTS"
-            "  (SELECT 1 FROM findings f WHERE f.id = a.finding_id))"
-            "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
-            "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id)))"
-        ).fetchone()
+        row = conn.execute(ORPHANS_SQL).fetchone()
     return int(row[0]) if row else -1
 
 

@@ -32,7 +32,7 @@ from remediation.context import HEADER_VERSION, Trigger
 from remediation.findings import Finding, Severity
 from remediation.guards import keys
 from remediation.tasks import PRUNE_TASK, TRIGGER_HEADER
-from tests.support.audit import Audit
+from tests.support.audit import ORPHANS_SQL, Audit
 from tests.support.base import ROOT
 from tests.support.env import TEST_SIGNING_KEY
 from tests.support.processes import WorkerProcess
@@ -410,17 +410,4 @@ def assert_one_prune_row(audit: Audit, counted: dict[str, int]) -> None:
 
 
 def orphans(audit: Audit) -> int:
-    """Rows whose reference points at no row (the foreign keys forbid them; counted anyway)."""
-    found = audit.rows(
-        "SELECT (SELECT count(*) FROM findings f WHERE NOT EXISTS"
-        "  (SELECT 1 FROM check_runs c WHERE c.id = f.check_run_id))"
-        " + (SELECT count(*) FROM guard_decisions d WHERE d.finding_id IS NOT NULL"
-        "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
-        " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
-        "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
-        "  OR (a.finding_id IS NOT NULL AND NOT EXISTS"
-        "  (SELECT 1 FROM findings f WHERE f.id = a.finding_id))"
-        "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
-        "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id))) AS n"
-    )
-    return int(found[0]["n"])
+    return int(audit.rows(ORPHANS_SQL)[0]["n"])
