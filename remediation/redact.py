@@ -76,10 +76,21 @@ def redact_text(text: str) -> str:
     return str(_AUTH_HEADER.sub(lambda m: m.group("key") + MASK, text))
 
 
-@functools.lru_cache(maxsize=4096)
 def is_secret_key(key: str) -> bool:
     """True for mapping keys whose values are secrets (password, token, api_key ...).
-    Memoized: the same few dozen keys (params, results, log fields) come back on every call."""
+    Memoized for short keys: the same few dozen (params, results, log fields) come back on
+    every call; a long key (only hostile input has them) is searched and not kept."""
+    if len(key) > _CACHED_KEY_CHARS:
+        return bool(_SECRET_KEY.search(key))
+    return _short_secret_key(key)
+
+
+_CACHED_KEY_CHARS = 64
+"""Keys up to this long are memoized (at most 4,096 of them: 256 KiB, whatever callers send)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 
