@@ -10,6 +10,10 @@ configured PostgreSQL, one `celery worker -c 2`.
   guard chain in one Lua call (pause, idempotency claim, flap, lock, cooldown, budget,
   blast radius, breaker), blast-radius reservation and give-back, the action's Lua call,
   breaker record, cooldown, 2 audit inserts (spool-capable store), metrics.
+* CPU per task by process group (bench/cpu.py: this client, the worker's main process, its
+  pool children, redis-server, the audit database's PostgreSQL backends), per round: on a
+  machine of two cores every one of them competes for the same CPU, so the ratio of the
+  totals is what the throughput ratio tends to, and the groups say where the cost is.
 * fault -> fix: push a duplicate into a job list, send the check (as beat would), wait for
   the audit row that says the fix was verified; repeated, p50 / p95.
 """
@@ -28,6 +32,7 @@ import psycopg
 import redis
 from celery import Celery
 
+from bench.cpu import CpuMeter, children
 from tests.support.base import wait_for
 from tests.support.processes import WorkerProcess
 from tests.support.services import RedisServer, as_url, scratch_database
@@ -44,12 +49,50 @@ def admin_dsn() -> str:
     return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in info.items() if v is not None})
 
 
-def timed_batch(app: Celery, task: str, kwargs_list: list[dict[str, Any]]) -> float:
+def timed_batch(
+    app: Celery,
+    task: str,
+    kwargs_list: list[dict[str, Any]],
+    cpu: list[dict[str, float]] | None = None,
+    meter: CpuMeter | None = None,
+) -> float:
+    """Seconds to send every call and get every result; with a meter, the CPU per call of
+    each process group is appended to cpu."""
+    before = meter.snapshot() if meter else {}
     start = time.perf_counter()
     results = [app.send_task(task, kwargs=kw) for kw in kwargs_list]
     for res in results:
         res.get(timeout=300)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if meter is not None and cpu is not None:
+        cpu.append(meter.per_unit(before, meter.snapshot(), len(kwargs_list)))
+    return elapsed
+
+
+def meter_for(worker: WorkerProcess, state: redis.Redis, audit: str) -> CpuMeter:
+    """Process groups of one benchmark run: this process, the worker's main process and its
+    pool, the private redis-server, the audit database's backends."""
+    assert worker.proc is not None
+    main = worker.proc.pid
+    redis_pid = int(state.info("server")["process_id"])
+    dbname = psycopg.conninfo.conninfo_to_dict(audit)["dbname"]
+
+    def backends() -> list[int]:
+        with psycopg.connect(admin_dsn(), autocommit=True) as conn:
+            rows = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (dbname,)
+            ).fetchall()
+        return [r[0] for r in rows]
+
+    return CpuMeter(
+        {
+            "client": lambda: [os.getpid()],
+            "worker_main": lambda: [main],
+            "worker_pool": lambda: children(main),
+            "redis": lambda: [redis_pid],
+            "postgres": backends,
+        }
+    )
 
 
 def wait_verified(audit_dsn: str, key: str) -> None:
@@ -105,6 +148,10 @@ def fault_to_fix(app: Celery, r: redis.Redis, audit_dsn: str) -> list[float]:
     return latencies
 
 
+def median_by_group(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: round(statistics.median(r[k] for r in rounds), 2) for k in rounds[0]}
+
+
 def run() -> dict[str, Any]:
     server = RedisServer().start()
     try:
@@ -120,8 +167,13 @@ def run() -> dict[str, Any]:
                 timed_batch(app, "celery.accumulate", [{"args": [0]}] * 20)  # warm-up
                 rounds = []  # interleaved, so drift in the machine hits both sides alike
                 state = redis.Redis.from_url(server.url(0))
+                meter = meter_for(worker, state, audit)
+                cpu_raw: list[dict[str, float]] = []
+                cpu_guarded: list[dict[str, float]] = []
                 for n in range(ROUNDS):
-                    raw = timed_batch(app, "celery.accumulate", [{"args": [i]} for i in range(N)])
+                    raw = timed_batch(
+                        app, "celery.accumulate", [{"args": [i]} for i in range(N)], cpu_raw, meter
+                    )
                     with state.pipeline() as pipe:  # each list exists and has a duplicate
                         for i in range(N):
                             pipe.rpush(f"bench_{n}_{i}", '{"id": 1}', '{"id": 1}')
@@ -130,6 +182,8 @@ def run() -> dict[str, Any]:
                         app,
                         "remediation.act.dedupe_job_queue",
                         [{"target": "self", "key": f"bench_{n}_{i}"} for i in range(N)],
+                        cpu_guarded,
+                        meter,
                     )
                     rounds.append((raw, guarded))
                 lat = sorted(fault_to_fix(app, redis.Redis.from_url(server.url(0)), audit))
@@ -146,6 +200,11 @@ def run() -> dict[str, Any]:
         "raw_tasks_per_s": round(N / raw, 1),
         "guarded_actions_per_s": round(N / guarded, 1),
         "ratio_guarded_to_raw": round(raw / guarded, 3),
+        "cpu_ms_per_task_raw": median_by_group(cpu_raw),
+        "cpu_ms_per_task_guarded": median_by_group(cpu_guarded),
+        "cpu_ratio_per_round": [
+            round(r["total"] / g["total"], 3) for r, g in zip(cpu_raw, cpu_guarded, strict=True)
+        ],
         "fault_to_verified_fix_s": {
             "n": len(lat),
             "p50": round(statistics.median(lat), 3),

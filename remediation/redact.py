@@ -8,6 +8,7 @@ lookaround, so the patterns capture what they keep and the replacement puts it b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from typing import Any
@@ -48,6 +49,17 @@ _SECRET_KEY = re2.compile(
 )
 
 
+def _any_of(patterns: dict[str, Any]) -> Any:
+    """One pattern that matches where any of ``patterns`` would: a text it does not match
+    comes out of every substitution unchanged, so it is searched once, not substituted four
+    times (most of what is redacted, every log line and audit value, holds no secret)."""
+    parts = [re2.sub(r"\(\?P<[a-z]+>", "(?:", p.pattern) for p in patterns.values()]
+    return re2.compile("|".join(f"(?:{part})" for part in parts))
+
+
+_ANY_SECRET = _any_of(PATTERNS)
+
+
 def _quoted(m: Any) -> str:
     quote = m.group("val")[0]
     return f"{m.group('key')}{quote}{MASK}{quote}"
@@ -56,6 +68,8 @@ def _quoted(m: Any) -> str:
 def redact_text(text: str) -> str:
     """Mask passwords in URLs, key=value secrets, quoted secrets and Authorization values."""
     text = str(text)  # re2 builds its result with type(text)(), which a StrEnum refuses
+    if not _ANY_SECRET.search(text):
+        return text
     text = _URL_PASSWORD.sub(lambda m: m.group("head") + MASK + "@", text)
     text = _KV_SECRET.sub(lambda m: m.group("key") + MASK, text)
     text = _QUOTED_SECRET.sub(_quoted, text)
@@ -63,7 +77,20 @@ def redact_text(text: str) -> str:
 
 
 def is_secret_key(key: str) -> bool:
-    """True for mapping keys whose values are secrets (password, token, api_key ...)."""
+    """True for mapping keys whose values are secrets (password, token, api_key ...).
+    Memoized for short keys: the same few dozen (params, results, log fields) come back on
+    every call; a long key (only hostile input has them) is searched and not kept."""
+    if len(key) > _CACHED_KEY_CHARS:
+        return bool(_SECRET_KEY.search(key))
+    return _short_secret_key(key)
+
+
+_CACHED_KEY_CHARS = 64
+"""Keys up to this long are memoized (at most 4,096 of them: 256 KiB, whatever callers send)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _short_secret_key(key: str) -> bool:
     return bool(_SECRET_KEY.search(key))
 
 

@@ -218,12 +218,20 @@ def _doc(fn: Callable[..., Any]) -> str:
     return doc
 
 
+_LOADED: list[bool] = []
+"""Non-empty once load_all has imported everything (a lookup then costs a dict access, not
+a walk of two package folders: it runs twice per action)."""
+
+
 def load_all() -> None:
-    """Import every module under remediation.checks and remediation.actions."""
+    """Import every module under remediation.checks and remediation.actions (once)."""
+    if _LOADED:
+        return
     for package in ("remediation.checks", "remediation.actions"):
         pkg = importlib.import_module(package)
         for mod in pkgutil.iter_modules(pkg.__path__):
             importlib.import_module(f"{package}.{mod.name}")
+    _LOADED.append(True)
 
 
 def _lookup(table: dict[str, Any], prefix: str, kind: str, name: str) -> Any:

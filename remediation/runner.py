@@ -45,7 +45,7 @@ from remediation.errors import (
 )
 from remediation.findings import Finding
 from remediation.guards import incidents, streaks
-from remediation.guards.chain import Admission, BlastAccount, GuardChain
+from remediation.guards.chain import Admission, BlastAccount, GuardChain, is_dry_run
 from remediation.logging import get_logger
 from remediation.notices import Dispatch, Notices
 from remediation.outcomes import CheckStatus, Decision, Outcome, Verification
@@ -238,7 +238,7 @@ class Runner:
         try:
             if approval is not None:  # an approved call: its approval, claimed by this task
                 call = dataclasses.replace(call, approval=self.gate.admit(call, approval))
-            elif self.gate.needed(call, GuardChain(self.state, self.settings, spec).dry_run()):
+            elif self.gate.needed(call, is_dry_run(self.settings, spec)):
                 return self.gate.ask(call)
         except (Refused, Deferred) as exc:
             return self._declined_early(call, exc)

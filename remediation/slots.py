@@ -111,3 +111,15 @@ def crontab_slot(sched: crontab, last_run_at: Any) -> float:
     last, delta, _ = sched.remaining_delta(last_run_at)
     due = last + delta
     return float(due.timestamp())
+
+
+def missed(previous: float | None, slot: float, every: float) -> int:
+    """Interval slots between the entry's previous run and this one that never ran (a beat
+    outage): 0 when they are one interval apart, or unknown (no previous run, a crontab)."""
+    if previous is None or every <= 0 or slot <= previous:
+        return 0
+    return max(0, round((slot - previous) / every) - 1)
+
+
+LAST_TTL = 35 * 86400
+"""How long the last slot of an entry is remembered: a gap longer than this is not counted."""

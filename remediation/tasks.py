@@ -16,6 +16,7 @@ from remediation.audit.store import AuditStore
 from remediation.calls import CheckOutcome
 from remediation.context import Trigger
 from remediation.guards import keys as guard_keys
+from remediation.guards import lua as guard_lua
 from remediation.outcomes import CheckStatus
 from remediation.redact import redact_text, serialized_size, storable, truncated
 from remediation.runner import Runner
@@ -131,7 +132,10 @@ def _slot_taken(
     ttl = slots.claim_ttl(every, r.settings.celery.redbeat_lock_timeout)
     mine = task_id or "-"
     try:
-        if r.state.set(key, mine, nx=True, ex=ttl) or r.state.get(key) in (mine, mine.encode()):
+        if r.state.set(key, mine, nx=True, ex=ttl):
+            _audit_missed(r, entry, slot, every)
+            return None
+        if r.state.get(key) in (mine, mine.encode()):
             return None
     except Exception as exc:
         log.error("slot state unavailable; running the check", error=str(exc))
@@ -145,6 +149,29 @@ def _slot_taken(
     metrics.check_run(name, CheckStatus.DUPLICATE, 0.0)
     log.warning("duplicate slot: not run", check=name, entry=entry, slot=slot)
     return CheckOutcome(CheckStatus.DUPLICATE, run_id, error=error)
+
+
+MISSED_CHECK, MISSED_METRIC = "beat", "missed_slots"
+"""The observation recorded when a firing follows missed slots (README "Missed slots"):
+check_name 'beat', target the entry's name, metric 'missed_slots', value how many."""
+
+
+def _audit_missed(r: Runner, entry: str, slot: int, every: int) -> None:
+    """The first run of a slot: if slots of its entry went by unrun since the last one (a beat
+    outage; the policy runs the latest once, at once), log and audit how many (MISSED_*)."""
+    if every <= 0:
+        return  # crontab entries: no grid to count on
+    log = structlog.get_logger("remediation")
+    try:
+        raw = guard_lua.script(r.state, "slot_last")(
+            keys=[guard_keys.slot_last(entry)], args=[slot, max(slots.LAST_TTL, 3 * every)]
+        )
+        count = slots.missed(float(raw) if raw is not None else None, slot, every)
+        if count:
+            log.warning("missed slots: running the latest once", entry=entry, missed=count)
+            r.store.record_observation(MISSED_CHECK, entry, MISSED_METRIC, float(count))
+    except Exception as exc:  # the count is information: never keep the check from running
+        log.error("could not count missed slots", entry=entry, error=str(exc))
 
 
 def _register_action(app: Celery, name: str, task_name: str) -> None:

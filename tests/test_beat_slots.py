@@ -287,3 +287,39 @@ def test_a_standby_whose_first_acquire_failed_waits_then_takes_the_lock(
     standby.tick()
     assert standby.lock is not None and r.get(standby.lock_key) is not None
     assert len(sent.messages) == ENTRIES
+
+
+def test_missed_slots_are_counted_and_audited(
+    app: Celery, monkeypatch: pytest.MonkeyPatch, r: redis.Redis
+) -> None:
+    """A firing that follows slots nobody fired (the beat was down for four intervals) is
+    audited with how many it follows: an observation beat / <entry> / missed_slots; a
+    firing on time, a late redelivery and a duplicate add none."""
+    from remediation.guards import keys
+    from remediation.tasks import MISSED_CHECK, MISSED_METRIC
+
+    r.delete(*[keys.slot_last(f"slot{i}") for i in range(ENTRIES)])  # earlier tests' clocks
+    clock, sent = Clock(app, monkeypatch), Sent(app, monkeypatch)
+    active = scheduler(app, lock=True)
+    fired: list[dict[str, int]] = []
+    for step in (INTERVAL + 1, INTERVAL, 4 * INTERVAL):  # first firing, on time, after a gap
+        clock.now += step
+        active.tick()
+        fired.append(
+            {
+                h[slots.SLOT_HEADER]["entry"]: h[slots.SLOT_HEADER]["slot"]
+                for _, _, h in sent.messages
+            }
+        )
+        sent.run_all()
+    entries = {f"slot{i}" for i in range(ENTRIES)}
+    assert all(set(f) == entries for f in fired)
+    rows = audit(app).query(
+        "SELECT target, value FROM observations WHERE check_name = %s AND metric = %s"
+        " AND target = ANY(%s)",
+        (MISSED_CHECK, MISSED_METRIC, sorted(entries)),
+    )
+    expected = {e: (fired[2][e] - fired[1][e]) // INTERVAL - 1 for e in entries}
+    assert all(n >= 3 for n in expected.values())  # four intervals with no beat
+    assert {r["target"]: int(r["value"]) for r in rows} == expected
+    assert len(rows) == ENTRIES  # the first firing and the one on time: none

@@ -5,7 +5,10 @@ What goes (cutoffs fixed once, at the start of a prune):
 
 * action runs started before the audit cutoff;
 * guard decisions decided before it, once every action run pointing at them goes too;
-* findings seen before it, once every decision and action run pointing at them goes too;
+* findings seen before it and before the trigger reach (TRIGGER_REACH: an action queued when
+  the finding was seen may be delivered while its signed trigger header is accepted, and then
+  audits its decision and run against the finding), once every decision and action run
+  pointing at them goes too;
 * check runs started before the check-run cutoff (the audit cutoff for the prune's own
   'maintenance' rows) that no remaining finding or action run points at: a check run that
   found nothing goes after REMEDIATION_RETENTION__CHECK_RUNS_DAYS, one with findings when its
@@ -21,6 +24,10 @@ prune would take). Other hosts' spools are not visible from here: a record they 
 points at a row pruned meanwhile fails its foreign key; with a retention of days and spools
 drained within minutes of PostgreSQL answering again, that needs an outage longer than the
 retention.
+
+A row written while a batch runs that names one of the batch's rows (e.g. another host
+replaying its spool) fails that batch's foreign key check: the batch rolls back and runs again,
+and its predicate then sees the row and keeps what it names.
 
 Every predicate is one row-level SQL expression (the nested NOT EXISTS say "every child goes
 too"), so a dry run counts exactly what an apply deletes. A prune that deletes is itself
@@ -39,6 +46,7 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from remediation.audit.connection import connection_failed
+from remediation.context import HEADER_MAX_AGE_SECONDS
 
 if TYPE_CHECKING:
     import redis
@@ -52,6 +60,14 @@ CHECK_NAME = "audit_prune"
 PURPOSE = "maintenance"
 _LOCK_ID = 727_002
 """Session advisory lock: one prune at a time per audit database."""
+BATCH_RETRIES = 5
+"""Times one batch is run again after a row written meanwhile made it fail its foreign key."""
+TRIGGER_REACH = timedelta(seconds=HEADER_MAX_AGE_SECONDS, days=1)
+"""How old a finding an action being delivered now may name: a worker accepts a trigger
+header for HEADER_MAX_AGE_SECONDS (7 days) after the finding's check signed it, plus a day
+for clocks between hosts and the action's run and verification. A finding younger than this
+stays whatever REMEDIATION_RETENTION__AUDIT_DAYS says (findings only: nothing else is named
+by a message that may still wait in the broker)."""
 
 # A finding that must stay: of an open incident, or referred to by a live approval.
 _PROTECTED = "({f}.id = ANY(%(findings)s) OR coalesce({f}.incident_id = ANY(%(incidents)s), false))"
@@ -97,7 +113,7 @@ def _decision(alias: str) -> str:
 
 def _finding(alias: str) -> str:
     return (
-        f"({alias}.seen_at < %(audit_cut)s AND NOT {_PROTECTED.format(f=alias)}"
+        f"({alias}.seen_at < %(finding_cut)s AND NOT {_PROTECTED.format(f=alias)}"
         + _all_go("guard_decisions", "finding_id", alias, "cd", _decision)
         + _all_go("action_runs", "finding_id", alias, "ca2", _action)
         + ")"
@@ -127,13 +143,16 @@ WHAT_GOES = {
 @dataclass(frozen=True)
 class Cutoffs:
     audit: datetime
+    findings: datetime  # the audit cutoff, or earlier: no finding within the trigger reach goes
     check_runs: datetime
     observations: datetime
 
     @classmethod
     def of(cls, settings: RetentionSettings, now: datetime) -> Cutoffs:
+        audit = now - timedelta(days=settings.audit_days)
         return cls(
-            audit=now - timedelta(days=settings.audit_days),
+            audit=audit,
+            findings=min(audit, now - TRIGGER_REACH),
             check_runs=now - timedelta(days=settings.check_runs_days),
             observations=now - timedelta(days=settings.observations_days),
         )
@@ -203,6 +222,7 @@ def kept(state: redis.Redis) -> Kept:
 def _params(cut: Cutoffs, keep: Kept) -> dict[str, Any]:
     return {
         "audit_cut": cut.audit,
+        "finding_cut": cut.findings,
         "check_cut": cut.check_runs,
         "obs_cut": cut.observations,
         "incidents": keep.incidents,
@@ -226,17 +246,29 @@ def delete_batches(
     conn: psycopg.Connection[Any], table: str, cut: Cutoffs, keep: Kept, batch: int
 ) -> list[int]:
     """Delete what goes from one table, at most `batch` rows a statement, each statement its
-    own transaction (autocommit), walking the ids upwards; returns the size of each batch."""
+    own transaction (autocommit), walking the ids upwards; returns the size of each batch.
+    A batch that fails its foreign keys (a row naming one of its rows was written meanwhile)
+    runs again, up to BATCH_RETRIES times in a row."""
     query = (
         f"DELETE FROM {table} WHERE id IN (SELECT t.id FROM {table} t"  # noqa: S608
         f" WHERE t.id > %(after)s AND {WHAT_GOES[table]} ORDER BY t.id LIMIT %(batch)s)"
         " RETURNING id"
     )
     sizes: list[int] = []
-    after = -(2**63)
+    after, retries = -(2**63), 0
     while True:
         params = {**_params(cut, keep), "after": after, "batch": batch}
-        ids = [row[0] for row in conn.execute(query, params)]
+        try:
+            ids = [row[0] for row in conn.execute(query, params)]
+        except psycopg.errors.ForeignKeyViolation:
+            # A row naming one of the batch's rows was committed after the statement's
+            # snapshot (it held that row, so the DELETE waited for it): the batch rolled
+            # back; run it again, its predicate now sees that row and keeps its parent.
+            retries += 1
+            if retries > BATCH_RETRIES:
+                raise
+            continue
+        retries = 0
         if ids:
             sizes.append(len(ids))
             after = max(ids)

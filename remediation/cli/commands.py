@@ -281,9 +281,10 @@ def _prune(args: argparse.Namespace, s: Settings, store: Any) -> int:
     verb = "deleted" if args.apply else "would delete"
     rows = [{"table": t, verb.replace(" ", "_"): n} for t, n in result.counts.items()]
     cut = result.cutoffs
+    reach = "" if cut["findings"] == cut["audit"] else f" (findings {cut['findings']})"
     human = [
-        f"cutoffs: audit {cut['audit']}, check runs without findings {cut['check_runs']},"
-        f" observations {cut['observations']}",
+        f"cutoffs: audit {cut['audit']}{reach}, check runs without findings"
+        f" {cut['check_runs']}, observations {cut['observations']}",
         f"kept whatever their age: {result.kept_incidents} open incident(s),"
         f" {result.kept_findings} finding(s) of live approvals",
         table(rows, ["table", verb.replace(" ", "_")]),

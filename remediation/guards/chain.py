@@ -71,6 +71,12 @@ def _redis_errors() -> Iterator[None]:
         raise GuardUnavailable(f"guard state unavailable: {type(exc).__name__}: {exc}") from exc
 
 
+def is_dry_run(settings: Settings, spec: ActionSpec) -> bool:
+    """REMEDIATION_GUARDS__DRY_RUN, or the action listed in REMEDIATION_GUARDS__DRY_RUN_ACTIONS."""
+    g = settings.guards
+    return g.dry_run or spec.name in g.dry_run_actions
+
+
 class GuardChain:
     """Admit or refuse one action call on one resource; complete it afterwards."""
 
@@ -134,8 +140,7 @@ class GuardChain:
             )
 
     def dry_run(self) -> bool:
-        g = self.settings.guards
-        return g.dry_run or self.spec.name in g.dry_run_actions
+        return is_dry_run(self.settings, self.spec)
 
     def _admit_keys(self, resource: str, idempotency_key: str, breaker: str) -> list[str]:
         """admit.lua's KEYS, in its order."""

@@ -135,6 +135,12 @@ def slot(entry: str, slot: int) -> str:
     return f"{PREFIX}slot:{entry}:{slot}"
 
 
+def slot_last(entry: str) -> str:
+    """The latest slot of one beat entry that ran (remediation.tasks): a gap of more than one
+    interval to the next is a count of missed slots, audited."""
+    return f"{PREFIX}slot:last:{entry}"
+
+
 def approval(approval_id: str) -> str:
     """Hash: one approval (what the call is, its plan, its state and who decided)."""
     return f"{PREFIX}approval:{approval_id}"

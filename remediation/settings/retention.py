@@ -27,7 +27,7 @@ class RetentionSettings(Section):
         ge=1,
         le=3650,
         description="findings with their check runs, guard decisions and action runs are kept"
-        " this long",
+        " this long (findings at least 8 days: a queued action's trigger may still name one)",
     )
     observations_days: int = Field(
         400, ge=1, le=3650, description="observations (values a check compares with) are kept"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from remediation.audit.store import AuditStore
 from remediation.cli import main
 from remediation.guards import keys
 from remediation.settings.retention import RetentionSettings
+from tests.support.audit import ORPHANS_SQL
 from tests.support.services import as_url, scratch_database
 from tests.support.trail import TABLES, counts, write_trail
 
@@ -128,18 +130,9 @@ def ids(dsn: str) -> dict[str, set[int]]:
 
 
 def orphans(dsn: str) -> int:
-    """Rows whose reference points at no row (the foreign keys forbid them; counted anyway)."""
+    """Rows whose reference points at no row (tests.support.audit.ORPHANS_SQL)."""
     with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT (SELECT count(*) FROM findings f WHERE NOT EXISTS"
-            "  (SELECT 1 FROM check_runs c WHERE c.id = f.check_run_id))"
-            " + (SELECT count(*) FROM guard_decisions d WHERE d.finding_id IS NOT NULL"
-            "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
-            " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
-            "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
-            "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
-            "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id)))"
-        ).fetchone()
+        row = conn.execute(ORPHANS_SQL).fetchone()
     return int(row[0]) if row else -1
 
 
@@ -226,6 +219,32 @@ def test_each_checks_newest_success_stays(dsn: str, r: redis.Redis) -> None:
     assert newest in left and older not in left
 
 
+def test_a_finding_a_queued_trigger_may_still_name_stays(dsn: str, r: redis.Redis) -> None:
+    """With audit_days shorter than a trigger header's lifetime (7 days), a finding younger
+    than that lifetime stays: an action queued when it was found may still be delivered and
+    must be able to audit its decision against it."""
+    short = RetentionSettings(audit_days=2, check_runs_days=1)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        queued = trail(conn, 3)  # found 3 days ago; its action still waits in the broker
+        gone = trail(conn, 9)  # older than any header the worker would still accept
+    store = AuditStore(dsn)
+    dry = retention.prune(store, short, r, apply=False, now=NOW)
+    done = retention.prune(store, short, r, apply=True, now=NOW)
+    assert dry.counts == done.counts
+    left = ids(dsn)
+    assert queued["finding"] in left["findings"] and queued["run"] in left["check_runs"]
+    assert gone["finding"] not in left["findings"] and gone["run"] not in left["check_runs"]
+    store.add_decision(  # the queued action, delivered now
+        action="a",
+        target="t",
+        resource="t",
+        decision="admitted",
+        finding_id=queued["finding"],
+        task_id="late",
+    )
+    assert orphans(dsn) == 0
+
+
 def test_batches_are_bounded(dsn: str, r: redis.Redis) -> None:
     """No DELETE removes more than batch_size rows; the rest take further batches."""
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -306,6 +325,53 @@ def test_pruning_while_a_writer_writes_loses_nothing_that_should_stay(
         assert made["decision"] in left["guard_decisions"]
         assert made["action"] in left["action_runs"]
     assert len(left["observations"]) == len(written)
+    assert orphans(dsn) == 0
+
+
+def test_a_row_naming_a_batch_row_written_during_its_delete_keeps_that_row(
+    dsn: str, r: redis.Redis
+) -> None:
+    """A decision naming an old finding, committed while the prune's DELETE waits for that
+    finding (the decision's insert holds it), neither fails the prune nor loses the finding:
+    the batch runs again and its predicate sees the decision."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        named = trail(conn, 500)
+        other = trail(conn, 500)
+    writer = psycopg.connect(dsn)  # e.g. another host replaying its spool
+    late = _insert(
+        writer,
+        "guard_decisions",
+        finding_id=named["finding"],
+        action="a",
+        target="t",
+        resource="t",
+        decision="admitted",
+    )
+    done: dict[str, Any] = {}
+
+    def prune() -> None:
+        try:
+            done["result"] = retention.prune(AuditStore(dsn), SETTINGS, r, apply=True, now=NOW)
+        except Exception as exc:  # what the test is about: reported, not raised in a thread
+            done["error"] = exc
+
+    thread = threading.Thread(target=prune)
+    thread.start()
+    with psycopg.connect(dsn) as watch:  # the DELETE of findings waits for the writer's lock
+        waiting = (
+            "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND datname = current_database()"
+        )
+        deadline = time.monotonic() + 20
+        while watch.execute(waiting).fetchone() == (0,) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    writer.commit()
+    writer.close()
+    thread.join(60)
+    assert "error" not in done, done
+    left = ids(dsn)
+    assert named["finding"] in left["findings"] and late in left["guard_decisions"]
+    assert other["finding"] not in left["findings"]
     assert orphans(dsn) == 0
 
 

@@ -9,6 +9,20 @@ from psycopg.rows import dict_row
 
 from tests.support.base import wait_for
 
+ORPHANS_SQL = (
+    "SELECT (SELECT count(*) FROM findings f WHERE NOT EXISTS"
+    "  (SELECT 1 FROM check_runs c WHERE c.id = f.check_run_id))"
+    " + (SELECT count(*) FROM guard_decisions d WHERE d.finding_id IS NOT NULL"
+    "  AND NOT EXISTS (SELECT 1 FROM findings f WHERE f.id = d.finding_id))"
+    " + (SELECT count(*) FROM action_runs a WHERE (a.decision_id IS NOT NULL AND NOT"
+    "  EXISTS (SELECT 1 FROM guard_decisions d WHERE d.id = a.decision_id))"
+    "  OR (a.finding_id IS NOT NULL AND NOT EXISTS"
+    "  (SELECT 1 FROM findings f WHERE f.id = a.finding_id))"
+    "  OR (a.verify_check_run_id IS NOT NULL AND NOT EXISTS"
+    "  (SELECT 1 FROM check_runs c WHERE c.id = a.verify_check_run_id))) AS n"
+)
+"""Rows whose reference points at no row (the foreign keys forbid them; counted anyway)."""
+
 
 class Audit:
     """Read the audit database the workers write to."""

@@ -20,6 +20,16 @@ def test_cutoffs_are_now_minus_each_retention() -> None:
     assert cut.check_runs == now - timedelta(days=14)
     assert cut.audit == now - timedelta(days=400)
     assert cut.observations == now - timedelta(days=30)
+    assert cut.findings == cut.audit
+
+
+def test_findings_a_trigger_may_still_name_outlive_a_short_audit_retention() -> None:
+    """With audit_days shorter than the trigger reach, findings keep to the reach (8 days);
+    decisions and action runs keep to audit_days."""
+    now = datetime(2026, 11, 28, tzinfo=UTC)
+    cut = retention.Cutoffs.of(RetentionSettings(check_runs_days=1, audit_days=2), now)
+    assert cut.audit == now - timedelta(days=2)
+    assert cut.findings == now - retention.TRIGGER_REACH == now - timedelta(days=8)
 
 
 def test_settings_refuse_quiet_runs_kept_longer_than_the_audit_and_unbounded_batches() -> None:
