@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
@@ -211,3 +212,74 @@ def allowed(previous: float, following: float, kills: list[Kill]) -> float:
     if any(previous < k.at + k.first_firing_after <= following + 0.5 for k in kills):
         return INTERVAL + HANDOVER_BOUND
     return STEADY_GAP
+
+
+SPLIT_ENTRIES = scale(10, 20)
+SPLIT_RUN = scale(15, 45)  # seconds both beats fire
+SPLIT_OFFSETS = slots.spread_offsets(
+    {f"slot{i:02d}": {"schedule": schedule(INTERVAL)} for i in range(SPLIT_ENTRIES)}, set()
+)
+
+
+def test_two_beats_both_firing_run_each_slot_once(
+    chaos_env: dict[str, str],
+    start_worker: Callable[..., WorkerProcess],
+    start_beat: Callable[[dict[str, str]], BeatProcess],
+    chaos_audit: Audit,
+    state_redis: PersistentRedisServer,
+    tmp_path: Path,
+) -> None:
+    """Split brain: two real beats that both hold a lock and fire every slot (the second
+    keeps its lock and schedule in another Redis database, as a beat left on a Redis that
+    the others no longer use would). The workers run each (entry, slot) once: every slot
+    both beats sent has one run 'ok' and one 'duplicate', counted from the audit."""
+    (tmp_path / "chaos_schedule.py").write_text(schedule_module(SPLIT_ENTRIES))
+    env = {
+        **chaos_env,
+        "REMEDIATION_SCHEDULE_MODULE": "chaos_schedule",
+        "PYTHONPATH": str(tmp_path),
+        "REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL": str(LOOP),
+    }
+    split = {**env, "REMEDIATION_STATE_REDIS_URL": state_redis.url(3)}  # its own lock
+    start_worker(env, concurrency=4)
+    beats = [start_beat(env), start_beat(split)]
+    for beat in beats:
+        wait_for(beat.active, 60, 0.1, "each beat taking its own lock")
+    time.sleep(SPLIT_RUN)
+    for beat in beats:
+        beat.kill()
+    sent = [len(log_events(b, "Sending due task")) for b in beats]
+    wait_for(lambda: "running" not in Firings.read(chaos_audit).statuses, 30, 0.3, "checks done")
+    rows = chaos_audit.rows(
+        "SELECT params->>'key' AS key, status, error, extract(epoch FROM started_at) AS t"
+        " FROM check_runs WHERE params->>'key' LIKE %s",
+        KEY + "%",
+    )
+    runs: Counter[tuple[str, float]] = Counter()
+    duplicates: Counter[tuple[str, float]] = Counter()
+    for row in rows:
+        entry = "slot" + row["key"].removeprefix(KEY)
+        if row["status"] == "ok":
+            at = slots.grid_slot(float(row["t"]), INTERVAL, SPLIT_OFFSETS[entry])
+            runs[(entry, at)] += 1
+        elif row["status"] == "duplicate":
+            duplicates[duplicate_slot(row["error"])] += 1
+    twice = [s for s, n in runs.items() if n > 1]
+    unmatched = [s for s in duplicates if s not in runs]
+    print(
+        f"\ntwo beats both firing: sent {sent[0]} + {sent[1]}, {len(runs)} slots run,"
+        f" {sum(duplicates.values())} duplicates audited, {len(twice)} slots run twice"
+    )
+    assert {r["status"] for r in rows} <= {"ok", "duplicate"}
+    assert twice == [], f"slots run twice: {twice}"
+    assert unmatched == [], f"duplicates of slots that never ran: {unmatched}"
+    assert all(n == 1 for n in duplicates.values())
+    assert len(runs) + sum(duplicates.values()) == len(rows)
+    assert min(sent) >= SPLIT_ENTRIES * 3, f"each beat fired: {sent}"  # both fired, many slots
+    assert sum(duplicates.values()) >= min(sent) - SPLIT_ENTRIES, "both beats sent each slot"
+
+
+def duplicate_slot(error: str) -> tuple[str, float]:
+    """(entry, slot) a 'duplicate' check run names (slots.describe: '...: <entry> @ <UTC>')."""
+    entry, _, at = error.rpartition(": ")[2].partition(" @ ")
+    return entry, datetime.strptime(at, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC).timestamp()
