@@ -224,19 +224,24 @@ def test_parent_spooled_on_another_host_is_waited_for(
     with outage(cluster):
         run = host_a.start_check_run("c", "app", {}, "detect", "t-a")
         fid = host_a.add_finding(run, finding(), "inc")
-        did = host_b.add_decision(
-            action="notify",
-            target="app",
-            resource="r",
-            decision="admitted",
-            finding_id=fid,
-            task_id="t-b",
-        )
+        did = decision_of(host_b, fid)
     assert host_b.replay_spool() == 0 and len(spooled(tmp_path / "b")) == 1
     assert host_a.replay_spool() == 2
     assert host_b.replay_spool() == 1
     (d,) = rows(db, "SELECT finding_id FROM guard_decisions WHERE id = %s", did)
     assert d["finding_id"] == fid
+
+
+def decision_of(store: AuditStore, finding_id: int) -> int:
+    """Host B's decision of the action it runs for host A's finding."""
+    return store.add_decision(
+        action="notify",
+        target="app",
+        resource="r",
+        decision="admitted",
+        finding_id=finding_id,
+        task_id="t-b",
+    )
 
 
 def test_a_child_written_while_its_parent_waits_in_another_hosts_spool_is_spooled(
@@ -251,14 +256,7 @@ def test_a_child_written_while_its_parent_waits_in_another_hosts_spool_is_spoole
         run = host_a.start_check_run("c", "app", {}, "detect", "t-a")
         fid = host_a.add_finding(run, finding(), "inc")
     past_down_window()
-    did = host_b.add_decision(
-        action="notify",
-        target="app",
-        resource="r",
-        decision="admitted",
-        finding_id=fid,
-        task_id="t-b",
-    )
+    did = decision_of(host_b, fid)
     assert len(spooled(tmp_path / "b")) == 1
     assert host_a.replay_spool() == 2
     assert host_b.replay_spool() == 1

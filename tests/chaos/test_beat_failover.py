@@ -36,9 +36,16 @@ LOOP = 1  # REMEDIATION_CELERY__BEAT_MAX_LOOP_INTERVAL
 HANDOVER_BOUND = LOCK_TIMEOUT + LOOP + 1  # the documented takeover time, with 1 s of slack
 STEADY_GAP = INTERVAL + LOOP + 1  # the longest gap between two firings with no kill between
 KEY = "chaos_slot_"
-OFFSETS = slots.spread_offsets(
-    {f"slot{i:02d}": {"schedule": schedule(INTERVAL)} for i in range(ENTRIES)}, set()
-)
+
+
+def offsets(entries: int) -> dict[str, int]:
+    """The grid offset of each entry of schedule_module(entries)."""
+    return slots.spread_offsets(
+        {f"slot{i:02d}": {"schedule": schedule(INTERVAL)} for i in range(entries)}, set()
+    )
+
+
+OFFSETS = offsets(ENTRIES)
 
 
 def slot_of(key: str, started: float) -> float:
@@ -216,9 +223,7 @@ def allowed(previous: float, following: float, kills: list[Kill]) -> float:
 
 SPLIT_ENTRIES = scale(10, 20)
 SPLIT_RUN = scale(15, 45)  # seconds both beats fire
-SPLIT_OFFSETS = slots.spread_offsets(
-    {f"slot{i:02d}": {"schedule": schedule(INTERVAL)} for i in range(SPLIT_ENTRIES)}, set()
-)
+SPLIT_OFFSETS = offsets(SPLIT_ENTRIES)
 
 
 def test_two_beats_both_firing_run_each_slot_once(
