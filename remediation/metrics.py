@@ -79,6 +79,12 @@ class _Metrics:
             ["check", "status"],
             registry=r,
         )
+        self.check_causes = Counter(
+            "remediation_check_causes",
+            "Check runs by what caused them: event (remediation watch), beat, call",
+            ["check", "by"],
+            registry=r,
+        )
         self.check_duration = Histogram(
             "remediation_check_duration_seconds",
             "Check run duration",
@@ -177,6 +183,12 @@ def check_run(check: str, status: str, duration_s: float) -> None:
     m.check_duration.labels(name).observe(max(0.0, duration_s))
     if status == "ok":
         m.last_success.labels(name).set(time.time())
+
+
+@_safe
+def check_cause(check: str, by: str) -> None:
+    """A check run started, caused by an event, a beat slot or a call (remediation.causes)."""
+    _m().check_causes.labels(label(check), label(by)).inc()
 
 
 @_safe

@@ -47,6 +47,13 @@ class CheckParams(Params):
 
     target: TargetName = Field("self", description="configured target name")
 
+    @property
+    def scope(self) -> str:
+        """What one run looks at, for the hysteresis count (remediation.guards.streaks): the
+        target; a check narrowed by a kwarg to one part of it (one container) says so, so
+        its runs do not reset the whole target's streaks."""
+        return self.target
+
 
 class ActionParams(Params):
     """Every action changes one configured target."""

@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from remediation import metrics, playbook, signing
+from remediation import causes, metrics, playbook, signing
 from remediation.acting import Acting, reason_of
 from remediation.approving import Gate
 from remediation.audit.protocol import AuditTrail
@@ -105,8 +105,10 @@ class Runner:
         task_id: str | None = None,
         purpose: str = "detect",
         act: bool = True,
+        cause: dict[str, Any] | None = None,
     ) -> CheckOutcome:
-        """Run one check, audit its findings and (for detection) fan out the playbook."""
+        """Run one check, audit its findings and (for detection) fan out the playbook.
+        ``cause``: the event or beat slot it runs for (remediation.causes), audited."""
         spec = get_check(name)
         params, problem = self._validated(spec.params_model, kwargs)
         if problem is not None:
@@ -116,8 +118,9 @@ class Runner:
             return CheckOutcome(CheckStatus.REJECTED, run_id, error=problem)
         structlog.contextvars.bind_contextvars(check=spec.name, target=params.target)
         run_id = self.store.start_check_run(
-            spec.name, params.target, params.model_dump(mode="json"), purpose, task_id
+            spec.name, params.target, params.model_dump(mode="json"), purpose, task_id, cause
         )
+        metrics.check_cause(spec.name, causes.by(cause) if purpose == "detect" else purpose)
         started = time.monotonic()
         try:
             findings = spec.fn(CheckContext(self.settings, self.log, self.store), params)
@@ -129,7 +132,7 @@ class Runner:
             return CheckOutcome(CheckStatus.ERROR, run_id, error=error)
         outcome = CheckOutcome(CheckStatus.OK, run_id, findings=findings)
         detect = purpose == "detect" and act
-        streaks = self._streaks(spec.name, params.target, findings) if detect else {}
+        streaks = self._streaks(spec.name, params.scope, findings) if detect else {}
         for n, finding in enumerate(findings):
             seen, needed = streaks.get(finding.fingerprint, (1, 1))
             if seen < needed:  # hysteresis: not yet seen in enough consecutive runs

@@ -15,7 +15,7 @@ from typing import Any
 from remediation.errors import ConfigError
 from remediation.settings import Settings
 
-DOMAINS = ("trigger", "manifest", "approval", "approval_link", "slot")
+DOMAINS = ("trigger", "manifest", "approval", "approval_link", "slot", "event")
 
 
 def key_of(settings: Settings) -> bytes:

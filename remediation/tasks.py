@@ -9,7 +9,7 @@ import structlog
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
-from remediation import metrics, registry, signing, slots
+from remediation import causes, metrics, registry, signing, slots
 from remediation.approvals import APPROVAL_HEADER, Approvals
 from remediation.approvals import header as approval_header
 from remediation.audit.store import AuditStore
@@ -104,12 +104,29 @@ def _register_check(app: Celery, name: str, task_name: str) -> None:
     def run_check(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(check=name)
         r = runner(app)
-        duplicate = _slot_taken(r, name, kwargs, self.request.id, _header(self, slots.SLOT_HEADER))
+        slot = _header(self, slots.SLOT_HEADER)
+        duplicate = _slot_taken(r, name, kwargs, self.request.id, slot)
         if duplicate is not None:
             return duplicate.as_dict()
-        return r.run_check(name, kwargs, task_id=self.request.id).as_dict()
+        cause = _cause(r, slot, _header(self, causes.EVENT_HEADER))
+        return r.run_check(name, kwargs, task_id=self.request.id, cause=cause).as_dict()
 
     run_check.__doc__ = registry.CHECKS[name].doc
+
+
+def _cause(r: Runner, slot: Any, event: Any) -> dict[str, Any] | None:
+    """What the message says caused it, where its signature holds: the event a watcher saw,
+    or the beat slot; None for a call (remediation.causes)."""
+    if slot is None and event is None:
+        return None
+    key = signing.key_of(r.settings)
+    if event is not None:
+        parsed = causes.parse_event(key, event)
+        if parsed is not None:
+            return parsed
+        structlog.get_logger("remediation").warning("event header ignored: malformed or unsigned")
+    beat = slots.parse(key, slot) if slot is not None else None
+    return causes.beat(beat[0], beat[1]) if beat else None
 
 
 def _slot_taken(

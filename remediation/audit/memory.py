@@ -62,7 +62,13 @@ class MemoryAuditStore:
     # --- writes ---------------------------------------------------------------------------
 
     def start_check_run(
-        self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
+        self,
+        check: str,
+        target: str,
+        params: dict[str, Any],
+        purpose: str,
+        task_id: str | None,
+        cause: dict[str, Any] | None = None,
     ) -> int:
         return self._insert(
             "check_runs",
@@ -73,6 +79,7 @@ class MemoryAuditStore:
                 "purpose": purpose,
                 "params": audit_json(params),
                 "status": CheckStatus.RUNNING,
+                "cause": audit_json(cause) if cause is not None else None,
             },
         )
 

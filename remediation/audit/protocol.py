@@ -18,7 +18,13 @@ class AuditTrail(Protocol):
     """Append-only rows: check run -> finding -> guard decision -> action run -> verification."""
 
     def start_check_run(
-        self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
+        self,
+        check: str,
+        target: str,
+        params: dict[str, Any],
+        purpose: str,
+        task_id: str | None,
+        cause: dict[str, Any] | None = None,
     ) -> int: ...
 
     def finish_check_run(

@@ -139,6 +139,17 @@ MIGRATIONS.append(
     )
 )
 
+MIGRATIONS.append(
+    (
+        5,
+        """
+        -- event sources (issue 16): why a check ran: the event that caused it (a signed
+        -- header from `remediation watch`) or the beat slot; NULL for a call by hand.
+        ALTER TABLE check_runs ADD COLUMN cause jsonb;
+        """,
+    )
+)
+
 LATEST = MIGRATIONS[-1][0]
 
 
@@ -211,8 +222,8 @@ def new_id() -> int:
 # statement with the same (already redacted) arguments, so the spool holds what the table would.
 _INSERTS = {
     "check_run": "INSERT INTO check_runs (id, task_id, check_name, target, purpose, params,"
-    " status, started_at) VALUES (%(id)s, %(task_id)s, %(check)s, %(target)s, %(purpose)s,"
-    " %(params)s, 'running', %(at)s::timestamptz)",
+    " status, started_at, cause) VALUES (%(id)s, %(task_id)s, %(check)s, %(target)s,"
+    " %(purpose)s, %(params)s, 'running', %(at)s::timestamptz, %(cause)s)",
     "rejected_check": "INSERT INTO check_runs (id, task_id, check_name, target, params, status,"
     " error, started_at, finished_at, duration_ms) VALUES (%(id)s, %(task_id)s, %(check)s,"
     " %(target)s, %(params)s, 'rejected', %(error)s, %(at)s::timestamptz,"
@@ -243,8 +254,8 @@ _UPDATES = {
     " verify_check_run_id = %(check_run_id)s, verified_at = %(at)s::timestamptz"
     " WHERE id = %(id)s",
 }
-_JSON_ARGS = frozenset({"params", "evidence", "result", "detail"})
-_DEFAULTS = {"decision": {"detail": None}}
+_JSON_ARGS = frozenset({"params", "evidence", "result", "detail", "cause"})
+_DEFAULTS: dict[str, dict[str, Any]] = {"decision": {"detail": None}, "check_run": {"cause": None}}
 """Arguments added after a release: a record spooled by an older version has none."""
 
 

@@ -121,7 +121,13 @@ class AuditStore:
         return int(args["id"])
 
     def start_check_run(
-        self, check: str, target: str, params: dict[str, Any], purpose: str, task_id: str | None
+        self,
+        check: str,
+        target: str,
+        params: dict[str, Any],
+        purpose: str,
+        task_id: str | None,
+        cause: dict[str, Any] | None = None,
     ) -> int:
         return self._insert(
             "check_run",
@@ -130,6 +136,7 @@ class AuditStore:
             target=target,
             purpose=purpose,
             params=audit_json(params),
+            cause=audit_json(cause) if cause is not None else None,
         )
 
     def finish_check_run(

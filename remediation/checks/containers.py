@@ -31,6 +31,16 @@ RESTARTED_KINDS = ("container_down", "container_unhealthy")
 
 class DockerContainersParams(CheckParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
+    container: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$",
+        max_length=128,
+        description="only this container of the project, state only (what an event names)",
+    )
+
+    @property
+    def scope(self) -> str:
+        return f"{self.target}/{self.container}" if self.container else self.target
 
 
 def _finding(subject: str, kind: str, severity: Severity, **kw: Any) -> Finding:
@@ -50,7 +60,12 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
     restarts did not help; the hard reboot (recreate_service, opt-in) is the next step. CPU above
     REMEDIATION_CONTAINERS__CPU_HIGH_PERCENT (100 = one core) or memory above
     MEMORY_HIGH_PERCENT of its limit is container_overloaded (warning; high when both, or
-    memory within 2 % of the limit). An engine that does not answer is docker_unreachable."""
+    memory within 2 % of the limit). An engine that does not answer is docker_unreachable.
+
+    With ``container`` (what `remediation watch` sends for a Docker event) only that container
+    of the project is looked at, and only its state (down, unhealthy, given up): no stats
+    sample, which takes a second; the sweep looks at the load. A name outside the project
+    finds nothing."""
     cfg = ctx.settings.containers
     project = cfg.project
     if not project:
@@ -65,7 +80,9 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
     try:
         dc = docker_client.client(ctx.settings)
         containers = compose_containers(dc, project)
-        running = [c for c in containers if c.status == "running"]
+        if params.container is not None:
+            containers = [c for c in containers if c.name == params.container]
+        running = [c for c in containers if c.status == "running" and params.container is None]
         with ThreadPoolExecutor(min(STATS_WORKERS, len(running) or 1)) as pool:
             samples = list(pool.map(_sample, running))
     except docker_client.FAILURES as exc:

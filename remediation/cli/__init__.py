@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from remediation.cli import approvals, certificates, serve
+from remediation.cli import approvals, certificates, serve, watch
 from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
@@ -108,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_keys_parser(sub)
     add_secrets_parser(sub)
     serve.add_parser(sub)
+    watch.add_parser(sub)
     approvals.add_parser(sub)
     return p
 
@@ -129,6 +130,7 @@ COMMANDS = {
     "keys": cmd_keys,
     "secrets": cmd_secrets,
     **serve.COMMANDS,
+    **watch.COMMANDS,
     **approvals.COMMANDS,
 }
 

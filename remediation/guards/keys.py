@@ -154,3 +154,15 @@ def approval_call(idempotency_key: str) -> str:
 def approvals_of(fingerprint: str) -> str:
     """Set: approvals asked for on a condition (withdrawn when it resolves)."""
     return f"{PREFIX}approvals:fp:{fingerprint}"
+
+
+def watch_lease(source: str) -> str:
+    """The lease of one event source (remediation.watch): the watcher id holding it. One
+    watcher listens to a source at a time; a standby takes over once the lease expires."""
+    return f"{PREFIX}watch:lease:{source}"
+
+
+def watch_stats(source: str) -> str:
+    """Hash: one event source's counters and holder, written by its active watcher about once
+    a second (`remediation status`, the tests)."""
+    return f"{PREFIX}watch:stats:{source}"

@@ -73,6 +73,7 @@ from remediation.settings.traffic import (
     RateLimitEndpoint,
     RateLimitSettings,
 )
+from remediation.settings.watch import WatchSettings
 from remediation.settings.workers import (
     ContainerSettings,
     JobQueueSettings,
@@ -131,6 +132,7 @@ __all__ = [
     "ServeSettings",
     "Settings",
     "VerifySettings",
+    "WatchSettings",
     "WorkersSettings",
     "env_name",
     "env_names",
@@ -206,6 +208,8 @@ class Settings(BaseSettings):
     approvals: ApprovalSettings = ApprovalSettings()
     # audit retention (issue 15)
     retention: RetentionSettings = RetentionSettings()
+    # event sources (issue 16)
+    watch: WatchSettings = WatchSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod

@@ -94,14 +94,16 @@ class BeatProcess:
     """Run under this command, e.g. ``["ip", "netns", "exec", NS]`` (another host)."""
     proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> BeatProcess:
-        """Start it without waiting: a standby says nothing until it becomes active."""
+    def command(self) -> list[str]:
         celery = str(Path(_venv_bin()) / "celery")
         cmd = [*self.prefix, celery, *"-A remediation beat --loglevel INFO".split()]
-        cmd += ["-s", str(self.log_path.with_suffix(".schedule"))]
+        return [*cmd, "-s", str(self.log_path.with_suffix(".schedule"))]
+
+    def start(self) -> BeatProcess:
+        """Start it without waiting: a standby says nothing until it becomes active."""
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            cmd,
+            self.command(),
             cwd=ROOT,
             env=self.env,
             stdout=self._log,
@@ -138,6 +140,24 @@ class BeatProcess:
 
     def stop(self) -> None:
         self.kill(signal.SIGTERM)
+
+
+@dataclass
+class WatchProcess(BeatProcess):
+    """A real `remediation watch` process (its id is its name): the first to take a source's
+    lease listens to it, the others wait as standbys (start, log, kill as BeatProcess)."""
+
+    sources: list[str] = field(default_factory=list)
+    """--source arguments; none: every configured source."""
+
+    def command(self) -> list[str]:
+        cmd = [*self.prefix, str(Path(_venv_bin()) / "remediation"), "watch", "--id", self.name]
+        return cmd + [arg for s in self.sources for arg in ("--source", s)]
+
+    def active(self, source: str | None = None) -> bool:
+        """Alive and listening (to source): it logged taking the lease."""
+        taken = [e for e in self.log().splitlines() if "lease taken" in e]
+        return self.alive() and any(source is None or f'"{source}"' in e for e in taken)
 
 
 def json_events(log: str, text: str) -> list[tuple[str, float]]:

@@ -1,0 +1,1 @@
+"""Placeholder replaced by the Celery events source (being written)."""
