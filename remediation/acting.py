@@ -43,7 +43,9 @@ class Acting:
         dispatch: Dispatch,
         check: RunCheck,
         gate: Gate,
+        on_deferred: Callable[[ActionCall, Refused | Deferred], None] | None = None,
     ) -> None:
+        self.on_deferred = on_deferred
         self.gate = gate
         self.settings = settings
         self.store = store
@@ -107,6 +109,8 @@ class Acting:
         )
         metrics.action_run(call.spec.name, outcome, time.monotonic() - run.started)
         self.log.info(f"action {outcome}", reason=reason)
+        if self.on_deferred is not None:
+            self.on_deferred(call, exc)
         if isinstance(exc, Refused) and exc.notice:
             self.notices.once("refused", call, f"{call.what} refused: {reason}")
         return ActionOutcome(outcome, run.decision_id, run_id, reason, Verification.SKIPPED)

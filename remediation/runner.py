@@ -20,7 +20,7 @@ from typing import Any
 import structlog
 from pydantic import ValidationError
 
-from remediation import causes, metrics, playbook, signing
+from remediation import causes, metrics, playbook, rechecks, signing
 from remediation.acting import Acting, reason_of
 from remediation.approving import Gate
 from remediation.audit.protocol import AuditTrail
@@ -58,16 +58,32 @@ from remediation.timing import ms_since
 class Runner:
     """The pipeline for one process. Holds no per-call state."""
 
-    def __init__(self, settings: Settings, dispatch: Dispatch, store: AuditTrail | None = None):
+    def __init__(
+        self,
+        settings: Settings,
+        dispatch: Dispatch,
+        store: AuditTrail | None = None,
+        recheck: rechecks.Send | None = None,
+    ):
         self.settings = settings
         self.dispatch = dispatch
+        self.recheck = recheck
+        """Sends a deferred fix's check to run when its wait ends (remediation.rechecks);
+        None: the next sweep asks again."""
         # PostgreSQL (spooling while it is down) unless given one (MemoryAuditStore in tests)
         self.store: AuditTrail = store or AuditStore.from_settings(settings)
         self.log = get_logger("remediation.runner")
         self.notices = Notices(settings, self._dispatch, self.log)
         self.gate = Gate(settings, self.store, self.log, self.notices)
         self.acting = Acting(
-            settings, self.store, self.log, self.notices, self._dispatch, self.run_check, self.gate
+            settings,
+            self.store,
+            self.log,
+            self.notices,
+            self._dispatch,
+            self.run_check,
+            self.gate,
+            self._recheck,
         )
 
     @property
@@ -321,7 +337,31 @@ class Runner:
         self.log.info(f"action {decision}", action=call.spec.name, reason=reason)
         if isinstance(exc, Refused) and exc.notice:
             self.notices.once("refused", call, f"{call.what} refused: {reason}")
+        self._recheck(call, exc)
         return ActionOutcome(Outcome(decision), decision_id, reason=reason)
+
+    def _recheck(self, call: ActionCall, exc: Refused | Deferred) -> None:
+        """A call deferred until a time: its check again then (remediation.rechecks)."""
+        retry_at = getattr(exc, "retry_at", None)
+        if self.recheck is None or not isinstance(exc, Deferred) or not retry_at:
+            return
+        if call.trigger is None:  # a call by hand: whoever called decides when to call again
+            return
+        try:
+            sent = rechecks.schedule(
+                self.state,
+                signing.key_of(self.settings),
+                self.recheck,
+                call.trigger,
+                call.spec.name,
+                call.resource,
+                float(retry_at),
+            )
+        except Exception as exc2:  # the sweep asks again: never fatal to the decision
+            self.log.warning("could not schedule the recheck", error=redact_text(str(exc2)))
+            return
+        if sent:
+            self.log.info("recheck scheduled", check=call.trigger.check, retry_at=retry_at)
 
     def _unresolved(self, call: ActionCall, exc: Exception) -> ActionOutcome:
         """The resolve step could not read what it needs (the target did not answer)."""

@@ -9,7 +9,7 @@ import structlog
 from billiard.exceptions import WorkerLostError
 from celery import Celery, Task, signals
 
-from remediation import causes, metrics, registry, signing, slots
+from remediation import causes, metrics, rechecks, registry, signing, slots
 from remediation.approvals import APPROVAL_HEADER, Approvals
 from remediation.approvals import header as approval_header
 from remediation.audit.store import AuditStore
@@ -51,10 +51,19 @@ def dispatch_via(app: Celery, key: bytes) -> Any:
     return dispatch
 
 
+def recheck_via(app: Celery) -> rechecks.Send:
+    """Sends a deferred fix's check (with its signed event header) to run in a while."""
+
+    def send(task_name: str, kwargs: dict[str, Any], headers: dict[str, Any], later: float) -> None:
+        app.send_task(task_name, kwargs=kwargs, headers=headers, countdown=later)
+
+    return send
+
+
 @functools.cache
 def runner(app: Celery) -> Runner:
     settings = get_settings()
-    return Runner(settings, dispatch_via(app, signing.key_of(settings)))
+    return Runner(settings, dispatch_via(app, signing.key_of(settings)), recheck=recheck_via(app))
 
 
 def _header(task: Task, name: str = TRIGGER_HEADER) -> Any:

@@ -79,9 +79,7 @@ def docker_containers(ctx: CheckContext, params: DockerContainersParams) -> list
         ]
     try:
         dc = docker_client.client(ctx.settings)
-        containers = compose_containers(dc, project)
-        if params.container is not None:
-            containers = [c for c in containers if c.name == params.container]
+        containers = compose_containers(dc, project, name=params.container)
         running = [c for c in containers if c.status == "running" and params.container is None]
         with ThreadPoolExecutor(min(STATS_WORKERS, len(running) or 1)) as pool:
             samples = list(pool.map(_sample, running))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any
 
 import docker
@@ -56,18 +57,32 @@ def reset() -> None:
 
 
 def compose_containers(
-    dc: docker.DockerClient, project: str, service: str | None = None, *, running_only: bool = False
+    dc: docker.DockerClient,
+    project: str,
+    service: str | None = None,
+    *,
+    running_only: bool = False,
+    name: str | None = None,
 ) -> list[Container]:
-    """Containers of a compose project (or one of its services), in every state by default.
+    """Containers of a compose project (or one of its services), in every state by default;
+    with ``name``, only the container of that exact name (the engine inspects each container
+    listed, so one asked for by name costs one inspection, not one per container).
 
     One-off containers (`docker compose run`) are not part of a service and are left out."""
     labels = [f"{PROJECT_LABEL}={project}"]
     if service is not None:
         labels.append(f"{SERVICE_LABEL}={service}")
+    filters: dict[str, Any] = {"label": labels}
+    if name is not None:
+        filters["name"] = f"^/{re.escape(name)}$"  # the engine's name filter is a regex
     found: list[Container] = dc.containers.list(
-        all=not running_only, filters={"label": labels}, sparse=False
+        all=not running_only, filters=filters, sparse=False
     )
-    return [c for c in found if c.labels.get(ONEOFF_LABEL, "False") != "True"]
+    return [
+        c
+        for c in found
+        if c.labels.get(ONEOFF_LABEL, "False") != "True" and (name is None or c.name == name)
+    ]
 
 
 def container_number(container: Container) -> int:

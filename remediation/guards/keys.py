@@ -166,3 +166,9 @@ def watch_stats(source: str) -> str:
     """Hash: one event source's counters and holder, written by its active watcher about once
     a second (`remediation status`, the tests)."""
     return f"{PREFIX}watch:stats:{source}"
+
+
+def recheck(check: str, params_digest: str, second: int) -> str:
+    """Set by the first worker that scheduled a deferred fix's recheck for this second
+    (remediation.rechecks): a deferral seen by several runs sends one recheck."""
+    return f"{PREFIX}recheck:{check}:{params_digest}:{second}"

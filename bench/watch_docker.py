@@ -1,0 +1,130 @@
+"""Kill -> verified fix: Docker events (`remediation watch`) against the one-minute sweep.
+
+One real worker (2 processes), a compose project of CONTAINERS busybox containers on the real
+Docker engine, a private Redis and audit database. Both halves run in the same invocation:
+
+* events: one `remediation watch --source docker`, no beat. KILLS times, a running container
+  (round robin) is `docker kill`ed; the time is taken just before the kill call, the end is
+  the restart's verified_at in the audit (the verification check saw it running again).
+  Broken down with the check run's cause: the engine's event time, the watcher's send time,
+  the action's start.
+* sweep: the watcher stopped; the same number of kills, spread at random over WINDOWS
+  one-minute windows (one kill per container per window), and the check sent every 60 s on
+  a grid, as the shipped schedule's docker_containers entry does; the same measurement.
+
+Reported: p50/p95/min/max of each and the ratio of the medians.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import time
+from typing import Any
+
+from bench.pipeline import admin_dsn
+from tests.support.base import wait_for
+from tests.support.watch import SERVE, DockerStack, docker_stack
+
+KILLS = int(os.environ.get("REMEDIATION_BENCH_WATCH_KILLS", "30"))
+CONTAINERS = 10
+SWEEP_SECONDS = float(os.environ.get("REMEDIATION_BENCH_WATCH_SWEEP_SECONDS", "60"))
+CHECK = "remediation.check.docker_containers"
+
+
+def _summary(values: list[float]) -> dict[str, Any]:
+    ordered = sorted(values)
+    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
+    return {
+        "n": len(values),
+        "p50_s": round(statistics.median(values), 3),
+        "p95_s": round(p95, 3),
+        "min_s": round(ordered[0], 3),
+        "max_s": round(ordered[-1], 3),
+    }
+
+
+def _running(stack: DockerStack, containers: list[Any]) -> None:
+    for c in containers:
+        wait_for(lambda c=c: stack.project.status(c) == "running", 60, 0.05, f"{c.name} runs")
+
+
+def events(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
+    watcher = stack.watcher("bench-events")
+    stack.caught_up("bench-events")
+    totals, to_event, to_send, to_act = [], [], [], []
+    for i in range(KILLS):
+        c = containers[i % len(containers)]
+        _running(stack, [c])
+        time.sleep(1.2)  # past the container's one-second restart back-off
+        killed = stack.kill(c)
+        row = stack.verified_after(c.name, killed, timeout=60)
+        assert row["verification"] == "recovered", row
+        totals.append(float(row["verified"]) - killed)
+        cause = row["cause"] or {}
+        if cause.get("by") == "event" and cause.get("kind") != "catch_up":
+            to_event.append(float(cause["at"]) - killed)
+            to_send.append(float(cause["sent"]) - float(cause["at"]))
+            to_act.append(float(row["started"]) - float(cause["sent"]))
+    watcher.stop()
+    out = {"kill_to_verified": _summary(totals), "stats": stack.stats()}
+    if to_event:
+        out["kill_to_event"] = _summary(to_event)
+        out["event_to_send"] = _summary(to_send)
+        out["send_to_action_start"] = _summary(to_act)
+    return out
+
+
+def sweep(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
+    from celery import Celery
+
+    client = Celery(broker=stack.env["REMEDIATION_BROKER_URL"])
+    windows = -(-KILLS // len(containers))
+    rng = random.Random(16)
+    plan = sorted(
+        (w * SWEEP_SECONDS + rng.uniform(2, SWEEP_SECONDS - 2), containers[i % len(containers)])
+        for i in range(KILLS)
+        for w in [i // len(containers)]
+    )
+    _running(stack, containers)
+    timeline = [(offset, c) for offset, c in plan]
+    timeline += [(k * SWEEP_SECONDS, None) for k in range(1, windows + 2)]
+    timeline.sort(key=lambda item: item[0])
+    start = time.time()
+    killed: list[tuple[Any, float]] = []
+    for offset, c in timeline:
+        time.sleep(max(0.0, start + offset - time.time()))
+        if c is None:
+            client.send_task(CHECK, kwargs={})
+        else:
+            killed.append((c, stack.kill(c)))
+    totals = []
+    for c, at in killed:
+        row = stack.verified_after(c.name, at, timeout=2 * SWEEP_SECONDS)
+        assert row["verification"] == "recovered", row
+        totals.append(float(row["verified"]) - at)
+    client.close()
+    return {"kill_to_verified": _summary(totals), "sweep_seconds": SWEEP_SECONDS}
+
+
+def run() -> dict[str, Any]:
+    with docker_stack(admin_dsn(), "benchwatch") as stack:
+        containers = [stack.project.run(SERVE) for _ in range(CONTAINERS)]
+        _running(stack, containers)
+        by_event = events(stack, containers)
+        by_sweep = sweep(stack, containers)
+    ratio = by_sweep["kill_to_verified"]["p50_s"] / by_event["kill_to_verified"]["p50_s"]
+    return {
+        "kills": KILLS,
+        "containers": CONTAINERS,
+        "events": by_event,
+        "sweep": by_sweep,
+        "median_ratio_sweep_over_events": round(ratio, 1),
+    }
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(run(), indent=2))
