@@ -30,9 +30,10 @@ services: venv ## make sure Redis and PostgreSQL answer (start private ones if n
 db: services ## create or upgrade the audit schema
 	@$(WITH_SERVICES) $(VENV)/bin/remediation db upgrade
 
-run: db ## run a worker with one beat in the foreground and `remediation serve` beside them
+run: db ## run a worker with one beat in the foreground, `remediation serve` and `watch` beside them
 	$(WITH_SERVICES) { $(VENV)/bin/remediation serve & serve=$$!; }; \
-	  trap 'kill $$serve 2>/dev/null' EXIT; \
+	  { $(VENV)/bin/remediation watch & watch=$$!; }; \
+	  trap 'kill $$serve $$watch 2>/dev/null' EXIT; \
 	  $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
 serve: db ## `remediation serve` alone in the foreground (HTTP: Alertmanager's webhook)

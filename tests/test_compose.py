@@ -69,19 +69,20 @@ def strings(value: Any) -> list[str]:
 
 
 def test_compose_services_healthchecks_and_env_names() -> None:
-    """redis, postgres, worker, beat, serve; all healthchecked; env names are real settings."""
+    """redis, postgres, worker, beat, serve, watch; all healthchecked; env names are real
+    settings."""
     services = compose()["services"]
-    assert set(services) == {"redis", "postgres", "worker", "beat", "serve"}
+    assert set(services) == {"redis", "postgres", "worker", "beat", "serve", "watch"}
     assert all("healthcheck" in s for s in services.values())
     known = set(env_names())
-    for name in ("worker", "beat", "serve"):
+    for name in ("worker", "beat", "serve", "watch"):
         assert services[name]["env_file"] == ".env"
         used = set(services[name]["environment"])
         assert used <= known, used - known
     sockets = {
         n for n, s in services.items() if any("docker.sock" in v for v in s.get("volumes", []))
     }
-    assert sockets == {"worker"}, "the Docker socket is mounted only where actions need it"
+    assert sockets == {"worker", "watch"}, "the socket: only where actions and events need it"
 
 
 def test_compose_command_uses_the_package_app() -> None:
@@ -208,17 +209,19 @@ def _refuses(client: redis.Redis) -> bool:
 
 
 def test_docker_socket_mount_is_marked_root_equivalent() -> None:
-    """The comment right above the Docker socket mount says it is root-equivalent and what
+    """The comment right above each Docker socket mount says it is root-equivalent and what
     that means for the host."""
     lines = (ROOT / "docker-compose.yml").read_text().splitlines()
-    (at,) = [i for i, line in enumerate(lines) if "/var/run/docker.sock:" in line]
-    comment = []
-    for line in reversed(lines[:at]):
-        if not line.strip().startswith("#"):
-            break
-        comment.append(line.lower())
-    text = " ".join(comment)
-    assert "root-equivalent" in text and "host" in text, text
+    mounts = [i for i, line in enumerate(lines) if "/var/run/docker.sock:" in line]
+    assert len(mounts) == 2  # worker and watch
+    for at in mounts:
+        comment = []
+        for line in reversed(lines[:at]):
+            if not line.strip().startswith("#"):
+                break
+            comment.append(line.lower())
+        text = " ".join(comment)
+        assert "root-equivalent" in text and ("host" in text or "worker" in text), text
 
 
 def _dockerfile() -> list[str]:

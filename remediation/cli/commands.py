@@ -200,6 +200,7 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         "queues": queue_depths(s),
         "breakers": [b for b in breaker.snapshot(r) if b["state"] != "closed"],
         "recent": AuditStore(s.audit_dsn.get_secret_value()).history(limit=10),
+        "watch": _watch_sources(r),
     }
     recent = ["decided_at", "action", "resource", "decision", "outcome", "verification"]
     human = [
@@ -209,11 +210,46 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         "queues:   " + ", ".join(f"{k}={v}" for k, v in data["queues"].items()),
         "breakers not closed:",
         table(data["breakers"], ["name", "state", "failures_in_window", "times_opened"]),
+        "event sources (remediation watch):",
+        table(data["watch"], ["source", "holder", "received", "checks", "coalesced", "dropped"]),
         "recent decisions:",
         table(shown(data["recent"]), [*recent, "reason"], wide="reason"),
     ]
     emit(args, data, "\n".join(human))
     return 0
+
+
+WATCH_SOURCES = ("docker", "celery", "logs")
+
+
+def _watch_sources(r: Any) -> list[dict[str, Any]]:
+    """Each event source: who holds its lease now (none: no watcher listens) and its counters
+    since the stats began (rem:watch:stats:<source>, written by the watchers)."""
+    from remediation.clients.redis import text
+    from remediation.guards import keys
+
+    out = []
+    for name in WATCH_SOURCES:
+        holder = r.get(keys.watch_lease(name))
+        stats = {text(k): text(v) for k, v in r.hgetall(keys.watch_stats(name)).items()}
+        if holder is None and not stats:
+            continue
+
+        def n(prefix: str, stats: dict[str, str] = stats) -> int:
+            return sum(int(v) for k, v in stats.items() if k.startswith(prefix) and v.isdigit())
+
+        out.append(
+            {
+                "source": name,
+                "holder": text(holder) if holder is not None else "(none)",
+                "received": n("received"),
+                "checks": n("checks:"),
+                "coalesced": n("coalesced"),
+                "dropped": n("dropped:"),
+                "reconnects": n("reconnects"),
+            }
+        )
+    return out
 
 
 def cmd_run(args: argparse.Namespace, s: Settings) -> int:

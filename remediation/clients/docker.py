@@ -75,9 +75,7 @@ def compose_containers(
     filters: dict[str, Any] = {"label": labels}
     if name is not None:
         filters["name"] = f"^/{re.escape(name)}$"  # the engine's name filter is a regex
-    found: list[Container] = dc.containers.list(
-        all=not running_only, filters=filters, sparse=False
-    )
+    found: list[Container] = dc.containers.list(all=not running_only, filters=filters, sparse=False)
     return [
         c
         for c in found

@@ -5,8 +5,12 @@ processes on the real Docker engine, with no beat: a killed container, a watcher
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -42,6 +46,17 @@ def test_a_killed_container_is_restarted_and_verified_by_the_event(stack: Docker
     assert stack.project.status(app) == "running"
     stats = stack.stats()
     assert stats["received"] >= 1 and stats["checks:docker_containers"] >= 2  # catch-up + die
+    shown = subprocess.run(
+        [str(Path(sys.executable).parent / "remediation"), "status", "--json"],
+        env=stack.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    (docker,) = json.loads(shown.stdout)["watch"]
+    assert (docker["source"], docker["holder"]) == ("docker", "w1"), docker
+    assert docker["checks"] >= 2 and docker["received"] >= 1, docker
     watcher.stop()
 
 

@@ -108,9 +108,7 @@ class DockerStack:
 
     def stats(self, source: str = "docker") -> dict[str, int]:
         raw = self.state.hgetall(keys.watch_stats(source))
-        return {
-            k.decode(): int(v) for k, v in raw.items() if v.decode().lstrip("-").isdigit()
-        }
+        return {k.decode(): int(v) for k, v in raw.items() if v.decode().lstrip("-").isdigit()}
 
     def kill(self, container: Any) -> float:
         """docker kill; the time just before it (what the fault-to-fix time starts from)."""
