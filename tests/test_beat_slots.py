@@ -323,3 +323,39 @@ def test_missed_slots_are_counted_and_audited(
     assert all(n >= 3 for n in expected.values())  # four intervals with no beat
     assert {r["target"]: int(r["value"]) for r in rows} == expected
     assert len(rows) == ENTRIES  # the first firing and the one on time: none
+
+
+def test_the_cause_of_each_run_is_audited(app: Celery) -> None:
+    """check_runs.cause: the beat slot of a signed slot header, the event of a signed event
+    header (remediation watch), nothing for a call by hand or a header not signed with our key."""
+    from remediation import causes
+    from remediation.settings import get_settings
+
+    task, store = app.tasks["remediation.check.redis_job_queue"], audit(app)
+    kwargs = {"target": "self", "key": f"{KEY}cause"}
+    key = get_settings().signing_key.get_secret_value().encode()  # type: ignore[union-attr]
+    now = time.time()
+    event = causes.event_payload(
+        source="docker",
+        kind="die",
+        resource="docker/x",
+        at=now,
+        sent=now,
+        events=2,
+        watcher="w",
+        detail={"id": "abc"},
+    )
+    for headers, tid in [
+        ({}, "cause-hand"),
+        ({slots.SLOT_HEADER: slots.header(key, "sweep", now, 60)}, "cause-beat"),
+        ({causes.EVENT_HEADER: causes.event_header(key, event)}, "cause-event"),
+        ({causes.EVENT_HEADER: causes.event_header(b"x" * 32, event)}, "cause-forged"),
+    ]:
+        task.apply(kwargs=kwargs, headers=headers, task_id=tid).get()
+    rows = store.query(
+        "SELECT task_id, cause FROM check_runs WHERE task_id LIKE 'cause-%%' ORDER BY task_id"
+    )
+    got = {r["task_id"]: r["cause"] for r in rows}
+    assert got["cause-hand"] is None and got["cause-forged"] is None
+    assert got["cause-beat"] == {"by": "beat", "entry": "sweep", "slot": round(now)}
+    assert got["cause-event"] == {"by": "event", **event}
