@@ -97,7 +97,8 @@ def sweep(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
         time.sleep(max(0.0, start + offset - time.time()))
         if c is None:
             client.send_task(CHECK, kwargs={})
-        else:
+        else:  # a container the last sweep restarted may still be starting: kill it once up
+            _running(stack, [c])
             killed.append((c, stack.kill(c)))
     totals = []
     for c, at in killed:

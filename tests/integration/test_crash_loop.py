@@ -5,9 +5,10 @@ Default: one docker_containers sweep a minute, back-off 10 s doubling to 300 s, 
 every one of those is divided by 5 together (sweep 12 s, back-off 2 s to 60 s, give-up window
 120 s, flap window 6 min, blast window 120 s), so the sequence of decisions is the one the
 default schedule gives, in a fifth of the time: restarts at sweeps 0-3 (back-off 2, 4, 8,
-16 s), sweep 4 lands inside the 16 s back-off (deferred), restart 5 at sweep 5, give-up at
-sweep 6 (5 restarts in the window); later sweeps report container_given_up and ask for no
-restart (the hard reboot is off by default). One real worker, beat's role played by
+16 s), sweep 4 lands inside the 16 s back-off (deferred), and the worker's recheck at the
+back-off's end restarts it the fifth time (not sweep 5); sweep 5 gives up (5 restarts in the
+window); later sweeps report container_given_up and ask for no restart (the hard reboot is
+off by default). One real worker, beat's role played by
 the test sending the check on the sweep spacing (issue 10, reproduction 8).
 """
 
@@ -39,8 +40,8 @@ EXPECTED = [
     ("admitted", "succeeded"),  # sweep 2: restart 3, back-off 8 s
     ("admitted", "succeeded"),  # sweep 3: restart 4, back-off 16 s
     ("deferred", None),  # sweep 4: 12 s later, inside the 16 s back-off
-    ("admitted", "succeeded"),  # sweep 5: restart 5
-    ("admitted", "failed"),  # sweep 6: 5 restarts in the window: left alone, escalated
+    ("admitted", "succeeded"),  # the recheck at the back-off's end: restart 5
+    ("admitted", "failed"),  # sweep 5: 5 restarts in the window: left alone, escalated
 ]
 AFTER_GIVE_UP = 2
 """Sweeps after the give-up: container_given_up, nothing dispatched."""
@@ -69,8 +70,10 @@ def loop_webhook() -> Iterator[WebhookReceiver]:
 def decisions(audit: str, name: str) -> list[dict[str, Any]]:
     with psycopg.connect(audit, row_factory=dict_row) as conn:
         return conn.execute(
-            "SELECT d.decision, a.outcome, d.reason, a.error FROM guard_decisions d"
+            "SELECT d.decision, a.outcome, d.reason, a.error, c.cause FROM guard_decisions d"
             " LEFT JOIN action_runs a ON a.decision_id = d.id"
+            " LEFT JOIN findings f ON f.id = d.finding_id"
+            " LEFT JOIN check_runs c ON c.id = f.check_run_id"
             " WHERE d.action = 'restart_container' AND d.resource = %s ORDER BY d.decided_at",
             (f"docker/{name}",),
         ).fetchall()
@@ -143,6 +146,8 @@ def test_crash_loop_on_the_default_spacing_restarts_defers_gives_up_and_escalate
 
     assert [(r["decision"], r["outcome"]) for r in rows] == EXPECTED, rows
     assert "backing off" in rows[4]["reason"]
+    assert rows[5]["cause"]["kind"] == "deferred", rows[5]  # the recheck, not a sweep
+    assert [r["cause"] for r in rows[:5]] == [None] * 5  # sweeps sent by hand: no header
     assert "left alone" in rows[6]["error"]
     assert [out["dispatched"] for out in later] == [0] * AFTER_GIVE_UP, later
     kinds = [f["kind"] for out in later for f in out["findings"]]
