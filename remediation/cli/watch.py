@@ -54,9 +54,13 @@ def cmd_watch(args: argparse.Namespace, settings: Settings) -> int:
     if settings.watch.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(
-            settings.watch.metrics_port, addr=settings.watch.metrics_host, registry=watcher.registry
-        )
+        cfg = settings.watch
+        try:
+            start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=watcher.registry)
+        except OSError as exc:  # a standby on the same host: the events matter, not the page
+            watcher.log.error(
+                "metrics endpoint could not start", port=cfg.metrics_port, error=str(exc)
+            )
     watcher.run()
     return 0
 

@@ -167,7 +167,9 @@ class Watcher:
             started = time.monotonic()
             try:
                 src.connect()
-                if not lease.held():
+                # a close() that came while connecting may have been undone by connect():
+                # the lease is marked lost, and stop set, before close() is called
+                if self.stop.is_set() or not lease.held():
                     continue
                 for ev in src.catch_up():
                     self._put(ev)

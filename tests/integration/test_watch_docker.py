@@ -9,12 +9,13 @@ import json
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.base import wait_for
+from tests.support.base import free_port, wait_for
 from tests.support.docker_storm import StormProxy
 from tests.support.http_doubles import WebhookReceiver
 from tests.support.processes import WatchProcess
@@ -30,7 +31,8 @@ def stack(pg_admin: str) -> Iterator[DockerStack]:
 def test_a_killed_container_is_restarted_and_verified_by_the_event(stack: DockerStack) -> None:
     """die -> docker_containers(container=...) -> container_down -> restart_container ->
     recovered; the check run records the die event that caused it."""
-    watcher = stack.watcher("w1")
+    port = free_port()
+    watcher = stack.watcher("w1", REMEDIATION_WATCH__METRICS_PORT=str(port))
     app = stack.project.run(SERVE)
     stack.project.wait_status(app, "running")
     stack.caught_up("w1")
@@ -57,6 +59,13 @@ def test_a_killed_container_is_restarted_and_verified_by_the_event(stack: Docker
     (docker,) = json.loads(shown.stdout)["watch"]
     assert (docker["source"], docker["holder"]) == ("docker", "w1"), docker
     assert docker["checks"] >= 2 and docker["received"] >= 1, docker
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        metrics = page.read().decode()
+    assert 'remediation_watch_events_total{outcome="received",source="docker"}' in metrics
+    assert 'remediation_watch_checks_sent_total{check="docker_containers",source="docker"}' in (
+        metrics
+    )
+    assert 'remediation_watch_lease_held{source="docker"} 1.0' in metrics
     watcher.stop()
 
 

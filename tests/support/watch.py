@@ -59,8 +59,8 @@ class DockerStack:
     state: redis.Redis
     watchers: list[WatchProcess] = field(default_factory=list)
 
-    def watcher(self, name: str, wait: bool = True) -> WatchProcess:
-        w = WatchProcess(self.env, name, sources=["docker"]).start()
+    def watcher(self, name: str, wait: bool = True, **env: str) -> WatchProcess:
+        w = WatchProcess({**self.env, **env}, name, sources=["docker"]).start()
         self.watchers.append(w)
         if wait:
             wait_for(lambda: w.active("docker") or not w.alive(), 30, 0.05, f"{name} listening")
