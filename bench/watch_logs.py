@@ -41,6 +41,7 @@ from typing import Any
 from bench.access_log import FAILREGEX
 from bench.pipeline import admin_dsn, worker_env
 from tests.support.access_server import BanWatch, access_server, add_clients, offend
+from tests.support.audit import Audit
 from tests.support.base import wait_for
 from tests.support.fail2ban import SET, TABLE, Fail2ban
 from tests.support.netns import two_hosts
@@ -54,6 +55,8 @@ F2B_BACKEND = os.environ.get("REMEDIATION_BENCH_WATCH_LOGS_F2B_BACKEND", "")
 """fail2ban's backend; empty: pyinotify when Debian's python3 has it, else polling."""
 OUR_INOTIFY = os.environ.get("REMEDIATION_BENCH_WATCH_LOGS_INOTIFY", "true")
 """REMEDIATION_WATCH__LOG_INOTIFY of our watcher (false: stat polling every 0.25 s)."""
+MIN_INTERVAL = os.environ.get("REMEDIATION_BENCH_WATCH_LOGS_MIN_INTERVAL", "0.1")
+"""REMEDIATION_WATCH__LOG_MIN_INTERVAL_SECONDS of our watcher (its default: 0.1)."""
 GAP = 0.3
 """Seconds between one offender's bans and the next offender's first request."""
 
@@ -95,6 +98,7 @@ def race(offenders: int) -> dict[str, Any]:
             REMEDIATION_WATCH__SOURCES='["logs"]',
             REMEDIATION_APPROVALS__REQUIRE="[]",  # a ban is made at once, as fail2ban's
             REMEDIATION_WATCH__LOG_INOTIFY=OUR_INOTIFY,
+            REMEDIATION_WATCH__LOG_MIN_INTERVAL_SECONDS=MIN_INTERVAL,
         )
         worker = WorkerProcess(env, "bench-watch-logs").start()
         ex.callback(worker.stop)
@@ -118,9 +122,12 @@ def race(offenders: int) -> dict[str, Any]:
         ex.callback(bans.stop)
         ips = add_clients(hosts, offenders + 1)
         rounds = [one(hosts, server, bans, ip) for ip in ips]
+        stages = breakdown(Audit(audit), rounds, server)
         return {
+            "our_stages_p50": stages,
             "fail2ban_backend": f2b.backend,
             "our_inotify": OUR_INOTIFY,
+            "our_min_interval": MIN_INTERVAL,
             "warm_up": rounds[0],
             "rounds": rounds[1:],
             "listing_seconds_p50": round(statistics.median(bans.poll_seconds), 4),
@@ -144,6 +151,34 @@ def one(hosts: Any, server: Any, bans: BanWatch, ip: str) -> dict[str, Any]:
         "ours": round(ours - t0, 4) if ours else None,
         "fail2ban": round(theirs - t0, 4) if theirs else None,
     }
+
+
+STAGES = """
+SELECT (c.cause->>'sent')::float8 AS sent,
+       extract(epoch FROM c.started_at) AS check_started,
+       extract(epoch FROM a.started_at) AS ban_started,
+       extract(epoch FROM a.started_at) + a.duration_ms / 1000 AS ban_done
+FROM findings f JOIN check_runs c ON c.id = f.check_run_id
+JOIN action_runs a ON a.finding_id = f.id
+WHERE f.kind = 'access_client_hostile' AND f.subject = %s AND c.purpose = 'detect'
+  AND a.action = 'block_ip' AND a.outcome = 'succeeded'
+ORDER BY c.started_at LIMIT 1
+"""
+
+
+def breakdown(audit: Audit, rounds: list[dict[str, Any]], server: Any) -> dict[str, Any]:
+    """Where our time goes (median seconds after t0, warm-up left out): the watcher sent
+    the check, the worker started it, block_ip started, block_ip done (nft returned)."""
+    got: dict[str, list[float]] = {}
+    for r in rounds[1:]:
+        rows = audit.rows(STAGES, r["ip"])
+        if not rows:
+            continue
+        t0 = server.written(r["ip"])[MAXRETRY - 1]
+        for stage, at in rows[0].items():
+            if at is not None:
+                got.setdefault(stage, []).append(float(at) - t0)
+    return {stage: round(statistics.median(v), 4) for stage, v in got.items()}
 
 
 def run() -> dict[str, Any]:
