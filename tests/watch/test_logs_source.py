@@ -242,3 +242,26 @@ def test_change_kinds() -> None:
     assert change(None, Seen(1, 10, 5, 1.0)) == "grew"
     assert change(a, Seen(1, 10, 100, 2.0)) is None
     assert change(None, None) is None
+
+
+def test_no_inotify_falls_back_to_polling(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """inotify asked for but not to be had (out of instances): the source polls with stat
+    and still reports growth."""
+
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(logs.inotify_simple, "INotify", refuse)
+    log = tmp_path / "access.log"
+    log.write_bytes(b"")
+    settings = Settings(
+        access=AccessSettings(logs=[AccessLog(name="www", path=str(log))]),
+        watch=WatchSettings(log_inotify=True, log_poll_seconds=0.05),
+    )
+    run = Running(LogSource(settings))
+    try:
+        assert run.src.mode == "poll"
+        append(log)
+        run.next(access("grew"))
+    finally:
+        run.stop()
