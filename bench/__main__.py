@@ -21,6 +21,7 @@ from bench import (
     redaction,
     retention,
     spool,
+    watch_logs,
 )
 
 
@@ -44,6 +45,7 @@ def main() -> int:
         "log_secrets": log_secrets.run(),
         "retention": retention.run(),
         "beat_precision": beat_precision.run(),
+        "watch_logs": watch_logs.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)

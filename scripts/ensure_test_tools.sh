@@ -16,6 +16,9 @@ compgen -G '/usr/lib/postgresql/*/bin/pg_ctl' >/dev/null || command -v pg_ctl >/
 command -v nft >/dev/null || [[ -x /usr/sbin/nft ]] || need+=(nftables)
 command -v ip >/dev/null || [[ -x /usr/sbin/ip || -x /sbin/ip ]] || need+=(iproute2)
 command -v fail2ban-regex >/dev/null || [[ -x /usr/bin/fail2ban-regex ]] || need+=(fail2ban)
+# the log-tail race (bench/watch_logs.py, tests/integration/test_watch_logs.py): fail2ban with
+# its inotify backend, which Debian's python3 needs pyinotify for
+/usr/bin/python3 -c "import pyinotify" 2>/dev/null || need+=(python3-pyinotify)
 # quarantine_log's rotation is tested with a real logrotate
 command -v logrotate >/dev/null || [[ -x /usr/sbin/logrotate ]] || need+=(logrotate)
 # the web console's browser tests drive Debian's chromium through Playwright
