@@ -48,6 +48,10 @@ MAX_WORKERS = 1000
 WINDOW_SECONDS = 60
 """The sliding minute of task_failures (counted per second: at most 60 counters)."""
 CONNECT_TIMEOUT = 3.0
+AMQP_HEARTBEAT = 10
+"""Seconds: RabbitMQ and the source each find a silent peer within two of these (a broker
+gone without closing its sockets). Redis brokers close the socket, or their workers all
+fall silent and each is a heartbeat_gap."""
 MAX_CLOCK_SKEW = 60.0
 """A worker's event time further than this from ours is not believed (its clock, or forged)."""
 _HOSTNAME = re.compile(r"^[\w.@:+\-]{1,255}$")
@@ -76,12 +80,11 @@ class CelerySource(Closable):
         self.gap = settings.watch.heartbeat_gap_seconds
         self.failure_limit = settings.watch.task_failures_per_minute
         self._conn: Any = None
+        self._receiver: _Receiver | None = None
         self._lock = threading.Lock()
         self._pending: deque[Event] = deque(maxlen=10_000)
         self._beats: OrderedDict[str, float] = OrderedDict()
         """hostname -> monotonic time of its last event, the longest silent first."""
-        self._silent: set[str] = set()
-        """Workers whose current silence was already reported."""
         self._failures: deque[list[int]] = deque()
         """[second, failures in it] for the last WINDOW_SECONDS seconds."""
         self._failures_fired_at: float | None = None
@@ -89,22 +92,25 @@ class CelerySource(Closable):
     # --- the Source protocol --------------------------------------------------------------
 
     def connect(self) -> None:
-        """A connection to the watched broker, or raise (the watcher backs off). What was
-        known of the workers is forgotten: after a break their heartbeats are all late."""
+        """A connection to the watched broker and Celery's event receiver on it, or raise
+        (the watcher backs off). What was known of the workers is forgotten: after a break
+        their heartbeats would all look late."""
         self._release()
         self.closed.clear()
         self._beats.clear()
-        self._silent.clear()
         self._failures.clear()
         self._failures_fired_at = None
-        conn = monitor_app(self.settings).connection_for_read()
+        app = monitor_app(self.settings)
+        conn = app.connection_for_read(heartbeat=AMQP_HEARTBEAT)
         try:
             conn.ensure_connection(max_retries=0, timeout=CONNECT_TIMEOUT)
+            receiver = _Receiver(conn, handlers={"*": self._on_event}, app=app)
         except Exception:
             conn.release()
             raise
+        receiver.connect_max_retries = 0  # its stream's connection: the watcher retries
         with self._lock:
-            self._conn = conn
+            self._conn, self._receiver = conn, receiver
 
     def catch_up(self) -> list[Event]:
         now = time.time()
@@ -117,22 +123,24 @@ class CelerySource(Closable):
     def events(self) -> Iterator[Event]:
         """Until close(); a dropped broker connection raises out of here."""
         with self._lock:
-            conn = self._conn
-        if conn is None:
+            receiver = self._receiver
+        if receiver is None:
             return
-        receiver = _Receiver(conn, handlers={"*": self._on_event}, app=monitor_app(self.settings))
-        receiver.connect_max_retries = 0  # no retrying here: the watcher backs off
         try:
-            # consumer_context and drain_events, as receiver.capture() does, but with one
+            # What receiver.capture() does (consumer_context, drain_events), with one
             # subscription for the whole stream: capture(timeout=...) in a loop would
-            # cancel and re-subscribe each time, and lose the events between (Redis
-            # PUB/SUB; RabbitMQ deletes the auto-delete queue with its last consumer).
+            # cancel and subscribe again each time and lose the events in between (Redis
+            # PUB/SUB; RabbitMQ deletes the auto-delete queue with its last consumer), and
+            # its wait is 1 s where close() wants POLL_SECONDS. wakeup: every worker sends
+            # a heartbeat at once, so the workers are known within a second.
             with receiver.consumer_context(wakeup=True) as (stream, _channel, _consumers):
+                self._release()  # the receiver's template: the stream has its own connection
                 while not self.closed.is_set():
                     try:
                         stream.drain_events(timeout=POLL_SECONDS)
                     except TimeoutError:  # socket.timeout: nothing arrived
-                        stream.heartbeat_check()
+                        pass
+                    stream.heartbeat_check()  # AMQP: ours out, the broker's checked
                     self._check_gaps(time.monotonic())
                     while self._pending and not self.closed.is_set():
                         yield self._pending.popleft()
@@ -147,7 +155,7 @@ class CelerySource(Closable):
 
     def _release(self) -> None:
         with self._lock:
-            conn, self._conn = self._conn, None
+            conn, self._conn, self._receiver = self._conn, None, None
         if conn is not None:
             try:
                 conn.release()
@@ -188,24 +196,21 @@ class CelerySource(Closable):
         """Any event of a worker shows it alive (task events come between heartbeats)."""
         self._beats[host] = now
         self._beats.move_to_end(host)
-        self._silent.discard(host)
         while len(self._beats) > MAX_WORKERS:
-            oldest, _ = self._beats.popitem(last=False)
-            self._silent.discard(oldest)
+            self._beats.popitem(last=False)
 
     def _forget(self, host: str) -> None:
         self._beats.pop(host, None)
-        self._silent.discard(host)
 
     def _check_gaps(self, now: float) -> None:
-        """Workers silent longer than the gap, each once per silence. The map is ordered by
-        last event, so the scan stops at the first worker heard from recently."""
-        for host, last in self._beats.items():
+        """Workers silent longer than the gap are reported and forgotten (once per
+        silence: the next event of theirs is a new start). The map is ordered by last
+        event, so this stops at the first worker heard from recently."""
+        while self._beats:
+            host, last = next(iter(self._beats.items()))
             if now - last <= self.gap:
-                break
-            if host in self._silent:
-                continue
-            self._silent.add(host)
+                return
+            del self._beats[host]
             silent = round(now - last, 1)
             self._pending.append(
                 self._worker_event("heartbeat_gap", host, time.time(), silent_seconds=silent)
