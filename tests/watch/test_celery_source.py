@@ -1,4 +1,5 @@
-"""The Celery events source against real watched workers on a Redis of this module's own:
+"""The Celery events source against real watched workers on a Redis of this module's own
+(stopped and killed workers on a RabbitMQ vhost too):
 worker-offline, heartbeat gaps of a SIGKILLed worker, task failures above the rate, close()
 and a broker that goes away; then end to end: a watched worker killed -> `remediation watch`
 -> a celery_workers check run on a real remediation worker, caused by the celery source."""
@@ -11,6 +12,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from tests.support.base import wait_for
 from tests.support.celery_workers import sleeping_worker
 from tests.support.env import process_env
 from tests.support.processes import WatchProcess, WorkerProcess
+from tests.support.rabbitmq import vhosts_for
 from tests.support.services import RedisServer
 
 FAILING_DB, LIFE_DB = 3, 4
@@ -44,6 +47,19 @@ def watched_redis() -> Iterator[RedisServer]:
     yield server
     server.stop()
     celery_cluster.reset()
+
+
+@pytest.fixture(scope="module", params=["redis", "amqp"])
+def life_broker(request: pytest.FixtureRequest, watched_redis: RedisServer) -> Iterator[str]:
+    """The broker of the workers a test stops or kills: Redis, then a RabbitMQ vhost."""
+    if request.param == "redis":
+        yield watched_redis.url(LIFE_DB)
+        return
+    vhosts = vhosts_for(request.getfixturevalue("rabbit"))
+    try:
+        yield vhosts.url(LIFE_DB)
+    finally:
+        vhosts.delete_all()
 
 
 @pytest.fixture(scope="module")
@@ -123,9 +139,13 @@ class Reader:
         self.thread.join(10)
 
 
-def a_worker(tmp: Path, redis_server: RedisServer, audit_db: str, name: str) -> WorkerProcess:
-    """A watched worker on LIFE_DB (one at a time: that db is emptied first)."""
-    return sleeping_worker(tmp, redis_server, audit_db, name, LIFE_DB)
+def a_worker(
+    tmp: Path, redis_server: RedisServer, audit_db: str, name: str, url: str
+) -> WorkerProcess:
+    """A watched worker on the broker at url (one at a time: a Redis db is emptied first)."""
+    if url == redis_server.url(LIFE_DB):
+        redis_server.empty(LIFE_DB)
+    return sleeping_worker(tmp, redis_server, audit_db, name, LIFE_DB, broker_url=url)
 
 
 def sigkill(worker: WorkerProcess) -> None:
@@ -135,56 +155,43 @@ def sigkill(worker: WorkerProcess) -> None:
     worker.proc.wait(10)
 
 
-def test_a_worker_stopped_gracefully_is_worker_offline_and_no_gap(
-    source_on: Any, watched_redis: RedisServer, audit_db: str, tmp_path: Path
+def test_a_worker_stopped_is_worker_offline_and_one_sigkilled_is_one_heartbeat_gap(
+    source_on: Any, watched_redis: RedisServer, audit_db: str, tmp_path: Path, life_broker: str
 ) -> None:
-    """A watched worker stopped with SIGTERM says worker-offline: one celery_workers event
-    for it, on celery/workers; its silence afterwards is no heartbeat_gap."""
-    reader = source_on(LIFE_DB)
-    worker = a_worker(tmp_path, watched_redis, audit_db, "graceful").start()
-    try:
-        wait_for(
-            lambda: "graceful@" in " ".join(reader.source.known_workers()), 30, 0.2, "a heartbeat"
-        )
-    finally:
-        worker.stop()
-    ev = reader.wait("worker-offline", "graceful@")
-    assert (ev.source, ev.check, ev.resource, ev.params) == (
-        "celery",
-        "celery_workers",
-        "celery/workers",
-        {"target": "celery"},
+    """Two watched workers: one stopped with SIGTERM says worker-offline (one celery_workers
+    event, and its silence afterwards is no gap); one SIGKILLed never says offline: once
+    silent for longer than the gap it is one heartbeat_gap event, not one a second."""
+    reader = source_on(url=life_broker)
+    graceful, killed = (
+        a_worker(tmp_path, watched_redis, audit_db, name, life_broker)
+        for name in ("graceful", "killed")
     )
-    assert ev.at > 0 and ev.detail["hostname"].startswith("graceful@")
-    time.sleep(GAP + 1.5)  # longer than the gap: a worker that said goodbye is not missed
-    assert not [e for e in reader.drain() if e.kind == "heartbeat_gap"]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(WorkerProcess.start, (graceful, killed)))
+    try:
+        wait_for(lambda: len(reader.source.known_workers()) == 2, 30, 0.2, "two workers beat")
+        sigkill(killed)
+        graceful.stop()
+        offline = reader.wait("worker-offline", "graceful@")
+        gap = reader.wait("heartbeat_gap", "killed@")
+    finally:
+        graceful.stop()
+        killed.stop()
+    for ev in (offline, gap):
+        assert (ev.source, ev.check, ev.resource, ev.params) == (
+            "celery",
+            "celery_workers",
+            "celery/workers",
+            {"target": "celery"},
+        )
+    assert offline.at > 0 and gap.detail["silent_seconds"] >= GAP
+    time.sleep(GAP)  # more polls of the gap: each silence is reported once, or not at all
+    by_worker = [(e.kind, str(e.detail["hostname"]).split("@")[0]) for e in reader.drain()]
+    assert sorted(k for k in by_worker if k[0] in ("heartbeat_gap", "worker-offline")) == [
+        ("heartbeat_gap", "killed"),
+        ("worker-offline", "graceful"),
+    ]
     assert reader.error is None and reader.thread.is_alive()
-
-
-def test_a_sigkilled_worker_is_one_heartbeat_gap(
-    source_on: Any, watched_redis: RedisServer, audit_db: str, tmp_path: Path
-) -> None:
-    """A watched worker killed with SIGKILL never says offline: once it is silent for longer
-    than the gap, one heartbeat_gap event (celery_workers), not one a second."""
-    reader = source_on(LIFE_DB)
-    worker = a_worker(tmp_path, watched_redis, audit_db, "killed").start()
-    try:
-        wait_for(
-            lambda: "killed@" in " ".join(reader.source.known_workers()), 30, 0.2, "a heartbeat"
-        )
-        sigkill(worker)
-        ev = reader.wait("heartbeat_gap", "killed@")
-    finally:
-        worker.stop()
-    assert (ev.check, ev.resource, ev.params) == (
-        "celery_workers",
-        "celery/workers",
-        {"target": "celery"},
-    )
-    assert ev.detail["silent_seconds"] >= GAP
-    time.sleep(2.5)  # more polls of the gap: the same silence is not reported again
-    gaps = [e for e in reader.drain() if e.kind in ("heartbeat_gap", "worker-offline")]
-    assert gaps == [ev]
 
 
 def test_task_failures_above_the_rate_are_one_event_per_check(
@@ -259,11 +266,12 @@ def test_a_killed_watched_worker_is_a_celery_workers_run_caused_by_the_celery_so
     """End to end, no beat: a remediation worker, `remediation watch --source celery` and a
     watched worker; the watched worker SIGKILLed -> a celery_workers check run whose cause is
     the celery source's heartbeat_gap, which finds no worker answering."""
-    watched = a_worker(tmp_path, watched_redis, audit_db, "victim").start()
+    url = watched_redis.url(LIFE_DB)
+    watched = a_worker(tmp_path, watched_redis, audit_db, "victim", url)
     env = process_env(
         watched_redis,
         audit_db,
-        REMEDIATION_WORKERS__BROKER_URL=watched_redis.url(LIFE_DB),
+        REMEDIATION_WORKERS__BROKER_URL=url,
         REMEDIATION_WATCH__HEARTBEAT_GAP_SECONDS=str(GAP),
         REMEDIATION_WATCH__SOURCES='["celery"]',
     )
@@ -279,7 +287,8 @@ def test_a_killed_watched_worker_is_a_celery_workers_run_caused_by_the_celery_so
     )
     started = time.time()
     try:
-        remediator.start()
+        with ThreadPoolExecutor(2) as pool:
+            list(pool.map(WorkerProcess.start, (watched, remediator)))
         watcher.start()
         wait_for(lambda: watcher.active("celery"), 60, 0.2, "the watcher on the celery source")
         sweep = audit.wait_rows(caused, f"%{CATCH_UP}%", started)[0]
