@@ -78,6 +78,28 @@ def test_workers_remembered_are_bounded_and_the_longest_silent_goes_first(
     assert pending(src) == []
 
 
+def test_a_worker_that_beats_slowly_is_not_silent_between_its_beats(
+    unit_env: Callable[..., Settings],
+) -> None:
+    """The gap is at least 1.5 heartbeat intervals of the worker (its freq): a gap of 5 s
+    allows a worker beating every 10 s 15 s, one whose freq is nonsense the gap, and one
+    never heard beating 3 s (the default 2 s interval) when the gap is shorter."""
+    src = source(unit_env)
+    src._on_event({"type": "worker-heartbeat", "hostname": "slow@h", "freq": 10.0})
+    src._on_event({"type": "worker-heartbeat", "hostname": "odd@h", "freq": "10"})
+    start = time.monotonic()
+    src._check_gaps(start + 6)
+    assert [h for _, _, h in pending(src)] == ["odd@h"]
+    src._check_gaps(start + 16)
+    assert [h for _, _, h in pending(src)] == ["slow@h"]
+    short = CelerySource(unit_env(REMEDIATION_WATCH__HEARTBEAT_GAP_SECONDS="1"))
+    short._beat("w@h", 100.0)
+    short._check_gaps(102.5)
+    assert pending(short) == []
+    short._check_gaps(103.5)
+    assert [h for _, _, h in pending(short)] == ["w@h"]
+
+
 def test_task_failures_count_within_a_sliding_minute_and_fire_once_a_minute(
     unit_env: Callable[..., Settings],
 ) -> None:

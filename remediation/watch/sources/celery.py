@@ -8,8 +8,9 @@ RabbitMQ, PUB/SUB on Redis: nothing is left behind, nothing is consumed from the
 * ``worker-offline`` (a worker stopping, or one shut down gracefully) -> celery_workers
   ("No workers running: High, start workers");
 * a worker whose ``worker-heartbeat`` stopped for longer than
-  REMEDIATION_WATCH__HEARTBEAT_GAP_SECONDS (SIGKILLed, OOM-killed, frozen, cut off; it never
-  says offline) -> ``heartbeat_gap`` -> celery_workers, once per silence;
+  REMEDIATION_WATCH__HEARTBEAT_GAP_SECONDS, and at least 1.5 of its own heartbeat intervals
+  (SIGKILLed, OOM-killed, frozen, cut off; it never says offline) -> ``heartbeat_gap`` ->
+  celery_workers, once per silence;
 * more ``task-failed`` than REMEDIATION_WATCH__TASK_FAILURES_PER_MINUTE within a sliding
   minute -> ``task_failures`` -> celery_stuck_tasks and celery_queues. "Worker errors" has no
   check of its own; what the runbook does about it is "check for stuck jobs" and "job queue
@@ -52,6 +53,11 @@ AMQP_HEARTBEAT = 10
 """Seconds: RabbitMQ and the source each find a silent peer within two of these (a broker
 gone without closing its sockets). Redis brokers close the socket, or their workers all
 fall silent and each is a heartbeat_gap."""
+HEARTBEAT_FLOOR = 1.5
+"""A worker is never silent before 1.5 of its own heartbeat intervals (the ``freq`` of its
+heartbeats, 2 s by default), whatever the gap: a gap shorter than the interval would report
+every worker between two beats."""
+DEFAULT_FREQ = 2.0
 MAX_CLOCK_SKEW = 60.0
 """A worker's event time further than this from ours is not believed (its clock, or forged)."""
 _HOSTNAME = re.compile(r"^[\w.@:+\-]{1,255}$")
@@ -83,8 +89,9 @@ class CelerySource(Closable):
         self._receiver: _Receiver | None = None
         self._lock = threading.Lock()
         self._pending: deque[Event] = deque(maxlen=10_000)
-        self._beats: OrderedDict[str, float] = OrderedDict()
-        """hostname -> monotonic time of its last event, the longest silent first."""
+        self._beats: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        """hostname -> (monotonic time of its last event, the silence allowed it), the
+        longest silent first."""
         self._failures: deque[list[int]] = deque()
         """[second, failures in it] for the last WINDOW_SECONDS seconds."""
         self._failures_fired_at: float | None = None
@@ -179,7 +186,7 @@ class CelerySource(Closable):
             self._forget(host)
             self._pending.append(self._worker_event("worker-offline", host, _when(event)))
         elif kind in ("worker-heartbeat", "worker-online"):
-            self._beat(host, now)
+            self._beat(host, now, event.get("freq"))
         elif kind == "task-failed":
             self._beat(host, now)
             self._failed(event, host, now)
@@ -192,9 +199,16 @@ class CelerySource(Closable):
             self.name, kind, WORKERS, "celery/workers", params, at, {"hostname": host, **detail}
         )
 
-    def _beat(self, host: str, now: float) -> None:
-        """Any event of a worker shows it alive (task events come between heartbeats)."""
-        self._beats[host] = now
+    def _beat(self, host: str, now: float, freq: Any = None) -> None:
+        """Any event of a worker shows it alive (task events come between heartbeats); a
+        heartbeat also tells how often the worker beats."""
+        if isinstance(freq, int | float) and not isinstance(freq, bool) and 0 < freq <= 3600:
+            allowed = max(self.gap, HEARTBEAT_FLOOR * float(freq))
+        elif host in self._beats:
+            allowed = self._beats[host][1]
+        else:
+            allowed = max(self.gap, HEARTBEAT_FLOOR * DEFAULT_FREQ)
+        self._beats[host] = (now, allowed)
         self._beats.move_to_end(host)
         while len(self._beats) > MAX_WORKERS:
             self._beats.popitem(last=False)
@@ -203,17 +217,16 @@ class CelerySource(Closable):
         self._beats.pop(host, None)
 
     def _check_gaps(self, now: float) -> None:
-        """Workers silent longer than the gap are reported and forgotten (once per
-        silence: the next event of theirs is a new start). The map is ordered by last
-        event, so this stops at the first worker heard from recently."""
-        while self._beats:
-            host, last = next(iter(self._beats.items()))
-            if now - last <= self.gap:
-                return
-            del self._beats[host]
-            silent = round(now - last, 1)
+        """Workers silent longer than allowed (the gap, at least 1.5 of their heartbeat
+        intervals) are reported and forgotten: once per silence, the next event of theirs
+        is a new start. At most MAX_WORKERS comparisons."""
+        silent = [h for h, (last, allowed) in self._beats.items() if now - last > allowed]
+        for host in silent:
+            last, _ = self._beats.pop(host)
             self._pending.append(
-                self._worker_event("heartbeat_gap", host, time.time(), silent_seconds=silent)
+                self._worker_event(
+                    "heartbeat_gap", host, time.time(), silent_seconds=round(now - last, 1)
+                )
             )
 
     def _failed(self, event: dict[str, Any], host: str, now: float) -> None:
