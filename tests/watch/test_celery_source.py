@@ -11,7 +11,7 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,25 +50,38 @@ def watched_redis() -> Iterator[RedisServer]:
 
 
 @pytest.fixture(scope="module", params=["redis", "amqp"])
-def life_broker(request: pytest.FixtureRequest, watched_redis: RedisServer) -> Iterator[str]:
-    """The broker of the workers a test stops or kills: Redis, then a RabbitMQ vhost."""
+def broker_url(
+    request: pytest.FixtureRequest, watched_redis: RedisServer
+) -> Iterator[Callable[[int], str]]:
+    """broker_url(slot): a watched broker, a db of the module's Redis, then a RabbitMQ vhost
+    (on RabbitMQ task events go through a topic exchange, on Redis through PUB/SUB)."""
     if request.param == "redis":
-        yield watched_redis.url(LIFE_DB)
+        yield watched_redis.url
         return
     vhosts = vhosts_for(request.getfixturevalue("rabbit"))
     try:
-        yield vhosts.url(LIFE_DB)
+        yield vhosts.url
     finally:
         vhosts.delete_all()
 
 
 @pytest.fixture(scope="module")
 def failing(
-    tmp_path_factory: pytest.TempPathFactory, watched_redis: RedisServer, audit_db: str
+    tmp_path_factory: pytest.TempPathFactory,
+    watched_redis: RedisServer,
+    audit_db: str,
+    broker_url: Callable[[int], str],
 ) -> Iterator[WorkerProcess]:
     """A watched worker (task events on, as this project's workers are) that fails tasks."""
+    if broker_url(FAILING_DB) == watched_redis.url(FAILING_DB):
+        watched_redis.empty(FAILING_DB)
     worker = sleeping_worker(
-        tmp_path_factory.mktemp("tasks"), watched_redis, audit_db, "failing", FAILING_DB
+        tmp_path_factory.mktemp("tasks"),
+        watched_redis,
+        audit_db,
+        "failing",
+        FAILING_DB,
+        broker_url=broker_url(FAILING_DB),
     )
     try:
         yield worker.start()
@@ -77,13 +90,13 @@ def failing(
 
 
 @pytest.fixture
-def source_on(settings_env: Any, watched_redis: RedisServer) -> Iterator[Any]:
-    """source_on(db): a connected CelerySource on that watched broker, read by a thread."""
+def source_on(settings_env: Any) -> Iterator[Any]:
+    """source_on(url): a connected CelerySource on that watched broker, read by a thread."""
     readers: list[Reader] = []
 
-    def make(db: int | None = None, url: str | None = None) -> Reader:
+    def make(url: str) -> Reader:
         s = settings_env(
-            REMEDIATION_WORKERS__BROKER_URL=url or watched_redis.url(db or 0),
+            REMEDIATION_WORKERS__BROKER_URL=url,
             REMEDIATION_WATCH__HEARTBEAT_GAP_SECONDS=str(GAP),
             REMEDIATION_WATCH__TASK_FAILURES_PER_MINUTE=str(FAILURES),
         )
@@ -156,12 +169,17 @@ def sigkill(worker: WorkerProcess) -> None:
 
 
 def test_a_worker_stopped_is_worker_offline_and_one_sigkilled_is_one_heartbeat_gap(
-    source_on: Any, watched_redis: RedisServer, audit_db: str, tmp_path: Path, life_broker: str
+    source_on: Any,
+    watched_redis: RedisServer,
+    audit_db: str,
+    tmp_path: Path,
+    broker_url: Callable[[int], str],
 ) -> None:
     """Two watched workers: one stopped with SIGTERM says worker-offline (one celery_workers
     event, and its silence afterwards is no gap); one SIGKILLed never says offline: once
     silent for longer than the gap it is one heartbeat_gap event, not one a second."""
-    reader = source_on(url=life_broker)
+    life_broker = broker_url(LIFE_DB)
+    reader = source_on(life_broker)
     graceful, killed = (
         a_worker(tmp_path, watched_redis, audit_db, name, life_broker)
         for name in ("graceful", "killed")
@@ -195,12 +213,12 @@ def test_a_worker_stopped_is_worker_offline_and_one_sigkilled_is_one_heartbeat_g
 
 
 def test_task_failures_above_the_rate_are_one_event_per_check(
-    source_on: Any, failing: WorkerProcess
+    source_on: Any, failing: WorkerProcess, broker_url: Callable[[int], str]
 ) -> None:
     """FAILURES failed tasks within a minute are no event; more are one task_failures event
     for celery_stuck_tasks and one for celery_queues, with the count and the exception's
     type but not its message."""
-    reader = source_on(FAILING_DB)
+    reader = source_on(broker_url(FAILING_DB))
     app = monitor_app(reader.source.settings)
 
     def fail(n: int, total: int) -> None:
@@ -229,10 +247,12 @@ def failed(worker: WorkerProcess) -> int:
     return worker.log().count("ValueError")
 
 
-def test_close_ends_events_from_another_thread(source_on: Any, failing: WorkerProcess) -> None:
+def test_close_ends_events_from_another_thread(
+    source_on: Any, failing: WorkerProcess, broker_url: Callable[[int], str]
+) -> None:
     """close() from another thread ends the iteration of events() (quietly, no error), and
     the source connects and streams again afterwards."""
-    reader = source_on(FAILING_DB)
+    reader = source_on(broker_url(FAILING_DB))
     wait_for(lambda: reader.source.known_workers(), 30, 0.2, "a heartbeat")
     reader.source.close()
     reader.thread.join(5)
@@ -250,7 +270,7 @@ def test_a_broker_that_goes_away_makes_events_raise(source_on: Any) -> None:
     backs off and connects again); connecting to it then raises too."""
     gone = RedisServer().start()
     try:
-        reader = source_on(url=gone.url(0))
+        reader = source_on(gone.url(0))
     finally:
         gone.stop()
     reader.thread.join(30)
