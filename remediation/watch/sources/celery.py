@@ -138,15 +138,21 @@ class CelerySource(Closable):
             # subscription for the whole stream: capture(timeout=...) in a loop would
             # cancel and subscribe again each time and lose the events in between (Redis
             # PUB/SUB; RabbitMQ deletes the auto-delete queue with its last consumer), and
-            # its wait is 1 s where close() wants POLL_SECONDS. wakeup: every worker sends
-            # a heartbeat at once, so the workers are known within a second.
-            with receiver.consumer_context(wakeup=True) as (stream, _channel, _consumers):
-                self._release()  # the receiver's template: the stream has its own connection
+            # its wait is 1 s where close() wants POLL_SECONDS.
+            with receiver.consumer_context(wakeup=False) as (stream, _channel, _consumers):
+                woken = False
                 while not self.closed.is_set():
                     try:
                         stream.drain_events(timeout=POLL_SECONDS)
                     except TimeoutError:  # socket.timeout: nothing arrived
                         pass
+                    if not woken:
+                        # Every worker sends a heartbeat now, so all are known within a
+                        # second; asked only once listening (Redis subscribes in the first
+                        # drain). Then the receiver's template connection can go.
+                        receiver.wakeup_workers()
+                        self._release()
+                        woken = True
                     stream.heartbeat_check()  # AMQP: ours out, the broker's checked
                     self._check_gaps(time.monotonic())
                     while self._pending and not self.closed.is_set():
