@@ -50,16 +50,24 @@ LINGER = "remediation.act.test_linger"
 
 
 def sleeping_worker(
-    tmp: Path, redis_server: RedisServer, audit_db: str, name: str, broker_db: int, **env: str
+    tmp: Path,
+    redis_server: RedisServer,
+    audit_db: str,
+    name: str,
+    broker_db: int,
+    broker_url: str | None = None,
+    **env: str,
 ) -> WorkerProcess:
     """A real worker (concurrency 2) that also imports the test.sleep_for / test.nap tasks
-    and remediation.act.test_linger (a long task under the remediator's own prefix)."""
+    and remediation.act.test_linger (a long task under the remediator's own prefix). Its
+    broker is db broker_db of redis_server (emptied first), or broker_url when given."""
     (tmp / "rem_test_sleep.py").write_text(textwrap.dedent(SLEEP_MODULE))
-    redis_server.empty(broker_db)
+    if broker_url is None:
+        redis_server.empty(broker_db)
     environ = process_env(
         redis_server,
         audit_db,
-        REMEDIATION_BROKER_URL=redis_server.url(broker_db),
+        REMEDIATION_BROKER_URL=broker_url or redis_server.url(broker_db),
         REMEDIATION_RESULT_BACKEND=redis_server.url(RESULT_DB),
         **env,
     )
