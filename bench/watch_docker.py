@@ -97,7 +97,10 @@ def sweep(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
         time.sleep(max(0.0, start + offset - time.time()))
         if c is None:
             client.send_task(CHECK, kwargs={})
-        else:  # a container the last sweep restarted may still be starting: kill it once up
+        else:  # one the last sweep restarted may still be starting or being verified
+            before = [at for k, at in killed if k is c]
+            if before:
+                stack.verified_after(c.name, before[-1], timeout=2 * SWEEP_SECONDS)
             _running(stack, [c])
             killed.append((c, stack.kill(c)))
     totals = []
