@@ -21,6 +21,8 @@ from bench import (
     redaction,
     retention,
     spool,
+    watch_celery,
+    watch_docker,
     watch_logs,
 )
 
@@ -46,6 +48,8 @@ def main() -> int:
         "retention": retention.run(),
         "beat_precision": beat_precision.run(),
         "watch_logs": watch_logs.run(),
+        "watch_docker": watch_docker.run(),
+        "watch_celery": watch_celery.run(),
     }
     out = Path("bench/results")
     out.mkdir(parents=True, exist_ok=True)

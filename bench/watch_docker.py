@@ -6,8 +6,9 @@ Docker engine, a private Redis and audit database. Both halves run in the same i
 * events: one `remediation watch --source docker`, no beat. KILLS times, a running container
   (round robin) is `docker kill`ed; the time is taken just before the kill call, the end is
   the restart's verified_at in the audit (the verification check saw it running again).
-  Broken down with the check run's cause: the engine's event time, the watcher's send time,
-  the action's start.
+  Broken down with the check run's cause and the audit: the engine's event time, the
+  watcher's send time, the check's start, the guards' admission, the verification (the
+  restart itself, `docker restart` of an exited container, is most of the last step).
 * sweep: the watcher stopped; the same number of kills, spread at random over WINDOWS
   one-minute windows (one kill per container per window), and the check sent every 60 s on
   a grid, as the shipped schedule's docker_containers entry does; the same measurement.
@@ -53,7 +54,7 @@ def _running(stack: DockerStack, containers: list[Any]) -> None:
 def events(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
     watcher = stack.watcher("bench-events")
     stack.caught_up("bench-events")
-    totals, to_event, to_send, to_act = [], [], [], []
+    totals, to_event, to_send, to_check, to_admit, to_verify = [], [], [], [], [], []
     for i in range(KILLS):
         c = containers[i % len(containers)]
         _running(stack, [c])
@@ -66,13 +67,17 @@ def events(stack: DockerStack, containers: list[Any]) -> dict[str, Any]:
         if cause.get("by") == "event" and cause.get("kind") != "catch_up":
             to_event.append(float(cause["at"]) - killed)
             to_send.append(float(cause["sent"]) - float(cause["at"]))
-            to_act.append(float(row["started"]) - float(cause["sent"]))
+            to_check.append(float(row["checked"]) - float(cause["sent"]))
+            to_admit.append(float(row["decided"]) - float(row["checked"]))
+            to_verify.append(float(row["verified"]) - float(row["decided"]))
     watcher.stop()
     out = {"kill_to_verified": _summary(totals), "stats": stack.stats()}
     if to_event:
         out["kill_to_event"] = _summary(to_event)
         out["event_to_send"] = _summary(to_send)
-        out["send_to_action_start"] = _summary(to_act)
+        out["send_to_check_start"] = _summary(to_check)
+        out["check_start_to_admitted"] = _summary(to_admit)
+        out["admitted_to_verified"] = _summary(to_verify)
     return out
 
 

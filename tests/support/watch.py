@@ -85,8 +85,10 @@ class DockerStack:
         found it (its cause) and the verification."""
         return self.rows(
             "SELECT a.outcome, a.verification, extract(epoch FROM a.verified_at) AS verified,"
-            " extract(epoch FROM a.started_at) AS started, c.cause, c.params"
-            " FROM action_runs a JOIN findings f ON f.id = a.finding_id"
+            " extract(epoch FROM a.started_at) AS started, c.cause, c.params,"
+            " extract(epoch FROM d.decided_at) AS decided, extract(epoch FROM c.started_at)"
+            " AS checked FROM action_runs a JOIN findings f ON f.id = a.finding_id"
+            " JOIN guard_decisions d ON d.id = a.decision_id"
             " JOIN check_runs c ON c.id = f.check_run_id"
             " WHERE a.action = 'restart_container' AND a.resource = %s ORDER BY a.started_at",
             f"docker/{name}",
