@@ -24,9 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import math
 import os
-import statistics
 import tempfile
 import time
 import uuid
@@ -36,6 +34,7 @@ from typing import Any
 
 from celery.schedules import schedule
 
+from bench import stats
 from bench.pipeline import admin_dsn, worker_env
 from remediation import slots
 from tests.support.audit import Audit
@@ -48,14 +47,7 @@ SECONDS = int(os.environ.get("REMEDIATION_BENCH_BEAT_SECONDS", "60"))
 
 
 def summary(values: list[float]) -> dict[str, Any]:
-    v = sorted(values)
-    rank = lambda q: v[math.ceil(q * len(v)) - 1]  # noqa: E731  nearest rank
-    return {
-        "n": len(v),
-        "p50": round(statistics.median(v), 4),
-        "p99": round(rank(0.99), 4),
-        "max": round(v[-1], 4),
-    }
+    return stats.summary(values, tail=0.99)
 
 
 def schedule_module(prefix: str, pinned: bool) -> str:

@@ -25,10 +25,8 @@ Samples alternate (intake, polled, intake, ...) so drift in the machine hits bot
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
-import statistics
 import tempfile
 import time
 import uuid
@@ -40,6 +38,7 @@ import redis
 import requests
 from celery import Celery
 
+from bench import stats
 from bench.pipeline import admin_dsn, wait_verified, worker_env
 from tests.support.alerting import (
     QUEUE_RULE,
@@ -131,13 +130,7 @@ def from_audit(audit: str, sent: dict[str, tuple[str, float]]) -> dict[str, list
 
 
 def summary(lat: list[float]) -> dict[str, Any]:
-    lat = sorted(lat)
-    return {
-        "n": len(lat),
-        "p50": round(statistics.median(lat), 3),
-        "p95": round(lat[math.ceil(0.95 * len(lat)) - 1], 3),  # nearest rank
-        "max": round(lat[-1], 3),
-    }
+    return stats.summary(lat, digits=3)
 
 
 def run() -> dict[str, Any]:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import time
 from typing import Any
 
+from bench import stats
 from bench.pipeline import admin_dsn
 from tests.support.base import wait_for
 from tests.support.watch import SERVE, DockerStack, docker_stack
@@ -35,15 +35,7 @@ CHECK = "remediation.check.docker_containers"
 
 
 def _summary(values: list[float]) -> dict[str, Any]:
-    ordered = sorted(values)
-    p95 = ordered[min(len(ordered) - 1, round(0.95 * (len(ordered) - 1)))]
-    return {
-        "n": len(values),
-        "p50_s": round(statistics.median(values), 3),
-        "p95_s": round(p95, 3),
-        "min_s": round(ordered[0], 3),
-        "max_s": round(ordered[-1], 3),
-    }
+    return stats.summary(values, digits=3)
 
 
 def _running(stack: DockerStack, containers: list[Any]) -> None:
@@ -123,7 +115,7 @@ def run() -> dict[str, Any]:
         _running(stack, containers)
         by_event = events(stack, containers)
         by_sweep = sweep(stack, containers)
-    ratio = by_sweep["kill_to_verified"]["p50_s"] / by_event["kill_to_verified"]["p50_s"]
+    ratio = by_sweep["kill_to_verified"]["p50"] / by_event["kill_to_verified"]["p50"]
     return {
         "kills": KILLS,
         "containers": CONTAINERS,

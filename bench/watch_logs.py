@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import statistics
 import tempfile
@@ -38,6 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bench import stats
 from bench.access_log import FAILREGEX
 from bench.pipeline import admin_dsn, worker_env
 from tests.support.access_server import BanWatch, access_server, add_clients, offend
@@ -61,15 +61,7 @@ GAP = 0.3
 """Seconds between one offender's bans and the next offender's first request."""
 
 
-def summary(values: list[float]) -> dict[str, Any]:
-    v = sorted(values)
-    rank = lambda q: v[math.ceil(q * len(v)) - 1]  # noqa: E731  nearest rank
-    return {
-        "n": len(v),
-        "p50": round(statistics.median(v), 4),
-        "p95": round(rank(0.95), 4),
-        "max": round(v[-1], 4),
-    }
+summary = stats.summary
 
 
 def race(offenders: int) -> dict[str, Any]:
