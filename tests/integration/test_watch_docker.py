@@ -160,3 +160,36 @@ def _settled(stack: DockerStack, name: str, quiet: float = 3.0) -> int:
         if now != last:
             last, since = now, time.monotonic()
     return last
+
+
+def test_a_dropped_stream_reconnects_and_its_catch_up_finds_what_died_meanwhile(
+    stack: DockerStack,
+) -> None:
+    """The engine's event stream cut and the engine unreachable for a while (a proxy in front
+    of it plays the restart); a container killed meanwhile sends no event the watcher can
+    see. Once the engine answers, the watcher connects again (back-off) and its catch-up
+    sweep finds the container down: restarted and verified."""
+    app = stack.project.run(SERVE)
+    stack.project.wait_status(app, "running")
+    proxy = StormProxy("none", copies=1).start()
+    try:
+        watcher = stack.watcher(
+            "wr",
+            REMEDIATION_CONTAINERS__DOCKER_URL=proxy.url,
+            REMEDIATION_WATCH__RECONNECT_MIN_SECONDS="0.2",
+        )
+        stack.caught_up("wr")
+        proxy.outage()
+        time.sleep(0.5)
+        killed = stack.kill(app)  # the real engine: only the watcher's way to it is down
+        time.sleep(2)
+        assert stack.project.status(app) == "exited"  # nobody saw it
+        proxy.recover()
+        row = stack.verified_after(app.name, killed, timeout=60)
+        assert (row["outcome"], row["verification"]) == ("succeeded", "recovered"), row
+        assert row["cause"]["kind"] == "catch_up" and row["cause"]["watcher"] == "wr", row
+        assert stack.stats()["reconnects"] >= 1
+        assert "event stream dropped; reconnecting" in watcher.log()
+        watcher.stop()
+    finally:
+        proxy.stop()

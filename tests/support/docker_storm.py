@@ -3,6 +3,8 @@ storm: the first ``die`` of a named container on an ``/events`` stream is passed
 times, spread over ``spread`` seconds (the engine cannot produce 1,000 deaths of one
 container in a few seconds: each restart takes a few hundred milliseconds). Every other
 request and event goes through unchanged, to the real engine, one request per connection.
+``outage()`` plays an engine restart: open connections are cut and new ones closed at once
+until ``recover()``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ class StormProxy:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self._server: Any = None
         self._used = False
+        self._down = False
+        self._open: set[asyncio.StreamWriter] = set()
 
     @property
     def url(self) -> str:
@@ -61,7 +65,28 @@ class StormProxy:
         except OSError:
             pass
 
+    def outage(self) -> None:
+        """Cut every open connection (the watcher's event stream among them) and refuse new
+        ones, as an engine that went away does."""
+
+        def cut() -> None:
+            self._down = True
+            for w in list(self._open):
+                w.transport.abort()
+
+        self.loop.call_soon_threadsafe(cut)
+
+    def recover(self) -> None:
+        def up() -> None:
+            self._down = False
+
+        self.loop.call_soon_threadsafe(up)
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._down:
+            writer.transport.abort()
+            return
+        self._open.add(writer)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             if len(head) > HEAD_LIMIT:
@@ -92,6 +117,7 @@ class StormProxy:
         except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
             pass
         finally:
+            self._open.discard(writer)
             writer.close()
 
     async def _events(self, up: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
