@@ -294,3 +294,27 @@ def test_history_table_shows_refused_and_deferred_with_reasons(
     for outcome in ("refused", "deferred"):
         code, rows = run(capsys, "history", "--outcome", outcome, "--since", "1h")
         assert code == 0 and any(x["resource"] == f"cli-{outcome}" for x in rows)
+
+
+@pytest.mark.parametrize(
+    ("command", "disposition"), [("watch", "SIG_IGN"), ("serve", "SIG_IGN"), ("status", "SIG_DFL")]
+)
+def test_daemons_survive_a_closed_socket_and_commands_end_quietly_in_a_pipe(
+    command: str, disposition: str
+) -> None:
+    """`remediation watch` and `serve` keep Python's SIGPIPE handling (a write to a socket the
+    peer closed is an EPIPE error they handle: the watcher reconnects), other commands die
+    quietly in `| head`. Found by the watcher's reconnect test: SIG_DFL killed it."""
+    code = (
+        "import signal, sys\n"
+        "import remediation.cli as cli\n"
+        "show = lambda args, settings: print(signal.getsignal(signal.SIGPIPE).name) or 0\n"
+        f"cli.COMMANDS[{command!r}] = show\n"
+        f"sys.argv = ['remediation', {command!r}]\n"
+        "sys.exit(cli.main())\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == disposition

@@ -135,10 +135,16 @@ COMMANDS = {
 }
 
 
+DAEMONS = frozenset({"serve", "watch"})
+"""Long-lived commands: they write to sockets a peer may have closed, which must be an error
+they handle (EPIPE), never SIGPIPE killing the process."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    if argv is None:  # as a command: `remediation ... | head` should end quietly
-        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     args = build_parser().parse_args(argv)
+    if argv is None and args.command not in DAEMONS:
+        # a command whose output is the answer: `remediation ... | head` should end quietly
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     if args.command == "breakers":
         if args.verb == "reset" and not args.name:
             print("usage: remediation breakers reset NAME", file=sys.stderr)
