@@ -170,6 +170,8 @@ def test_counts_aggregate_across_children_and_survive_a_killed_child(
     assert (
         value(samples, "remediation_check_duration_seconds_count", check="host_disk") == sent_checks
     )
+    sent_by_hand = {"check": "host_disk", "by": "call"}  # no slot or event header
+    assert value(samples, "remediation_check_causes_total", **sent_by_hand) == sent_checks
     assert (
         value(samples, "remediation_actions_total", action="notify", outcome="succeeded")
         == sent_notifies
