@@ -10,7 +10,9 @@ check runs as a call.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
 import time
 from typing import Any
 
@@ -46,6 +48,11 @@ def event_payload(
         "watcher": watcher,
         "detail": detail,
     }
+
+
+def origin() -> str:
+    """host:pid of this process, as the sender of an event (a watcher, a worker's recheck)."""
+    return f"{socket.gethostname()[:40]}:{os.getpid()}"
 
 
 def event_header(key: bytes, payload: dict[str, Any]) -> dict[str, Any]:

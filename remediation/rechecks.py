@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import socket
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +21,7 @@ from typing import Any
 from remediation import causes
 from remediation.context import Trigger
 from remediation.guards import keys
+from remediation.registry import CHECK_PREFIX
 
 MAX_AHEAD_SECONDS = 600
 MIN_AHEAD_SECONDS = 0.05
@@ -63,9 +62,9 @@ def schedule(
         at=now,
         sent=now,
         events=1,
-        watcher=f"{socket.gethostname()[:40]}:{os.getpid()}",
+        watcher=causes.origin(),
         detail={"retry_at": round(retry_at, 3), "incident": trigger.incident[:64]},
     )
     headers = {causes.EVENT_HEADER: causes.event_header(key, payload)}
-    send(f"remediation.check.{trigger.check}", dict(trigger.check_params), headers, ahead)
+    send(CHECK_PREFIX + trigger.check, dict(trigger.check_params), headers, ahead)
     return True

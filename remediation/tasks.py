@@ -113,7 +113,7 @@ def _register_check(app: Celery, name: str, task_name: str) -> None:
     def run_check(self: Task, **kwargs: Any) -> dict[str, Any]:
         structlog.contextvars.bind_contextvars(check=name)
         r = runner(app)
-        slot = _header(self, slots.SLOT_HEADER)
+        slot = _slot_of(r, name, _header(self, slots.SLOT_HEADER))
         duplicate = _slot_taken(r, name, kwargs, self.request.id, slot)
         if duplicate is not None:
             return duplicate.as_dict()
@@ -123,36 +123,45 @@ def _register_check(app: Celery, name: str, task_name: str) -> None:
     run_check.__doc__ = registry.CHECKS[name].doc
 
 
-def _cause(r: Runner, slot: Any, event: Any) -> dict[str, Any] | None:
+def _slot_of(r: Runner, name: str, raw: Any) -> tuple[str, int, int] | None:
+    """(entry, slot, every) of the message's slot header; None for a call by hand or a header
+    that is malformed or not ours (remediation.slots): the check runs as a call."""
+    if raw is None:
+        return None
+    parsed = slots.parse(signing.key_of(r.settings), raw)
+    if parsed is None:
+        structlog.get_logger("remediation").warning(
+            "slot header ignored: malformed, out of bounds or not signed", check=name
+        )
+    return parsed
+
+
+def _cause(r: Runner, slot: tuple[str, int, int] | None, event: Any) -> dict[str, Any] | None:
     """What the message says caused it, where its signature holds: the event a watcher saw,
     or the beat slot; None for a call (remediation.causes)."""
-    if slot is None and event is None:
-        return None
-    key = signing.key_of(r.settings)
     if event is not None:
-        parsed = causes.parse_event(key, event)
+        parsed = causes.parse_event(signing.key_of(r.settings), event)
         if parsed is not None:
             return parsed
         structlog.get_logger("remediation").warning("event header ignored: malformed or unsigned")
-    beat = slots.parse(key, slot) if slot is not None else None
-    return causes.beat(beat[0], beat[1]) if beat else None
+    return causes.beat(slot[0], slot[1]) if slot is not None else None
 
 
 def _slot_taken(
-    r: Runner, name: str, kwargs: dict[str, Any], task_id: str | None, raw: Any
+    r: Runner,
+    name: str,
+    kwargs: dict[str, Any],
+    task_id: str | None,
+    parsed: tuple[str, int, int] | None,
 ) -> CheckOutcome | None:
     """A beat firing whose (entry, slot) another message already ran: audited as a check run
-    with status 'duplicate', nothing run. None (run the check) for a call by hand, a header
-    that is malformed or not ours (remediation.slots), the first message of the slot, the
-    same message delivered again (its worker died), or when the state Redis does not answer
-    (a check only looks; the actions it triggers have their own guards)."""
-    if raw is None:
+    with status 'duplicate', nothing run. None (run the check) for a call by hand or a slot
+    header we do not trust (_slot_of), the first message of the slot, the same message
+    delivered again (its worker died), or when the state Redis does not answer (a check only
+    looks; the actions it triggers have their own guards)."""
+    if parsed is None:
         return None
     log = structlog.get_logger("remediation")
-    parsed = slots.parse(signing.key_of(r.settings), raw)
-    if parsed is None:
-        log.warning("slot header ignored: malformed, out of bounds or not signed", check=name)
-        return None
     entry, slot, every = parsed
     key = guard_keys.slot(entry, slot)
     ttl = slots.claim_ttl(every, r.settings.celery.redbeat_lock_timeout)

@@ -31,12 +31,13 @@ from remediation.settings import ContainerSettings
 
 STOP_TIMEOUT_SECONDS = 10
 """Grace between SIGTERM and SIGKILL when a running (unhealthy) container is restarted."""
-_CONTAINER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
 
 
 class ContainerParams(ActionParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
-    container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
+    container: str = Field(
+        pattern=docker_client.CONTAINER_NAME, max_length=128, description="container name"
+    )
 
 
 def _resource(params: ContainerParams | ResetRestartsParams) -> str:
@@ -261,7 +262,9 @@ def _restart(
 
 class ResetRestartsParams(ActionParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
-    container: str = Field(pattern=_CONTAINER_NAME, max_length=128, description="container name")
+    container: str = Field(
+        pattern=docker_client.CONTAINER_NAME, max_length=128, description="container name"
+    )
 
 
 def resolve_reset(ctx: CheckContext, params: ResetRestartsParams) -> Resolved:

@@ -33,7 +33,7 @@ class DockerContainersParams(CheckParams):
     target: Literal["docker"] = Field("docker", description="the engine at CONTAINERS__DOCKER_URL")
     container: str | None = Field(
         None,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$",
+        pattern=docker_client.CONTAINER_NAME,
         max_length=128,
         description="only this container of the project, state only (what an event names)",
     )

@@ -219,17 +219,15 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
     return 0
 
 
-WATCH_SOURCES = ("docker", "celery", "logs")
-
-
 def _watch_sources(r: Any) -> list[dict[str, Any]]:
     """Each event source: who holds its lease now (none: no watcher listens) and its counters
     since the stats began (rem:watch:stats:<source>, written by the watchers)."""
     from remediation.clients.redis import text
     from remediation.guards import keys
+    from remediation.settings.watch import SOURCES
 
     out = []
-    for name in WATCH_SOURCES:
+    for name in SOURCES:
         holder = r.get(keys.watch_lease(name))
         stats = {text(k): text(v) for k, v in r.hgetall(keys.watch_stats(name)).items()}
         if holder is None and not stats:

@@ -8,8 +8,7 @@ import sys
 from typing import Any
 
 from remediation.settings import Settings
-
-SOURCES = ("docker", "celery", "logs")
+from remediation.settings.watch import SOURCES
 
 
 def add_parser(sub: Any) -> None:

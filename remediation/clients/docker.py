@@ -17,6 +17,8 @@ PROJECT_LABEL = "com.docker.compose.project"
 SERVICE_LABEL = "com.docker.compose.service"
 NUMBER_LABEL = "com.docker.compose.container-number"
 ONEOFF_LABEL = "com.docker.compose.oneoff"
+CONTAINER_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$"
+"""A container name as the engine allows it (and as a kwarg or an event may name one)."""
 DEFAULT_TIMEOUT = 30.0
 """Seconds an API call may take; stop timeouts are added on top by the SDK."""
 

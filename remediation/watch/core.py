@@ -17,10 +17,8 @@ through the same guards and audit as a beat sweep. The sweep stays the safety ne
 
 from __future__ import annotations
 
-import os
 import queue
 import random
-import socket
 import threading
 import time
 import uuid
@@ -37,12 +35,12 @@ from prometheus_client.registry import Collector
 from remediation import causes, signing
 from remediation.guards import keys
 from remediation.metrics_scrape import label
+from remediation.registry import CHECK_PREFIX
 from remediation.settings import Settings
 from remediation.watch.coalesce import Coalescer, Fire
 from remediation.watch.events import CATCH_UP, Event, Source, bounded
 from remediation.watch.lease import Lease
 
-CHECK_PREFIX = "remediation.check."
 INBOX = 100_000
 """Events waiting for the dispatcher; past it they are dropped (and the source caught up)."""
 STATS_EVERY = 1.0
@@ -55,7 +53,7 @@ Send = Callable[[str, dict[str, Any], dict[str, Any]], None]
 
 
 def default_ident() -> str:
-    return f"{socket.gethostname()[:40]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+    return f"{causes.origin()}:{uuid.uuid4().hex[:6]}"
 
 
 class Watcher:

@@ -18,13 +18,18 @@ from typing import Any
 
 import docker
 
-from remediation.clients.docker import DEFAULT_TIMEOUT, PROJECT_LABEL, SERVICE_LABEL
+from remediation.clients.docker import (
+    CONTAINER_NAME,
+    DEFAULT_TIMEOUT,
+    PROJECT_LABEL,
+    SERVICE_LABEL,
+)
 from remediation.settings import Settings
 from remediation.watch.events import CATCH_UP, Event
 
 CHECK = "docker_containers"
 ACTIONS = ("die", "oom", "health_status: unhealthy")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$")
+_NAME = re.compile(CONTAINER_NAME)
 
 
 class DockerSource:
