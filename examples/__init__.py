@@ -1,0 +1,1 @@
+"""Profiles: one folder per runbook system (README "Profiles"); importable as examples.<x>."""
