@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 import pytest
 from dotenv import dotenv_values
 
-from remediation.settings import Settings, env_names, load_settings
 from remediation.schedule import load_schedule
+from remediation.settings import Settings, env_names, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
