@@ -112,6 +112,13 @@ def test_there_is_one_profile_per_runbook() -> None:
     """examples/ holds exactly one folder per runbook system, so a deleted profile fails."""
     assert len(FOLDERS) == RUNBOOKS, FOLDERS
     assert (EXAMPLES / "__init__.py").is_file()
+    served = []
+    for folder in FOLDERS:
+        first = profile_env(folder).read_text().splitlines()[0]
+        match = re.match(r"# Profile: .* of runbook (00[0-4]) ", first)
+        assert match, f"{folder}/profile.env: the first line names no runbook: {first!r}"
+        served.append(match.group(1))
+    assert sorted(served) == [f"{n:03d}" for n in range(RUNBOOKS)], served
 
 
 @pytest.mark.parametrize("folder", FOLDERS)
