@@ -198,7 +198,7 @@ def _commands(
     everyone = _needed_by(needs)
     what = f"ACL allows {len(cmds)} command(s)"
     try:
-        user = text(client.execute_command("ACL", "WHOAMI"))
+        user = text(client.acl_whoami())
     except redis.ResponseError as exc:
         if "unknown command" in str(exc).lower():  # before 6.0: no ACLs, every command allowed
             return [ok(AREA, target, what, f"Redis {version} has no ACLs", needed_by=everyone)]
@@ -221,7 +221,7 @@ def _dryrun(
     for cmd in sorted(needs):
         args = [a.replace(_K, key) for a in _ARGS[cmd]]
         try:
-            reply = text(client.execute_command("ACL", "DRYRUN", user, *cmd.split(), *args))
+            reply = text(client.acl_dryrun(user, *cmd.split(), *args))
         except redis.RedisError as exc:  # DRYRUN refused, or missing before Redis 7.0
             return [_cannot_tell(target, what, str(exc), sorted(needs), user, everyone)]
         if reply != "OK":
