@@ -15,18 +15,13 @@ from remediation.clients.prometheus import (
     PrometheusUnreachable,
 )
 from remediation.doctor import PROBE_TIMEOUT, Result, fail, ok
-from remediation.playbook import RULES
+from remediation.doctor.needs import actions_for
 from remediation.redact import redact_text
 from remediation.settings import Settings
 
 AREA = "prometheus"
 URL_VAR = "REMEDIATION_PROMETHEUS__URL"
 RULES_VAR = "REMEDIATION_PROMETHEUS__RULES"
-
-
-def actions_for(kind: str) -> tuple[str, ...]:
-    """The actions the playbook sends on findings of this kind."""
-    return tuple(sorted({r.action for r in RULES if r.kind == kind and r.run == "act"}))
 
 
 def probe(settings: Settings) -> list[Result]:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from remediation.doctor import prometheus as prom_probe
+from remediation.doctor.needs import actions_for
 from remediation.settings import DEFAULT_PROMETHEUS_RULES, Settings
 from tests.support.alerting import PROMETHEUS, Process, prometheus
 from tests.support.base import free_port
@@ -49,7 +50,7 @@ def test_rule_with_typo_fails_naming_the_variable(server: Process) -> None:
     assert bad.status == "fail"
     assert bad.detail.startswith("bad_data: ") and "parse error" in bad.detail
     assert bad.fix == "correct REMEDIATION_PROMETHEUS__RULES[1].query (rule typo)"
-    assert bad.needed_by == prom_probe.actions_for("error_rate_high") != ()
+    assert bad.needed_by == actions_for("error_rate_high") != ()
 
 
 def test_unreachable_prometheus_is_one_fail_row() -> None:
