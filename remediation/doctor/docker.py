@@ -24,6 +24,8 @@ URL_VAR = "REMEDIATION_CONTAINERS__DOCKER_URL"
 PROJECT_VAR = "REMEDIATION_CONTAINERS__PROJECT"
 SCALE_VAR = "REMEDIATION_WORKERS__SCALE_TARGETS"
 CONTAINER_ACTIONS = ("reset_container_restarts", "restart_container")
+# What making a client raises: the engine's errors, or a URL it cannot use.
+_CONNECT_ERRORS: tuple[type[BaseException], ...] = (*ERRORS, ValueError)
 
 
 def projects(settings: Settings) -> dict[str, tuple[str, ...]]:
@@ -54,7 +56,7 @@ def probe(settings: Settings) -> list[Result]:
     rows = [socket_row] if socket_row is not None else []
     try:
         dc = docker.DockerClient(base_url=url, timeout=int(max(PROBE_TIMEOUT, 1)))
-    except (*ERRORS, ValueError) as exc:
+    except _CONNECT_ERRORS as exc:
         return [*rows, _down(shown, exc, everyone)]
     try:
         try:
