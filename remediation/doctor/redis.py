@@ -8,19 +8,24 @@ gets a "cannot tell" row listing the commands to allow, not a ✗. Read-only: DR
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import redis
 
 from remediation.clients.redis import text
 from remediation.doctor import PROBE_TIMEOUT, Result, fail, ok, unknown
+from remediation.guards import keys
 from remediation.redact import redact_text
 from remediation.settings import Settings
 
 AREA = "redis"
 _SHA = "0" * 40
 _K = "{key}"
+CORE_KEY = keys.PREFIX + "doctor"
+"""A key like the guards' own (rem:...), for ACL key checks on the state Redis."""
 
 # Arguments that give each command its arity; {key} is a key of the kind the code touches.
 _ARGS: dict[str, tuple[str, ...]] = {
@@ -100,61 +105,86 @@ def where(url: str) -> str:
     return f"{parts.scheme}://{host}{db}"
 
 
-def _actions_on(settings: Settings, target: str) -> dict[str, tuple[str, ...]]:
-    """The actions that may send commands to target ("self" = the state Redis)."""
+class Need(NamedTuple):
+    """One command on one key (``pattern``: the key pattern an ACL would have to allow)."""
+
+    cmd: str
+    key: str
+    pattern: str
+
+
+def _glob_sample(pattern: str) -> str:
+    """A key the glob pattern matches ("cache:*" -> "cache:x"), for ACL key checks."""
+    return re.sub(r"\[[^\]]*\]|[*?]", "x", pattern.replace("\\", ""))
+
+
+def _on(cmds: Iterable[str], key: str, pattern: str | None = None) -> list[Need]:
+    return [Need(c, key if _K in _ARGS[c] else "", pattern or key) for c in cmds]
+
+
+def _actions_on(settings: Settings, target: str) -> dict[str, list[Need]]:
+    """The actions that may send commands to target ("self" = the state Redis), each with
+    the commands it sends and the configured key they touch."""
     s = settings
-    mine: dict[str, tuple[str, ...]] = {}
+    jq = s.job_queue
+    mine: dict[str, list[Need]] = {
+        "dedupe_job_queue": _on(ACTIONS["dedupe_job_queue"], jq.key),  # any target may be named
+        "dead_letter_stale_jobs": [
+            *_on(ACTIONS["dead_letter_stale_jobs"], jq.key),
+            *_on(["RPUSH"], jq.dead_letter_key),
+        ],
+    }
 
     def names(configured: str) -> bool:
         return configured.lower() == target.lower()
 
-    mine["dedupe_job_queue"] = ACTIONS["dedupe_job_queue"]  # any target may be named
-    mine["dead_letter_stale_jobs"] = ACTIONS["dead_letter_stale_jobs"]
     if s.cache.flush_patterns:
-        mine["flush_cache"] = ACTIONS["flush_cache"]
+        mine["flush_cache"] = [
+            need
+            for pattern in s.cache.flush_patterns
+            for need in _on(ACTIONS["flush_cache"], _glob_sample(pattern), pattern)
+        ]
     if (s.proxies.proxy_list or s.proxies.file) and names(s.proxies.redis_target):
-        mine["rotate_proxies"] = ACTIONS["rotate_proxies"]
+        mine["rotate_proxies"] = _on(ACTIONS["rotate_proxies"], s.proxies.active_key)
     if names(s.backoff.redis_target):
-        mine["tune_backoff"] = ACTIONS["tune_backoff"]
+        mine["tune_backoff"] = _on(ACTIONS["tune_backoff"], s.backoff.config_key)
     if s.headers.enabled and names(s.headers.redis_target):
-        mine["regenerate_headers"] = ACTIONS["regenerate_headers"]
+        mine["regenerate_headers"] = _on(ACTIONS["regenerate_headers"], s.headers.key)
     if s.rate_limits.endpoints and names(s.rate_limits.redis_target):
-        mine["throttle_sync"] = ACTIONS["throttle_sync"]
-        mine["restore_sync"] = ACTIONS["restore_sync"]
+        key = s.rate_limits.sync_interval_key
+        mine["throttle_sync"] = _on(ACTIONS["throttle_sync"], key)
+        mine["restore_sync"] = _on(ACTIONS["restore_sync"], key)
     return mine
 
 
-def _needs(commands: dict[str, tuple[str, ...]]) -> dict[str, tuple[str, ...]]:
-    """command -> the actions needing it, from action -> commands."""
-    out: dict[str, list[str]] = {}
-    for action, cmds in commands.items():
-        for cmd in cmds:
-            out.setdefault(cmd, []).append(action)
-    return {cmd: tuple(sorted(set(actions))) for cmd, actions in out.items()}
+def _needs(commands: dict[str, list[Need]]) -> dict[Need, tuple[str, ...]]:
+    """Need -> the actions needing it, from action -> needs."""
+    out: dict[Need, set[str]] = {}
+    for action, needs in commands.items():
+        for need in needs:
+            out.setdefault(need, set()).add(action)
+    return {need: tuple(sorted(actions)) for need, actions in out.items()}
 
 
 def probe(settings: Settings) -> list[Result]:
     """Rows for the state Redis, the broker (when Redis) and each monitored Redis."""
     rows: list[Result] = []
     state_url = settings.state_redis_url.get_secret_value()
-    state_needs: dict[str, tuple[str, ...]] = {}
+    state_needs: dict[Need, tuple[str, ...]] = {}
     if "self" not in {t.lower() for t in settings.redis_targets}:
         state_needs = _needs(_actions_on(settings, "self"))  # the actions' default target
-    state_needs.update({cmd: () for cmd in CORE})  # the guards: always needed
-    rows += check_target("state", state_url, state_needs, key="rem:doctor")
+    state_needs.update({need: () for need in _on(CORE, CORE_KEY, keys.PREFIX + "*")})
+    rows += check_target("state", state_url, state_needs)
     broker = settings.broker_url.get_secret_value()
     if broker.startswith(("redis://", "rediss://", "unix://")):
-        rows += check_target("broker", broker, {}, key="celery")
+        rows += check_target("broker", broker, {})
     for name, url in settings.redis_targets.items():
-        needs = _needs(_actions_on(settings, name))
-        rows += check_target(name, url.get_secret_value(), needs, key=settings.job_queue.key)
+        rows += check_target(name, url.get_secret_value(), _needs(_actions_on(settings, name)))
     return rows
 
 
-def check_target(
-    target: str, url: str, needs: dict[str, tuple[str, ...]], *, key: str
-) -> list[Result]:
-    """Connect, version, then DRYRUN every command in needs (command -> actions needing it)."""
+def check_target(target: str, url: str, needs: dict[Need, tuple[str, ...]]) -> list[Result]:
+    """Connect, version, then DRYRUN every need (need -> the actions needing it)."""
     everyone = _needed_by(needs)
     shown = where(url)
     try:
@@ -165,7 +195,7 @@ def check_target(
         fix = f"correct the URL of Redis {target!r}"
         return [fail(AREA, target, "URL", redact_text(str(exc)), fix, needed_by=everyone)]
     try:
-        return _check(client, target, shown, needs, key, everyone)
+        return _check(client, target, shown, needs, everyone)
     finally:
         client.close()
 
@@ -174,8 +204,7 @@ def _check(
     client: redis.Redis,
     target: str,
     shown: str,
-    needs: dict[str, tuple[str, ...]],
-    key: str,
+    needs: dict[Need, tuple[str, ...]],
     everyone: tuple[str, ...],
 ) -> list[Result]:
     try:
@@ -187,14 +216,14 @@ def _check(
         return [fail(AREA, target, "connect + PING", detail, fix, needed_by=everyone)]
     rows = [ok(AREA, target, "connect + PING", f"{shown}, Redis {version}", needed_by=everyone)]
     if needs:
-        rows += _commands(client, target, version, needs, key)
+        rows += _commands(client, target, version, needs)
     return rows
 
 
 def _commands(
-    client: redis.Redis, target: str, version: str, needs: dict[str, tuple[str, ...]], key: str
+    client: redis.Redis, target: str, version: str, needs: dict[Need, tuple[str, ...]]
 ) -> list[Result]:
-    cmds = sorted(needs)
+    cmds = sorted({n.cmd for n in needs})
     everyone = _needed_by(needs)
     what = f"ACL allows {len(cmds)} command(s)"
     try:
@@ -205,34 +234,37 @@ def _commands(
         return [_cannot_tell(target, what, str(exc), cmds, "<user>", everyone)]
     except redis.RedisError as exc:
         return [_cannot_tell(target, what, str(exc), cmds, "<user>", everyone)]
-    return _dryrun(client, target, user, needs, key, what, everyone)
+    return _dryrun(client, target, user, needs, what, everyone)
 
 
 def _dryrun(
     client: redis.Redis,
     target: str,
     user: str,
-    needs: dict[str, tuple[str, ...]],
-    key: str,
+    needs: dict[Need, tuple[str, ...]],
     what: str,
     everyone: tuple[str, ...],
 ) -> list[Result]:
-    denied: list[Result] = []
-    for cmd in sorted(needs):
-        args = [a.replace(_K, key) for a in _ARGS[cmd]]
+    denied: dict[tuple[str, str, str], dict[Need, tuple[str, ...]]] = {}
+    for need in sorted(needs):
+        args = [a.replace(_K, need.key) for a in _ARGS[need.cmd]]
         try:
-            reply = text(client.acl_dryrun(user, *cmd.split(), *args))
+            reply = text(client.acl_dryrun(user, *need.cmd.split(), *args))
         except redis.RedisError as exc:  # DRYRUN refused, or missing before Redis 7.0
-            return [_cannot_tell(target, what, str(exc), sorted(needs), user, everyone)]
-        if reply != "OK":
-            denied.append(_denied(target, user, cmd, key, reply, needs[cmd]))
+            cmds = sorted({n.cmd for n in needs})
+            return [_cannot_tell(target, what, str(exc), cmds, user, everyone)]
+        if reply != "OK":  # one row per fix: a command denied on every key is one row
+            denied.setdefault(_denial(user, need, reply), {})[need] = needs[need]
     if denied:
-        return denied
-    detail = f"user {user}: {', '.join(sorted(needs))}"
+        return [
+            fail(AREA, target, row_what, reply, fix, needed_by=_needed_by(by))
+            for (row_what, fix, reply), by in denied.items()
+        ]
+    detail = f"user {user}: {', '.join(sorted({n.cmd for n in needs}))}"
     return [ok(AREA, target, what, detail, needed_by=everyone)]
 
 
-def _needed_by(needs: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+def _needed_by(needs: dict[Need, tuple[str, ...]]) -> tuple[str, ...]:
     """Every action needing some command; empty (the core) when any command is core."""
     if any(not actions for actions in needs.values()):
         return ()
@@ -243,14 +275,12 @@ def _acl_name(cmd: str) -> str:
     return cmd.lower().replace(" ", "|")
 
 
-def _denied(
-    target: str, user: str, cmd: str, key: str, reply: str, actions: tuple[str, ...]
-) -> Result:
+def _denial(user: str, need: Need, reply: str) -> tuple[str, str, str]:
+    """(what, fix, reply) of a denied need: a key not allowed, or the command itself."""
     if "key" in reply.lower():
-        fix = f"ACL SETUSER {user} ~{key} (or a pattern covering it)"
-    else:
-        fix = f"ACL SETUSER {user} +{_acl_name(cmd)}"
-    return fail(AREA, target, f"ACL allows {cmd}", reply, fix, needed_by=actions)
+        return f"ACL allows {need.cmd} on {need.key}", f"ACL SETUSER {user} ~{need.pattern}", reply
+    reply = f"This user has no permissions to run the '{_acl_name(need.cmd)}' command"
+    return f"ACL allows {need.cmd}", f"ACL SETUSER {user} +{_acl_name(need.cmd)}", reply
 
 
 def _cannot_tell(

@@ -73,6 +73,18 @@ def test_denied_commands_fail_with_fix(redis_server: RedisServer, acl_user: obje
     assert PASSWORD not in str(_rows(rows))
 
 
+def test_key_pattern_denied_names_the_pattern(redis_server: RedisServer, acl_user: object) -> None:
+    """A target user whose key patterns leave out the cache gets one fail row for UNLINK on a
+    key the flush pattern matches, whose fix adds that pattern; the job list stays allowed."""
+    url = acl_user("resetkeys", "~job_queue*", "+@all")  # type: ignore[operator]
+    rows = redis_probe.probe(_settings(redis_server.url(0), app=url))
+    failed = [r for r in rows if r.status == "fail"]
+    user = url.split("//")[1].split(":")[0]
+    assert [(r.what, r.fix, r.needed_by) for r in failed] == [
+        ("ACL allows UNLINK on cache:x", f"ACL SETUSER {user} ~cache:*", ("flush_cache",))
+    ], _rows(rows)
+
+
 def test_denied_core_command_on_state(redis_server: RedisServer, acl_user: object) -> None:
     """A state Redis user without EVALSHA fails a core row (needed by no action in particular)."""
     url = acl_user("+@all", "-evalsha")  # type: ignore[operator]
