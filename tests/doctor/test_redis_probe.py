@@ -112,3 +112,16 @@ def test_unreachable_redis_fails_without_secret() -> None:
     assert rows[0].status == "fail" and rows[0].what == "connect + PING"
     assert "127.0.0.1:1" in rows[0].detail
     assert PASSWORD not in str(_rows(rows))
+
+
+def test_wrong_password_fails_without_showing_it(
+    redis_server: RedisServer, acl_user: object
+) -> None:
+    """A target whose URL has a wrong password is a fail row on connect; neither password
+    appears in any row."""
+    url = acl_user("+@all")  # type: ignore[operator]
+    wrong = url.replace(PASSWORD, "wrong-pw-456")
+    rows = redis_probe.probe(_settings(redis_server.url(0), app=wrong))
+    app = [r for r in rows if r.target == "app"]
+    assert [(r.status, r.what) for r in app] == [("fail", "connect + PING")], _rows(rows)
+    assert "wrong-pw-456" not in str(_rows(rows)) and PASSWORD not in str(_rows(rows))
