@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import redis
 
+from remediation.doctor import Result
 from remediation.doctor import redis as redis_probe
 from remediation.settings import Settings
 from tests.support.services import RedisServer
@@ -16,7 +17,7 @@ PASSWORD = "doctor-secret-pw-123"
 
 
 @pytest.fixture
-def acl_user(redis_server: RedisServer) -> Iterator[object]:
+def acl_user(redis_server: RedisServer) -> Iterator[Callable[..., str]]:
     """Create ACL users by rules on the private Redis; each is deleted afterwards."""
     admin = redis.Redis.from_url(redis_server.url(0))
     made: list[str] = []
@@ -42,8 +43,8 @@ def _settings(state: str, **targets: str) -> Settings:
     )
 
 
-def _rows(rows: list[object]) -> list[dict[str, object]]:
-    return [r.as_dict() for r in rows]  # type: ignore[attr-defined]
+def _rows(rows: list[Result]) -> list[dict[str, object]]:
+    return [r.as_dict() for r in rows]
 
 
 def test_default_user_all_ok(redis_server: RedisServer) -> None:
@@ -55,10 +56,12 @@ def test_default_user_all_ok(redis_server: RedisServer) -> None:
     assert "Redis 7" in connect.detail or "Redis " in connect.detail
 
 
-def test_denied_commands_fail_with_fix(redis_server: RedisServer, acl_user: object) -> None:
+def test_denied_commands_fail_with_fix(
+    redis_server: RedisServer, acl_user: Callable[..., str]
+) -> None:
     """A target user without UNLINK and LREM gets a fail row for each, naming the ACL fix
     and the actions needing it; the password appears in no row."""
-    url = acl_user("+@all", "-unlink", "-lrem")  # type: ignore[operator]
+    url = acl_user("+@all", "-unlink", "-lrem")
     rows = redis_probe.probe(_settings(redis_server.url(0), app=url))
     failed = {r.what: r for r in rows if r.status == "fail"}
     assert set(failed) == {"ACL allows UNLINK", "ACL allows LREM"}, _rows(rows)
@@ -73,10 +76,12 @@ def test_denied_commands_fail_with_fix(redis_server: RedisServer, acl_user: obje
     assert PASSWORD not in str(_rows(rows))
 
 
-def test_key_pattern_denied_names_the_pattern(redis_server: RedisServer, acl_user: object) -> None:
+def test_key_pattern_denied_names_the_pattern(
+    redis_server: RedisServer, acl_user: Callable[..., str]
+) -> None:
     """A target user whose key patterns leave out the cache gets one fail row for UNLINK on a
     key the flush pattern matches, whose fix adds that pattern; the job list stays allowed."""
-    url = acl_user("resetkeys", "~job_queue*", "+@all")  # type: ignore[operator]
+    url = acl_user("resetkeys", "~job_queue*", "+@all")
     rows = redis_probe.probe(_settings(redis_server.url(0), app=url))
     failed = [r for r in rows if r.status == "fail"]
     user = url.split("//")[1].split(":")[0]
@@ -85,18 +90,22 @@ def test_key_pattern_denied_names_the_pattern(redis_server: RedisServer, acl_use
     ], _rows(rows)
 
 
-def test_denied_core_command_on_state(redis_server: RedisServer, acl_user: object) -> None:
+def test_denied_core_command_on_state(
+    redis_server: RedisServer, acl_user: Callable[..., str]
+) -> None:
     """A state Redis user without EVALSHA fails a core row (needed by no action in particular)."""
-    url = acl_user("+@all", "-evalsha")  # type: ignore[operator]
+    url = acl_user("+@all", "-evalsha")
     rows = redis_probe.probe(_settings(url))
     failed = [r for r in rows if r.status == "fail" and r.target == "state"]
     assert [r.what for r in failed] == ["ACL allows EVALSHA"], _rows(rows)
     assert failed[0].needed_by == ()
 
 
-def test_user_without_admin_cannot_tell(redis_server: RedisServer, acl_user: object) -> None:
+def test_user_without_admin_cannot_tell(
+    redis_server: RedisServer, acl_user: Callable[..., str]
+) -> None:
     """A user without @admin cannot run ACL DRYRUN: an unknown row listing commands to allow."""
-    url = acl_user("+@all", "-@admin")  # type: ignore[operator]
+    url = acl_user("+@all", "-@admin")
     rows = redis_probe.probe(_settings(redis_server.url(0), app=url))
     app = [r for r in rows if r.target == "app"]
     assert [r.status for r in app] == ["ok", "unknown"], _rows(rows)
@@ -115,11 +124,11 @@ def test_unreachable_redis_fails_without_secret() -> None:
 
 
 def test_wrong_password_fails_without_showing_it(
-    redis_server: RedisServer, acl_user: object
+    redis_server: RedisServer, acl_user: Callable[..., str]
 ) -> None:
     """A target whose URL has a wrong password is a fail row on connect; neither password
     appears in any row."""
-    url = acl_user("+@all")  # type: ignore[operator]
+    url = acl_user("+@all")
     wrong = url.replace(PASSWORD, "wrong-pw-456")
     rows = redis_probe.probe(_settings(redis_server.url(0), app=wrong))
     app = [r for r in rows if r.target == "app"]
