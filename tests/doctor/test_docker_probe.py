@@ -1,0 +1,110 @@
+"""The Docker probe: a missing and an unreadable socket, and the real engine (dockerd)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from remediation.doctor import docker as docker_probe
+from remediation.settings import Settings
+from tests.support.base import ROOT
+from tests.support.docker_compose import DOCKER_URL, ComposeProject
+from tests.support.servers import as_user
+
+
+def _settings(url: str, project: str | None = "shop", **containers: object) -> Settings:
+    return Settings(containers={"docker_url": url, "project": project, **containers})
+
+
+@pytest.fixture
+def root_socket() -> Iterator[Path]:
+    """A listening unix socket owned by root, mode 0600, in a directory anyone may enter."""
+    folder = Path(tempfile.mkdtemp(prefix="rem-doctor-sock-"))
+    folder.chmod(0o755)
+    path = folder / "docker.sock"
+    server = socket.socket(socket.AF_UNIX)
+    server.bind(str(path))
+    server.listen(1)
+    path.chmod(0o600)
+    yield path
+    server.close()
+    path.unlink()
+    folder.rmdir()
+
+
+def test_unused_docker_is_one_ok_row() -> None:
+    """No project and no compose scale target: Docker is not used, one ok row (not a fail)."""
+    rows = docker_probe.probe(_settings("unix:///nonexistent/docker.sock", project=None))
+    assert [(r.status, r.what) for r in rows] == [("ok", "configured")]
+
+
+def test_missing_socket_fails_with_fix() -> None:
+    """A socket path that does not exist is one fail row naming the variable to correct and
+    the actions that need it (hard reboot on adds recreate_service)."""
+    rows = docker_probe.probe(_settings("unix:///nonexistent/docker.sock", hard_reboot=True))
+    assert [(r.status, r.what) for r in rows] == [
+        ("fail", "socket /nonexistent/docker.sock readable and writable")
+    ]
+    assert "REMEDIATION_CONTAINERS__DOCKER_URL" in rows[0].fix
+    assert rows[0].needed_by == (
+        "recreate_service",
+        "reset_container_restarts",
+        "restart_container",
+    )
+
+
+def test_unreadable_socket_fails_for_a_non_root_user(root_socket: Path) -> None:
+    """Run as nobody (root ignores modes), a 0600 root socket is a fail row telling how to
+    get access; compose scale targets bring scale_workers into needed_by."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the probe as another user (runuser)")
+    code = (
+        "import json; from remediation.doctor import docker as d;"
+        "from remediation.settings import Settings;"
+        f"s = Settings(containers={{'docker_url': 'unix://{root_socket}'}},"
+        " workers={'scale_targets': [{'name': 'w', 'backend': 'compose',"
+        " 'project': 'shop', 'service': 'worker'}]});"
+        "print(json.dumps([r.as_dict() for r in d.probe(s)]))"
+    )
+    # This venv's interpreter lives under /root (0700): run the system python3 of the same
+    # version on this checkout and this venv's packages.
+    system = shutil.which("python3", path="/usr/bin:/bin")
+    if system is None:
+        pytest.skip("no system python3 for the non-root user")
+    path = f"{ROOT}:{sysconfig.get_paths()['purelib']}"
+    done = subprocess.run(
+        [*as_user("nobody"), "env", f"PYTHONPATH={path}", system, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(done.stdout)
+    assert len(rows) == 1 and rows[0]["status"] == "fail", rows
+    assert rows[0]["detail"] == "user nobody may not read and write it (mode 600)"
+    assert "usermod -aG docker nobody" in rows[0]["fix"]
+    assert rows[0]["needed_by"] == ["scale_workers"]
+
+
+def test_real_engine_ok_and_empty_project_fails(project: ComposeProject) -> None:
+    """Against the real engine with a running replica of the project: socket, engine and
+    project ok; a project with no containers is a fail row naming the label and project."""
+    project.run("sleep 60")
+    rows = docker_probe.probe(_settings(DOCKER_URL, project=project.name))
+    assert [r.status for r in rows] == ["ok", "ok", "ok"], rows
+    assert rows[1].detail.startswith("Docker ")
+    assert rows[2].detail == "1 container(s), 1 running"
+    empty = docker_probe.probe(_settings(DOCKER_URL, project=f"{project.name}-none"))[-1]
+    assert empty.status == "fail" and empty.detail == "0 containers found"
+    assert f"com.docker.compose.project={project.name}-none" in empty.fix
