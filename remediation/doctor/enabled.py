@@ -22,6 +22,10 @@ from remediation import playbook
 from remediation.settings import Settings
 
 
+def _always(_: Settings) -> bool:
+    return True
+
+
 def _sessions_allowed(s: Settings) -> bool:
     return bool(s.postgres.session_allow_roles or s.postgres.session_allow_applications)
 
@@ -49,5 +53,5 @@ def enabled_actions(settings: Settings) -> frozenset[str]:
     return frozenset(
         name
         for name in playbook_actions()
-        if name not in dry and OFF_UNLESS.get(name, lambda _: True)(settings)
+        if name not in dry and OFF_UNLESS.get(name, _always)(settings)
     )

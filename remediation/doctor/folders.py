@@ -47,7 +47,9 @@ def folders(settings: Settings) -> list[Folder]:
     ]
     if settings.secrets.files:
         path = Path(settings.secrets.quarantine_dir)
-        out.append(Folder("quarantine_dir", path, "SECRETS__QUARANTINE_DIR", ("quarantine_log",), False))
+        out.append(
+            Folder("quarantine_dir", path, "SECRETS__QUARANTINE_DIR", ("quarantine_log",), False)
+        )
     return out
 
 
@@ -124,7 +126,9 @@ def _writable(folder: Folder) -> Result:
             pass
     except OSError as exc:
         detail = f"cannot create a file: {exc.strerror or exc}"
-        return _row(folder, what, detail, f"chmod u+rwx {path} (as {_user()}), or chown {_user()} {path}")
+        return _row(
+            folder, what, detail, f"chmod u+rwx {path} (as {_user()}), or chown {_user()} {path}"
+        )
     return _row(folder, what, "a file was created and removed")
 
 
@@ -151,12 +155,24 @@ def free_space(settings: Settings, folder: Folder) -> Result:
     try:
         free = shutil.disk_usage(place).free
     except OSError as exc:
-        return unknown(AREA, folder.name, what, f"cannot read {place}: {exc.strerror}",
-                       "make the folder readable", needed_by=folder.needed_by)
+        return unknown(
+            AREA,
+            folder.name,
+            what,
+            f"cannot read {place}: {exc.strerror}",
+            "make the folder readable",
+            needed_by=folder.needed_by,
+        )
     size, unread = database_bytes(settings)
     if unread:
-        return unknown(AREA, folder.name, what, "cannot read the size of " + ", ".join(unread),
-                       "see the postgres rows", needed_by=folder.needed_by)
+        return unknown(
+            AREA,
+            folder.name,
+            what,
+            "cannot read the size of " + ", ".join(unread),
+            "see the postgres rows",
+            needed_by=folder.needed_by,
+        )
     need = int(size * margin)
     detail = f"{free / GIB:.2f} GiB free on {place}, {need / GIB:.2f} GiB needed"
     if free >= need:

@@ -17,9 +17,9 @@ import psycopg
 from psycopg.rows import dict_row
 
 from remediation import backups
+from remediation.backups.layout import BackupError
 from remediation.clients import pg
 from remediation.doctor import Result, fail, ok, unknown
-from remediation.backups.layout import BackupError
 from remediation.redact import bounded_text, redact_text
 from remediation.settings import Settings
 
@@ -206,13 +206,22 @@ def _vacuum_rows(
             f" (or make {role} own database {quote(facts['db'])}, or superuser)"
         )
         detail = f"{facts['role']} does not own {t['schema']}.{t['name']}: VACUUM skips it"
-        rows.append(fail(AREA, name, f"VACUUM/ANALYZE on {t['schema']}.{t['name']}", detail, fix,
-                         needed_by=VACUUM_ACTIONS))
+        rows.append(
+            fail(
+                AREA,
+                name,
+                f"VACUUM/ANALYZE on {t['schema']}.{t['name']}",
+                detail,
+                fix,
+                needed_by=VACUUM_ACTIONS,
+            )
+        )
     if len(denied) > MAX_TABLE_ROWS:
         more = len(denied) - MAX_TABLE_ROWS
         fix = "GRANT pg_maintain TO " + role + ";" if pg17 else f"the same for each ({more} more)"
-        rows.append(fail(AREA, name, what, f"{more} more tables like these", fix,
-                         needed_by=VACUUM_ACTIONS))
+        rows.append(
+            fail(AREA, name, what, f"{more} more tables like these", fix, needed_by=VACUUM_ACTIONS)
+        )
     return rows
 
 
@@ -225,7 +234,9 @@ def _select_rows(
         return [ok(AREA, name, what, f"{len(tables)} tables", needed_by=DUMP_ACTIONS)]
     role = quote(facts["role"])
     shown = ", ".join(f"{quote(t['schema'])}.{quote(t['name'])}" for t in denied[:MAX_TABLE_ROWS])
-    fix = f"GRANT SELECT ON {shown} TO {role};" + (" (and the others)" if len(denied) > MAX_TABLE_ROWS else "")
+    fix = f"GRANT SELECT ON {shown} TO {role};" + (
+        " (and the others)" if len(denied) > MAX_TABLE_ROWS else ""
+    )
     detail = f"{len(denied)} tables {facts['role']} may not read: pg_dump fails on the first"
     return [fail(AREA, name, what, detail, fix, needed_by=DUMP_ACTIONS)]
 
@@ -268,8 +279,11 @@ def _restore_rows(name: str, facts: dict[str, Any], quote: _Quote) -> list[Resul
         rows.append(ok(AREA, name, what, how, needed_by=RESTORE_ACTIONS))
     else:
         detail = f"{facts['role']} may not create databases: verify_backup cannot restore"
-        rows.append(fail(AREA, name, what, detail, f"ALTER ROLE {role} CREATEDB;",
-                         needed_by=RESTORE_ACTIONS))
+        rows.append(
+            fail(
+                AREA, name, what, detail, f"ALTER ROLE {role} CREATEDB;", needed_by=RESTORE_ACTIONS
+            )
+        )
     what = f"CONNECT on database {facts['db']}"
     if facts["can_connect"]:
         rows.append(ok(AREA, name, what, "", needed_by=DUMP_ACTIONS))

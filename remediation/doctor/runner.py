@@ -15,8 +15,7 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from remediation.doctor import SEND_TEST, Result, fail, unknown
-from remediation.doctor import folders, postgres, schedule
+from remediation.doctor import SEND_TEST, Result, fail, folders, postgres, schedule, unknown
 from remediation.doctor.enabled import enabled_actions
 from remediation.redact import bounded_text, redact_text
 from remediation.settings import Settings
@@ -29,7 +28,7 @@ _MESSAGE_CHARS = 300
 
 
 def area_name(module: ModuleType) -> str:
-    """"postgres" for remediation.doctor.postgres: what --area takes."""
+    """ "postgres" for remediation.doctor.postgres: what --area takes."""
     return module.__name__.rsplit(".", 1)[-1]
 
 
@@ -155,8 +154,6 @@ def run(
     wanted = list(areas) if areas else area_names()
     unknown_areas = sorted(set(wanted) - set(area_names()))
     if unknown_areas:
-        raise ValueError(
-            f"unknown area {unknown_areas[0]!r} (known: {', '.join(area_names())})"
-        )
+        raise ValueError(f"unknown area {unknown_areas[0]!r} (known: {', '.join(area_names())})")
     probes = [(area_name(m), m.probe) for m in AREAS if area_name(m) in wanted]
     return run_probes(settings, probes, send_test=send_test)
