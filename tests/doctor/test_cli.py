@@ -112,3 +112,24 @@ def test_worker_runs_doctor_at_start_and_status_shows_it(
         assert "doctor done" in worker.log()
     finally:
         worker.stop()
+
+
+def test_status_shows_the_failing_rows_of_the_last_report(
+    settings_env: Any, r: redis.Redis, capsys: Any
+) -> None:
+    """`remediation status` prints the last report's time, counts and each ✗ with its fix."""
+    from remediation.cli import main
+    from remediation.doctor import at_start, fail, ok, runner
+
+    s = settings_env()
+    assert main(["status"]) == 0
+    assert "doctor:   no report" in capsys.readouterr().out
+    rows = (
+        ok("schedule", "beat_schedule", "valid"),
+        fail("postgres", "app", "CREATEDB", "no", "ALTER ROLE x CREATEDB;"),
+    )
+    at_start.store(s, runner.Report(rows, frozenset()))
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "1 ok, 1 failed, 0 cannot tell, 1 blocking" in out
+    assert "ALTER ROLE x CREATEDB;" in out
