@@ -3,8 +3,12 @@ each a ✗ with the exact statement that grants them; the superuser audit databa
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from typing import Any
+
+import psycopg
+from psycopg import sql
 
 from remediation.doctor import Result
 from remediation.doctor import postgres as pg_probe
@@ -55,3 +59,27 @@ def test_unreachable_target_is_a_blocking_fail_without_password(
     (row,) = [r for r in pg_probe.probe(s) if r.target == "app"]
     assert row.what == "connect" and row.status == "fail" and not row.needed_by
     assert "s3cretPassw0rd" not in repr(row)
+
+
+def test_allow_listed_superuser_cannot_be_signalled(
+    settings_env: Callable[..., Any], weak_role: WeakRole, pg_admin: str
+) -> None:
+    """With pg_signal_backend, ending sessions is ✓, but an allow-listed superuser role is a ✗:
+    a non-superuser can never signal a superuser's backend."""
+    with psycopg.connect(pg_admin, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("GRANT pg_signal_backend TO {}").format(sql.Identifier(weak_role.role))
+        )
+        admin = conn.execute("SELECT current_user").fetchone()[0]  # type: ignore[index]
+    s = settings_env(
+        REMEDIATION_POSTGRES_TARGETS__APP=weak_role.dsn,
+        REMEDIATION_POSTGRES__SESSION_ALLOW_ROLES=json.dumps([admin, "app"]),
+    )
+    rows = _rows(pg_probe.probe(s), "app")
+    assert rows["end sessions (pg_terminate_backend / pg_cancel_backend)"].status == "ok"
+    allowed = rows["allow-listed roles can be signalled"]
+    assert (
+        allowed.status == "fail"
+        and admin in allowed.detail
+        and "SESSION_ALLOW_ROLES" in allowed.fix
+    )
