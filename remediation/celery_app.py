@@ -144,6 +144,15 @@ def _serve_metrics(**_: Any) -> None:
     metrics.start_server(get_settings())
 
 
+@signals.worker_ready.connect
+def _doctor_at_start(**_: Any) -> None:
+    """The doctor's checks, in a thread: logged, stored for `remediation status`, never
+    stopping the worker (REMEDIATION_DOCTOR__AT_START=false: not run)."""
+    from remediation.doctor import at_start
+
+    at_start.start(get_settings())
+
+
 @signals.worker_process_shutdown.connect
 def _child_metrics_done(pid: int | None = None, **_: Any) -> None:
     metrics.child_exited(pid or os.getpid())

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from remediation.cli import approvals, certificates, serve, watch
+from remediation.cli import approvals, certificates, doctor, serve, watch
 from remediation.cli.access import cmd_unblock
 from remediation.cli.commands import (
     cmd_breakers,
@@ -110,6 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_parser(sub)
     watch.add_parser(sub)
     approvals.add_parser(sub)
+    doctor.add_parser(sub)
     return p
 
 
@@ -132,6 +133,7 @@ COMMANDS = {
     **serve.COMMANDS,
     **watch.COMMANDS,
     **approvals.COMMANDS,
+    **doctor.COMMANDS,
 }
 
 

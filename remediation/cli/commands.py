@@ -201,6 +201,7 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         "breakers": [b for b in breaker.snapshot(r) if b["state"] != "closed"],
         "recent": AuditStore(s.audit_dsn.get_secret_value()).history(limit=10),
         "watch": _watch_sources(r),
+        "doctor": _doctor_last(r),
     }
     recent = ["decided_at", "action", "resource", "decision", "outcome", "verification"]
     human = [
@@ -214,9 +215,32 @@ def cmd_status(args: argparse.Namespace, s: Settings) -> int:
         table(data["watch"], ["source", "holder", "received", "checks", "coalesced", "dropped"]),
         "recent decisions:",
         table(shown(data["recent"]), [*recent, "reason"], wide="reason"),
+        *_doctor_lines(data["doctor"]),
     ]
     emit(args, data, "\n".join(human))
     return 0
+
+
+def _doctor_last(r: Any) -> dict[str, Any] | None:
+    from remediation.doctor import at_start
+
+    return at_start.last(r)
+
+
+def _doctor_lines(report: dict[str, Any] | None) -> list[str]:
+    """The last doctor report a worker ran at start: when, the counts, the rows not ✓."""
+    if report is None:
+        return ["doctor:   no report (a worker runs it at start; or run `remediation doctor`)"]
+    c = report.get("counts", {})
+    head = (
+        f"doctor:   {report.get('at')}: {c.get('ok', 0)} ok, {c.get('fail', 0)} failed,"
+        f" {c.get('unknown', 0)} cannot tell, {c.get('blocking', 0)} blocking"
+    )
+    rows = [row for row in report.get("rows", []) if row.get("status") != "ok"]
+    if not rows:
+        return [head]
+    cols = ["status", "area", "target", "what", "fix"]
+    return [head, table(rows, cols, wide="fix")]
 
 
 def _watch_sources(r: Any) -> list[dict[str, Any]]:

@@ -11,6 +11,7 @@ a need (the core: audit database, state Redis, schedule).
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -18,6 +19,10 @@ Status = Literal["ok", "fail", "unknown"]
 
 # Each probe's network calls use at most this many seconds (connect and read).
 PROBE_TIMEOUT = 5.0
+
+SEND_TEST: ContextVar[bool] = ContextVar("SEND_TEST", default=False)
+"""True under `remediation doctor --send-test`: a probe that can send a test message (the
+webhook) sends one; otherwise nothing is sent. ``runner.run`` sets it in each probe's thread."""
 
 
 @dataclass(frozen=True)

@@ -172,3 +172,9 @@ def recheck(check: str, params_digest: str, second: int) -> str:
     """Set by the first worker that scheduled a deferred fix's recheck for this second
     (remediation.rechecks): a deferral seen by several runs sends one recheck."""
     return f"{PREFIX}recheck:{check}:{params_digest}:{second}"
+
+
+DOCTOR_LAST = PREFIX + "doctor:last"
+"""JSON of the last doctor report a worker ran at start (remediation.doctor.at_start),
+shown by `remediation status`; expires after DOCTOR_LAST_TTL seconds."""
+DOCTOR_LAST_TTL = 7 * 86400

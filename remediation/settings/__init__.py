@@ -39,6 +39,7 @@ from remediation.settings.core import (
     VerifySettings,
 )
 from remediation.settings.dependencies import DependencySettings
+from remediation.settings.doctor import DoctorSettings
 from remediation.settings.guards import (
     DEFAULT_BLAST_RADIUS,
     BlastCap,
@@ -107,6 +108,7 @@ __all__ = [
     "ContainerSettings",
     "DataQualityRule",
     "DependencySettings",
+    "DoctorSettings",
     "FreshnessRule",
     "GuardSettings",
     "HeaderBrowser",
@@ -210,6 +212,8 @@ class Settings(BaseSettings):
     retention: RetentionSettings = RetentionSettings()
     # event sources (issue 16)
     watch: WatchSettings = WatchSettings()
+    # remediation doctor (issue 17)
+    doctor: DoctorSettings = DoctorSettings()
 
     @field_validator("broker_url", "result_backend", "state_redis_url")
     @classmethod
