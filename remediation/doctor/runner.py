@@ -15,12 +15,34 @@ from datetime import UTC, datetime
 from types import ModuleType
 from typing import Any
 
-from remediation.doctor import SEND_TEST, Result, fail, folders, postgres, schedule, unknown
+from remediation.doctor import (
+    SEND_TEST,
+    Result,
+    docker,
+    fail,
+    folders,
+    http,
+    postgres,
+    prometheus,
+    redis,
+    schedule,
+    unknown,
+    webhook,
+)
 from remediation.doctor.enabled import enabled_actions
 from remediation.redact import bounded_text, redact_text
 from remediation.settings import Settings
 
-AREAS: tuple[ModuleType, ...] = (postgres, folders, schedule)
+AREAS: tuple[ModuleType, ...] = (
+    postgres,
+    redis,
+    docker,
+    prometheus,
+    http,
+    folders,
+    webhook,
+    schedule,
+)
 """The probe modules, in the order the table shows them."""
 
 Probe = Callable[[Settings], list[Result]]

@@ -14,7 +14,7 @@ import urllib.parse
 from typing import Any
 
 from remediation.actions.notify import DeadlineExceeded, post_bounded
-from remediation.doctor import PROBE_TIMEOUT, Result, fail, ok
+from remediation.doctor import PROBE_TIMEOUT, SEND_TEST, Result, fail, ok
 from remediation.settings import Settings
 
 AREA = "webhook"
@@ -47,8 +47,11 @@ def resolve(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> list[str] |
     return found.get("addrs") or found.get("error") or "no address"
 
 
-def probe(settings: Settings, *, send_test: bool = False) -> list[Result]:
-    """Rows: well-formed, resolvable, and (send_test) the test message's answer."""
+def probe(settings: Settings, *, send_test: bool | None = None) -> list[Result]:
+    """Rows: well-formed, resolvable, and (send_test, by default `doctor --send-test`) the
+    test message's answer."""
+    if send_test is None:
+        send_test = SEND_TEST.get()
     secret = settings.notify.webhook_url
     if secret is None:
         return [ok(AREA, "webhook", "configured", f"{VAR} unset: notifications are logged only")]

@@ -97,7 +97,7 @@ def test_worker_runs_doctor_at_start_and_status_shows_it(
     redis_server: RedisServer, audit_db: str, tmp_path: Path, r: redis.Redis
 ) -> None:
     """A worker stores its start-up report in the state Redis; `status --json` shows it."""
-    env = stack_env(redis_server, audit_db, tmp_path)
+    env = stack_env(redis_server, audit_db, tmp_path, REMEDIATION_DOCTOR__AT_START="true")
     worker = WorkerProcess(env, f"doctor-{uuid.uuid4().hex[:6]}").start()
     try:
         raw = wait_for(lambda: r.get(keys.DOCTOR_LAST), 60, 0.2, "doctor report in Redis")

@@ -69,7 +69,12 @@ def test_unresolvable_host_fails_off_the_network() -> None:
 
 def test_resolver_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     """A resolver that hangs is given up on after the timeout (getaddrinfo has none)."""
-    monkeypatch.setattr(webhook_probe.socket, "getaddrinfo", lambda *a, **k: time.sleep(5))
+
+    def hang(*args: object, **kwargs: object) -> list[object]:
+        time.sleep(5)
+        raise OSError("the resolver gave up")
+
+    monkeypatch.setattr(webhook_probe.socket, "getaddrinfo", hang)
     started = time.monotonic()
     why = webhook_probe.resolve("slow.example", 443, timeout=0.3)
     assert time.monotonic() - started < 2

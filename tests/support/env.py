@@ -38,6 +38,9 @@ def service_env(redis_server: RedisServer, audit_dsn: str, **extra: str) -> dict
         "REMEDIATION_METRICS__MULTIPROC_DIR": tempfile.mkdtemp(prefix="rem-metrics-"),
         # actions run when called unless a test asks for approvals (tests/.../test_approvals*)
         "REMEDIATION_APPROVALS__REQUIRE": "[]",
+        # the start-up doctor probes every endpoint and proxy once: tests counting requests
+        # would see it (tests/doctor turn it back on)
+        "REMEDIATION_DOCTOR__AT_START": "false",
     }
     env.update(extra)
     return env
