@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
-import subprocess
-import sysconfig
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,9 +12,8 @@ import pytest
 
 from remediation.doctor import docker as docker_probe
 from remediation.settings import Settings
-from tests.support.base import ROOT
 from tests.support.docker_compose import DOCKER_URL, ComposeProject
-from tests.support.servers import as_user
+from tests.support.servers import in_child_as
 
 
 def _settings(url: str, project: str | None = "shop", **containers: object) -> Settings:
@@ -66,31 +61,16 @@ def test_unreadable_socket_fails_for_a_non_root_user(root_socket: Path) -> None:
     """Run as nobody (root ignores modes), a 0600 root socket is a fail row telling how to
     get access; compose scale targets bring scale_workers into needed_by."""
     if os.geteuid() != 0:
-        pytest.skip("needs root to run the probe as another user (runuser)")
-    code = (
-        "import json; from remediation.doctor import docker as d;"
-        "from remediation.settings import Settings;"
-        f"s = Settings(containers={{'docker_url': 'unix://{root_socket}'}},"
-        " workers={'scale_targets': [{'name': 'w', 'backend': 'compose',"
-        " 'project': 'shop', 'service': 'worker'}]});"
-        "print(json.dumps([r.as_dict() for r in d.probe(s)]))"
+        pytest.skip("needs root to run the probe as another user")
+    settings = Settings(
+        containers={"docker_url": f"unix://{root_socket}"},
+        workers={
+            "scale_targets": [
+                {"name": "w", "backend": "compose", "project": "shop", "service": "worker"}
+            ]
+        },
     )
-    # This venv's interpreter lives under /root (0700): run the system python3 of the same
-    # version on this checkout and this venv's packages.
-    system = shutil.which("python3", path="/usr/bin:/bin")
-    if system is None:
-        pytest.skip("no system python3 for the non-root user")
-    path = f"{ROOT}:{sysconfig.get_paths()['purelib']}"
-    done = subprocess.run(
-        [*as_user("nobody"), "env", f"PYTHONPATH={path}", system, "-c", code],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd="/",
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
-    rows = json.loads(done.stdout)
+    rows = in_child_as("nobody", lambda: [r.as_dict() for r in docker_probe.probe(settings)])
     assert len(rows) == 1 and rows[0]["status"] == "fail", rows
     assert rows[0]["detail"] == "user nobody may not read and write it (mode 600)"
     assert "usermod -aG docker nobody" in rows[0]["fix"]

@@ -3,52 +3,31 @@ and a missing folder are each a âœ— with its fix; a private writable folder is â
 
 from __future__ import annotations
 
-import json
 import os
 import pwd
 import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
 from remediation.doctor import folders
+from tests.support.servers import in_child_as
 
 USER = "nobody"
 
 
 def as_user(paths: list[Path]) -> list[dict[str, Any]]:
-    """probe_folder on each path, in a child running as USER when we are root (root ignores
-    modes), else in this process."""
+    """probe_folder on each path, as USER when we are root (root ignores modes)."""
     specs = [
         folders.Folder("backup_dir", p, "BACKUP__DIR", ("backup_database",), True) for p in paths
     ]
-    if os.geteuid() != 0:
-        return [[r.as_dict() for r in folders.probe_folder(f)] for f in specs]
-    user = pwd.getpwnam(USER)
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: drop to USER, probe, answer through the pipe
-        code = 1
-        try:
-            os.close(read)
-            os.setgroups([])
-            os.setgid(user.pw_gid)
-            os.setuid(user.pw_uid)
-            out = [[r.as_dict() for r in folders.probe_folder(f)] for f in specs]
-            with os.fdopen(write, "w") as pipe:
-                json.dump(out, pipe)
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write)
-    with os.fdopen(read) as pipe:
-        data = pipe.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, "the probe child failed"
-    return json.loads(data)
+    return cast(
+        list[dict[str, Any]],
+        in_child_as(USER, lambda: [[r.as_dict() for r in folders.probe_folder(f)] for f in specs]),
+    )
 
 
 @pytest.fixture

@@ -9,14 +9,17 @@ RabbitMQ's Erlang cookie lives in the rabbitmq user's home)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import pwd
 import shlex
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mirakuru.exceptions import ProcessExitedWithError
 from pytest_postgresql.executors import PostgreSQLExecutor
@@ -149,3 +152,33 @@ def private_rabbitmq() -> Iterator[Rabbit]:
         with contextlib.suppress(ProcessExitedWithError, Exception):
             executor.stop()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def in_child_as(user: str, work: Callable[[], Any]) -> Any:
+    """``work()`` in a forked child running as ``user`` (root ignores file modes), its
+    JSON-able answer sent back through a pipe; in this process when we are not root. The
+    child needs nothing on disk (the code is already loaded), so it works from a private
+    checkout such as CI's `mktemp -d` clone, which other users cannot enter."""
+    if os.geteuid() != 0:
+        return work()
+    account = pwd.getpwnam(user)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: drop to user, work, answer through the pipe
+        code = 1
+        try:
+            os.close(read)
+            os.setgroups([])
+            os.setgid(account.pw_gid)
+            os.setuid(account.pw_uid)
+            with os.fdopen(write, "w") as pipe:
+                json.dump(work(), pipe)
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        data = pipe.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"the child running as {user} failed"
+    return json.loads(data)
