@@ -45,6 +45,9 @@ AREAS: tuple[ModuleType, ...] = (
 )
 """The probe modules, in the order the table shows them."""
 
+ALIASES = {"folder": "folders", "proxy": "http"}
+"""Row areas that differ from their module's name: `--area` takes either."""
+
 Probe = Callable[[Settings], list[Result]]
 _MESSAGE_CHARS = 300
 
@@ -173,7 +176,7 @@ def run(
     settings: Settings, areas: Iterable[str] | None = None, *, send_test: bool = False
 ) -> Report:
     """Every area's probe (or only ``areas``), concurrently; ValueError on an unknown area."""
-    wanted = list(areas) if areas else area_names()
+    wanted = [ALIASES.get(a, a) for a in areas] if areas else area_names()
     unknown_areas = sorted(set(wanted) - set(area_names()))
     if unknown_areas:
         raise ValueError(f"unknown area {unknown_areas[0]!r} (known: {', '.join(area_names())})")

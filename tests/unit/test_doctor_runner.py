@@ -135,3 +135,9 @@ def test_at_start_stores_the_report_with_a_ttl(
 def test_at_start_off_runs_nothing(unit_env: Callable[..., Settings]) -> None:
     """REMEDIATION_DOCTOR__AT_START=false: no thread, nothing stored."""
     assert at_start.start(unit_env(REMEDIATION_DOCTOR__AT_START="false")) is None
+
+
+def test_area_takes_the_row_name_too(unit_env: Callable[..., Settings]) -> None:
+    """`--area folder` (what the rows say) runs the folders module, like `--area folders`."""
+    report = runner.run(unit_env(), ["folder", "schedule"])
+    assert {r.area for r in report.rows} == {"folder", "schedule"}
