@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,22 +15,6 @@ from tests.support.servers import in_child_as
 
 def _settings(url: str, project: str | None = "shop", **containers: object) -> Settings:
     return Settings(containers={"docker_url": url, "project": project, **containers})
-
-
-@pytest.fixture
-def root_socket() -> Iterator[Path]:
-    """A listening unix socket owned by root, mode 0600, in a directory anyone may enter."""
-    folder = Path(tempfile.mkdtemp(prefix="rem-doctor-sock-"))
-    folder.chmod(0o755)
-    path = folder / "docker.sock"
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(path))
-    server.listen(1)
-    path.chmod(0o600)
-    yield path
-    server.close()
-    path.unlink()
-    folder.rmdir()
 
 
 def test_unused_docker_is_one_ok_row() -> None:

@@ -2,48 +2,31 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from remediation.doctor import prometheus as prom_probe
 from remediation.doctor.needs import actions_for
 from remediation.settings import DEFAULT_PROMETHEUS_RULES, Settings
-from tests.support.alerting import PROMETHEUS, Process, prometheus
+from tests.support.alerting import Process
 from tests.support.base import free_port
-from tests.support.env import missing
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    """One private Prometheus with nothing to scrape: queries are parsed and evaluated."""
-    if not Path(PROMETHEUS).exists():
-        missing("prometheus (apt-get install prometheus)")
-    proc = prometheus(tmp_path_factory.mktemp("prometheus"), [])
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
 
 
 def _rule(name: str, query: str) -> dict[str, Any]:
     return {"name": name, "query": query, "kind": "error_rate_high", "warning": 0.1}
 
 
-def test_default_rules_all_ok(server: Process) -> None:
+def test_default_rules_all_ok(prometheus_server: Process) -> None:
     """Against a real Prometheus every default rule is accepted: reachable plus one ok per rule."""
-    rows = prom_probe.probe(Settings(prometheus={"url": server.url}))
+    rows = prom_probe.probe(Settings(prometheus={"url": prometheus_server.url}))
     assert [r.status for r in rows] == ["ok"] * (1 + len(DEFAULT_PROMETHEUS_RULES)), rows
     assert rows[0].what == "reachable"
 
 
-def test_rule_with_typo_fails_naming_the_variable(server: Process) -> None:
+def test_rule_with_typo_fails_naming_the_variable(prometheus_server: Process) -> None:
     """A rule with a PromQL typo is a fail row with Prometheus' parse error and the exact
     variable to correct; the good rule next to it stays ok."""
     rules = [_rule("good", "sum(up)"), _rule("typo", "sum(rate(http_requests_total[5m])")]
-    rows = prom_probe.probe(Settings(prometheus={"url": server.url, "rules": rules}))
+    rows = prom_probe.probe(Settings(prometheus={"url": prometheus_server.url, "rules": rules}))
     by_target = {r.target: r for r in rows}
     assert by_target["good"].status == "ok"
     bad = by_target["typo"]

@@ -11,7 +11,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,8 @@ import pytest
 from remediation.cli import main
 from remediation.settings import get_settings
 from tests.doctor.conftest import WeakRole
-from tests.support.alerting import PROMETHEUS, Process, prometheus
-from tests.support.env import missing, service_env
+from tests.support.alerting import Process
+from tests.support.env import service_env
 from tests.support.servers import in_child_as
 from tests.support.services import PASSWORD, RedisServer
 
@@ -33,15 +32,10 @@ TYPO = "sum(rate(scraper_errors_total[1h])"  # one parenthesis short
 
 @pytest.fixture
 def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]:
-    """A folder USER may enter holding: a 0600 root Docker socket that listens, a backup
-    folder USER owns but may not write (0500) and a private spool folder USER owns."""
+    """A folder USER may enter holding a backup folder USER owns but may not write (0500)
+    and a private spool folder USER owns."""
     base = Path(tempfile.mkdtemp(prefix="rem-doctor-weak-", dir="/tmp"))
     base.chmod(0o755)
-    sock_path = base / "docker.sock"
-    server = socket.socket(socket.AF_UNIX)
-    server.bind(str(sock_path))
-    server.listen(1)
-    sock_path.chmod(0o600)
     backups, spool = base / "backups", base / "spool"
     backups.mkdir(mode=0o500)
     spool.mkdir(mode=0o700)
@@ -50,22 +44,10 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
         for folder in (backups, spool):
             os.chown(folder, user.pw_uid, user.pw_gid)
     try:
-        yield {"socket": sock_path, "backups": backups, "spool": spool}
+        yield {"backups": backups, "spool": spool}
     finally:
-        server.close()
         backups.chmod(0o700)
         shutil.rmtree(base)
-
-
-@pytest.fixture
-def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Process]:
-    if not Path(PROMETHEUS).exists():
-        missing("prometheus (apt-get install prometheus)")
-    proc = prometheus(tmp_path_factory.mktemp("prometheus"), [])
-    try:
-        yield proc.start()
-    finally:
-        proc.stop()
 
 
 def _doctor(env: dict[str, str], *args: str) -> dict[str, Any]:
@@ -91,7 +73,8 @@ def test_underprivileged_setup_names_each_problem_with_its_fix(
     audit_db: str,
     weak_role: WeakRole,
     setup: dict[str, Path],
-    prom: Process,
+    prometheus_server: Process,
+    root_socket: Path,
 ) -> None:
     """As USER: the weak role's VACUUM, session and CREATEDB rights, the Docker socket, the
     backup folder and the rule's typo are each a blocking ✗ with its fix; exit 1; no password
@@ -109,10 +92,10 @@ def test_underprivileged_setup_names_each_problem_with_its_fix(
             audit_db,
             REMEDIATION_POSTGRES_TARGETS__APP=weak_role.dsn,
             REMEDIATION_CONTAINERS__PROJECT="shop",
-            REMEDIATION_CONTAINERS__DOCKER_URL=f"unix://{setup['socket']}",
+            REMEDIATION_CONTAINERS__DOCKER_URL=f"unix://{root_socket}",
             REMEDIATION_BACKUP__DIR=str(setup["backups"]),
             REMEDIATION_AUDIT__SPOOL_DIR=str(setup["spool"]),
-            REMEDIATION_PROMETHEUS__URL=prom.url,
+            REMEDIATION_PROMETHEUS__URL=prometheus_server.url,
             REMEDIATION_PROMETHEUS__RULES=json.dumps(rules),
         ),
     }
