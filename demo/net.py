@@ -9,6 +9,7 @@ import threading
 import urllib.error
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import urlsplit
 
 FETCH_TIMEOUT = 3.0
@@ -16,7 +17,7 @@ FETCH_TIMEOUT = 3.0
 
 
 class _Quiet(BaseHTTPRequestHandler):
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 (stdlib name)
+    def log_message(self, format: str, *args: object) -> None:
         pass
 
     def _answer(self, code: int, body: bytes, ctype: str = "text/html") -> None:
@@ -30,7 +31,7 @@ class _Quiet(BaseHTTPRequestHandler):
 class _Shop(_Quiet):
     """/product/<n>: a product page with a price; anything else 404."""
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         path = urlsplit(self.path).path
         if path == "/" or path.startswith("/product/"):
             price = f"{random.uniform(10, 100):.2f}"  # noqa: S311 (not security)
@@ -44,7 +45,7 @@ class _Proxy(_Quiet):
 
     server: ProxyServer
 
-    def do_GET(self) -> None:  # noqa: N802 (stdlib name)
+    def do_GET(self) -> None:
         if self.server.banned:
             self._answer(403, b"<html>403 Forbidden: your IP is banned</html>")
             return
@@ -73,7 +74,7 @@ class _Server(ThreadingHTTPServer):
     def port(self) -> int:
         return int(self.server_address[1])
 
-    def start(self) -> _Server:
+    def start(self) -> Self:
         self.thread.start()
         return self
 

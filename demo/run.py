@@ -147,6 +147,8 @@ class Demo:
     servers: list[ShopServer | ProxyServer] = field(default_factory=list)
     proxies: list[ProxyServer] = field(default_factory=list)
     results: list[tuple[str, str, float]] = field(default_factory=list)
+    claimed: bool = False
+    created: bool = False
 
     def __post_init__(self) -> None:
         self.app_dsn = _pg_url(self.audit_admin_dsn, APP_DB)
@@ -158,7 +160,9 @@ class Demo:
     # --- set-up ---------------------------------------------------------------------------
 
     def claim_redis(self) -> None:
-        """Each demo Redis database is empty or the demo's (marker); leftovers are removed."""
+        """Each demo Redis database is empty or the demo's (marker), all checked before any
+        is touched; then the demo's leftovers are removed and the marker written."""
+        clients = {}
         for name, url in self.urls.items():
             r = redis.Redis.from_url(url, socket_timeout=IO_TIMEOUT)
             try:
@@ -173,8 +177,11 @@ class Demo:
                     " the demo uses databases 10-13 of the state Redis and never deletes"
                     " what is not its own"
                 )
+            clients[name] = r
+        for r in clients.values():
             _unlink_all(r)
             r.set(OWNER_KEY, "remediation demo")
+        self.claimed = True
 
     def create_databases(self) -> None:
         with _connect(self.audit_admin_dsn) as conn:
@@ -183,6 +190,7 @@ class Demo:
                     sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
                 )
                 conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+        self.created = True
         with _connect(self.app_dsn) as conn:
             conn.execute(
                 "CREATE TABLE monitored_urls (id int PRIMARY KEY, url text NOT NULL);"
@@ -315,7 +323,7 @@ class Demo:
                 if row["verification"] and ("v", row["id"]) not in shown:
                     shown.add(("v", row["id"]))
                     if row["action"] == action:
-                        ok = row["verification"] == "recovered"
+                        ok = bool(row["verification"] == "recovered")
                         say(
                             f"VERIFIED: {row['action']} {row['verification']}"
                             f" ({time.monotonic() - started:.1f} s)"
@@ -349,13 +357,15 @@ class Demo:
             p.stop()
         for s in self.servers:
             s.stop()
-        for url in self.urls.values():
+        for url in self.urls.values() if self.claimed else ():
             try:
                 r = redis.Redis.from_url(url, socket_timeout=IO_TIMEOUT)
                 if r.exists(OWNER_KEY):
                     _unlink_all(r)
             except redis.RedisError as exc:
                 say(f"could not clean Redis: {redact_text(str(exc))}")
+        if not self.created:
+            return
         try:
             with _connect(self.audit_admin_dsn) as conn:
                 conn.execute(
@@ -414,13 +424,13 @@ def main() -> int:
         with _terminated_as_interrupt():
             demo = Demo(audit, state, scratch)
             code = _run(demo)
-    except DemoError as exc:
+    except (DemoError, redis.RedisError, psycopg.Error, OSError) as exc:
         say(f"demo: {redact_text(str(exc))}")
     except KeyboardInterrupt:
         say("\ndemo: interrupted")
         code = 130
     finally:
-        if demo is not None:
+        if demo is not None and demo.claimed:
             say("\nStopping worker, beat, watch, scraper, proxies and the shop...")
             demo.stop()
             say(
@@ -473,14 +483,34 @@ def _run(demo: Demo) -> int:
     celery = str(BIN / "celery")
     worker = demo.spawn(
         "worker",
-        [celery, "-A", "remediation", "worker", "-n", "demo@%h", "-c", "2", "--loglevel", "INFO"]
-        + ["--without-gossip", "--without-mingle"],
+        [
+            celery,
+            "-A",
+            "remediation",
+            "worker",
+            "-n",
+            "demo@%h",
+            "-c",
+            "2",
+            "--loglevel",
+            "INFO",
+            "--without-gossip",
+            "--without-mingle",
+        ],
         env,
     )
     demo.spawn(
         "beat",
-        [celery, "-A", "remediation", "beat", "--loglevel", "INFO"]
-        + ["-s", str(demo.scratch / "beat.schedule")],
+        [
+            celery,
+            "-A",
+            "remediation",
+            "beat",
+            "--loglevel",
+            "INFO",
+            "-s",
+            str(demo.scratch / "beat.schedule"),
+        ],
         env,
     )
     sources = ["celery"] + (["docker"] if _docker_answers() else [])
@@ -505,12 +535,10 @@ def _run(demo: Demo) -> int:
     demo.wait("the first proxy check", lambda: bool(demo.app.scard(ACTIVE_KEY)))
     demo.wait(
         "the first round of checks",
-        lambda: len(
-            demo.audit_rows(
-                "SELECT DISTINCT check_name FROM check_runs WHERE status = 'ok'"
-            )
-        )
-        >= 3,
+        lambda: (
+            len(demo.audit_rows("SELECT DISTINCT check_name FROM check_runs WHERE status = 'ok'"))
+            >= 3
+        ),
     )
     say("scraper: scraping through the active proxy set; every check passes. Breaking things:")
     ok = demo.fault(

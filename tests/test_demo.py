@@ -1,0 +1,93 @@
+"""`python -m demo` (make demo) end to end on the test services: every fault remediated and
+verified, the report printed, nothing left running or left behind."""
+
+from __future__ import annotations
+
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import psycopg
+import redis
+
+from tests.support.base import ROOT
+from tests.support.env import process_env
+from tests.support.services import RedisServer
+
+DEMO_TIMEOUT = 360
+DEMO_DBS = (10, 11, 12, 13)
+
+
+def run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "demo"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=DEMO_TIMEOUT,
+        check=False,
+    )
+
+
+def databases(audit_db: str) -> set[str]:
+    with psycopg.connect(audit_db, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT datname FROM pg_database").fetchall()}
+
+
+def test_demo_remediates_every_fault_and_stops_everything(
+    redis_server: RedisServer, audit_db: str
+) -> None:
+    """The demo exits 0, each BREAK is followed by a recovered VERIFIED, the report is
+    printed, and no child process, port, Redis key or scraper database is left."""
+    started = time.monotonic()
+    done = run_demo(process_env(redis_server, audit_db))
+    took = time.monotonic() - started
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr[-3000:]}"
+    blocks = out.split("\nBREAK: ")[1:]
+    assert len(blocks) >= 3, out
+    for block in blocks:
+        head = block.splitlines()[0]
+        verified = [line for line in block.splitlines() if line.startswith("VERIFIED: ")]
+        assert verified and "recovered" in verified[0], f"{head}: not verified\n{out}"
+        assert "DECIDED: " in block and "DID: " in block, f"{head}\n{out}"
+    assert "== remediation report ==" in out and "PROCEDURE" in out, out
+    assert "ALL FAULTS REMEDIATED AND VERIFIED" in out
+    scratch = re.search(r"Logs kept in (\S+) ", out)
+    assert scratch, out
+    left = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline", "cwd"])
+        if p.info["cwd"] == scratch.group(1)
+    ]
+    assert not left, f"still running: {left}"
+    for port in re.findall(r"http://127\.0\.0\.1:(\d+)", out.split("\n== remediation")[0]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
+    for db in DEMO_DBS:
+        assert redis.Redis.from_url(redis_server.url(db)).dbsize() == 0, f"keys left in db {db}"
+    assert "remediation_demo" not in databases(audit_db)
+    assert "remediation_demo_audit" in databases(audit_db)  # kept for `remediation history`
+    print(f"demo run time: {took:.0f} s")
+
+
+def test_demo_refuses_a_redis_database_it_does_not_own(
+    redis_server: RedisServer, audit_db: str, tmp_path: Path
+) -> None:
+    """A key the demo did not write in one of its Redis databases: exit 2, a message naming
+    the database, the key kept and no database created."""
+    foreign = redis.Redis.from_url(redis_server.url(12))
+    foreign.set("someone:else", "1")
+    try:
+        done = run_demo(process_env(redis_server, audit_db))
+        assert done.returncode == 2, done.stdout
+        assert "Redis database 12 holds 1 keys the demo did not write" in done.stdout
+        assert foreign.get("someone:else") == b"1"
+        assert "remediation_demo" not in databases(audit_db)
+    finally:
+        foreign.delete("someone:else")
