@@ -28,11 +28,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import docker
 import psycopg
 import redis
 from psycopg import sql
 
+from demo.container import DemoContainer
 from demo.net import ProxyServer, ShopServer
+from demo.schedule import SCHEDULE
 from remediation.errors import ConfigError
 from remediation.redact import redact_text
 from remediation.settings import load_settings
@@ -147,6 +150,7 @@ class Demo:
     servers: list[ShopServer | ProxyServer] = field(default_factory=list)
     proxies: list[ProxyServer] = field(default_factory=list)
     results: list[tuple[str, str, float]] = field(default_factory=list)
+    box: DemoContainer | None = None
     claimed: bool = False
     created: bool = False
 
@@ -262,9 +266,11 @@ class Demo:
                 "REMEDIATION_BACKOFF__FLOOR_SECONDS": "0.5",
                 "REMEDIATION_HEADERS__REDIS_TARGET": "demo",
                 "REMEDIATION_HEADERS__KEY": HEADERS_KEY,
-                "REMEDIATION_WATCH__SOURCES": json.dumps(["celery"]),
+                "REMEDIATION_WATCH__SOURCES": json.dumps(["celery", "docker"]),
             }
         )
+        if self.box is not None:
+            env["REMEDIATION_CONTAINERS__PROJECT"] = self.box.project
         return env
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
@@ -357,6 +363,11 @@ class Demo:
             p.stop()
         for s in self.servers:
             s.stop()
+        if self.box is not None:
+            try:
+                self.box.remove()
+            except docker.errors.DockerException as exc:
+                say(f"could not remove the demo's container: {redact_text(str(exc))}")
         for url in self.urls.values() if self.claimed else ():
             try:
                 r = redis.Redis.from_url(url, socket_timeout=IO_TIMEOUT)
@@ -463,6 +474,9 @@ def _run(demo: Demo) -> int:
         f" shop {shop.url}, {PROXIES} proxies {', '.join(p.url for p in demo.proxies)},"
         f" {demo.config}"
     )
+    demo.box, no_docker = DemoContainer.find()
+    if demo.box is not None:
+        say(f"container: {demo.box.start()} ({demo.box.image}), compose project {demo.box.project}")
     env = demo.env()
     upgrade = subprocess.run(
         [str(BIN / "remediation"), "db", "upgrade"],
@@ -513,7 +527,7 @@ def _run(demo: Demo) -> int:
         ],
         env,
     )
-    sources = ["celery"] + (["docker"] if _docker_answers() else [])
+    sources = ["celery"] + (["docker"] if demo.box is not None else [])
     demo.spawn(
         "watch",
         [str(BIN / "remediation"), "watch", "--id", "demo"]
@@ -557,7 +571,14 @@ def _run(demo: Demo) -> int:
         demo.ban_proxy,
     )
     say("\nSKIP: fill the cache: no playbook rule sends flush_cache (redis_memory_high notifies)")
-    say("SKIP: kill a container: not built in this demo yet")
+    if demo.box is not None:
+        ok &= demo.fault(
+            f"kill container {demo.box.container.name} (docker_containers; watch's Docker events)",
+            "restart_container",
+            demo.box.kill,
+        )
+    else:
+        say(f"\nSKIP: kill a container: {no_docker}")
     say("\n== remediation report ==")
     report = subprocess.run(
         [str(BIN / "remediation"), "report", "--since", "1h"],
@@ -574,19 +595,3 @@ def _run(demo: Demo) -> int:
         say(f"  {verdict:>13}  {seconds:5.1f} s  {what}")
     say("ALL FAULTS REMEDIATED AND VERIFIED" if ok else "FAILED: not every fault was fixed")
     return 0 if ok else 1
-
-
-def _docker_answers() -> bool:
-    docker = shutil.which("docker")
-    if docker is None:
-        return False
-    try:
-        done = subprocess.run(
-            [docker, "info", "--format", "{{.ServerVersion}}"],
-            capture_output=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return done.returncode == 0

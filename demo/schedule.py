@@ -26,4 +26,11 @@ SCHEDULE = {
         "schedule": INTERVAL,
         "kwargs": {"target": "demo"},
     },
+    # Runbook 000 "Docker Management": crashed containers of the compose project
+    # (REMEDIATION_CONTAINERS__PROJECT, set when Docker answers; else an info finding).
+    "demo-containers": {
+        "task": "remediation.check.docker_containers",
+        "schedule": INTERVAL,
+        "kwargs": {"target": "docker"},
+    },
 }
