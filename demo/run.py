@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +39,7 @@ from demo.net import ProxyServer, ShopServer
 from demo.schedule import SCHEDULE
 from remediation.errors import ConfigError
 from remediation.redact import redact_text
-from remediation.settings import load_settings
+from remediation.settings import DEFAULT_REQUIRE, load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -48,6 +49,9 @@ REDIS_DBS = {"state": 10, "broker": 11, "result": 12, "app": 13}
 OWNER_KEY = "remediation-demo:owner"
 """Marks a Redis database as the demo's (written at start, deleted at the end)."""
 JOBS_KEY = "demo:jobs"
+CACHE_PATTERN = "demo:cache:*"
+CACHE_MAXMEMORY = "32mb"
+"""The private cache Redis's maxmemory (the shared one's configuration is never changed)."""
 ACTIVE_KEY = "demo:proxies:active"
 CONFIG_KEY = "demo:scraping:config"
 HEADERS_KEY = "demo:scraping:headers"
@@ -151,6 +155,8 @@ class Demo:
     proxies: list[ProxyServer] = field(default_factory=list)
     results: list[tuple[str, str, float]] = field(default_factory=list)
     box: DemoContainer | None = None
+    remediator_env: dict[str, str] = field(default_factory=dict)
+    private_redis: bool = False
     claimed: bool = False
     created: bool = False
 
@@ -159,7 +165,8 @@ class Demo:
         self.audit_dsn = _pg_url(self.audit_admin_dsn, AUDIT_DB)
         self.urls = {name: _redis_url(self.state_url, db) for name, db in REDIS_DBS.items()}
         self.config = self.scratch / "scraping_config.json"
-        self.app = redis.Redis.from_url(self.urls["app"], socket_timeout=IO_TIMEOUT)
+        self.app_url = self.urls["app"]
+        self.app = redis.Redis.from_url(self.app_url, socket_timeout=IO_TIMEOUT)
 
     # --- set-up ---------------------------------------------------------------------------
 
@@ -186,6 +193,30 @@ class Demo:
             _unlink_all(r)
             r.set(OWNER_KEY, "remediation demo")
         self.claimed = True
+
+    def start_app_redis(self) -> str:
+        """The scraper's own Redis (jobs, proxy set, page cache) with a small maxmemory, when
+        redis-server is installed; "" or why not (then database 13 of the state Redis)."""
+        exe = shutil.which("redis-server")
+        if exe is None:
+            return "redis-server is not installed"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
+        cmd += ["no", "--maxmemory", CACHE_MAXMEMORY, "--maxmemory-policy", "noeviction"]
+        self.spawn("app-redis", [*cmd, "--dir", str(self.scratch)], dict(os.environ))
+        self.app_url = f"redis://127.0.0.1:{port}/0"
+        self.app = redis.Redis.from_url(self.app_url, socket_timeout=IO_TIMEOUT)
+        self.wait("the scraper's Redis", self._app_answers, 20)
+        self.private_redis = True
+        return ""
+
+    def _app_answers(self) -> bool:
+        try:
+            return bool(self.app.ping())
+        except redis.ConnectionError:
+            return False
 
     def create_databases(self) -> None:
         with _connect(self.audit_admin_dsn) as conn:
@@ -245,7 +276,11 @@ class Demo:
                 "REMEDIATION_LOG_FORMAT": "json",
                 "REMEDIATION_SCHEDULE_MODULE": "demo.schedule",
                 "REMEDIATION_POSTGRES_TARGETS": json.dumps({"demo": self.app_dsn}),
-                "REMEDIATION_REDIS_TARGETS": json.dumps({"demo": self.urls["app"]}),
+                "REMEDIATION_REDIS_TARGETS": json.dumps({"demo": self.app_url}),
+                "REMEDIATION_CACHE__FLUSH_PATTERNS": json.dumps([CACHE_PATTERN]),
+                "REMEDIATION_APPROVALS__REQUIRE": json.dumps(
+                    [*DEFAULT_REQUIRE, "flush_cache@demo"]
+                ),
                 "REMEDIATION_VERIFY__DELAY_SECONDS": "1",
                 "REMEDIATION_METRICS__PORT": "0",
                 "REMEDIATION_METRICS__MULTIPROC_DIR": str(metrics),
@@ -302,21 +337,35 @@ class Demo:
         since = self.audit_rows("SELECT now() AS t")[0]["t"]
         say(f"\nBREAK: {what}")
         inject()
-        shown: set[tuple[str, int]] = set()
-        ok = False
+        verdict = self.follow(since, started, action, set(), verified=True)
+        if verdict is None:
+            say(f"FAILED: {what}: no verified {action} within {FAULT_TIMEOUT:.0f} s")
+        self.results.append((what, verdict or "FAILED", _since(started)))
+        return verdict == "recovered"
+
+    def follow(
+        self, since: Any, started: float, action: str, shown: set[tuple[str, int]], verified: bool
+    ) -> str | None:
+        """Print what the audit records from since on, until action ran (verified: until its
+        verification is recorded); its outcome or verification, None on timeout."""
         while time.monotonic() - started < FAULT_TIMEOUT:
             for row in self.audit_rows(
-                "SELECT d.id, d.action, d.decision, d.guard, d.reason, f.kind, f.summary"
-                " FROM guard_decisions d LEFT JOIN findings f ON f.id = d.finding_id"
+                "SELECT d.id, d.action, d.decision, d.guard, d.reason, f.id AS finding,"
+                " f.kind, f.summary, c.cause->>'by' AS by,"
+                " coalesce(c.cause->>'entry', (c.cause->>'source') || ' ' || (c.cause->>'kind'))"
+                " AS via FROM guard_decisions d LEFT JOIN findings f ON f.id = d.finding_id"
+                " LEFT JOIN check_runs c ON c.id = f.check_run_id"
                 " WHERE d.decided_at >= %s ORDER BY d.id",
                 since,
             ):
+                if row["finding"] is not None and ("f", row["finding"]) not in shown:
+                    shown.add(("f", row["finding"]))
+                    say(f"FOUND: {row['kind']}: {row['summary']} (by {row['by']}: {row['via']})")
                 if ("d", row["id"]) in shown:
                     continue
                 shown.add(("d", row["id"]))
                 why = f" ({row['guard']}: {row['reason']})" if row["guard"] else ""
-                found = f"{row['kind']}: {row['summary']} -> " if row["kind"] else ""
-                say(f"DECIDED: {found}{row['action']} {row['decision']}{why}")
+                say(f"DECIDED: {row['action']} {row['decision']}{why}")
             for row in self.audit_rows(
                 "SELECT id, action, outcome, error, result, verification FROM action_runs"
                 " WHERE started_at >= %s ORDER BY id",
@@ -326,21 +375,111 @@ class Demo:
                     shown.add(("r", row["id"]))
                     summary = (row["result"] or {}).get("summary") or row["error"] or ""
                     say(f"DID: {row['action']} {row['outcome']}: {summary}")
+                    if row["action"] == action and not verified:
+                        return str(row["outcome"])
                 if row["verification"] and ("v", row["id"]) not in shown:
                     shown.add(("v", row["id"]))
                     if row["action"] == action:
-                        ok = bool(row["verification"] == "recovered")
                         say(
                             f"VERIFIED: {row['action']} {row['verification']}"
                             f" ({time.monotonic() - started:.1f} s)"
                         )
-                        self.results.append((what, row["verification"], _since(started)))
-                        return ok
+                        return str(row["verification"])
                     say(f"  (also verified: {row['action']} {row['verification']})")
             time.sleep(0.5)
-        say(f"FAILED: {what}: no verified {action} within {FAULT_TIMEOUT:.0f} s")
-        self.results.append((what, "FAILED", _since(started)))
-        return False
+        return None
+
+    def cache_fault(self) -> bool:
+        """Fill the scraper's page cache: the remediator finds it and notifies; flush_cache is
+        by hand only (README), so the operator sends it, approves it, and checks again."""
+        what = f"fill the scraper's page cache {CACHE_PATTERN} to 93 % of maxmemory (redis_cache)"
+        started = time.monotonic()
+        since = self.audit_rows("SELECT now() AS t")[0]["t"]
+        say(f"\nBREAK: {what}")
+        self.fill_cache()
+        shown: set[tuple[str, int]] = set()
+        if self.follow(since, started, "notify", shown, verified=False) is None:
+            say(f"FAILED: {what}: no finding notified within {FAULT_TIMEOUT:.0f} s")
+            self.results.append((what, "FAILED", _since(started)))
+            return False
+        kwargs = json.dumps({"target": "demo"})
+        say(
+            "BY HAND: flush_cache runs by hand only (a full LRU cache is normal); the demo"
+            " requires approval for it (REMEDIATION_APPROVALS__REQUIRE=...flush_cache@demo):\n"
+            f"  celery -A remediation call remediation.act.flush_cache --kwargs '{kwargs}'"
+        )
+        self.cli(
+            [
+                "celery",
+                "-A",
+                "remediation",
+                "call",
+                "remediation.act.flush_cache",
+                "--kwargs",
+                kwargs,
+            ]
+        )
+        approval = self.pending_approval("flush_cache", started)
+        if approval is None:
+            say("FAILED: no pending approval for flush_cache")
+            self.results.append((what, "FAILED", _since(started)))
+            return False
+        say(f"PENDING: approval {approval['id']}: {approval['plan'].get('summary', '')}")
+        say(f"  remediation approve {approval['id']}")
+        approved = self.cli(["remediation", "approve", approval["id"], "--reason", "make demo"])
+        say(f"APPROVED: {approved.strip()}")
+        if self.follow(since, started, "flush_cache", shown, verified=False) != "succeeded":
+            say("FAILED: flush_cache did not succeed")
+            self.results.append((what, "FAILED", _since(started)))
+            return False
+        say(f"  remediation run redis_cache --kwargs '{kwargs}'")
+        found = json.loads(
+            self.cli(
+                ["remediation", "--json", "run", "redis_cache", "--kwargs", kwargs], check=False
+            )
+        ).get("findings", [])
+        high = [f for f in found if f.get("kind") == "redis_memory_high"]
+        verdict = "not_recovered" if high else "recovered"
+        say(
+            f"VERIFIED: redis_cache (manual check run, audited) {verdict}:"
+            f" {len(found)} finding(s) ({time.monotonic() - started:.1f} s)"
+        )
+        self.results.append((what, verdict, _since(started)))
+        return verdict == "recovered"
+
+    def cli(self, cmd: list[str], check: bool = True) -> str:
+        """A remediation or celery command with the remediator's environment; its output."""
+        done = subprocess.run(
+            [str(BIN / cmd[0]), *cmd[1:]],
+            env=self.remediator_env,
+            cwd=self.scratch,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if check and done.returncode != 0:
+            raise DemoError(
+                f"{' '.join(cmd[:4])} failed: {done.stdout[-500:]}{done.stderr[-1000:]}"
+            )
+        return done.stdout
+
+    def pending_approval(self, action: str, started: float) -> dict[str, Any] | None:
+        while time.monotonic() - started < FAULT_TIMEOUT:
+            for a in json.loads(self.cli(["remediation", "--json", "approvals"])):
+                if a.get("action") == action and a.get("state") == "pending":
+                    return dict(a)
+            time.sleep(0.5)
+        return None
+
+    def fill_cache(self) -> None:
+        limit = int(str(self.app.config_get("maxmemory")["maxmemory"]))
+        pipe, n = self.app.pipeline(transaction=False), 0
+        while int(self.app.info("memory")["used_memory"]) < limit * 0.93:
+            for _ in range(100):
+                pipe.set(f"demo:cache:page:{n}", secrets.token_hex(4096))
+                n += 1
+            pipe.execute()
 
     def bloat(self) -> None:
         with _connect(self.app_dsn) as conn:
@@ -460,6 +599,7 @@ def main() -> int:
 def _run(demo: Demo) -> int:
     say("== make demo: a price-monitoring scraper (runbook 001) in miniature ==")
     demo.claim_redis()
+    no_cache = demo.start_app_redis()
     demo.create_databases()
     shop = ShopServer().start()
     demo.servers.append(shop)
@@ -472,12 +612,13 @@ def _run(demo: Demo) -> int:
         f"miniature: database {APP_DB} (price_history {ROWS} rows, autovacuum off;"
         f" monitored_urls, scrape_logs), job list {JOBS_KEY} ({URLS} jobs),"
         f" shop {shop.url}, {PROXIES} proxies {', '.join(p.url for p in demo.proxies)},"
-        f" {demo.config}"
+        f" {demo.config}, scraper's Redis "
+        + (f"{demo.app_url} (maxmemory {CACHE_MAXMEMORY})" if demo.private_redis else "db 13")
     )
     demo.box, no_docker = DemoContainer.find()
     if demo.box is not None:
         say(f"container: {demo.box.start()} ({demo.box.image}), compose project {demo.box.project}")
-    env = demo.env()
+    env = demo.remediator_env = demo.env()
     upgrade = subprocess.run(
         [str(BIN / "remediation"), "db", "upgrade"],
         env=env,
@@ -491,8 +632,9 @@ def _run(demo: Demo) -> int:
         raise DemoError(f"remediation db upgrade failed: {upgrade.stderr[-1000:]}")
     say(f"audit database {AUDIT_DB}: {upgrade.stdout.strip()}")
     say(
-        "approvals: vacuum_analyze, dedupe_job_queue and rotate_proxies do not wait for"
-        " approval by default (REMEDIATION_APPROVALS__REQUIRE); the demo keeps the defaults"
+        "approvals: the automatic fixes below (vacuum_analyze, dedupe_job_queue, rotate_proxies,"
+        " restart_container) do not wait for approval by default; the demo adds flush_cache@demo"
+        " (REMEDIATION_APPROVALS__REQUIRE) to approve the by-hand cache flush with the CLI"
     )
     celery = str(BIN / "celery")
     worker = demo.spawn(
@@ -538,7 +680,7 @@ def _run(demo: Demo) -> int:
         **{k: v for k, v in os.environ.items() if not k.startswith("REMEDIATION_")},
         "PYTHONPATH": str(ROOT),
         "DEMO_CONFIG": str(demo.config),
-        "DEMO_REDIS_URL": demo.urls["app"],
+        "DEMO_REDIS_URL": demo.app_url,
         "DEMO_DSN": demo.app_dsn,
         "DEMO_JOBS_KEY": JOBS_KEY,
         "DEMO_ACTIVE_KEY": ACTIVE_KEY,
@@ -551,7 +693,7 @@ def _run(demo: Demo) -> int:
         "the first round of checks",
         lambda: (
             len(demo.audit_rows("SELECT DISTINCT check_name FROM check_runs WHERE status = 'ok'"))
-            >= 3
+            >= len(SCHEDULE)
         ),
     )
     say("scraper: scraping through the active proxy set; every check passes. Breaking things:")
@@ -570,7 +712,10 @@ def _run(demo: Demo) -> int:
         "rotate_proxies",
         demo.ban_proxy,
     )
-    say("\nSKIP: fill the cache: no playbook rule sends flush_cache (redis_memory_high notifies)")
+    if demo.private_redis:
+        ok &= demo.cache_fault()
+    else:
+        say(f"\nSKIP: fill the cache: {no_cache} (the shared Redis's maxmemory is not changed)")
     if demo.box is not None:
         ok &= demo.fault(
             f"kill container {demo.box.container.name} (docker_containers; watch's Docker events)",

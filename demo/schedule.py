@@ -33,4 +33,11 @@ SCHEDULE = {
         "schedule": INTERVAL,
         "kwargs": {"target": "docker"},
     },
+    # Runbooks 002 and 003 "Redis/Cache Issues": memory, evictions, hit rate of the scraper's
+    # Redis (its flush_cache runs by hand only: a full LRU cache is normal).
+    "demo-cache": {
+        "task": "remediation.check.redis_cache",
+        "schedule": INTERVAL,
+        "kwargs": {"target": "demo"},
+    },
 }
