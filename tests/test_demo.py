@@ -4,12 +4,14 @@ verified, the report printed, nothing left running or left behind."""
 from __future__ import annotations
 
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import docker
 import psutil
 import psycopg
 import redis
@@ -20,6 +22,32 @@ from tests.support.services import RedisServer
 
 DEMO_TIMEOUT = 360
 DEMO_DBS = (10, 11, 12, 13)
+PORTS = re.compile(r"(?:http|redis)://127\.0\.0\.1:(\d+)")
+
+
+def assert_nothing_left(out: str, redis_server: RedisServer, audit_db: str) -> None:
+    """No process in the demo's folder, no port it served, no key in its Redis databases,
+    no container of its compose project, no scraper database; the audit kept."""
+    scratch = re.search(r"Logs kept in (\S+) ", out)
+    assert scratch, out
+    left = [
+        p.info
+        for p in psutil.process_iter(["pid", "cmdline", "cwd"])
+        if p.info["cwd"] == scratch.group(1)
+    ]
+    assert not left, f"still running: {left}"
+    for port in PORTS.findall(out.split("\nBREAK: ")[0]):
+        with socket.socket() as s:
+            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
+    for db in DEMO_DBS:
+        assert redis.Redis.from_url(redis_server.url(db)).dbsize() == 0, f"keys left in db {db}"
+    project = re.search(r"compose project (remediation-demo-\w+)", out)
+    if project:
+        dc = docker.DockerClient(timeout=30)
+        label = f"com.docker.compose.project={project.group(1)}"
+        assert not dc.containers.list(all=True, filters={"label": label})
+    assert "remediation_demo" not in databases(audit_db)
+    assert "remediation_demo_audit" in databases(audit_db)  # kept for `remediation history`
 
 
 def run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -50,7 +78,8 @@ def test_demo_remediates_every_fault_and_stops_everything(
     out = done.stdout
     assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr[-3000:]}"
     blocks = out.split("\nBREAK: ")[1:]
-    assert len(blocks) >= 3, out
+    skipped = re.findall(r"^SKIP: ", out, re.MULTILINE)
+    assert len(blocks) >= 3 and len(blocks) + len(skipped) == 5, out
     for block in blocks:
         head = block.splitlines()[0]
         verified = [line for line in block.splitlines() if line.startswith("VERIFIED: ")]
@@ -58,21 +87,7 @@ def test_demo_remediates_every_fault_and_stops_everything(
         assert "DECIDED: " in block and "DID: " in block, f"{head}\n{out}"
     assert "== remediation report ==" in out and "PROCEDURE" in out, out
     assert "ALL FAULTS REMEDIATED AND VERIFIED" in out
-    scratch = re.search(r"Logs kept in (\S+) ", out)
-    assert scratch, out
-    left = [
-        p.info
-        for p in psutil.process_iter(["pid", "cmdline", "cwd"])
-        if p.info["cwd"] == scratch.group(1)
-    ]
-    assert not left, f"still running: {left}"
-    for port in re.findall(r"http://127\.0\.0\.1:(\d+)", out.split("\n== remediation")[0]):
-        with socket.socket() as s:
-            assert s.connect_ex(("127.0.0.1", int(port))) != 0, f"port {port} still open"
-    for db in DEMO_DBS:
-        assert redis.Redis.from_url(redis_server.url(db)).dbsize() == 0, f"keys left in db {db}"
-    assert "remediation_demo" not in databases(audit_db)
-    assert "remediation_demo_audit" in databases(audit_db)  # kept for `remediation history`
+    assert_nothing_left(out, redis_server, audit_db)
     print(f"demo run time: {took:.0f} s")
 
 
@@ -91,3 +106,31 @@ def test_demo_refuses_a_redis_database_it_does_not_own(
         assert "remediation_demo" not in databases(audit_db)
     finally:
         foreign.delete("someone:else")
+
+
+def test_demo_stops_everything_on_ctrl_c(redis_server: RedisServer, audit_db: str) -> None:
+    """SIGINT during the first fault: exit 130, and the clean-up leaves nothing behind."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "demo"],
+        cwd=ROOT,
+        env=process_env(redis_server, audit_db),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("BREAK: "):
+                proc.send_signal(signal.SIGINT)
+                break
+        lines += proc.stdout.readlines()
+        assert proc.wait(120) == 130, "".join(lines)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert "demo: interrupted" in out
+    assert_nothing_left(out, redis_server, audit_db)
