@@ -12,6 +12,7 @@ demo could not start."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import secrets
@@ -61,6 +62,8 @@ PROXIES = 3
 ROWS = 20_000
 """price_history rows before the bloat."""
 FAULT_TIMEOUT = 90.0
+SETTLE_SECONDS = 5.0
+"""After the fix, how long the other actions the finding sent get to show up."""
 """Seconds the remediator has to fix and verify one fault."""
 START_TIMEOUT = 90.0
 IO_TIMEOUT = 10
@@ -347,47 +350,74 @@ class Demo:
         self, since: Any, started: float, action: str, shown: set[tuple[str, int]], verified: bool
     ) -> str | None:
         """Print what the audit records from since on, until action ran (verified: until its
-        verification is recorded); its outcome or verification, None on timeout."""
-        while time.monotonic() - started < FAULT_TIMEOUT:
-            for row in self.audit_rows(
-                "SELECT d.id, d.action, d.decision, d.guard, d.reason, f.id AS finding,"
-                " f.kind, f.summary, c.cause->>'by' AS by,"
-                " coalesce(c.cause->>'entry', (c.cause->>'source') || ' ' || (c.cause->>'kind'))"
-                " AS via FROM guard_decisions d LEFT JOIN findings f ON f.id = d.finding_id"
-                " LEFT JOIN check_runs c ON c.id = f.check_run_id"
-                " WHERE d.decided_at >= %s ORDER BY d.id",
+        verification is recorded); its outcome or verification, None on timeout. Then, for
+        a few seconds, the other actions the same findings sent."""
+        verdict = None
+        while verdict is None and time.monotonic() - started < FAULT_TIMEOUT:
+            verdict = self.show_new(since, started, action, shown, verified)
+            if verdict is None:
+                time.sleep(0.5)
+        settle = time.monotonic() + SETTLE_SECONDS
+        while verdict is not None and time.monotonic() < settle and self.unfinished(since):
+            time.sleep(0.5)
+            self.show_new(since, started, "", shown, verified)
+        return verdict
+
+    def unfinished(self, since: Any) -> bool:
+        """An admitted decision since then whose action run is not recorded yet."""
+        return bool(
+            self.audit_rows(
+                "SELECT 1 FROM guard_decisions d WHERE d.decided_at >= %s"
+                " AND d.decision = 'admitted' AND d.action <> 'notify'"
+                " AND NOT EXISTS (SELECT 1 FROM action_runs r WHERE r.decision_id = d.id)",
                 since,
-            ):
-                if row["finding"] is not None and ("f", row["finding"]) not in shown:
-                    shown.add(("f", row["finding"]))
-                    say(f"FOUND: {row['kind']}: {row['summary']} (by {row['by']}: {row['via']})")
-                if ("d", row["id"]) in shown:
-                    continue
+            )
+        )
+
+    def show_new(
+        self, since: Any, started: float, action: str, shown: set[tuple[str, int]], verified: bool
+    ) -> str | None:
+        """Print the audit rows since then not shown yet; action's outcome or verification
+        (verified) once recorded, else None."""
+        verdict = None
+        for row in self.audit_rows(
+            "SELECT d.id, d.action, d.decision, d.guard, d.reason, f.id AS finding,"
+            " f.kind, f.summary, c.cause->>'by' AS by,"
+            " coalesce(c.cause->>'entry', (c.cause->>'source') || ' ' || (c.cause->>'kind'))"
+            " AS via FROM guard_decisions d LEFT JOIN findings f ON f.id = d.finding_id"
+            " LEFT JOIN check_runs c ON c.id = f.check_run_id"
+            " WHERE d.decided_at >= %s ORDER BY d.id",
+            since,
+        ):
+            if row["finding"] is not None and ("f", row["finding"]) not in shown:
+                shown.add(("f", row["finding"]))
+                say(f"FOUND: {row['kind']}: {row['summary']} (by {row['by']}: {row['via']})")
+            if ("d", row["id"]) not in shown:
                 shown.add(("d", row["id"]))
                 why = f" ({row['guard']}: {row['reason']})" if row["guard"] else ""
                 say(f"DECIDED: {row['action']} {row['decision']}{why}")
-            for row in self.audit_rows(
-                "SELECT id, action, outcome, error, result, verification FROM action_runs"
-                " WHERE started_at >= %s ORDER BY id",
-                since,
-            ):
-                if ("r", row["id"]) not in shown:
-                    shown.add(("r", row["id"]))
-                    summary = (row["result"] or {}).get("summary") or row["error"] or ""
-                    say(f"DID: {row['action']} {row['outcome']}: {summary}")
-                    if row["action"] == action and not verified:
-                        return str(row["outcome"])
-                if row["verification"] and ("v", row["id"]) not in shown:
-                    shown.add(("v", row["id"]))
-                    if row["action"] == action:
-                        say(
-                            f"VERIFIED: {row['action']} {row['verification']}"
-                            f" ({time.monotonic() - started:.1f} s)"
-                        )
-                        return str(row["verification"])
+        for row in self.audit_rows(
+            "SELECT id, action, outcome, error, result, verification FROM action_runs"
+            " WHERE started_at >= %s ORDER BY id",
+            since,
+        ):
+            if ("r", row["id"]) not in shown:
+                shown.add(("r", row["id"]))
+                summary = (row["result"] or {}).get("summary") or row["error"] or ""
+                say(f"DID: {row['action']} {row['outcome']}: {summary}")
+                if row["action"] == action and not verified and verdict is None:
+                    verdict = str(row["outcome"])
+            if row["verification"] and ("v", row["id"]) not in shown:
+                shown.add(("v", row["id"]))
+                if row["action"] == action and verified and verdict is None:
+                    say(
+                        f"VERIFIED: {row['action']} {row['verification']}"
+                        f" ({time.monotonic() - started:.1f} s)"
+                    )
+                    verdict = str(row["verification"])
+                else:
                     say(f"  (also verified: {row['action']} {row['verification']})")
-            time.sleep(0.5)
-        return None
+        return verdict
 
     def cache_fault(self) -> bool:
         """Fill the scraper's page cache: the remediator finds it and notifies; flush_cache is
@@ -481,6 +511,22 @@ class Demo:
                 n += 1
             pipe.execute()
 
+    def scraper_view(self) -> str:
+        """What the scraper went through: 403s seen, the pacing it reads now."""
+        with _connect(self.app_dsn) as conn:
+            row = conn.execute(
+                "SELECT count(*) FILTER (WHERE status = 403), count(*) FROM scrape_logs"
+            ).fetchone()
+        banned, total = row if row else (0, 0)
+        try:
+            delay = json.loads(self.config.read_text()).get("min_delay")
+        except (OSError, ValueError):
+            delay = None
+        return (
+            f"{banned} of {total} requests so far answered 403; min_delay {delay} s in"
+            f" {self.config.name} (tune_backoff doubled it, the scraper reads it each round)"
+        )
+
     def bloat(self) -> None:
         with _connect(self.app_dsn) as conn:
             conn.execute("UPDATE price_history SET price = price + 0.01")
@@ -558,7 +604,10 @@ def _terminated_as_interrupt() -> Iterator[None]:
             signal.signal(s, handler)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(
+        prog="python -m demo", description=__doc__.split("\n\n")[0] if __doc__ else None
+    ).parse_args(argv)
     started = time.monotonic()
     try:
         settings = load_settings()
@@ -585,9 +634,10 @@ def main() -> int:
             demo.stop()
             say(
                 f"Removed the database {APP_DB} and the demo's Redis keys (databases 10-13)."
-                f" Kept the audit database {AUDIT_DB}: `remediation history` and"
-                f" `remediation report` read it with REMEDIATION_AUDIT_DSN pointing at it;"
-                f" remove it with: psql -c 'DROP DATABASE {AUDIT_DB}'"
+                f" Kept the audit database {AUDIT_DB} for `remediation history` / `report`:\n"
+                f"  REMEDIATION_AUDIT_DSN={redact_text(demo.audit_dsn)} .venv/bin/remediation"
+                f" history\n  remove it with: psql -c 'DROP DATABASE {AUDIT_DB}' (or the next"
+                " `make demo` replaces it)"
             )
             say(f"Logs kept in {scratch} (rm -r {scratch} removes them).")
         else:
@@ -712,6 +762,7 @@ def _run(demo: Demo) -> int:
         "rotate_proxies",
         demo.ban_proxy,
     )
+    say(f"scraper: {demo.scraper_view()}")
     if demo.private_redis:
         ok &= demo.cache_fault()
     else:
