@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -56,6 +57,7 @@ def assert_nothing_left(out: str, redis_server: RedisServer, audit_db: str) -> N
         assert not dc.containers.list(all=True, filters={"label": label})
     assert "remediation_demo" not in databases(audit_db)
     assert "remediation_demo_audit" in databases(audit_db)  # kept for `remediation history`
+    shutil.rmtree(scratch.group(1))  # the logs the demo keeps for the operator
 
 
 def run_demo(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
