@@ -11,8 +11,8 @@ from typing import Any
 import docker
 
 from remediation.clients.docker import NUMBER_LABEL, ONEOFF_LABEL, PROJECT_LABEL, SERVICE_LABEL
+from remediation.redact import redact_text
 
-DOCKER_URL = "unix:///var/run/docker.sock"
 IMAGES = ("remediation-test/busybox:latest", "busybox:latest")
 TIMEOUT = 30
 """Seconds one Docker API call may take."""
@@ -28,13 +28,14 @@ class DemoContainer:
         self.container: Any = None
 
     @classmethod
-    def find(cls) -> tuple[DemoContainer | None, str]:
-        """(the container's maker, "") when an engine answers with an image, else (None, why)."""
+    def find(cls, url: str) -> tuple[DemoContainer | None, str]:
+        """(the container's maker, "") when the engine at url (REMEDIATION_CONTAINERS__DOCKER_URL)
+        answers and has an image, else (None, why not)."""
         try:
-            dc = docker.DockerClient(base_url=DOCKER_URL, timeout=TIMEOUT)
+            dc = docker.DockerClient(base_url=url, timeout=TIMEOUT)
             dc.ping()
         except docker.errors.DockerException:
-            return None, f"Docker not available (no engine answers at {DOCKER_URL})"
+            return None, f"Docker not available (no engine answers at {redact_text(url)})"
         for image in IMAGES:
             try:
                 dc.images.get(image)

@@ -5,8 +5,11 @@ It needs the PostgreSQL and Redis of the services env (`make demo` sources
 .data/services.env: REMEDIATION_AUDIT_DSN, REMEDIATION_STATE_REDIS_URL) and owns, there:
 the databases ``remediation_demo`` (the scraper's) and ``remediation_demo_audit`` (the
 remediator's audit), and Redis databases 10-13 of the state Redis (remediator state, broker,
-results, the scraper's job list and proxy set). A Redis database that holds keys the demo did
-not write stops it before anything is done. Everything else lives in a temporary folder.
+results; 13 is the scraper's only when no redis-server can be started for it). A Redis
+database that holds keys the demo did not write stops it before anything is done. The
+scraper's own redis-server, the shop, the proxies, the logs and scraping_config.json live on
+loopback ports and in a temporary folder; a container, when Docker answers, in a compose
+project of its own.
 Exit 0 when every injected fault was remediated and verified, 1 when one was not, 2 when the
 demo could not start."""
 
@@ -62,9 +65,9 @@ PROXIES = 3
 ROWS = 20_000
 """price_history rows before the bloat."""
 FAULT_TIMEOUT = 90.0
+"""Seconds the remediator has to fix and verify one fault."""
 SETTLE_SECONDS = 5.0
 """After the fix, how long the other actions the finding sent get to show up."""
-"""Seconds the remediator has to fix and verify one fault."""
 START_TIMEOUT = 90.0
 IO_TIMEOUT = 10
 """Seconds for one database or Redis round trip of the demo itself."""
@@ -152,6 +155,7 @@ class Proc:
 class Demo:
     audit_admin_dsn: str
     state_url: str
+    docker_url: str
     scratch: Path
     procs: list[Proc] = field(default_factory=list)
     servers: list[ShopServer | ProxyServer] = field(default_factory=list)
@@ -309,6 +313,7 @@ class Demo:
         )
         if self.box is not None:
             env["REMEDIATION_CONTAINERS__PROJECT"] = self.box.project
+            env["REMEDIATION_CONTAINERS__DOCKER_URL"] = self.docker_url
         return env
 
     def spawn(self, name: str, cmd: list[str], env: dict[str, str]) -> Proc:
@@ -621,9 +626,15 @@ def main(argv: list[str] | None = None) -> int:
     code = 2
     try:
         with _terminated_as_interrupt():
-            demo = Demo(audit, state, scratch)
+            demo = Demo(audit, state, settings.containers.docker_url, scratch)
             code = _run(demo)
-    except (DemoError, redis.RedisError, psycopg.Error, OSError) as exc:
+    except (
+        DemoError,
+        redis.RedisError,
+        psycopg.Error,
+        docker.errors.DockerException,
+        OSError,
+    ) as exc:
         say(f"demo: {redact_text(str(exc))}")
     except KeyboardInterrupt:
         say("\ndemo: interrupted")
@@ -665,9 +676,16 @@ def _run(demo: Demo) -> int:
         f" {demo.config}, scraper's Redis "
         + (f"{demo.app_url} (maxmemory {CACHE_MAXMEMORY})" if demo.private_redis else "db 13")
     )
-    demo.box, no_docker = DemoContainer.find()
+    demo.box, no_docker = DemoContainer.find(demo.docker_url)
     if demo.box is not None:
-        say(f"container: {demo.box.start()} ({demo.box.image}), compose project {demo.box.project}")
+        try:
+            name = demo.box.start()
+        except docker.errors.DockerException as exc:
+            no_docker = f"the container did not start: {redact_text(str(exc))[:300]}"
+            demo.box.remove()
+            demo.box = None
+        else:
+            say(f"container: {name} ({demo.box.image}), compose project {demo.box.project}")
     env = demo.remediator_env = demo.env()
     upgrade = subprocess.run(
         [str(BIN / "remediation"), "db", "upgrade"],

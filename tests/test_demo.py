@@ -144,3 +144,19 @@ def test_demo_stops_everything_on_ctrl_c(redis_server: RedisServer, audit_db: st
     out = "".join(lines)
     assert "demo: interrupted" in out
     assert_nothing_left(out, redis_server, audit_db)
+
+
+def test_demo_without_docker_skips_the_container_and_fixes_the_rest(
+    redis_server: RedisServer, audit_db: str, tmp_path: Path
+) -> None:
+    """With no engine at REMEDIATION_CONTAINERS__DOCKER_URL the container fault is a SKIP line
+    and the other faults are still remediated and verified (exit 0)."""
+    url = f"unix://{tmp_path}/no-docker.sock"
+    done = run_demo(process_env(redis_server, audit_db, REMEDIATION_CONTAINERS__DOCKER_URL=url))
+    out = done.stdout
+    assert done.returncode == 0, f"exit {done.returncode}\n{out}\n{done.stderr[-3000:]}"
+    assert f"SKIP: kill a container: Docker not available (no engine answers at {url})" in out
+    assert "BREAK: kill container" not in out and "compose project" not in out
+    assert out.count("\nVERIFIED: ") == out.count("\nBREAK: ") >= 3, out
+    assert "ALL FAULTS REMEDIATED AND VERIFIED" in out
+    assert_nothing_left(out, redis_server, audit_db)
