@@ -50,6 +50,8 @@ BIN = Path(sys.executable).parent
 APP_DB = "remediation_demo"
 AUDIT_DB = "remediation_demo_audit"
 REDIS_DBS = {"state": 10, "broker": 11, "result": 12, "app": 13}
+LOCK_ID = 0x6465_6D6F  # "demo"
+"""The advisory lock one running demo holds."""
 OWNER_KEY = "remediation-demo:owner"
 """Marks a Redis database as the demo's (written at start, deleted at the end)."""
 JOBS_KEY = "demo:jobs"
@@ -162,6 +164,7 @@ class Demo:
     proxies: list[ProxyServer] = field(default_factory=list)
     results: list[tuple[str, str, float]] = field(default_factory=list)
     box: DemoContainer | None = None
+    lock_conn: psycopg.Connection[Any] | None = None
     remediator_env: dict[str, str] = field(default_factory=dict)
     private_redis: bool = False
     claimed: bool = False
@@ -176,6 +179,14 @@ class Demo:
         self.app = redis.Redis.from_url(self.app_url, socket_timeout=IO_TIMEOUT)
 
     # --- set-up ---------------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """One demo at a time on these servers: a session advisory lock on the admin
+        connection, held until the demo ends (or dies: PostgreSQL releases it then)."""
+        self.lock_conn = _connect(self.audit_admin_dsn)
+        row = self.lock_conn.execute("SELECT pg_try_advisory_lock(%s)", (LOCK_ID,)).fetchone()
+        if not row or not row[0]:
+            raise DemoError("another `make demo` is running on this PostgreSQL; wait for it to end")
 
     def claim_redis(self) -> None:
         """Each demo Redis database is empty or the demo's (marker), all checked before any
@@ -565,17 +576,16 @@ class Demo:
                     _unlink_all(r)
             except redis.RedisError as exc:
                 say(f"could not clean Redis: {redact_text(str(exc))}")
-        if not self.created:
-            return
-        try:
-            with _connect(self.audit_admin_dsn) as conn:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                        sql.Identifier(APP_DB)
+        if self.created:
+            try:
+                with _connect(self.audit_admin_dsn) as conn:
+                    conn.execute(
+                        sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                            sql.Identifier(APP_DB)
+                        )
                     )
-                )
-        except psycopg.Error as exc:
-            say(f"could not drop {APP_DB}: {redact_text(str(exc))}")
+            except psycopg.Error as exc:
+                say(f"could not drop {APP_DB}: {redact_text(str(exc))}")
 
 
 def _unlink_all(r: redis.Redis) -> None:
@@ -653,12 +663,15 @@ def main(argv: list[str] | None = None) -> int:
             say(f"Logs kept in {scratch} (rm -r {scratch} removes them).")
         else:
             shutil.rmtree(scratch, ignore_errors=True)
+        if demo is not None and demo.lock_conn is not None:
+            demo.lock_conn.close()  # the next demo may start
         say(f"Total run time: {time.monotonic() - started:.0f} s")
     return code
 
 
 def _run(demo: Demo) -> int:
     say("== make demo: a price-monitoring scraper (runbook 001) in miniature ==")
+    demo.lock()
     demo.claim_redis()
     no_cache = demo.start_app_redis()
     demo.create_databases()

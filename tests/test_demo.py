@@ -160,3 +160,23 @@ def test_demo_without_docker_skips_the_container_and_fixes_the_rest(
     assert out.count("\nVERIFIED: ") == out.count("\nBREAK: ") >= 3, out
     assert "ALL FAULTS REMEDIATED AND VERIFIED" in out
     assert_nothing_left(out, redis_server, audit_db)
+
+
+def test_demo_waits_its_turn_behind_a_running_demo(
+    redis_server: RedisServer, audit_db: str
+) -> None:
+    """While another demo holds the advisory lock: exit 2 naming it, and nothing touched."""
+    from demo.run import LOCK_ID
+
+    owned = redis.Redis.from_url(redis_server.url(10))
+    owned.set("remediation-demo:owner", "the other demo")
+    try:
+        with psycopg.connect(audit_db, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", (LOCK_ID,))
+            done = run_demo(process_env(redis_server, audit_db))
+        assert done.returncode == 2, done.stdout
+        assert "another `make demo` is running on this PostgreSQL" in done.stdout
+        assert owned.get("remediation-demo:owner") == b"the other demo"  # not claimed
+        assert "remediation_demo" not in databases(audit_db)
+    finally:
+        owned.delete("remediation-demo:owner")
