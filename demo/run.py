@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,6 +66,8 @@ HEADERS_KEY = "demo:scraping:headers"
 URLS = 10
 """Monitored product pages (one job each in the job list)."""
 PROXIES = 3
+MIN_DELAY = 0.25
+"""The scraper's pause between requests before any ban (scraping_config.json min_delay)."""
 ROWS = 20_000
 """price_history rows before the bloat."""
 FAULT_TIMEOUT = 90.0
@@ -176,6 +180,7 @@ class Demo:
         self.urls = {name: _redis_url(self.state_url, db) for name, db in REDIS_DBS.items()}
         self.config = self.scratch / "scraping_config.json"
         self.app_url = self.urls["app"]
+        self.metrics_url = f"http://127.0.0.1:{_free_port()}/metrics"
         self.app = redis.Redis.from_url(self.app_url, socket_timeout=IO_TIMEOUT)
 
     # --- set-up ---------------------------------------------------------------------------
@@ -218,9 +223,7 @@ class Demo:
         exe = shutil.which("redis-server")
         if exe is None:
             return "redis-server is not installed"
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = _free_port()
         cmd = [exe, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly"]
         cmd += ["no", "--maxmemory", CACHE_MAXMEMORY, "--maxmemory-policy", "noeviction"]
         self.spawn("app-redis", [*cmd, "--dir", str(self.scratch)], dict(os.environ))
@@ -274,8 +277,8 @@ class Demo:
             for i in range(1, URLS + 1)
         ]
         self.app.rpush(JOBS_KEY, *jobs)
-        self.app.hset(CONFIG_KEY, mapping={"min_delay": "0.5", "concurrency": "1"})
-        self.config.write_text(json.dumps({"min_delay": 0.5, "concurrency": 1}, indent=2) + "\n")
+        self.app.hset(CONFIG_KEY, mapping={"min_delay": str(MIN_DELAY), "concurrency": "1"})
+        self.config.write_text(json.dumps({"min_delay": MIN_DELAY, "concurrency": 1}) + "\n")
 
     def env(self) -> dict[str, str]:
         """The remediator's environment: its own Redis databases and audit, the miniature as
@@ -316,7 +319,7 @@ class Demo:
                 "REMEDIATION_BACKOFF__REDIS_TARGET": "demo",
                 "REMEDIATION_BACKOFF__CONFIG_KEY": CONFIG_KEY,
                 "REMEDIATION_BACKOFF__MIRROR_FILE": str(self.config),
-                "REMEDIATION_BACKOFF__FLOOR_SECONDS": "0.5",
+                "REMEDIATION_BACKOFF__FLOOR_SECONDS": str(MIN_DELAY),
                 "REMEDIATION_HEADERS__REDIS_TARGET": "demo",
                 "REMEDIATION_HEADERS__KEY": HEADERS_KEY,
                 "REMEDIATION_WATCH__SOURCES": json.dumps(["celery", "docker"]),
@@ -528,19 +531,23 @@ class Demo:
             pipe.execute()
 
     def scraper_view(self) -> str:
-        """What the scraper went through: 403s seen, the pacing it reads now."""
-        with _connect(self.app_dsn) as conn:
-            row = conn.execute(
-                "SELECT count(*) FILTER (WHERE status = 403), count(*) FROM scrape_logs"
-            ).fetchone()
-        banned, total = row if row else (0, 0)
+        """What the scraper went through, from its /metrics: 403s seen, its pacing."""
+        time.sleep(2)  # a round or two at the new pace
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         try:
-            delay = json.loads(self.config.read_text()).get("min_delay")
-        except (OSError, ValueError):
-            delay = None
+            with opener.open(self.metrics_url, timeout=IO_TIMEOUT) as resp:
+                text = resp.read(1 << 20).decode()
+        except OSError as exc:
+            return f"its metrics did not answer ({type(exc).__name__})"
+        by_status = {
+            m.group(1): float(m.group(2))
+            for m in re.finditer(r'^scraper_requests_total\{status="(\d+)"\} (\S+)$', text, re.M)
+        }
+        delay = re.search(r"^scraper_min_delay_seconds (\S+)$", text, re.M)
         return (
-            f"{banned} of {total} requests so far answered 403; min_delay {delay} s in"
-            f" {self.config.name} (tune_backoff doubled it, the scraper reads it each round)"
+            f"{by_status.get('403', 0):.0f} of {sum(by_status.values()):.0f} requests so far"
+            f" answered 403; min_delay {float(delay.group(1)) if delay else '?'} s, read from"
+            f" {self.config.name} (tune_backoff doubled it) ({self.metrics_url})"
         )
 
     def bloat(self) -> None:
@@ -586,6 +593,12 @@ class Demo:
                     )
             except psycopg.Error as exc:
                 say(f"could not drop {APP_DB}: {redact_text(str(exc))}")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def _unlink_all(r: redis.Redis) -> None:
@@ -686,7 +699,7 @@ def _run(demo: Demo) -> int:
         f"miniature: database {APP_DB} (price_history {ROWS} rows, autovacuum off;"
         f" monitored_urls, scrape_logs), job list {JOBS_KEY} ({URLS} jobs),"
         f" shop {shop.url}, {PROXIES} proxies {', '.join(p.url for p in demo.proxies)},"
-        f" {demo.config}, scraper's Redis "
+        f" {demo.config}, scraper metrics {demo.metrics_url}, scraper's Redis "
         + (f"{demo.app_url} (maxmemory {CACHE_MAXMEMORY})" if demo.private_redis else "db 13")
     )
     demo.box, no_docker = DemoContainer.find(demo.docker_url)
@@ -765,6 +778,7 @@ def _run(demo: Demo) -> int:
         "DEMO_DSN": demo.app_dsn,
         "DEMO_JOBS_KEY": JOBS_KEY,
         "DEMO_ACTIVE_KEY": ACTIVE_KEY,
+        "DEMO_METRICS_PORT": str(urlsplit(demo.metrics_url).port),
     }
     demo.spawn("scraper", [sys.executable, "-m", "demo.scraper"], scraper_env)
     demo.wait("the worker", lambda: " ready." in worker.text())

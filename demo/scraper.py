@@ -2,7 +2,8 @@
 list, fetches the product page through a proxy of the active set, writes price_history and
 scrape_logs, puts the job back at the end of the list and sleeps min_delay seconds, read
 from scraping_config.json each round (tune_backoff writes it). Its configuration comes
-from DEMO_* variables; SIGTERM stops it."""
+from DEMO_* variables; SIGTERM stops it. Prometheus metrics on 127.0.0.1:DEMO_METRICS_PORT
+/metrics: scraper_requests_total{status}, scraper_min_delay_seconds."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pathlib import Path
 import psycopg
 import redis
 import requests
+from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
 PRICE = re.compile(rb'class="price">([0-9.]+)<')
 
@@ -30,12 +32,22 @@ def main() -> int:
         stop = True
 
     signal.signal(signal.SIGTERM, _stop)
+    registry = CollectorRegistry()
+    requests_total = Counter(
+        "scraper_requests",
+        "Product pages fetched, by HTTP status (0: no answer)",
+        ["status"],
+        registry=registry,
+    )
+    min_delay = Gauge("scraper_min_delay_seconds", "Pause between requests", registry=registry)
+    start_http_server(int(os.environ["DEMO_METRICS_PORT"]), "127.0.0.1", registry)
     config = Path(os.environ["DEMO_CONFIG"])
     r = redis.Redis.from_url(os.environ["DEMO_REDIS_URL"], socket_timeout=5)
     jobs, active = os.environ["DEMO_JOBS_KEY"], os.environ["DEMO_ACTIVE_KEY"]
     with psycopg.connect(os.environ["DEMO_DSN"], autocommit=True, connect_timeout=5) as conn:
         while not stop:
             delay = _min_delay(config)
+            min_delay.set(delay)
             raw = r.lpop(jobs)
             proxies = sorted(m.decode() for m in r.smembers(active))  # type: ignore[union-attr]
             if raw is None or not proxies:
@@ -54,6 +66,7 @@ def main() -> int:
             except requests.RequestException:
                 status = 0
             ms = (time.monotonic() - started) * 1000
+            requests_total.labels(str(status)).inc()
             conn.execute(
                 "INSERT INTO scrape_logs (url_id, proxy, status, duration_ms) VALUES (%s,%s,%s,%s)",
                 (job["url_id"], proxy, status, ms),
