@@ -15,6 +15,7 @@ from pathlib import Path
 
 import docker
 import psycopg
+import pytest
 import redis
 
 from tests.support.base import ROOT
@@ -180,3 +181,28 @@ def test_demo_waits_its_turn_behind_a_running_demo(
         assert "remediation_demo" not in databases(audit_db)
     finally:
         owned.delete("remediation-demo:owner")
+
+
+def test_a_fault_nobody_fixes_is_failed_within_the_bound(
+    redis_server: RedisServer,
+    audit_db: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A fault with no verified fix in the audit within FAULT_TIMEOUT prints FAILED and counts
+    as failed (the demo then exits 1)."""
+    import demo.run as run
+    from remediation.audit.store import AuditStore
+
+    AuditStore(audit_db).upgrade()
+    monkeypatch.setattr(run, "FAULT_TIMEOUT", 1.5)
+    d = run.Demo(audit_db, redis_server.url(0), "unix:///nonexistent.sock", tmp_path)
+    d.audit_dsn = audit_db
+    started = time.monotonic()
+    assert d.fault("nothing broken", "vacuum_analyze", lambda: None) is False
+    assert time.monotonic() - started < 10
+    out = capsys.readouterr().out
+    assert "BREAK: nothing broken" in out
+    assert "FAILED: nothing broken: no verified vacuum_analyze within 2 s" in out
+    assert d.results[-1][:2] == ("nothing broken", "FAILED")
