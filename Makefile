@@ -37,7 +37,7 @@ run: db ## run a worker with one beat in the foreground, `remediation serve` and
 	  $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
 demo: db ## a scraper in miniature (runbook 001): faults injected, remediated, verified, reported
-	$(WITH_SERVICES) $(VENV)/bin/python -m demo
+	$(WITH_SERVICES) $(VENV)/bin/python -m demo $(DEMO_ARGS)
 
 serve: db ## `remediation serve` alone in the foreground (HTTP: Alertmanager's webhook)
 	$(WITH_SERVICES) exec $(VENV)/bin/remediation serve

@@ -4,8 +4,8 @@ watched by the real remediator, broken one fault at a time.
 It needs the PostgreSQL and Redis of the services env (`make demo` sources
 .data/services.env: REMEDIATION_AUDIT_DSN, REMEDIATION_STATE_REDIS_URL) and owns, there:
 the databases ``remediation_demo`` (the scraper's) and ``remediation_demo_audit`` (the
-remediator's audit), and Redis databases 10-13 of the state Redis (remediator state, broker,
-results; 13 is the scraper's only when no redis-server can be started for it). A Redis
+remediator's audit), and Redis databases 10-13 of the state Redis (--redis-db-base: remediator
+state, broker, results; the fourth is the scraper's only when no redis-server can be started for it). A Redis
 database that holds keys the demo did not write stops it before anything is done. The
 scraper's own redis-server, the shop, the proxies, the logs and scraping_config.json live on
 loopback ports and in a temporary folder; a container, when Docker answers, in a compose
@@ -51,7 +51,9 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 APP_DB = "remediation_demo"
 AUDIT_DB = "remediation_demo_audit"
-REDIS_DBS = {"state": 10, "broker": 11, "result": 12, "app": 13}
+REDIS_DB_BASE = 10
+REDIS_ROLES = ("state", "broker", "result", "app")
+"""The Redis databases the demo uses, from --redis-db-base on, in this order."""
 LOCK_ID = 0x6465_6D6F  # "demo"
 """The advisory lock one running demo holds."""
 OWNER_KEY = "remediation-demo:owner"
@@ -163,6 +165,7 @@ class Demo:
     state_url: str
     docker_url: str
     scratch: Path
+    db_base: int = REDIS_DB_BASE
     procs: list[Proc] = field(default_factory=list)
     servers: list[ShopServer | ProxyServer] = field(default_factory=list)
     proxies: list[ProxyServer] = field(default_factory=list)
@@ -177,13 +180,18 @@ class Demo:
     def __post_init__(self) -> None:
         self.app_dsn = _pg_url(self.audit_admin_dsn, APP_DB)
         self.audit_dsn = _pg_url(self.audit_admin_dsn, AUDIT_DB)
-        self.urls = {name: _redis_url(self.state_url, db) for name, db in REDIS_DBS.items()}
+        self.dbs = {name: self.db_base + i for i, name in enumerate(REDIS_ROLES)}
+        self.urls = {name: _redis_url(self.state_url, db) for name, db in self.dbs.items()}
         self.config = self.scratch / "scraping_config.json"
         self.app_url = self.urls["app"]
         self.metrics_url = f"http://127.0.0.1:{_free_port()}/metrics"
         self.app = redis.Redis.from_url(self.app_url, socket_timeout=IO_TIMEOUT)
 
     # --- set-up ---------------------------------------------------------------------------
+
+    @property
+    def db_range(self) -> str:
+        return f"{self.db_base}-{self.db_base + len(REDIS_ROLES) - 1}"
 
     def lock(self) -> None:
         """One demo at a time on these servers: a session advisory lock on the admin
@@ -203,13 +211,14 @@ class Demo:
                 size = r.dbsize()
             except redis.ResponseError as exc:
                 raise DemoError(
-                    f"Redis database {REDIS_DBS[name]} is not usable: {redact_text(str(exc))}"
+                    f"Redis database {self.dbs[name]} is not usable: {redact_text(str(exc))}"
                 ) from None
             if size and not r.exists(OWNER_KEY):
                 raise DemoError(
-                    f"Redis database {REDIS_DBS[name]} holds {size} keys the demo did not write;"
-                    " the demo uses databases 10-13 of the state Redis and never deletes"
-                    " what is not its own"
+                    f"Redis database {self.dbs[name]} holds {size} keys the demo did not write;"
+                    f" the demo uses databases {self.db_range} of the state Redis and never"
+                    " deletes what is not its own: choose four others with"
+                    " `make demo DEMO_ARGS='--redis-db-base N'`"
                 )
             clients[name] = r
         for r in clients.values():
@@ -633,9 +642,18 @@ def _terminated_as_interrupt() -> Iterator[None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argparse.ArgumentParser(
+    parser = argparse.ArgumentParser(
         prog="python -m demo", description=__doc__.split("\n\n")[0] if __doc__ else None
-    ).parse_args(argv)
+    )
+    parser.add_argument(
+        "--redis-db-base",
+        type=int,
+        choices=range(0, 13),
+        default=REDIS_DB_BASE,
+        metavar="N",
+        help=f"the demo's Redis databases are N to N+3 of the state Redis (default {REDIS_DB_BASE})",
+    )
+    args = parser.parse_args(argv)
     started = time.monotonic()
     try:
         settings = load_settings()
@@ -649,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     code = 2
     try:
         with _terminated_as_interrupt():
-            demo = Demo(audit, state, settings.containers.docker_url, scratch)
+            demo = Demo(audit, state, settings.containers.docker_url, scratch, args.redis_db_base)
             code = _run(demo)
     except (
         DemoError,
@@ -667,7 +685,7 @@ def main(argv: list[str] | None = None) -> int:
             say("\nStopping worker, beat, watch, scraper, proxies and the shop...")
             demo.stop()
             say(
-                f"Removed the database {APP_DB} and the demo's Redis keys (databases 10-13)."
+                f"Removed the database {APP_DB} and the demo's Redis keys (databases {demo.db_range})."
                 f" Kept the audit database {AUDIT_DB} for `remediation history` / `report`:\n"
                 f"  REMEDIATION_AUDIT_DSN={redact_text(demo.audit_dsn)} .venv/bin/remediation"
                 f" history\n  remove it with: psql -c 'DROP DATABASE {AUDIT_DB}' (or the next"
@@ -700,7 +718,11 @@ def _run(demo: Demo) -> int:
         f" monitored_urls, scrape_logs), job list {JOBS_KEY} ({URLS} jobs),"
         f" shop {shop.url}, {PROXIES} proxies {', '.join(p.url for p in demo.proxies)},"
         f" {demo.config}, scraper metrics {demo.metrics_url}, scraper's Redis "
-        + (f"{demo.app_url} (maxmemory {CACHE_MAXMEMORY})" if demo.private_redis else "db 13")
+        + (
+            f"{demo.app_url} (maxmemory {CACHE_MAXMEMORY})"
+            if demo.private_redis
+            else f"db {demo.dbs['app']}"
+        )
     )
     demo.box, no_docker = DemoContainer.find(demo.docker_url)
     if demo.box is not None:

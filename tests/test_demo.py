@@ -113,6 +113,7 @@ def test_demo_refuses_a_redis_database_it_does_not_own(
         done = run_demo(process_env(redis_server, audit_db))
         assert done.returncode == 2, done.stdout
         assert "Redis database 12 holds 1 keys the demo did not write" in done.stdout
+        assert "--redis-db-base N" in done.stdout  # how to choose others
         assert foreign.get("someone:else") == b"1"
         assert "remediation_demo" not in databases(audit_db)
     finally:
