@@ -10,7 +10,7 @@ VENV ?= .venv
 SERVICES := .data/services.env
 WITH_SERVICES := set -a && . $(SERVICES) && set +a &&
 
-.PHONY: help venv services db run serve test unit chaos lint bench docker stop clean
+.PHONY: help venv services db run demo serve test unit chaos lint bench docker stop clean
 
 help: ## list targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
@@ -36,6 +36,9 @@ run: db ## run a worker with one beat in the foreground, `remediation serve` and
 	  trap 'kill $$serve $$watch 2>/dev/null' EXIT; \
 	  $(VENV)/bin/celery -A remediation worker --beat --loglevel INFO
 
+demo: db ## a scraper in miniature (runbook 001): faults injected, remediated, verified, reported
+	$(WITH_SERVICES) $(VENV)/bin/python -m demo $(DEMO_ARGS)
+
 serve: db ## `remediation serve` alone in the foreground (HTTP: Alertmanager's webhook)
 	$(WITH_SERVICES) exec $(VENV)/bin/remediation serve
 
@@ -51,9 +54,10 @@ chaos: venv ## the full chaos suite: 50+ kill -9s, 200+ schedule slots, 1,000 fu
 	REMEDIATION_CHAOS_FULL=1 $(VENV)/bin/python -m pytest tests/chaos tests/fuzz $(PYTEST_ARGS)
 
 lint: venv ## ruff (lint + format check), mypy --strict on the package, the layers' import contracts
-	$(VENV)/bin/ruff check remediation tests bench scripts beat_schedule.py
-	$(VENV)/bin/ruff format --check remediation tests bench scripts beat_schedule.py
+	$(VENV)/bin/ruff check remediation demo tests bench scripts beat_schedule.py
+	$(VENV)/bin/ruff format --check remediation demo tests bench scripts beat_schedule.py
 	$(VENV)/bin/mypy
+	$(VENV)/bin/mypy demo
 	$(VENV)/bin/lint-imports --no-cache
 
 bench: db ## benchmarks under bench/, results in BENCHMARKS.md
