@@ -7,7 +7,6 @@ import socket
 import tempfile
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
@@ -16,14 +15,8 @@ from psycopg import sql
 
 from tests.support.alerting import PROMETHEUS, Process, prometheus
 from tests.support.env import missing
+from tests.support.postgres import WeakRole
 from tests.support.services import as_url, scratch_database, with_password
-
-
-@dataclass(frozen=True)
-class WeakRole:
-    role: str
-    dsn: str  # a postgresql:// URL as this role, with a password (trust auth ignores it)
-    table: str  # schema.table it does not own
 
 
 @pytest.fixture

@@ -13,9 +13,9 @@ from typing import Any
 import redis
 
 from remediation.guards import keys
-from tests.doctor.conftest import WeakRole
 from tests.support.base import ROOT, wait_for
 from tests.support.env import process_env
+from tests.support.postgres import WeakRole
 from tests.support.processes import WorkerProcess
 from tests.support.services import PASSWORD, RedisServer
 

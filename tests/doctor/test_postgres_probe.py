@@ -12,7 +12,7 @@ from psycopg import sql
 
 from remediation.doctor import Result
 from remediation.doctor import postgres as pg_probe
-from tests.doctor.conftest import WeakRole
+from tests.support.postgres import WeakRole
 
 
 def _rows(rows: list[Result], target: str) -> dict[str, Result]:

@@ -20,9 +20,9 @@ import pytest
 
 from remediation.cli import main
 from remediation.settings import get_settings
-from tests.doctor.conftest import WeakRole
 from tests.support.alerting import Process
 from tests.support.env import service_env
+from tests.support.postgres import WeakRole
 from tests.support.servers import in_child_as
 from tests.support.services import PASSWORD, RedisServer
 

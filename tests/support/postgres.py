@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -13,6 +14,16 @@ from psycopg import sql
 
 from remediation import pg_activity
 from tests.support.base import wait_for
+
+
+@dataclass(frozen=True)
+class WeakRole:
+    """A LOGIN-only role (the doctor's under-privileged setup)."""
+
+    role: str
+    dsn: str  # a postgresql:// URL as this role, with a password (trust auth ignores it)
+    table: str  # schema.table it does not own
+
 
 HOSTILE = ["Price History", 'x"; drop table y; --', "semi;colon"]
 
