@@ -27,17 +27,21 @@ NO_FINDING = "(no finding)"
 
 # Every call of an action is a guard decision, except calls rejected for their kwargs and
 # poison tasks given up after their worker died (an action run without a decision). A reset
-# by an operator is not a call.
+# by an operator is not a call. An approval adds rows to the call it was asked for: the
+# approver's decision (guard "approval", detail "by") and the approved run (its result
+# carries the approval); ``continues`` marks them, so a call by hand approved once counts once.
 _CALLS = """
     WITH calls AS (
         SELECT d.action, d.finding_id, d.decision, d.guard, a.outcome, a.verification,
-               a.verified_at
+               a.verified_at,
+               (d.guard = 'approval' AND coalesce(d.detail ? 'by', false))
+                 OR coalesce(a.result->'detail' ? 'approval', false) AS continues
         FROM guard_decisions d LEFT JOIN action_runs a ON a.decision_id = d.id
         WHERE d.decided_at >= %(since)s
           AND d.decision <> 'breaker_reset'
         UNION ALL
         SELECT a.action, a.finding_id, NULL, NULL, a.outcome, a.verification,
-               a.verified_at
+               a.verified_at, false
         FROM action_runs a
         WHERE a.decision_id IS NULL AND a.started_at >= %(since)s
     )
@@ -48,7 +52,8 @@ _PROCEDURES = (
     _CALLS  # noqa: S608
     + """
     SELECT f.kind, c.action, count(*) AS calls,
-           CASE WHEN f.kind IS NULL THEN count(*) ELSE count(DISTINCT c.finding_id) END AS fired,
+           CASE WHEN f.kind IS NULL THEN count(*) FILTER (WHERE NOT c.continues)
+                ELSE count(DISTINCT c.finding_id) END AS fired,
            count(*) FILTER (WHERE c.outcome IN ('succeeded', 'failed')) AS acted,
            count(*) FILTER (WHERE c.outcome = 'succeeded') AS succeeded,
            count(*) FILTER (WHERE c.outcome = 'failed') AS failed,

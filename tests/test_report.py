@@ -173,6 +173,34 @@ def test_calls_without_a_finding_and_rejected_calls(
     assert rows["notify"]["median_fix_seconds"] is None
 
 
+def test_a_call_by_hand_approved_once_counts_once(
+    report_env: Settings, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rows an approved call by hand leaves (as `make demo`'s flush_cache wrote them: the
+    ask, the approver's decision, the approved run carrying the approval) are one call; a
+    second call by hand, asked and still waiting, is another."""
+    store = AuditStore(report_env.audit_dsn.get_secret_value())
+    call = {"action": "flush_cache", "target": "self", "resource": "self"}
+    approval = {"approval": "5f2cf87f5bd4c397"}
+    store.add_decision(**call, decision="pending_approval", guard="approval", detail=approval)
+    store.add_decision(
+        **call, decision="approved", guard="approval", detail={**approval, "by": "cli:root"}
+    )
+    admitted = store.add_decision(**call, decision="admitted")
+    store.add_action_run(
+        **call,
+        params={"target": "self"},
+        outcome="succeeded",
+        decision_id=admitted,
+        result={"ok": True, "detail": {"deleted": 3, "approval": {**approval, "gone": []}}},
+    )
+    store.add_decision(**call, decision="pending_approval", guard="approval", detail=approval)
+    code, text = run_report(capsys, "--since", "30m")
+    assert code == 0
+    (row,) = [p for p in json.loads(text)["procedures"] if p["action"] == "flush_cache"]
+    assert (row["finding"], row["fired"], row["succeeded"]) == ("(no finding)", 2, 1)
+
+
 def test_empty_window(report_env: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     """No rows: zero totals, an empty list, and a table that says so."""
     code, text = run_report(capsys, "--since", "12h")
