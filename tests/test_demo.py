@@ -193,11 +193,12 @@ def test_a_fault_nobody_fixes_is_failed_within_the_bound(
 ) -> None:
     """A fault with no verified fix in the audit within FAULT_TIMEOUT prints FAILED and counts
     as failed (the demo then exits 1)."""
+    import demo.faults as faults
     import demo.run as run
     from remediation.audit.store import AuditStore
 
     AuditStore(audit_db).upgrade()
-    monkeypatch.setattr(run, "FAULT_TIMEOUT", 1.5)
+    monkeypatch.setattr(faults, "FAULT_TIMEOUT", 1.5)
     d = run.Demo(audit_db, redis_server.url(0), "unix:///nonexistent.sock", tmp_path)
     d.audit_dsn = audit_db
     started = time.monotonic()
