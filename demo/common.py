@@ -18,6 +18,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 APP_DB = "remediation_demo"
 AUDIT_DB = "remediation_demo_audit"
+DB_MARK = "made by `make demo`: dropped and made again by the next one"
+"""The comment on the demo's databases: one without it is not the demo's to drop."""
 REDIS_DB_BASE = 10
 REDIS_ROLES = ("state", "broker", "result", "app")
 """The Redis databases the demo uses, from --redis-db-base on, in this order."""

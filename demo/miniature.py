@@ -33,6 +33,7 @@ from demo.common import (
     AUDIT_DB,
     CACHE_MAXMEMORY,
     CONFIG_KEY,
+    DB_MARK,
     IO_TIMEOUT,
     JOBS_KEY,
     LOCK_ID,
@@ -199,12 +200,25 @@ class Miniature:
             return False
 
     def create_databases(self) -> None:
+        """(Re)create the demo's two databases; one of that name the demo did not make (no
+        DB_MARK comment) stops the demo before anything is dropped."""
         with connect(self.audit_admin_dsn) as conn:
             for db in (APP_DB, AUDIT_DB):
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(db))
-                )
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(db)))
+                row = conn.execute(
+                    "SELECT shobj_description(oid, 'pg_database') FROM pg_database"
+                    " WHERE datname = %s",
+                    (db,),
+                ).fetchone()
+                if row is not None and row[0] != DB_MARK:
+                    raise DemoError(
+                        f"a database {db} exists that `make demo` did not make; drop or rename"
+                        " it, or run the demo against another PostgreSQL"
+                    )
+            for db in (APP_DB, AUDIT_DB):
+                name = sql.Identifier(db)
+                conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(name))
+                conn.execute(sql.SQL("COMMENT ON DATABASE {} IS {}").format(name, DB_MARK))
         self.created = True
         with connect(self.app_dsn) as conn:
             conn.execute(
