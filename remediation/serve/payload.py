@@ -30,6 +30,13 @@ def _no_nul_labels(value: dict[str, str]) -> dict[str, str]:
     return value
 
 
+def _no_nul(value: str) -> str:
+    """PostgreSQL text cannot hold NUL: what the audit stores must not carry one."""
+    if "\x00" in value:
+        raise ValueError("cannot hold NUL characters")
+    return value
+
+
 class Alert(BaseModel):
     """One alert of a notification."""
 
@@ -37,7 +44,7 @@ class Alert(BaseModel):
 
     status: Literal["firing", "resolved"]
     labels: Annotated[Labels, AfterValidator(_no_nul_labels)]
-    annotations: Labels = Field(default_factory=dict)
+    annotations: Annotated[Labels, AfterValidator(_no_nul_labels)] = Field(default_factory=dict)
     startsAt: datetime
     endsAt: datetime | None = None
     generatorURL: Text = ""
@@ -71,7 +78,7 @@ class WebhookPayload(BaseModel):
     groupKey: Text
     truncatedAlerts: int = Field(0, ge=0)
     status: Literal["firing", "resolved"]
-    receiver: Annotated[str, StringConstraints(max_length=256)]
+    receiver: Annotated[str, StringConstraints(max_length=256), AfterValidator(_no_nul)]
     groupLabels: Labels = Field(default_factory=dict)
     commonLabels: Labels = Field(default_factory=dict)
     commonAnnotations: Labels = Field(default_factory=dict)

@@ -240,6 +240,24 @@ def test_too_many_alerts_in_one_call_is_413_and_runs_nothing(intake: Intake) -> 
     assert len(intake.stack.audit.rows("SELECT id FROM check_runs")) == before
 
 
+def test_nul_in_what_the_audit_stores_is_422_not_503(intake: Intake) -> None:
+    """A NUL in the receiver or an annotation (PostgreSQL text cannot hold one) is a 422
+    naming the field, audited as rejected; it once reached the audit write and answered 503
+    (found by the schema fuzz test)."""
+    rejected = "SELECT count(*) AS n FROM check_runs WHERE status = 'rejected'"
+    for where in ("receiver", "annotation"):
+        body = webhook_payload("00000000000000dd", QUEUE)
+        if where == "receiver":
+            body["receiver"] = "team\x00x"
+        else:
+            body["alerts"][0]["annotations"] = {"summary": "a\x00b"}
+        before = intake.stack.audit.rows(rejected)[0]["n"]
+        reply = intake.post(json.dumps(body))
+        assert reply.status_code == 422, (where, reply.status_code, reply.text)
+        assert "NUL" in reply.json()["detail"], reply.text
+        assert intake.stack.audit.rows(rejected)[0]["n"] == before + 1
+
+
 hostile = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=40),
     lambda inner: (
@@ -253,7 +271,16 @@ hostile = st.recursive(
 @given(
     mutation=st.sampled_from(["replace", "alert_field", "top_field", "raw"]),
     field=st.sampled_from(
-        ["status", "labels", "startsAt", "fingerprint", "annotations", "version", "alerts"]
+        [
+            "status",
+            "labels",
+            "startsAt",
+            "fingerprint",
+            "annotations",
+            "version",
+            "alerts",
+            "receiver",
+        ]
     ),
     value=hostile,
     raw=st.binary(max_size=200),

@@ -82,16 +82,20 @@ class Origin:
                     served = origin.counts[name]
                     origin.inflight += 1
                     origin.max_inflight = max(origin.max_inflight, origin.inflight)
+                b = origin.behaviour.get(name, Behaviour())
+                # In flight while it thinks: once the answer is on its way the client may send
+                # its next request before this thread runs again (max_inflight counted 3 of 2).
                 try:
-                    self._answer(origin.behaviour.get(name, Behaviour()), served)
-                except OSError:
-                    pass  # the client gave up (timeout test)
+                    time.sleep(b.delay)
                 finally:
                     with origin.lock:
                         origin.inflight -= 1
+                try:
+                    self._answer(b, served)
+                except OSError:
+                    pass  # the client gave up (timeout test)
 
             def _answer(self, b: Behaviour, served: int) -> None:
-                time.sleep(b.delay)
                 banned = b.ban_after is not None and served > b.ban_after
                 self.send_response(403 if banned else b.status)
                 self.send_header("Content-Length", str(len(b.body)))
