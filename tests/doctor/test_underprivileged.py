@@ -53,15 +53,20 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Path]]
 def _doctor(env: dict[str, str], *args: str) -> dict[str, Any]:
     """`remediation [args] doctor` in this process with ``env`` as the environment: exit code
     and what it printed."""
-    saved = dict(os.environ)
+    saved, cwd = dict(os.environ), os.getcwd()
     os.environ.clear()
     os.environ.update(env)
     get_settings.cache_clear()
+    # from /, as a worker's service would run: USER may not enter CI's private clone, where
+    # the settings would look for a .env file
+    os.chdir("/")
     out = io.StringIO()
     try:
         with contextlib.redirect_stdout(out):
             code = main([*args, "doctor"])
     finally:
+        with contextlib.suppress(OSError):  # USER's child may not go back; it ends anyway
+            os.chdir(cwd)
         os.environ.clear()
         os.environ.update(saved)
         get_settings.cache_clear()
@@ -102,6 +107,7 @@ def test_underprivileged_setup_names_each_problem_with_its_fix(
     # Load every module the run imports while we may still read the checkout (CI's clone is a
     # private `mktemp -d` folder USER cannot enter).
     _doctor(env)
+    _doctor(env, "--json")
     table = in_child_as(USER, lambda: _doctor(env))
     as_json = in_child_as(USER, lambda: _doctor(env, "--json"))
 

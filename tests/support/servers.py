@@ -16,6 +16,7 @@ import shlex
 import shutil
 import subprocess
 import tempfile
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,6 +175,8 @@ def in_child_as(user: str, work: Callable[[], Any]) -> Any:
             with os.fdopen(write, "w") as pipe:
                 json.dump(work(), pipe)
             code = 0
+        except BaseException:
+            traceback.print_exc()  # the parent only sees the exit code
         finally:
             os._exit(code)
     os.close(write)
