@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import docker
@@ -25,6 +26,17 @@ from tests.support.services import RedisServer
 DEMO_TIMEOUT = 360
 DEMO_DBS = (10, 11, 12, 13)
 PORTS = re.compile(r"(?:http|redis)://127\.0\.0\.1:(\d+)")
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A Redis of this module's own: the session's shared one holds other tests' keys in the
+    databases the demo uses (10-13), which the demo rightly refuses to touch."""
+    server = RedisServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def process_cwds() -> list[tuple[int, str]]:
