@@ -233,7 +233,7 @@ def _doctor_lines(report: dict[str, Any] | None) -> list[str]:
         return ["doctor:   no report (a worker runs it at start; or run `remediation doctor`)"]
     c = report.get("counts", {})
     head = (
-        f"doctor:   {report.get('at')}: {c.get('ok', 0)} ok, {c.get('fail', 0)} failed,"
+        f"doctor:   {report.get('at')} on {report.get('host', '?')}: {c.get('ok', 0)} ok, {c.get('fail', 0)} failed,"
         f" {c.get('unknown', 0)} cannot tell, {c.get('blocking', 0)} blocking"
     )
     rows = [row for row in report.get("rows", []) if row.get("status") != "ok"]

@@ -5,6 +5,7 @@ is kept in the state Redis (guards.keys.DOCTOR_LAST) for `remediation status`.""
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from typing import Any
 
@@ -47,9 +48,12 @@ def check(settings: Settings) -> Report | None:
 
 
 def store(settings: Settings, report: Report) -> None:
+    """The report, with the host that ran it: the last worker to start overwrites it (a
+    socket or folder may be fine on one host and not on another)."""
+    data = {**report.as_dict(), "host": socket.gethostname()}
     try:
         redis_clients.state(settings).set(
-            keys.DOCTOR_LAST, json.dumps(redact(report.as_dict())), ex=keys.DOCTOR_LAST_TTL
+            keys.DOCTOR_LAST, json.dumps(redact(data)), ex=keys.DOCTOR_LAST_TTL
         )
     except redis.RedisError as exc:
         log.warning("doctor report not stored", error=type(exc).__name__)

@@ -4,6 +4,7 @@ at start, shown by `remediation status`."""
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import uuid
@@ -109,6 +110,7 @@ def test_worker_runs_doctor_at_start_and_status_shows_it(
         )
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["doctor"]["at"] == report["at"]
+        assert report["host"] == socket.gethostname()
         assert "doctor done" in worker.log()
     finally:
         worker.stop()
@@ -131,5 +133,5 @@ def test_status_shows_the_failing_rows_of_the_last_report(
     at_start.store(s, runner.Report(rows, frozenset()))
     assert main(["status"]) == 0
     out = capsys.readouterr().out
-    assert "1 ok, 1 failed, 0 cannot tell, 1 blocking" in out
+    assert f"on {socket.gethostname()}: 1 ok, 1 failed, 0 cannot tell, 1 blocking" in out
     assert "ALTER ROLE x CREATEDB;" in out
