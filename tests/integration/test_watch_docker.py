@@ -33,40 +33,50 @@ def test_a_killed_container_is_restarted_and_verified_by_the_event(stack: Docker
     recovered; the check run records the die event that caused it."""
     port = free_port()
     watcher = stack.watcher("w1", REMEDIATION_WATCH__METRICS_PORT=str(port))
-    app = stack.project.run(SERVE)
-    stack.project.wait_status(app, "running")
-    stack.caught_up("w1")
-    killed = stack.kill(app)
-    row = stack.verified_after(app.name, killed, timeout=30)
-    assert (row["outcome"], row["verification"]) == ("succeeded", "recovered")
-    cause = row["cause"]
-    assert cause["by"] == "event" and cause["source"] == "docker", cause
-    assert "die" in cause["kind"].split(",")
-    assert cause["resource"] == f"docker/{app.name}" and cause["watcher"] == "w1"
-    assert cause["detail"]["id"] == app.id[:12] and cause["detail"]["exit_code"] == "137"
-    assert row["params"] == {"target": "docker", "container": app.name}
-    assert stack.project.status(app) == "running"
-    stats = stack.stats()
-    assert stats["received"] >= 1 and stats["checks:docker_containers"] >= 2  # catch-up + die
-    shown = subprocess.run(
-        [str(Path(sys.executable).parent / "remediation"), "status", "--json"],
-        env=stack.env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    (docker,) = json.loads(shown.stdout)["watch"]
-    assert (docker["source"], docker["holder"]) == ("docker", "w1"), docker
-    assert docker["checks"] >= 2 and docker["received"] >= 1, docker
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
-        metrics = page.read().decode()
-    assert 'remediation_watch_events_total{outcome="received",source="docker"}' in metrics
-    assert 'remediation_watch_checks_sent_total{check="docker_containers",source="docker"}' in (
-        metrics
-    )
-    assert 'remediation_watch_lease_held{source="docker"} 1.0' in metrics
-    watcher.stop()
+    try:
+        app = stack.project.run(SERVE)
+        stack.project.wait_status(app, "running")
+        stack.caught_up("w1")
+        killed = stack.kill(app)
+        row = stack.verified_after(app.name, killed, timeout=30)
+        assert (row["outcome"], row["verification"]) == ("succeeded", "recovered")
+        cause = row["cause"]
+        assert cause["by"] == "event" and cause["source"] == "docker", cause
+        assert "die" in cause["kind"].split(",")
+        assert cause["resource"] == f"docker/{app.name}" and cause["watcher"] == "w1"
+        assert cause["detail"]["id"] == app.id[:12] and cause["detail"]["exit_code"] == "137"
+        assert row["params"] == {"target": "docker", "container": app.name}
+        assert stack.project.status(app) == "running"
+
+        def flushed() -> dict[str, int] | None:  # the watcher writes its counters every second
+            s = stack.stats()
+            return (
+                s
+                if s.get("received", 0) >= 1 and s.get("checks:docker_containers", 0) >= 2
+                else None
+            )
+
+        wait_for(flushed, 10, 0.1, "the watcher's counters: catch-up + die")
+        shown = subprocess.run(
+            [str(Path(sys.executable).parent / "remediation"), "status", "--json"],
+            env=stack.env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
+        )
+        (docker,) = json.loads(shown.stdout)["watch"]
+        assert (docker["source"], docker["holder"]) == ("docker", "w1"), docker
+        assert docker["checks"] >= 2 and docker["received"] >= 1, docker
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+            metrics = page.read().decode()
+        assert 'remediation_watch_events_total{outcome="received",source="docker"}' in metrics
+        assert 'remediation_watch_checks_sent_total{check="docker_containers",source="docker"}' in (
+            metrics
+        )
+        assert 'remediation_watch_lease_held{source="docker"} 1.0' in metrics
+    finally:  # a failed assertion must not leave w1 holding the lease for the next tests
+        watcher.stop()
 
 
 def test_a_standby_takes_over_a_killed_watcher_and_its_catch_up_finds_what_died_meanwhile(
